@@ -1,1 +1,8 @@
+//! patchbay: activation patching on GPT-2-family models, every patched run of many prompt pairs
+//! stacked into one batch per forward pass, results streamed to .npy.
+//!
+//! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
+//! forward with patch sites, `model`) → `sink` (.npy + manifest) → `analysis`.
+pub mod backend;
 pub mod model;
+pub mod tokenizer;

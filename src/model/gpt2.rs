@@ -1,0 +1,243 @@
+//! GPT-2: token + position embeddings, pre-LN blocks (causal self-attention, MLP), ln_f, logits
+//! tied to wte. Generic over the burn backend; every activation site passes through `Hooks`.
+use super::config::{Activation, Gpt2Config};
+use super::sites::{Hooks, Site, SiteKind};
+use anyhow::{bail, Result};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, gelu_approximate, softmax};
+use burn::tensor::module::linear;
+use burn::tensor::Distribution;
+
+/// Where parameters come from: a checkpoint, or a random initialisation. Names are HF's (without
+/// the `transformer.` prefix); shapes are what the config implies (Conv1D weights are [in, out]).
+pub trait ParamSource<B: Backend> {
+    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>>;
+}
+
+pub struct LayerNorm<B: Backend> {
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    fn load(src: &mut impl ParamSource<B>, name: &str, c: &Gpt2Config) -> Result<Self> {
+        Ok(Self {
+            weight: src.param(&format!("{name}.weight"), [c.n_embd])?,
+            bias: src.param(&format!("{name}.bias"), [c.n_embd])?,
+            eps: c.layer_norm_epsilon,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = (x - mean) / (var + self.eps).sqrt();
+        x * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
+    }
+}
+
+/// Keys and values of the positions before the ones being computed, [batch, head, prefix, d_head]:
+/// lets a caller compute only a suffix of the sequence on top of another run's prefix.
+pub struct Prefix<B: Backend> {
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+}
+
+pub struct Attention<B: Backend> {
+    c_attn_w: Tensor<B, 2>,
+    c_attn_b: Tensor<B, 1>,
+    c_proj_w: Tensor<B, 2>,
+    c_proj_b: Tensor<B, 1>,
+    n_head: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn load(src: &mut impl ParamSource<B>, name: &str, c: &Gpt2Config) -> Result<Self> {
+        let d = c.n_embd;
+        Ok(Self {
+            c_attn_w: src.param(&format!("{name}.c_attn.weight"), [d, 3 * d])?,
+            c_attn_b: src.param(&format!("{name}.c_attn.bias"), [3 * d])?,
+            c_proj_w: src.param(&format!("{name}.c_proj.weight"), [d, d])?,
+            c_proj_b: src.param(&format!("{name}.c_proj.bias"), [d])?,
+            n_head: c.n_head,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        let [b, s, d] = x.dims();
+        let (h, dh) = (self.n_head, d / self.n_head);
+        let qkv = linear(x, self.c_attn_w.clone(), Some(self.c_attn_b.clone()));
+        let mut split = |i: usize, kind: SiteKind| {
+            let t = qkv.clone().narrow(2, i * d, d).reshape([b, s, h, dh]);
+            hooks.hook(Site::new(kind, layer), t).swap_dims(1, 2) // [b, h, s, dh]
+        };
+        let (q, mut k, mut v) = (split(0, SiteKind::Q), split(1, SiteKind::K), split(2, SiteKind::V));
+        if let Some(p) = prefix {
+            k = Tensor::cat(vec![p.k.clone(), k], 2);
+            v = Tensor::cat(vec![p.v.clone(), v], 2);
+        }
+        let total = k.dims()[2];
+        let offset = total - s;
+        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
+        // Query i sits at absolute position offset + i and sees keys 0..=offset + i.
+        let future = Tensor::<B, 2, Bool>::tril_mask([s, total], offset as i64, &scores.device())
+            .unsqueeze::<4>()
+            .expand([b, h, s, total]);
+        let pattern = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
+        let pattern = hooks.hook(Site::new(SiteKind::Pattern, layer), pattern);
+        let z = hooks.hook(Site::new(SiteKind::Z, layer), pattern.matmul(v).swap_dims(1, 2)); // [b, s, h, dh]
+        linear(z.reshape([b, s, d]), self.c_proj_w.clone(), Some(self.c_proj_b.clone()))
+    }
+}
+
+pub struct Mlp<B: Backend> {
+    c_fc_w: Tensor<B, 2>,
+    c_fc_b: Tensor<B, 1>,
+    c_proj_w: Tensor<B, 2>,
+    c_proj_b: Tensor<B, 1>,
+    activation: Activation,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn load(src: &mut impl ParamSource<B>, name: &str, c: &Gpt2Config) -> Result<Self> {
+        let (d, inner) = (c.n_embd, c.n_inner);
+        Ok(Self {
+            c_fc_w: src.param(&format!("{name}.c_fc.weight"), [d, inner])?,
+            c_fc_b: src.param(&format!("{name}.c_fc.bias"), [inner])?,
+            c_proj_w: src.param(&format!("{name}.c_proj.weight"), [inner, d])?,
+            c_proj_b: src.param(&format!("{name}.c_proj.bias"), [d])?,
+            activation: c.activation,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = linear(x, self.c_fc_w.clone(), Some(self.c_fc_b.clone()));
+        let x = match self.activation {
+            Activation::GeluNew => gelu_approximate(x),
+            Activation::Gelu => gelu(x),
+        };
+        linear(x, self.c_proj_w.clone(), Some(self.c_proj_b.clone()))
+    }
+}
+
+pub struct Block<B: Backend> {
+    ln_1: LayerNorm<B>,
+    attn: Attention<B>,
+    ln_2: LayerNorm<B>,
+    mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn load(src: &mut impl ParamSource<B>, layer: usize, c: &Gpt2Config) -> Result<Self> {
+        Ok(Self {
+            ln_1: LayerNorm::load(src, &format!("h.{layer}.ln_1"), c)?,
+            attn: Attention::load(src, &format!("h.{layer}.attn"), c)?,
+            ln_2: LayerNorm::load(src, &format!("h.{layer}.ln_2"), c)?,
+            mlp: Mlp::load(src, &format!("h.{layer}.mlp"), c)?,
+        })
+    }
+
+    /// One block on `x` [batch, pos, d]. With a `prefix`, `x` holds the positions after it.
+    pub fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        let site = |kind| Site::new(kind, layer);
+        let x = hooks.hook(site(SiteKind::ResidPre), x);
+        let attn_out = self.attn.forward(self.ln_1.forward(x.clone()), layer, prefix, hooks);
+        let attn_out = hooks.hook(site(SiteKind::AttnOut), attn_out);
+        let x = hooks.hook(site(SiteKind::ResidMid), x + attn_out);
+        let mlp_out = hooks.hook(site(SiteKind::MlpOut), self.mlp.forward(self.ln_2.forward(x.clone())));
+        hooks.hook(site(SiteKind::ResidPost), x + mlp_out)
+    }
+}
+
+pub struct Gpt2<B: Backend> {
+    pub config: Gpt2Config,
+    wte: Tensor<B, 2>,
+    wpe: Tensor<B, 2>,
+    pub blocks: Vec<Block<B>>,
+    ln_f: LayerNorm<B>,
+}
+
+impl<B: Backend> Gpt2<B> {
+    pub fn load(config: Gpt2Config, src: &mut impl ParamSource<B>) -> Result<Self> {
+        let c = &config;
+        Ok(Self {
+            wte: src.param("wte.weight", [c.vocab_size, c.n_embd])?,
+            wpe: src.param("wpe.weight", [c.n_positions, c.n_embd])?,
+            blocks: (0..c.n_layer).map(|l| Block::load(src, l, c)).collect::<Result<_>>()?,
+            ln_f: LayerNorm::load(src, "ln_f", c)?,
+            config,
+        })
+    }
+
+    /// GPT-2's initialisation (normal, std 0.02; LayerNorm at identity), for benchmarks.
+    pub fn random(config: Gpt2Config, seed: u64, device: &B::Device) -> Self {
+        B::seed(device, seed);
+        Self::load(config, &mut RandomInit { device: device.clone() }).expect("random init cannot fail")
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.wte.device()
+    }
+
+    /// Token ids [batch, pos] as a tensor; ids and lengths are checked against the config.
+    pub fn tokens(&self, rows: &[Vec<u32>]) -> Result<Tensor<B, 2, Int>> {
+        let s = rows.first().map_or(0, Vec::len);
+        if s == 0 || rows.iter().any(|r| r.len() != s) {
+            bail!("a batch needs non-empty token rows of one length");
+        }
+        if s > self.config.n_positions {
+            bail!("{s} tokens exceed the model's context of {} positions", self.config.n_positions);
+        }
+        if let Some(&id) = rows.iter().flatten().find(|&&id| id as usize >= self.config.vocab_size) {
+            bail!("token id {id} is outside the model's vocabulary of {}", self.config.vocab_size);
+        }
+        let flat: Vec<i64> = rows.iter().flatten().map(|&id| id as i64).collect();
+        Ok(Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [rows.len() * s]), &self.device()).reshape([rows.len(), s]))
+    }
+
+    /// Embeddings of `tokens` placed at positions start.. (start > 0 for a suffix).
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
+        let [b, s] = tokens.dims();
+        let tok = self.wte.clone().select(0, tokens.reshape([b * s])).reshape([b, s, self.config.n_embd]);
+        tok + self.wpe.clone().narrow(0, start, s).unsqueeze::<3>()
+    }
+
+    /// Logits [batch, pos, vocab] of the final residual stream.
+    pub fn unembed(&self, resid: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.ln_f.forward(resid).matmul(self.wte.clone().transpose().unsqueeze::<3>())
+    }
+
+    /// The logits of chosen tokens only: `resid` [rows, d] (one position per row), `ids` [rows, k]
+    /// gives [rows, k]. Equal to gathering `unembed`'s output, at a fraction of its cost.
+    pub fn logits_of(&self, resid: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [rows, k] = ids.dims();
+        let w = self.wte.clone().select(0, ids.reshape([rows * k])).reshape([rows, k, self.config.n_embd]);
+        (self.ln_f.forward(resid).unsqueeze_dim::<3>(1) * w).sum_dim(2).reshape([rows, k])
+    }
+
+    /// The whole forward pass: logits [batch, pos, vocab].
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        self.unembed(self.resid_final(tokens, hooks))
+    }
+
+    /// The residual stream after the last block, [batch, pos, d].
+    pub fn resid_final(&self, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        let x = self.embed(tokens, 0);
+        self.blocks.iter().enumerate().fold(x, |x, (l, block)| block.forward(x, l, None, hooks))
+    }
+}
+
+struct RandomInit<B: Backend> {
+    device: B::Device,
+}
+
+impl<B: Backend> ParamSource<B> for RandomInit<B> {
+    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        let is_ln = name.contains("ln_");
+        Ok(match (is_ln, name.ends_with("weight")) {
+            (true, true) => Tensor::ones(shape, &self.device),
+            (_, false) => Tensor::zeros(shape, &self.device),
+            (false, true) => Tensor::random(shape, Distribution::Normal(0.0, 0.02), &self.device),
+        })
+    }
+}

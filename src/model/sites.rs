@@ -1,0 +1,133 @@
+//! Activation sites, named as TransformerLens names its hooks, and the hook mechanism the forward
+//! pass calls at each of them: a hook may read an activation (cache it) or return a replacement.
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteKind {
+    ResidPre,
+    ResidMid,
+    ResidPost,
+    AttnOut,
+    MlpOut,
+    /// Per head, [batch, pos, head, d_head].
+    Q,
+    K,
+    V,
+    /// Head outputs before c_proj, [batch, pos, head, d_head].
+    Z,
+    /// Attention probabilities, [batch, head, query_pos, key_pos].
+    Pattern,
+}
+
+impl SiteKind {
+    pub const ALL: [SiteKind; 10] = [
+        Self::ResidPre,
+        Self::ResidMid,
+        Self::ResidPost,
+        Self::AttnOut,
+        Self::MlpOut,
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::Z,
+        Self::Pattern,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ResidPre => "resid_pre",
+            Self::ResidMid => "resid_mid",
+            Self::ResidPost => "resid_post",
+            Self::AttnOut => "attn_out",
+            Self::MlpOut => "mlp_out",
+            Self::Q => "q",
+            Self::K => "k",
+            Self::V => "v",
+            Self::Z => "z",
+            Self::Pattern => "pattern",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// TransformerLens' hook name, e.g. `blocks.3.hook_resid_pre`, `blocks.3.attn.hook_z`.
+    pub fn hook_name(self, layer: usize) -> String {
+        match self {
+            Self::Q | Self::K | Self::V | Self::Z | Self::Pattern => format!("blocks.{layer}.attn.hook_{}", self.name()),
+            _ => format!("blocks.{layer}.hook_{}", self.name()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Site {
+    pub kind: SiteKind,
+    pub layer: usize,
+}
+
+impl Site {
+    pub fn new(kind: SiteKind, layer: usize) -> Self {
+        Self { kind, layer }
+    }
+}
+
+/// Called by the forward pass with every activation as it is computed; the returned tensor is the
+/// one the forward continues with. Residual-shaped sites are rank 3, per-head sites rank 4.
+pub trait Hooks<B: Backend> {
+    fn hook<const D: usize>(&mut self, site: Site, act: Tensor<B, D>) -> Tensor<B, D>;
+}
+
+/// The plain forward pass.
+pub struct NoHooks;
+
+impl<B: Backend> Hooks<B> for NoHooks {
+    fn hook<const D: usize>(&mut self, _site: Site, act: Tensor<B, D>) -> Tensor<B, D> {
+        act
+    }
+}
+
+/// Records the activations of chosen sites. Tensors are reference counted: caching keeps the
+/// activation alive, it does not copy it.
+pub struct Cache<B: Backend> {
+    want: Vec<Site>,
+    acts: HashMap<Site, Tensor<B, 4>>,
+}
+
+impl<B: Backend> Cache<B> {
+    pub fn new(want: impl IntoIterator<Item = Site>) -> Self {
+        Self { want: want.into_iter().collect(), acts: HashMap::new() }
+    }
+
+    /// Residual-shaped activation [batch, pos, d].
+    pub fn resid(&self, site: Site) -> Option<Tensor<B, 3>> {
+        self.acts.get(&site).map(|t| {
+            let [b, s, _, d] = t.dims();
+            t.clone().reshape([b, s, d])
+        })
+    }
+
+    /// Per-head activation, as the site defines its axes.
+    pub fn heads(&self, site: Site) -> Option<Tensor<B, 4>> {
+        self.acts.get(&site).cloned()
+    }
+}
+
+impl<B: Backend> Hooks<B> for Cache<B> {
+    fn hook<const D: usize>(&mut self, site: Site, act: Tensor<B, D>) -> Tensor<B, D> {
+        if self.want.contains(&site) {
+            // Stored uniformly as rank 4: [b, s, d] becomes [b, s, 1, d].
+            let mut dims = act.dims().to_vec();
+            if dims.len() == 3 {
+                dims.insert(2, 1);
+            }
+            let dims: [usize; 4] = dims.try_into().expect("sites are rank 3 or 4");
+            self.acts.insert(site, act.clone().reshape(dims));
+        }
+        act
+    }
+}

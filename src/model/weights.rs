@@ -1,0 +1,137 @@
+//! Checkpoint files: where a model's config.json, model.safetensors and tokenizer.json are (a local
+//! directory, or the HF hub cache through hf-hub), and safetensors → burn parameters.
+use super::gpt2::ParamSource;
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use safetensors::tensor::{Dtype, TensorInfo};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// The three files a model needs.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// What the user named: a hub id or a directory.
+    pub id: String,
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl ModelFiles {
+    /// `model` is a directory holding the three files, or a hub id (`gpt2`,
+    /// `openai-community/gpt2-medium`) fetched into the HF cache (HF_HOME). With HF_HUB_OFFLINE=1
+    /// only the cache is read.
+    pub fn locate(model: &str) -> Result<Self> {
+        let dir = Path::new(model);
+        let paths = if dir.is_dir() {
+            FILES
+                .iter()
+                .map(|f| {
+                    let p = dir.join(f);
+                    if p.is_file() {
+                        Ok(p)
+                    } else {
+                        bail!("{} is missing: a model directory needs {}", p.display(), FILES.join(", "))
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else if model.starts_with(['.', '/']) || model.matches('/').count() > 1 {
+            // Hub ids are `name` or `owner/name`: anything else was meant as a path.
+            bail!("model directory {model} does not exist")
+        } else {
+            hub_files(model)?
+        };
+        let [config, weights, tokenizer]: [PathBuf; 3] = paths.try_into().expect("three files");
+        Ok(Self { id: model.to_string(), config, weights, tokenizer })
+    }
+}
+
+fn offline() -> bool {
+    // hf-hub does not read HF_HUB_OFFLINE itself.
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+fn hub_files(id: &str) -> Result<Vec<PathBuf>> {
+    let cache = hf_hub::Cache::from_env();
+    let cached = cache.model(id.to_string());
+    if offline() {
+        return FILES
+            .iter()
+            .map(|f| {
+                cached.get(f).with_context(|| {
+                    format!(
+                        "HF_HUB_OFFLINE is set and {f} of {id} is not in the HF cache at {}: download it once online, \
+                         or pass --model DIR with {}",
+                        cache.path().display(),
+                        FILES.join(", ")
+                    )
+                })
+            })
+            .collect();
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+        .with_progress(true)
+        .build()
+        .context("starting the HF hub client")?;
+    let repo = api.model(id.to_string());
+    FILES
+        .iter()
+        .map(|f| {
+            if let Some(p) = cached.get(f) {
+                return Ok(p);
+            }
+            repo.get(f).map_err(|e| {
+                anyhow::anyhow!(
+                    "could not fetch {f} of {id} from the HF hub ({e}); without network, fill the cache at {} \
+                     (HF_HOME) or pass --model DIR with {}",
+                    cache.path().display(),
+                    FILES.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Parameters read from a model.safetensors file. Accepts the hub's bare names (`h.0.attn...`)
+/// and the `transformer.`-prefixed ones `save_pretrained` writes; F32, F16 and BF16 tensors.
+pub struct Safetensors<B: Backend> {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+    device: B::Device,
+}
+
+impl<B: Backend> Safetensors<B> {
+    pub fn open(path: &Path, device: &B::Device) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
+        let tensors = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name.strip_prefix("transformer.").unwrap_or(&name).to_string(), info.clone()))
+            .collect();
+        Ok(Self { path: path.to_path_buf(), bytes, data_start: 8 + header_len, tensors, device: device.clone() })
+    }
+}
+
+impl<B: Backend> ParamSource<B> for Safetensors<B> {
+    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        let file = self.path.display();
+        let info = self.tensors.get(name).with_context(|| format!("{file} has no tensor {name} (nor transformer.{name})"))?;
+        if info.shape != shape {
+            bail!("tensor {name} in {file} has shape {:?}, but config.json implies {:?}", info.shape, shape);
+        }
+        let raw = &self.bytes[self.data_start + info.data_offsets.0..self.data_start + info.data_offsets.1];
+        let values: Vec<f32> = match info.dtype {
+            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => bail!("tensor {name} in {file} has dtype {other:?}; expected F32, F16 or BF16"),
+        };
+        Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
+    }
+}

@@ -1,0 +1,45 @@
+//! GPT-2's byte-level BPE tokenizer (tokenizer.json), with the checks patching needs.
+use anyhow::{bail, Result};
+use std::path::Path;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?;
+        Ok(Self { inner })
+    }
+
+    /// Token ids of `text`, without special tokens added (GPT-2 adds none; no BOS is prepended).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The text of one token, e.g. " Jones".
+    pub fn token_str(&self, id: u32) -> String {
+        self.inner.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>"))
+    }
+
+    pub fn token_strs(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter().map(|&id| self.token_str(id)).collect()
+    }
+
+    /// The id of `text` when it is exactly one token; otherwise an error showing its tokens.
+    pub fn single_token(&self, text: &str) -> Result<u32> {
+        let ids = self.encode(text)?;
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            _ => bail!("{text:?} is not a single token: it is {}", self.show(&ids)),
+        }
+    }
+
+    /// `[id "text", ...]` for error messages.
+    pub fn show(&self, ids: &[u32]) -> String {
+        let parts: Vec<String> = ids.iter().map(|&id| format!("{id} {:?}", self.token_str(id))).collect();
+        format!("[{}]", parts.join(", "))
+    }
+}

@@ -1,0 +1,74 @@
+//! Shared by the integration tests: fixture paths, reference arrays, the backends to test on.
+#![allow(dead_code)] // each test binary uses part of this
+use patchbay::backend::{BackendKind, BackendSpec, DType};
+use std::path::PathBuf;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn tiny() -> PathBuf {
+    fixtures().join("tiny")
+}
+
+/// Arrays from a refs.safetensors written by tests/fixtures/make_fixtures.py.
+pub struct Refs {
+    bytes: Vec<u8>,
+}
+
+impl Refs {
+    pub fn load(dir: &std::path::Path) -> Self {
+        Self { bytes: std::fs::read(dir.join("refs.safetensors")).expect("fixture refs.safetensors") }
+    }
+
+    fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).unwrap().tensor(name).unwrap_or_else(|_| panic!("no ref {name}"))
+    }
+
+    pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let v = self.view(name);
+        (v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(), v.shape().to_vec())
+    }
+
+    pub fn i32(&self, name: &str) -> (Vec<i32>, Vec<usize>) {
+        let v = self.view(name);
+        (v.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect(), v.shape().to_vec())
+    }
+
+    /// Rows of a [rows, len] int array as token ids.
+    pub fn token_rows(&self, name: &str) -> Vec<Vec<u32>> {
+        let (v, shape) = self.i32(name);
+        v.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+}
+
+/// Every backend compiled in: cpu, and wgpu with and without fusion (lavapipe on CI). Set
+/// PATCHBAY_TEST_BACKENDS=cpu,cuda (say) to choose, e.g. on a CUDA machine.
+pub fn backends() -> Vec<BackendSpec> {
+    let wanted = std::env::var("PATCHBAY_TEST_BACKENDS").unwrap_or_else(|_| {
+        let mut all = vec!["cpu"];
+        if cfg!(feature = "wgpu") {
+            all.extend(["wgpu", "wgpu-nofusion"]);
+        }
+        all.join(",")
+    });
+    wanted
+        .split(',')
+        .map(|name| {
+            let (kind, fusion) = match name.trim() {
+                "cpu" => (BackendKind::Cpu, true),
+                "wgpu" => (BackendKind::Wgpu, true),
+                "wgpu-nofusion" => (BackendKind::Wgpu, false),
+                "cuda" => (BackendKind::Cuda, true),
+                "cuda-nofusion" => (BackendKind::Cuda, false),
+                other => panic!("unknown backend {other} in PATCHBAY_TEST_BACKENDS"),
+            };
+            BackendSpec { kind, device: 0, dtype: DType::F32, fusion }
+        })
+        .collect()
+}

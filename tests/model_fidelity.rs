@@ -1,0 +1,150 @@
+//! The GPT-2 forward pass against HF transformers / TransformerLens on the tiny random-weight
+//! fixture: logits and every activation site, on every backend compiled in.
+mod common;
+use burn::prelude::*;
+use common::*;
+use patchbay::backend::{dispatch, BackendTask};
+use patchbay::model::weights::{ModelFiles, Safetensors};
+use patchbay::model::{Cache, Gpt2, Gpt2Config, Site, SiteKind};
+use std::path::Path;
+
+fn load<B: Backend>(dir: &Path, device: &B::Device) -> anyhow::Result<Gpt2<B>> {
+    let files = ModelFiles::locate(dir.to_str().unwrap())?;
+    Gpt2::load(Gpt2Config::from_json_file(&files.config)?, &mut Safetensors::open(&files.weights, device)?)
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// (what, max abs difference to the reference) for the logits and each site of each layer.
+struct Fidelity;
+
+impl BackendTask for Fidelity {
+    type Output = Vec<(String, f32)>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let refs = Refs::load(&tiny());
+        let model = load::<B>(&tiny(), &device)?;
+        let rows = refs.token_rows("tokens");
+        let n_layer = model.config.n_layer;
+        let sites: Vec<Site> = (0..n_layer).flat_map(|l| SiteKind::ALL.map(|k| Site::new(k, l))).collect();
+        let mut cache = Cache::new(sites.clone());
+        let logits = model.forward(model.tokens(&rows)?, &mut cache);
+        let [p, t, v] = logits.dims();
+        let (cols, _) = refs.i32("vocab_cols");
+        let cols = Tensor::<B, 1, Int>::from_data(TensorData::new(cols.iter().map(|&c| c as i64).collect(), [cols.len()]), &device);
+        let mut out = vec![
+            ("logits_last".to_string(), max_abs_diff(&values(logits.clone().narrow(1, t - 1, 1).reshape([p, v])), &refs.f32("logits_last").0)),
+            ("logits_cols".to_string(), max_abs_diff(&values(logits.select(2, cols)), &refs.f32("logits_cols").0)),
+        ];
+        for site in sites {
+            let name = site.kind.hook_name(site.layer);
+            let got = match site.kind {
+                SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Z | SiteKind::Pattern => values(cache.heads(site).unwrap()),
+                _ => values(cache.resid(site).unwrap()),
+            };
+            out.push((name.clone(), max_abs_diff(&got, &refs.f32(&name).0)));
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn logits_and_sites_match_hf_on_every_backend() {
+    for spec in backends() {
+        let diffs = dispatch(&spec, Fidelity).unwrap();
+        assert_eq!(diffs.len(), 2 + 3 * SiteKind::ALL.len());
+        let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < 1e-4)).collect();
+        assert!(bad.is_empty(), "{spec:?}: differs from HF by more than 1e-4: {bad:?}");
+    }
+}
+
+/// Tensors of the fixture checkpoint, by stored name.
+fn fixture_tensors() -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(tiny().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect()
+}
+
+/// A model directory beside the fixture's, with a rewritten checkpoint.
+fn write_checkpoint(name: &str, tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("patchbay-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny().join(f), dir.join(f)).unwrap();
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, s, d)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn hub_bare_names_with_mask_buffers_load_the_same_model() {
+    type B = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    let mut tensors: Vec<_> = fixture_tensors()
+        .into_iter()
+        .map(|(n, dt, s, d)| (n.strip_prefix("transformer.").unwrap().to_string(), dt, s, d))
+        .collect();
+    // The hub's gpt2 checkpoint carries causal-mask buffers h.N.attn.bias: they are ignored.
+    for l in 0..3 {
+        tensors.push((format!("h.{l}.attn.bias"), safetensors::Dtype::F32, vec![1, 1, 2, 2], vec![0; 16]));
+    }
+    let dir = write_checkpoint("bare", &tensors);
+    let tokens = Refs::load(&tiny()).token_rows("tokens");
+    let a = load::<B>(&tiny(), &device).unwrap();
+    let b = load::<B>(&dir, &device).unwrap();
+    let la = values(a.forward(a.tokens(&tokens).unwrap(), &mut patchbay::model::NoHooks));
+    let lb = values(b.forward(b.tokens(&tokens).unwrap(), &mut patchbay::model::NoHooks));
+    assert_eq!(la, lb);
+}
+
+#[test]
+fn missing_tensor_and_wrong_shape_are_one_line_errors() {
+    type B = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    let tensors = fixture_tensors();
+    let missing: Vec<_> = tensors.iter().filter(|t| t.0 != "transformer.h.1.mlp.c_fc.weight").cloned().collect();
+    let err = load::<B>(&write_checkpoint("missing", &missing), &device).err().unwrap().to_string();
+    assert!(err.contains("has no tensor h.1.mlp.c_fc.weight") && !err.contains('\n'), "{err}");
+
+    let mut wrong = tensors.clone();
+    let t = wrong.iter_mut().find(|t| t.0 == "transformer.h.0.attn.c_proj.weight").unwrap();
+    t.2 = vec![8, 32]; // same bytes, transposed-looking shape
+    let err = load::<B>(&write_checkpoint("shape", &wrong), &device).err().unwrap().to_string();
+    assert!(err.contains("h.0.attn.c_proj.weight") && err.contains("[8, 32]") && err.contains("[16, 16]"), "{err}");
+}
+
+#[test]
+fn missing_model_directory_file_is_named() {
+    let dir = std::env::temp_dir().join(format!("patchbay-test-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = ModelFiles::locate(dir.to_str().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("config.json is missing"), "{err}");
+}
+
+#[test]
+fn offline_hub_miss_says_which_file_and_how_to_provide_it() {
+    let home = std::env::temp_dir().join(format!("patchbay-test-hfhome-{}", std::process::id()));
+    // Safe: this test binary sets these variables in this test only.
+    unsafe {
+        std::env::set_var("HF_HOME", &home);
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
+    let err = ModelFiles::locate("gpt2").unwrap_err().to_string();
+    assert!(err.contains("config.json of gpt2 is not in the HF cache") && err.contains("--model DIR"), "{err}");
+}
+
+#[test]
+fn random_init_has_gpt2_shapes() {
+    type B = burn::backend::NdArray<f32>;
+    let mut c = Gpt2Config::named("distilgpt2").unwrap();
+    c.vocab_size = 100;
+    c.n_positions = 8;
+    let m = Gpt2::<B>::random(c, 0, &Default::default());
+    let logits = m.forward(m.tokens(&[vec![1, 2, 3]]).unwrap(), &mut patchbay::model::NoHooks);
+    assert_eq!(logits.dims(), [1, 3, 100]);
+}
