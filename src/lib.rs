@@ -4,5 +4,7 @@
 //! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
 //! forward with patch sites, `model`) → `sink` (.npy + manifest) → `analysis`.
 pub mod backend;
+pub mod data;
+pub mod engine;
 pub mod model;
 pub mod tokenizer;

@@ -1,0 +1,6 @@
+//! The patching engine: which patched runs exist (`plan`) and running them batched (`run`).
+pub mod plan;
+pub mod run;
+
+pub use plan::{Layout, PatchSite, Row};
+pub use run::{Engine, PairResult};

@@ -1,0 +1,164 @@
+//! The patch list: one row per patched run, (site, layer, position and/or head), laid out as the
+//! result arrays are ([pairs, layers, positions(, heads)]), and chunked under a memory budget.
+use crate::model::{Gpt2Config, SiteKind};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// What a patched run overwrites, as TransformerLens' `patching.get_act_patch_*` define it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchSite {
+    ResidPre,
+    ResidMid,
+    ResidPost,
+    AttnOut,
+    MlpOut,
+    /// One head's output `z` at every position.
+    ZAllPos,
+    /// One head's output `z` at one position.
+    ZByPos,
+}
+
+impl PatchSite {
+    pub const ALL: [PatchSite; 7] =
+        [Self::ResidPre, Self::ResidMid, Self::ResidPost, Self::AttnOut, Self::MlpOut, Self::ZAllPos, Self::ZByPos];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ZAllPos => "z_all_pos",
+            Self::ZByPos => "z_by_pos",
+            other => other.kind().name(),
+        }
+    }
+
+    pub fn parse_list(list: &str) -> Result<Vec<Self>> {
+        let mut out = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some(site) = Self::ALL.into_iter().find(|s| s.name() == name) else {
+                let all: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
+                bail!("unknown site {name:?}: expected one of {}", all.join(", "));
+            };
+            if !out.contains(&site) {
+                out.push(site);
+            }
+        }
+        if out.is_empty() {
+            bail!("no sites given");
+        }
+        Ok(out)
+    }
+
+    /// The model activation the patch overwrites.
+    pub fn kind(self) -> SiteKind {
+        match self {
+            Self::ResidPre => SiteKind::ResidPre,
+            Self::ResidMid => SiteKind::ResidMid,
+            Self::ResidPost => SiteKind::ResidPost,
+            Self::AttnOut => SiteKind::AttnOut,
+            Self::MlpOut => SiteKind::MlpOut,
+            Self::ZAllPos | Self::ZByPos => SiteKind::Z,
+        }
+    }
+
+    fn by_position(self) -> bool {
+        self != Self::ZAllPos
+    }
+
+    fn by_head(self) -> bool {
+        matches!(self, Self::ZAllPos | Self::ZByPos)
+    }
+
+    /// Axis names of the result array.
+    pub fn axes(self) -> Vec<&'static str> {
+        let mut axes = vec!["pair", "layer"];
+        if self.by_position() {
+            axes.push("position");
+        }
+        if self.by_head() {
+            axes.push("head");
+        }
+        axes
+    }
+}
+
+/// The model dimensions the result arrays are laid out by. `positions` is the longest pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub layers: usize,
+    pub heads: usize,
+    pub positions: usize,
+}
+
+impl Layout {
+    /// The shape of one pair's block of results for `site` (the array shape without its pair axis).
+    pub fn per_pair(&self, site: PatchSite) -> Vec<usize> {
+        let mut shape = vec![self.layers];
+        if site.by_position() {
+            shape.push(self.positions);
+        }
+        if site.by_head() {
+            shape.push(self.heads);
+        }
+        shape
+    }
+
+    pub fn per_pair_len(&self, site: PatchSite) -> usize {
+        self.per_pair(site).iter().product()
+    }
+
+    /// The patched runs of one pair of `len` tokens at `site`, each with its index in the pair's
+    /// block. Positions at or past `len` (padding of shorter pairs) have no run.
+    pub fn rows(&self, site: PatchSite, len: usize) -> Vec<Row> {
+        let positions: Vec<Option<usize>> = if site.by_position() { (0..len).map(Some).collect() } else { vec![None] };
+        let heads: Vec<Option<usize>> = if site.by_head() { (0..self.heads).map(Some).collect() } else { vec![None] };
+        let mut rows = Vec::new();
+        for layer in 0..self.layers {
+            for &pos in &positions {
+                for &head in &heads {
+                    let p = if site.by_position() { pos.unwrap() } else { 0 };
+                    let h = head.unwrap_or(0);
+                    let out = match (site.by_position(), site.by_head()) {
+                        (true, true) => (layer * self.positions + p) * self.heads + h,
+                        (true, false) => layer * self.positions + p,
+                        (false, _) => layer * self.heads + h,
+                    };
+                    rows.push(Row { pair: 0, site, layer, pos, head, out });
+                }
+            }
+        }
+        rows
+    }
+}
+
+/// One patched run: the pair (index into the batch's pairs), what is overwritten, and where its
+/// result goes in the pair's block of the site's array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub pair: usize,
+    pub site: PatchSite,
+    pub layer: usize,
+    /// None: every position.
+    pub pos: Option<usize>,
+    /// None: the whole activation (residual-shaped sites).
+    pub head: Option<usize>,
+    pub out: usize,
+}
+
+impl Row {
+    /// The first position the patch changes: positions before it equal the corrupted run.
+    pub fn first_pos(&self) -> usize {
+        self.pos.unwrap_or(0)
+    }
+}
+
+/// Rows that fit a memory budget and a single-buffer limit (wgpu caps one buffer, at 128 MiB on
+/// lavapipe). Per row: the residual-sized tensors of one block, its MLP hidden layer and attention
+/// pattern, and (without reuse) the last position's full logits, the largest single tensor.
+pub fn max_rows_for_budget(config: &Gpt2Config, positions: usize, budget_bytes: usize, max_buffer_bytes: usize, full_logits: bool) -> usize {
+    let logits = if full_logits { 4 * config.vocab_size } else { 0 };
+    let mlp = 4 * positions * config.n_inner;
+    let pattern = 4 * config.n_head * positions * positions;
+    let per_row = 4 * positions * 8 * config.n_embd + 2 * mlp + 3 * pattern + logits;
+    let largest = logits.max(mlp).max(pattern);
+    (budget_bytes / per_row).min(max_buffer_bytes / largest).clamp(1, 1 << 16)
+}

@@ -1,0 +1,223 @@
+//! Running the patched runs: baselines once per pair, then every row of a chunk stacked into one
+//! batch per forward pass. The only place that sequences model calls.
+//!
+//! With `reuse` (the default) a row does no work whose result it already knows: it joins the batch
+//! at its patch layer from the corrupted run's residual stream there, computes only the positions
+//! from its patch position on (earlier positions attend through the corrupted run's keys and
+//! values), and unembeds only the answer and distractor at the last position. Without it, every
+//! row is a full forward pass from the embeddings with full logits at the last position.
+use super::plan::{Layout, PatchSite, Row};
+use crate::data::TokenizedPair;
+use crate::model::gpt2::Prefix;
+use crate::model::{Cache, Gpt2, Hooks, Site, SiteKind};
+use anyhow::{ensure, Result};
+use burn::prelude::*;
+
+pub struct Engine<'m, B: Backend> {
+    pub model: &'m Gpt2<B>,
+    pub reuse: bool,
+    /// Patched runs stacked in one forward pass, at most.
+    pub max_rows: usize,
+}
+
+/// One pair's results: the baselines, and per site its block of the site's array (NaN where a
+/// position is past the pair's length).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairResult {
+    pub clean: f32,
+    pub corrupted: f32,
+    pub sites: Vec<Vec<f32>>,
+}
+
+/// The clean and corrupted runs of a group of pairs, cached where patched rows need them.
+struct Baselines<B: Backend> {
+    clean: Cache<B>,
+    corrupted: Cache<B>,
+    /// [pairs, 2]: answer and distractor ids.
+    ids: Tensor<B, 2, Int>,
+    len: usize,
+}
+
+fn int_tensor<B: Backend>(values: impl IntoIterator<Item = usize>, device: &B::Device) -> Tensor<B, 1, Int> {
+    let v: Vec<i64> = values.into_iter().map(|x| x as i64).collect();
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
+
+impl<B: Backend> Engine<'_, B> {
+    /// Baselines and every patched run at `sites` for `pairs`, which must share one length.
+    /// `progress` is told how many runs each finished batch held.
+    pub fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(usize)) -> Result<Vec<PairResult>> {
+        ensure!(!pairs.is_empty(), "no pairs to run");
+        let len = pairs[0].len();
+        ensure!(pairs.iter().all(|p| p.len() == len), "a batch of pairs must share one length");
+        ensure!(len <= layout.positions, "pair of {len} tokens exceeds the layout's {} positions", layout.positions);
+        let base = self.baselines(pairs, sites)?;
+        let clean = self.metric(base.clean.resid(Site::new(SiteKind::ResidPost, self.last_layer())).unwrap(), base.ids.clone());
+        let corrupted = self.metric(base.corrupted.resid(Site::new(SiteKind::ResidPost, self.last_layer())).unwrap(), base.ids.clone());
+        let mut results: Vec<PairResult> = (0..pairs.len())
+            .map(|i| PairResult {
+                clean: clean[i],
+                corrupted: corrupted[i],
+                sites: sites.iter().map(|&s| vec![f32::NAN; layout.per_pair_len(s)]).collect(),
+            })
+            .collect();
+
+        let mut rows: Vec<(usize, Row)> = Vec::new();
+        for (si, &site) in sites.iter().enumerate() {
+            for pair in 0..pairs.len() {
+                rows.extend(layout.rows(site, len).into_iter().map(|r| (si, Row { pair, ..r })));
+            }
+        }
+        let batch: Vec<Row> = rows.iter().map(|(_, r)| *r).collect();
+        let metrics = self.rows_with(&batch, &base, progress);
+        for ((si, row), m) in rows.iter().zip(metrics) {
+            results[row.pair].sites[*si][row.out] = m;
+        }
+        Ok(results)
+    }
+
+    /// The metric of each of `rows` (any mix of sites, layers, positions, heads) on `pairs`.
+    pub fn run_rows(&self, pairs: &[TokenizedPair], rows: &[Row]) -> Result<Vec<f32>> {
+        let sites: Vec<PatchSite> = rows.iter().map(|r| r.site).collect();
+        let base = self.baselines(pairs, &sites)?;
+        Ok(self.rows_with(rows, &base, &mut |_| {}))
+    }
+
+    /// Rows sharing a first computed position form one batch shape; within it, chunks of at most
+    /// `max_rows`, ordered by the layer rows join at so that joining rows append to the batch.
+    fn rows_with(&self, rows: &[Row], base: &Baselines<B>, progress: &mut dyn FnMut(usize)) -> Vec<f32> {
+        let start = |r: &Row| if self.reuse { r.first_pos() } else { 0 };
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| (start(&rows[i]), self.join_layer(&rows[i])));
+        let mut out = vec![f32::NAN; rows.len()];
+        for group in order.chunk_by(|&a, &b| start(&rows[a]) == start(&rows[b])) {
+            for chunk in group.chunks(self.max_rows.max(1)) {
+                let batch: Vec<Row> = chunk.iter().map(|&i| rows[i]).collect();
+                for (&i, m) in chunk.iter().zip(self.patched(&batch, start(&batch[0]), base)) {
+                    out[i] = m;
+                }
+                progress(chunk.len());
+            }
+        }
+        out
+    }
+
+    fn last_layer(&self) -> usize {
+        self.model.config.n_layer - 1
+    }
+
+    fn join_layer(&self, row: &Row) -> usize {
+        if self.reuse {
+            row.layer
+        } else {
+            0
+        }
+    }
+
+    fn baselines(&self, pairs: &[TokenizedPair], sites: &[PatchSite]) -> Result<Baselines<B>> {
+        let m = self.model;
+        let layers = 0..m.config.n_layer;
+        let last = Site::new(SiteKind::ResidPost, self.last_layer());
+        let mut clean = Cache::new(layers.clone().flat_map(|l| sites.iter().map(move |s| Site::new(s.kind(), l))).chain([last]));
+        let clean_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.clean.clone()).collect();
+        m.resid_final(m.tokens(&clean_rows)?, &mut clean);
+        let mut corrupted = Cache::new(
+            layers.flat_map(|l| [SiteKind::ResidPre, SiteKind::K, SiteKind::V].map(|k| Site::new(k, l))).chain([last]),
+        );
+        let corrupted_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.corrupted.clone()).collect();
+        m.resid_final(m.tokens(&corrupted_rows)?, &mut corrupted);
+        let ids = m.tokens(&pairs.iter().map(|p| vec![p.answer, p.distractor]).collect::<Vec<_>>())?;
+        Ok(Baselines { clean, corrupted, ids, len: pairs[0].len() })
+    }
+
+    /// logit(answer) − logit(distractor) at the last position of `resid` [rows, pos, d].
+    fn metric(&self, resid: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Vec<f32> {
+        let [rows, pos, d] = resid.dims();
+        let last = resid.narrow(1, pos - 1, 1).reshape([rows, d]);
+        let logits = if self.reuse {
+            self.model.logits_of(last, ids)
+        } else {
+            self.model.unembed(last.unsqueeze_dim(1)).reshape([rows, self.model.config.vocab_size]).gather(1, ids)
+        };
+        let diff = logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1);
+        diff.into_data().convert::<f32>().to_vec().expect("f32 metric")
+    }
+
+    /// One batch, rows ordered by join layer, computed from position `start` on; their metrics.
+    fn patched(&self, rows: &[Row], start: usize, base: &Baselines<B>) -> Vec<f32> {
+        let device = self.model.device();
+        let mut x: Option<Tensor<B, 3>> = None;
+        let mut active: Vec<Row> = Vec::with_capacity(rows.len());
+        for (layer, block) in self.model.blocks.iter().enumerate() {
+            let joining: Vec<Row> = rows.iter().filter(|r| self.join_layer(r) == layer).copied().collect();
+            if !joining.is_empty() {
+                let idx = int_tensor::<B>(joining.iter().map(|r| r.pair), &device);
+                let resid = base.corrupted.resid(Site::new(SiteKind::ResidPre, layer)).unwrap();
+                let joined = resid.select(0, idx).narrow(1, start, base.len - start);
+                x = Some(match x {
+                    Some(x) => Tensor::cat(vec![x, joined], 0),
+                    None => joined,
+                });
+                active.extend(joining);
+            }
+            let Some(xl) = x.take() else { continue };
+            let pairs = int_tensor::<B>(active.iter().map(|r| r.pair), &device);
+            let prefix = (start > 0).then(|| {
+                let kv = |kind| {
+                    let t = base.corrupted.heads(Site::new(kind, layer)).unwrap(); // [pairs, pos, head, d_head]
+                    t.select(0, pairs.clone()).narrow(1, 0, start).swap_dims(1, 2)
+                };
+                Prefix { k: kv(SiteKind::K), v: kv(SiteKind::V) }
+            });
+            let mut hook = Patch { rows: &active, start, clean: &base.clean, pairs: pairs.clone() };
+            x = Some(block.forward(xl, layer, prefix.as_ref(), &mut hook));
+        }
+        let ids = base.ids.clone().select(0, int_tensor::<B>(active.iter().map(|r| r.pair), &device));
+        self.metric(x.expect("every row joins by the last layer"), ids)
+    }
+}
+
+/// Overwrites, for each batch row patched at a site, that site's activation at the row's position
+/// (and head) with the clean run's: one masked select over the whole batch per patched site.
+struct Patch<'a, B: Backend> {
+    rows: &'a [Row],
+    /// First computed position: the activations here cover positions start.. .
+    start: usize,
+    clean: &'a Cache<B>,
+    /// Each row's pair, [rows].
+    pairs: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> Hooks<B> for Patch<'_, B> {
+    fn hook<const D: usize>(&mut self, site: Site, act: Tensor<B, D>) -> Tensor<B, D> {
+        let hit = |r: &Row| r.layer == site.layer && r.site.kind() == site.kind;
+        if !self.rows.iter().any(hit) {
+            return act;
+        }
+        let dims = act.dims();
+        let (n, s) = (dims[0], dims[1]);
+        let (h, e) = if D == 4 { (dims[2], dims[3]) } else { (1, dims[2]) };
+        let mut mask = vec![false; n * s * h];
+        for (i, r) in self.rows.iter().enumerate().filter(|(_, r)| hit(r)) {
+            let positions = match r.pos {
+                Some(p) => p - self.start..p - self.start + 1,
+                None => 0..s,
+            };
+            let heads = match r.head {
+                Some(hd) => hd..hd + 1,
+                None => 0..h,
+            };
+            for p in positions {
+                for hd in heads.clone() {
+                    mask[(i * s + p) * h + hd] = true;
+                }
+            }
+        }
+        let device = act.device();
+        let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(mask, [n, s, h]), &device).unsqueeze_dim::<4>(3).expand([n, s, h, e]);
+        let clean = self.clean.heads(site).expect("clean run caches every patched site");
+        let clean = clean.select(0, self.pairs.clone()).narrow(1, self.start, s);
+        act.reshape([n, s, h, e]).mask_where(mask, clean).reshape(dims)
+    }
+}
