@@ -21,7 +21,7 @@ pub enum DType {
     Bf16,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendSpec {
     pub kind: BackendKind,
     /// GPU index (ignored on cpu).

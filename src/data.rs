@@ -15,13 +15,16 @@ pub struct Pair {
 }
 
 /// A pair as token ids. `row` is its 1-based row in the source (file line, or CLI/config order).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenizedPair {
     pub row: usize,
     pub clean: Vec<u32>,
     pub corrupted: Vec<u32>,
     pub answer: u32,
     pub distractor: u32,
+    /// Named token positions (e.g. IO, S1, S2, end) for aggregating results by name.
+    #[serde(default)]
+    pub positions: std::collections::BTreeMap<String, usize>,
 }
 
 impl TokenizedPair {
@@ -75,5 +78,5 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer) -> Result<TokenizedPair> {
     }
     let answer = tok.single_token(&p.answer).context("answer")?;
     let distractor = tok.single_token(&p.distractor).context("distractor")?;
-    Ok(TokenizedPair { row: 0, clean, corrupted, answer, distractor })
+    Ok(TokenizedPair { row: 0, clean, corrupted, answer, distractor, ..Default::default() })
 }

@@ -3,8 +3,12 @@
 //!
 //! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
 //! forward with patch sites, `model`) → `sink` (.npy + manifest) → `analysis`.
+pub mod analysis;
 pub mod backend;
+pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod model;
+pub mod sink;
+pub mod sweep;
 pub mod tokenizer;

@@ -25,6 +25,7 @@ fn fixture_pairs(refs: &Refs) -> Vec<TokenizedPair> {
             corrupted: corrupted[i].clone(),
             answer: answer[i] as u32,
             distractor: distractor[i] as u32,
+            ..Default::default()
         })
         .collect()
 }

@@ -56,7 +56,7 @@ impl SiteKind {
     }
 
     /// TransformerLens' hook name, e.g. `blocks.3.hook_resid_pre`, `blocks.3.attn.hook_z`.
-    pub fn hook_name(self, layer: usize) -> String {
+    pub fn hook_name(self, layer: impl std::fmt::Display) -> String {
         match self {
             Self::Q | Self::K | Self::V | Self::Z | Self::Pattern => format!("blocks.{layer}.attn.hook_{}", self.name()),
             _ => format!("blocks.{layer}.hook_{}", self.name()),

@@ -135,3 +135,9 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
         Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
     }
 }
+
+/// The model of `files` on `device`.
+pub fn load_model<B: Backend>(files: &ModelFiles, device: &B::Device) -> Result<super::Gpt2<B>> {
+    let config = super::Gpt2Config::from_json_file(&files.config)?;
+    super::Gpt2::load(config, &mut Safetensors::open(&files.weights, device)?)
+}

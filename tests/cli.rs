@@ -1,0 +1,154 @@
+//! The `patchbay` binary end to end on the tiny fixture: run (flags, config, pairs file) → .npy
+//! files that equal TransformerLens' results → analyze; and the one-line errors of bad input.
+mod common;
+use common::*;
+use patchbay::sink::read_npy;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn patchbay(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("patchbay-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const CLEAN: &str = "Michelle Jones was a top-notch student. Michelle";
+
+fn write_pairs(dir: &Path, lines: &[serde_json::Value]) -> PathBuf {
+    let path = dir.join("pairs.jsonl");
+    std::fs::write(&path, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    path
+}
+
+#[test]
+fn config_run_matches_transformer_lens_and_analyze_normalizes() {
+    let dir = tmp("config");
+    let out = dir.join("michelle");
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/michelle.toml");
+    let tiny = tiny();
+    let (ok, stdout, stderr) = patchbay(&[
+        "run",
+        config.to_str().unwrap(),
+        "--model",
+        tiny.to_str().unwrap(),
+        "--sites",
+        "resid_pre,resid_mid,resid_post,attn_out,mlp_out,z_all_pos,z_by_pos",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 pair(s)"), "{stdout}");
+    let refs = Refs::load(&tiny);
+    for site in ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z_all_pos", "z_by_pos"] {
+        let (got, shape) = read_npy(&out.join(format!("{site}.npy"))).unwrap();
+        let (want, want_shape) = refs.f32(&format!("patch.{site}"));
+        let per_pair: usize = want_shape[1..].iter().product();
+        assert_eq!(shape[1..], want_shape[1..], "{site}");
+        assert!(max_abs_diff(&got, &want[..per_pair]) < 1e-4, "{site}");
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["pairs"][0]["clean_strs"][1], " Jones");
+    assert_eq!(manifest["sites"][0]["axes"], serde_json::json!(["pair", "layer", "position"]));
+    assert!(!out.join("progress.json").exists() && !out.join("resid_pre.npy.partial").exists());
+
+    let (ok, _, stderr) = patchbay(&["analyze", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let (clean, _) = read_npy(&out.join("baseline_clean.npy")).unwrap();
+    let (corr, _) = read_npy(&out.join("baseline_corrupted.npy")).unwrap();
+    let (raw, _) = read_npy(&out.join("resid_pre.npy")).unwrap();
+    let (norm, _) = read_npy(&out.join("resid_pre.normalized.npy")).unwrap();
+    let want: Vec<f32> = raw.iter().map(|v| (v - corr[0]) / (clean[0] - corr[0])).collect();
+    assert!(max_abs_diff(&norm, &want) < 1e-6);
+    // Layer 0 at the differing token restores the clean run; elsewhere at layer 0 nothing moves.
+    assert!((norm[1] - 1.0).abs() < 1e-4 && norm[0].abs() < 1e-4, "{:?}", &norm[..11]);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["sites"][0]["n"][0], 1);
+    assert!(std::fs::read(out.join("resid_pre.png")).unwrap().starts_with(b"\x89PNG"));
+    assert!(std::fs::read_to_string(out.join("z_by_pos.svg")).unwrap().contains(" Jones"));
+    assert!(std::fs::read_to_string(out.join("summary.csv")).unwrap().starts_with("site,layer,position,head,label,mean,sem,n\n"));
+
+    // A finished run is not overwritten by accident.
+    let (ok, _, stderr) = patchbay(&["run", config.to_str().unwrap(), "--model", tiny.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("already holds a run"), "{stderr}");
+}
+
+#[test]
+fn pairs_file_errors_name_the_row_and_show_tokens() {
+    let dir = tmp("errors");
+    let tiny = tiny();
+    let good = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"});
+    let longer = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smithson-Jones was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"});
+    let pairs = write_pairs(&dir, &[good.clone(), longer]);
+    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("row 2") && stderr.contains("different lengths") && stderr.contains("\" Smith\""), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let multi = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jonesberg", "distractor": " Smith"});
+    let pairs = write_pairs(&dir, &[good, multi]);
+    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
+    assert!(!ok && stderr.contains("row 2") && stderr.contains("answer") && stderr.contains("not a single token"), "{stderr}");
+
+    std::fs::write(dir.join("bad.jsonl"), "{\"clean\": \"x\"}\n").unwrap();
+    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", dir.join("bad.jsonl").to_str().unwrap()]);
+    assert!(!ok && stderr.contains("bad.jsonl row 1"), "{stderr}");
+
+    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--sites", "resid_pree"]);
+    assert!(!ok && stderr.contains("unknown site \"resid_pree\""), "{stderr}");
+}
+
+#[test]
+fn equal_baselines_are_excluded_from_normalization() {
+    let dir = tmp("equal");
+    let tiny = tiny();
+    let same = serde_json::json!({"clean": CLEAN, "corrupted": CLEAN, "answer": " Jones", "distractor": " Smith"});
+    let good = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"});
+    let pairs = write_pairs(&dir, &[good, same]);
+    let out = dir.join("o");
+    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = patchbay(&["analyze", out.to_str().unwrap()]);
+    assert!(ok && stderr.contains("excluded pair at row 2: clean and corrupted baselines are equal"), "{stdout}{stderr}");
+    let (norm, shape) = read_npy(&out.join("attn_out.normalized.npy")).unwrap();
+    assert_eq!(shape, [2, 3, 11]);
+    assert!(norm[..33].iter().all(|v| v.is_finite()) && norm[33..].iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn backend_errors_are_clear() {
+    let tiny = tiny();
+    let (ok, _, stderr) = patchbay(&["inspect", "--model", tiny.to_str().unwrap(), "Hello", "--backend", "cpu", "--dtype", "bf16"]);
+    assert!(!ok && stderr.contains("cpu backend computes in f32 only"), "{stderr}");
+    if !cfg!(feature = "cuda") {
+        let (ok, _, stderr) = patchbay(&["inspect", "--model", tiny.to_str().unwrap(), "Hello", "--backend", "cuda"]);
+        assert!(!ok && stderr.contains("--features cuda"), "{stderr}");
+    }
+    if cfg!(feature = "wgpu") {
+        let (ok, _, stderr) = patchbay(&["inspect", "--model", tiny.to_str().unwrap(), "Hello", "--backend", "wgpu", "--dtype", "bf16"]);
+        assert!(!ok && stderr.contains("bf16 is not supported on wgpu"), "{stderr}");
+    }
+}
+
+#[test]
+fn inspect_prints_tokens_and_top_k_as_json() {
+    let tiny = tiny();
+    let (ok, stdout, stderr) = patchbay(&["inspect", "--model", tiny.to_str().unwrap(), CLEAN, "--top-k", "3", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 11);
+    assert_eq!(v["tokens"][1]["token"], " Jones");
+    let top = v["top_k"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    // The reference's highest logit at the last position is the top-1 token.
+    let refs = Refs::load(&tiny);
+    let (logits, _) = refs.f32("logits_last");
+    let best = (0..50257).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+    assert_eq!(top[0]["id"], best);
+    assert!(top[0]["prob"].as_f64().unwrap() >= top[1]["prob"].as_f64().unwrap());
+}
