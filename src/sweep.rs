@@ -1,13 +1,14 @@
 //! A whole run: pairs grouped into units of equal length, each unit's patched runs through the
-//! engine, results streamed into the sink; the manifest that describes the results directory.
+//! engine, results streamed into the sink; the manifest that describes the results directory;
+//! shards of a run on several machines, and merging them.
 use crate::backend::BackendSpec;
-use crate::data::TokenizedPair;
+use crate::data::{Skipped, TokenizedPair};
 use crate::engine::plan::max_rows_for_budget;
 use crate::engine::{Engine, Layout, PatchSite};
 use crate::model::{Gpt2, Gpt2Config};
 use crate::sink::{self, ArraySpec, Sink};
 use crate::tokenizer::Tokenizer;
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,6 +25,61 @@ pub struct SweepSpec {
     pub out: PathBuf,
     pub resume: bool,
     pub overwrite: bool,
+    pub shard: Option<Shard>,
+}
+
+/// Shard `index` of `count` (0-based) of a run's pairs: a contiguous range of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `K/N`, K in 0..N.
+    pub fn parse(s: &str) -> Result<Self> {
+        let (k, n) = s.split_once('/').with_context(|| format!("--shard {s:?}: expected K/N, e.g. 0/8"))?;
+        let shard = Self { index: k.trim().parse().context("--shard K")?, count: n.trim().parse().context("--shard N")? };
+        if shard.count == 0 || shard.index >= shard.count {
+            bail!("--shard {s}: K must be in 0..N");
+        }
+        Ok(shard)
+    }
+
+    /// From a scheduler: a Slurm job array (SLURM_ARRAY_TASK_ID, _MIN, _COUNT) or a Kubernetes
+    /// Indexed Job (JOB_COMPLETION_INDEX, with `count` from --shards).
+    pub fn from_env(count: Option<usize>) -> Result<Option<Self>> {
+        let var = |name: &str| -> Result<Option<usize>> {
+            std::env::var(name).ok().map(|v| v.trim().parse().with_context(|| format!("{name}={v} is not a number"))).transpose()
+        };
+        if let (Some(id), Some(n)) = (var("SLURM_ARRAY_TASK_ID")?, var("SLURM_ARRAY_TASK_COUNT")?) {
+            let min = var("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            return Self::parse(&format!("{}/{}", id.saturating_sub(min), count.unwrap_or(n))).map(Some);
+        }
+        match (var("JOB_COMPLETION_INDEX")?, count) {
+            (Some(i), Some(n)) => Self::parse(&format!("{i}/{n}")).map(Some),
+            (Some(_), None) => bail!("JOB_COMPLETION_INDEX is set: give the number of shards with --shards N"),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn pairs(&self, total: usize) -> std::ops::Range<usize> {
+        self.index * total / self.count..(self.index + 1) * total / self.count
+    }
+
+    /// The shard's results directory inside the run's.
+    pub fn dir_name(&self) -> String {
+        format!("shard-{:04}-of-{:04}", self.index, self.count)
+    }
+}
+
+/// Where a shard's pairs sit in the whole run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub count: usize,
+    pub pair_start: usize,
+    pub pairs_total: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,6 +130,9 @@ pub struct Manifest {
     pub baseline_corrupted: String,
     pub lengths: String,
     pub pairs: Vec<PairEntry>,
+    /// Pairs of the source left out, and why.
+    pub skipped: Vec<Skipped>,
+    pub shard: Option<ShardInfo>,
 }
 
 impl Manifest {
@@ -107,21 +166,28 @@ fn memory_limits(backend: &BackendSpec) -> (usize, usize) {
     }
 }
 
+/// Runs `all` pairs (or the spec's shard of them); `skipped` is reported in the manifest.
 pub fn sweep<B: Backend>(
     model: &Gpt2<B>,
     model_id: &str,
     tok: &Tokenizer,
-    pairs: &[TokenizedPair],
+    all: &[TokenizedPair],
+    skipped: &[Skipped],
     spec: &SweepSpec,
     backend: &BackendSpec,
 ) -> Result<SweepSummary> {
-    anyhow::ensure!(!pairs.is_empty(), "no pairs to run");
+    anyhow::ensure!(!all.is_empty(), "no pairs to run");
     let c = &model.config;
-    let positions = pairs.iter().map(TokenizedPair::len).max().unwrap();
+    // Laid out by the whole run's longest pair, so shards merge into the unsharded arrays.
+    let positions = all.iter().map(TokenizedPair::len).max().unwrap();
     let layout = Layout { layers: c.n_layer, heads: c.n_head, positions };
     let (budget, buffer) = memory_limits(backend);
     let max_rows = spec.max_rows.unwrap_or_else(|| max_rows_for_budget(c, positions, budget, buffer, !spec.reuse));
-    let manifest = manifest(model, model_id, tok, pairs, spec, backend, layout, max_rows);
+    let range = spec.shard.map_or(0..all.len(), |s| s.pairs(all.len()));
+    let pairs = &all[range.clone()];
+    let mut manifest = manifest(model, model_id, tok, pairs, spec, backend, layout, max_rows);
+    manifest.skipped = skipped.to_vec();
+    manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pair_start: range.start, pairs_total: all.len() });
 
     let mut arrays: Vec<ArraySpec> = spec
         .sites
@@ -130,6 +196,10 @@ pub fn sweep<B: Backend>(
         .collect();
     arrays.extend(["baseline_clean", "baseline_corrupted"].map(|n| ArraySpec { name: n.into(), shape: vec![pairs.len()] }));
     let mut sink = Sink::create(&spec.out, &manifest, arrays, spec.resume, spec.overwrite)?;
+    if pairs.is_empty() {
+        sink.finish()?;
+        return Ok(SweepSummary { pairs: 0, runs: 0, seconds: 0.0 });
+    }
     let lengths: Vec<i32> = pairs.iter().map(|p| p.len() as i32).collect();
     sink::write_npy(&spec.out.join(&manifest.lengths), &[pairs.len()], &lengths)?;
 
@@ -215,6 +285,8 @@ fn manifest<B: Backend>(
         baseline_clean: "baseline_clean.npy".into(),
         baseline_corrupted: "baseline_corrupted.npy".into(),
         lengths: "lengths.npy".into(),
+        skipped: Vec::new(),
+        shard: None,
         pairs: pairs
             .iter()
             .map(|p| PairEntry {
@@ -230,4 +302,56 @@ fn manifest<B: Backend>(
             })
             .collect(),
     }
+}
+
+/// Combines finished shards of one run into `out`: arrays concatenated along the pair axis, equal
+/// to the unsharded run's.
+pub fn merge(shards: &[std::path::PathBuf], out: &std::path::Path) -> Result<Manifest> {
+    let mut parts: Vec<(std::path::PathBuf, Manifest, ShardInfo)> = Vec::new();
+    for dir in shards {
+        if dir.join("progress.json").exists() {
+            bail!("{} is unfinished: run it again with --resume", dir.display());
+        }
+        let m = Manifest::read(dir)?;
+        let info = m.shard.clone().with_context(|| format!("{} is not a shard (its manifest has no shard)", dir.display()))?;
+        parts.push((dir.clone(), m, info));
+    }
+    parts.sort_by_key(|p| p.2.index);
+    let count = parts.first().context("no shards to merge")?.2.count;
+    let have: Vec<usize> = parts.iter().map(|p| p.2.index).collect();
+    if have != (0..count).collect::<Vec<_>>() {
+        bail!("shards {have:?} given, but the run has shards 0..{count}: each exactly once");
+    }
+    // Everything but the shard and its pairs must be the same run.
+    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], ..m.clone() };
+    let mut merged = parts[0].1.clone();
+    for (dir, m, info) in &parts[1..] {
+        if same(m) != same(&merged) || info.pairs_total != parts[0].2.pairs_total {
+            bail!("{} belongs to a different run than {}", dir.display(), parts[0].0.display());
+        }
+    }
+    merged.pairs = parts.iter().flat_map(|p| p.1.pairs.clone()).collect();
+    merged.shard = None;
+    let total = merged.pairs.len();
+    std::fs::create_dir_all(out)?;
+    let files: Vec<String> = merged.sites.iter().map(|s| s.file.clone()).chain([merged.baseline_clean.clone(), merged.baseline_corrupted.clone()]).collect();
+    for file in &files {
+        let mut data = Vec::new();
+        let mut shape = Vec::new();
+        for (dir, ..) in &parts {
+            let (d, s) = sink::read_npy(&dir.join(file))?;
+            data.extend(d);
+            shape = s;
+        }
+        shape[0] = total;
+        sink::write_npy(&out.join(file), &shape, &data)?;
+    }
+    for site in &mut merged.sites {
+        site.shape[0] = total;
+    }
+    let lengths: Vec<i32> = merged.pairs.iter().map(|p| p.length as i32).collect();
+    sink::write_npy(&out.join(&merged.lengths), &[total], &lengths)?;
+    // The manifest last: a directory with one is complete.
+    sink::write_atomic(&out.join(sink::MANIFEST), &serde_json::to_vec_pretty(&merged)?)?;
+    Ok(merged)
 }

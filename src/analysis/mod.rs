@@ -115,9 +115,8 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
     write_atomic(&dir.join("summary.csv"), csv(&summary).as_bytes())?;
     for s in summary.sites.iter().chain(&summary.by_name) {
         let grid = grid(s, &m, summary.pairs - summary.excluded.len());
-        let stem = dir.join(&s.name);
-        write_atomic(&stem.with_extension("svg"), heatmap::svg(&grid).as_bytes())?;
-        write_atomic(&stem.with_extension("png"), &heatmap::png(&grid)?)?;
+        write_atomic(&dir.join(format!("{}.svg", s.name)), heatmap::svg(&grid).as_bytes())?;
+        write_atomic(&dir.join(format!("{}.png", s.name)), &heatmap::png(&grid)?)?;
     }
     Ok(summary)
 }

@@ -3,6 +3,7 @@ mod inspect;
 mod run;
 
 use crate::backend::{BackendKind, BackendSpec, DType};
+use crate::data::ioi::Corruption;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -25,6 +26,28 @@ enum Command {
     Analyze {
         /// A results directory written by `patchbay run`.
         out: PathBuf,
+    },
+    /// Generate IOI prompt pairs (BABA and ABBA templates) as JSONL with named positions.
+    Ioi {
+        #[arg(long, default_value_t = 500)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Corruption::Abc)]
+        corruption: Corruption,
+        /// Model whose tokenizer checks names are single tokens and places the named positions.
+        #[arg(long, default_value = "gpt2")]
+        model: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Combine the shards of a run (`run --shard K/N`) into one result.
+    Merge {
+        /// Shard directories, or one run directory holding shard-K-of-N directories.
+        sources: Vec<PathBuf>,
+        /// Where the merged run goes [default: the run directory holding the shards].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -71,6 +94,35 @@ pub fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),
         Command::Run(args) => run::run(args),
+        Command::Ioi { n, seed, corruption, model, out } => {
+            let files = crate::model::weights::ModelFiles::locate(&model)?;
+            let tok = crate::tokenizer::Tokenizer::from_file(&files.tokenizer)?;
+            let pairs = crate::data::ioi::generate(n, seed, corruption, &tok)?;
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let lines: String = pairs.iter().map(|p| ioi_line(p) + "\n").collect();
+            crate::sink::write_atomic(&out, lines.as_bytes())?;
+            println!("wrote {} IOI pairs ({corruption:?} corruption) to {}", pairs.len(), out.display());
+            Ok(())
+        }
+        Command::Merge { sources, out } => {
+            let (shards, default_out) = match sources.as_slice() {
+                [dir] if !dir.join(crate::sink::MANIFEST).exists() => {
+                    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("shard-")))
+                        .collect();
+                    shards.sort();
+                    (shards, Some(dir.clone()))
+                }
+                _ => (sources.clone(), None),
+            };
+            let Some(out) = out.or(default_out) else { anyhow::bail!("give --out for the merged run") };
+            let m = crate::sweep::merge(&shards, &out)?;
+            println!("merged {} shards ({} pairs) into {}", shards.len(), m.pairs.len(), out.display());
+            Ok(())
+        }
         Command::Analyze { out } => {
             let s = crate::analysis::analyze(&out)?;
             for e in &s.excluded {
@@ -88,4 +140,12 @@ pub fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// One JSONL line of a generated pair: text fields and named positions.
+fn ioi_line(p: &crate::data::Pair) -> String {
+    serde_json::json!({
+        "clean": p.clean, "corrupted": p.corrupted, "answer": p.answer, "distractor": p.distractor, "positions": p.positions,
+    })
+    .to_string()
 }

@@ -1,16 +1,16 @@
 //! `patchbay run`: pairs from the command line, a TOML config or a pairs file, through the sweep.
 use super::BackendArgs;
 use crate::backend::{dispatch, BackendSpec, BackendTask};
-use crate::data::{self, Pair, TokenizedPair};
+use crate::data::{self, Checks, Columns, Pair, Skipped, TokenizedPair};
 use crate::engine::PatchSite;
 use crate::model::weights::{load_model, ModelFiles};
-use crate::sweep::{sweep, SweepSpec, SweepSummary};
+use crate::sweep::{sweep, Shard, SweepSpec, SweepSummary};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
 use clap::Args;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub const DEFAULT_SITES: &str = "resid_pre,attn_out,mlp_out";
 
@@ -29,14 +29,31 @@ pub struct RunArgs {
     clean: Option<String>,
     #[arg(long)]
     corrupted: Option<String>,
-    /// Answer token (e.g. " Jones"): the metric is logit(answer) − logit(distractor).
+    /// Answer token (e.g. " Jones"): the metric is logit(answer) − logit(distractor). Without
+    /// answer and distractor, the last differing token of clean and corrupted is predicted.
     #[arg(long)]
     answer: Option<String>,
     #[arg(long)]
     distractor: Option<String>,
-    /// JSONL file of pairs: {"clean", "corrupted", "answer", "distractor"} per line.
+    /// Pairs file: .jsonl, .csv or .parquet with columns clean, corrupted[, answer, distractor][, positions].
     #[arg(long)]
     pairs: Option<PathBuf>,
+    /// Column names in the pairs file, e.g. `clean=prompt,corrupted=corrupted_prompt`.
+    #[arg(long, value_parser = parse_columns)]
+    columns: Option<Columns>,
+    /// Skip pairs whose clean and corrupted differ at more than N positions.
+    #[arg(long)]
+    max_diff: Option<usize>,
+    /// Fail on the first bad pair instead of skipping and listing it.
+    #[arg(long)]
+    strict: bool,
+    /// Run shard K of N (0-based) into OUT/shard-K-of-N [default: from SLURM_ARRAY_TASK_ID and
+    /// SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with --shards].
+    #[arg(long)]
+    shard: Option<String>,
+    /// Number of shards, with a Kubernetes Indexed Job's JOB_COMPLETION_INDEX.
+    #[arg(long)]
+    shards: Option<usize>,
     /// Comma-separated: resid_pre, resid_mid, resid_post, attn_out, mlp_out, z_all_pos, z_by_pos
     /// [default: resid_pre,attn_out,mlp_out].
     #[arg(long)]
@@ -75,6 +92,11 @@ impl RunArgs {
             answer: self.answer.or(file.answer),
             distractor: self.distractor.or(file.distractor),
             pairs: self.pairs.or(file.pairs),
+            columns: self.columns.or(file.columns),
+            max_diff: self.max_diff.or(file.max_diff),
+            strict: self.strict || file.strict,
+            shard: self.shard.or(file.shard),
+            shards: self.shards.or(file.shards),
             sites: self.sites.or(file.sites),
             out: self.out.or(file.out).or(Some(default_out)),
             max_rows: self.max_rows.or(file.max_rows),
@@ -86,33 +108,62 @@ impl RunArgs {
         })
     }
 
-    fn pairs(&self, tok: &Tokenizer) -> Result<Vec<TokenizedPair>> {
-        let inline = [&self.clean, &self.corrupted, &self.answer, &self.distractor];
-        match (&self.pairs, inline.iter().all(|x| x.is_some()), inline.iter().any(|x| x.is_some())) {
-            (Some(_), _, true) => bail!("give either --pairs FILE or --clean/--corrupted/--answer/--distractor, not both"),
-            (Some(file), _, false) => read_pairs(file, tok),
-            (None, true, _) => {
-                let pair = Pair {
-                    clean: self.clean.clone().unwrap(),
-                    corrupted: self.corrupted.clone().unwrap(),
-                    answer: self.answer.clone().unwrap(),
-                    distractor: self.distractor.clone().unwrap(),
-                };
-                data::tokenize(&[pair], tok, "pair")
+    fn pairs(&self, tok: &Tokenizer) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
+        let checks = Checks { max_diff: self.max_diff };
+        let inline = self.clean.is_some() || self.corrupted.is_some() || self.answer.is_some() || self.distractor.is_some();
+        let (pairs, skipped) = match (&self.pairs, inline) {
+            (Some(_), true) => bail!("give either --pairs FILE or --clean/--corrupted[/--answer/--distractor], not both"),
+            (Some(file), false) => {
+                let pairs = data::read_pairs(file, &self.columns.clone().unwrap_or_default())?;
+                data::tokenize(&pairs, tok, &file.display().to_string(), checks, self.strict)?
             }
-            (None, false, _) => bail!("no pairs: give --pairs FILE, or all of --clean, --corrupted, --answer, --distractor"),
+            (None, _) => {
+                let (Some(clean), Some(corrupted)) = (&self.clean, &self.corrupted) else {
+                    bail!("no pairs: give --pairs FILE, or --clean and --corrupted (with --answer and --distractor)")
+                };
+                let pair = Pair {
+                    row: 1,
+                    clean: clean.clone(),
+                    corrupted: corrupted.clone(),
+                    answer: self.answer.clone(),
+                    distractor: self.distractor.clone(),
+                    ..Default::default()
+                };
+                data::tokenize(&[pair], tok, "the pair", checks, true)?
+            }
+        };
+        for s in &skipped {
+            eprintln!("skipped row {}: {}", s.row, s.reason);
         }
+        if pairs.is_empty() {
+            bail!("no pair passed the checks ({} skipped)", skipped.len());
+        }
+        Ok((pairs, skipped))
     }
 }
 
-fn read_pairs(file: &Path, tok: &Tokenizer) -> Result<Vec<TokenizedPair>> {
-    data::tokenize(&data::read_jsonl(file)?, tok, &file.display().to_string())
+fn parse_columns(s: &str) -> Result<Columns> {
+    let mut c = Columns::default();
+    for kv in s.split(',').filter(|kv| !kv.trim().is_empty()) {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--columns: {kv:?} is not NAME=COLUMN"))?;
+        let slot = match k.trim() {
+            "clean" => &mut c.clean,
+            "corrupted" => &mut c.corrupted,
+            "answer" => &mut c.answer,
+            "distractor" => &mut c.distractor,
+            "positions" => &mut c.positions,
+            other => bail!("--columns: unknown field {other:?} (clean, corrupted, answer, distractor, positions)"),
+        };
+        *slot = v.trim().to_string();
+    }
+    Ok(c)
 }
 
 struct RunTask {
     files: ModelFiles,
     tokenizer: Tokenizer,
     pairs: Vec<TokenizedPair>,
+    skipped: Vec<Skipped>,
     spec: SweepSpec,
     backend: BackendSpec,
 }
@@ -121,7 +172,7 @@ impl BackendTask for RunTask {
     type Output = SweepSummary;
     fn run<B: Backend>(self, device: B::Device) -> Result<SweepSummary> {
         let model = load_model::<B>(&self.files, &device)?;
-        sweep(&model, &self.files.id, &self.tokenizer, &self.pairs, &self.spec, &self.backend)
+        sweep(&model, &self.files.id, &self.tokenizer, &self.pairs, &self.skipped, &self.spec, &self.backend)
     }
 }
 
@@ -130,8 +181,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     let sites = PatchSite::parse_list(args.sites.as_deref().unwrap_or(DEFAULT_SITES))?;
     let files = ModelFiles::locate(args.model.as_deref().unwrap_or("gpt2"))?;
     let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
-    let pairs = args.pairs(&tokenizer)?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("results/run"));
+    let (pairs, skipped) = args.pairs(&tokenizer)?;
+    let shard = match &args.shard {
+        Some(s) => Some(Shard::parse(s)?),
+        None => Shard::from_env(args.shards)?,
+    };
+    let mut out = args.out.clone().unwrap_or_else(|| PathBuf::from("results/run"));
+    if let Some(s) = shard {
+        out = out.join(s.dir_name());
+        eprintln!("shard {}/{}: pairs {:?} of {}", s.index, s.count, s.pairs(pairs.len()), pairs.len());
+    }
     let spec = SweepSpec {
         sites,
         reuse: !args.no_reuse,
@@ -139,9 +198,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         out: out.clone(),
         resume: args.resume,
         overwrite: args.overwrite,
+        shard,
     };
     let backend = args.backend.spec();
-    let s = dispatch(&backend, RunTask { files, tokenizer, pairs, spec, backend: backend.clone() })?;
+    let s = dispatch(&backend, RunTask { files, tokenizer, pairs, skipped, spec, backend: backend.clone() })?;
     println!(
         "wrote {}: {} pair(s), {} patched runs in {:.2} s ({:.0} runs/s) on {:?}; next: patchbay analyze {}",
         out.display(),
