@@ -59,6 +59,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
+/// `dir/manifest.json`, keys sorted (through `serde_json::Value`) so equal manifests are equal files.
+pub fn write_manifest(dir: &Path, manifest: &impl Serialize) -> Result<()> {
+    write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&serde_json::to_value(manifest)?)?)
+}
+
 fn partial(dir: &Path, spec: &ArraySpec) -> PathBuf {
     dir.join(format!("{}.partial", spec.file()))
 }
@@ -83,7 +88,7 @@ impl Sink {
         if dir.join(MANIFEST).exists() && !resume && !overwrite {
             bail!("{} already holds a run: pass --resume to continue it, --overwrite to replace it, or choose another --out", dir.display());
         }
-        write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+        write_manifest(dir, &manifest)?;
         let arrays = arrays.into_iter().map(|spec| Self::create_partial(dir, spec)).collect::<Result<_>>()?;
         let sink = Self { dir: dir.to_path_buf(), arrays, progress: Progress { manifest, done: BTreeSet::new() } };
         sink.save_progress()?;

@@ -28,7 +28,8 @@ pub struct SweepSpec {
     pub shard: Option<Shard>,
 }
 
-/// Shard `index` of `count` (0-based) of a run's pairs: a contiguous range of them.
+/// Shard `index` of `count` (0-based) of a run: a contiguous range of its units of work, planned
+/// over the whole dataset so each unit computes exactly as in the unsharded run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
     pub index: usize,
@@ -63,7 +64,7 @@ impl Shard {
         }
     }
 
-    pub fn pairs(&self, total: usize) -> std::ops::Range<usize> {
+    pub fn units(&self, total: usize) -> std::ops::Range<usize> {
         self.index * total / self.count..(self.index + 1) * total / self.count
     }
 
@@ -73,12 +74,13 @@ impl Shard {
     }
 }
 
-/// Where a shard's pairs sit in the whole run.
+/// Which of the whole run's pairs a shard holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardInfo {
     pub index: usize,
     pub count: usize,
-    pub pair_start: usize,
+    /// Indices, ascending, into the whole run's pairs of this shard's pairs (its array rows).
+    pub pairs: Vec<usize>,
     pub pairs_total: usize,
 }
 
@@ -183,11 +185,19 @@ pub fn sweep<B: Backend>(
     let layout = Layout { layers: c.n_layer, heads: c.n_head, positions };
     let (budget, buffer) = memory_limits(backend);
     let max_rows = spec.max_rows.unwrap_or_else(|| max_rows_for_budget(c, positions, budget, buffer, !spec.reuse));
-    let range = spec.shard.map_or(0..all.len(), |s| s.pairs(all.len()));
-    let pairs = &all[range.clone()];
-    let mut manifest = manifest(model, model_id, tok, pairs, spec, backend, layout, max_rows);
+    let all_units = units(all, &layout, &spec.sites, max_rows);
+    let units = match spec.shard {
+        Some(s) => &all_units[s.units(all_units.len())],
+        None => &all_units[..],
+    };
+    // This run's array rows: its pairs in the whole run's order.
+    let mut mine: Vec<usize> = units.iter().flatten().copied().collect();
+    mine.sort_unstable();
+    let row_of = |global: usize| mine.binary_search(&global).expect("a unit's pair is this run's");
+    let pairs: Vec<TokenizedPair> = mine.iter().map(|&i| all[i].clone()).collect();
+    let mut manifest = manifest(model, model_id, tok, &pairs, spec, backend, layout, max_rows);
     manifest.skipped = skipped.to_vec();
-    manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pair_start: range.start, pairs_total: all.len() });
+    manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
 
     let mut arrays: Vec<ArraySpec> = spec
         .sites
@@ -196,14 +206,9 @@ pub fn sweep<B: Backend>(
         .collect();
     arrays.extend(["baseline_clean", "baseline_corrupted"].map(|n| ArraySpec { name: n.into(), shape: vec![pairs.len()] }));
     let mut sink = Sink::create(&spec.out, &manifest, arrays, spec.resume, spec.overwrite)?;
-    if pairs.is_empty() {
-        sink.finish()?;
-        return Ok(SweepSummary { pairs: 0, runs: 0, seconds: 0.0 });
-    }
     let lengths: Vec<i32> = pairs.iter().map(|p| p.len() as i32).collect();
     sink::write_npy(&spec.out.join(&manifest.lengths), &[pairs.len()], &lengths)?;
 
-    let units = units(pairs, &layout, &spec.sites, max_rows);
     let total: usize = pairs.iter().map(|p| runs_per_pair(&layout, &spec.sites, p.len())).sum();
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} {wide_bar} {human_pos}/{human_len} runs  {per_sec}  ETA {eta}")
@@ -213,14 +218,15 @@ pub fn sweep<B: Backend>(
     let started = std::time::Instant::now();
     let mut ran = 0;
     for (u, unit) in units.iter().enumerate() {
-        let unit_runs: usize = unit.iter().map(|&i| runs_per_pair(&layout, &spec.sites, pairs[i].len())).sum();
+        let unit_runs: usize = unit.iter().map(|&i| runs_per_pair(&layout, &spec.sites, all[i].len())).sum();
         if sink.is_done(u) {
             bar.inc(unit_runs as u64);
             continue;
         }
-        let unit_pairs: Vec<TokenizedPair> = unit.iter().map(|&i| pairs[i].clone()).collect();
+        let unit_pairs: Vec<TokenizedPair> = unit.iter().map(|&i| all[i].clone()).collect();
         let results = engine.run(&unit_pairs, &spec.sites, &layout, &mut |n| bar.inc(n as u64))?;
-        for (&i, r) in unit.iter().zip(results) {
+        for (&g, r) in unit.iter().zip(results) {
+            let i = row_of(g);
             sink.write("baseline_clean", i, &[r.clean])?;
             sink.write("baseline_corrupted", i, &[r.corrupted])?;
             for (site, values) in spec.sites.iter().zip(&r.sites) {
@@ -330,17 +336,31 @@ pub fn merge(shards: &[std::path::PathBuf], out: &std::path::Path) -> Result<Man
             bail!("{} belongs to a different run than {}", dir.display(), parts[0].0.display());
         }
     }
-    merged.pairs = parts.iter().flat_map(|p| p.1.pairs.clone()).collect();
+    let total = parts[0].2.pairs_total;
+    let mut slots: Vec<Option<PairEntry>> = vec![None; total];
+    for (dir, m, info) in &parts {
+        for (&g, p) in info.pairs.iter().zip(&m.pairs) {
+            if g >= total || slots[g].replace(p.clone()).is_some() {
+                bail!("{} claims pair {g} of {total}, which another shard holds or which does not exist", dir.display());
+            }
+        }
+    }
+    merged.pairs = slots.into_iter().enumerate().map(|(g, p)| p.with_context(|| format!("no shard holds pair {g}"))).collect::<Result<_>>()?;
     merged.shard = None;
-    let total = merged.pairs.len();
     std::fs::create_dir_all(out)?;
     let files: Vec<String> = merged.sites.iter().map(|s| s.file.clone()).chain([merged.baseline_clean.clone(), merged.baseline_corrupted.clone()]).collect();
     for file in &files {
         let mut data = Vec::new();
         let mut shape = Vec::new();
-        for (dir, ..) in &parts {
+        for (dir, _, info) in &parts {
             let (d, s) = sink::read_npy(&dir.join(file))?;
-            data.extend(d);
+            let per_pair: usize = s[1..].iter().product();
+            if data.is_empty() {
+                data = vec![f32::NAN; total * per_pair];
+            }
+            for (k, &g) in info.pairs.iter().enumerate() {
+                data[g * per_pair..][..per_pair].copy_from_slice(&d[k * per_pair..][..per_pair]);
+            }
             shape = s;
         }
         shape[0] = total;
@@ -352,6 +372,6 @@ pub fn merge(shards: &[std::path::PathBuf], out: &std::path::Path) -> Result<Man
     let lengths: Vec<i32> = merged.pairs.iter().map(|p| p.length as i32).collect();
     sink::write_npy(&out.join(&merged.lengths), &[total], &lengths)?;
     // The manifest last: a directory with one is complete.
-    sink::write_atomic(&out.join(sink::MANIFEST), &serde_json::to_vec_pretty(&merged)?)?;
+    sink::write_manifest(out, &merged)?;
     Ok(merged)
 }

@@ -85,14 +85,14 @@ fn pairs_file_errors_name_the_row_and_show_tokens() {
     let good = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"});
     let longer = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smithson-Jones was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"});
     let pairs = write_pairs(&dir, &[good.clone(), longer]);
-    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
+    let (ok, _, stderr) = patchbay(&["run", "--strict", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("row 2") && stderr.contains("different lengths") && stderr.contains("\" Smith\""), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     let multi = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jonesberg", "distractor": " Smith"});
     let pairs = write_pairs(&dir, &[good, multi]);
-    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
+    let (ok, _, stderr) = patchbay(&["run", "--strict", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
     assert!(!ok && stderr.contains("row 2") && stderr.contains("answer") && stderr.contains("not a single token"), "{stderr}");
 
     std::fs::write(dir.join("bad.jsonl"), "{\"clean\": \"x\"}\n").unwrap();

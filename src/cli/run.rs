@@ -189,7 +189,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut out = args.out.clone().unwrap_or_else(|| PathBuf::from("results/run"));
     if let Some(s) = shard {
         out = out.join(s.dir_name());
-        eprintln!("shard {}/{}: pairs {:?} of {}", s.index, s.count, s.pairs(pairs.len()), pairs.len());
+        eprintln!("shard {}/{} of {} pairs into {}", s.index, s.count, pairs.len(), out.display());
     }
     let spec = SweepSpec {
         sites,

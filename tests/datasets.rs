@@ -1,0 +1,279 @@
+//! Datasets at scale: pair file formats, the plain form, skipped pairs, variable lengths, the IOI
+//! generator, and long runs (kill -9 + --resume, shards + merge) — through the `patchbay` binary.
+mod common;
+use common::*;
+use patchbay::data::{self, ioi, Checks, Columns};
+use patchbay::sink::read_npy;
+use patchbay::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn patchbay(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("patchbay-data-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tok() -> Tokenizer {
+    Tokenizer::from_file(&fixtures().join("gpt2/tokenizer.json")).unwrap()
+}
+
+fn pairs_file(name: &str) -> PathBuf {
+    fixtures().join("pairs").join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn i32_npy(path: &Path) -> Vec<i32> {
+    npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap().into_vec().unwrap()
+}
+
+#[test]
+fn parquet_and_csv_with_mapped_columns_read_the_same_pairs() {
+    let t = tok();
+    let parquet = data::read_pairs(&pairs_file("pairs.parquet"), &Columns::default()).unwrap();
+    let columns = Columns { clean: "prompt".into(), corrupted: "corrupt".into(), answer: "good".into(), distractor: "bad".into(), ..Default::default() };
+    let csv = data::read_pairs(&pairs_file("pairs.csv"), &columns).unwrap();
+    assert_eq!(parquet.len(), 3);
+    assert_eq!(parquet[1].positions["S2"], 9);
+    let (a, skipped) = data::tokenize(&parquet, &t, "parquet", Checks::default(), true).unwrap();
+    let (b, _) = data::tokenize(&csv, &t, "csv", Checks::default(), true).unwrap();
+    assert!(skipped.is_empty());
+    let strip = |v: Vec<data::TokenizedPair>| v.into_iter().map(|p| (p.clean, p.corrupted, p.answer, p.distractor)).collect::<Vec<_>>();
+    assert_eq!(strip(a.clone()), strip(b));
+    assert_eq!((a[0].answer, a[0].distractor), (5437, 4176));
+    // Without the mapping the CSV's columns are not found: an error naming file and row.
+    let err = data::read_pairs(&pairs_file("pairs.csv"), &Columns::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("pairs.csv row 1") && format!("{err:#}").contains("no column \"clean\""), "{err:#}");
+}
+
+#[test]
+fn plain_form_predicts_the_last_differing_token() {
+    let t = tok();
+    let pairs = data::read_pairs(&pairs_file("plain.csv"), &Columns::default()).unwrap();
+    let (tp, _) = data::tokenize(&pairs, &t, "plain.csv", Checks::default(), true).unwrap();
+    for (p, raw) in tp.iter().zip(&pairs) {
+        let full = t.encode(&raw.clean).unwrap();
+        // The prompt stops before the last differing token, which is the answer ('.' vs '!').
+        assert_eq!(t.token_str(p.answer), ".");
+        assert_eq!(t.token_str(p.distractor), "!");
+        assert_eq!(full[p.len()], p.answer);
+        assert_eq!(&full[..p.len()], &p.clean[..]);
+        assert_ne!(p.clean, p.corrupted, "the earlier '!' still differs");
+    }
+}
+
+#[test]
+fn bad_pairs_are_skipped_and_listed_or_fail_with_strict() {
+    let dir = tmp("skip");
+    let lines = [
+        r#"{"clean": "Michelle Jones was a top-notch student. Michelle", "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"}"#,
+        r#"{"clean": "Michelle Jones was a top-notch student. Michelle", "corrupted": "Michelle Smith Jones was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"}"#,
+        r#"{"clean": "Michelle Jones was a top-notch student. Michelle", "corrupted": "Jessica Smith was a top-notch student. Jessica", "answer": " Jones", "distractor": " Smith"}"#,
+    ];
+    let file = dir.join("p.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = dir.join("o");
+    let (ok, log) = patchbay(&["run", "--model", s(&tiny()), "--pairs", s(&file), "--max-diff", "2", "--out", s(&out)]);
+    assert!(ok, "{log}");
+    assert!(log.contains("skipped row 2: clean and corrupted tokenize to different lengths"), "{log}");
+    assert!(log.contains("skipped row 3: clean and corrupted differ at 3 positions"), "{log}");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["skipped"].as_array().unwrap().len(), 2);
+    assert_eq!(manifest["pairs"].as_array().unwrap().len(), 1);
+    let (ok, log) = patchbay(&["run", "--strict", "--model", s(&tiny()), "--pairs", s(&file), "--out", s(&dir.join("o2"))]);
+    assert!(!ok && log.contains("p.jsonl row 2") && log.contains("different lengths"), "{log}");
+}
+
+#[test]
+fn variable_lengths_pad_with_nan_and_match_single_pair_runs() {
+    let dir = tmp("lengths");
+    let out = dir.join("all");
+    let (ok, log) = patchbay(&["run", "--model", s(&tiny()), "--pairs", s(&pairs_file("pairs.parquet")), "--sites", "resid_pre,z_by_pos", "--out", s(&out)]);
+    assert!(ok, "{log}");
+    let lengths = i32_npy(&out.join("lengths.npy"));
+    let max = *lengths.iter().max().unwrap() as usize;
+    assert!(lengths.iter().any(|&l| l as usize != max), "the fixture mixes lengths: {lengths:?}");
+    let (all, shape) = read_npy(&out.join("resid_pre.npy")).unwrap();
+    assert_eq!(shape, [3, 3, max]);
+    let t = tok();
+    let pairs = data::read_pairs(&pairs_file("pairs.parquet"), &Columns::default()).unwrap();
+    for (i, p) in pairs.iter().enumerate() {
+        let one = dir.join(format!("one{i}"));
+        let (ok, log) = patchbay(&[
+            "run", "--model", s(&tiny()), "--clean", &p.clean, "--corrupted", &p.corrupted, "--answer", p.answer.as_deref().unwrap(),
+            "--distractor", p.distractor.as_deref().unwrap(), "--sites", "resid_pre", "--out", s(&one),
+        ]);
+        assert!(ok, "{log}");
+        let (single, _) = read_npy(&one.join("resid_pre.npy")).unwrap();
+        let len = t.encode(&p.clean).unwrap().len();
+        assert_eq!(len, lengths[i] as usize);
+        for layer in 0..3 {
+            let block = &all[(i * 3 + layer) * max..][..max];
+            assert!(max_abs_diff(&block[..len], &single[layer * len..][..len]) < 1e-5, "pair {i} layer {layer}");
+            assert!(block[len..].iter().all(|v| v.is_nan()), "pair {i}: NaN past its length");
+        }
+    }
+    let (ok, log) = patchbay(&["analyze", s(&out)]);
+    assert!(ok, "{log}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    // The first pair names {name, end}, the others not: no by-name aggregation.
+    assert!(summary["by_name"].as_array().unwrap().is_empty());
+    // The last position only exists in the longest pair: its mean is over one pair.
+    assert_eq!(summary["sites"][0]["n"][max - 1], 1);
+}
+
+#[test]
+fn ioi_pairs_are_deterministic_with_single_token_names_at_their_named_positions() {
+    let t = tok();
+    let a = ioi::generate(60, 7, ioi::Corruption::Abc, &t).unwrap();
+    assert_eq!(a, ioi::generate(60, 7, ioi::Corruption::Abc, &t).unwrap());
+    assert_ne!(a, ioi::generate(60, 8, ioi::Corruption::Abc, &t).unwrap());
+    let flip = ioi::generate(60, 7, ioi::Corruption::SFlip, &t).unwrap();
+    let (ta, _) = data::tokenize(&a, &t, "abc", Checks::default(), true).unwrap();
+    let (tf, _) = data::tokenize(&flip, &t, "s-flip", Checks::default(), true).unwrap();
+    let mut templates = std::collections::HashSet::new();
+    for (p, f) in ta.iter().zip(&tf) {
+        let pos = &p.positions;
+        assert_eq!(p.clean[pos["IO"]], p.answer);
+        assert_eq!(p.clean[pos["S1"]], p.distractor);
+        assert_eq!(p.clean[pos["S2"]], p.distractor);
+        assert_eq!(pos["S1+1"], pos["S1"] + 1);
+        assert_eq!(pos["end"], p.len() - 1);
+        let diff: Vec<usize> = (0..p.len()).filter(|&i| p.clean[i] != p.corrupted[i]).collect();
+        let mut names = vec![pos["IO"], pos["S1"], pos["S2"]];
+        names.sort();
+        assert_eq!(diff, names, "abc replaces exactly the three names");
+        let diff: Vec<usize> = (0..f.len()).filter(|&i| f.clean[i] != f.corrupted[i]).collect();
+        assert_eq!(diff, [pos["S2"]]);
+        assert_eq!(f.corrupted[pos["S2"]], f.answer, "s-flip puts IO at S2");
+        templates.insert((pos["IO"] < pos["S1"], p.len()));
+    }
+    assert!(templates.iter().any(|t| t.0) && templates.iter().any(|t| !t.0), "BABA and ABBA both appear");
+}
+
+#[test]
+fn ioi_sweep_of_500_prompts_aggregates_by_named_position() {
+    let dir = tmp("ioi");
+    let file = dir.join("ioi.jsonl");
+    let (ok, log) = patchbay(&["ioi", "--n", "500", "--seed", "0", "--model", s(&tiny()), "--out", s(&file)]);
+    assert!(ok, "{log}");
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/ioi.toml");
+    let out = dir.join("results");
+    let (ok, log) = patchbay(&["run", s(&config), "--model", s(&tiny()), "--pairs", s(&file), "--out", s(&out)]);
+    assert!(ok && log.contains("500 pair(s)"), "{log}");
+    let (ok, log) = patchbay(&["analyze", s(&out)]);
+    assert!(ok, "{log}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let by_name = summary["by_name"].as_array().unwrap();
+    assert_eq!(by_name.len(), 3, "resid_pre, attn_out, mlp_out by name");
+    let labels: Vec<&str> = by_name[0]["labels"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for name in ["IO", "S1", "S1+1", "S2", "end"] {
+        assert!(labels.contains(&name), "{labels:?}");
+    }
+    // resid_pre at layer 0 where tokens agree (S1+1, end) changes nothing: exactly 0 for every pair.
+    let mean = by_name[0]["mean"].as_array().unwrap();
+    for name in ["S1+1", "end"] {
+        let j = labels.iter().position(|l| *l == name).unwrap();
+        assert!(mean[j].as_f64().unwrap().abs() < 1e-4, "{name}: {}", mean[j]);
+    }
+    assert!(out.join("resid_pre.by_name.png").exists() && out.join("z_all_pos.png").exists());
+}
+
+/// Asserts two results directories hold the same files, byte for byte.
+fn assert_same_files(a: &Path, b: &Path) {
+    let (fa, fb) = (files_of(a), files_of(b));
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&fa), names(&fb));
+    let differ: Vec<&String> = fa.iter().zip(&fb).filter(|(x, y)| x.1 != y.1).map(|(x, _)| &x.0).collect();
+    assert!(differ.is_empty(), "{} and {} differ in {differ:?}", a.display(), b.display());
+}
+
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn killed_run_resumes_to_byte_identical_results() {
+    let dir = tmp("resume");
+    let file = dir.join("ioi.jsonl");
+    assert!(patchbay(&["ioi", "--n", "400", "--model", s(&tiny()), "--out", s(&file)]).0);
+    let args = |out: &Path| -> Vec<String> {
+        ["run", "--model", s(&tiny()), "--pairs", s(&file), "--sites", "resid_pre,z_all_pos", "--max-rows", "64", "--out", s(out)]
+            .map(String::from)
+            .to_vec()
+    };
+    let whole = dir.join("whole");
+    assert!(patchbay(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>()).0);
+
+    let cut = dir.join("cut");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(args(&cut)).spawn().unwrap();
+    // Kill -9 once a few units are on disk, in the middle of later ones.
+    let progress = cut.join("progress.json");
+    let started = std::time::Instant::now();
+    loop {
+        let done = std::fs::read(&progress).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).map_or(0, |v| v["done"].as_array().unwrap().len());
+        if done >= 3 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "the run never got going");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(progress.exists() && !cut.join("resid_pre.npy").exists(), "the run was cut before finishing");
+    assert!(cut.join("resid_pre.npy.partial").exists());
+
+    let (ok, log) = patchbay(&args(&cut).iter().map(String::as_str).chain(["--resume"]).collect::<Vec<_>>());
+    assert!(ok, "{log}");
+    assert_same_files(&whole, &cut);
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_run() {
+    let dir = tmp("shard");
+    let file = dir.join("ioi.jsonl");
+    assert!(patchbay(&["ioi", "--n", "50", "--model", s(&tiny()), "--out", s(&file)]).0);
+    let model = tiny();
+    let base = ["run", "--model", s(&model), "--pairs", s(&file), "--sites", "resid_pre,z_by_pos"];
+    let whole = dir.join("whole");
+    assert!(patchbay(&[&base[..], &["--out", s(&whole)]].concat()).0);
+    let sharded = dir.join("sharded");
+    for k in 0..2 {
+        let (ok, log) = patchbay(&[&base[..], &["--shard", &format!("{k}/3"), "--out", s(&sharded)]].concat());
+        assert!(ok, "{log}");
+    }
+    // The third shard from a Slurm array's environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args([&base[..], &["--out", s(&sharded)]].concat())
+        .env("SLURM_ARRAY_TASK_ID", "3")
+        .env("SLURM_ARRAY_TASK_MIN", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "3")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sharded.join("shard-0002-of-0003").join("manifest.json").exists());
+    let (ok, log) = patchbay(&["merge", s(&sharded)]);
+    assert!(ok, "{log}");
+    assert_same_files(&sharded, &whole);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args([&base[..], &["--out", s(&dir.join("k8s"))]].concat()).env("JOB_COMPLETION_INDEX", "1").output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--shards N"));
+    let (ok, log) = patchbay(&["merge", s(&sharded.join("shard-0000-of-0003")), "--out", s(&dir.join("m"))]);
+    assert!(!ok && log.contains("shards [0] given, but the run has shards 0..3"), "{log}");
+}
