@@ -46,7 +46,8 @@ impl BackendTask for AgainstTl {
         let engine = Engine { model: &m, reuse: self.reuse, max_rows: self.max_rows };
         let mut runs = 0;
         let results = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |n| runs += n)?;
-        assert_eq!(runs, 3 * (5 * 3 * 11 + 3 * 4 + 3 * 11 * 4), "every planned run ran once");
+        let (l, t, h) = (layout.layers, layout.positions, layout.heads);
+        assert_eq!(runs, pairs.len() * (5 * l * t + l * h + l * t * h), "every planned run ran once");
         let mut out = vec![
             ("baseline_clean".into(), max_abs_diff(&results.iter().map(|r| r.clean).collect::<Vec<_>>(), &refs.f32("baseline_clean").0)),
             ("baseline_corrupted".into(), max_abs_diff(&results.iter().map(|r| r.corrupted).collect::<Vec<_>>(), &refs.f32("baseline_corrupted").0)),
@@ -66,8 +67,11 @@ fn every_site_matches_transformer_lens_with_and_without_reuse() {
         // full-vocabulary logit row: 256 rows stay under lavapipe's 128 MiB buffer limit.
         for (reuse, max_rows) in [(true, 4096), (false, 256), (true, 37)] {
             let diffs = dispatch(&spec, AgainstTl { reuse, max_rows }).unwrap();
-            let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < 1e-4)).collect();
-            assert!(bad.is_empty(), "{spec:?} reuse={reuse} max_rows={max_rows}: differs from TransformerLens: {bad:?}");
+            let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
+            eprintln!("{spec:?} reuse={reuse} max_rows={max_rows}: max abs difference to TransformerLens {worst:.2e}");
+            let tol = tolerance(&spec);
+            let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
+            assert!(bad.is_empty(), "{spec:?} reuse={reuse} max_rows={max_rows}: differs from TransformerLens by more than {tol}: {bad:?}");
         }
     }
 }

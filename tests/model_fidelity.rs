@@ -33,6 +33,7 @@ impl BackendTask for Fidelity {
         let [p, t, v] = logits.dims();
         let (cols, _) = refs.i32("vocab_cols");
         let cols = Tensor::<B, 1, Int>::from_data(TensorData::new(cols.iter().map(|&c| c as i64).collect(), [cols.len()]), &device);
+        assert_eq!(cache_len(&cache, n_layer), n_layer * SiteKind::ALL.len());
         let mut out = vec![
             ("logits_last".to_string(), max_abs_diff(&values(logits.clone().narrow(1, t - 1, 1).reshape([p, v])), &refs.f32("logits_last").0)),
             ("logits_cols".to_string(), max_abs_diff(&values(logits.select(2, cols)), &refs.f32("logits_cols").0)),
@@ -53,10 +54,16 @@ impl BackendTask for Fidelity {
 fn logits_and_sites_match_hf_on_every_backend() {
     for spec in backends() {
         let diffs = dispatch(&spec, Fidelity).unwrap();
-        assert_eq!(diffs.len(), 2 + 3 * SiteKind::ALL.len());
-        let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < 1e-4)).collect();
-        assert!(bad.is_empty(), "{spec:?}: differs from HF by more than 1e-4: {bad:?}");
+        let tol = tolerance(&spec);
+        let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
+        eprintln!("{spec:?}: {} comparisons, max abs difference to HF {worst:.2e}", diffs.len());
+        let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
+        assert!(bad.is_empty(), "{spec:?}: differs from HF by more than {tol}: {bad:?}");
     }
+}
+
+fn cache_len<B: Backend>(cache: &Cache<B>, n_layer: usize) -> usize {
+    (0..n_layer).flat_map(|l| SiteKind::ALL.map(|k| Site::new(k, l))).filter(|&s| cache.heads(s).is_some()).count()
 }
 
 /// Tensors of the fixture checkpoint, by stored name.

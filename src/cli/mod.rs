@@ -1,4 +1,5 @@
 //! The command line: argument parsing and printing over the library. No tensor math here.
+mod bench;
 mod inspect;
 mod run;
 
@@ -41,6 +42,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Benchmark a sweep on a random-weight model of a named shape: reuse vs --no-reuse.
+    Bench(bench::BenchArgs),
     /// Combine the shards of a run (`run --shard K/N`) into one result.
     Merge {
         /// Shard directories, or one run directory holding shard-K-of-N directories.
@@ -94,6 +97,7 @@ pub fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Ioi { n, seed, corruption, model, out } => {
             let files = crate::model::weights::ModelFiles::locate(&model)?;
             let tok = crate::tokenizer::Tokenizer::from_file(&files.tokenizer)?;

@@ -239,3 +239,23 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
     }
     Ok(TokenizedPair { row: p.row, clean, corrupted, answer, distractor, positions: p.positions.clone() })
 }
+
+/// `n` pairs of random tokens (corrupted at position 1, random answer and distractor) from a
+/// seeded xorshift generator: inputs for benchmarks on random-weight models.
+pub fn random_pairs(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<TokenizedPair> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % vocab as u64) as u32
+    };
+    (0..n)
+        .map(|i| {
+            let clean: Vec<u32> = (0..len).map(|_| next()).collect();
+            let mut corrupted = clean.clone();
+            corrupted[1.min(len - 1)] = next();
+            TokenizedPair { row: i + 1, clean, corrupted, answer: next(), distractor: next(), ..Default::default() }
+        })
+        .collect()
+}

@@ -6,7 +6,7 @@
 //! from its patch position on (earlier positions attend through the corrupted run's keys and
 //! values), and unembeds only the answer and distractor at the last position. Without it, every
 //! row is a full forward pass from the embeddings with full logits at the last position.
-use super::plan::{Layout, PatchSite, Row};
+use super::plan::{suffix_start, Layout, PatchSite, Row};
 use crate::data::TokenizedPair;
 use crate::model::gpt2::Prefix;
 use crate::model::{Cache, Gpt2, Hooks, Site, SiteKind};
@@ -84,10 +84,10 @@ impl<B: Backend> Engine<'_, B> {
         Ok(self.rows_with(rows, &base, &mut |_| {}))
     }
 
-    /// Rows sharing a first computed position form one batch shape; within it, chunks of at most
-    /// `max_rows`, ordered by the layer rows join at so that joining rows append to the batch.
+    /// Rows sharing a first computed position (`suffix_start`) form one batch shape; within it,
+    /// chunks of at most `max_rows`, ordered by the layer rows join at so that joining rows append.
     fn rows_with(&self, rows: &[Row], base: &Baselines<B>, progress: &mut dyn FnMut(usize)) -> Vec<f32> {
-        let start = |r: &Row| if self.reuse { r.first_pos() } else { 0 };
+        let start = |r: &Row| if self.reuse { suffix_start(r, base.len) } else { 0 };
         let mut order: Vec<usize> = (0..rows.len()).collect();
         order.sort_by_key(|&i| (start(&rows[i]), self.join_layer(&rows[i])));
         let mut out = vec![f32::NAN; rows.len()];

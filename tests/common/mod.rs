@@ -7,8 +7,10 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The reference fixture: the committed tiny model, or PATCHBAY_FIXTURE_DIR (e.g. the real gpt2
+/// shape made by `make_fixtures.py --shape gpt2`, too large to commit).
 pub fn tiny() -> PathBuf {
-    fixtures().join("tiny")
+    std::env::var_os("PATCHBAY_FIXTURE_DIR").map_or_else(|| fixtures().join("tiny"), PathBuf::from)
 }
 
 /// Arrays from a refs.safetensors written by tests/fixtures/make_fixtures.py.
@@ -47,28 +49,46 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
 }
 
-/// Every backend compiled in: cpu, and wgpu with and without fusion (lavapipe on CI). Set
-/// PATCHBAY_TEST_BACKENDS=cpu,cuda (say) to choose, e.g. on a CUDA machine.
+/// Every backend compiled in: cpu, and wgpu with and without fusion and in f16 (lavapipe on CI).
+/// PATCHBAY_TEST_BACKENDS chooses, e.g. `cpu,cuda,cuda-nofusion,cuda-bf16` on a CUDA machine:
+/// a kind, then optionally `-nofusion` and a dtype.
 pub fn backends() -> Vec<BackendSpec> {
     let wanted = std::env::var("PATCHBAY_TEST_BACKENDS").unwrap_or_else(|_| {
         let mut all = vec!["cpu"];
         if cfg!(feature = "wgpu") {
-            all.extend(["wgpu", "wgpu-nofusion"]);
+            all.extend(["wgpu", "wgpu-nofusion", "wgpu-f16"]);
         }
         all.join(",")
     });
     wanted
         .split(',')
         .map(|name| {
-            let (kind, fusion) = match name.trim() {
-                "cpu" => (BackendKind::Cpu, true),
-                "wgpu" => (BackendKind::Wgpu, true),
-                "wgpu-nofusion" => (BackendKind::Wgpu, false),
-                "cuda" => (BackendKind::Cuda, true),
-                "cuda-nofusion" => (BackendKind::Cuda, false),
+            let mut parts = name.trim().split('-');
+            let kind = match parts.next().unwrap() {
+                "cpu" => BackendKind::Cpu,
+                "wgpu" => BackendKind::Wgpu,
+                "cuda" => BackendKind::Cuda,
                 other => panic!("unknown backend {other} in PATCHBAY_TEST_BACKENDS"),
             };
-            BackendSpec { kind, device: 0, dtype: DType::F32, fusion }
+            let mut spec = BackendSpec { kind, device: 0, dtype: DType::F32, fusion: true };
+            for flag in parts {
+                match flag {
+                    "nofusion" => spec.fusion = false,
+                    "f16" => spec.dtype = DType::F16,
+                    "bf16" => spec.dtype = DType::Bf16,
+                    other => panic!("unknown backend option {other} in PATCHBAY_TEST_BACKENDS"),
+                }
+            }
+            spec
         })
         .collect()
+}
+
+/// The acceptance bar against the f32 references: 1e-4 in f32, 5e-2 in half precision.
+pub fn tolerance(spec: &BackendSpec) -> f32 {
+    if spec.dtype == DType::F32 {
+        1e-4
+    } else {
+        5e-2
+    }
 }

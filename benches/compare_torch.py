@@ -1,0 +1,128 @@
+"""patchbay against PyTorch and TransformerLens on the same GPU and shapes, side by side.
+
+    cargo build --release --features cuda
+    python benches/compare_torch.py --patchbay target/release/patchbay --shape gpt2 --pairs 256 --tokens 16 --dtype f32
+    python benches/compare_torch.py ... --dtype bf16
+
+Sweeps resid_pre at every (layer, position) of random-token pairs on a random-weight GPT-2 of the
+named shape (no download), three ways, and prints seconds, runs/s and the ratio to patchbay:
+  * TransformerLens: transformer_lens.patching.get_act_patch_resid_pre, one forward per patch
+    (TransformerBridge over the HF model); --tl-pairs N times N pairs and scales to all of them;
+  * PyTorch, stacked: HF GPT2LMHeadModel, every patched run a row of one batch (chunks of
+    --chunk rows), resid_pre overwritten by a forward pre-hook on each block;
+  * patchbay: `patchbay bench --json` with and without reuse.
+fp32 runs with TF32 off on the PyTorch side, as the reference numbers were taken.
+"""
+import argparse
+import json
+import subprocess
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+SHAPES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
+          "gpt2-xl": (48, 25, 1600), "distilgpt2": (6, 12, 768)}
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def stacked_sweep(model, clean, corrupted, answer, distractor, chunk, device):
+    """Every (pair, layer, position) resid_pre patch as a row of one batch."""
+    n_pairs, n_tok = clean.shape
+    n_layer = model.config.n_layer
+    with torch.no_grad():
+        hidden = model(clean, output_hidden_states=True).hidden_states  # resid_pre of each layer
+        rows = [(p, l, t) for p in range(n_pairs) for l in range(n_layer) for t in range(n_tok)]
+        out = torch.empty(len(rows), device=device)
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            idx = torch.tensor(part, device=device)
+            pair, layer, pos = idx[:, 0], idx[:, 1], idx[:, 2]
+            hooks = []
+            for l, block in enumerate(model.transformer.h):
+                sel = (layer == l).nonzero().squeeze(1)
+
+                def pre_hook(module, args, kwargs, sel=sel, l=l):
+                    h = args[0].clone()
+                    h[sel, pos[sel]] = hidden[l][pair[sel], pos[sel]]
+                    return (h,) + args[1:], kwargs
+
+                hooks.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            logits = model(corrupted[pair]).logits[:, -1]
+            for h in hooks:
+                h.remove()
+            out[start:start + len(part)] = logits.gather(1, torch.stack([answer[pair], distractor[pair]], 1)).diff(dim=1).neg().squeeze(1)
+    return out
+
+
+def tl_sweep(model, clean, corrupted, answer, distractor, n):
+    from transformer_lens import patching
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers("gpt2", hf_model=model)
+    for p in range(n):
+        metric = lambda logits, p=p: logits[0, -1, answer[p]] - logits[0, -1, distractor[p]]
+        _, cache = bridge.run_with_cache(clean[p:p + 1])
+        patching.get_act_patch_resid_pre(bridge, corrupted[p:p + 1], cache, metric)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--patchbay", default="target/release/patchbay")
+    ap.add_argument("--shape", default="gpt2", choices=SHAPES)
+    ap.add_argument("--pairs", type=int, default=256)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--backend", default="cuda", help="patchbay --backend")
+    ap.add_argument("--chunk", type=int, default=8192)
+    ap.add_argument("--tl-pairs", type=int, default=8)
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    n_layer, n_head, d = SHAPES[args.shape]
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=d, attn_implementation="eager")
+    model = GPT2LMHeadModel(cfg).eval().to(args.device, dtype)
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, cfg.vocab_size, (args.pairs, args.tokens), generator=g).to(args.device)
+    corrupted = clean.clone()
+    corrupted[:, 1] = torch.randint(0, cfg.vocab_size, (args.pairs,), generator=g).to(args.device)
+    answer, distractor = torch.randint(0, cfg.vocab_size, (2, args.pairs), generator=g).to(args.device)
+    runs = args.pairs * n_layer * args.tokens
+
+    rows = []
+    stacked_sweep(model, clean[:1], corrupted[:1], answer[:1], distractor[:1], args.chunk, args.device)  # warm-up
+    sync(args.device)
+    t = time.perf_counter()
+    stacked_sweep(model, clean, corrupted, answer, distractor, args.chunk, args.device)
+    sync(args.device)
+    rows.append(("PyTorch, all runs stacked", time.perf_counter() - t))
+
+    n_tl = min(args.tl_pairs, args.pairs)
+    tl_sweep(model, clean, corrupted, answer, distractor, 1)  # warm-up
+    sync(args.device)
+    t = time.perf_counter()
+    tl_sweep(model, clean, corrupted, answer, distractor, n_tl)
+    sync(args.device)
+    rows.append((f"TransformerLens (timed {n_tl} pairs, scaled)", (time.perf_counter() - t) * args.pairs / n_tl))
+
+    cmd = [args.patchbay, "bench", "--shape", args.shape, "--pairs", str(args.pairs), "--tokens", str(args.tokens),
+           "--sites", "resid_pre", "--backend", args.backend, "--dtype", args.dtype, "--json"]
+    report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    for m in report["modes"]:
+        rows.append((f"patchbay {m['mode']}", m["seconds"]))
+
+    best = min(s for name, s in rows if name.startswith("patchbay"))
+    print(f"{args.shape}, {args.pairs} pairs x {args.tokens} tokens, resid_pre: {runs} patched runs, {args.dtype}, {args.device}")
+    print(f"{'implementation':<44} {'seconds':>9} {'runs/s':>12} {'× patchbay time':>16}")
+    for name, s in rows:
+        print(f"{name:<44} {s:>9.3f} {runs / s:>12.0f} {s / best:>16.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+//! CPU benchmark of a patching sweep, reuse vs no-reuse: `cargo bench --bench engine`.
+//! A distilgpt2-shaped random model with a 4096-token vocabulary keeps one sample to seconds.
+use burn::backend::NdArray;
+use criterion::{criterion_group, criterion_main, Criterion};
+use patchbay::data::random_pairs;
+use patchbay::engine::{Engine, Layout, PatchSite};
+use patchbay::model::{Gpt2, Gpt2Config};
+
+fn sweep(c: &mut Criterion) {
+    type B = NdArray<f32>;
+    let device = Default::default();
+    let mut config = Gpt2Config::named("distilgpt2").unwrap();
+    config.vocab_size = 4096;
+    let model = Gpt2::<B>::random(config.clone(), 0, &device);
+    let (pairs, tokens) = (2, 16);
+    let pairs = random_pairs(pairs, tokens, config.vocab_size, 1);
+    let layout = Layout { layers: config.n_layer, heads: config.n_head, positions: tokens };
+    let sites = [PatchSite::ResidPre, PatchSite::ZAllPos];
+    let mut group = c.benchmark_group("distilgpt2-shape, 2 pairs x 16 tokens, resid_pre + z_all_pos");
+    group.sample_size(10);
+    for reuse in [true, false] {
+        let engine = Engine { model: &model, reuse, max_rows: 1024 };
+        group.bench_function(if reuse { "reuse" } else { "no-reuse" }, |b| {
+            b.iter(|| engine.run(&pairs, &sites, &layout, &mut |_| {}).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, sweep);
+criterion_main!(benches);
