@@ -43,7 +43,8 @@ pub trait BackendTask {
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
-fn not_built(kind: &str) -> Result<()> {
+#[cfg(not(all(feature = "wgpu", feature = "cuda")))]
+fn not_built<T>(kind: &str) -> Result<T> {
     bail!("this patchbay was built without the {kind} backend: rebuild with `cargo build --release --features {kind}`")
 }
 
@@ -82,7 +83,7 @@ fn wgpu<T: BackendTask>(spec: &BackendSpec, task: T) -> Result<T::Output> {
 
 #[cfg(not(feature = "wgpu"))]
 fn wgpu<T: BackendTask>(_: &BackendSpec, _: T) -> Result<T::Output> {
-    not_built("wgpu").map(|_| unreachable!())
+    not_built("wgpu")
 }
 
 #[cfg(feature = "cuda")]
@@ -106,7 +107,7 @@ fn cuda<T: BackendTask>(spec: &BackendSpec, task: T) -> Result<T::Output> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda<T: BackendTask>(_: &BackendSpec, _: T) -> Result<T::Output> {
-    not_built("cuda").map(|_| unreachable!())
+    not_built("cuda")
 }
 
 /// Whether to run the fused backend: asked for and compiled in.

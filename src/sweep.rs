@@ -157,15 +157,24 @@ fn runs_per_pair(layout: &Layout, sites: &[PatchSite], len: usize) -> usize {
     sites.iter().map(|&s| layout.rows(s, len).len()).sum()
 }
 
-/// Bytes the batch may use, and the largest single buffer, on this backend.
+/// Bytes the batch may use, and the largest single buffer, on this backend: on cpu a quarter of
+/// the memory available now; on GPUs (whose free memory burn does not report) a budget that fits
+/// 24 GiB cards, and wgpu's 128 MiB buffer limit (lavapipe's; conservative elsewhere).
 fn memory_limits(backend: &BackendSpec) -> (usize, usize) {
     use crate::backend::BackendKind::*;
     const GIB: usize = 1 << 30;
     match backend.kind {
-        Cpu => (2 * GIB, usize::MAX),
+        Cpu => (available_memory().map_or(2 * GIB, |b| b / 4), usize::MAX),
         Wgpu => (4 * GIB, 128 << 20),
         Cuda => (16 * GIB, usize::MAX),
     }
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Runs `all` pairs (or the spec's shard of them); `skipped` is reported in the manifest.
@@ -184,8 +193,10 @@ pub fn sweep<B: Backend>(
     let positions = all.iter().map(TokenizedPair::len).max().unwrap();
     let layout = Layout { layers: c.n_layer, heads: c.n_head, positions };
     let (budget, buffer) = memory_limits(backend);
-    let max_rows = spec.max_rows.unwrap_or_else(|| max_rows_for_budget(c, positions, budget, buffer, !spec.reuse));
-    let all_units = units(all, &layout, &spec.sites, max_rows);
+    // A resumed run batches as it did before it was cut, so its files come out byte-identical.
+    let previous = if spec.resume { Manifest::read(&spec.out).ok().map(|m| m.max_rows) } else { None };
+    let max_rows = spec.max_rows.or(previous).unwrap_or_else(|| max_rows_for_budget(c, positions, budget, buffer, !spec.reuse));
+    let all_units = units(all, &layout, &spec.sites);
     let units = match spec.shard {
         Some(s) => &all_units[s.units(all_units.len())],
         None => &all_units[..],
@@ -241,8 +252,12 @@ pub fn sweep<B: Backend>(
     Ok(SweepSummary { pairs: pairs.len(), runs: ran, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// Pairs (by index) in units of one length, each about one batch of patched runs.
-fn units(pairs: &[TokenizedPair], layout: &Layout, sites: &[PatchSite], max_rows: usize) -> Vec<Vec<usize>> {
+/// Patched runs per unit of work (a unit is what resume and shards count in), whatever the
+/// machine: the same dataset gives the same units everywhere.
+const UNIT_RUNS: usize = 4096;
+
+/// Pairs (by index) in units of one length, each about UNIT_RUNS patched runs.
+fn units(pairs: &[TokenizedPair], layout: &Layout, sites: &[PatchSite]) -> Vec<Vec<usize>> {
     let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in pairs.iter().enumerate() {
         by_len.entry(p.len()).or_default().push(i);
@@ -250,7 +265,7 @@ fn units(pairs: &[TokenizedPair], layout: &Layout, sites: &[PatchSite], max_rows
     by_len
         .into_iter()
         .flat_map(|(len, idx)| {
-            let per_unit = (max_rows / runs_per_pair(layout, sites, len).max(1)).clamp(1, 256);
+            let per_unit = (UNIT_RUNS / runs_per_pair(layout, sites, len).max(1)).clamp(1, 256);
             idx.chunks(per_unit).map(<[usize]>::to_vec).collect::<Vec<_>>()
         })
         .collect()
@@ -328,8 +343,10 @@ pub fn merge(shards: &[std::path::PathBuf], out: &std::path::Path) -> Result<Man
     if have != (0..count).collect::<Vec<_>>() {
         bail!("shards {have:?} given, but the run has shards 0..{count}: each exactly once");
     }
-    // Everything but the shard and its pairs must be the same run.
-    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], ..m.clone() };
+    // Everything but the shard, its pairs and its batch size must be the same run. (Shards batched
+    // alike, e.g. with one --max-rows, merge byte-identical to the unsharded run; otherwise equal
+    // to float rounding.)
+    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, ..m.clone() };
     let mut merged = parts[0].1.clone();
     for (dir, m, info) in &parts[1..] {
         if same(m) != same(&merged) || info.pairs_total != parts[0].2.pairs_total {
