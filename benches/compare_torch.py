@@ -16,7 +16,9 @@ fp32 runs with TF32 off on the PyTorch side, as the reference numbers were taken
 import argparse
 import json
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -63,7 +65,15 @@ def tl_sweep(model, clean, corrupted, answer, distractor, n):
     from transformer_lens import patching
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers("gpt2", hf_model=model)
+    from transformers import GPT2TokenizerFast
+
+    # Offline: a local config directory and the tokenizer patchbay ships, no hub.
+    local = tempfile.mkdtemp()
+    model.config.save_pretrained(local)
+    tokenizer_json = Path(__file__).resolve().parent.parent / "tests/fixtures/gpt2/tokenizer.json"
+    tok = GPT2TokenizerFast(tokenizer_file=str(tokenizer_json), name_or_path=local,
+                            bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    bridge = TransformerBridge.boot_transformers(local, hf_model=model, tokenizer=tok, device=str(model.device))
     for p in range(n):
         metric = lambda logits, p=p: logits[0, -1, answer[p]] - logits[0, -1, distractor[p]]
         _, cache = bridge.run_with_cache(clean[p:p + 1])
