@@ -39,9 +39,15 @@ struct OpenArray {
 
 #[derive(Default, Serialize, Deserialize)]
 struct Progress {
-    /// Fingerprint of the run the partial files belong to (its manifest).
-    manifest: serde_json::Value,
+    /// Fingerprint of the run the partial files belong to: a hash of its manifest.
+    manifest: String,
     done: BTreeSet<usize>,
+}
+
+/// FNV-1a of the manifest's JSON: small enough to rewrite after every unit.
+fn fingerprint(manifest: &serde_json::Value) -> String {
+    let hash = manifest.to_string().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
 }
 
 pub struct Sink {
@@ -72,27 +78,36 @@ impl Sink {
     /// Opens `dir` for a run described by `manifest` (any serialisable description; equal
     /// manifests mean the same run). With `resume`, partial arrays of an interrupted run with the
     /// same manifest are continued; otherwise `dir` must not hold a run unless `overwrite`.
-    pub fn create(dir: &Path, manifest: &impl Serialize, arrays: Vec<ArraySpec>, resume: bool, overwrite: bool) -> Result<Self> {
+    /// None: `resume` found the same run already complete.
+    pub fn create(dir: &Path, manifest: &impl Serialize, arrays: Vec<ArraySpec>, resume: bool, overwrite: bool) -> Result<Option<Self>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let manifest = serde_json::to_value(manifest)?;
         let progress_path = dir.join(PROGRESS);
+        let finished = dir.join(MANIFEST).exists() && !progress_path.exists();
+        if resume && finished {
+            let existing: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(MANIFEST))?)?;
+            if existing != manifest {
+                bail!("{} holds a different, finished run: choose another --out, or --overwrite it", dir.display());
+            }
+            return Ok(None);
+        }
         if resume && progress_path.exists() {
             let progress: Progress = serde_json::from_slice(&std::fs::read(&progress_path)?)
                 .with_context(|| format!("{} is damaged; rerun without --resume", progress_path.display()))?;
-            if progress.manifest != manifest {
+            if progress.manifest != fingerprint(&manifest) {
                 bail!("{} holds a different run (model, pairs, sites or settings changed): rerun without --resume, or with the same inputs", dir.display());
             }
             let arrays = arrays.into_iter().map(|spec| Self::open_partial(dir, spec)).collect::<Result<_>>()?;
-            return Ok(Self { dir: dir.to_path_buf(), arrays, progress });
+            return Ok(Some(Self { dir: dir.to_path_buf(), arrays, progress }));
         }
         if dir.join(MANIFEST).exists() && !resume && !overwrite {
             bail!("{} already holds a run: pass --resume to continue it, --overwrite to replace it, or choose another --out", dir.display());
         }
         write_manifest(dir, &manifest)?;
         let arrays = arrays.into_iter().map(|spec| Self::create_partial(dir, spec)).collect::<Result<_>>()?;
-        let sink = Self { dir: dir.to_path_buf(), arrays, progress: Progress { manifest, done: BTreeSet::new() } };
+        let sink = Self { dir: dir.to_path_buf(), arrays, progress: Progress { manifest: fingerprint(&manifest), done: BTreeSet::new() } };
         sink.save_progress()?;
-        Ok(sink)
+        Ok(Some(sink))
     }
 
     fn create_partial(dir: &Path, spec: ArraySpec) -> Result<OpenArray> {

@@ -216,7 +216,10 @@ pub fn sweep<B: Backend>(
         .map(|&s| ArraySpec { name: s.name().into(), shape: [vec![pairs.len()], layout.per_pair(s)].concat() })
         .collect();
     arrays.extend(["baseline_clean", "baseline_corrupted"].map(|n| ArraySpec { name: n.into(), shape: vec![pairs.len()] }));
-    let mut sink = Sink::create(&spec.out, &manifest, arrays, spec.resume, spec.overwrite)?;
+    let Some(mut sink) = Sink::create(&spec.out, &manifest, arrays, spec.resume, spec.overwrite)? else {
+        eprintln!("{} is already complete: nothing to resume", spec.out.display());
+        return Ok(SweepSummary { pairs: pairs.len(), runs: 0, seconds: 0.0 });
+    };
     let lengths: Vec<i32> = pairs.iter().map(|p| p.len() as i32).collect();
     sink::write_npy(&spec.out.join(&manifest.lengths), &[pairs.len()], &lengths)?;
 

@@ -239,8 +239,13 @@ fn killed_run_resumes_to_byte_identical_results() {
     assert!(progress.exists() && !cut.join("resid_pre.npy").exists(), "the run was cut before finishing");
     assert!(cut.join("resid_pre.npy.partial").exists());
 
-    let (ok, log) = patchbay(&args(&cut).iter().map(String::as_str).chain(["--resume"]).collect::<Vec<_>>());
+    let resume: Vec<String> = args(&cut).into_iter().chain(["--resume".to_string()]).collect();
+    let (ok, log) = patchbay(&resume.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{log}");
+    assert_same_files(&whole, &cut);
+    // Resuming a finished run (a requeued job) succeeds and changes nothing.
+    let (ok, log) = patchbay(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok && log.contains("already complete"), "{log}");
     assert_same_files(&whole, &cut);
 }
 
