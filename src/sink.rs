@@ -136,10 +136,6 @@ impl Sink {
         self.progress.done.contains(&unit)
     }
 
-    pub fn done_units(&self) -> usize {
-        self.progress.done.len()
-    }
-
     /// Writes `values` into array `name` from flat element `offset` on.
     pub fn write(&mut self, name: &str, offset: usize, values: &[f32]) -> Result<()> {
         let a = self.arrays.iter_mut().find(|a| a.spec.name == name).with_context(|| format!("no array {name}"))?;

@@ -154,7 +154,7 @@ pub struct SweepSummary {
 
 /// Patched runs per pair of `len` tokens over `sites`.
 fn runs_per_pair(layout: &Layout, sites: &[PatchSite], len: usize) -> usize {
-    sites.iter().map(|&s| layout.rows(s, len).len()).sum()
+    sites.iter().map(|&s| layout.run_count(s, len)).sum()
 }
 
 /// Bytes the batch may use, and the largest single buffer, on this backend: on cpu a quarter of

@@ -105,7 +105,7 @@ pub fn main() -> Result<()> {
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            let lines: String = pairs.iter().map(|p| ioi_line(p) + "\n").collect();
+            let lines: String = pairs.iter().map(|p| serde_json::to_string(p).map(|l| l + "\n")).collect::<Result<_, _>>()?;
             crate::sink::write_atomic(&out, lines.as_bytes())?;
             println!("wrote {} IOI pairs ({corruption:?} corruption) to {}", pairs.len(), out.display());
             Ok(())
@@ -144,12 +144,4 @@ pub fn main() -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// One JSONL line of a generated pair: text fields and named positions.
-fn ioi_line(p: &crate::data::Pair) -> String {
-    serde_json::json!({
-        "clean": p.clean, "corrupted": p.corrupted, "answer": p.answer, "distractor": p.distractor, "positions": p.positions,
-    })
-    .to_string()
 }

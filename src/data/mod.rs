@@ -14,7 +14,8 @@ use std::path::Path;
 /// (corrupted), predicted from the position before.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pair {
-    /// 1-based row in its source.
+    /// 1-based row in its source (where it was read, not part of the pair).
+    #[serde(skip)]
     pub row: usize,
     pub clean: String,
     pub corrupted: String,

@@ -106,6 +106,11 @@ impl Layout {
         self.per_pair(site).iter().product()
     }
 
+    /// How many patched runs `rows(site, len)` gives.
+    pub fn run_count(&self, site: PatchSite, len: usize) -> usize {
+        self.layers * if site.by_position() { len } else { 1 } * if site.by_head() { self.heads } else { 1 }
+    }
+
     /// The patched runs of one pair of `len` tokens at `site`, each with its index in the pair's
     /// block. Positions at or past `len` (padding of shorter pairs) have no run.
     pub fn rows(&self, site: PatchSite, len: usize) -> Vec<Row> {
@@ -184,4 +189,25 @@ pub fn run_flops(config: &Gpt2Config, len: usize, start: usize, first_layer: usi
     let block = 2.0 * s * d * (3.0 * d + d + 2.0 * inner) + 4.0 * s * len as f64 * d;
     let logits = if full_logits { 2.0 * d * config.vocab_size as f64 } else { 4.0 * d };
     (config.n_layer - first_layer) as f64 * block + logits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_count_is_the_number_of_rows_and_each_row_has_its_own_cell() {
+        let layout = Layout { layers: 3, heads: 4, positions: 11 };
+        for site in PatchSite::ALL {
+            for len in [1, 7, 11] {
+                let rows = layout.rows(site, len);
+                assert_eq!(layout.run_count(site, len), rows.len(), "{site:?} len {len}");
+                let mut cells: Vec<usize> = rows.iter().map(|r| r.out).collect();
+                cells.sort_unstable();
+                cells.dedup();
+                assert_eq!(cells.len(), rows.len());
+                assert!(cells.iter().all(|&c| c < layout.per_pair_len(site)));
+            }
+        }
+    }
 }

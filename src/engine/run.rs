@@ -149,6 +149,8 @@ impl<B: Backend> Engine<'_, B> {
         let device = self.model.device();
         let mut x: Option<Tensor<B, 3>> = None;
         let mut active: Vec<Row> = Vec::with_capacity(rows.len());
+        // Each active row's pair, on the device; re-sent only when rows join.
+        let mut pairs: Option<Tensor<B, 1, Int>> = None;
         for (layer, block) in self.model.blocks.iter().enumerate() {
             let joining: Vec<Row> = rows.iter().filter(|r| self.join_layer(r) == layer).copied().collect();
             if !joining.is_empty() {
@@ -160,9 +162,9 @@ impl<B: Backend> Engine<'_, B> {
                     None => joined,
                 });
                 active.extend(joining);
+                pairs = Some(int_tensor::<B>(active.iter().map(|r| r.pair), &device));
             }
-            let Some(xl) = x.take() else { continue };
-            let pairs = int_tensor::<B>(active.iter().map(|r| r.pair), &device);
+            let (Some(xl), Some(pairs)) = (x.take(), pairs.clone()) else { continue };
             let prefix = (start > 0).then(|| {
                 let kv = |kind| {
                     let t = base.corrupted.heads(Site::new(kind, layer)).unwrap(); // [pairs, pos, head, d_head]
@@ -170,10 +172,10 @@ impl<B: Backend> Engine<'_, B> {
                 };
                 Prefix { k: kv(SiteKind::K), v: kv(SiteKind::V) }
             });
-            let mut hook = Patch { rows: &active, start, clean: &base.clean, pairs: pairs.clone() };
+            let mut hook = Patch { rows: &active, start, clean: &base.clean, pairs };
             x = Some(block.forward(xl, layer, prefix.as_ref(), &mut hook));
         }
-        let ids = base.ids.clone().select(0, int_tensor::<B>(active.iter().map(|r| r.pair), &device));
+        let ids = base.ids.clone().select(0, pairs.expect("every row joins by the last layer"));
         self.metric(x.expect("every row joins by the last layer"), ids)
     }
 }

@@ -51,10 +51,6 @@ impl SiteKind {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
-    }
-
     /// TransformerLens' hook name, e.g. `blocks.3.hook_resid_pre`, `blocks.3.attn.hook_z`.
     pub fn hook_name(self, layer: impl std::fmt::Display) -> String {
         match self {
