@@ -37,6 +37,13 @@ impl Default for BackendSpec {
     }
 }
 
+/// Creation options for float tensors in `B`'s own float type. burn 0.21 otherwise takes a
+/// device's default dtype, fixed once per process by the first backend type that touches the
+/// device: an f16 backend after an f32 one on the same GPU would silently compute in f32.
+pub fn float_options<B: Backend>(device: &B::Device) -> burn::tensor::TensorCreationOptions<B> {
+    (device, <B::FloatElem as burn::tensor::Element>::dtype()).into()
+}
+
 /// Work that runs on whichever backend the user chose.
 pub trait BackendTask {
     type Output;

@@ -30,6 +30,9 @@ impl BackendTask for Fidelity {
         let sites: Vec<Site> = (0..n_layer).flat_map(|l| SiteKind::ALL.map(|k| Site::new(k, l))).collect();
         let mut cache = Cache::new(sites.clone());
         let logits = model.forward(model.tokens(&rows)?, &mut cache);
+        // The backend's float type is the one computed in (burn 0.21 would otherwise fall back
+        // to whatever float type first touched the device in this process).
+        assert_eq!(logits.dtype(), <B::FloatElem as burn::tensor::Element>::dtype());
         let [p, t, v] = logits.dims();
         let (cols, _) = refs.i32("vocab_cols");
         let cols = Tensor::<B, 1, Int>::from_data(TensorData::new(cols.iter().map(|&c| c as i64).collect(), [cols.len()]), &device);

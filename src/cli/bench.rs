@@ -2,7 +2,7 @@
 //! with and without reuse side by side: runs/s, achieved TFLOP/s, and the fraction of the
 //! minimal-work roofline (the reuse path's FLOPs at the backend's own measured matmul rate).
 use super::BackendArgs;
-use crate::backend::{dispatch, BackendTask};
+use crate::backend::{dispatch, float_options, BackendTask};
 use crate::engine::plan::{run_flops, suffix_start};
 use crate::engine::{Engine, Layout, PatchSite};
 use crate::model::{Gpt2, Gpt2Config};
@@ -67,8 +67,8 @@ struct Bench(BenchArgs);
 
 /// The backend's matmul rate (FLOP/s) on a square product, best of a few: the roofline.
 fn matmul_rate<B: Backend>(device: &B::Device, n: usize) -> f64 {
-    let a = Tensor::<B, 2>::random([n, n], burn::tensor::Distribution::Default, device);
-    let b = Tensor::<B, 2>::random([n, n], burn::tensor::Distribution::Default, device);
+    let a = Tensor::<B, 2>::random([n, n], burn::tensor::Distribution::Default, float_options::<B>(device));
+    let b = Tensor::<B, 2>::random([n, n], burn::tensor::Distribution::Default, float_options::<B>(device));
     let _ = a.clone().matmul(b.clone()).sum().into_scalar();
     (0..3)
         .map(|_| {
@@ -97,10 +97,10 @@ impl BackendTask for Bench {
         let flops = |reuse: bool| -> f64 {
             n * rows
                 .iter()
-                .map(|r| if reuse { run_flops(&config, t, suffix_start(r, t), r.layer, false) } else { run_flops(&config, t, 0, 0, true) })
+                .map(|r| if reuse { run_flops(&config, t, suffix_start(r, t), r.layer, true) } else { run_flops(&config, t, 0, 0, false) })
                 .sum::<f64>()
         };
-        let minimal = n * rows.iter().map(|r| run_flops(&config, t, r.first_pos(), r.layer, false)).sum::<f64>();
+        let minimal = n * rows.iter().map(|r| run_flops(&config, t, r.first_pos(), r.layer, true)).sum::<f64>();
         let matmul = matmul_rate::<B>(&device, if matches!(a.backend.spec().kind, crate::backend::BackendKind::Cpu) { 512 } else { 4096 });
         let max_rows = a.max_rows.unwrap_or(runs.min(4096));
         let modes: Vec<bool> = if a.reuse_only { vec![true] } else { vec![true, false] };

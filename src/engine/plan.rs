@@ -181,14 +181,21 @@ pub fn suffix_start(row: &Row, len: usize) -> usize {
 }
 
 /// Floating-point operations of one run of a pair of `len` tokens computed from layer
-/// `first_layer` and position `start` on; `full_logits` unembeds the last position over the whole
-/// vocabulary, otherwise two logits. Multiply-adds count 2.
-pub fn run_flops(config: &Gpt2Config, len: usize, start: usize, first_layer: usize, full_logits: bool) -> f64 {
+/// `first_layer` and position `start` on. With `reuse`, the last block carries only the last
+/// position past its keys and values and two logits are read; without, every block computes every
+/// position and the last position is unembedded over the whole vocabulary. Multiply-adds count 2.
+pub fn run_flops(config: &Gpt2Config, len: usize, start: usize, first_layer: usize, reuse: bool) -> f64 {
     let (d, inner) = (config.n_embd as f64, config.n_inner as f64);
     let s = (len - start) as f64;
-    let block = 2.0 * s * d * (3.0 * d + d + 2.0 * inner) + 4.0 * s * len as f64 * d;
-    let logits = if full_logits { 2.0 * d * config.vocab_size as f64 } else { 4.0 * d };
-    (config.n_layer - first_layer) as f64 * block + logits
+    let blocks = (config.n_layer - first_layer) as f64;
+    // Per computed position: c_attn (q, k, v), then attention over `len` keys, c_proj and the MLP.
+    let qkv = 2.0 * d * 3.0 * d;
+    let rest = 4.0 * len as f64 * d + 2.0 * d * (d + 2.0 * inner);
+    if reuse {
+        (blocks - 1.0) * s * (qkv + rest) + s * qkv + rest + 4.0 * d
+    } else {
+        blocks * s * (qkv + rest) + 2.0 * d * config.vocab_size as f64
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! With `reuse` (the default) a row does no work whose result it already knows: it joins the batch
 //! at its patch layer from the corrupted run's residual stream there, computes only the positions
 //! from its patch position on (earlier positions attend through the corrupted run's keys and
-//! values), and unembeds only the answer and distractor at the last position. Without it, every
+//! values), carries only the last position past the last block's keys and values, and unembeds
+//! only the answer and distractor at the last position. Without it, every
 //! row is a full forward pass from the embeddings with full logits at the last position.
 use super::plan::{suffix_start, Layout, PatchSite, Row};
 use crate::data::TokenizedPair;
@@ -172,8 +173,9 @@ impl<B: Backend> Engine<'_, B> {
                 };
                 Prefix { k: kv(SiteKind::K), v: kv(SiteKind::V) }
             });
-            let mut hook = Patch { rows: &active, start, clean: &base.clean, pairs };
-            x = Some(block.forward(xl, layer, prefix.as_ref(), &mut hook));
+            let keep = if self.reuse && layer == self.last_layer() { 1 } else { xl.dims()[1] };
+            let mut hook = Patch { rows: &active, len: base.len, clean: &base.clean, pairs };
+            x = Some(block.forward(xl, layer, prefix.as_ref(), keep, &mut hook));
         }
         let ids = base.ids.clone().select(0, pairs.expect("every row joins by the last layer"));
         self.metric(x.expect("every row joins by the last layer"), ids)
@@ -184,8 +186,8 @@ impl<B: Backend> Engine<'_, B> {
 /// (and head) with the clean run's: one masked select over the whole batch per patched site.
 struct Patch<'a, B: Backend> {
     rows: &'a [Row],
-    /// First computed position: the activations here cover positions start.. .
-    start: usize,
+    /// The pairs' length: an activation of s positions covers positions len − s.. .
+    len: usize,
     clean: &'a Cache<B>,
     /// Each row's pair, [rows].
     pairs: Tensor<B, 1, Int>,
@@ -193,17 +195,20 @@ struct Patch<'a, B: Backend> {
 
 impl<B: Backend> Hooks<B> for Patch<'_, B> {
     fn hook<const D: usize>(&mut self, site: Site, act: Tensor<B, D>) -> Tensor<B, D> {
-        let hit = |r: &Row| r.layer == site.layer && r.site.kind() == site.kind;
-        if !self.rows.iter().any(hit) {
-            return act;
-        }
         let dims = act.dims();
         let (n, s) = (dims[0], dims[1]);
         let (h, e) = if D == 4 { (dims[2], dims[3]) } else { (1, dims[2]) };
+        let first = self.len - s;
+        // A patch before the first computed position cannot reach the metric from here (the last
+        // block computes the last position only).
+        let hit = |r: &Row| r.layer == site.layer && r.site.kind() == site.kind && r.pos.is_none_or(|p| p >= first);
+        if !self.rows.iter().any(hit) {
+            return act;
+        }
         let mut mask = vec![false; n * s * h];
         for (i, r) in self.rows.iter().enumerate().filter(|(_, r)| hit(r)) {
             let positions = match r.pos {
-                Some(p) => p - self.start..p - self.start + 1,
+                Some(p) => p - first..p - first + 1,
                 None => 0..s,
             };
             let heads = match r.head {
@@ -219,7 +224,7 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
         let device = act.device();
         let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(mask, [n, s, h]), &device).unsqueeze_dim::<4>(3).expand([n, s, h, e]);
         let clean = self.clean.heads(site).expect("clean run caches every patched site");
-        let clean = clean.select(0, self.pairs.clone()).narrow(1, self.start, s);
+        let clean = clean.select(0, self.pairs.clone()).narrow(1, first, s);
         act.reshape([n, s, h, e]).mask_where(mask, clean).reshape(dims)
     }
 }

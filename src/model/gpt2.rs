@@ -2,6 +2,7 @@
 //! tied to wte. Generic over the burn backend; every activation site passes through `Hooks`.
 use super::config::{Activation, Gpt2Config};
 use super::sites::{Hooks, Site, SiteKind};
+use crate::backend::float_options;
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
@@ -63,30 +64,32 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+    /// Attention output [batch, keep, d] of the last `keep` positions of `x`; keys and values
+    /// come from all of them (and the prefix).
+    fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, keep: usize, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let (h, dh) = (self.n_head, d / self.n_head);
         let qkv = linear(x, self.c_attn_w.clone(), Some(self.c_attn_b.clone()));
-        let mut split = |i: usize, kind: SiteKind| {
-            let t = qkv.clone().narrow(2, i * d, d).reshape([b, s, h, dh]);
-            hooks.hook(Site::new(kind, layer), t).swap_dims(1, 2) // [b, h, s, dh]
+        let mut split = |i: usize, kind: SiteKind, from: usize| {
+            let t = qkv.clone().narrow(2, i * d, d).narrow(1, from, s - from).reshape([b, s - from, h, dh]);
+            hooks.hook(Site::new(kind, layer), t).swap_dims(1, 2) // [b, h, pos, dh]
         };
-        let (q, mut k, mut v) = (split(0, SiteKind::Q), split(1, SiteKind::K), split(2, SiteKind::V));
+        let (q, mut k, mut v) = (split(0, SiteKind::Q, s - keep), split(1, SiteKind::K, 0), split(2, SiteKind::V, 0));
         if let Some(p) = prefix {
             k = Tensor::cat(vec![p.k.clone(), k], 2);
             v = Tensor::cat(vec![p.v.clone(), v], 2);
         }
         let total = k.dims()[2];
-        let offset = total - s;
+        let offset = total - keep;
         let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
         // Query i sits at absolute position offset + i and sees keys 0..=offset + i.
-        let future = Tensor::<B, 2, Bool>::tril_mask([s, total], offset as i64, &scores.device())
+        let future = Tensor::<B, 2, Bool>::tril_mask([keep, total], offset as i64, &scores.device())
             .unsqueeze::<4>()
-            .expand([b, h, s, total]);
+            .expand([b, h, keep, total]);
         let pattern = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
         let pattern = hooks.hook(Site::new(SiteKind::Pattern, layer), pattern);
-        let z = hooks.hook(Site::new(SiteKind::Z, layer), pattern.matmul(v).swap_dims(1, 2)); // [b, s, h, dh]
-        linear(z.reshape([b, s, d]), self.c_proj_w.clone(), Some(self.c_proj_b.clone()))
+        let z = hooks.hook(Site::new(SiteKind::Z, layer), pattern.matmul(v).swap_dims(1, 2)); // [b, keep, h, dh]
+        linear(z.reshape([b, keep, d]), self.c_proj_w.clone(), Some(self.c_proj_b.clone()))
     }
 }
 
@@ -137,13 +140,17 @@ impl<B: Backend> Block<B> {
         })
     }
 
-    /// One block on `x` [batch, pos, d]. With a `prefix`, `x` holds the positions after it.
-    pub fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+    /// One block on `x` [batch, pos, d]. With a `prefix`, `x` holds the positions after it. Only
+    /// the last `keep` positions go on past the keys and values: the output is [batch, keep, d].
+    /// Fewer than all is for the last block when only the last position's logits are read (there
+    /// the earlier positions serve only as keys and values).
+    pub fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, keep: usize, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
         let site = |kind| Site::new(kind, layer);
         let x = hooks.hook(site(SiteKind::ResidPre), x);
-        let attn_out = self.attn.forward(self.ln_1.forward(x.clone()), layer, prefix, hooks);
+        let attn_out = self.attn.forward(self.ln_1.forward(x.clone()), layer, prefix, keep, hooks);
         let attn_out = hooks.hook(site(SiteKind::AttnOut), attn_out);
-        let x = hooks.hook(site(SiteKind::ResidMid), x + attn_out);
+        let s = x.dims()[1];
+        let x = hooks.hook(site(SiteKind::ResidMid), x.narrow(1, s - keep, keep) + attn_out);
         let mlp_out = hooks.hook(site(SiteKind::MlpOut), self.mlp.forward(self.ln_2.forward(x.clone())));
         hooks.hook(site(SiteKind::ResidPost), x + mlp_out)
     }
@@ -222,8 +229,9 @@ impl<B: Backend> Gpt2<B> {
 
     /// The residual stream after the last block, [batch, pos, d].
     pub fn resid_final(&self, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        let s = tokens.dims()[1];
         let x = self.embed(tokens, 0);
-        self.blocks.iter().enumerate().fold(x, |x, (l, block)| block.forward(x, l, None, hooks))
+        self.blocks.iter().enumerate().fold(x, |x, (l, block)| block.forward(x, l, None, s, hooks))
     }
 }
 
@@ -234,10 +242,11 @@ struct RandomInit<B: Backend> {
 impl<B: Backend> ParamSource<B> for RandomInit<B> {
     fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
         let is_ln = name.contains("ln_");
+        let float = float_options::<B>(&self.device);
         Ok(match (is_ln, name.ends_with("weight")) {
-            (true, true) => Tensor::ones(shape, &self.device),
-            (_, false) => Tensor::zeros(shape, &self.device),
-            (false, true) => Tensor::random(shape, Distribution::Normal(0.0, 0.02), &self.device),
+            (true, true) => Tensor::ones(shape, float),
+            (_, false) => Tensor::zeros(shape, float),
+            (false, true) => Tensor::random(shape, Distribution::Normal(0.0, 0.02), float),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Checkpoint files: where a model's config.json, model.safetensors and tokenizer.json are (a local
 //! directory, or the HF hub cache through hf-hub), and safetensors → burn parameters.
 use super::gpt2::ParamSource;
+use crate::backend::float_options;
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use safetensors::tensor::{Dtype, TensorInfo};
@@ -133,7 +134,7 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
             other => bail!("tensor {name} in {file} has dtype {other:?}; expected F32, F16 or BF16"),
         };
         // In the backend's float type: tensors keep the dtype of the data they are made from.
-        Ok(Tensor::from_data(TensorData::new(values, shape).convert::<B::FloatElem>(), &self.device))
+        Ok(Tensor::from_data(TensorData::new(values, shape).convert::<B::FloatElem>(), float_options::<B>(&self.device)))
     }
 }
 
