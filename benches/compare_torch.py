@@ -14,6 +14,7 @@ named shape (no download), three ways, and prints seconds, runs/s and the ratio 
 fp32 runs with TF32 off on the PyTorch side, as the reference numbers were taken.
 """
 import argparse
+import importlib.util
 import json
 import subprocess
 import tempfile
@@ -90,7 +91,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--backend", default="cuda", help="patchbay --backend")
     ap.add_argument("--chunk", type=int, default=8192)
-    ap.add_argument("--tl-pairs", type=int, default=8)
+    ap.add_argument("--tl-pairs", type=int, default=8, help="0 skips TransformerLens")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -114,12 +115,16 @@ def main():
     rows.append(("PyTorch, all runs stacked", time.perf_counter() - t))
 
     n_tl = min(args.tl_pairs, args.pairs)
-    tl_sweep(model, clean, corrupted, answer, distractor, 1)  # warm-up
-    sync(args.device)
-    t = time.perf_counter()
-    tl_sweep(model, clean, corrupted, answer, distractor, n_tl)
-    sync(args.device)
-    rows.append((f"TransformerLens (timed {n_tl} pairs, scaled)", (time.perf_counter() - t) * args.pairs / n_tl))
+    if n_tl > 0 and importlib.util.find_spec("transformer_lens") is None:
+        print("transformer_lens is not installed: its row is skipped")
+        n_tl = 0
+    if n_tl > 0:
+        tl_sweep(model, clean, corrupted, answer, distractor, 1)  # warm-up
+        sync(args.device)
+        t = time.perf_counter()
+        tl_sweep(model, clean, corrupted, answer, distractor, n_tl)
+        sync(args.device)
+        rows.append((f"TransformerLens (timed {n_tl} pairs, scaled)", (time.perf_counter() - t) * args.pairs / n_tl))
 
     cmd = [args.patchbay, "bench", "--shape", args.shape, "--pairs", str(args.pairs), "--tokens", str(args.tokens),
            "--sites", "resid_pre", "--backend", args.backend, "--dtype", args.dtype, "--json"]
