@@ -13,7 +13,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub const MANIFEST: &str = "manifest.json";
-const PROGRESS: &str = "progress.json";
+/// Present while a run is unfinished.
+pub const PROGRESS: &str = "progress.json";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArraySpec {

@@ -210,11 +210,7 @@ pub fn sweep<B: Backend>(
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
 
-    let mut arrays: Vec<ArraySpec> = spec
-        .sites
-        .iter()
-        .map(|&s| ArraySpec { name: s.name().into(), shape: [vec![pairs.len()], layout.per_pair(s)].concat() })
-        .collect();
+    let mut arrays: Vec<ArraySpec> = manifest.sites.iter().map(|s| ArraySpec { name: s.name.clone(), shape: s.shape.clone() }).collect();
     arrays.extend(["baseline_clean", "baseline_corrupted"].map(|n| ArraySpec { name: n.into(), shape: vec![pairs.len()] }));
     let Some(mut sink) = Sink::create(&spec.out, &manifest, arrays, spec.resume, spec.overwrite)? else {
         eprintln!("{} is already complete: nothing to resume", spec.out.display());
@@ -333,7 +329,7 @@ fn manifest<B: Backend>(
 pub fn merge(shards: &[std::path::PathBuf], out: &std::path::Path) -> Result<Manifest> {
     let mut parts: Vec<(std::path::PathBuf, Manifest, ShardInfo)> = Vec::new();
     for dir in shards {
-        if dir.join("progress.json").exists() {
+        if dir.join(sink::PROGRESS).exists() {
             bail!("{} is unfinished: run it again with --resume", dir.display());
         }
         let m = Manifest::read(dir)?;

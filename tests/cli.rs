@@ -30,7 +30,7 @@ fn write_pairs(dir: &Path, lines: &[serde_json::Value]) -> PathBuf {
 fn config_run_matches_transformer_lens_and_analyze_normalizes() {
     let dir = tmp("config");
     let out = dir.join("michelle");
-    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/michelle.toml");
+    let config = root().join("configs/michelle.toml");
     let tiny = tiny();
     let (ok, stdout, stderr) = patchbay(&[
         "run",

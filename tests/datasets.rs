@@ -166,7 +166,7 @@ fn ioi_sweep_of_500_prompts_aggregates_by_named_position() {
     let file = dir.join("ioi.jsonl");
     let (ok, log) = patchbay(&["ioi", "--n", "500", "--seed", "0", "--model", s(&tiny()), "--out", s(&file)]);
     assert!(ok, "{log}");
-    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/ioi.toml");
+    let config = root().join("configs/ioi.toml");
     let out = dir.join("results");
     let (ok, log) = patchbay(&["run", s(&config), "--model", s(&tiny()), "--pairs", s(&file), "--out", s(&out)]);
     assert!(ok && log.contains("500 pair(s)"), "{log}");

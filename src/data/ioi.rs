@@ -1,7 +1,7 @@
 //! Indirect-object-identification prompts (Wang et al. 2022, "Interpretability in the Wild"):
 //! "When Mary and John went to the store, John gave a drink to" → " Mary" (the indirect object, IO)
 //! over " John" (the subject, S). BABA templates name S first, ABBA templates IO first.
-use super::Pair;
+use super::{Pair, Rng};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -49,29 +49,6 @@ pub enum Corruption {
     Abc,
     /// The subject's second mention replaced by the indirect object.
     SFlip,
-}
-
-/// A small deterministic generator (SplitMix64): the same seed gives the same dataset everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// `k` distinct items of `from`.
-    fn distinct<'a>(&mut self, from: &[&'a str], k: usize) -> Vec<&'a str> {
-        let mut pool = from.to_vec();
-        (0..k).map(|_| pool.swap_remove(self.below(pool.len()))).collect()
-    }
 }
 
 /// The template filled in, and the byte offset of each slot's text.

@@ -241,16 +241,34 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
     Ok(TokenizedPair { row: p.row, clean, corrupted, answer, distractor, positions: p.positions.clone() })
 }
 
-/// `n` pairs of random tokens (corrupted at position 1, random answer and distractor) from a
-/// seeded xorshift generator: inputs for benchmarks on random-weight models.
+/// A small deterministic generator (SplitMix64): the same seed gives the same dataset everywhere.
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// `k` distinct items of `from`.
+    pub fn distinct<'a>(&mut self, from: &[&'a str], k: usize) -> Vec<&'a str> {
+        let mut pool = from.to_vec();
+        (0..k).map(|_| pool.swap_remove(self.below(pool.len()))).collect()
+    }
+}
+
+/// `n` pairs of random tokens (corrupted at position 1, random answer and distractor), seeded:
+/// inputs for benchmarks on random-weight models.
 pub fn random_pairs(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<TokenizedPair> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % vocab as u64) as u32
-    };
+    let mut rng = Rng(seed);
+    let mut next = move || rng.below(vocab) as u32;
     (0..n)
         .map(|i| {
             let clean: Vec<u32> = (0..len).map(|_| next()).collect();

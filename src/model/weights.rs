@@ -133,8 +133,7 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
             Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => bail!("tensor {name} in {file} has dtype {other:?}; expected F32, F16 or BF16"),
         };
-        // In the backend's float type: tensors keep the dtype of the data they are made from.
-        Ok(Tensor::from_data(TensorData::new(values, shape).convert::<B::FloatElem>(), float_options::<B>(&self.device)))
+        Ok(Tensor::from_data(TensorData::new(values, shape), float_options::<B>(&self.device)))
     }
 }
 

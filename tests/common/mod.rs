@@ -3,11 +3,14 @@
 use patchbay::backend::{BackendKind, BackendSpec, DType};
 use std::path::PathBuf;
 
-/// The repository's fixtures. CARGO_MANIFEST_DIR at run time (cargo sets it; benches/gpu.sh sets it
-/// for test binaries built on another machine), else where the tests were built.
+/// The repository: CARGO_MANIFEST_DIR at run time (cargo sets it; benches/gpu.sh sets it for test
+/// binaries built on another machine), else where the tests were built.
+pub fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 pub fn fixtures() -> PathBuf {
-    let root = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
-    root.join("tests/fixtures")
+    root().join("tests/fixtures")
 }
 
 /// The reference fixture: the committed tiny model, or PATCHBAY_FIXTURE_DIR (e.g. the real gpt2
