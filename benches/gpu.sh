@@ -44,7 +44,7 @@ step "random-weight gpt2-shape model and its HF references (tests/fixtures/make_
 check python3 tests/fixtures/make_fixtures.py --shape gpt2 --sites-only --out "$WORK/gpt2"
 
 if [ -n "${TESTS:-}" ]; then
-  backends=$(for d in $DTYPES; do [ "$d" = f32 ] && echo "$BACKEND,$BACKEND-nofusion" || echo "$BACKEND-$d"; done | paste -sd,)
+  backends=$(for d in $DTYPES; do [ "$d" = f32 ] && echo "$BACKEND,$BACKEND-fusion" || echo "$BACKEND-$d,$BACKEND-fusion-$d"; done | paste -sd,)
   step "fidelity on $backends: tiny fixture (logits, every site, every patching site vs TransformerLens)"
   check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$backends" "$TESTS"/model_fidelity --nocapture
   check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$backends" "$TESTS"/engine_fidelity --nocapture
@@ -53,12 +53,16 @@ if [ -n "${TESTS:-}" ]; then
     "$TESTS"/model_fidelity --nocapture logits_and_sites
 fi
 
+# Unfused (the default) and fused (--fusion, opt-in: trust its numbers only where fidelity passed).
 for d in $DTYPES; do
-  step "bench $BACKEND $d: $PAIRS pairs x $TOKENS tokens, resid_pre, reuse vs no-reuse"
-  check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" --shape gpt2 --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre --json >"$OUT/bench-$BACKEND-$d.json"
-  cat "$OUT/bench-$BACKEND-$d.json"
-  step "bench $BACKEND $d: the seed pair's shape (1 pair x 11 tokens, 132 runs)"
-  check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" --shape gpt2 --pairs 1 --tokens 11 --sites resid_pre --repeat 10
+  for fusion in "" --fusion; do
+    tag="$BACKEND-$d${fusion:+-fusion}"
+    step "bench $tag: $PAIRS pairs x $TOKENS tokens, resid_pre, reuse vs no-reuse"
+    check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre --json >"$OUT/bench-$tag.json"
+    cat "$OUT/bench-$tag.json"
+    step "bench $tag: the seed pair's shape (1 pair x 11 tokens, 132 runs)"
+    check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs 1 --tokens 11 --sites resid_pre --repeat 10
+  done
 done
 
 if [ "$BACKEND" = cuda ]; then

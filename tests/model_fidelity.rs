@@ -17,14 +17,15 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
 
-/// (what, max abs difference to the reference) for the logits and each site of each layer.
-struct Fidelity;
+/// (what, max abs difference to the reference) for the logits and each site of each layer of the
+/// fixture in the directory.
+struct Fidelity(std::path::PathBuf);
 
 impl BackendTask for Fidelity {
     type Output = Vec<(String, f32)>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
-        let refs = Refs::load(&tiny());
-        let model = load::<B>(&tiny(), &device)?;
+        let refs = Refs::load(&self.0);
+        let model = load::<B>(&self.0, &device)?;
         let rows = refs.token_rows("tokens");
         let n_layer = model.config.n_layer;
         let sites: Vec<Site> = (0..n_layer).flat_map(|l| SiteKind::ALL.map(|k| Site::new(k, l))).collect();
@@ -54,14 +55,16 @@ impl BackendTask for Fidelity {
 }
 
 #[test]
-fn logits_and_sites_match_hf_on_every_backend() {
-    for spec in backends() {
-        let diffs = dispatch(&spec, Fidelity).unwrap();
-        let tol = tolerance(&spec);
-        let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
-        eprintln!("{spec:?}: {} comparisons, max abs difference to HF {worst:.2e}", diffs.len());
-        let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
-        assert!(bad.is_empty(), "{spec:?}: differs from HF by more than {tol}: {bad:?}");
+fn logits_and_sites_match_hf_on_every_backend_and_fixture_shape() {
+    for dir in fixture_dirs() {
+        for spec in backends() {
+            let diffs = dispatch(&spec, Fidelity(dir.clone())).unwrap();
+            let tol = tolerance(&spec);
+            let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
+            eprintln!("{} {spec:?}: {} comparisons, max abs difference to HF {worst:.2e}", name(&dir), diffs.len());
+            let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
+            assert!(bad.is_empty(), "{} {spec:?}: differs from HF by more than {tol}: {bad:?}", name(&dir));
+        }
     }
 }
 

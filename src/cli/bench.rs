@@ -131,7 +131,7 @@ impl BackendTask for Bench {
         let spec = a.backend.spec();
         Ok(Report {
             shape: a.shape,
-            backend: format!("{:?}{}", spec.kind, if spec.fusion { "" } else { " (no fusion)" }).to_lowercase(),
+            backend: format!("{:?}{}", spec.kind, if spec.fusion { " (fusion)" } else { "" }).to_lowercase(),
             dtype: format!("{:?}", spec.dtype).to_lowercase(),
             pairs: a.pairs,
             tokens: a.tokens,

@@ -195,6 +195,10 @@ struct Patch<'a, B: Backend> {
 
 impl<B: Backend> Hooks<B> for Patch<'_, B> {
     fn hook<const D: usize>(&mut self, site: Site, act: Tensor<B, D>) -> Tensor<B, D> {
+        // Sites no row patches pass untouched (their axis 1 need not be positions: `pattern`).
+        if !self.rows.iter().any(|r| r.layer == site.layer && r.site.kind() == site.kind) {
+            return act;
+        }
         let dims = act.dims();
         let (n, s) = (dims[0], dims[1]);
         let (h, e) = if D == 4 { (dims[2], dims[3]) } else { (1, dims[2]) };

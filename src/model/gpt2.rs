@@ -6,8 +6,17 @@ use crate::backend::float_options;
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
-use burn::tensor::module::linear;
 use burn::tensor::Distribution;
+
+/// `x @ w + b` over the last axis, as one 2-D product. Not burn's `module::linear`: on a
+/// [batch, 1, k] input (a batched vector-matrix product against the broadcast weight) whose
+/// producer is fused, burn 0.21's fused matmul gives wrong results — the last block's single
+/// position and one-token suffixes hit it. One [batch·pos, k] product is also one GEMM on the CPU.
+fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Tensor<B, 3> {
+    let [n, s, k] = x.dims();
+    let out = w.dims()[1];
+    (x.reshape([n * s, k]).matmul(w.clone()) + b.clone().unsqueeze()).reshape([n, s, out])
+}
 
 /// Where parameters come from: a checkpoint, or a random initialisation. Names are HF's (without
 /// the `transformer.` prefix); shapes are what the config implies (Conv1D weights are [in, out]).
@@ -69,7 +78,7 @@ impl<B: Backend> Attention<B> {
     fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, keep: usize, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let (h, dh) = (self.n_head, d / self.n_head);
-        let qkv = linear(x, self.c_attn_w.clone(), Some(self.c_attn_b.clone()));
+        let qkv = linear(x, &self.c_attn_w, &self.c_attn_b);
         let mut split = |i: usize, kind: SiteKind, from: usize| {
             let t = qkv.clone().narrow(2, i * d, d).narrow(1, from, s - from).reshape([b, s - from, h, dh]);
             hooks.hook(Site::new(kind, layer), t).swap_dims(1, 2) // [b, h, pos, dh]
@@ -89,7 +98,7 @@ impl<B: Backend> Attention<B> {
         let pattern = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
         let pattern = hooks.hook(Site::new(SiteKind::Pattern, layer), pattern);
         let z = hooks.hook(Site::new(SiteKind::Z, layer), pattern.matmul(v).swap_dims(1, 2)); // [b, keep, h, dh]
-        linear(z.reshape([b, keep, d]), self.c_proj_w.clone(), Some(self.c_proj_b.clone()))
+        linear(z.reshape([b, keep, d]), &self.c_proj_w, &self.c_proj_b)
     }
 }
 
@@ -114,12 +123,12 @@ impl<B: Backend> Mlp<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = linear(x, self.c_fc_w.clone(), Some(self.c_fc_b.clone()));
+        let x = linear(x, &self.c_fc_w, &self.c_fc_b);
         let x = match self.activation {
             Activation::GeluNew => gelu_approximate(x),
             Activation::Gelu => gelu(x),
         };
-        linear(x, self.c_proj_w.clone(), Some(self.c_proj_b.clone()))
+        linear(x, &self.c_proj_w, &self.c_proj_b)
     }
 }
 

@@ -13,10 +13,29 @@ pub fn fixtures() -> PathBuf {
     root().join("tests/fixtures")
 }
 
-/// The reference fixture: the committed tiny model, or PATCHBAY_FIXTURE_DIR (e.g. the real gpt2
-/// shape made by `make_fixtures.py --shape gpt2`, too large to commit).
+/// The seed-pair fixture: the committed tiny model (the Michelle pairs, full GPT-2 vocabulary), or
+/// PATCHBAY_FIXTURE_DIR (e.g. the real gpt2 shape made by `make_fixtures.py --shape gpt2`, too
+/// large to commit).
 pub fn tiny() -> PathBuf {
     std::env::var_os("PATCHBAY_FIXTURE_DIR").map_or_else(|| fixtures().join("tiny"), PathBuf::from)
+}
+
+/// Every reference fixture: `tiny()` and the shape matrix (tests/fixtures/shapes/*: d_head 4, 16,
+/// 64; n_head 1, 4, 12; n_positions 32 to 1024; pairs of 5 to 40 tokens); PATCHBAY_FIXTURE_DIR
+/// alone when set.
+pub fn fixture_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![tiny()];
+    if std::env::var_os("PATCHBAY_FIXTURE_DIR").is_none() {
+        let mut shapes: Vec<PathBuf> = std::fs::read_dir(fixtures().join("shapes")).unwrap().map(|e| e.unwrap().path()).collect();
+        shapes.sort();
+        dirs.extend(shapes);
+    }
+    dirs
+}
+
+/// A fixture directory's short name, for messages.
+pub fn name(dir: &std::path::Path) -> String {
+    dir.file_name().unwrap().to_string_lossy().into_owned()
 }
 
 /// Arrays from a refs.safetensors written by tests/fixtures/make_fixtures.py.
@@ -55,14 +74,14 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
 }
 
-/// Every backend compiled in: cpu, and wgpu with and without fusion and in f16 (lavapipe on CI).
-/// PATCHBAY_TEST_BACKENDS chooses, e.g. `cpu,cuda,cuda-nofusion,cuda-bf16` on a CUDA machine:
-/// a kind, then optionally `-nofusion` and a dtype.
+/// Every backend compiled in: cpu, and wgpu without and with fusion, in f32 and f16 (lavapipe on
+/// CI). PATCHBAY_TEST_BACKENDS chooses, e.g. `cpu,cuda,cuda-fusion,cuda-bf16` on a CUDA machine:
+/// a kind, then optionally `-fusion` and a dtype.
 pub fn backends() -> Vec<BackendSpec> {
     let wanted = std::env::var("PATCHBAY_TEST_BACKENDS").unwrap_or_else(|_| {
         let mut all = vec!["cpu"];
         if cfg!(feature = "wgpu") {
-            all.extend(["wgpu", "wgpu-nofusion", "wgpu-f16"]);
+            all.extend(["wgpu", "wgpu-fusion", "wgpu-f16", "wgpu-fusion-f16"]);
         }
         all.join(",")
     });
@@ -76,10 +95,10 @@ pub fn backends() -> Vec<BackendSpec> {
                 "cuda" => BackendKind::Cuda,
                 other => panic!("unknown backend {other} in PATCHBAY_TEST_BACKENDS"),
             };
-            let mut spec = BackendSpec { kind, device: 0, dtype: DType::F32, fusion: true };
+            let mut spec = BackendSpec { kind, device: 0, dtype: DType::F32, fusion: false };
             for flag in parts {
                 match flag {
-                    "nofusion" => spec.fusion = false,
+                    "fusion" => spec.fusion = true,
                     "f16" => spec.dtype = DType::F16,
                     "bf16" => spec.dtype = DType::Bf16,
                     other => panic!("unknown backend option {other} in PATCHBAY_TEST_BACKENDS"),
