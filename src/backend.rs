@@ -75,6 +75,7 @@ fn wgpu<T: BackendTask>(spec: &BackendSpec, task: T) -> Result<T::Output> {
         0 => WgpuDevice::DefaultDevice,
         n => WgpuDevice::DiscreteGpu(n),
     };
+    check_wgpu_adapter(spec.device)?;
     type Plain<F> = CubeBackend<WgpuRuntime, F, i32, u32>;
     match (spec.dtype, fused(spec)?) {
         (DType::F32, false) => task.run::<Plain<f32>>(device),
@@ -87,6 +88,30 @@ fn wgpu<T: BackendTask>(spec: &BackendSpec, task: T) -> Result<T::Output> {
         #[cfg(not(feature = "fusion"))]
         (_, true) => unreachable!("fused() is false without the fusion feature"),
     }
+}
+
+/// burn panics (in another thread, then on a closed channel) when wgpu finds no adapter: look
+/// first, and say what to install.
+#[cfg(feature = "wgpu")]
+fn check_wgpu_adapter(device: usize) -> Result<()> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    // The graphics API burn's default wgpu device uses.
+    let api = if cfg!(target_os = "macos") { wgpu::Backends::METAL } else { wgpu::Backends::VULKAN };
+    let mut listing = std::pin::pin!(instance.enumerate_adapters(api));
+    // Native wgpu answers at once; if it ever does not, let burn look for itself.
+    let Poll::Ready(adapters) = listing.as_mut().poll(&mut Context::from_waker(Waker::noop())) else { return Ok(()) };
+    let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(wgpu::Adapter::get_info).collect();
+    if infos.is_empty() {
+        bail!("--backend wgpu: no GPU adapter found (no {api:?} driver). Without a GPU, Mesa's lavapipe runs wgpu on the CPU: apt-get install mesa-vulkan-drivers libvulkan1");
+    }
+    let discrete = infos.iter().filter(|i| i.device_type == wgpu::DeviceType::DiscreteGpu).count();
+    if device > 0 && device >= discrete {
+        let names: Vec<String> = infos.iter().map(|i| format!("{} ({:?})", i.name, i.device_type)).collect();
+        bail!("--device {device}: there are {discrete} discrete GPUs (adapters: {})", names.join(", "));
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -2,13 +2,14 @@
 //! stacked into one batch per forward pass, results streamed to .npy.
 //!
 //! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
-//! forward with patch sites, `model`) → `sink` (.npy + manifest) → `analysis`.
+//! forward with patch sites, `model`) → `results` (.npy + manifest, one transaction; `sweep`
+//! orchestrates a whole run) → `analysis`.
 pub mod analysis;
 pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod model;
-pub mod sink;
+pub mod results;
 pub mod sweep;
 pub mod tokenizer;

@@ -1,12 +1,12 @@
 //! A whole run: pairs grouped into units of equal length, each unit's patched runs through the
-//! engine, results streamed into the sink; the manifest that describes the results directory;
-//! shards of a run on several machines, and merging them.
+//! engine, results written into the results directory's transaction; the manifest describing the
+//! run; shards of a run on several machines.
 use crate::backend::BackendSpec;
 use crate::data::{Skipped, TokenizedPair};
 use crate::engine::plan::max_rows_for_budget;
 use crate::engine::{Engine, Layout, PatchSite};
-use crate::model::{Gpt2, Gpt2Config};
-use crate::sink::{self, ArraySpec, Sink};
+use crate::model::Gpt2;
+use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry, TokenRef};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
@@ -60,7 +60,8 @@ impl Shard {
         match (var("JOB_COMPLETION_INDEX")?, count) {
             (Some(i), Some(n)) => Self::parse(&format!("{i}/{n}")).map(Some),
             (Some(_), None) => bail!("JOB_COMPLETION_INDEX is set: give the number of shards with --shards N"),
-            _ => Ok(None),
+            (None, Some(n)) => bail!("--shards {n} needs JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) to pick this shard; by hand, give --shard K/{n}"),
+            (None, None) => Ok(None),
         }
     }
 
@@ -72,77 +73,16 @@ impl Shard {
     pub fn dir_name(&self) -> String {
         format!("shard-{:04}-of-{:04}", self.index, self.count)
     }
-}
 
-/// Which of the whole run's pairs a shard holds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ShardInfo {
-    pub index: usize,
-    pub count: usize,
-    /// Indices, ascending, into the whole run's pairs of this shard's pairs (its array rows).
-    pub pairs: Vec<usize>,
-    pub pairs_total: usize,
-}
+    /// Whether `name` is a shard's directory name.
+    pub fn is_dir_name(name: &str) -> bool {
+        let parse = |n: &str| n.len() == 4 && n.bytes().all(|b| b.is_ascii_digit());
+        name.strip_prefix("shard-").and_then(|r| r.split_once("-of-")).is_some_and(|(k, n)| parse(k) && parse(n))
+    }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TokenRef {
-    pub id: u32,
-    pub token: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PairEntry {
-    /// 1-based row in the source the pair came from.
-    pub row: usize,
-    pub length: usize,
-    pub clean_tokens: Vec<u32>,
-    pub corrupted_tokens: Vec<u32>,
-    pub clean_strs: Vec<String>,
-    pub corrupted_strs: Vec<String>,
-    pub answer: TokenRef,
-    pub distractor: TokenRef,
-    #[serde(default)]
-    pub positions: BTreeMap<String, usize>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SiteEntry {
-    pub name: String,
-    pub file: String,
-    pub axes: Vec<String>,
-    pub shape: Vec<usize>,
-    /// TransformerLens hook patched, `{layer}` standing for the layer.
-    pub hook: String,
-}
-
-/// manifest.json: everything needed to read and interpret a results directory.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub patchbay_version: String,
-    pub model: String,
-    pub config: Gpt2Config,
-    pub backend: BackendSpec,
-    pub reuse: bool,
-    pub max_rows: usize,
-    pub metric: String,
-    pub layout: Layout,
-    pub sites: Vec<SiteEntry>,
-    /// [pairs] f32 files of the two baselines, and [pairs] int32 token lengths.
-    pub baseline_clean: String,
-    pub baseline_corrupted: String,
-    pub lengths: String,
-    pub pairs: Vec<PairEntry>,
-    /// Pairs of the source left out, and why.
-    pub skipped: Vec<Skipped>,
-    pub shard: Option<ShardInfo>,
-}
-
-impl Manifest {
-    pub fn read(dir: &std::path::Path) -> Result<Self> {
-        use anyhow::Context;
-        let path = dir.join(sink::MANIFEST);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a patchbay results directory (no manifest.json)", dir.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    /// Whether `dir` is a run directory holding shard directories (and no run of its own).
+    pub fn is_parent(dir: &std::path::Path) -> bool {
+        std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.file_name().to_str().is_some_and(Self::is_dir_name))
     }
 }
 
@@ -150,6 +90,7 @@ pub struct SweepSummary {
     pub pairs: usize,
     pub runs: usize,
     pub seconds: f64,
+    pub manifest: Manifest,
 }
 
 /// Patched runs per pair of `len` tokens over `sites`.
@@ -194,7 +135,7 @@ pub fn sweep<B: Backend>(
     let layout = Layout { layers: c.n_layer, heads: c.n_head, positions };
     let (budget, buffer) = memory_limits(backend);
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
-    let previous = if spec.resume { Manifest::read(&spec.out).ok().map(|m| m.max_rows) } else { None };
+    let previous = if spec.resume { results::run_in(&spec.out).map(|m| m.max_rows) } else { None };
     let max_rows = spec.max_rows.or(previous).unwrap_or_else(|| max_rows_for_budget(c, positions, budget, buffer, !spec.reuse));
     let all_units = units(all, &layout, &spec.sites);
     let units = match spec.shard {
@@ -207,17 +148,15 @@ pub fn sweep<B: Backend>(
     let row_of = |global: usize| mine.binary_search(&global).expect("a unit's pair is this run's");
     let pairs: Vec<TokenizedPair> = mine.iter().map(|&i| all[i].clone()).collect();
     let mut manifest = manifest(model, model_id, tok, &pairs, spec, backend, layout, max_rows);
+    manifest.dataset = results::fingerprint(&(all, skipped));
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
 
-    let mut arrays: Vec<ArraySpec> = manifest.sites.iter().map(|s| ArraySpec { name: s.name.clone(), shape: s.shape.clone() }).collect();
-    arrays.extend(["baseline_clean", "baseline_corrupted"].map(|n| ArraySpec { name: n.into(), shape: vec![pairs.len()] }));
-    let Some(mut sink) = Sink::create(&spec.out, &manifest, arrays, spec.resume, spec.overwrite)? else {
+    let mode = Mode { resume: spec.resume, overwrite: spec.overwrite };
+    let Begin::Write(mut writer) = results::begin(&spec.out, &manifest, units.len(), mode)? else {
         eprintln!("{} is already complete: nothing to resume", spec.out.display());
-        return Ok(SweepSummary { pairs: pairs.len(), runs: 0, seconds: 0.0 });
+        return Ok(SweepSummary { pairs: pairs.len(), runs: 0, seconds: 0.0, manifest });
     };
-    let lengths: Vec<i32> = pairs.iter().map(|p| p.len() as i32).collect();
-    sink::write_npy(&spec.out.join(&manifest.lengths), &[pairs.len()], &lengths)?;
 
     let total: usize = pairs.iter().map(|p| runs_per_pair(&layout, &spec.sites, p.len())).sum();
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
@@ -229,7 +168,7 @@ pub fn sweep<B: Backend>(
     let mut ran = 0;
     for (u, unit) in units.iter().enumerate() {
         let unit_runs: usize = unit.iter().map(|&i| runs_per_pair(&layout, &spec.sites, all[i].len())).sum();
-        if sink.is_done(u) {
+        if writer.is_done(u) {
             bar.inc(unit_runs as u64);
             continue;
         }
@@ -237,18 +176,18 @@ pub fn sweep<B: Backend>(
         let results = engine.run(&unit_pairs, &spec.sites, &layout, &mut |n| bar.inc(n as u64))?;
         for (&g, r) in unit.iter().zip(results) {
             let i = row_of(g);
-            sink.write("baseline_clean", i, &[r.clean])?;
-            sink.write("baseline_corrupted", i, &[r.corrupted])?;
-            for (site, values) in spec.sites.iter().zip(&r.sites) {
-                sink.write(site.name(), i * values.len(), values)?;
+            writer.write(Array::BaselineClean, i, &[r.clean])?;
+            writer.write(Array::BaselineCorrupted, i, &[r.corrupted])?;
+            for (si, values) in r.sites.iter().enumerate() {
+                writer.write(Array::Site(si), i * values.len(), values)?;
             }
         }
-        sink.finish_unit(u)?;
+        writer.finish_unit(u)?;
         ran += unit_runs;
     }
     bar.finish_and_clear();
-    sink.finish()?;
-    Ok(SweepSummary { pairs: pairs.len(), runs: ran, seconds: started.elapsed().as_secs_f64() })
+    writer.commit()?;
+    Ok(SweepSummary { pairs: pairs.len(), runs: ran, seconds: started.elapsed().as_secs_f64(), manifest })
 }
 
 /// Patched runs per unit of work (a unit is what resume and shards count in), whatever the
@@ -305,8 +244,10 @@ fn manifest<B: Backend>(
         baseline_clean: "baseline_clean.npy".into(),
         baseline_corrupted: "baseline_corrupted.npy".into(),
         lengths: "lengths.npy".into(),
+        dataset: String::new(),
         skipped: Vec::new(),
         shard: None,
+        verify: None,
         pairs: pairs
             .iter()
             .map(|p| PairEntry {
@@ -322,72 +263,4 @@ fn manifest<B: Backend>(
             })
             .collect(),
     }
-}
-
-/// Combines finished shards of one run into `out`: arrays concatenated along the pair axis, equal
-/// to the unsharded run's.
-pub fn merge(shards: &[std::path::PathBuf], out: &std::path::Path) -> Result<Manifest> {
-    let mut parts: Vec<(std::path::PathBuf, Manifest, ShardInfo)> = Vec::new();
-    for dir in shards {
-        if dir.join(sink::PROGRESS).exists() {
-            bail!("{} is unfinished: run it again with --resume", dir.display());
-        }
-        let m = Manifest::read(dir)?;
-        let info = m.shard.clone().with_context(|| format!("{} is not a shard (its manifest has no shard)", dir.display()))?;
-        parts.push((dir.clone(), m, info));
-    }
-    parts.sort_by_key(|p| p.2.index);
-    let count = parts.first().context("no shards to merge")?.2.count;
-    let have: Vec<usize> = parts.iter().map(|p| p.2.index).collect();
-    if have != (0..count).collect::<Vec<_>>() {
-        bail!("shards {have:?} given, but the run has shards 0..{count}: each exactly once");
-    }
-    // Everything but the shard, its pairs and its batch size must be the same run. (Shards batched
-    // alike, e.g. with one --max-rows, merge byte-identical to the unsharded run; otherwise equal
-    // to float rounding.)
-    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, ..m.clone() };
-    let mut merged = parts[0].1.clone();
-    for (dir, m, info) in &parts[1..] {
-        if same(m) != same(&merged) || info.pairs_total != parts[0].2.pairs_total {
-            bail!("{} belongs to a different run than {}", dir.display(), parts[0].0.display());
-        }
-    }
-    let total = parts[0].2.pairs_total;
-    let mut slots: Vec<Option<PairEntry>> = vec![None; total];
-    for (dir, m, info) in &parts {
-        for (&g, p) in info.pairs.iter().zip(&m.pairs) {
-            if g >= total || slots[g].replace(p.clone()).is_some() {
-                bail!("{} claims pair {g} of {total}, which another shard holds or which does not exist", dir.display());
-            }
-        }
-    }
-    merged.pairs = slots.into_iter().enumerate().map(|(g, p)| p.with_context(|| format!("no shard holds pair {g}"))).collect::<Result<_>>()?;
-    merged.shard = None;
-    std::fs::create_dir_all(out)?;
-    let files: Vec<String> = merged.sites.iter().map(|s| s.file.clone()).chain([merged.baseline_clean.clone(), merged.baseline_corrupted.clone()]).collect();
-    for file in &files {
-        let mut data = Vec::new();
-        let mut shape = Vec::new();
-        for (dir, _, info) in &parts {
-            let (d, s) = sink::read_npy(&dir.join(file))?;
-            let per_pair: usize = s[1..].iter().product();
-            if data.is_empty() {
-                data = vec![f32::NAN; total * per_pair];
-            }
-            for (k, &g) in info.pairs.iter().enumerate() {
-                data[g * per_pair..][..per_pair].copy_from_slice(&d[k * per_pair..][..per_pair]);
-            }
-            shape = s;
-        }
-        shape[0] = total;
-        sink::write_npy(&out.join(file), &shape, &data)?;
-    }
-    for site in &mut merged.sites {
-        site.shape[0] = total;
-    }
-    let lengths: Vec<i32> = merged.pairs.iter().map(|p| p.length as i32).collect();
-    sink::write_npy(&out.join(&merged.lengths), &[total], &lengths)?;
-    // The manifest last: a directory with one is complete.
-    sink::write_manifest(out, &merged)?;
-    Ok(merged)
 }

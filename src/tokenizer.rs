@@ -42,4 +42,14 @@ impl Tokenizer {
         let parts: Vec<String> = ids.iter().map(|&id| format!("{id} {:?}", self.token_str(id))).collect();
         format!("[{}]", parts.join(", "))
     }
+
+    /// `show` for a one-line message: long token lists keep their first and last 10 tokens.
+    pub fn show_short(&self, ids: &[u32]) -> String {
+        const KEEP: usize = 10;
+        if ids.len() <= 3 * KEEP {
+            return self.show(ids);
+        }
+        let (head, tail) = (self.show(&ids[..KEEP]), self.show(&ids[ids.len() - KEEP..]));
+        format!("{} … ({} tokens) … {}", head.trim_end_matches(']'), ids.len() - 2 * KEEP, tail.trim_start_matches('['))
+    }
 }

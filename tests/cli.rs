@@ -2,7 +2,7 @@
 //! files that equal TransformerLens' results → analyze; and the one-line errors of bad input.
 mod common;
 use common::*;
-use patchbay::sink::read_npy;
+use patchbay::results::read_f32 as read_npy;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -75,7 +75,7 @@ fn config_run_matches_transformer_lens_and_analyze_normalizes() {
 
     // A finished run is not overwritten by accident.
     let (ok, _, stderr) = patchbay(&["run", config.to_str().unwrap(), "--model", tiny.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(!ok && stderr.contains("already holds a run"), "{stderr}");
+    assert!(!ok && stderr.contains("already holds a finished run"), "{stderr}");
 }
 
 #[test]
@@ -87,17 +87,17 @@ fn pairs_file_errors_name_the_row_and_show_tokens() {
     let pairs = write_pairs(&dir, &[good.clone(), longer]);
     let (ok, _, stderr) = patchbay(&["run", "--strict", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
     assert!(!ok);
-    assert!(stderr.contains("row 2") && stderr.contains("different lengths") && stderr.contains("\" Smith\""), "{stderr}");
+    assert!(stderr.contains("pairs.jsonl line 2") && stderr.contains("different lengths") && stderr.contains("\" Smith\""), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     let multi = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jonesberg", "distractor": " Smith"});
     let pairs = write_pairs(&dir, &[good, multi]);
     let (ok, _, stderr) = patchbay(&["run", "--strict", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
-    assert!(!ok && stderr.contains("row 2") && stderr.contains("answer") && stderr.contains("not a single token"), "{stderr}");
+    assert!(!ok && stderr.contains("line 2") && stderr.contains("answer") && stderr.contains("not a single token"), "{stderr}");
 
     std::fs::write(dir.join("bad.jsonl"), "{\"clean\": \"x\"}\n").unwrap();
     let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", dir.join("bad.jsonl").to_str().unwrap()]);
-    assert!(!ok && stderr.contains("bad.jsonl row 1"), "{stderr}");
+    assert!(!ok && stderr.contains("bad.jsonl line 1"), "{stderr}");
 
     let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--sites", "resid_pree"]);
     assert!(!ok && stderr.contains("unknown site \"resid_pree\""), "{stderr}");
@@ -107,12 +107,17 @@ fn pairs_file_errors_name_the_row_and_show_tokens() {
 fn equal_baselines_are_excluded_from_normalization() {
     let dir = tmp("equal");
     let tiny = tiny();
-    let same = serde_json::json!({"clean": CLEAN, "corrupted": CLEAN, "answer": " Jones", "distractor": " Smith"});
     let good = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"});
-    let pairs = write_pairs(&dir, &[good, same]);
+    let other = serde_json::json!({"clean": CLEAN, "corrupted": "Jessica Jones was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"});
+    let pairs = write_pairs(&dir, &[good, other]);
     let out = dir.join("o");
     let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(ok, "{stderr}");
+    // The second pair's corruption made to change nothing: its baselines are equal.
+    let (clean, _) = read_npy(&out.join("baseline_clean.npy")).unwrap();
+    let (mut corrupted, _) = read_npy(&out.join("baseline_corrupted.npy")).unwrap();
+    corrupted[1] = clean[1];
+    patchbay::results::write_npy(&out.join("baseline_corrupted.npy"), &[2], &corrupted).unwrap();
     let (ok, stdout, stderr) = patchbay(&["analyze", out.to_str().unwrap()]);
     assert!(ok && stderr.contains("excluded pair at row 2: clean and corrupted baselines are equal"), "{stdout}{stderr}");
     let (norm, shape) = read_npy(&out.join("attn_out.normalized.npy")).unwrap();

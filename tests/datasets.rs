@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use patchbay::data::{self, ioi, Checks, Columns};
-use patchbay::sink::read_npy;
+use patchbay::results::read_f32 as read_npy;
 use patchbay::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,22 +44,22 @@ fn parquet_and_csv_with_mapped_columns_read_the_same_pairs() {
     let csv = data::read_pairs(&pairs_file("pairs.csv"), &columns).unwrap();
     assert_eq!(parquet.len(), 3);
     assert_eq!(parquet[1].positions["S2"], 9);
-    let (a, skipped) = data::tokenize(&parquet, &t, "parquet", Checks::default(), true).unwrap();
-    let (b, _) = data::tokenize(&csv, &t, "csv", Checks::default(), true).unwrap();
+    let (a, skipped) = data::tokenize(&parquet, &t, None, Checks::default(), true).unwrap();
+    let (b, _) = data::tokenize(&csv, &t, None, Checks::default(), true).unwrap();
     assert!(skipped.is_empty());
     let strip = |v: Vec<data::TokenizedPair>| v.into_iter().map(|p| (p.clean, p.corrupted, p.answer, p.distractor)).collect::<Vec<_>>();
     assert_eq!(strip(a.clone()), strip(b));
     assert_eq!((a[0].answer, a[0].distractor), (5437, 4176));
     // Without the mapping the CSV's columns are not found: an error naming file and row.
     let err = data::read_pairs(&pairs_file("pairs.csv"), &Columns::default()).unwrap_err();
-    assert!(format!("{err:#}").contains("pairs.csv row 1") && format!("{err:#}").contains("no column \"clean\""), "{err:#}");
+    assert!(format!("{err:#}").contains("pairs.csv line 2") && format!("{err:#}").contains("no column \"clean\""), "{err:#}");
 }
 
 #[test]
 fn plain_form_predicts_the_last_differing_token() {
     let t = tok();
     let pairs = data::read_pairs(&pairs_file("plain.csv"), &Columns::default()).unwrap();
-    let (tp, _) = data::tokenize(&pairs, &t, "plain.csv", Checks::default(), true).unwrap();
+    let (tp, _) = data::tokenize(&pairs, &t, None, Checks::default(), true).unwrap();
     for (p, raw) in tp.iter().zip(&pairs) {
         let full = t.encode(&raw.clean).unwrap();
         // The prompt stops before the last differing token, which is the answer ('.' vs '!').
@@ -84,13 +84,13 @@ fn bad_pairs_are_skipped_and_listed_or_fail_with_strict() {
     let out = dir.join("o");
     let (ok, log) = patchbay(&["run", "--model", s(&tiny()), "--pairs", s(&file), "--max-diff", "2", "--out", s(&out)]);
     assert!(ok, "{log}");
-    assert!(log.contains("skipped row 2: clean and corrupted tokenize to different lengths"), "{log}");
-    assert!(log.contains("skipped row 3: clean and corrupted differ at 3 positions"), "{log}");
+    assert!(log.contains("skipped line 2: clean and corrupted tokenize to different lengths"), "{log}");
+    assert!(log.contains("skipped line 3: clean and corrupted differ at 3 positions"), "{log}");
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["skipped"].as_array().unwrap().len(), 2);
     assert_eq!(manifest["pairs"].as_array().unwrap().len(), 1);
     let (ok, log) = patchbay(&["run", "--strict", "--model", s(&tiny()), "--pairs", s(&file), "--out", s(&dir.join("o2"))]);
-    assert!(!ok && log.contains("p.jsonl row 2") && log.contains("different lengths"), "{log}");
+    assert!(!ok && log.contains("p.jsonl line 2") && log.contains("different lengths"), "{log}");
 }
 
 #[test]
@@ -138,8 +138,8 @@ fn ioi_pairs_are_deterministic_with_single_token_names_at_their_named_positions(
     assert_eq!(a, ioi::generate(60, 7, ioi::Corruption::Abc, &t).unwrap());
     assert_ne!(a, ioi::generate(60, 8, ioi::Corruption::Abc, &t).unwrap());
     let flip = ioi::generate(60, 7, ioi::Corruption::SFlip, &t).unwrap();
-    let (ta, _) = data::tokenize(&a, &t, "abc", Checks::default(), true).unwrap();
-    let (tf, _) = data::tokenize(&flip, &t, "s-flip", Checks::default(), true).unwrap();
+    let (ta, _) = data::tokenize(&a, &t, None, Checks::default(), true).unwrap();
+    let (tf, _) = data::tokenize(&flip, &t, None, Checks::default(), true).unwrap();
     let mut templates = std::collections::HashSet::new();
     for (p, f) in ta.iter().zip(&tf) {
         let pos = &p.positions;
@@ -280,5 +280,5 @@ fn shards_merge_into_the_unsharded_run() {
     let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args([&base[..], &["--out", s(&dir.join("k8s"))]].concat()).env("JOB_COMPLETION_INDEX", "1").output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--shards N"));
     let (ok, log) = patchbay(&["merge", s(&sharded.join("shard-0000-of-0003")), "--out", s(&dir.join("m"))]);
-    assert!(!ok && log.contains("shards [0] given, but the run has shards 0..3"), "{log}");
+    assert!(!ok && log.contains("shards [0] given") && log.contains("has shards 0..3"), "{log}");
 }

@@ -3,9 +3,9 @@
 //! (JSON and CSV), and a heatmap per site (PNG and SVG); by named position where pairs name them.
 pub mod heatmap;
 
-use crate::sink::{read_npy, write_atomic, write_npy};
-use crate::sweep::{Manifest, PairEntry, SiteEntry};
-use anyhow::Result;
+use crate::results::manifest::{heatmap_files, normalized_file, SUMMARY_CSV, SUMMARY_JSON};
+use crate::results::{open_finished, read_f32, write_atomic, write_npy, Manifest, PairEntry, SiteEntry};
+use anyhow::{bail, Result};
 use heatmap::Grid;
 use serde::Serialize;
 use std::path::Path;
@@ -63,9 +63,12 @@ fn mean_sem(values: &[f32], cells: usize) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
 }
 
 pub fn analyze(dir: &Path) -> Result<Summary> {
-    let m = Manifest::read(dir)?;
-    let (clean, _) = read_npy(&dir.join(&m.baseline_clean))?;
-    let (corrupted, _) = read_npy(&dir.join(&m.baseline_corrupted))?;
+    let m = open_finished(dir)?;
+    if m.pairs.is_empty() {
+        bail!("{} holds no pairs (an empty shard? merge the shards, then analyze the merged run)", dir.display());
+    }
+    let (clean, _) = read_f32(&dir.join(&m.baseline_clean))?;
+    let (corrupted, _) = read_f32(&dir.join(&m.baseline_corrupted))?;
     let mut excluded = Vec::new();
     let scale: Vec<Option<(f32, f32)>> = m
         .pairs
@@ -89,14 +92,14 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
     let mut by_name = Vec::new();
     let named = named_positions(&m.pairs);
     for site in &m.sites {
-        let (raw, shape) = read_npy(&dir.join(&site.file))?;
+        let (raw, shape) = read_f32(&dir.join(&site.file))?;
         let cells: usize = shape[1..].iter().product();
         let normalized: Vec<f32> = raw
             .iter()
             .enumerate()
             .map(|(i, &v)| scale[i / cells].map_or(f32::NAN, |(k, d)| (v - k) / d))
             .collect();
-        write_npy(&dir.join(format!("{}.normalized.npy", site.name)), &shape, &normalized)?;
+        write_npy(&dir.join(normalized_file(&site.name)), &shape, &normalized)?;
         let (mean, sem, n) = mean_sem(&normalized, cells);
         let first = &m.pairs[0];
         let labels = if site.axes.iter().any(|a| a == "position") {
@@ -111,12 +114,13 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
         sites.push(summary);
     }
     let summary = Summary { model: m.model.clone(), pairs: m.pairs.len(), excluded, sites, by_name };
-    write_atomic(&dir.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
-    write_atomic(&dir.join("summary.csv"), csv(&summary).as_bytes())?;
+    write_atomic(&dir.join(SUMMARY_JSON), &serde_json::to_vec_pretty(&summary)?)?;
+    write_atomic(&dir.join(SUMMARY_CSV), csv(&summary).as_bytes())?;
     for s in summary.sites.iter().chain(&summary.by_name) {
         let grid = grid(s, &m, summary.pairs - summary.excluded.len());
-        write_atomic(&dir.join(format!("{}.svg", s.name)), heatmap::svg(&grid).as_bytes())?;
-        write_atomic(&dir.join(format!("{}.png", s.name)), &heatmap::png(&grid)?)?;
+        let [png, svg] = heatmap_files(&s.name);
+        write_atomic(&dir.join(svg), heatmap::svg(&grid).as_bytes())?;
+        write_atomic(&dir.join(png), &heatmap::png(&grid)?)?;
     }
     Ok(summary)
 }

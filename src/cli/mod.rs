@@ -5,7 +5,7 @@ mod run;
 
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::ioi::Corruption;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -30,8 +30,8 @@ enum Command {
     },
     /// Generate IOI prompt pairs (BABA and ABBA templates) as JSONL with named positions.
     Ioi {
-        #[arg(long, default_value_t = 500)]
-        n: usize,
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+        n: u64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, value_enum, default_value_t = Corruption::Abc)]
@@ -41,6 +41,9 @@ enum Command {
         model: String,
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing --out file.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Benchmark a sweep on a random-weight model of a named shape: reuse vs --no-reuse.
     Bench(bench::BenchArgs),
@@ -51,6 +54,9 @@ enum Command {
         /// Where the merged run goes [default: the run directory holding the shards].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace another run in --out.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -99,32 +105,37 @@ pub fn main() -> Result<()> {
         Command::Inspect(args) => inspect::inspect(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
-        Command::Ioi { n, seed, corruption, model, out } => {
+        Command::Ioi { n, seed, corruption, model, out, overwrite } => {
+            if out.exists() && !overwrite {
+                anyhow::bail!("{} exists: pass --overwrite to replace it, or choose another --out", out.display());
+            }
             let files = crate::model::weights::ModelFiles::locate(&model)?;
             let tok = crate::tokenizer::Tokenizer::from_file(&files.tokenizer)?;
-            let pairs = crate::data::ioi::generate(n, seed, corruption, &tok)?;
+            let pairs = crate::data::ioi::generate(n as usize, seed, corruption, &tok)?;
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
             let lines: String = pairs.iter().map(|p| serde_json::to_string(p).map(|l| l + "\n")).collect::<Result<_, _>>()?;
-            crate::sink::write_atomic(&out, lines.as_bytes())?;
+            crate::results::write_atomic(&out, lines.as_bytes())?;
             println!("wrote {} IOI pairs ({corruption:?} corruption) to {}", pairs.len(), out.display());
             Ok(())
         }
-        Command::Merge { sources, out } => {
+        Command::Merge { sources, out, overwrite } => {
             let (shards, default_out) = match sources.as_slice() {
-                [dir] if !dir.join(crate::sink::MANIFEST).exists() => {
-                    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)?
+                [dir] if crate::sweep::Shard::is_parent(dir) => {
+                    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+                        .with_context(|| format!("reading {}", dir.display()))?
                         .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("shard-")))
+                        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(crate::sweep::Shard::is_dir_name))
                         .collect();
                     shards.sort();
                     (shards, Some(dir.clone()))
                 }
+                [] => anyhow::bail!("give the shard directories, or the run directory holding them"),
                 _ => (sources.clone(), None),
             };
             let Some(out) = out.or(default_out) else { anyhow::bail!("give --out for the merged run") };
-            let m = crate::sweep::merge(&shards, &out)?;
+            let m = crate::results::merge(&shards, &out, overwrite)?;
             println!("merged {} shards ({} pairs) into {}", shards.len(), m.pairs.len(), out.display());
             Ok(())
         }

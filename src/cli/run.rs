@@ -4,6 +4,7 @@ use crate::backend::{dispatch, BackendSpec, BackendTask};
 use crate::data::{self, Checks, Columns, Pair, Skipped, TokenizedPair};
 use crate::engine::PatchSite;
 use crate::model::weights::{load_model, ModelFiles};
+use crate::model::Gpt2Config;
 use crate::sweep::{sweep, Shard, SweepSpec, SweepSummary};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -70,7 +71,7 @@ pub struct RunArgs {
     /// Continue an interrupted run in --out.
     #[arg(long)]
     resume: bool,
-    /// Replace a finished run in --out.
+    /// Replace the run in --out (with --resume: only another run than this one).
     #[arg(long)]
     overwrite: bool,
     #[command(flatten)]
@@ -108,19 +109,23 @@ impl RunArgs {
         })
     }
 
-    fn pairs(&self, tok: &Tokenizer) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
-        let checks = Checks { max_diff: self.max_diff };
+    /// The pairs to run, checked against the model's context and vocabulary.
+    fn pairs(&self, tok: &Tokenizer, model: &Gpt2Config) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
+        let checks = Checks { max_diff: self.max_diff, context: Some(model.n_positions), vocab: Some(model.vocab_size) };
         let inline = self.clean.is_some() || self.corrupted.is_some() || self.answer.is_some() || self.distractor.is_some();
         let (pairs, skipped) = match (&self.pairs, inline) {
             (Some(_), true) => bail!("give either --pairs FILE or --clean/--corrupted[/--answer/--distractor], not both"),
             (Some(file), false) => {
                 let pairs = data::read_pairs(file, &self.columns.clone().unwrap_or_default())?;
-                data::tokenize(&pairs, tok, &file.display().to_string(), checks, self.strict)?
+                data::tokenize(&pairs, tok, Some(file), checks, self.strict)?
             }
             (None, _) => {
                 let (Some(clean), Some(corrupted)) = (&self.clean, &self.corrupted) else {
                     bail!("no pairs: give --pairs FILE, or --clean and --corrupted (with --answer and --distractor)")
                 };
+                if self.answer.is_some() != self.distractor.is_some() {
+                    bail!("give both --answer and --distractor, or neither (then the last token where clean and corrupted differ is predicted)");
+                }
                 let pair = Pair {
                     row: 1,
                     clean: clean.clone(),
@@ -129,11 +134,12 @@ impl RunArgs {
                     distractor: self.distractor.clone(),
                     ..Default::default()
                 };
-                data::tokenize(&[pair], tok, "the pair", checks, true)?
+                data::tokenize(&[pair], tok, None, checks, true)?
             }
         };
+        let unit = self.pairs.as_deref().map_or("row", data::row_unit);
         for s in &skipped {
-            eprintln!("skipped row {}: {}", s.row, s.reason);
+            eprintln!("skipped {unit} {}: {}", s.row, s.reason);
         }
         if pairs.is_empty() {
             bail!("no pair passed the checks ({} skipped)", skipped.len());
@@ -179,13 +185,18 @@ impl BackendTask for RunTask {
 pub fn run(args: RunArgs) -> Result<()> {
     let args = args.merged()?;
     let sites = PatchSite::parse_list(args.sites.as_deref().unwrap_or(DEFAULT_SITES))?;
-    let files = ModelFiles::locate(args.model.as_deref().unwrap_or("gpt2"))?;
-    let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
-    let (pairs, skipped) = args.pairs(&tokenizer)?;
-    let shard = match &args.shard {
-        Some(s) => Some(Shard::parse(s)?),
-        None => Shard::from_env(args.shards)?,
+    if args.max_rows == Some(0) {
+        bail!("--max-rows must be at least 1");
+    }
+    let shard = match (&args.shard, args.shards) {
+        (Some(_), Some(_)) => bail!("give --shard K/N or --shards N (with JOB_COMPLETION_INDEX), not both"),
+        (Some(s), None) => Some(Shard::parse(s)?),
+        (None, n) => Shard::from_env(n)?,
     };
+    let files = ModelFiles::locate(args.model.as_deref().unwrap_or("gpt2"))?;
+    let config = Gpt2Config::from_json_file(&files.config)?;
+    let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
+    let (pairs, skipped) = args.pairs(&tokenizer, &config)?;
     let mut out = args.out.clone().unwrap_or_else(|| PathBuf::from("results/run"));
     if let Some(s) = shard {
         out = out.join(s.dir_name());

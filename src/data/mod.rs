@@ -14,7 +14,8 @@ use std::path::Path;
 /// (corrupted), predicted from the position before.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pair {
-    /// 1-based row in its source (where it was read, not part of the pair).
+    /// Where it was read (not part of the pair): the 1-based line of a JSONL or CSV file (blank
+    /// lines and the CSV header counted), the 1-based row of a Parquet file.
     #[serde(skip)]
     pub row: usize,
     pub clean: String,
@@ -78,20 +79,23 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Pairs from a .jsonl, .csv or .parquet file.
+/// Pairs from a .jsonl, .csv or .parquet file; a file without any is an error.
 pub fn read_pairs(path: &Path, columns: &Columns) -> Result<Vec<Pair>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let rows: Vec<BTreeMap<String, Field>> = match ext.as_str() {
-        "jsonl" | "json" | "ndjson" => read_jsonl(path)?,
-        "csv" => read_csv(path)?,
-        "parquet" => read_parquet(path)?,
+    let (rows, unit) = match ext.as_str() {
+        "jsonl" | "json" | "ndjson" => (read_jsonl(path)?, "line"),
+        "csv" => (read_csv(path)?, "line"),
+        "parquet" => (read_parquet(path)?, "row"),
         _ => bail!("{}: unknown pairs format (expected .jsonl, .csv or .parquet)", path.display()),
     };
-    rows.into_iter()
-        .enumerate()
-        .map(|(i, row)| to_pair(row, columns, i + 1).with_context(|| format!("{} row {}", path.display(), i + 1)))
-        .collect()
+    if rows.is_empty() {
+        bail!("{} holds no pairs", path.display());
+    }
+    rows.into_iter().map(|(n, row)| to_pair(row, columns, n).with_context(|| format!("{} {unit} {n}", path.display()))).collect()
 }
+
+/// A row of a pairs file and where it is: its line (JSONL, CSV) or row (Parquet), 1-based.
+type Row = (usize, BTreeMap<String, Field>);
 
 /// A cell of a pairs file: text, or (JSONL) an object of named positions.
 enum Field {
@@ -124,39 +128,50 @@ fn to_pair(mut row: BTreeMap<String, Field>, c: &Columns, row_no: usize) -> Resu
     Ok(Pair { row: row_no, clean, corrupted, answer, distractor, positions })
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<BTreeMap<String, Field>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
+/// A text file's bytes without a UTF-8 byte order mark.
+fn read_text(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes.strip_prefix(b"\xEF\xBB\xBF").map_or(bytes.clone(), <[u8]>::to_vec))
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
+    read_text(path)?
+        .split(|&b| b == b'\n')
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let obj: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(line).with_context(|| format!("{} row {}: not a JSON object", path.display(), i + 1))?;
-            Ok(obj
+        .map(|(i, line)| (i + 1, line))
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .map(|(n, line)| {
+            let where_ = || format!("{} line {n}", path.display());
+            let line = std::str::from_utf8(line).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", where_()))?;
+            let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).with_context(|| format!("{}: not a JSON object", where_()))?;
+            let row = obj
                 .into_iter()
                 .map(|(k, v)| match v {
                     serde_json::Value::String(s) => (k, Field::Text(s)),
                     other => (k, Field::Json(other)),
                 })
-                .collect())
+                .collect();
+            Ok((n, row))
         })
         .collect()
 }
 
-fn read_csv(path: &Path) -> Result<Vec<BTreeMap<String, Field>>> {
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    reader
-        .records()
-        .enumerate()
-        .map(|(i, rec)| {
-            let rec = rec.with_context(|| format!("{} row {}", path.display(), i + 1))?;
-            Ok(headers.iter().zip(rec.iter()).map(|(h, v)| (h.to_string(), Field::Text(v.to_string()))).collect())
-        })
-        .collect()
+fn read_csv(path: &Path) -> Result<Vec<Row>> {
+    let mut reader = csv::Reader::from_reader(std::io::Cursor::new(read_text(path)?));
+    let headers = reader.headers().with_context(|| format!("{} line 1: not a CSV header", path.display()))?.clone();
+    let mut rows = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map_or(String::new(), |p| format!(" line {}", p.line()));
+            anyhow::anyhow!("{}{line}: {e}", path.display())
+        })?;
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        rows.push((line, headers.iter().zip(rec.iter()).map(|(h, v)| (h.to_string(), Field::Text(v.to_string()))).collect()));
+    }
+    Ok(rows)
 }
 
-fn read_parquet(path: &Path) -> Result<Vec<BTreeMap<String, Field>>> {
+fn read_parquet(path: &Path) -> Result<Vec<Row>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field as P;
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
@@ -165,7 +180,7 @@ fn read_parquet(path: &Path) -> Result<Vec<BTreeMap<String, Field>>> {
     rows.enumerate()
         .map(|(i, row)| {
             let row = row.with_context(|| format!("{} row {}", path.display(), i + 1))?;
-            Ok(row
+            Ok((i + 1, row
                 .get_column_iter()
                 .map(|(name, f)| {
                     let v = match f {
@@ -175,7 +190,7 @@ fn read_parquet(path: &Path) -> Result<Vec<BTreeMap<String, Field>>> {
                     };
                     (name.clone(), v)
                 })
-                .collect())
+                .collect()))
         })
         .collect()
 }
@@ -185,17 +200,32 @@ fn read_parquet(path: &Path) -> Result<Vec<BTreeMap<String, Field>>> {
 pub struct Checks {
     /// Most positions where clean and corrupted may differ (None: any number).
     pub max_diff: Option<usize>,
+    /// The model's context (n_positions) and vocabulary size, which every pair must fit.
+    pub context: Option<usize>,
+    pub vocab: Option<usize>,
 }
 
-/// Tokenizes pairs. A pair failing a check is skipped and listed, or with `strict` fails the run
-/// with an error naming `source` and its row.
-pub fn tokenize(pairs: &[Pair], tok: &Tokenizer, source: &str, checks: Checks, strict: bool) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
+/// What a pair's `row` counts in a pairs file: lines of JSONL and CSV, rows of Parquet.
+pub fn row_unit(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("parquet") => "row",
+        _ => "line",
+    }
+}
+
+/// Tokenizes pairs read from `source` (None: given on the command line). A pair failing a check
+/// is skipped and listed, or with `strict` fails the run with an error naming where it is (e.g.
+/// "pairs.jsonl line 7").
+pub fn tokenize(pairs: &[Pair], tok: &Tokenizer, source: Option<&Path>, checks: Checks, strict: bool) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
     for p in pairs {
         match tokenize_pair(p, tok, checks) {
             Ok(t) => ok.push(t),
-            Err(e) if strict => return Err(e.context(format!("{source} row {}", p.row))),
+            Err(e) if strict => {
+                let at = source.map_or_else(|| "the pair".to_string(), |f| format!("{} {} {}", f.display(), row_unit(f), p.row));
+                return Err(e.context(at));
+            }
             Err(e) => skipped.push(Skipped { row: p.row, reason: format!("{e:#}") }),
         }
     }
@@ -213,19 +243,24 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
             "clean and corrupted tokenize to different lengths ({} vs {}): clean {}, corrupted {}",
             clean.len(),
             corrupted.len(),
-            tok.show(&clean),
-            tok.show(&corrupted)
+            tok.show_short(&clean),
+            tok.show_short(&corrupted)
         );
     }
     let diff: Vec<usize> = (0..clean.len()).filter(|&i| clean[i] != corrupted[i]).collect();
+    if diff.is_empty() {
+        bail!("clean and corrupted are the same tokens: nothing to patch");
+    }
     if let Some(max) = checks.max_diff.filter(|&m| diff.len() > m) {
-        bail!("clean and corrupted differ at {} positions {:?}, more than the {max} allowed: clean {}, corrupted {}", diff.len(), diff, tok.show(&clean), tok.show(&corrupted));
+        let shown = if diff.len() > 20 { format!("{:?}…", &diff[..20]) } else { format!("{diff:?}") };
+        bail!("clean and corrupted differ at {} positions {shown}, more than the {max} allowed: clean {}, corrupted {}", diff.len(), tok.show_short(&clean), tok.show_short(&corrupted));
     }
     let (answer, distractor) = match (&p.answer, &p.distractor) {
         (Some(a), Some(d)) => (tok.single_token(a).context("answer")?, tok.single_token(d).context("distractor")?),
-        _ => {
+        (Some(_), None) | (None, Some(_)) => bail!("give both answer and distractor, or neither (plain form)"),
+        (None, None) => {
             // Plain form: predict the last differing token from the position before it.
-            let Some(&last) = diff.last() else { bail!("clean and corrupted are the same tokens: nothing to patch") };
+            let &last = diff.last().expect("checked above");
             if last == 0 {
                 bail!("the only differing token is the first: no position predicts it");
             }
@@ -235,8 +270,19 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
             pair
         }
     };
+    if answer == distractor {
+        bail!("answer and distractor are the same token {answer} {:?}: the metric would be 0", tok.token_str(answer));
+    }
     if let Some((name, &pos)) = p.positions.iter().find(|(_, &pos)| pos >= clean.len()) {
-        bail!("named position {name}={pos} is past the {} tokens {}", clean.len(), tok.show(&clean));
+        bail!("named position {name}={pos} is past the {} tokens {}", clean.len(), tok.show_short(&clean));
+    }
+    if let Some(context) = checks.context.filter(|&c| clean.len() > c) {
+        bail!("the prompt is {} tokens, longer than the model's context of {context}", clean.len());
+    }
+    if let Some(vocab) = checks.vocab {
+        if let Some(&id) = clean.iter().chain(&corrupted).chain([&answer, &distractor]).find(|&&id| id as usize >= vocab) {
+            bail!("token {id} {:?} is outside the model's vocabulary of {vocab}", tok.token_str(id));
+        }
     }
     Ok(TokenizedPair { row: p.row, clean, corrupted, answer, distractor, positions: p.positions.clone() })
 }

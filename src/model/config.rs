@@ -72,6 +72,10 @@ impl Gpt2Config {
             bail!("n_embd {} is not a multiple of n_head {}", hf.n_embd, hf.n_head);
         }
         let n_positions = hf.n_positions.or(hf.n_ctx).context("config.json has neither n_positions nor n_ctx")?;
+        let sizes = [("n_layer", hf.n_layer), ("n_embd", hf.n_embd), ("n_positions", n_positions), ("vocab_size", hf.vocab_size)];
+        if let Some((name, _)) = sizes.iter().chain(&[("n_inner", hf.n_inner.unwrap_or(1))]).find(|(_, v)| *v == 0) {
+            bail!("{name} is 0: a GPT-2 needs at least one of each");
+        }
         Ok(Self {
             n_layer: hf.n_layer,
             n_head: hf.n_head,

@@ -1,0 +1,157 @@
+//! manifest.json: what a results directory holds and how to read it, and every file name a run
+//! and its analysis write there.
+use super::npy::Dtype;
+use crate::backend::BackendSpec;
+use crate::data::Skipped;
+use crate::engine::Layout;
+use crate::model::Gpt2Config;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SUMMARY_JSON: &str = "summary.json";
+pub const SUMMARY_CSV: &str = "summary.csv";
+
+/// Which of the whole run's pairs a shard holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub count: usize,
+    /// Indices, ascending, into the whole run's pairs of this shard's pairs (its array rows).
+    pub pairs: Vec<usize>,
+    pub pairs_total: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenRef {
+    pub id: u32,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairEntry {
+    /// Line (JSONL, CSV) or row (Parquet) of the source the pair came from, 1-based.
+    pub row: usize,
+    pub length: usize,
+    pub clean_tokens: Vec<u32>,
+    pub corrupted_tokens: Vec<u32>,
+    pub clean_strs: Vec<String>,
+    pub corrupted_strs: Vec<String>,
+    pub answer: TokenRef,
+    pub distractor: TokenRef,
+    #[serde(default)]
+    pub positions: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteEntry {
+    pub name: String,
+    pub file: String,
+    pub axes: Vec<String>,
+    pub shape: Vec<usize>,
+    /// TransformerLens hook patched, `{layer}` standing for the layer.
+    pub hook: String,
+}
+
+/// The check of a finished run against the simplest path (`run --verify`, `patchbay verify`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Where the check ran: the run's backend and dtype, without fusion, one row per forward
+    /// pass, no reuse.
+    pub backend: BackendSpec,
+    pub rows: usize,
+    pub tolerance: f32,
+    pub max_abs_diff: f32,
+    /// Rows that differed by more than the tolerance, e.g. `resid_pre[pair 3, layer 2, position 5]`.
+    pub failed: Vec<String>,
+}
+
+/// manifest.json: everything needed to read and interpret a results directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub patchbay_version: String,
+    pub model: String,
+    pub config: Gpt2Config,
+    pub backend: BackendSpec,
+    pub reuse: bool,
+    pub max_rows: usize,
+    pub metric: String,
+    pub layout: Layout,
+    pub sites: Vec<SiteEntry>,
+    /// [pairs] f32 files of the two baselines, and [pairs] int32 token lengths.
+    pub baseline_clean: String,
+    pub baseline_corrupted: String,
+    pub lengths: String,
+    /// Fingerprint of the whole run's pairs (all shards'), as tokenized.
+    pub dataset: String,
+    pub pairs: Vec<PairEntry>,
+    /// Pairs of the source left out, and why.
+    pub skipped: Vec<Skipped>,
+    pub shard: Option<ShardInfo>,
+    /// Not part of the run's identity: added after it finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verification>,
+}
+
+/// An array of a run: file name, element type and shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArraySpec {
+    pub file: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+/// FNV-1a of a value's JSON (keys sorted by serde_json's map): equal values, equal fingerprints.
+pub fn fingerprint(value: &impl Serialize) -> String {
+    let json = serde_json::to_value(value).expect("serialisable").to_string();
+    let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+impl Manifest {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a patchbay results directory (no {MANIFEST})", dir.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// What makes two runs the same run: everything but the verification record.
+    pub fn identity(&self) -> String {
+        fingerprint(&Self { verify: None, ..self.clone() })
+    }
+
+    /// Every array the run writes, sites first.
+    pub fn arrays(&self) -> Vec<ArraySpec> {
+        let pairs = self.pairs.len();
+        let mut out: Vec<ArraySpec> = self.sites.iter().map(|s| ArraySpec { file: s.file.clone(), dtype: Dtype::F32, shape: s.shape.clone() }).collect();
+        for file in [&self.baseline_clean, &self.baseline_corrupted] {
+            out.push(ArraySpec { file: file.clone(), dtype: Dtype::F32, shape: vec![pairs] });
+        }
+        out.push(ArraySpec { file: self.lengths.clone(), dtype: Dtype::I32, shape: vec![pairs] });
+        out
+    }
+
+    /// Everything `analyze` writes for this run.
+    pub fn analysis_files(&self) -> Vec<String> {
+        let mut out = vec![SUMMARY_JSON.to_string(), SUMMARY_CSV.to_string()];
+        for s in &self.sites {
+            out.push(normalized_file(&s.name));
+            for name in [s.name.clone(), format!("{}.by_name", s.name)] {
+                out.extend(heatmap_files(&name));
+            }
+        }
+        out
+    }
+}
+
+/// `analyze`'s normalized array of a site.
+pub fn normalized_file(site: &str) -> String {
+    format!("{site}.normalized.npy")
+}
+
+/// `analyze`'s heatmap of a summary (a site, or a site by named position): PNG and SVG.
+pub fn heatmap_files(name: &str) -> [String; 2] {
+    [format!("{name}.png"), format!("{name}.svg")]
+}

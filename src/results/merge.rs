@@ -1,0 +1,72 @@
+//! Combining the finished shards of one run into one results directory, equal to the unsharded
+//! run's, written by the same transaction as a run.
+use super::manifest::{Manifest, PairEntry, ShardInfo};
+use super::npy::read_f32;
+use super::store::{begin, open_finished, Array, Begin, Mode};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Merges `shards` (directories of `run --shard K/N`, each finished) into `out`. `out` may hold
+/// this merge already (done, or cut short: it is redone); another run there needs `overwrite`.
+pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest> {
+    let mut parts: Vec<(PathBuf, Manifest, ShardInfo)> = Vec::new();
+    for dir in shards {
+        let m = open_finished(dir).with_context(|| format!("shard {}", dir.display()))?;
+        let info = m.shard.clone().with_context(|| format!("{} is not a shard (its manifest has no shard)", dir.display()))?;
+        if same_dir(dir, out) {
+            bail!("--out {} is one of the shards: merge into another directory", out.display());
+        }
+        parts.push((dir.clone(), m, info));
+    }
+    parts.sort_by_key(|p| p.2.index);
+    let Some((first_dir, first, first_info)) = parts.first() else { bail!("no shards to merge") };
+    let count = first_info.count;
+    let have: Vec<usize> = parts.iter().map(|p| p.2.index).collect();
+    if have != (0..count).collect::<Vec<_>>() {
+        bail!("shards {have:?} given, but the run of {} has shards 0..{count}: each exactly once", first_dir.display());
+    }
+    // Everything but the shard, its pairs and its batch size must be the same run: model,
+    // settings, sites and the whole run's dataset. (Shards batched alike, e.g. with one
+    // --max-rows, merge byte-identical to the unsharded run; otherwise equal to float rounding.)
+    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, verify: None, ..m.clone() };
+    for (dir, m, info) in &parts[1..] {
+        if same(m) != same(first) || info.pairs_total != first_info.pairs_total {
+            let why = if m.dataset != first.dataset { "made from other pairs" } else { "another model, sites or settings" };
+            bail!("{} and {} are shards of different runs ({why})", dir.display(), first_dir.display());
+        }
+    }
+    let total = first_info.pairs_total;
+    let mut slots: Vec<Option<PairEntry>> = vec![None; total];
+    for (dir, m, info) in &parts {
+        for (&g, p) in info.pairs.iter().zip(&m.pairs) {
+            if g >= total || slots[g].replace(p.clone()).is_some() {
+                bail!("{} claims pair {g} of {total}, which another shard holds or which does not exist", dir.display());
+            }
+        }
+    }
+    let mut merged = Manifest { shard: None, verify: None, ..first.clone() };
+    merged.pairs = slots.into_iter().enumerate().map(|(g, p)| p.with_context(|| format!("no shard holds pair {g}"))).collect::<Result<_>>()?;
+    for site in &mut merged.sites {
+        site.shape[0] = total;
+    }
+
+    let Begin::Write(mut writer) = begin(out, &merged, 1, Mode { resume: true, overwrite })? else { return Ok(merged) };
+    let arrays = (0..merged.sites.len()).map(Array::Site).chain([Array::BaselineClean, Array::BaselineCorrupted]);
+    let files = merged.sites.iter().map(|s| &s.file).chain([&merged.baseline_clean, &merged.baseline_corrupted]);
+    for (array, file) in arrays.zip(files) {
+        for (dir, _, info) in &parts {
+            let (data, shape) = read_f32(&dir.join(file))?;
+            let per_pair: usize = shape[1..].iter().product();
+            for (k, &g) in info.pairs.iter().enumerate() {
+                writer.write(array, g * per_pair, &data[k * per_pair..][..per_pair])?;
+            }
+        }
+    }
+    writer.finish_unit(0)?;
+    writer.commit()?;
+    Ok(merged)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}

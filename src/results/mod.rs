@@ -1,0 +1,38 @@
+//! The results directory, the one place that knows its files: `manifest.json` (what the run is
+//! and how to read it), one .npy per array, `analyze`'s outputs; the transaction that writes a run
+//! (`store`: staged files, a journal, commit, resume, overwrite); and merging shards (`merge`).
+pub mod manifest;
+mod merge;
+pub mod npy;
+mod store;
+
+pub use manifest::{fingerprint, ArraySpec, Manifest, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST};
+pub use merge::merge;
+pub use npy::{read_f32, read_i32};
+pub use store::{begin, open_finished, run_in, update_finished, Array, Begin, Mode, Writer, PROGRESS};
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+
+/// The ending of `write_atomic`'s temporary files.
+const TEMP_SUFFIX: &str = ".patchbay-tmp";
+
+/// Writes `bytes` to `path` through a temporary file beside it (`.NAME.patchbay-tmp`, a name no
+/// other program uses) and a rename: never a half-written file, never another file clobbered.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}{TEMP_SUFFIX}", name.to_string_lossy()));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => store::sync_dir(dir),
+        None => store::sync_dir(Path::new(".")),
+    }
+}
+
+/// Writes a complete f32 or i32 array (write-then-rename).
+pub fn write_npy<T: npy::Element>(path: &Path, shape: &[usize], data: &[T]) -> Result<()> {
+    write_atomic(path, &npy::encode(shape, data))
+}

@@ -1,0 +1,523 @@
+//! The results directory as one transaction, through the `patchbay` binary: a run killed at any
+//! file operation (strace's fault injection: SIGKILL at the Nth call of each file syscall) leaves
+//! a directory that `analyze` refuses or reads correctly and that `--resume` finishes
+//! byte-identical; overwrite, merge and damaged files never give wrong results with exit 0.
+mod common;
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Out {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// A clean failure: exit status 1 (not a panic's 101, not a signal) with a one-line message.
+    fn refused(&self) -> bool {
+        self.code == Some(1) && self.stderr.trim().lines().count() == 1
+    }
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_patchbay"));
+    // Mesa's Vulkan loader complains on stderr without a runtime dir.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    c.args(args).envs(env.iter().copied());
+    c
+}
+
+fn run(mut c: Command) -> Out {
+    let out = c.output().unwrap();
+    Out { code: out.status.code(), signal: out.status.signal(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+fn patchbay(args: &[&str]) -> Out {
+    run(command(args, &[]))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("patchbay-results-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const CLEAN: &str = "Michelle Jones was a top-notch student. Michelle";
+
+/// Three pairs of three lengths: three units of work.
+fn three_pairs(dir: &Path) -> PathBuf {
+    let pair = |clean: &str, corrupted: &str| serde_json::json!({"clean": clean, "corrupted": corrupted, "answer": " Jones", "distractor": " Smith"}).to_string();
+    let lines = [
+        pair(CLEAN, "Michelle Smith was a top-notch student. Michelle"),
+        pair("Michelle Jones was a student. Michelle", "Michelle Smith was a student. Michelle"),
+        pair("Michelle Jones was here. Michelle", "Michelle Smith was here. Michelle"),
+    ];
+    let path = dir.join("pairs.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn run_args<'a>(pairs: &'a Path, out: &'a Path, sites: &'a str) -> Vec<&'a str> {
+    vec!["run", "--model", s_static(&tiny()), "--pairs", s(pairs), "--sites", sites, "--out", s(out)]
+}
+
+/// The fixture path as a `&'static str` (it never changes within a test binary).
+fn s_static(p: &Path) -> &'static str {
+    Box::leak(p.to_str().unwrap().to_string().into_boxed_str())
+}
+
+/// The files of `dir` (none when it does not exist), by name.
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn names(files: &[(String, Vec<u8>)]) -> Vec<String> {
+    files.iter().map(|f| f.0.clone()).collect()
+}
+
+/// `dir` holds exactly `want`'s files, byte for byte.
+fn assert_same_files(dir: &Path, want: &[(String, Vec<u8>)], what: &str) {
+    let got = files_of(dir);
+    assert_eq!(names(&got), names(want), "{what}: files differ");
+    let differ: Vec<&String> = got.iter().zip(want).filter(|(a, b)| a.1 != b.1).map(|(a, _)| &a.0).collect();
+    assert!(differ.is_empty(), "{what}: {differ:?} differ from the uninterrupted run");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kill -9 at every file operation (strace).
+
+/// File syscalls a run makes on its results directory. Each is a kill point: SIGKILL on entry to
+/// its Nth call, i.e. after every earlier operation and before this one.
+const SYSCALLS: [&str; 7] = ["mkdir", "openat", "write", "pwrite64", "fsync", "rename", "unlink"];
+
+fn strace_works() -> bool {
+    let ok = Command::new("strace").args(["-f", "-qq", "-o", "/dev/null", "true"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: strace is not installed or cannot trace here (CI installs it: apt-get install strace)");
+    }
+    ok
+}
+
+/// `args` under strace, restricted to operations on `dir` and the files named (plus their
+/// partial and temporary names); SIGKILL at call `nth` of `syscall` when given. The trace's
+/// calls per syscall.
+fn traced(args: &[&str], dir: &Path, files: &[String], kill: Option<(&str, usize)>, trace: &Path) -> (Out, Vec<(String, usize)>) {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o", s(trace), "-e", &format!("trace={}", SYSCALLS.join(",")), "-P", s(dir)]);
+    for f in files {
+        for name in [f.clone(), format!("{f}.partial"), format!(".{f}.patchbay-tmp")] {
+            c.args(["-P", s(&dir.join(name))]);
+        }
+    }
+    if let Some((syscall, nth)) = kill {
+        c.args(["-e", &format!("inject={syscall}:signal=KILL:when={nth}")]);
+    }
+    c.arg(env!("CARGO_BIN_EXE_patchbay")).args(args);
+    let out = run(c);
+    let text = std::fs::read_to_string(trace).unwrap_or_default();
+    let counts = SYSCALLS
+        .iter()
+        .map(|&sc| (sc.to_string(), text.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|call| call.starts_with(&format!("{sc}(")))).count()))
+        .collect();
+    (out, counts)
+}
+
+/// Every file a results directory of `sites` may hold, for strace's path filter.
+fn result_files(sites: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["manifest.json", "manifest.json.partial", "progress.json", "baseline_clean.npy", "baseline_corrupted.npy", "lengths.npy", "summary.json", "summary.csv"]
+        .map(String::from)
+        .to_vec();
+    for site in sites {
+        v.extend([".npy", ".normalized.npy", ".png", ".svg", ".by_name.png", ".by_name.svg"].map(|ext| format!("{site}{ext}")));
+    }
+    v
+}
+
+/// The run's own files in a directory listing: arrays and manifest, not `analyze`'s outputs.
+fn run_files(files: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    files.iter().filter(|f| f.0 == "manifest.json" || (f.0.ends_with(".npy") && !f.0.ends_with(".normalized.npy"))).cloned().collect()
+}
+
+/// Kills `args` (a run into `dir`, which `setup` prepares) at each file operation in turn. After
+/// each kill, `analyze` (on a copy) refuses the directory or reads one of the `finished` runs
+/// whole, and `finish` (the command a retry runs) completes it to exactly `want`. Returns the
+/// number of kill points.
+#[allow(clippy::too_many_arguments)]
+fn kill_everywhere(
+    name: &str,
+    args: &[&str],
+    finish: &[&str],
+    dir: &Path,
+    setup: &dyn Fn(),
+    want: &[(String, Vec<u8>)],
+    finished: &[Vec<(String, Vec<u8>)>],
+    files: &[String],
+) -> usize {
+    let trace = dir.with_extension("trace");
+    setup();
+    let (out, counts) = traced(args, dir, files, None, &trace);
+    assert!(out.ok(), "{name}: the traced run failed: {}", out.stderr);
+    let mut points = 0;
+    for (syscall, n) in counts {
+        for nth in 1..=n {
+            setup();
+            let what = format!("{name}: killed at {syscall} #{nth}");
+            let (out, _) = traced(args, dir, files, Some((&syscall, nth)), &trace);
+            assert_eq!(out.signal, Some(9), "{what}: not killed ({:?}): {}", out.code, out.stderr);
+            points += 1;
+            let copy = dir.with_extension("copy");
+            let _ = std::fs::remove_dir_all(&copy);
+            std::fs::create_dir_all(&copy).unwrap();
+            for (file, bytes) in files_of(dir) {
+                std::fs::write(copy.join(file), bytes).unwrap();
+            }
+            let analyzed = patchbay(&["analyze", s(&copy)]);
+            if analyzed.ok() {
+                // Only a finished run is analyzed: all of one run, nothing of another.
+                let seen = run_files(&files_of(&copy));
+                assert!(finished.iter().any(|f| run_files(f) == seen), "{what}: analyze read a mix or a part of runs: {:?}", names(&seen));
+            } else {
+                assert!(analyzed.refused(), "{what}: analyze did not refuse cleanly: {:?} {}", analyzed.code, analyzed.stderr);
+            }
+            let done = patchbay(finish);
+            assert!(done.ok(), "{what}: the retry failed: {}", done.stderr);
+            assert_same_files(dir, want, &what);
+        }
+    }
+    points
+}
+
+#[test]
+fn a_run_killed_at_any_file_operation_resumes_to_the_uninterrupted_result() {
+    if !strace_works() {
+        return;
+    }
+    let dir = tmp("kill");
+    let pairs = three_pairs(&dir);
+    let reference = dir.join("reference");
+    assert!(patchbay(&run_args(&pairs, &reference, "resid_pre")).ok());
+    let want = files_of(&reference);
+    let out = dir.join("out");
+    let args = run_args(&pairs, &out, "resid_pre");
+    let resume: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
+    let setup = || {
+        let _ = std::fs::remove_dir_all(&out);
+    };
+    let points = kill_everywhere("fresh run", &args, &resume, &out, &setup, &want, std::slice::from_ref(&want), &result_files(&["resid_pre"]));
+    eprintln!("fresh run: {points} kill points, each resumed byte-identical");
+    assert!(points > 30, "only {points} kill points");
+}
+
+#[test]
+fn an_overwrite_killed_at_any_file_operation_never_mixes_runs() {
+    if !strace_works() {
+        return;
+    }
+    let dir = tmp("overwrite");
+    let pairs = three_pairs(&dir);
+    // The old run: two sites, analyzed (heatmaps, summaries). The new one: another site.
+    let old = dir.join("old");
+    assert!(patchbay(&run_args(&pairs, &old, "resid_pre,attn_out")).ok());
+    assert!(patchbay(&["analyze", s(&old)]).ok());
+    let reference = dir.join("reference");
+    assert!(patchbay(&run_args(&pairs, &reference, "mlp_out")).ok());
+    let want = files_of(&reference);
+    let out = dir.join("out");
+    // A Slurm retry's command: continue this run if it is there, replace anything else.
+    let args: Vec<&str> = run_args(&pairs, &out, "mlp_out").into_iter().chain(["--resume", "--overwrite"]).collect();
+    let setup = || {
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
+        for (name, bytes) in files_of(&old) {
+            std::fs::write(out.join(name), bytes).unwrap();
+        }
+    };
+    let files = result_files(&["resid_pre", "attn_out", "mlp_out"]);
+    let points = kill_everywhere("overwrite", &args, &args, &out, &setup, &want, &[want.clone(), files_of(&old)], &files);
+    eprintln!("overwrite: {points} kill points, each finished to the new run alone");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overwrite, resume and merge without kills.
+
+#[test]
+fn a_finished_overwrite_leaves_nothing_of_the_old_run() {
+    let dir = tmp("replace");
+    let pairs = three_pairs(&dir);
+    let out = dir.join("out");
+    assert!(patchbay(&run_args(&pairs, &out, "resid_pre,attn_out,z_all_pos")).ok());
+    assert!(patchbay(&["analyze", s(&out)]).ok());
+    let again = patchbay(&run_args(&pairs, &out, "mlp_out"));
+    assert!(again.refused() && again.stderr.contains("already holds a finished run") && again.stderr.contains("--overwrite"), "{}", again.stderr);
+    let replaced: Vec<&str> = run_args(&pairs, &out, "mlp_out").into_iter().chain(["--overwrite"]).collect();
+    assert!(patchbay(&replaced).ok());
+    let reference = dir.join("reference");
+    assert!(patchbay(&run_args(&pairs, &reference, "mlp_out")).ok());
+    assert_same_files(&out, &files_of(&reference), "overwritten run");
+}
+
+#[test]
+fn resume_refuses_damaged_or_foreign_state_with_a_way_out() {
+    let dir = tmp("damaged");
+    let pairs = three_pairs(&dir);
+    let out = dir.join("out");
+    let args = run_args(&pairs, &out, "resid_pre");
+    let resume: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
+    let overwrite: Vec<&str> = args.iter().copied().chain(["--overwrite"]).collect();
+    let reference = dir.join("reference");
+    assert!(patchbay(&run_args(&pairs, &reference, "resid_pre")).ok());
+
+    // An unfinished run: a journal and partial arrays (what a kill in the second unit leaves).
+    let unfinished = |dir: &Path| {
+        let _ = std::fs::remove_dir_all(dir);
+        let traced_dir = dir.to_path_buf();
+        let trace = dir.with_extension("trace");
+        if strace_works() {
+            let (out, _) = traced(&run_args(&pairs, &traced_dir, "resid_pre"), &traced_dir, &result_files(&["resid_pre"]), Some(("pwrite64", 7)), &trace);
+            assert_eq!(out.signal, Some(9), "{}", out.stderr);
+            true
+        } else {
+            false
+        }
+    };
+    if unfinished(&out) {
+        let analyzed = patchbay(&["analyze", s(&out)]);
+        assert!(analyzed.refused() && analyzed.stderr.contains("unfinished run") && analyzed.stderr.contains("--resume"), "{}", analyzed.stderr);
+        assert!(!out.join("lengths.npy").exists(), "no final array while the run is unfinished");
+        let again = patchbay(&args);
+        assert!(again.refused() && again.stderr.contains("--resume continues it"), "{}", again.stderr);
+
+        // A partial array a few bytes short, then hundreds short: named, never accepted.
+        for cut in [3, 300] {
+            assert!(unfinished(&out));
+            let partial = out.join("resid_pre.npy.partial");
+            let bytes = std::fs::read(&partial).unwrap();
+            std::fs::write(&partial, &bytes[..bytes.len() - cut]).unwrap();
+            let r = patchbay(&resume);
+            assert!(r.refused() && r.stderr.contains("resid_pre.npy.partial") && r.stderr.contains("--overwrite"), "cut {cut}: {}", r.stderr);
+        }
+        // A damaged journal: --resume says so and how to start again; --overwrite does.
+        assert!(unfinished(&out));
+        std::fs::write(out.join("progress.json"), "{\"identity\": ").unwrap();
+        let r = patchbay(&resume);
+        assert!(r.refused() && r.stderr.contains("progress.json is damaged") && r.stderr.contains("--overwrite"), "{}", r.stderr);
+        assert!(patchbay(&overwrite).ok());
+        assert_same_files(&out, &files_of(&reference), "overwritten after a damaged journal");
+
+        // Another run's unfinished directory is not continued with these inputs.
+        assert!(unfinished(&out));
+        let other: Vec<&str> = run_args(&pairs, &out, "mlp_out").into_iter().chain(["--resume"]).collect();
+        let r = patchbay(&other);
+        assert!(r.refused() && r.stderr.contains("unfinished run of other inputs"), "{}", r.stderr);
+    }
+
+    // A finished run: --resume accepts it as done; a different run's --resume is refused.
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(patchbay(&args).ok());
+    let r = patchbay(&resume);
+    assert!(r.ok() && r.stderr.contains("already complete"), "{}", r.stderr);
+    let other: Vec<&str> = run_args(&pairs, &out, "mlp_out").into_iter().chain(["--resume"]).collect();
+    let r = patchbay(&other);
+    assert!(r.refused() && r.stderr.contains("different run"), "{}", r.stderr);
+    // A final array truncated after the run: --resume and analyze name it.
+    let bytes = std::fs::read(out.join("resid_pre.npy")).unwrap();
+    std::fs::write(out.join("resid_pre.npy"), &bytes[..bytes.len() - 3]).unwrap();
+    let r = patchbay(&resume);
+    assert!(r.refused() && r.stderr.contains("resid_pre.npy") && r.stderr.contains("truncated"), "{}", r.stderr);
+    let r = patchbay(&["analyze", s(&out)]);
+    assert!(r.refused() && r.stderr.contains("resid_pre.npy"), "{}", r.stderr);
+}
+
+#[test]
+fn merge_refuses_to_clobber_runs_or_mix_datasets() {
+    let dir = tmp("merge");
+    let pairs = three_pairs(&dir);
+    let sharded = dir.join("sharded");
+    for k in 0..2 {
+        let args: Vec<&str> = run_args(&pairs, &sharded, "resid_pre").into_iter().chain(["--shard", if k == 0 { "0/2" } else { "1/2" }]).collect();
+        assert!(patchbay(&args).ok());
+    }
+    let shard0 = sharded.join("shard-0000-of-0002");
+    let shard1 = sharded.join("shard-0001-of-0002");
+    // Into one of the shards: refused.
+    let r = patchbay(&["merge", s(&shard0), s(&shard1), "--out", s(&shard1)]);
+    assert!(r.refused() && r.stderr.contains("is one of the shards"), "{}", r.stderr);
+    // Over a finished run of something else: refused without --overwrite.
+    let other = dir.join("other");
+    assert!(patchbay(&run_args(&pairs, &other, "mlp_out")).ok());
+    let r = patchbay(&["merge", s(&sharded), "--out", s(&other)]);
+    assert!(r.refused() && r.stderr.contains("--overwrite"), "{}", r.stderr);
+    assert!(patchbay(&["merge", s(&sharded), "--out", s(&other), "--overwrite"]).ok());
+    let whole = dir.join("whole");
+    assert!(patchbay(&run_args(&pairs, &whole, "resid_pre")).ok());
+    assert_same_files(&other, &files_of(&whole), "merged over another run");
+    // Merging again into the same place is a no-op, not an error.
+    assert!(patchbay(&["merge", s(&sharded), "--out", s(&other)]).ok());
+
+    // Shards of another pairs file do not merge with these.
+    let more = dir.join("more.jsonl");
+    let mut text = std::fs::read_to_string(&pairs).unwrap();
+    text.push_str(&serde_json::json!({"clean": CLEAN, "corrupted": "Jessica Jones was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"}).to_string());
+    std::fs::write(&more, text + "\n").unwrap();
+    let foreign = dir.join("foreign");
+    let args: Vec<&str> = run_args(&more, &foreign, "resid_pre").into_iter().chain(["--shard", "1/2"]).collect();
+    assert!(patchbay(&args).ok());
+    let r = patchbay(&["merge", s(&shard0), s(&foreign.join("shard-0001-of-0002")), "--out", s(&dir.join("mixed"))]);
+    assert!(r.refused() && r.stderr.contains("different runs"), "{}", r.stderr);
+    // An unfinished or missing shard is named.
+    let r = patchbay(&["merge", s(&shard0), s(&dir.join("nope")), "--out", s(&dir.join("m2"))]);
+    assert!(r.refused() && r.stderr.contains("nope"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: one-line errors or skip-and-report, never a panic.
+
+#[test]
+fn analyze_refuses_empty_shards_and_arrays_that_disagree_with_the_manifest() {
+    let dir = tmp("analyze");
+    let pairs = three_pairs(&dir);
+    // Three pairs make three units: one of four shards holds none.
+    let shards = dir.join("s");
+    let args: Vec<&str> = run_args(&pairs, &shards, "resid_pre").into_iter().chain(["--shard", "0/4"]).collect();
+    let r = patchbay(&args);
+    assert!(r.ok(), "{}", r.stderr);
+    let r = patchbay(&["analyze", s(&dir.join("s/shard-0000-of-0004"))]);
+    assert!(r.refused() && r.stderr.contains("holds no pairs"), "{}", r.stderr);
+
+    let out = dir.join("out");
+    assert!(patchbay(&run_args(&pairs, &out, "resid_pre")).ok());
+    patchbay::results::write_npy(&out.join("resid_pre.npy"), &[2, 3, 11], &vec![0.0f32; 66]).unwrap();
+    let r = patchbay(&["analyze", s(&out)]);
+    assert!(r.refused() && r.stderr.contains("resid_pre.npy is not the F32 array of shape [3, 3, 11]"), "{}", r.stderr);
+    let r = patchbay(&["analyze", s(&dir)]);
+    assert!(r.refused() && r.stderr.contains("not a patchbay results directory"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_models_backends_and_flags_are_one_line_errors() {
+    let dir = tmp("flags");
+    let pairs = three_pairs(&dir);
+    let tiny = tiny();
+    // A config.json with no layers.
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(f), model.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(tiny.join("config.json")).unwrap().replace("\"n_layer\": 3", "\"n_layer\": 0");
+    std::fs::write(model.join("config.json"), config).unwrap();
+    let r = patchbay(&["run", "--model", s(&model), "--pairs", s(&pairs), "--out", s(&dir.join("o"))]);
+    assert!(r.refused() && r.stderr.contains("n_layer is 0"), "{}", r.stderr);
+
+    let base = ["run", "--model", s(&tiny), "--clean", CLEAN, "--corrupted", "Michelle Smith was a top-notch student. Michelle"];
+    let r = patchbay(&[&base[..], &["--answer", " Jones", "--out", s(&dir.join("a"))]].concat());
+    assert!(r.refused() && r.stderr.contains("both --answer and --distractor"), "{}", r.stderr);
+    let r = patchbay(&[&base[..], &["--distractor", " Smith", "--out", s(&dir.join("a"))]].concat());
+    assert!(r.refused() && r.stderr.contains("both --answer and --distractor"), "{}", r.stderr);
+    let r = patchbay(&[&base[..], &["--max-rows", "0", "--out", s(&dir.join("a"))]].concat());
+    assert!(r.refused() && r.stderr.contains("--max-rows must be at least 1"), "{}", r.stderr);
+    let r = patchbay(&[&base[..], &["--shards", "4", "--out", s(&dir.join("a"))]].concat());
+    assert!(r.refused() && r.stderr.contains("JOB_COMPLETION_INDEX"), "{}", r.stderr);
+    let r = patchbay(&[&base[..], &["--shards", "4", "--shard", "1/4", "--out", s(&dir.join("a"))]].concat());
+    assert!(r.refused() && r.stderr.contains("not both"), "{}", r.stderr);
+
+    if cfg!(feature = "wgpu") {
+        // No Vulkan driver at all: a clear error, not burn's panic.
+        let r = run(command(&["inspect", "--model", s(&tiny), "Hello", "--backend", "wgpu"], &[("VK_ICD_FILENAMES", "/nonexistent.json"), ("VK_DRIVER_FILES", "/nonexistent.json")]));
+        assert!(r.refused() && r.stderr.contains("no GPU adapter found"), "{:?} {}", r.code, r.stderr);
+        let r = patchbay(&["inspect", "--model", s(&tiny), "Hello", "--backend", "wgpu", "--device", "7"]);
+        assert!(r.refused() && r.stderr.contains("--device 7"), "{:?} {}", r.code, r.stderr);
+    }
+}
+
+#[test]
+fn ioi_output_is_never_clobbered() {
+    let dir = tmp("ioi");
+    let out = dir.join("ioi.jsonl");
+    let unrelated = dir.join("ioi.tmp");
+    std::fs::write(&unrelated, "keep me").unwrap();
+    let tiny = tiny();
+    assert!(patchbay(&["ioi", "--n", "5", "--model", s(&tiny), "--out", s(&out)]).ok());
+    assert_eq!(std::fs::read_to_string(&unrelated).unwrap(), "keep me");
+    let first = std::fs::read(&out).unwrap();
+    let r = patchbay(&["ioi", "--n", "7", "--model", s(&tiny), "--out", s(&out)]);
+    assert!(r.refused() && r.stderr.contains("--overwrite"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&out).unwrap(), first);
+    assert!(patchbay(&["ioi", "--n", "7", "--model", s(&tiny), "--out", s(&out), "--overwrite"]).ok());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 7);
+    let r = patchbay(&["ioi", "--n", "0", "--model", s(&tiny), "--out", s(&dir.join("none.jsonl"))]);
+    assert!(r.code == Some(2) && r.stderr.contains("--n"), "{}", r.stderr);
+}
+
+#[test]
+fn pairs_files_name_lines_and_skip_what_the_model_cannot_run() {
+    let dir = tmp("pairs");
+    let tiny = tiny();
+    let good = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"}).to_string();
+    // Past the tiny model's 32-position context.
+    let long_clean = format!("{} Michelle", "Michelle Jones was a top-notch student.".repeat(4));
+    let long = serde_json::json!({"clean": long_clean, "corrupted": long_clean.replacen("Jones", "Smith", 1), "answer": " Jones", "distractor": " Smith"}).to_string();
+    let same = serde_json::json!({"clean": CLEAN, "corrupted": CLEAN, "answer": " Jones", "distractor": " Smith"}).to_string();
+    let twins = serde_json::json!({"clean": CLEAN, "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Jones"}).to_string();
+    // A UTF-8 byte order mark, blank lines counted as lines.
+    let text = format!("\u{feff}{good}\n\n{long}\n{same}\n\n{twins}\n");
+    let file = dir.join("p.jsonl");
+    std::fs::write(&file, text).unwrap();
+    let out = dir.join("o");
+    let r = patchbay(&["run", "--model", s(&tiny), "--pairs", s(&file), "--sites", "resid_pre", "--out", s(&out)]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert!(r.stderr.contains("skipped line 3: the prompt is 41 tokens, longer than the model's context of 32"), "{}", r.stderr);
+    assert!(r.stderr.contains("skipped line 4: clean and corrupted are the same tokens"), "{}", r.stderr);
+    assert!(r.stderr.contains("skipped line 6: answer and distractor are the same token"), "{}", r.stderr);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["pairs"][0]["row"], 1);
+    assert_eq!(manifest["skipped"].as_array().unwrap().len(), 3);
+    let r = patchbay(&["run", "--strict", "--model", s(&tiny), "--pairs", s(&file), "--out", s(&dir.join("strict"))]);
+    assert!(r.refused() && r.stderr.contains("p.jsonl line 3") && r.stderr.contains("context of 32"), "{}", r.stderr);
+
+    // Skip reasons stay short however long the prompt.
+    let huge = format!("{} Michelle", "Michelle Jones was a top-notch student.".repeat(2000));
+    let longer = serde_json::json!({"clean": huge, "corrupted": huge.replacen("Jones", "Jones Jones", 1), "answer": " Jones", "distractor": " Smith"}).to_string();
+    std::fs::write(&file, format!("{good}\n{longer}\n")).unwrap();
+    let r = patchbay(&["run", "--model", s(&tiny), "--pairs", s(&file), "--sites", "resid_pre", "--out", s(&dir.join("short"))]);
+    let line = r.stderr.lines().find(|l| l.starts_with("skipped line 2")).unwrap_or_default();
+    assert!(r.ok() && line.contains("different lengths") && line.len() < 1000, "{}", &r.stderr[..r.stderr.len().min(2000)]);
+
+    // Token ids past a model's vocabulary (a 512-token model under GPT-2's tokenizer).
+    let small = fixtures().join("shapes/h4-dh16");
+    std::fs::write(&file, format!("{good}\n")).unwrap();
+    let r = patchbay(&["run", "--model", s(&small), "--pairs", s(&file), "--out", s(&dir.join("v"))]);
+    assert!(r.code == Some(1) && r.stderr.contains("skipped line 1: token 48736 \"Michelle\" is outside the model's vocabulary of 512"), "{}", r.stderr);
+    assert!(r.stderr.contains("no pair passed the checks (1 skipped)"), "{}", r.stderr);
+
+    // Not UTF-8, empty, header-only: named.
+    std::fs::write(&file, [good.as_bytes(), b"\n{\"clean\": \"\xff\"}\n"].concat()).unwrap();
+    let r = patchbay(&["run", "--model", s(&tiny), "--pairs", s(&file), "--out", s(&dir.join("x"))]);
+    assert!(r.refused() && r.stderr.contains("p.jsonl line 2: not UTF-8"), "{}", r.stderr);
+    for (name, text) in [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("header.csv", "clean,corrupted,answer,distractor\n")] {
+        std::fs::write(dir.join(name), text).unwrap();
+        let r = patchbay(&["run", "--model", s(&tiny), "--pairs", s(&dir.join(name)), "--out", s(&dir.join("x"))]);
+        assert!(r.refused() && r.stderr.contains(&format!("{name} holds no pairs")), "{name}: {}", r.stderr);
+    }
+}
