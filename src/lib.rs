@@ -3,7 +3,7 @@
 //!
 //! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
 //! forward with patch sites, `model`) → `results` (.npy + manifest, one transaction; `sweep`
-//! orchestrates a whole run) → `analysis`.
+//! orchestrates a whole run, `verify` rechecks some of its rows) → `analysis`.
 pub mod analysis;
 pub mod backend;
 pub mod cli;
@@ -13,3 +13,4 @@ pub mod model;
 pub mod results;
 pub mod sweep;
 pub mod tokenizer;
+pub mod verify;

@@ -157,3 +157,35 @@ fn inspect_prints_tokens_and_top_k_as_json() {
     assert_eq!(top[0]["id"], best);
     assert!(top[0]["prob"].as_f64().unwrap() >= top[1]["prob"].as_f64().unwrap());
 }
+
+#[test]
+fn verify_rechecks_rows_records_them_and_names_the_rows_that_differ() {
+    let dir = tmp("verify");
+    let tiny = tiny();
+    let out = dir.join("o");
+    let args = ["run", "--model", tiny.to_str().unwrap(), "--clean", CLEAN, "--corrupted", "Michelle Smith was a top-notch student. Michelle"];
+    let (ok, _, stderr) = patchbay(&[&args[..], &["--answer", " Jones", "--distractor", " Smith", "--sites", "resid_pre", "--out", out.to_str().unwrap()]].concat());
+    assert!(ok && stderr.contains("verified 8 patched runs"), "{stderr}");
+    let manifest = |dir: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap() };
+    let v = &manifest(&out)["verify"];
+    assert_eq!(v["rows"], 8);
+    assert!(v["failed"].as_array().unwrap().is_empty() && v["max_abs_diff"].as_f64().unwrap() < 1e-4, "{v}");
+    assert_eq!(v["backend"]["fusion"], false);
+
+    // One value changed by 0.01 after the run: checking every row finds exactly it.
+    let (mut values, shape) = read_npy(&out.join("resid_pre.npy")).unwrap();
+    values[2 * 11 + 5] += 0.01; // layer 2, position 5
+    patchbay::results::write_npy(&out.join("resid_pre.npy"), &shape, &values).unwrap();
+    let (ok, _, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1000"]);
+    assert!(!ok && stderr.contains("verification failed: 1 of 33 rows") && stderr.contains("resid_pre[layer 2, position 5]"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let v = &manifest(&out)["verify"];
+    assert_eq!(v["failed"].as_array().unwrap().len(), 1, "{v}");
+    let (ok, _, stderr) = patchbay(&["analyze", out.to_str().unwrap()]);
+    assert!(ok && stderr.contains("failed its verification"), "{stderr}");
+    // Put back, it passes again.
+    values[2 * 11 + 5] -= 0.01;
+    patchbay::results::write_npy(&out.join("resid_pre.npy"), &shape, &values).unwrap();
+    let (ok, stdout, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1000"]);
+    assert!(ok && stdout.contains("verified 33 patched runs"), "{stdout}{stderr}");
+}

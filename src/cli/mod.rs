@@ -45,6 +45,18 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Recheck random patched runs of a finished run on the simplest path (one row per forward
+    /// pass, no reuse, no fusion); the result goes into its manifest.
+    Verify {
+        /// A results directory written by `patchbay run`.
+        dir: PathBuf,
+        /// How many patched runs to recompute (all of them when fewer).
+        #[arg(long, default_value_t = 32)]
+        rows: usize,
+        /// Where to recompute [default: the run's backend and dtype, without fusion].
+        #[command(flatten)]
+        backend: BackendArgs,
+    },
     /// Benchmark a sweep on a random-weight model of a named shape: reuse vs --no-reuse.
     Bench(bench::BenchArgs),
     /// Combine the shards of a run (`run --shard K/N`) into one result.
@@ -139,8 +151,25 @@ pub fn main() -> Result<()> {
             println!("merged {} shards ({} pairs) into {}", shards.len(), m.pairs.len(), out.display());
             Ok(())
         }
+        Command::Verify { dir, rows, backend } => {
+            let given = backend.backend.is_some() || backend.device.is_some() || backend.dtype.is_some();
+            let v = crate::verify::verify(&dir, rows, given.then(|| backend.spec()))?;
+            println!(
+                "verified {} patched runs of {} on {:?} {:?}: max |difference| {:.1e}, within the tolerance {:.0e}",
+                v.rows,
+                dir.display(),
+                v.backend.kind,
+                v.backend.dtype,
+                v.max_abs_diff,
+                v.tolerance
+            );
+            Ok(())
+        }
         Command::Analyze { out } => {
             let s = crate::analysis::analyze(&out)?;
+            if let Some(v) = crate::results::Manifest::read(&out)?.verify.filter(|v| !v.failed.is_empty()) {
+                eprintln!("warning: this run failed its verification ({} of {} rechecked rows differ): {}", v.failed.len(), v.rows, v.failed.join("; "));
+            }
             for e in &s.excluded {
                 eprintln!("excluded pair at row {}: {}", e.row, e.reason);
             }

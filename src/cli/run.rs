@@ -14,6 +14,8 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 pub const DEFAULT_SITES: &str = "resid_pre,attn_out,mlp_out";
+/// Patched runs `run` rechecks after it finishes (`--verify`).
+const DEFAULT_VERIFY_ROWS: usize = 8;
 
 /// Every option can also be given in a TOML config (same names, underscores for dashes); flags on
 /// the command line override it.
@@ -74,6 +76,11 @@ pub struct RunArgs {
     /// Replace the run in --out (with --resume: only another run than this one).
     #[arg(long)]
     overwrite: bool,
+    /// After the run, recompute N of its patched runs, chosen at random, on the simplest path (one
+    /// per forward pass, no reuse, no fusion) and fail, naming them, if any differs [default: 8;
+    /// 0: off].
+    #[arg(long)]
+    verify: Option<usize>,
     #[command(flatten)]
     #[serde(flatten)]
     backend: BackendArgs,
@@ -104,6 +111,7 @@ impl RunArgs {
             no_reuse: self.no_reuse || file.no_reuse,
             resume: self.resume || file.resume,
             overwrite: self.overwrite || file.overwrite,
+            verify: self.verify.or(file.verify),
             backend: self.backend.or(file.backend),
             config: self.config,
         })
@@ -213,6 +221,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let backend = args.backend.spec();
     let s = dispatch(&backend, RunTask { files, tokenizer, pairs, skipped, spec, backend: backend.clone() })?;
+    let rows = args.verify.unwrap_or(DEFAULT_VERIFY_ROWS);
+    if rows > 0 {
+        let v = crate::verify::verify(&out, rows, Some(backend.clone()))?;
+        eprintln!("verified {} patched runs on the simplest path: max |difference| {:.1e} (tolerance {:.0e})", v.rows, v.max_abs_diff, v.tolerance);
+    }
     println!(
         "wrote {}: {} pair(s), {} patched runs in {:.2} s ({:.0} runs/s) on {:?}; next: patchbay analyze {}",
         out.display(),

@@ -122,6 +122,25 @@ pub fn validate(path: &Path, dtype: Dtype, shape: &[usize]) -> Result<()> {
     check(&file, path, dtype, shape).map(|_| ())
 }
 
+/// Chosen elements (flat indices) of the f32 array `path`, which must be exactly of `shape`:
+/// read in place, not the whole array.
+pub fn read_cells(path: &Path, shape: &[usize], cells: &[usize]) -> Result<Vec<f32>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let offset = check(&file, path, Dtype::F32, shape)?;
+    let len: usize = shape.iter().product();
+    cells
+        .iter()
+        .map(|&c| {
+            if c >= len {
+                bail!("element {c} is past the {len} of {}", path.display());
+            }
+            let mut b = [0; 4];
+            file.read_exact_at(&mut b, offset + 4 * c as u64).with_context(|| format!("reading {}", path.display()))?;
+            Ok(f32::from_le_bytes(b))
+        })
+        .collect()
+}
+
 /// The dtype and shape in any .npy file's header (written by numpy or by us).
 fn read_shape(path: &Path) -> Result<(String, Vec<usize>)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;

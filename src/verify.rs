@@ -1,0 +1,140 @@
+//! Checking a finished run against the simplest path: a few of its patched runs, chosen at random
+//! (seeded), recomputed one row per forward pass, without reuse and without kernel fusion, and
+//! compared with what the run wrote. Cheap insurance for every backend, GPU and driver.
+use crate::backend::{dispatch, BackendSpec, BackendTask, DType};
+use crate::data::{Rng, TokenizedPair};
+use crate::engine::{Engine, PatchSite, Row};
+use crate::model::weights::{load_model, ModelFiles};
+use crate::results::{self, npy, Manifest, Verification};
+use anyhow::{bail, Context, Result};
+use burn::prelude::Backend;
+use std::path::{Path, PathBuf};
+
+/// How far a recomputed row may be from the run's value: absolute plus relative to the value.
+/// The differences between the batched, reused path and the simplest one are rounding: about
+/// 1e-6 in f32 on the fixtures; burn's fusion bug was 0.1 to 1.5.
+pub fn tolerance(dtype: DType, value: f32) -> f32 {
+    let (abs, rel) = match dtype {
+        DType::F32 => (1e-3, 1e-4),
+        DType::F16 => (5e-2, 1e-2),
+        DType::Bf16 => (1e-1, 2e-2),
+    };
+    abs + rel * value.abs()
+}
+
+/// One checked row: where it is, and the run's value.
+struct Sample {
+    site: usize,
+    pair: usize,
+    row: Row,
+    cell: usize,
+}
+
+/// Rechecks `rows` random rows of the finished run in `dir` on `backend` (default: the run's own
+/// backend and dtype), without fusion, and records the result in its manifest. A failed check is
+/// recorded too, then returned as an error naming the rows.
+pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>) -> Result<Verification> {
+    let mut manifest = results::open_finished(dir)?;
+    let spec = BackendSpec { fusion: false, ..backend.unwrap_or_else(|| manifest.backend.clone()) };
+    let files = ModelFiles::locate(&manifest.model).with_context(|| format!("the model of {}", dir.display()))?;
+    let v = dispatch(&spec, Check { dir: dir.to_path_buf(), manifest: manifest.clone(), files, rows, spec: spec.clone() })?;
+    manifest.verify = Some(v.clone());
+    results::update_finished(dir, &manifest)?;
+    if !v.failed.is_empty() {
+        bail!(
+            "verification failed: {} of {} rows differ from the simplest path (one row per forward pass, no reuse, no fusion, {:?} {:?}) by more than the tolerance: {}",
+            v.failed.len(),
+            v.rows,
+            spec.kind,
+            spec.dtype,
+            v.failed.join("; ")
+        );
+    }
+    Ok(v)
+}
+
+struct Check {
+    dir: PathBuf,
+    manifest: Manifest,
+    files: ModelFiles,
+    rows: usize,
+    spec: BackendSpec,
+}
+
+impl BackendTask for Check {
+    type Output = Verification;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Verification> {
+        let m = &self.manifest;
+        let model = load_model::<B>(&self.files, &device)?;
+        let sites: Vec<PatchSite> = m.sites.iter().map(|s| PatchSite::parse_list(&s.name).map(|v| v[0])).collect::<Result<_>>()?;
+        let samples = choose(m, &sites, self.rows);
+        let engine = Engine { model: &model, reuse: false, max_rows: 1 };
+        let mut failed = Vec::new();
+        let mut max_abs_diff = 0f32;
+        let mut tol = 0f32;
+        for (si, entry) in m.sites.iter().enumerate() {
+            let mine: Vec<&Sample> = samples.iter().filter(|s| s.site == si).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let per_pair: usize = entry.shape[1..].iter().product();
+            let cells: Vec<usize> = mine.iter().map(|s| s.pair * per_pair + s.cell).collect();
+            let stored = npy::read_cells(&self.dir.join(&entry.file), &entry.shape, &cells)?;
+            for (s, &value) in mine.iter().zip(&stored) {
+                let p = &m.pairs[s.pair];
+                let pair = TokenizedPair {
+                    row: p.row,
+                    clean: p.clean_tokens.clone(),
+                    corrupted: p.corrupted_tokens.clone(),
+                    answer: p.answer.id,
+                    distractor: p.distractor.id,
+                    positions: p.positions.clone(),
+                };
+                let again = engine.run_rows(&[pair], &[Row { pair: 0, ..s.row }])?[0];
+                let diff = (again - value).abs();
+                let allowed = tolerance(self.spec.dtype, value);
+                tol = tol.max(allowed);
+                max_abs_diff = if diff.is_nan() { f32::INFINITY } else { max_abs_diff.max(diff) };
+                if !(diff <= allowed) {
+                    failed.push(format!("{} (pair {}, row {}): {value} written, {again} recomputed", describe(&entry.name, &s.row), s.pair, p.row));
+                }
+            }
+        }
+        Ok(Verification { backend: self.spec, rows: samples.len(), tolerance: tol, max_abs_diff, failed })
+    }
+}
+
+/// `resid_pre[layer 2, position 5]`, `z_all_pos[layer 1, head 3]`.
+fn describe(site: &str, row: &Row) -> String {
+    let mut at = vec![format!("layer {}", row.layer)];
+    at.extend(row.pos.map(|p| format!("position {p}")));
+    at.extend(row.head.map(|h| format!("head {h}")));
+    format!("{site}[{}]", at.join(", "))
+}
+
+/// Up to `n` distinct patched runs of the run, uniformly over all of them (seeded: the same run
+/// checks the same rows).
+fn choose(m: &Manifest, sites: &[PatchSite], n: usize) -> Vec<Sample> {
+    let all: Vec<(usize, usize, usize)> = sites
+        .iter()
+        .enumerate()
+        .flat_map(|(si, &site)| m.pairs.iter().enumerate().map(move |(p, pair)| (si, p, m.layout.run_count(site, pair.length))))
+        .collect();
+    let total: usize = all.iter().map(|a| a.2).sum();
+    let mut rng = Rng(0x7e51_f1ed);
+    let mut picks: Vec<usize> = if n >= total { (0..total).collect() } else { (0..n).map(|_| rng.below(total)).collect() };
+    picks.sort_unstable();
+    picks.dedup();
+    let mut out = Vec::new();
+    let (mut start, mut next) = (0, picks.iter().peekable());
+    for &(si, p, count) in &all {
+        let rows: Vec<Row> = if next.peek().is_some_and(|&&k| k < start + count) { m.layout.rows(sites[si], m.pairs[p].length) } else { Vec::new() };
+        while let Some(&&k) = next.peek().filter(|&&&k| k < start + count) {
+            let row = rows[k - start];
+            out.push(Sample { site: si, pair: p, row, cell: row.out });
+            next.next();
+        }
+        start += count;
+    }
+    out
+}
