@@ -1,6 +1,6 @@
 //! Combining the finished shards of one run into one results directory, equal to the unsharded
 //! run's, written by the same transaction as a run.
-use super::manifest::{Manifest, PairEntry, ShardInfo};
+use super::manifest::{Manifest, PairEntry, ShardInfo, Verification};
 use super::npy::read_f32;
 use super::store::{begin, open_finished, Array, Begin, Mode};
 use anyhow::{bail, Context, Result};
@@ -44,7 +44,7 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
             }
         }
     }
-    let mut merged = Manifest { shard: None, verify: None, ..first.clone() };
+    let mut merged = Manifest { shard: None, verify: merged_verification(&parts), ..first.clone() };
     merged.pairs = slots.into_iter().enumerate().map(|(g, p)| p.with_context(|| format!("no shard holds pair {g}"))).collect::<Result<_>>()?;
     for site in &mut merged.sites {
         site.shape[0] = total;
@@ -65,6 +65,20 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     writer.finish_unit(0)?;
     writer.commit()?;
     Ok(merged)
+}
+
+/// The shards' checks as one, when every shard was checked: the rows of all, the worst
+/// difference, each failed row named with its shard.
+fn merged_verification(parts: &[(PathBuf, Manifest, ShardInfo)]) -> Option<Verification> {
+    let checks: Vec<(&Verification, usize)> = parts.iter().map(|(_, m, info)| m.verify.as_ref().map(|v| (v, info.index))).collect::<Option<_>>()?;
+    let (first, _) = checks[0];
+    Some(Verification {
+        backend: first.backend.clone(),
+        rows: checks.iter().map(|(v, _)| v.rows).sum(),
+        tolerance: checks.iter().map(|(v, _)| v.tolerance).fold(0.0, f32::max),
+        max_abs_diff: checks.iter().map(|(v, _)| v.max_abs_diff).fold(0.0, f32::max),
+        failed: checks.iter().flat_map(|(v, k)| v.failed.iter().map(move |f| format!("shard {k}: {f}"))).collect(),
+    })
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
