@@ -4,13 +4,19 @@
     python benches/compare_torch.py --patchbay target/release/patchbay --shape gpt2 --pairs 256 --tokens 16 --dtype f32
     python benches/compare_torch.py ... --dtype bf16
 
+    python benches/compare_torch.py --device cpu --backend cpu --pairs 2 --tokens 16 --tl-pairs 0 --threads 2
+
 Sweeps resid_pre at every (layer, position) of random-token pairs on a random-weight GPT-2 of the
-named shape (no download), three ways, and prints seconds, runs/s and the ratio to patchbay:
+named shape (no download), several ways, and prints seconds, runs/s and the ratio to patchbay:
   * TransformerLens: transformer_lens.patching.get_act_patch_resid_pre, one forward per patch
     (TransformerBridge over the HF model); --tl-pairs N times N pairs and scales to all of them;
   * PyTorch, stacked: HF GPT2LMHeadModel, every patched run a row of one batch (chunks of
-    --chunk rows), resid_pre overwritten by a forward pre-hook on each block;
+    --chunk rows), resid_pre overwritten by a forward pre-hook on each block; once with full
+    logits at every position (the plain call), once as a careful user writes it, with the last
+    position's logits only (`logits_to_keep=1`);
   * patchbay: `patchbay bench --json` with and without reuse.
+Then the seed's own case: one pair of 11 tokens (132 runs), PyTorch one forward pass per patch
+(the seed's method) against patchbay. Every timing is the best of --repeat after a warm-up.
 fp32 runs with TF32 off on the PyTorch side, as the reference numbers were taken.
 """
 import argparse
@@ -33,8 +39,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def stacked_sweep(model, clean, corrupted, answer, distractor, chunk, device):
-    """Every (pair, layer, position) resid_pre patch as a row of one batch."""
+def stacked_sweep(model, clean, corrupted, answer, distractor, chunk, device, keep=0):
+    """Every (pair, layer, position) resid_pre patch as a row of one batch; `keep` 1: logits of the
+    last position only (0: all positions, the plain call)."""
     n_pairs, n_tok = clean.shape
     n_layer = model.config.n_layer
     with torch.no_grad():
@@ -55,11 +62,70 @@ def stacked_sweep(model, clean, corrupted, answer, distractor, chunk, device):
                     return (h,) + args[1:], kwargs
 
                 hooks.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            logits = model(corrupted[pair]).logits[:, -1]
+            logits = model(corrupted[pair], logits_to_keep=keep).logits[:, -1]
             for h in hooks:
                 h.remove()
             out[start:start + len(part)] = logits.gather(1, torch.stack([answer[pair], distractor[pair]], 1)).diff(dim=1).neg().squeeze(1)
     return out
+
+
+def loop_sweep(model, clean, corrupted, answer, distractor, device):
+    """The seed's method: one forward pass per (pair, layer, position) patch."""
+    n_pairs, n_tok = clean.shape
+    out = []
+    with torch.no_grad():
+        for p in range(n_pairs):
+            hidden = model(clean[p:p + 1], output_hidden_states=True).hidden_states
+            for l, block in enumerate(model.transformer.h):
+                for t in range(n_tok):
+                    def pre_hook(module, args, kwargs, l=l, t=t):
+                        h = args[0].clone()
+                        h[0, t] = hidden[l][0, t]
+                        return (h,) + args[1:], kwargs
+
+                    handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+                    logits = model(corrupted[p:p + 1], logits_to_keep=1).logits[0, -1]
+                    handle.remove()
+                    out.append(logits[answer[p]] - logits[distractor[p]])
+    return torch.stack(out)
+
+
+def best_of(repeat, device, fn):
+    fn()  # warm-up
+    times = []
+    for _ in range(max(repeat, 1)):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def random_pairs(n, tokens, vocab, device):
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, vocab, (n, tokens), generator=g).to(device)
+    corrupted = clean.clone()
+    corrupted[:, 1] = torch.randint(0, vocab, (n,), generator=g).to(device)
+    answer, distractor = torch.randint(0, vocab, (2, n), generator=g).to(device)
+    return clean, corrupted, answer, distractor
+
+
+def patchbay_rows(args, pairs, tokens, extra=()):
+    cmd = [args.patchbay, "bench", "--shape", args.shape, "--pairs", str(pairs), "--tokens", str(tokens), "--sites", "resid_pre",
+           "--backend", args.backend, "--dtype", args.dtype, "--repeat", str(args.repeat), "--json", *extra]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return [(f"patchbay {m['mode']}", m["seconds"]) for m in report["modes"]], report
+
+
+def table(title, runs, rows):
+    best = min(s for name, s in rows if name.startswith("patchbay"))
+    print(title)
+    print(f"{'implementation':<52} {'seconds':>9} {'runs/s':>10} {'× patchbay time':>16}")
+    for name, s in rows:
+        print(f"{name:<52} {s:>9.3f} {runs / s:>10.0f} {s / best:>16.2f}")
 
 
 def tl_sweep(model, clean, corrupted, answer, distractor, n):
@@ -92,28 +158,23 @@ def main():
     ap.add_argument("--backend", default="cuda", help="patchbay --backend")
     ap.add_argument("--chunk", type=int, default=8192)
     ap.add_argument("--tl-pairs", type=int, default=8, help="0 skips TransformerLens")
+    ap.add_argument("--repeat", type=int, default=3, help="timed repetitions, best reported")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch and patchbay [default: each's own]")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_layer, n_head, d = SHAPES[args.shape]
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=d, attn_implementation="eager")
     model = GPT2LMHeadModel(cfg).eval().to(args.device, dtype)
-    g = torch.Generator().manual_seed(0)
-    clean = torch.randint(0, cfg.vocab_size, (args.pairs, args.tokens), generator=g).to(args.device)
-    corrupted = clean.clone()
-    corrupted[:, 1] = torch.randint(0, cfg.vocab_size, (args.pairs,), generator=g).to(args.device)
-    answer, distractor = torch.randint(0, cfg.vocab_size, (2, args.pairs), generator=g).to(args.device)
+    clean, corrupted, answer, distractor = random_pairs(args.pairs, args.tokens, cfg.vocab_size, args.device)
     runs = args.pairs * n_layer * args.tokens
+    sweep = lambda keep: lambda: stacked_sweep(model, clean, corrupted, answer, distractor, args.chunk, args.device, keep)
 
-    rows = []
-    stacked_sweep(model, clean[:1], corrupted[:1], answer[:1], distractor[:1], args.chunk, args.device)  # warm-up
-    sync(args.device)
-    t = time.perf_counter()
-    stacked_sweep(model, clean, corrupted, answer, distractor, args.chunk, args.device)
-    sync(args.device)
-    rows.append(("PyTorch, all runs stacked", time.perf_counter() - t))
-
+    rows = [("PyTorch, stacked, full logits at every position", best_of(args.repeat, args.device, sweep(0))),
+            ("PyTorch, stacked, last position's logits only", best_of(args.repeat, args.device, sweep(1)))]
     n_tl = min(args.tl_pairs, args.pairs)
     if n_tl > 0 and importlib.util.find_spec("transformer_lens") is None:
         print("transformer_lens is not installed: its row is skipped")
@@ -125,18 +186,17 @@ def main():
         tl_sweep(model, clean, corrupted, answer, distractor, n_tl)
         sync(args.device)
         rows.append((f"TransformerLens (timed {n_tl} pairs, scaled)", (time.perf_counter() - t) * args.pairs / n_tl))
+    pb, report = patchbay_rows(args, args.pairs, args.tokens)
+    threads = f", {report['threads']} patchbay threads, {torch.get_num_threads()} PyTorch threads" if report.get("threads") else ""
+    table(f"{args.shape}, {args.pairs} pairs x {args.tokens} tokens, resid_pre: {runs} patched runs, {args.dtype}, {args.device}{threads}",
+          runs, rows + pb)
 
-    cmd = [args.patchbay, "bench", "--shape", args.shape, "--pairs", str(args.pairs), "--tokens", str(args.tokens),
-           "--sites", "resid_pre", "--backend", args.backend, "--dtype", args.dtype, "--json"]
-    report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    for m in report["modes"]:
-        rows.append((f"patchbay {m['mode']}", m["seconds"]))
-
-    best = min(s for name, s in rows if name.startswith("patchbay"))
-    print(f"{args.shape}, {args.pairs} pairs x {args.tokens} tokens, resid_pre: {runs} patched runs, {args.dtype}, {args.device}")
-    print(f"{'implementation':<44} {'seconds':>9} {'runs/s':>12} {'× patchbay time':>16}")
-    for name, s in rows:
-        print(f"{name:<44} {s:>9.3f} {runs / s:>12.0f} {s / best:>16.1f}")
+    # The seed's case: one pair of 11 tokens.
+    seed = random_pairs(1, 11, cfg.vocab_size, args.device)
+    rows = [("PyTorch, one forward pass per patch (the seed's method)", best_of(args.repeat, args.device, lambda: loop_sweep(model, *seed, args.device)))]
+    pb, _ = patchbay_rows(args, 1, 11)
+    print()
+    table(f"seed pair: 1 pair x 11 tokens, resid_pre: {n_layer * 11} patched runs", n_layer * 11, rows + pb)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,24 @@
 //! CPU benchmark of a patching sweep, reuse vs no-reuse: `cargo bench --bench engine`.
 //! A small random model (6 layers, d=256, 4 heads, 4096-token vocabulary) keeps a sample near a second.
-use burn::backend::NdArray;
+use patchbay::backend::Cpu;
 use criterion::{criterion_group, criterion_main, Criterion};
 use patchbay::data::random_pairs;
 use patchbay::engine::{Engine, Layout, PatchSite};
 use patchbay::model::{Gpt2, Gpt2Config};
 
 fn sweep(c: &mut Criterion) {
-    type B = NdArray<f32>;
+    type B = Cpu;
     let device = Default::default();
     let config = Gpt2Config { n_layer: 6, n_head: 4, n_embd: 256, n_inner: 1024, n_positions: 64, vocab_size: 4096, ..Gpt2Config::named("gpt2").unwrap() };
     let model = Gpt2::<B>::random(config.clone(), 0, &device);
     let (pairs, tokens) = (2, 16);
-    let pairs = random_pairs(pairs, tokens, config.vocab_size, 1);
+    let pairs = random_pairs(pairs, tokens, config.vocab_size, 1, 1);
     let layout = Layout { layers: config.n_layer, heads: config.n_head, positions: tokens };
     let sites = [PatchSite::ResidPre, PatchSite::ZAllPos];
     let mut group = c.benchmark_group("6 layers d256, 2 pairs x 16 tokens, resid_pre + z_all_pos");
     group.sample_size(10);
     for reuse in [true, false] {
-        let engine = Engine { model: &model, reuse, max_rows: 1024 };
+        let engine = Engine { model: &model, reuse, max_rows: 1024, skip: true };
         group.bench_function(if reuse { "reuse" } else { "no-reuse" }, |b| {
             b.iter(|| engine.run(&pairs, &sites, &layout, &mut |_| {}).unwrap())
         });

@@ -38,6 +38,19 @@ impl Default for BackendSpec {
     }
 }
 
+/// The CPU backend: burn-flex (gemm's kernels, rayon threads). Measured faster than burn-ndarray
+/// end to end (README, "Speed").
+pub type Cpu = burn::backend::Flex;
+
+/// Sets the CPU backend's worker threads (all cores by default). Once per process, before any
+/// CPU work; the GPU backends ignore it.
+pub fn set_cpu_threads(threads: usize) -> Result<()> {
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))
+}
+
 /// Creation options for float tensors in `B`'s own float type. burn 0.21 otherwise takes a
 /// device's default dtype, fixed once per process by the first backend type that touches the
 /// device: an f16 backend after an f32 one on the same GPU would silently compute in f32.
@@ -59,7 +72,7 @@ fn not_built<T>(kind: &str) -> Result<T> {
 pub fn dispatch<T: BackendTask>(spec: &BackendSpec, task: T) -> Result<T::Output> {
     match spec.kind {
         BackendKind::Cpu => match spec.dtype {
-            DType::F32 => task.run::<burn::backend::NdArray<f32>>(burn::backend::ndarray::NdArrayDevice::Cpu),
+            DType::F32 => task.run::<Cpu>(Default::default()),
             other => bail!("the cpu backend computes in f32 only; --dtype {other:?} needs --backend cuda (or wgpu for f16)"),
         },
         BackendKind::Wgpu => wgpu(spec, task),

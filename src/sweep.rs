@@ -4,7 +4,7 @@
 use crate::backend::BackendSpec;
 use crate::data::{Skipped, TokenizedPair};
 use crate::engine::plan::max_rows_for_budget;
-use crate::engine::{Engine, Layout, PatchSite};
+use crate::engine::{Engine, Layout, PatchSite, Runs};
 use crate::model::Gpt2;
 use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry, TokenRef};
 use crate::tokenizer::Tokenizer;
@@ -20,6 +20,8 @@ pub const METRIC: &str = "logit(answer) - logit(distractor) at the last position
 pub struct SweepSpec {
     pub sites: Vec<PatchSite>,
     pub reuse: bool,
+    /// Write the corrupted baseline for provable no-op runs instead of computing them.
+    pub skip: bool,
     /// Patched runs per forward pass; None chooses from the memory budget.
     pub max_rows: Option<usize>,
     pub out: PathBuf,
@@ -88,7 +90,8 @@ impl Shard {
 
 pub struct SweepSummary {
     pub pairs: usize,
-    pub runs: usize,
+    /// Runs done by this invocation (a resumed run's earlier units excluded).
+    pub runs: Runs,
     pub seconds: f64,
     pub manifest: Manifest,
 }
@@ -151,29 +154,44 @@ pub fn sweep<B: Backend>(
     manifest.dataset = results::fingerprint(&(all, skipped));
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
+    let runs_of = |p: &TokenizedPair| Runs::of_pair(&layout, &spec.sites, &p.clean, &p.corrupted, spec.skip);
+    for p in &pairs {
+        manifest.runs += runs_of(p);
+    }
 
     let mode = Mode { resume: spec.resume, overwrite: spec.overwrite };
     let Begin::Write(mut writer) = results::begin(&spec.out, &manifest, units.len(), mode)? else {
         eprintln!("{} is already complete: nothing to resume", spec.out.display());
-        return Ok(SweepSummary { pairs: pairs.len(), runs: 0, seconds: 0.0, manifest });
+        return Ok(SweepSummary { pairs: pairs.len(), runs: Runs::default(), seconds: 0.0, manifest });
     };
 
-    let total: usize = pairs.iter().map(|p| runs_per_pair(&layout, &spec.sites, p.len())).sum();
-    let bar = indicatif::ProgressBar::new(total as u64).with_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} {wide_bar} {human_pos}/{human_len} runs  {per_sec}  ETA {eta}")
+    // The bar counts every run, computed or skipped; its message, the skipped ones.
+    let bar = indicatif::ProgressBar::new(manifest.runs.total() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} {wide_bar} {human_pos}/{human_len} runs {msg}  {per_sec}  ETA {eta}")
             .expect("valid template"),
     );
-    let engine = Engine { model, reuse: spec.reuse, max_rows };
+    let mut shown = Runs::default();
+    let mut show = |r: Runs| {
+        shown += r;
+        bar.inc(r.total() as u64);
+        if shown.skipped > 0 {
+            bar.set_message(format!("({} no-ops skipped)", shown.skipped));
+        }
+    };
+    let engine = Engine { model, reuse: spec.reuse, max_rows, skip: spec.skip };
     let started = std::time::Instant::now();
-    let mut ran = 0;
+    let mut ran = Runs::default();
     for (u, unit) in units.iter().enumerate() {
-        let unit_runs: usize = unit.iter().map(|&i| runs_per_pair(&layout, &spec.sites, all[i].len())).sum();
+        let mut unit_runs = Runs::default();
+        for &i in unit {
+            unit_runs += runs_of(&all[i]);
+        }
         if writer.is_done(u) {
-            bar.inc(unit_runs as u64);
+            show(unit_runs);
             continue;
         }
         let unit_pairs: Vec<TokenizedPair> = unit.iter().map(|&i| all[i].clone()).collect();
-        let results = engine.run(&unit_pairs, &spec.sites, &layout, &mut |n| bar.inc(n as u64))?;
+        let results = engine.run(&unit_pairs, &spec.sites, &layout, &mut show)?;
         for (&g, r) in unit.iter().zip(results) {
             let i = row_of(g);
             writer.write(Array::BaselineClean, i, &[r.clean])?;
@@ -227,6 +245,8 @@ fn manifest<B: Backend>(
         config: model.config.clone(),
         backend: backend.clone(),
         reuse: spec.reuse,
+        skip: spec.skip,
+        runs: Runs::default(),
         max_rows,
         metric: METRIC.into(),
         layout,

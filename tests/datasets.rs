@@ -307,3 +307,78 @@ fn shards_merge_into_the_unsharded_run() {
     let (ok, log) = patchbay(&["merge", s(&sharded.join("shard-0000-of-0003")), "--out", s(&dir.join("m"))]);
     assert!(!ok && log.contains("shards [0] given") && log.contains("has shards 0..3"), "{log}");
 }
+
+#[test]
+fn skipped_no_op_runs_equal_computing_them_on_every_site() {
+    let dir = tmp("skip");
+    // Lengths 8 to 14; first differences at 0, 1, 4 and the last position; pair 0 has equal
+    // tokens after its difference (layer 0's resid_pre is a no-op there too).
+    let lines = [
+        r#"{"clean": "Alice went to the park. She", "corrupted": "Bob went to the park. She", "answer": " was", "distractor": " is"}"#,
+        r#"{"clean": "Michelle Jones was a top-notch student. Michelle", "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"}"#,
+        r#"{"clean": "When Mary and John went to the store, John gave a drink to", "corrupted": "When Mary and John went to the store, Mary gave a drink to", "answer": " Mary", "distractor": " John"}"#,
+        r#"{"clean": "Michelle Jones was a top-notch student. Michelle", "corrupted": "Michelle Jones was a top-notch student. Jessica", "answer": " Jones", "distractor": " Smith"}"#,
+    ];
+    let file = dir.join("p.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let sites = "resid_pre,resid_mid,resid_post,attn_out,mlp_out,z_all_pos,z_by_pos";
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let (ok, log) = patchbay(&[&["run", "--model", s(&tiny()), "--pairs", s(&file), "--sites", sites, "--out", s(&out)], extra].concat());
+        assert!(ok, "{log}");
+        out
+    };
+    let (skip, all, skip_plain, all_plain) = (run("skip", &[]), run("all", &["--no-skip"]), run("skip-plain", &["--no-reuse"]), run("all-plain", &["--no-reuse", "--no-skip"]));
+    let manifest = |d: &Path| serde_json::from_slice::<serde_json::Value>(&std::fs::read(d.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest(&skip);
+    let pairs = m["pairs"].as_array().unwrap();
+    let tokens = |p: &serde_json::Value, k: &str| p[k].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let firsts: Vec<usize> = pairs.iter().map(|p| patchbay::engine::plan::first_difference(&tokens(p, "clean_tokens"), &tokens(p, "corrupted_tokens"))).collect();
+    let lengths: Vec<usize> = pairs.iter().map(|p| p["length"].as_u64().unwrap() as usize).collect();
+    assert_eq!((firsts[0], firsts[1], firsts[3]), (0, 1, lengths[3] - 1), "{firsts:?}");
+    assert!(firsts[2] > 1 && firsts[2] < lengths[2] - 1 && lengths[0] != lengths[2], "{firsts:?} {lengths:?}");
+    let (corrupted, _) = read_npy(&skip.join("baseline_corrupted.npy")).unwrap();
+    let (layers, heads) = (3, 4);
+    let mut skipped = 0;
+    for site in sites.split(',') {
+        let (a, shape) = read_npy(&skip.join(format!("{site}.npy"))).unwrap();
+        let (b, _) = read_npy(&all.join(format!("{site}.npy"))).unwrap();
+        let (c, _) = read_npy(&skip_plain.join(format!("{site}.npy"))).unwrap();
+        let (d, _) = read_npy(&all_plain.join(format!("{site}.npy"))).unwrap();
+        // NaN (past a shorter pair's length) must be NaN in both.
+        let diff = |x: &[f32], y: &[f32]| {
+            assert!(x.iter().zip(y).all(|(p, q)| p.is_nan() == q.is_nan()), "{site}: padding differs");
+            let keep = |v: &[f32]| v.iter().copied().filter(|f| !f.is_nan()).collect::<Vec<f32>>();
+            max_abs_diff(&keep(x), &keep(y))
+        };
+        assert!(diff(&a, &b) <= 1e-6, "{site}: skip vs --no-skip {}", diff(&a, &b));
+        assert!(diff(&c, &d) <= 1e-6, "{site}: skip vs --no-skip without reuse {}", diff(&c, &d));
+        assert!(diff(&a, &d) <= 1e-5, "{site}: reuse vs the plain path {}", diff(&a, &d));
+        // The no-op cells, found from the tokens here: the corrupted baseline, exactly when
+        // skipped, and as computed.
+        let per_pair: usize = shape[1..].iter().product();
+        let by_pos = site != "z_all_pos";
+        let cells = per_pair / layers;
+        for (i, p) in pairs.iter().enumerate() {
+            let (clean, corr) = (tokens(p, "clean_tokens"), tokens(p, "corrupted_tokens"));
+            for layer in 0..layers {
+                for cell in 0..cells {
+                    let pos = if site == "z_by_pos" { cell / heads } else { cell };
+                    let noop = by_pos && pos < lengths[i] && (pos < firsts[i] || (site == "resid_pre" && layer == 0 && clean[pos] == corr[pos]));
+                    if noop {
+                        let k = i * per_pair + layer * cells + cell;
+                        skipped += 1;
+                        assert_eq!(a[k], corrupted[i], "{site} pair {i} layer {layer} cell {cell}");
+                        assert!((b[k] - corrupted[i]).abs() <= 1e-6, "{site} pair {i} layer {layer} cell {cell}: computed {} vs {}", b[k], corrupted[i]);
+                    }
+                }
+            }
+        }
+    }
+    assert!(skipped > 0);
+    let runs = |d: &Path| (manifest(d)["runs"]["computed"].as_u64().unwrap() as usize, manifest(d)["runs"]["skipped"].as_u64().unwrap() as usize);
+    let (computed, skipped_run) = runs(&skip);
+    assert_eq!(skipped_run, skipped);
+    assert_eq!(runs(&all), (computed + skipped, 0));
+    assert_eq!(runs(&skip_plain), (computed, skipped));
+}

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use common::*;
 use patchbay::backend::{dispatch, BackendTask, DType};
 use patchbay::data::TokenizedPair;
-use patchbay::engine::{Engine, Layout, PatchSite, Row};
+use patchbay::engine::{Engine, Layout, PatchSite, Row, Runs};
 use patchbay::model::weights::Safetensors;
 use patchbay::model::{Gpt2, Gpt2Config};
 use std::path::{Path, PathBuf};
@@ -39,6 +39,7 @@ struct AgainstTl {
     dir: PathBuf,
     reuse: bool,
     max_rows: usize,
+    skip: bool,
 }
 
 impl BackendTask for AgainstTl {
@@ -52,11 +53,12 @@ impl BackendTask for AgainstTl {
             pairs.truncate(1);
         }
         let layout = layout(&m.config, &pairs);
-        let engine = Engine { model: &m, reuse: self.reuse, max_rows: self.max_rows };
-        let mut runs = 0;
+        let engine = Engine { model: &m, reuse: self.reuse, max_rows: self.max_rows, skip: self.skip };
+        let mut runs = Runs::default();
         let results = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |n| runs += n)?;
         let (l, t, h) = (layout.layers, layout.positions, layout.heads);
-        assert_eq!(runs, pairs.len() * (5 * l * t + l * h + l * t * h), "every planned run ran once");
+        assert_eq!(runs.total(), pairs.len() * (5 * l * t + l * h + l * t * h), "every planned run ran once");
+        assert_eq!(runs.skipped > 0, self.skip, "the fixtures' pairs differ after position 0");
         // The references of the pairs run (a prefix of the fixture's).
         let want = |name: &str| {
             let (v, shape) = refs.f32(name);
@@ -81,12 +83,12 @@ fn every_site_matches_transformer_lens_on_every_fixture_shape_with_and_without_r
         // shape matrix must hold exactly.
         for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 || dir == tiny()) {
             // Every row in one batch, 37 rows a batch (chunks cut across sites, layers and pairs),
-            // and one row a batch. Without reuse each row holds a full-vocabulary logit row: 256
-            // rows stay under lavapipe's 128 MiB buffer limit.
-            for (reuse, max_rows) in [(true, 4096), (false, 256), (true, 37), (true, 1)] {
-                let what = format!("{} {spec:?} reuse={reuse} max_rows={max_rows}", name(&dir));
+            // and one row a batch; no-op runs skipped and computed. Without reuse each row holds a
+            // full-vocabulary logit row: 256 rows stay under lavapipe's 128 MiB buffer limit.
+            for (reuse, max_rows, skip) in [(true, 4096, true), (false, 256, true), (true, 37, false), (true, 1, false)] {
+                let what = format!("{} {spec:?} reuse={reuse} max_rows={max_rows} skip={skip}", name(&dir));
                 let started = std::time::Instant::now();
-                let diffs = dispatch(&spec, AgainstTl { dir: dir.clone(), reuse, max_rows }).unwrap();
+                let diffs = dispatch(&spec, AgainstTl { dir: dir.clone(), reuse, max_rows, skip }).unwrap();
                 let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
                 eprintln!("{what}: max abs difference to TransformerLens {worst:.2e} ({:.1} s)", started.elapsed().as_secs_f64());
                 let tol = tolerance(&spec);
@@ -99,12 +101,13 @@ fn every_site_matches_transformer_lens_on_every_fixture_shape_with_and_without_r
 
 #[test]
 fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_restore_clean() {
-    type B = burn::backend::NdArray<f32>;
+    type B = patchbay::backend::Cpu;
     let device = Default::default();
     for (dir, reuse) in fixture_dirs().into_iter().flat_map(|d| [(d.clone(), true), (d, false)]) {
         let m = model::<B>(&dir, &device);
         let pairs = fixture_pairs(&Refs::load(&dir));
-        let engine = Engine { model: &m, reuse, max_rows: 64 };
+        // Computing the no-op runs too: the point is that they compute to the corrupted run.
+        let engine = Engine { model: &m, reuse, max_rows: 64, skip: false };
         let layout = layout(&m.config, &pairs);
         let results = engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| {}).unwrap();
         for (p, pair) in pairs.iter().enumerate() {
@@ -130,12 +133,12 @@ fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_resto
 
 #[test]
 fn same_inputs_give_bit_identical_results() {
-    type B = burn::backend::NdArray<f32>;
+    type B = patchbay::backend::Cpu;
     let device = Default::default();
     let m = model::<B>(&tiny(), &device);
     let pairs = fixture_pairs(&Refs::load(&tiny()));
     let layout = layout(&m.config, &pairs);
-    let engine = Engine { model: &m, reuse: true, max_rows: 50 };
+    let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true };
     let a = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| {}).unwrap();
     let b = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| {}).unwrap();
     let bits = |r: &[patchbay::engine::PairResult]| -> Vec<u32> { r.iter().flat_map(|p| p.sites.concat()).map(f32::to_bits).collect() };

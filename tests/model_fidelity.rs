@@ -96,7 +96,7 @@ fn write_checkpoint(name: &str, tensors: &[(String, safetensors::Dtype, Vec<usiz
 
 #[test]
 fn hub_bare_names_with_mask_buffers_load_the_same_model() {
-    type B = burn::backend::NdArray<f32>;
+    type B = patchbay::backend::Cpu;
     let device = Default::default();
     let mut tensors: Vec<_> = fixture_tensors()
         .into_iter()
@@ -117,7 +117,7 @@ fn hub_bare_names_with_mask_buffers_load_the_same_model() {
 
 #[test]
 fn missing_tensor_and_wrong_shape_are_one_line_errors() {
-    type B = burn::backend::NdArray<f32>;
+    type B = patchbay::backend::Cpu;
     let device = Default::default();
     let tensors = fixture_tensors();
     let missing: Vec<_> = tensors.iter().filter(|t| t.0 != "transformer.h.1.mlp.c_fc.weight").cloned().collect();
@@ -153,7 +153,7 @@ fn offline_hub_miss_says_which_file_and_how_to_provide_it() {
 
 #[test]
 fn random_init_has_gpt2_shapes() {
-    type B = burn::backend::NdArray<f32>;
+    type B = patchbay::backend::Cpu;
     let mut c = Gpt2Config::named("distilgpt2").unwrap();
     c.vocab_size = 100;
     c.n_positions = 8;

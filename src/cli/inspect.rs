@@ -68,7 +68,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let tok = Tokenizer::from_file(&files.tokenizer)?;
     let ids = tok.encode(&args.text)?;
     anyhow::ensure!(!ids.is_empty(), "the text is empty");
-    let probs = dispatch(&args.backend.spec(), NextToken { files, ids: ids.clone() })?;
+    let probs = dispatch(&args.backend.configure()?, NextToken { files, ids: ids.clone() })?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     let report = Report {

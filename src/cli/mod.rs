@@ -89,6 +89,9 @@ pub struct BackendArgs {
     /// wrong results; see the README).
     #[arg(long)]
     pub fusion: bool,
+    /// CPU backend: worker threads [default: every core].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl BackendArgs {
@@ -99,7 +102,16 @@ impl BackendArgs {
             device: self.device.or(file.device),
             dtype: self.dtype.or(file.dtype),
             fusion: self.fusion || file.fusion,
+            threads: self.threads.or(file.threads),
         }
+    }
+
+    /// The backend to run on, with the CPU thread count set: call once, before running.
+    pub fn configure(&self) -> Result<BackendSpec> {
+        if let Some(n) = self.threads {
+            crate::backend::set_cpu_threads(n)?;
+        }
+        Ok(self.spec())
     }
 
     pub fn spec(&self) -> BackendSpec {
@@ -153,7 +165,8 @@ pub fn main() -> Result<()> {
         }
         Command::Verify { dir, rows, backend } => {
             let given = backend.backend.is_some() || backend.device.is_some() || backend.dtype.is_some();
-            let v = crate::verify::verify(&dir, rows, given.then(|| backend.spec()))?;
+            let spec = backend.configure()?;
+            let v = crate::verify::verify(&dir, rows, given.then_some(spec))?;
             println!(
                 "verified {} patched runs of {} on {:?} {:?}: max |difference| {:.1e}, within the tolerance {:.0e}",
                 v.rows,

@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// Compute every patched run in full (for comparison; results agree within 1e-4).
     #[arg(long)]
     no_reuse: bool,
+    /// Compute the patched runs that provably equal the corrupted run too (patched before the
+    /// first differing token, or at equal embeddings), instead of writing the corrupted baseline.
+    #[arg(long)]
+    no_skip: bool,
     /// Continue an interrupted run in --out.
     #[arg(long)]
     resume: bool,
@@ -109,6 +113,7 @@ impl RunArgs {
             out: self.out.or(file.out).or(Some(default_out)),
             max_rows: self.max_rows.or(file.max_rows),
             no_reuse: self.no_reuse || file.no_reuse,
+            no_skip: self.no_skip || file.no_skip,
             resume: self.resume || file.resume,
             overwrite: self.overwrite || file.overwrite,
             verify: self.verify.or(file.verify),
@@ -213,13 +218,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     let spec = SweepSpec {
         sites,
         reuse: !args.no_reuse,
+        skip: !args.no_skip,
         max_rows: args.max_rows,
         out: out.clone(),
         resume: args.resume,
         overwrite: args.overwrite,
         shard,
     };
-    let backend = args.backend.spec();
+    let backend = args.backend.configure()?;
     let s = dispatch(&backend, RunTask { files, tokenizer, pairs, skipped, spec, backend: backend.clone() })?;
     let rows = args.verify.unwrap_or(DEFAULT_VERIFY_ROWS);
     if rows > 0 {
@@ -227,13 +233,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         eprintln!("verified {} patched runs on the simplest path: max |difference| {:.1e} (tolerance {:.0e})", v.rows, v.max_abs_diff, v.tolerance);
     }
     println!(
-        "wrote {}: {} pair(s), {} patched runs in {:.2} s ({:.0} runs/s) on {:?}; next: patchbay analyze {}",
+        "wrote {}: {} pair(s), {} patched runs computed in {:.2} s ({:.0} runs/s) on {:?}, {} skipped as no-ops; next: patchbay analyze {}",
         out.display(),
         s.pairs,
-        s.runs,
+        s.runs.computed,
         s.seconds,
-        s.runs as f64 / s.seconds.max(1e-9),
+        s.runs.computed as f64 / s.seconds.max(1e-9),
         backend.kind,
+        s.runs.skipped,
         out.display()
     );
     Ok(())

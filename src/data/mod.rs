@@ -310,16 +310,17 @@ impl Rng {
     }
 }
 
-/// `n` pairs of random tokens (corrupted at position 1, random answer and distractor), seeded:
+/// `n` pairs of random tokens (corrupted at position `corrupt_at`, random answer and distractor), seeded:
 /// inputs for benchmarks on random-weight models.
-pub fn random_pairs(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<TokenizedPair> {
+pub fn random_pairs(n: usize, len: usize, vocab: usize, seed: u64, corrupt_at: usize) -> Vec<TokenizedPair> {
     let mut rng = Rng(seed);
     let mut next = move || rng.below(vocab) as u32;
     (0..n)
         .map(|i| {
             let clean: Vec<u32> = (0..len).map(|_| next()).collect();
             let mut corrupted = clean.clone();
-            corrupted[1.min(len - 1)] = next();
+            // Another token at `corrupt_at` (a draw equal to the clean one would make the pair a no-op).
+            corrupted[corrupt_at.min(len - 1)] = (clean[corrupt_at.min(len - 1)] + 1 + next() % (vocab as u32 - 1)) % vocab as u32;
             TokenizedPair { row: i + 1, clean, corrupted, answer: next(), distractor: next(), ..Default::default() }
         })
         .collect()

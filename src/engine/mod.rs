@@ -2,5 +2,5 @@
 pub mod plan;
 pub mod run;
 
-pub use plan::{Layout, PatchSite, Row};
+pub use plan::{Layout, PatchSite, Row, Runs};
 pub use run::{Engine, PairResult};

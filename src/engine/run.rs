@@ -7,18 +7,25 @@
 //! values), carries only the last position past the last block's keys and values, and unembeds
 //! only the answer and distractor at the last position. Without it, every
 //! row is a full forward pass from the embeddings with full logits at the last position.
-use super::plan::{suffix_start, Layout, PatchSite, Row};
+//!
+//! With `skip` (the default) a row that provably is the corrupted run (`Row::is_noop`: patched
+//! before the first differing token, or at equal embeddings) is not computed: its result is the
+//! corrupted baseline.
+use super::plan::{Layout, PatchSite, Row, Runs, Suffixes};
 use crate::data::TokenizedPair;
 use crate::model::gpt2::Prefix;
 use crate::model::{Cache, Gpt2, Hooks, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
 
 pub struct Engine<'m, B: Backend> {
     pub model: &'m Gpt2<B>,
     pub reuse: bool,
     /// Patched runs stacked in one forward pass, at most.
     pub max_rows: usize,
+    /// Write the corrupted baseline for the no-op rows instead of computing them.
+    pub skip: bool,
 }
 
 /// One pair's results: the baselines, and per site its block of the site's array (NaN where a
@@ -47,8 +54,8 @@ fn int_tensor<B: Backend>(values: impl IntoIterator<Item = usize>, device: &B::D
 
 impl<B: Backend> Engine<'_, B> {
     /// Baselines and every patched run at `sites` for `pairs`, which must share one length.
-    /// `progress` is told how many runs each finished batch held.
-    pub fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(usize)) -> Result<Vec<PairResult>> {
+    /// `progress` is told the skipped runs, then how many runs each finished batch held.
+    pub fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs)) -> Result<Vec<PairResult>> {
         ensure!(!pairs.is_empty(), "no pairs to run");
         let len = pairs[0].len();
         ensure!(pairs.iter().all(|p| p.len() == len), "a batch of pairs must share one length");
@@ -65,11 +72,20 @@ impl<B: Backend> Engine<'_, B> {
             .collect();
 
         let mut rows: Vec<(usize, Row)> = Vec::new();
+        let mut skipped = 0;
         for (si, &site) in sites.iter().enumerate() {
-            for pair in 0..pairs.len() {
-                rows.extend(layout.rows(site, len).into_iter().map(|r| (si, Row { pair, ..r })));
+            for (pair, p) in pairs.iter().enumerate() {
+                for row in layout.rows(site, len).into_iter().map(|r| Row { pair, ..r }) {
+                    if self.skip && row.is_noop(&p.clean, &p.corrupted) {
+                        results[pair].sites[si][row.out] = corrupted[pair];
+                        skipped += 1;
+                    } else {
+                        rows.push((si, row));
+                    }
+                }
             }
         }
+        progress(Runs { computed: 0, skipped });
         let batch: Vec<Row> = rows.iter().map(|(_, r)| *r).collect();
         let metrics = self.rows_with(&batch, &base, progress);
         for ((si, row), m) in rows.iter().zip(metrics) {
@@ -85,10 +101,11 @@ impl<B: Backend> Engine<'_, B> {
         Ok(self.rows_with(rows, &base, &mut |_| {}))
     }
 
-    /// Rows sharing a first computed position (`suffix_start`) form one batch shape; within it,
+    /// Rows sharing a first computed position (`Suffixes`) form one batch shape; within it,
     /// chunks of at most `max_rows`, ordered by the layer rows join at so that joining rows append.
-    fn rows_with(&self, rows: &[Row], base: &Baselines<B>, progress: &mut dyn FnMut(usize)) -> Vec<f32> {
-        let start = |r: &Row| if self.reuse { suffix_start(r, base.len) } else { 0 };
+    fn rows_with(&self, rows: &[Row], base: &Baselines<B>, progress: &mut dyn FnMut(Runs)) -> Vec<f32> {
+        let suffixes = Suffixes::new(rows, base.len);
+        let start = |r: &Row| if self.reuse { suffixes.start(r) } else { 0 };
         let mut order: Vec<usize> = (0..rows.len()).collect();
         order.sort_by_key(|&i| (start(&rows[i]), self.join_layer(&rows[i])));
         let mut out = vec![f32::NAN; rows.len()];
@@ -98,7 +115,7 @@ impl<B: Backend> Engine<'_, B> {
                 for (&i, m) in chunk.iter().zip(self.patched(&batch, start(&batch[0]), base)) {
                     out[i] = m;
                 }
-                progress(chunk.len());
+                progress(Runs { computed: chunk.len(), skipped: 0 });
             }
         }
         out
@@ -174,7 +191,7 @@ impl<B: Backend> Engine<'_, B> {
                 Prefix { k: kv(SiteKind::K), v: kv(SiteKind::V) }
             });
             let keep = if self.reuse && layer == self.last_layer() { 1 } else { xl.dims()[1] };
-            let mut hook = Patch { rows: &active, len: base.len, clean: &base.clean, pairs };
+            let mut hook = Patch { rows: &active, len: base.len, clean: &base.clean };
             x = Some(block.forward(xl, layer, prefix.as_ref(), keep, &mut hook));
         }
         let ids = base.ids.clone().select(0, pairs.expect("every row joins by the last layer"));
@@ -183,14 +200,13 @@ impl<B: Backend> Engine<'_, B> {
 }
 
 /// Overwrites, for each batch row patched at a site, that site's activation at the row's position
-/// (and head) with the clean run's: one masked select over the whole batch per patched site.
+/// (and head) with the clean run's: only the patched slices are gathered from the clean cache and
+/// scattered into the batch, one index-based write per patched site.
 struct Patch<'a, B: Backend> {
     rows: &'a [Row],
     /// The pairs' length: an activation of s positions covers positions len − s.. .
     len: usize,
     clean: &'a Cache<B>,
-    /// Each row's pair, [rows].
-    pairs: Tensor<B, 1, Int>,
 }
 
 impl<B: Backend> Hooks<B> for Patch<'_, B> {
@@ -203,32 +219,33 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
         let (n, s) = (dims[0], dims[1]);
         let (h, e) = if D == 4 { (dims[2], dims[3]) } else { (1, dims[2]) };
         let first = self.len - s;
-        // A patch before the first computed position cannot reach the metric from here (the last
-        // block computes the last position only).
-        let hit = |r: &Row| r.layer == site.layer && r.site.kind() == site.kind && r.pos.is_none_or(|p| p >= first);
-        if !self.rows.iter().any(hit) {
-            return act;
-        }
-        let mut mask = vec![false; n * s * h];
-        for (i, r) in self.rows.iter().enumerate().filter(|(_, r)| hit(r)) {
+        // Slices of [rows·positions·heads, e] to overwrite, and where the clean run has them
+        // ([pairs·len·heads, e]). A patch before the first computed position cannot reach the
+        // metric from here (the last block computes the last position only).
+        let (mut to, mut from) = (Vec::new(), Vec::new());
+        for (i, r) in self.rows.iter().enumerate().filter(|(_, r)| r.layer == site.layer && r.site.kind() == site.kind) {
             let positions = match r.pos {
-                Some(p) => p - first..p - first + 1,
-                None => 0..s,
+                Some(p) if p < first => continue,
+                Some(p) => p..p + 1,
+                None => first..self.len,
             };
-            let heads = match r.head {
-                Some(hd) => hd..hd + 1,
-                None => 0..h,
-            };
+            let heads = r.head.map_or(0..h, |hd| hd..hd + 1);
             for p in positions {
                 for hd in heads.clone() {
-                    mask[(i * s + p) * h + hd] = true;
+                    to.push((i * s + p - first) * h + hd);
+                    from.push((r.pair * self.len + p) * h + hd);
                 }
             }
         }
+        if to.is_empty() {
+            return act;
+        }
         let device = act.device();
-        let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(mask, [n, s, h]), &device).unsqueeze_dim::<4>(3).expand([n, s, h, e]);
         let clean = self.clean.heads(site).expect("clean run caches every patched site");
-        let clean = clean.select(0, self.pairs.clone()).narrow(1, first, s);
-        act.reshape([n, s, h, e]).mask_where(mask, clean).reshape(dims)
+        let pairs = clean.dims()[0];
+        let values = clean.reshape([pairs * self.len * h, e]).select(0, int_tensor::<B>(from, &device));
+        let m = to.len();
+        let to = int_tensor::<B>(to, &device).reshape([m, 1]);
+        act.reshape([n * s * h, e]).scatter_nd(to, values, IndexingUpdateOp::Assign).reshape(dims)
     }
 }

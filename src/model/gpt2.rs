@@ -5,7 +5,7 @@ use super::sites::{Hooks, Site, SiteKind};
 use crate::backend::float_options;
 use anyhow::{bail, Result};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate, softmax};
+use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::Distribution;
 
 /// `x @ w + b` over the last axis, as one 2-D product. Not burn's `module::linear`: on a
@@ -16,6 +16,14 @@ fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Te
     let [n, s, k] = x.dims();
     let out = w.dims()[1];
     (x.reshape([n * s, k]).matmul(w.clone()) + b.clone().unsqueeze()).reshape([n, s, out])
+}
+
+/// GPT-2's tanh GELU, 0.5·x·(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), written as
+/// x·sigmoid(2u): equal in exact arithmetic, and on the CPU one exp instead of burn's
+/// `gelu_approximate` (a powf and a tanh, 9 passes over the MLP's widest tensor: 18 % of a sweep).
+fn gelu_new<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const C: f64 = 2.0 * 0.797_884_560_802_865_4; // 2·√(2/π)
+    sigmoid(x.clone() * (x.clone() * x.clone() * (C * 0.044715) + C)) * x
 }
 
 /// Where parameters come from: a checkpoint, or a random initialisation. Names are HF's (without
@@ -125,7 +133,7 @@ impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = linear(x, &self.c_fc_w, &self.c_fc_b);
         let x = match self.activation {
-            Activation::GeluNew => gelu_approximate(x),
+            Activation::GeluNew => gelu_new(x),
             Activation::Gelu => gelu(x),
         };
         linear(x, &self.c_proj_w, &self.c_proj_b)

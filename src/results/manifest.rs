@@ -3,7 +3,7 @@
 use super::npy::Dtype;
 use crate::backend::BackendSpec;
 use crate::data::Skipped;
-use crate::engine::Layout;
+use crate::engine::{Layout, Runs};
 use crate::model::Gpt2Config;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,13 @@ pub struct Manifest {
     pub config: Gpt2Config,
     pub backend: BackendSpec,
     pub reuse: bool,
+    /// Provable no-op runs written as the corrupted baseline, not computed (`run --no-skip`
+    /// turns it off). Runs before skipping existed computed everything.
+    #[serde(default)]
+    pub skip: bool,
+    /// This run's (shard's) patched runs, computed and skipped.
+    #[serde(default)]
+    pub runs: Runs,
     pub max_rows: usize,
     pub metric: String,
     pub layout: Layout,

@@ -3,6 +3,7 @@
 use super::manifest::{Manifest, PairEntry, ShardInfo, Verification};
 use super::npy::read_f32;
 use super::store::{begin, open_finished, Array, Begin, Mode};
+use crate::engine::Runs;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -28,7 +29,7 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     // Everything but the shard, its pairs and its batch size must be the same run: model,
     // settings, sites and the whole run's dataset. (Shards batched alike, e.g. with one
     // --max-rows, merge byte-identical to the unsharded run; otherwise equal to float rounding.)
-    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, verify: None, ..m.clone() };
+    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, verify: None, runs: Runs::default(), ..m.clone() };
     for (dir, m, info) in &parts[1..] {
         if same(m) != same(first) || info.pairs_total != first_info.pairs_total {
             let why = if m.dataset != first.dataset { "made from other pairs" } else { "another model, sites or settings" };
@@ -45,6 +46,10 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
         }
     }
     let mut merged = Manifest { shard: None, verify: merged_verification(&parts), ..first.clone() };
+    merged.runs = Runs::default();
+    for (_, m, _) in &parts {
+        merged.runs += m.runs;
+    }
     merged.pairs = slots.into_iter().enumerate().map(|(g, p)| p.with_context(|| format!("no shard holds pair {g}"))).collect::<Result<_>>()?;
     for site in &mut merged.sites {
         site.shape[0] = total;
