@@ -57,9 +57,11 @@ fi
 for d in $DTYPES; do
   for fusion in "" --fusion; do
     tag="$BACKEND-$d${fusion:+-fusion}"
-    step "bench $tag: $PAIRS pairs x $TOKENS tokens, resid_pre, reuse vs no-reuse"
+    step "bench $tag: $PAIRS pairs x $TOKENS tokens, resid_pre: default vs --no-skip vs --no-reuse"
     check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre --json >"$OUT/bench-$tag.json"
     cat "$OUT/bench-$tag.json"
+    step "bench $tag: the same corrupted at position 10 (no-op runs skipped)"
+    check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre --corrupt-at 10
     step "bench $tag: the seed pair's shape (1 pair x 11 tokens, 132 runs)"
     check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs 1 --tokens 11 --sites resid_pre --repeat 10
   done

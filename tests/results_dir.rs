@@ -160,21 +160,6 @@ fn run_files(files: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     without_checks(files.iter().filter(|f| f.0 == "manifest.json" || (f.0.ends_with(".npy") && !f.0.ends_with(".normalized.npy"))).cloned().collect())
 }
 
-/// `files` with the manifest's `verify` record left out.
-fn without_checks(files: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
-    files
-        .into_iter()
-        .map(|(name, bytes)| {
-            if name != "manifest.json" {
-                return (name, bytes);
-            }
-            let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            v.as_object_mut().unwrap().remove("verify");
-            (name, v.to_string().into_bytes())
-        })
-        .collect()
-}
-
 /// Kills `args` (a run into `dir`, which `setup` prepares) at each file operation in turn. After
 /// each kill, `analyze` (on a copy) refuses the directory or reads one of the `finished` runs
 /// whole, and `finish` (the command a retry runs) completes it to exactly `want`. Returns the

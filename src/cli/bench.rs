@@ -1,7 +1,8 @@
 //! `patchbay bench`: a patching sweep on a random-weight model of a named shape (no download),
-//! with and without reuse side by side: runs/s, achieved TFLOP/s, and the fraction of the
-//! minimal-work roofline (the reuse path's FLOPs at the backend's own measured rate for the
-//! model's largest product, the MLP's [tokens, d] × [d, 4d]).
+//! the default path (reuse, no-op runs skipped) beside `--no-skip` and `--no-reuse`: runs/s,
+//! achieved TFLOP/s, and the fraction of the minimal-work roofline (the FLOPs of the runs that
+//! must be computed, each from its own layer and position, at the backend's own measured rate for
+//! the model's largest product, the MLP's [tokens, d] × [d, 4d]).
 use super::BackendArgs;
 use crate::backend::{dispatch, float_options, BackendTask};
 use crate::engine::plan::{run_flops, Suffixes};
