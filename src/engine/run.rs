@@ -75,14 +75,12 @@ impl<B: Backend> Engine<'_, B> {
         let mut skipped = 0;
         for (si, &site) in sites.iter().enumerate() {
             for (pair, p) in pairs.iter().enumerate() {
-                for row in layout.rows(site, len).into_iter().map(|r| Row { pair, ..r }) {
-                    if self.skip && row.is_noop(&p.clean, &p.corrupted) {
-                        results[pair].sites[si][row.out] = corrupted[pair];
-                        skipped += 1;
-                    } else {
-                        rows.push((si, row));
-                    }
+                let (computed, noops) = layout.split_rows(site, &p.clean, &p.corrupted, self.skip);
+                skipped += noops.len();
+                for row in noops {
+                    results[pair].sites[si][row.out] = corrupted[pair];
                 }
+                rows.extend(computed.into_iter().map(|r| (si, Row { pair, ..r })));
             }
         }
         progress(Runs { computed: 0, skipped });
