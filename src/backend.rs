@@ -2,8 +2,12 @@
 //! `--fusion`. Work that runs on a backend implements `BackendTask` and is monomorphised per
 //! backend type here, the only place that names concrete backends.
 use anyhow::{bail, Result};
-use burn::prelude::Backend;
+use burn::prelude::{Backend, Tensor};
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+
+#[cfg(feature = "cuda")]
+mod exact;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -19,6 +23,9 @@ pub enum DType {
     F32,
     F16,
     Bf16,
+    /// f32 tensors, matrix products on the tensor cores in TF32 (cuda only): faster, and about
+    /// 1e-3 relative error per product.
+    Tf32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +65,23 @@ pub fn float_options<B: Backend>(device: &B::Device) -> burn::tensor::TensorCrea
     (device, <B::FloatElem as burn::tensor::Element>::dtype()).into()
 }
 
+thread_local! {
+    /// Whether f32 products may use TF32: set for the length of a `--dtype tf32` task.
+    static TF32: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `lhs @ rhs`, exact in f32 on every backend: on CUDA burn's own matmul would take f32 inputs as
+/// TF32 (`exact.rs`), which only `--dtype tf32` allows.
+pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    if !TF32.get() {
+        if let Some(out) = exact::matmul(&lhs, &rhs) {
+            return out;
+        }
+    }
+    lhs.matmul(rhs)
+}
+
 /// Work that runs on whichever backend the user chose.
 pub trait BackendTask {
     type Output;
@@ -73,7 +97,7 @@ pub fn dispatch<T: BackendTask>(spec: &BackendSpec, task: T) -> Result<T::Output
     match spec.kind {
         BackendKind::Cpu => match spec.dtype {
             DType::F32 => task.run::<Cpu>(Default::default()),
-            other => bail!("the cpu backend computes in f32 only; --dtype {other:?} needs --backend cuda (or wgpu for f16)"),
+            other => bail!("the cpu backend computes in f32 only; --dtype {} needs --backend cuda (or wgpu for f16)", format!("{other:?}").to_lowercase()),
         },
         BackendKind::Wgpu => wgpu(spec, task),
         BackendKind::Cuda => cuda(spec, task),
@@ -98,6 +122,7 @@ fn wgpu<T: BackendTask>(spec: &BackendSpec, task: T) -> Result<T::Output> {
         #[cfg(feature = "fusion")]
         (DType::F16, true) => task.run::<burn_fusion::Fusion<Plain<half::f16>>>(device),
         (DType::Bf16, _) => bail!("--dtype bf16 is not supported on wgpu (WGSL has no bf16): use --dtype f16, or --backend cuda"),
+        (DType::Tf32, _) => bail!("--dtype tf32 is a cuda mode (TF32 tensor cores): on wgpu use f32 or f16"),
         #[cfg(not(feature = "fusion"))]
         (_, true) => unreachable!("fused() is false without the fusion feature"),
     }
@@ -137,19 +162,26 @@ fn cuda<T: BackendTask>(spec: &BackendSpec, task: T) -> Result<T::Output> {
     use burn::backend::cuda::CudaDevice;
     type Plain<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
     let device = CudaDevice::new(spec.device);
-    match (spec.dtype, fused(spec)?) {
-        (DType::F32, false) => task.run::<Plain<f32>>(device),
+    let fused = fused(spec)?;
+    if fused && spec.dtype == DType::F32 {
+        bail!("--fusion on cuda computes f32 products in TF32 (burn's fused matmul): use --dtype tf32 --fusion, or drop --fusion for exact f32");
+    }
+    let tf32 = TF32.replace(spec.dtype == DType::Tf32);
+    let out = match (spec.dtype, fused) {
+        (DType::F32 | DType::Tf32, false) => task.run::<Plain<f32>>(device),
         (DType::F16, false) => task.run::<Plain<half::f16>>(device),
         (DType::Bf16, false) => task.run::<Plain<half::bf16>>(device),
         #[cfg(feature = "fusion")]
-        (DType::F32, true) => task.run::<burn_fusion::Fusion<Plain<f32>>>(device),
+        (DType::F32 | DType::Tf32, true) => task.run::<burn_fusion::Fusion<Plain<f32>>>(device), // f32: refused above
         #[cfg(feature = "fusion")]
         (DType::F16, true) => task.run::<burn_fusion::Fusion<Plain<half::f16>>>(device),
         #[cfg(feature = "fusion")]
         (DType::Bf16, true) => task.run::<burn_fusion::Fusion<Plain<half::bf16>>>(device),
         #[cfg(not(feature = "fusion"))]
         (_, true) => unreachable!("fused() is false without the fusion feature"),
-    }
+    };
+    TF32.set(tf32);
+    out
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -4,7 +4,7 @@
 //! must be computed, each from its own layer and position, at the backend's own measured rate for
 //! the model's largest product, the MLP's [tokens, d] × [d, 4d]).
 use super::BackendArgs;
-use crate::backend::{dispatch, float_options, BackendTask};
+use crate::backend::{dispatch, float_options, matmul, BackendTask};
 use crate::engine::plan::{run_flops, Suffixes};
 use crate::engine::{Engine, Layout, PatchSite, Row};
 use crate::model::{Gpt2, Gpt2Config};
@@ -83,11 +83,11 @@ struct Bench(BenchArgs);
 fn matmul_rate<B: Backend>(device: &B::Device, [m, k, n]: [usize; 3]) -> f64 {
     let a = Tensor::<B, 2>::random([m, k], burn::tensor::Distribution::Default, float_options::<B>(device));
     let b = Tensor::<B, 2>::random([k, n], burn::tensor::Distribution::Default, float_options::<B>(device));
-    let _ = a.clone().matmul(b.clone()).sum().into_scalar();
+    let _ = matmul(a.clone(), b.clone()).sum().into_scalar();
     (0..3)
         .map(|_| {
             let t = Instant::now();
-            let _ = a.clone().matmul(b.clone()).sum().into_scalar();
+            let _ = matmul(a.clone(), b.clone()).sum().into_scalar();
             2.0 * (m * k * n) as f64 / t.elapsed().as_secs_f64()
         })
         .fold(0.0, f64::max)

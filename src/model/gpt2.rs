@@ -2,7 +2,7 @@
 //! tied to wte. Generic over the burn backend; every activation site passes through `Hooks`.
 use super::config::{Activation, Gpt2Config};
 use super::sites::{Hooks, Site, SiteKind};
-use crate::backend::float_options;
+use crate::backend::{float_options, matmul};
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid, softmax};
@@ -15,7 +15,7 @@ use burn::tensor::Distribution;
 fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Tensor<B, 3> {
     let [n, s, k] = x.dims();
     let out = w.dims()[1];
-    (x.reshape([n * s, k]).matmul(w.clone()) + b.clone().unsqueeze()).reshape([n, s, out])
+    (matmul(x.reshape([n * s, k]), w.clone()) + b.clone().unsqueeze()).reshape([n, s, out])
 }
 
 /// GPT-2's tanh GELU, 0.5·x·(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), written as
@@ -98,14 +98,14 @@ impl<B: Backend> Attention<B> {
         }
         let total = k.dims()[2];
         let offset = total - keep;
-        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
+        let scores = matmul(q, k.swap_dims(2, 3)) / (dh as f64).sqrt();
         // Query i sits at absolute position offset + i and sees keys 0..=offset + i.
         let future = Tensor::<B, 2, Bool>::tril_mask([keep, total], offset as i64, &scores.device())
             .unsqueeze::<4>()
             .expand([b, h, keep, total]);
         let pattern = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
         let pattern = hooks.hook(Site::new(SiteKind::Pattern, layer), pattern);
-        let z = hooks.hook(Site::new(SiteKind::Z, layer), pattern.matmul(v).swap_dims(1, 2)); // [b, keep, h, dh]
+        let z = hooks.hook(Site::new(SiteKind::Z, layer), matmul(pattern, v).swap_dims(1, 2)); // [b, keep, h, dh]
         linear(z.reshape([b, keep, d]), &self.c_proj_w, &self.c_proj_b)
     }
 }
@@ -228,7 +228,7 @@ impl<B: Backend> Gpt2<B> {
 
     /// Logits [batch, pos, vocab] of the final residual stream.
     pub fn unembed(&self, resid: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.ln_f.forward(resid).matmul(self.wte.clone().transpose().unsqueeze::<3>())
+        matmul(self.ln_f.forward(resid), self.wte.clone().transpose().unsqueeze::<3>())
     }
 
     /// The logits of chosen tokens only: `resid` [rows, d] (one position per row), `ids` [rows, k]

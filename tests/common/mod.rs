@@ -101,6 +101,7 @@ pub fn backends() -> Vec<BackendSpec> {
                     "fusion" => spec.fusion = true,
                     "f16" => spec.dtype = DType::F16,
                     "bf16" => spec.dtype = DType::Bf16,
+                    "tf32" => spec.dtype = DType::Tf32,
                     other => panic!("unknown backend option {other} in PATCHBAY_TEST_BACKENDS"),
                 }
             }
