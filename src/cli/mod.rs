@@ -53,7 +53,7 @@ enum Command {
         /// How many patched runs to recompute (all of them when fewer).
         #[arg(long, default_value_t = 32)]
         rows: usize,
-        /// Where to recompute [default: the run's backend and dtype, without fusion].
+        /// Where to recompute [default: the run's backend and dtype, without fusion; the CPU for a CUDA run].
         #[command(flatten)]
         backend: BackendArgs,
     },

@@ -58,8 +58,8 @@ pub struct SiteEntry {
 /// The check of a finished run against the simplest path (`run --verify`, `patchbay verify`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verification {
-    /// Where the check ran: the run's backend and dtype, without fusion, one row per forward
-    /// pass, no reuse.
+    /// Where the check ran (the run's backend and dtype, or the CPU for a CUDA run), without
+    /// fusion, one row per forward pass, no reuse.
     pub backend: BackendSpec,
     pub rows: usize,
     pub tolerance: f32,
