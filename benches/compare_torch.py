@@ -23,6 +23,7 @@ import argparse
 import importlib.util
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,7 +117,12 @@ def patchbay_rows(args, pairs, tokens, extra=()):
            "--backend", args.backend, "--dtype", args.dtype, "--repeat", str(args.repeat), "--json", *extra]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # PyTorch's cached blocks would leave patchbay's batches short of memory
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    report = json.loads(done.stdout)
     return [(f"patchbay {m['mode']}", m["seconds"]) for m in report["modes"]], report
 
 
@@ -153,7 +159,7 @@ def main():
     ap.add_argument("--shape", default="gpt2", choices=SHAPES)
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--dtype", default="f32", choices=["f32", "tf32", "bf16"], help="tf32: f32 tensors, TF32 matmuls (both sides)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--backend", default="cuda", help="patchbay --backend")
     ap.add_argument("--chunk", type=int, default=8192)
@@ -161,12 +167,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions, best reported")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch and patchbay [default: each's own]")
     args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = args.dtype == "tf32"
+    torch.backends.cudnn.allow_tf32 = args.dtype == "tf32"
     if args.threads:
         torch.set_num_threads(args.threads)
     n_layer, n_head, d = SHAPES[args.shape]
-    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = {"f32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=d, attn_implementation="eager")
     model = GPT2LMHeadModel(cfg).eval().to(args.device, dtype)
     clean, corrupted, answer, distractor = random_pairs(args.pairs, args.tokens, cfg.vocab_size, args.device)

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU numbers in one command: fidelity of the backend at the real GPT-2 shape (TF32 shows here),
 # `patchbay bench` at the reference workload and at the seed pair, the PyTorch comparison, and the
-# 500-prompt IOI sweep's wall time. Needs python3 with torch + transformers (for the random-weight
+# 500-prompt IOI sweep's wall time. The first run of each matmul shape autotunes (minutes for tf32
+# and bf16, cached in target/autotune/). Needs python3 with torch + transformers (for the random-weight
 # gpt2-shape model and the comparison); nothing is downloaded.
 #
 #   cargo build --release --features cuda
 #   cargo test --release --features cuda --no-run    # optional: the fidelity test binaries
 #   benches/gpu.sh
 #
-# Environment (defaults): PATCHBAY (target/release/patchbay), BACKEND (cuda), DTYPES (f32 bf16;
+# Environment (defaults): PATCHBAY (target/release/patchbay), BACKEND (cuda), DTYPES (f32 tf32 bf16;
 # use "f32 f16" for wgpu), PAIRS (256), TOKENS (16), IOI_N (500), OUT (results/gpu), TESTS (a folder
 # holding the model_fidelity / engine_fidelity test binaries; without it, fidelity is skipped).
 # Everything printed is also written to OUT/gpu.log; bench reports as OUT/*.json.
@@ -23,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PATCHBAY=${PATCHBAY:-target/release/patchbay}
 BACKEND=${BACKEND:-cuda}
-DTYPES=${DTYPES:-f32 bf16}
+DTYPES=${DTYPES:-f32 tf32 bf16}
 PAIRS=${PAIRS:-256}
 TOKENS=${TOKENS:-16}
 IOI_N=${IOI_N:-500}
@@ -44,7 +45,10 @@ step "random-weight gpt2-shape model and its HF references (tests/fixtures/make_
 check python3 tests/fixtures/make_fixtures.py --shape gpt2 --sites-only --out "$WORK/gpt2"
 
 if [ -n "${TESTS:-}" ]; then
-  backends=$(for d in $DTYPES; do [ "$d" = f32 ] && echo "$BACKEND,$BACKEND-fusion" || echo "$BACKEND-$d,$BACKEND-fusion-$d"; done | paste -sd,)
+  # Fused f32 is refused on cuda (burn's fused matmul is TF32): there, fusion is checked in tf32 and bf16.
+  backends=$(for d in $DTYPES; do
+    case "$BACKEND-$d" in cuda-f32) echo cuda ;; *-f32) echo "$BACKEND,$BACKEND-fusion" ;; *) echo "$BACKEND-$d,$BACKEND-fusion-$d" ;; esac
+  done | paste -sd,)
   step "fidelity on $backends: tiny fixture (logits, every site, every patching site vs TransformerLens)"
   check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$backends" "$TESTS"/model_fidelity --nocapture
   check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$backends" "$TESTS"/engine_fidelity --nocapture
@@ -56,6 +60,7 @@ fi
 # Unfused (the default) and fused (--fusion, opt-in: trust its numbers only where fidelity passed).
 for d in $DTYPES; do
   for fusion in "" --fusion; do
+    [ "$BACKEND-$d$fusion" = cuda-f32--fusion ] && continue
     tag="$BACKEND-$d${fusion:+-fusion}"
     step "bench $tag: $PAIRS pairs x $TOKENS tokens, resid_pre: default vs --no-skip vs --no-reuse"
     check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre --json >"$OUT/bench-$tag.json"
