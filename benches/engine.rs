@@ -3,7 +3,7 @@
 use patchbay::backend::Cpu;
 use criterion::{criterion_group, criterion_main, Criterion};
 use patchbay::data::random_pairs;
-use patchbay::engine::{Engine, Layout, PatchSite};
+use patchbay::engine::{Engine, Layout, Metric, PatchSite};
 use patchbay::model::{Gpt2, Gpt2Config};
 
 fn sweep(c: &mut Criterion) {
@@ -18,7 +18,7 @@ fn sweep(c: &mut Criterion) {
     let mut group = c.benchmark_group("6 layers d256, 2 pairs x 16 tokens, resid_pre + z_all_pos");
     group.sample_size(10);
     for reuse in [true, false] {
-        let engine = Engine { model: &model, reuse, max_rows: 1024, skip: true };
+        let engine = Engine { model: &model, reuse, max_rows: 1024, skip: true, metric: Metric::LogitDiff };
         group.bench_function(if reuse { "reuse" } else { "no-reuse" }, |b| {
             b.iter(|| engine.run(&pairs, &sites, &layout, &mut |_| {}).unwrap())
         });

@@ -4,7 +4,7 @@
 use crate::backend::BackendSpec;
 use crate::data::{Skipped, TokenizedPair};
 use crate::engine::plan::max_rows_for_budget;
-use crate::engine::{Engine, Layout, PatchSite, Runs};
+use crate::engine::{Engine, Layout, Metric, PatchSite, Runs};
 use crate::model::Gpt2;
 use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry, TokenRef};
 use crate::tokenizer::Tokenizer;
@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub const METRIC: &str = "logit(answer) - logit(distractor) at the last position";
 
 #[derive(Clone, Debug)]
 pub struct SweepSpec {
@@ -22,6 +21,7 @@ pub struct SweepSpec {
     pub reuse: bool,
     /// Write the corrupted baseline for provable no-op runs instead of computing them.
     pub skip: bool,
+    pub metric: Metric,
     /// Patched runs per forward pass; None chooses from the memory budget.
     pub max_rows: Option<usize>,
     pub out: PathBuf,
@@ -178,7 +178,7 @@ pub fn sweep<B: Backend>(
             bar.set_message(format!("({} no-ops skipped)", shown.skipped));
         }
     };
-    let engine = Engine { model, reuse: spec.reuse, max_rows, skip: spec.skip };
+    let engine = Engine { model, reuse: spec.reuse, max_rows, skip: spec.skip, metric: spec.metric };
     let started = std::time::Instant::now();
     let mut ran = Runs::default();
     for (u, unit) in units.iter().enumerate() {
@@ -248,7 +248,8 @@ fn manifest<B: Backend>(
         skip: spec.skip,
         runs: Runs::default(),
         max_rows,
-        metric: METRIC.into(),
+        metric: spec.metric.describe().into(),
+        metric_name: spec.metric,
         layout,
         sites: spec
             .sites

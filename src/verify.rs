@@ -78,7 +78,7 @@ impl BackendTask for Check {
         let model = load_model::<B>(&self.files, &device)?;
         let sites: Vec<PatchSite> = m.sites.iter().map(|s| PatchSite::parse_list(&s.name).map(|v| v[0])).collect::<Result<_>>()?;
         let samples = choose(m, &sites, self.rows);
-        let engine = Engine { model: &model, reuse: false, max_rows: 1, skip: false };
+        let engine = Engine { model: &model, reuse: false, max_rows: 1, skip: false, metric: m.metric_name };
         let mut failed = Vec::new();
         let mut max_abs_diff = 0f32;
         let mut tol = 0f32;

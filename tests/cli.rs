@@ -189,3 +189,24 @@ fn verify_rechecks_rows_records_them_and_names_the_rows_that_differ() {
     let (ok, stdout, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1000"]);
     assert!(ok && stdout.contains("verified 33 patched runs"), "{stdout}{stderr}");
 }
+
+#[test]
+fn metric_is_recorded_in_the_manifest_and_verified_with_the_same_metric() {
+    let dir = tmp("metric");
+    let tiny = tiny();
+    let mut clean = Vec::new();
+    for metric in ["logit_diff", "prob"] {
+        let out = dir.join(metric);
+        let args = ["run", "--model", tiny.to_str().unwrap(), "--clean", CLEAN, "--corrupted", "Michelle Smith was a top-notch student. Michelle"];
+        let rest = ["--answer", " Jones", "--distractor", " Smith", "--sites", "resid_pre", "--metric", metric, "--out", out.to_str().unwrap()];
+        let (ok, _, stderr) = patchbay(&[&args[..], &rest[..]].concat());
+        // The recheck recomputes rows with the manifest's metric: with another one it would fail.
+        assert!(ok && stderr.contains("verified 8 patched runs"), "{metric}: {stderr}");
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["metric_name"], metric);
+        clean.push(read_npy(&out.join("baseline_clean.npy")).unwrap().0[0]);
+    }
+    assert!(clean[1] > 0.0 && clean[1] < 1.0 && (clean[0] - clean[1]).abs() > 1e-3, "{clean:?}");
+    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--clean", CLEAN, "--corrupted", CLEAN, "--metric", "logits"]);
+    assert!(!ok && stderr.contains("logprob_diff"), "{stderr}");
+}

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use common::*;
 use patchbay::backend::{dispatch, BackendTask, DType};
 use patchbay::data::TokenizedPair;
-use patchbay::engine::{Engine, Layout, PatchSite, Row, Runs};
+use patchbay::engine::{Engine, Layout, Metric, PatchSite, Row, Runs};
 use patchbay::model::weights::Safetensors;
 use patchbay::model::{Gpt2, Gpt2Config};
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ impl BackendTask for AgainstTl {
             pairs.truncate(1);
         }
         let layout = layout(&m.config, &pairs);
-        let engine = Engine { model: &m, reuse: self.reuse, max_rows: self.max_rows, skip: self.skip };
+        let engine = Engine { model: &m, reuse: self.reuse, max_rows: self.max_rows, skip: self.skip, metric: Metric::LogitDiff };
         let mut runs = Runs::default();
         let results = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |n| runs += n)?;
         let (l, t, h) = (layout.layers, layout.positions, layout.heads);
@@ -107,7 +107,7 @@ fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_resto
         let m = model::<B>(&dir, &device);
         let pairs = fixture_pairs(&Refs::load(&dir));
         // Computing the no-op runs too: the point is that they compute to the corrupted run.
-        let engine = Engine { model: &m, reuse, max_rows: 64, skip: false };
+        let engine = Engine { model: &m, reuse, max_rows: 64, skip: false, metric: Metric::LogitDiff };
         let layout = layout(&m.config, &pairs);
         let results = engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| {}).unwrap();
         for (p, pair) in pairs.iter().enumerate() {
@@ -138,9 +138,75 @@ fn same_inputs_give_bit_identical_results() {
     let m = model::<B>(&tiny(), &device);
     let pairs = fixture_pairs(&Refs::load(&tiny()));
     let layout = layout(&m.config, &pairs);
-    let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true };
+    let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true, metric: Metric::LogitDiff };
     let a = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| {}).unwrap();
     let b = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| {}).unwrap();
     let bits = |r: &[patchbay::engine::PairResult]| -> Vec<u32> { r.iter().flat_map(|p| p.sites.concat()).map(f32::to_bits).collect() };
     assert_eq!(bits(&a), bits(&b));
+}
+
+/// Every metric's results on the seed-pair fixture, with reuse and without (resid_pre only).
+struct EveryMetric(PathBuf);
+
+const METRICS: [Metric; 4] = [Metric::LogitDiff, Metric::Logprob, Metric::Prob, Metric::LogprobDiff];
+
+impl BackendTask for EveryMetric {
+    type Output = Vec<(Metric, bool, Vec<patchbay::engine::PairResult>)>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let m = model::<B>(&self.0, &device);
+        let pairs = fixture_pairs(&Refs::load(&self.0));
+        let layout = layout(&m.config, &pairs);
+        let mut out = Vec::new();
+        for metric in METRICS {
+            for reuse in [true, false] {
+                let engine = Engine { model: &m, reuse, max_rows: 64, skip: true, metric };
+                out.push((metric, reuse, engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| {})?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn every_metric_matches_hf_logits_and_the_metrics_agree_on_patched_runs() {
+    let dir = tiny();
+    let refs = Refs::load(&dir);
+    let (logits, shape) = refs.f32("logits_last");
+    let (answer, distractor) = (refs.i32("answer").0, refs.i32("distractor").0);
+    let vocab = shape[1];
+    // The clean run's metrics from HF's last-position logits, in f64.
+    let expected = |metric: Metric, p: usize| -> f64 {
+        let row: Vec<f64> = logits[p * vocab..(p + 1) * vocab].iter().map(|&x| x as f64).collect();
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        let (a, d) = (row[answer[p] as usize], row[distractor[p] as usize]);
+        match metric {
+            Metric::LogitDiff | Metric::LogprobDiff => a - d,
+            Metric::Logprob => a - lse,
+            Metric::Prob => (a - lse).exp(),
+        }
+    };
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32) {
+        let all = dispatch(&spec, EveryMetric(dir.clone())).unwrap();
+        let find = |metric, reuse| &all.iter().find(|(m, r, _)| *m == metric && *r == reuse).unwrap().2;
+        for (metric, reuse, results) in &all {
+            for (p, r) in results.iter().enumerate() {
+                let want = expected(*metric, p);
+                assert!((r.clean as f64 - want).abs() < 1e-4, "{spec:?} {metric:?} reuse={reuse} pair {p}: clean {} vs HF {want}", r.clean);
+            }
+        }
+        for reuse in [true, false] {
+            let close = |a: &[patchbay::engine::PairResult], b: &[patchbay::engine::PairResult], f: &dyn Fn(f32) -> f32, what: &str| {
+                for (x, y) in a.iter().zip(b) {
+                    for (u, v) in x.sites[0].iter().zip(&y.sites[0]).chain([(&x.corrupted, &y.corrupted)]) {
+                        assert!(u.is_nan() && v.is_nan() || (f(*u) - v).abs() < 1e-5, "{spec:?} reuse={reuse} {what}: {u} vs {v}");
+                    }
+                }
+            };
+            // log p(a) − log p(d) = logit(a) − logit(d); p = exp(log p).
+            close(find(Metric::LogitDiff, reuse), find(Metric::LogprobDiff, reuse), &|x| x, "logprob_diff = logit_diff");
+            close(find(Metric::Logprob, reuse), find(Metric::Prob, reuse), &|x| x.exp(), "prob = exp(logprob)");
+            close(find(Metric::Logprob, true), find(Metric::Logprob, false), &|x| x, "logprob with reuse = without");
+        }
+    }
 }

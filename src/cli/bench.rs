@@ -6,7 +6,7 @@
 use super::BackendArgs;
 use crate::backend::{dispatch, float_options, matmul, BackendTask};
 use crate::engine::plan::{run_flops, Suffixes};
-use crate::engine::{Engine, Layout, PatchSite, Row};
+use crate::engine::{Engine, Layout, Metric, PatchSite, Row};
 use crate::model::{Gpt2, Gpt2Config};
 use anyhow::Result;
 use burn::prelude::*;
@@ -135,7 +135,7 @@ impl BackendTask for Bench {
         let mut results = Vec::new();
         let mut outputs = Vec::new();
         for (mode, reuse, skip) in modes {
-            let engine = Engine { model: &model, reuse, max_rows, skip };
+            let engine = Engine { model: &model, reuse, max_rows, skip, metric: Metric::LogitDiff };
             let out = engine.run(&pairs, &sites, &layout, &mut |_| {})?; // warm-up (autotune, kernels)
             let seconds = (0..a.repeat.max(1))
                 .map(|_| {

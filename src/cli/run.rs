@@ -2,7 +2,7 @@
 use super::BackendArgs;
 use crate::backend::{dispatch, BackendSpec, BackendTask};
 use crate::data::{self, Checks, Columns, Pair, Skipped, TokenizedPair};
-use crate::engine::PatchSite;
+use crate::engine::{Metric, PatchSite};
 use crate::model::weights::{load_model, ModelFiles};
 use crate::model::Gpt2Config;
 use crate::sweep::{sweep, Shard, SweepSpec, SweepSummary};
@@ -32,8 +32,8 @@ pub struct RunArgs {
     clean: Option<String>,
     #[arg(long)]
     corrupted: Option<String>,
-    /// Answer token (e.g. " Jones"): the metric is logit(answer) − logit(distractor). Without
-    /// answer and distractor, the last differing token of clean and corrupted is predicted.
+    /// Answer token (e.g. " Jones"), read by the metric. Without answer and distractor, the last
+    /// differing token of clean and corrupted is predicted.
     #[arg(long)]
     answer: Option<String>,
     #[arg(long)]
@@ -61,6 +61,11 @@ pub struct RunArgs {
     /// [default: resid_pre,attn_out,mlp_out].
     #[arg(long)]
     sites: Option<String>,
+    /// What each run records at the last position: logit_diff (logit(answer) − logit(distractor)),
+    /// logprob (log p(answer)), prob (p(answer)), logprob_diff (log p(answer) − log p(distractor))
+    /// [default: logit_diff].
+    #[arg(long, value_enum)]
+    metric: Option<Metric>,
     /// Results directory [default: results/<config name>, or results/run].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -110,6 +115,7 @@ impl RunArgs {
             shard: self.shard.or(file.shard),
             shards: self.shards.or(file.shards),
             sites: self.sites.or(file.sites),
+            metric: self.metric.or(file.metric),
             out: self.out.or(file.out).or(Some(default_out)),
             max_rows: self.max_rows.or(file.max_rows),
             no_reuse: self.no_reuse || file.no_reuse,
@@ -219,6 +225,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         sites,
         reuse: !args.no_reuse,
         skip: !args.no_skip,
+        metric: args.metric.unwrap_or_default(),
         max_rows: args.max_rows,
         out: out.clone(),
         resume: args.resume,

@@ -11,6 +11,7 @@
 //! With `skip` (the default) a row that provably is the corrupted run (`Row::is_noop`: patched
 //! before the first differing token, or at equal embeddings) is not computed: its result is the
 //! corrupted baseline.
+use super::metric::Metric;
 use super::plan::{Layout, PatchSite, Row, Runs, Suffixes};
 use crate::data::TokenizedPair;
 use crate::model::gpt2::Prefix;
@@ -26,6 +27,7 @@ pub struct Engine<'m, B: Backend> {
     pub max_rows: usize,
     /// Write the corrupted baseline for the no-op rows instead of computing them.
     pub skip: bool,
+    pub metric: Metric,
 }
 
 /// One pair's results: the baselines, and per site its block of the site's array (NaN where a
@@ -147,17 +149,18 @@ impl<B: Backend> Engine<'_, B> {
         Ok(Baselines { clean, corrupted, ids, len: pairs[0].len() })
     }
 
-    /// logit(answer) − logit(distractor) at the last position of `resid` [rows, pos, d].
+    /// The metric at the last position of `resid` [rows, pos, d]. logit_diff on the reuse path
+    /// unembeds the two tokens only; the others need the whole vocabulary's softmax.
     fn metric(&self, resid: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Vec<f32> {
         let [rows, pos, d] = resid.dims();
         let last = resid.narrow(1, pos - 1, 1).reshape([rows, d]);
-        let logits = if self.reuse {
+        let chosen = if self.reuse && !self.metric.needs_vocab() {
             self.model.logits_of(last, ids)
         } else {
-            self.model.unembed(last.unsqueeze_dim(1)).reshape([rows, self.model.config.vocab_size]).gather(1, ids)
+            let logits = self.model.unembed(last.unsqueeze_dim(1)).reshape([rows, self.model.config.vocab_size]);
+            self.metric.scores(logits).gather(1, ids)
         };
-        let diff = logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1);
-        diff.into_data().convert::<f32>().to_vec().expect("f32 metric")
+        self.metric.of(chosen).into_data().convert::<f32>().to_vec().expect("f32 metric")
     }
 
     /// One batch, rows ordered by join layer, computed from position `start` on; their metrics.

@@ -3,7 +3,7 @@
 use super::npy::Dtype;
 use crate::backend::BackendSpec;
 use crate::data::Skipped;
-use crate::engine::{Layout, Runs};
+use crate::engine::{Layout, Metric, Runs};
 use crate::model::Gpt2Config;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,9 @@ pub struct Manifest {
     pub runs: Runs,
     pub max_rows: usize,
     pub metric: String,
+    /// Which metric the arrays hold (`--metric`); runs written before there was a choice hold logit_diff.
+    #[serde(default)]
+    pub metric_name: Metric,
     pub layout: Layout,
     pub sites: Vec<SiteEntry>,
     /// [pairs] f32 files of the two baselines, and [pairs] int32 token lengths.
