@@ -3,7 +3,7 @@
 mod common;
 use burn::prelude::*;
 use common::*;
-use patchbay::backend::{dispatch, BackendTask, DType};
+use patchbay::backend::{dispatch, BackendKind, BackendTask, DType};
 use patchbay::data::TokenizedPair;
 use patchbay::engine::{Engine, Layout, Metric, PatchSite, Row, Runs};
 use patchbay::model::weights::Safetensors;
@@ -169,37 +169,42 @@ impl BackendTask for EveryMetric {
 
 #[test]
 fn every_metric_matches_hf_logits_and_the_metrics_agree_on_patched_runs() {
-    let dir = tiny();
-    let refs = Refs::load(&dir);
-    let (logits, shape) = refs.f32("logits_last");
-    let (answer, distractor) = (refs.i32("answer").0, refs.i32("distractor").0);
-    let vocab = shape[1];
-    // The clean run's metrics from HF's last-position logits, in f64.
-    let expected = |metric: Metric, p: usize| -> f64 {
-        let row: Vec<f64> = logits[p * vocab..(p + 1) * vocab].iter().map(|&x| x as f64).collect();
-        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
-        let (a, d) = (row[answer[p] as usize], row[distractor[p] as usize]);
-        match metric {
-            Metric::LogitDiff | Metric::LogprobDiff => a - d,
-            Metric::Logprob => a - lse,
-            Metric::Prob => (a - lse).exp(),
-        }
-    };
-    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32) {
+    // Every fixture shape on cpu, the seed-pair fixture on every f32 backend (lavapipe is slow).
+    let cases = fixture_dirs().into_iter().flat_map(|dir| {
+        let specs: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && (dir == tiny() || s.kind == BackendKind::Cpu)).collect();
+        specs.into_iter().map(move |spec| (dir.clone(), spec))
+    });
+    for (dir, spec) in cases {
+        let refs = Refs::load(&dir);
+        let (logits, shape) = refs.f32("logits_last");
+        let (answer, distractor) = (refs.i32("answer").0, refs.i32("distractor").0);
+        let vocab = shape[1];
+        // The clean run's metrics from HF's last-position logits, in f64.
+        let expected = |metric: Metric, p: usize| -> f64 {
+            let row: Vec<f64> = logits[p * vocab..(p + 1) * vocab].iter().map(|&x| x as f64).collect();
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            let (a, d) = (row[answer[p] as usize], row[distractor[p] as usize]);
+            match metric {
+                Metric::LogitDiff | Metric::LogprobDiff => a - d,
+                Metric::Logprob => a - lse,
+                Metric::Prob => (a - lse).exp(),
+            }
+        };
+        let what = format!("{} {spec:?}", name(&dir));
         let all = dispatch(&spec, EveryMetric(dir.clone())).unwrap();
         let find = |metric, reuse| &all.iter().find(|(m, r, _)| *m == metric && *r == reuse).unwrap().2;
         for (metric, reuse, results) in &all {
             for (p, r) in results.iter().enumerate() {
                 let want = expected(*metric, p);
-                assert!((r.clean as f64 - want).abs() < 1e-4, "{spec:?} {metric:?} reuse={reuse} pair {p}: clean {} vs HF {want}", r.clean);
+                assert!((r.clean as f64 - want).abs() < 1e-4, "{what} {metric:?} reuse={reuse} pair {p}: clean {} vs HF {want}", r.clean);
             }
         }
         for reuse in [true, false] {
-            let close = |a: &[patchbay::engine::PairResult], b: &[patchbay::engine::PairResult], f: &dyn Fn(f32) -> f32, what: &str| {
+            let close = |a: &[patchbay::engine::PairResult], b: &[patchbay::engine::PairResult], f: &dyn Fn(f32) -> f32, how: &str| {
                 for (x, y) in a.iter().zip(b) {
                     for (u, v) in x.sites[0].iter().zip(&y.sites[0]).chain([(&x.corrupted, &y.corrupted)]) {
-                        assert!(u.is_nan() && v.is_nan() || (f(*u) - v).abs() < 1e-5, "{spec:?} reuse={reuse} {what}: {u} vs {v}");
+                        assert!(u.is_nan() && v.is_nan() || (f(*u) - v).abs() < 1e-5, "{what} reuse={reuse} {how}: {u} vs {v}");
                     }
                 }
             };
