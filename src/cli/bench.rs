@@ -5,7 +5,7 @@
 //! the model's largest product, the MLP's [tokens, d] × [d, 4d]).
 use super::BackendArgs;
 use crate::backend::{dispatch, float_options, matmul, BackendTask};
-use crate::engine::plan::{run_flops, Suffixes};
+use crate::engine::plan::run_flops;
 use crate::engine::{Engine, Layout, Metric, PatchSite, Row};
 use crate::model::{Gpt2, Gpt2Config};
 use anyhow::Result;
@@ -114,10 +114,9 @@ impl BackendTask for Bench {
         // Executed work of a mode, and the minimal work: each needed row from its own layer and position.
         let flops = |reuse: bool, skip: bool| -> f64 {
             let computed = if skip { &needed } else { &rows };
-            let suffixes = Suffixes::new(computed, t);
             n * computed
                 .iter()
-                .map(|r| if reuse { run_flops(&config, t, suffixes.start(r), r.layer, true) } else { run_flops(&config, t, 0, 0, false) })
+                .map(|r| if reuse { run_flops(&config, t, r.first_pos(), r.layer, true) } else { run_flops(&config, t, 0, 0, false) })
                 .sum::<f64>()
         };
         let minimal = n * needed.iter().map(|r| run_flops(&config, t, r.first_pos(), r.layer, true)).sum::<f64>();

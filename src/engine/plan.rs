@@ -219,35 +219,6 @@ pub fn max_rows_for_budget(config: &Gpt2Config, positions: usize, budget_bytes: 
     (budget_bytes / per_row).min(max_buffer_bytes / largest).clamp(1, 1 << 16)
 }
 
-/// At most this many distinct first computed positions per pair length. One batch per patch
-/// position makes many small batches; rounding starts down costs a few positions of work per row.
-/// Measured (CPU, 2 threads, gpt2 shape, 2 pairs × 16 tokens, resid_pre): 2 groups 4.71 s, 4 groups
-/// 3.88 s, 8 groups 3.51 s, 16 groups 3.68 s.
-const SUFFIX_GROUPS: usize = 8;
-
-/// Where the reuse path starts computing each of a set of rows of pairs of `len` tokens: at or
-/// before the row's patch position (earlier positions equal the corrupted run's). Rows patched
-/// by position are grouped from the first position any of them patches (the first difference,
-/// when no-ops are skipped) to the end, in at most SUFFIX_GROUPS groups; rows over all positions
-/// start at 0.
-pub struct Suffixes {
-    from: usize,
-    bucket: usize,
-}
-
-impl Suffixes {
-    pub fn new(rows: &[Row], len: usize) -> Self {
-        let from = rows.iter().filter_map(|r| r.pos).min().unwrap_or(0);
-        // Groups of one position stream every weight for a handful of rows: at least 2 (measured
-        // 0.96 s vs 0.99–1.07 s, CPU, gpt2 shape, 2 pairs × 16 tokens corrupted at position 10).
-        Self { from, bucket: (len - from).div_ceil(SUFFIX_GROUPS).max(2) }
-    }
-
-    pub fn start(&self, row: &Row) -> usize {
-        row.pos.map_or(0, |p| self.from + (p - self.from) / self.bucket * self.bucket)
-    }
-}
-
 /// Floating-point operations of one run of a pair of `len` tokens computed from layer
 /// `first_layer` and position `start` on. With `reuse`, the last block carries only the last
 /// position past its keys and values and two logits are read; without, every block computes every
@@ -286,19 +257,6 @@ mod tests {
         let runs = Runs::of_pair(&layout, &[PatchSite::ResidPre, PatchSite::ZAllPos], &clean, &corrupted, true);
         assert_eq!(runs, Runs { computed: 6 + 6, skipped: 6 });
         assert_eq!(Runs::of_pair(&layout, &[PatchSite::ResidPre], &clean, &corrupted, false), Runs { computed: 12, skipped: 0 });
-    }
-
-    #[test]
-    fn suffix_groups_start_at_the_first_patched_position() {
-        let row = |pos| Row { pair: 0, site: PatchSite::ResidPre, layer: 0, pos, head: None, out: 0 };
-        let rows: Vec<Row> = (10..16).map(|p| row(Some(p))).collect();
-        let s = Suffixes::new(&rows, 16);
-        assert!(rows.iter().all(|r| s.start(r) <= r.pos.unwrap() && s.start(r) >= 10));
-        assert_eq!(s.start(&row(None)), 0);
-        let all: Vec<Row> = (0..16).map(|p| row(Some(p))).collect();
-        let s = Suffixes::new(&all, 16);
-        let starts: std::collections::BTreeSet<usize> = all.iter().map(|r| s.start(r)).collect();
-        assert_eq!(starts.len(), SUFFIX_GROUPS);
     }
 
     #[test]

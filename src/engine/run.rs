@@ -12,13 +12,14 @@
 //! before the first differing token, or at equal embeddings) is not computed: its result is the
 //! corrupted baseline.
 use super::metric::Metric;
-use super::plan::{Layout, PatchSite, Row, Runs, Suffixes};
+use super::plan::{Layout, PatchSite, Row, Runs};
 use crate::data::TokenizedPair;
 use crate::model::gpt2::Prefix;
-use crate::model::{Cache, Gpt2, Hooks, Site, SiteKind};
+use crate::model::{Batch, Cache, Gpt2, Hooks, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
+use std::collections::BTreeMap;
 
 pub struct Engine<'m, B: Backend> {
     pub model: &'m Gpt2<B>,
@@ -101,22 +102,24 @@ impl<B: Backend> Engine<'_, B> {
         Ok(self.rows_with(rows, &base, &mut |_| {}))
     }
 
-    /// Rows sharing a first computed position (`Suffixes`) form one batch shape; within it,
-    /// chunks of at most `max_rows`, ordered by the layer rows join at so that joining rows append.
+    /// Rows in chunks of at most `max_rows`, ordered by the layer they join at (so that joining
+    /// rows append and a chunk's rows are active over most of its layers); within a chunk, rows
+    /// computed from the same position on (with reuse: the patch position) form one segment of
+    /// the batch. One segment per position wastes no work: segments share every linear layer's
+    /// product, only attention runs per segment. Measured against segments of 2 positions (CPU, 2
+    /// threads, gpt2 shape, 2 pairs × 16 tokens corrupted at 10, `bench`, twice each): skipping
+    /// 5.60× and 4.65× faster than `--no-skip`, against 4.92× and 4.34×.
     fn rows_with(&self, rows: &[Row], base: &Baselines<B>, progress: &mut dyn FnMut(Runs)) -> Vec<f32> {
-        let suffixes = Suffixes::new(rows, base.len);
-        let start = |r: &Row| if self.reuse { suffixes.start(r) } else { 0 };
+        let start = |r: &Row| if self.reuse { r.first_pos() } else { 0 };
         let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| (start(&rows[i]), self.join_layer(&rows[i])));
+        order.sort_by_key(|&i| (self.join_layer(&rows[i]), start(&rows[i])));
         let mut out = vec![f32::NAN; rows.len()];
-        for group in order.chunk_by(|&a, &b| start(&rows[a]) == start(&rows[b])) {
-            for chunk in group.chunks(self.max_rows.max(1)) {
-                let batch: Vec<Row> = chunk.iter().map(|&i| rows[i]).collect();
-                for (&i, m) in chunk.iter().zip(self.patched(&batch, start(&batch[0]), base)) {
-                    out[i] = m;
-                }
-                progress(Runs { computed: chunk.len(), skipped: 0 });
+        for chunk in order.chunks(self.max_rows.max(1)) {
+            let batch: Vec<(Row, usize)> = chunk.iter().map(|&i| (rows[i], start(&rows[i]))).collect();
+            for (&i, m) in chunk.iter().zip(self.patched(&batch, base)) {
+                out[i] = m;
             }
+            progress(Runs { computed: chunk.len(), skipped: 0 });
         }
         out
     }
@@ -163,57 +166,104 @@ impl<B: Backend> Engine<'_, B> {
         self.metric.of(chosen).into_data().convert::<f32>().to_vec().expect("f32 metric")
     }
 
-    /// One batch, rows ordered by join layer, computed from position `start` on; their metrics.
-    fn patched(&self, rows: &[Row], start: usize, base: &Baselines<B>) -> Vec<f32> {
+    /// One batch of (row, first computed position), ordered by join layer; their metrics.
+    fn patched(&self, rows: &[(Row, usize)], base: &Baselines<B>) -> Vec<f32> {
         let device = self.model.device();
-        let mut x: Option<Tensor<B, 3>> = None;
-        let mut active: Vec<Row> = Vec::with_capacity(rows.len());
-        // Each active row's pair, on the device; re-sent only when rows join.
-        let mut pairs: Option<Tensor<B, 1, Int>> = None;
+        let mut segments: Vec<Segment<B>> = Vec::new();
+        let mut x: Option<Batch<B>> = None;
         for (layer, block) in self.model.blocks.iter().enumerate() {
-            let joining: Vec<Row> = rows.iter().filter(|r| self.join_layer(r) == layer).copied().collect();
+            let joining: Vec<usize> = (0..rows.len()).filter(|&i| self.join_layer(&rows[i].0) == layer).collect();
             if !joining.is_empty() {
-                let idx = int_tensor::<B>(joining.iter().map(|r| r.pair), &device);
-                let resid = base.corrupted.resid(Site::new(SiteKind::ResidPre, layer)).unwrap();
-                let joined = resid.select(0, idx).narrow(1, start, base.len - start);
-                x = Some(match x {
-                    Some(x) => Tensor::cat(vec![x, joined], 0),
-                    None => joined,
-                });
-                active.extend(joining);
-                pairs = Some(int_tensor::<B>(active.iter().map(|r| r.pair), &device));
+                x = Some(self.join(x, &mut segments, rows, &joining, layer, base));
             }
-            let (Some(xl), Some(pairs)) = (x.take(), pairs.clone()) else { continue };
-            let prefix = (start > 0).then(|| {
-                let kv = |kind| {
-                    let t = base.corrupted.heads(Site::new(kind, layer)).unwrap(); // [pairs, pos, head, d_head]
-                    t.select(0, pairs.clone()).narrow(1, 0, start).swap_dims(1, 2)
-                };
-                Prefix { k: kv(SiteKind::K), v: kv(SiteKind::V) }
-            });
-            let keep = if self.reuse && layer == self.last_layer() { 1 } else { xl.dims()[1] };
-            let mut hook = Patch { rows: &active, len: base.len, clean: &base.clean };
-            x = Some(block.forward(xl, layer, prefix.as_ref(), keep, &mut hook));
+            let Some(xl) = x.take() else { continue };
+            let prefixes: Vec<Option<Prefix<B>>> = segments
+                .iter()
+                .map(|seg| {
+                    (seg.start > 0).then(|| {
+                        let kv = |kind| {
+                            let t = base.corrupted.heads(Site::new(kind, layer)).unwrap(); // [pairs, pos, head, d_head]
+                            t.select(0, seg.pairs.clone()).narrow(1, 0, seg.start).swap_dims(1, 2)
+                        };
+                        Prefix { k: kv(SiteKind::K), v: kv(SiteKind::V) }
+                    })
+                })
+                .collect();
+            let keep = (self.reuse && layer == self.last_layer()).then_some(1);
+            let mut hook = Patch { segments: &segments, len: base.len, clean: &base.clean };
+            x = Some(block.forward(xl, layer, &prefixes, keep, &mut hook));
         }
-        let ids = base.ids.clone().select(0, pairs.expect("every row joins by the last layer"));
-        self.metric(x.expect("every row joins by the last layer"), ids)
+        let last = x.expect("every row joins by the last layer").last(Some(1)).x;
+        let order: Vec<usize> = segments.iter().flat_map(|s| s.out.iter().copied()).collect();
+        let ids = base.ids.clone().select(0, int_tensor::<B>(segments.iter().flat_map(|s| s.rows.iter().map(|r| r.pair)), &device));
+        let metrics = self.metric(last.unsqueeze_dim(1), ids);
+        let mut out = vec![f32::NAN; rows.len()];
+        for (i, m) in order.into_iter().zip(metrics) {
+            out[i] = m;
+        }
+        out
     }
+
+    /// `x` with the rows `joining` added, from the corrupted run's residual stream at `layer`:
+    /// each to the segment of its first computed position (segments stay ordered by it).
+    fn join(&self, x: Option<Batch<B>>, segments: &mut Vec<Segment<B>>, rows: &[(Row, usize)], joining: &[usize], layer: usize, base: &Baselines<B>) -> Batch<B> {
+        let device = self.model.device();
+        let resid = base.corrupted.resid(Site::new(SiteKind::ResidPre, layer)).unwrap();
+        let mut by_start: BTreeMap<usize, (Vec<Tensor<B, 3>>, Vec<Row>, Vec<usize>)> = BTreeMap::new();
+        let old = x.map(|x| x.segments()).unwrap_or_default();
+        for (seg, t) in segments.drain(..).zip(old) {
+            by_start.insert(seg.start, (vec![t], seg.rows, seg.out));
+        }
+        let mut joining_at: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for &i in joining {
+            joining_at.entry(rows[i].1).or_default().push(i);
+        }
+        for (start, new) in joining_at {
+            let pairs = int_tensor::<B>(new.iter().map(|&i| rows[i].0.pair), &device);
+            let (parts, seg_rows, out) = by_start.entry(start).or_default();
+            parts.push(resid.clone().select(0, pairs).narrow(1, start, base.len - start));
+            seg_rows.extend(new.iter().map(|&i| rows[i].0));
+            out.extend(new);
+        }
+        let mut parts = Vec::with_capacity(by_start.len());
+        for (start, (p, seg_rows, out)) in by_start {
+            let pairs = int_tensor::<B>(seg_rows.iter().map(|r| r.pair), &device);
+            segments.push(Segment { start, rows: seg_rows, out, pairs });
+            parts.push(p);
+        }
+        Batch::from_parts(parts)
+    }
+}
+
+/// Rows of a batch that compute from the same position on: one segment of the model's `Batch`.
+struct Segment<B: Backend> {
+    start: usize,
+    rows: Vec<Row>,
+    /// Each row's index in the batch (where its metric goes).
+    out: Vec<usize>,
+    /// Each row's pair, on the device.
+    pairs: Tensor<B, 1, Int>,
 }
 
 /// Overwrites, for each batch row patched at a site, that site's activation at the row's position
 /// (and head) with the clean run's: only the patched slices are gathered from the clean cache and
 /// scattered into the batch, one index-based write per patched site.
 struct Patch<'a, B: Backend> {
-    rows: &'a [Row],
+    segments: &'a [Segment<B>],
     /// The pairs' length: an activation of s positions covers positions len − s.. .
     len: usize,
     clean: &'a Cache<B>,
 }
 
 impl<B: Backend> Hooks<B> for Patch<'_, B> {
-    fn hook<const D: usize>(&mut self, site: Site, act: Tensor<B, D>) -> Tensor<B, D> {
+    fn wants(&self, site: Site) -> bool {
+        self.segments.iter().flat_map(|s| &s.rows).any(|r| r.layer == site.layer && r.site.kind() == site.kind)
+    }
+
+    fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
+        let rows = &self.segments[segment].rows;
         // Sites no row patches pass untouched (their axis 1 need not be positions: `pattern`).
-        if !self.rows.iter().any(|r| r.layer == site.layer && r.site.kind() == site.kind) {
+        if !rows.iter().any(|r| r.layer == site.layer && r.site.kind() == site.kind) {
             return act;
         }
         let dims = act.dims();
@@ -224,7 +274,7 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
         // ([pairs·len·heads, e]). A patch before the first computed position cannot reach the
         // metric from here (the last block computes the last position only).
         let (mut to, mut from) = (Vec::new(), Vec::new());
-        for (i, r) in self.rows.iter().enumerate().filter(|(_, r)| r.layer == site.layer && r.site.kind() == site.kind) {
+        for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.layer == site.layer && r.site.kind() == site.kind) {
             let positions = match r.pos {
                 Some(p) if p < first => continue,
                 Some(p) => p..p + 1,

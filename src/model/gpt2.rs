@@ -8,14 +8,99 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::Distribution;
 
-/// `x @ w + b` over the last axis, as one 2-D product. Not burn's `module::linear`: on a
+/// `x @ w + b` for token rows `x` [tokens, k]: one 2-D product. Not burn's `module::linear`: on a
 /// [batch, 1, k] input (a batched vector-matrix product against the broadcast weight) whose
 /// producer is fused, burn 0.21's fused matmul gives wrong results — the last block's single
-/// position and one-token suffixes hit it. One [batch·pos, k] product is also one GEMM on the CPU.
-fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Tensor<B, 3> {
-    let [n, s, k] = x.dims();
-    let out = w.dims()[1];
-    (matmul(x.reshape([n * s, k]), w.clone()) + b.clone().unsqueeze()).reshape([n, s, out])
+/// position and one-token suffixes hit it.
+fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Tensor<B, 2> {
+    matmul(x, w.clone()) + b.clone().unsqueeze()
+}
+
+/// One tensor from row blocks (no copy for a single block).
+fn cat_rows<B: Backend>(mut parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
+    if parts.len() == 1 {
+        parts.pop().expect("one part")
+    } else {
+        Tensor::cat(parts, 0)
+    }
+}
+
+/// A batch of segments that differ in length: segment g holds `shape[g] = [rows, positions]`.
+/// Stored as one [Σ rows·positions, d] tensor, so that every per-token step (LayerNorm, each
+/// linear layer, GELU, the residual adds) is one operation over every segment's tokens — one GEMM
+/// per linear layer however many segments — and only attention runs per segment. The reuse
+/// path's patched runs start at different positions: one segment per start. A plain forward pass
+/// is one segment.
+pub struct Batch<B: Backend> {
+    pub x: Tensor<B, 2>,
+    pub shape: Vec<[usize; 2]>,
+}
+
+impl<B: Backend> Batch<B> {
+    pub fn one(x: Tensor<B, 3>) -> Self {
+        Self::from_parts(vec![vec![x]])
+    }
+
+    /// Segment g stacks the rows of `parts[g]`, tensors [rows, positions, d] of one length.
+    pub fn from_parts(parts: Vec<Vec<Tensor<B, 3>>>) -> Self {
+        let mut shape = Vec::with_capacity(parts.len());
+        let mut flat = Vec::new();
+        for segment in parts {
+            let [_, s, _] = segment[0].dims();
+            let mut rows = 0;
+            for t in segment {
+                let [n, ts, d] = t.dims();
+                assert_eq!(ts, s, "a segment's parts share one length");
+                rows += n;
+                flat.push(t.reshape([n * s, d]));
+            }
+            shape.push([rows, s]);
+        }
+        Self { x: cat_rows(flat), shape }
+    }
+
+    fn with(&self, x: Tensor<B, 2>) -> Self {
+        Self { x, shape: self.shape.clone() }
+    }
+
+    /// The segments as [rows, positions, width] tensors, in order (views, not copies).
+    pub fn segments(&self) -> Vec<Tensor<B, 3>> {
+        let width = self.x.dims()[1];
+        let mut offset = 0;
+        self.shape
+            .iter()
+            .map(|&[n, s]| {
+                let t = self.x.clone().narrow(0, offset, n * s).reshape([n, s, width]);
+                offset += n * s;
+                t
+            })
+            .collect()
+    }
+
+    /// The one segment of a plain forward pass, [rows, positions, d].
+    pub fn into_one(self) -> Tensor<B, 3> {
+        let [[n, s]] = self.shape[..] else { panic!("a batch of {} segments is not one tensor", self.shape.len()) };
+        let d = self.x.dims()[1];
+        self.x.reshape([n, s, d])
+    }
+
+    /// The last `keep` positions of every segment (all of them for None).
+    pub fn last(self, keep: Option<usize>) -> Self {
+        match keep {
+            Some(k) if self.shape.iter().any(|&[_, s]| s != k) => {
+                Self::from_parts(self.segments().into_iter().map(|t| vec![t.clone().narrow(1, t.dims()[1] - k, k)]).collect())
+            }
+            _ => self,
+        }
+    }
+
+    /// Every segment through `hooks` at `site`; nothing is split or copied where no hook wants it.
+    fn hook(self, site: Site, hooks: &mut impl Hooks<B>) -> Self {
+        if !hooks.wants(site) {
+            return self;
+        }
+        Self::from_parts(self.segments().into_iter().enumerate().map(|(g, t)| vec![hooks.hook(site, g, t)]).collect())
+    }
 }
 
 /// GPT-2's tanh GELU, 0.5·x·(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), written as
@@ -81,15 +166,23 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    /// Attention output [batch, keep, d] of the last `keep` positions of `x`; keys and values
-    /// come from all of them (and the prefix).
-    fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, keep: usize, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
-        let [b, s, d] = x.dims();
-        let (h, dh) = (self.n_head, d / self.n_head);
-        let qkv = linear(x, &self.c_attn_w, &self.c_attn_b);
+    /// Attention output of each segment's last `keep` positions (all for None); keys and values
+    /// come from all of them and the segment's prefix. `x` is ln_1's output.
+    fn forward(&self, x: Batch<B>, layer: usize, prefixes: &[Option<Prefix<B>>], keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Batch<B> {
+        let qkv = x.with(linear(x.x.clone(), &self.c_attn_w, &self.c_attn_b));
+        let z = qkv.segments().into_iter().zip(prefixes).enumerate();
+        let z = Batch::from_parts(z.map(|(g, (qkv, prefix))| vec![self.heads(qkv, layer, g, prefix.as_ref(), keep, hooks)]).collect());
+        z.with(linear(z.x.clone(), &self.c_proj_w, &self.c_proj_b))
+    }
+
+    /// One segment's heads, their outputs concatenated: [batch, keep, d] from `qkv` [batch, pos, 3d].
+    fn heads(&self, qkv: Tensor<B, 3>, layer: usize, segment: usize, prefix: Option<&Prefix<B>>, keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        let [b, s, d3] = qkv.dims();
+        let d = d3 / 3;
+        let (h, dh, keep) = (self.n_head, d / self.n_head, keep.unwrap_or(s));
         let mut split = |i: usize, kind: SiteKind, from: usize| {
             let t = qkv.clone().narrow(2, i * d, d).narrow(1, from, s - from).reshape([b, s - from, h, dh]);
-            hooks.hook(Site::new(kind, layer), t).swap_dims(1, 2) // [b, h, pos, dh]
+            hooks.hook(Site::new(kind, layer), segment, t).swap_dims(1, 2) // [b, h, pos, dh]
         };
         let (q, mut k, mut v) = (split(0, SiteKind::Q, s - keep), split(1, SiteKind::K, 0), split(2, SiteKind::V, 0));
         if let Some(p) = prefix {
@@ -104,9 +197,9 @@ impl<B: Backend> Attention<B> {
             .unsqueeze::<4>()
             .expand([b, h, keep, total]);
         let pattern = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
-        let pattern = hooks.hook(Site::new(SiteKind::Pattern, layer), pattern);
-        let z = hooks.hook(Site::new(SiteKind::Z, layer), matmul(pattern, v).swap_dims(1, 2)); // [b, keep, h, dh]
-        linear(z.reshape([b, keep, d]), &self.c_proj_w, &self.c_proj_b)
+        let pattern = hooks.hook(Site::new(SiteKind::Pattern, layer), segment, pattern);
+        let z = hooks.hook(Site::new(SiteKind::Z, layer), segment, matmul(pattern, v).swap_dims(1, 2)); // [b, keep, h, dh]
+        z.reshape([b, keep, d])
     }
 }
 
@@ -130,7 +223,7 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = linear(x, &self.c_fc_w, &self.c_fc_b);
         let x = match self.activation {
             Activation::GeluNew => gelu_new(x),
@@ -157,19 +250,18 @@ impl<B: Backend> Block<B> {
         })
     }
 
-    /// One block on `x` [batch, pos, d]. With a `prefix`, `x` holds the positions after it. Only
-    /// the last `keep` positions go on past the keys and values: the output is [batch, keep, d].
-    /// Fewer than all is for the last block when only the last position's logits are read (there
-    /// the earlier positions serve only as keys and values).
-    pub fn forward(&self, x: Tensor<B, 3>, layer: usize, prefix: Option<&Prefix<B>>, keep: usize, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+    /// One block on `x`. A segment's `prefix` holds the keys and values of the positions before
+    /// it. Only the last `keep` positions (all for None) go on past the keys and values: the last
+    /// block's when only the last position's logits are read.
+    pub fn forward(&self, x: Batch<B>, layer: usize, prefixes: &[Option<Prefix<B>>], keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Batch<B> {
         let site = |kind| Site::new(kind, layer);
-        let x = hooks.hook(site(SiteKind::ResidPre), x);
-        let attn_out = self.attn.forward(self.ln_1.forward(x.clone()), layer, prefix, keep, hooks);
-        let attn_out = hooks.hook(site(SiteKind::AttnOut), attn_out);
-        let s = x.dims()[1];
-        let x = hooks.hook(site(SiteKind::ResidMid), x.narrow(1, s - keep, keep) + attn_out);
-        let mlp_out = hooks.hook(site(SiteKind::MlpOut), self.mlp.forward(self.ln_2.forward(x.clone())));
-        hooks.hook(site(SiteKind::ResidPost), x + mlp_out)
+        let x = x.hook(site(SiteKind::ResidPre), hooks);
+        let attn_out = self.attn.forward(x.with(self.ln_1.forward(x.x.clone())), layer, prefixes, keep, hooks);
+        let attn_out = attn_out.hook(site(SiteKind::AttnOut), hooks);
+        let x = x.last(keep);
+        let x = x.with(x.x.clone() + attn_out.x).hook(site(SiteKind::ResidMid), hooks);
+        let mlp_out = x.with(self.mlp.forward(self.ln_2.forward(x.x.clone()))).hook(site(SiteKind::MlpOut), hooks);
+        x.with(x.x.clone() + mlp_out.x).hook(site(SiteKind::ResidPost), hooks)
     }
 }
 
@@ -246,9 +338,8 @@ impl<B: Backend> Gpt2<B> {
 
     /// The residual stream after the last block, [batch, pos, d].
     pub fn resid_final(&self, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
-        let s = tokens.dims()[1];
-        let x = self.embed(tokens, 0);
-        self.blocks.iter().enumerate().fold(x, |x, (l, block)| block.forward(x, l, None, s, hooks))
+        let x = Batch::one(self.embed(tokens, 0));
+        self.blocks.iter().enumerate().fold(x, |x, (l, block)| block.forward(x, l, &[None], None, hooks)).into_one()
     }
 }
 

@@ -5,5 +5,5 @@ pub mod sites;
 pub mod weights;
 
 pub use config::Gpt2Config;
-pub use gpt2::Gpt2;
+pub use gpt2::{Batch, Gpt2};
 pub use sites::{Cache, Hooks, NoHooks, Site, SiteKind};

@@ -72,23 +72,32 @@ impl Site {
     }
 }
 
-/// Called by the forward pass with every activation as it is computed; the returned tensor is the
-/// one the forward continues with. Residual-shaped sites are rank 3, per-head sites rank 4.
+/// Called by the forward pass with every activation as it is computed, once per segment of the
+/// batch (`gpt2::Batch`; a plain forward pass has one); the returned tensor is the one the forward
+/// continues with. Residual-shaped sites are rank 3, per-head sites rank 4.
 pub trait Hooks<B: Backend> {
-    fn hook<const D: usize>(&mut self, site: Site, act: Tensor<B, D>) -> Tensor<B, D>;
+    fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D>;
+
+    /// Whether `hook` may read or replace `site`: residual-shaped sites are split into segments
+    /// only for a hook that wants them.
+    fn wants(&self, site: Site) -> bool;
 }
 
 /// The plain forward pass.
 pub struct NoHooks;
 
 impl<B: Backend> Hooks<B> for NoHooks {
-    fn hook<const D: usize>(&mut self, _site: Site, act: Tensor<B, D>) -> Tensor<B, D> {
+    fn hook<const D: usize>(&mut self, _site: Site, _segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
         act
+    }
+
+    fn wants(&self, _site: Site) -> bool {
+        false
     }
 }
 
-/// Records the activations of chosen sites. Tensors are reference counted: caching keeps the
-/// activation alive, it does not copy it.
+/// Records the activations of chosen sites in a plain (one-segment) forward pass. Tensors are
+/// reference counted: caching keeps the activation alive, it does not copy it.
 pub struct Cache<B: Backend> {
     want: Vec<Site>,
     acts: HashMap<Site, Tensor<B, 4>>,
@@ -114,7 +123,8 @@ impl<B: Backend> Cache<B> {
 }
 
 impl<B: Backend> Hooks<B> for Cache<B> {
-    fn hook<const D: usize>(&mut self, site: Site, act: Tensor<B, D>) -> Tensor<B, D> {
+    fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
+        assert_eq!(segment, 0, "a Cache records plain forward passes (one segment)");
         if self.want.contains(&site) {
             // Stored uniformly as rank 4: [b, s, d] becomes [b, s, 1, d].
             let mut dims = act.dims().to_vec();
@@ -125,5 +135,9 @@ impl<B: Backend> Hooks<B> for Cache<B> {
             self.acts.insert(site, act.clone().reshape(dims));
         }
         act
+    }
+
+    fn wants(&self, site: Site) -> bool {
+        self.want.contains(&site)
     }
 }
