@@ -22,6 +22,8 @@ pub struct SweepSpec {
     /// Write the corrupted baseline for provable no-op runs instead of computing them.
     pub skip: bool,
     pub metric: Metric,
+    /// The prompts were tokenized with `<|endoftext|>` in front (recorded in the manifest).
+    pub prepend_bos: bool,
     /// Patched runs per forward pass; None chooses from the memory budget.
     pub max_rows: Option<usize>,
     pub out: PathBuf,
@@ -250,6 +252,7 @@ fn manifest<B: Backend>(
         max_rows,
         metric: spec.metric.describe().into(),
         metric_name: spec.metric,
+        prepend_bos: spec.prepend_bos,
         layout,
         sites: spec
             .sites

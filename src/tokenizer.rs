@@ -2,6 +2,9 @@
 use anyhow::{bail, Result};
 use std::path::Path;
 
+/// GPT-2's beginning (and end) of text token.
+pub const BOS: &str = "<|endoftext|>";
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
@@ -17,6 +20,17 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// `<|endoftext|>` (50256 in GPT-2), which TransformerLens prepends to every prompt by default.
+    pub fn bos(&self) -> Result<u32> {
+        self.inner.token_to_id(BOS).ok_or_else(|| anyhow::anyhow!("the tokenizer has no {BOS} token to prepend"))
+    }
+
+    /// `encode`, with `bos` in front when `prepend_bos`.
+    pub fn encode_with(&self, text: &str, prepend_bos: bool) -> Result<Vec<u32>> {
+        let ids = self.encode(text)?;
+        Ok(if prepend_bos { [vec![self.bos()?], ids].concat() } else { ids })
     }
 
     /// The text of one token, e.g. " Jones".

@@ -159,6 +159,54 @@ fn inspect_prints_tokens_and_top_k_as_json() {
 }
 
 #[test]
+fn prepend_bos_runs_match_transformer_lens_and_are_recorded() {
+    let dir = tmp("bos");
+    let (out, tiny) = (dir.join("michelle"), tiny());
+    let config = root().join("configs/michelle.toml");
+    let (ok, _, stderr) = patchbay(&["run", config.to_str().unwrap(), "--model", tiny.to_str().unwrap(), "--prepend-bos", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let refs = Refs::load_file(&tiny, BOS_REFS);
+    for site in ["resid_pre", "attn_out", "mlp_out"] {
+        let (got, shape) = read_npy(&out.join(format!("{site}.npy"))).unwrap();
+        let (want, want_shape) = refs.f32(&format!("patch.{site}"));
+        assert_eq!(shape[1..], want_shape[1..], "{site}: 12 positions, BOS included");
+        assert!(max_abs_diff(&got, &want[..got.len()]) < 1e-4, "{site}");
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["prepend_bos"], true);
+    assert_eq!(manifest["pairs"][0]["clean_strs"][0], "<|endoftext|>");
+    let (ok, _, stderr) = patchbay(&["analyze", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(std::fs::read_to_string(out.join("resid_pre.svg")).unwrap().contains("endoftext"), "the BOS column is labelled");
+    // A run without BOS is another run: --resume refuses to continue this one with it.
+    let (ok, _, stderr) = patchbay(&["run", config.to_str().unwrap(), "--model", tiny.to_str().unwrap(), "--resume", "--out", out.to_str().unwrap()]);
+    assert!(!ok, "{stderr}");
+}
+
+#[test]
+fn inspect_with_bos_matches_hf_on_the_bos_prefixed_ids() {
+    let tiny = tiny();
+    let (ok, stdout, stderr) = patchbay(&["inspect", "--model", tiny.to_str().unwrap(), CLEAN, "--top-k", "5", "--json", "--prepend-bos"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let refs = Refs::load_file(&tiny, BOS_REFS);
+    let ids: Vec<u64> = v["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = refs.token_rows("tokens")[0].iter().map(|&i| i as u64).collect();
+    assert_eq!(ids, want, "<|endoftext|> then the prompt's tokens");
+    assert_eq!(v["tokens"][0]["token"], "<|endoftext|>");
+    // Probabilities: HF's logits at the last position of the BOS-prefixed prompt, softmaxed in f64.
+    let (logits, _) = refs.f32("logits_last");
+    let logits = &logits[..50257];
+    let max = logits.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+    let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    for t in v["top_k"].as_array().unwrap() {
+        let id = t["id"].as_u64().unwrap() as usize;
+        let want = (logits[id] as f64 - max).exp() / z;
+        assert!((t["prob"].as_f64().unwrap() - want).abs() < 1e-5, "token {id}: {} vs HF {want}", t["prob"]);
+    }
+}
+
+#[test]
 fn verify_rechecks_rows_records_them_and_names_the_rows_that_differ() {
     let dir = tmp("verify");
     let tiny = tiny();

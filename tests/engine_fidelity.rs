@@ -37,6 +37,8 @@ fn layout(c: &Gpt2Config, pairs: &[TokenizedPair]) -> Layout {
 /// Max abs difference to TransformerLens per site and for the baselines, on the fixture in `dir`.
 struct AgainstTl {
     dir: PathBuf,
+    /// The references' file in `dir`: refs.safetensors, or BOS_REFS.
+    refs: &'static str,
     reuse: bool,
     max_rows: usize,
     skip: bool,
@@ -45,7 +47,7 @@ struct AgainstTl {
 impl BackendTask for AgainstTl {
     type Output = Vec<(String, f32)>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
-        let refs = Refs::load(&self.dir);
+        let refs = Refs::load_file(&self.dir, self.refs);
         let m = model::<B>(&self.dir, &device);
         let mut pairs = fixture_pairs(&refs);
         // One row a batch is slow on lavapipe: the first pair only.
@@ -88,13 +90,46 @@ fn every_site_matches_transformer_lens_on_every_fixture_shape_with_and_without_r
             for (reuse, max_rows, skip) in [(true, 4096, true), (false, 256, true), (true, 37, false), (true, 1, false)] {
                 let what = format!("{} {spec:?} reuse={reuse} max_rows={max_rows} skip={skip}", name(&dir));
                 let started = std::time::Instant::now();
-                let diffs = dispatch(&spec, AgainstTl { dir: dir.clone(), reuse, max_rows, skip }).unwrap();
+                let diffs = dispatch(&spec, AgainstTl { dir: dir.clone(), refs: "refs.safetensors", reuse, max_rows, skip }).unwrap();
                 let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
                 eprintln!("{what}: max abs difference to TransformerLens {worst:.2e} ({:.1} s)", started.elapsed().as_secs_f64());
                 let tol = tolerance(&spec);
                 let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
                 assert!(bad.is_empty(), "{what}: differs from TransformerLens by more than {tol}: {bad:?}");
             }
+        }
+    }
+}
+
+/// TransformerLens prepends `<|endoftext|>` by default: the seed pairs with it in front, as
+/// `run --prepend-bos` tokenizes them, match its patching on cpu and wgpu, with and without reuse.
+#[test]
+fn with_bos_in_front_every_site_matches_transformer_lens() {
+    let refs = Refs::load_file(&tiny(), BOS_REFS);
+    let tok = patchbay::tokenizer::Tokenizer::from_file(&tiny().join("tokenizer.json")).unwrap();
+    let text = ["Michelle Jones was a top-notch student. Michelle", "Michelle Smith was a top-notch student. Michelle"];
+    let pair = patchbay::data::Pair {
+        clean: text[0].into(),
+        corrupted: text[1].into(),
+        answer: Some(" Jones".into()),
+        distractor: Some(" Smith".into()),
+        positions: [("S2".to_string(), 9)].into(),
+        ..Default::default()
+    };
+    let checks = patchbay::data::Checks { prepend_bos: true, ..Default::default() };
+    let (got, _) = patchbay::data::tokenize(&[pair], &tok, None, checks, true).unwrap();
+    let first = &fixture_pairs(&refs)[0];
+    assert_eq!((&got[0].clean, &got[0].corrupted), (&first.clean, &first.corrupted), "BOS tokenization equals HF's with bos_token");
+    assert_eq!(got[0].clean[0], 50256);
+    assert_eq!(got[0].positions["S2"], 10, "named positions count without BOS and shift by one");
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion) {
+        for (reuse, max_rows) in [(true, 4096), (false, 256)] {
+            let what = format!("BOS {spec:?} reuse={reuse}");
+            let diffs = dispatch(&spec, AgainstTl { dir: tiny(), refs: BOS_REFS, reuse, max_rows, skip: true }).unwrap();
+            eprintln!("{what}: max abs difference to TransformerLens {:.2e}", diffs.iter().map(|d| d.1).fold(0.0, f32::max));
+            let tol = tolerance(&spec);
+            let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
+            assert!(bad.is_empty(), "{what}: differs from TransformerLens by more than {tol}: {bad:?}");
         }
     }
 }

@@ -18,6 +18,9 @@ pub struct InspectArgs {
     text: String,
     #[arg(long, default_value_t = 20)]
     top_k: usize,
+    /// Put `<|endoftext|>` in front of the text, as TransformerLens does by default.
+    #[arg(long)]
+    prepend_bos: bool,
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -66,8 +69,8 @@ impl BackendTask for NextToken {
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let files = ModelFiles::locate(&args.model)?;
     let tok = Tokenizer::from_file(&files.tokenizer)?;
-    let ids = tok.encode(&args.text)?;
-    anyhow::ensure!(!ids.is_empty(), "the text is empty");
+    anyhow::ensure!(!args.text.is_empty(), "the text is empty");
+    let ids = tok.encode_with(&args.text, args.prepend_bos)?;
     let probs = dispatch(&args.backend.configure()?, NextToken { files, ids: ids.clone() })?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));

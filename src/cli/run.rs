@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Column names in the pairs file, e.g. `clean=prompt,corrupted=corrupted_prompt`.
     #[arg(long, value_parser = parse_columns)]
     columns: Option<Columns>,
+    /// Put `<|endoftext|>` in front of every prompt, as TransformerLens does by default (ARENA's IOI
+    /// numbers are computed so); named positions in the pairs file count without it.
+    #[arg(long)]
+    prepend_bos: bool,
     /// Skip pairs whose clean and corrupted differ at more than N positions.
     #[arg(long)]
     max_diff: Option<usize>,
@@ -110,6 +114,7 @@ impl RunArgs {
             distractor: self.distractor.or(file.distractor),
             pairs: self.pairs.or(file.pairs),
             columns: self.columns.or(file.columns),
+            prepend_bos: self.prepend_bos || file.prepend_bos,
             max_diff: self.max_diff.or(file.max_diff),
             strict: self.strict || file.strict,
             shard: self.shard.or(file.shard),
@@ -130,7 +135,8 @@ impl RunArgs {
 
     /// The pairs to run, checked against the model's context and vocabulary.
     fn pairs(&self, tok: &Tokenizer, model: &Gpt2Config) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
-        let checks = Checks { max_diff: self.max_diff, context: Some(model.n_positions), vocab: Some(model.vocab_size) };
+        let checks =
+            Checks { max_diff: self.max_diff, context: Some(model.n_positions), vocab: Some(model.vocab_size), prepend_bos: self.prepend_bos };
         let inline = self.clean.is_some() || self.corrupted.is_some() || self.answer.is_some() || self.distractor.is_some();
         let (pairs, skipped) = match (&self.pairs, inline) {
             (Some(_), true) => bail!("give either --pairs FILE or --clean/--corrupted[/--answer/--distractor], not both"),
@@ -226,6 +232,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         reuse: !args.no_reuse,
         skip: !args.no_skip,
         metric: args.metric.unwrap_or_default(),
+        prepend_bos: args.prepend_bos,
         max_rows: args.max_rows,
         out: out.clone(),
         resume: args.resume,

@@ -203,6 +203,9 @@ pub struct Checks {
     /// The model's context (n_positions) and vocabulary size, which every pair must fit.
     pub context: Option<usize>,
     pub vocab: Option<usize>,
+    /// Put `<|endoftext|>` in front of both prompts, as TransformerLens does by default
+    /// (`prepend_bos=True`); named positions (counted without it) shift by one.
+    pub prepend_bos: bool,
 }
 
 /// What a pair's `row` counts in a pairs file: lines of JSONL and CSV, rows of Parquet.
@@ -233,11 +236,11 @@ pub fn tokenize(pairs: &[Pair], tok: &Tokenizer, source: Option<&Path>, checks: 
 }
 
 fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedPair> {
-    let mut clean = tok.encode(&p.clean)?;
-    let mut corrupted = tok.encode(&p.corrupted)?;
-    if clean.is_empty() {
+    if p.clean.is_empty() {
         bail!("the clean prompt is empty");
     }
+    let mut clean = tok.encode_with(&p.clean, checks.prepend_bos)?;
+    let mut corrupted = tok.encode_with(&p.corrupted, checks.prepend_bos)?;
     if clean.len() != corrupted.len() {
         bail!(
             "clean and corrupted tokenize to different lengths ({} vs {}): clean {}, corrupted {}",
@@ -273,8 +276,10 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
     if answer == distractor {
         bail!("answer and distractor are the same token {answer} {:?}: the metric would be 0", tok.token_str(answer));
     }
-    if let Some((name, &pos)) = p.positions.iter().find(|(_, &pos)| pos >= clean.len()) {
-        bail!("named position {name}={pos} is past the {} tokens {}", clean.len(), tok.show_short(&clean));
+    let shift = usize::from(checks.prepend_bos);
+    let positions: BTreeMap<String, usize> = p.positions.iter().map(|(name, &pos)| (name.clone(), pos + shift)).collect();
+    if let Some((name, &pos)) = positions.iter().find(|(_, &pos)| pos >= clean.len()) {
+        bail!("named position {name}={} is past the {} tokens {}", pos - shift, clean.len() - shift, tok.show_short(&clean[shift..]));
     }
     if let Some(context) = checks.context.filter(|&c| clean.len() > c) {
         bail!("the prompt is {} tokens, longer than the model's context of {context}", clean.len());
@@ -284,7 +289,7 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
             bail!("token {id} {:?} is outside the model's vocabulary of {vocab}", tok.token_str(id));
         }
     }
-    Ok(TokenizedPair { row: p.row, clean, corrupted, answer, distractor, positions: p.positions.clone() })
+    Ok(TokenizedPair { row: p.row, clean, corrupted, answer, distractor, positions })
 }
 
 /// A small deterministic generator (SplitMix64): the same seed gives the same dataset everywhere.

@@ -88,6 +88,10 @@ pub struct Manifest {
     /// Which metric the arrays hold (`--metric`); runs written before there was a choice hold logit_diff.
     #[serde(default)]
     pub metric_name: Metric,
+    /// Every prompt starts with `<|endoftext|>` (`run --prepend-bos`): pairs' tokens and named
+    /// positions include it.
+    #[serde(default)]
+    pub prepend_bos: bool,
     pub layout: Layout,
     pub sites: Vec<SiteEntry>,
     /// [pairs] f32 files of the two baselines, and [pairs] int32 token lengths.

@@ -43,9 +43,16 @@ pub struct Refs {
     bytes: Vec<u8>,
 }
 
+/// The references of the prompts with `<|endoftext|>` in front (`make_fixtures.py --prepend-bos`).
+pub const BOS_REFS: &str = "refs-bos.safetensors";
+
 impl Refs {
     pub fn load(dir: &std::path::Path) -> Self {
-        Self { bytes: std::fs::read(dir.join("refs.safetensors")).expect("fixture refs.safetensors") }
+        Self::load_file(dir, "refs.safetensors")
+    }
+
+    pub fn load_file(dir: &std::path::Path, file: &str) -> Self {
+        Self { bytes: std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("fixture {file} in {}: {e}", dir.display())) }
     }
 
     fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
