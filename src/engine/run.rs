@@ -110,12 +110,11 @@ impl<B: Backend> Engine<'_, B> {
     /// threads, gpt2 shape, 2 pairs × 16 tokens corrupted at 10, `bench`, twice each): skipping
     /// 5.60× and 4.65× faster than `--no-skip`, against 4.92× and 4.34×.
     fn rows_with(&self, rows: &[Row], base: &Baselines<B>, progress: &mut dyn FnMut(Runs)) -> Vec<f32> {
-        let start = |r: &Row| if self.reuse { r.first_pos() } else { 0 };
         let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| (self.join_layer(&rows[i]), start(&rows[i])));
+        order.sort_by_key(|&i| (self.join_layer(&rows[i]), self.start(&rows[i])));
         let mut out = vec![f32::NAN; rows.len()];
         for chunk in order.chunks(self.max_rows.max(1)) {
-            let batch: Vec<(Row, usize)> = chunk.iter().map(|&i| (rows[i], start(&rows[i]))).collect();
+            let batch: Vec<Row> = chunk.iter().map(|&i| rows[i]).collect();
             for (&i, m) in chunk.iter().zip(self.patched(&batch, base)) {
                 out[i] = m;
             }
@@ -131,6 +130,15 @@ impl<B: Backend> Engine<'_, B> {
     fn join_layer(&self, row: &Row) -> usize {
         if self.reuse {
             row.layer
+        } else {
+            0
+        }
+    }
+
+    /// The first position a row computes: its patch position with reuse, else 0.
+    fn start(&self, row: &Row) -> usize {
+        if self.reuse {
+            row.first_pos()
         } else {
             0
         }
@@ -166,13 +174,13 @@ impl<B: Backend> Engine<'_, B> {
         self.metric.of(chosen).into_data().convert::<f32>().to_vec().expect("f32 metric")
     }
 
-    /// One batch of (row, first computed position), ordered by join layer; their metrics.
-    fn patched(&self, rows: &[(Row, usize)], base: &Baselines<B>) -> Vec<f32> {
+    /// One batch of rows, ordered by join layer; their metrics.
+    fn patched(&self, rows: &[Row], base: &Baselines<B>) -> Vec<f32> {
         let device = self.model.device();
         let mut segments: Vec<Segment<B>> = Vec::new();
         let mut x: Option<Batch<B>> = None;
         for (layer, block) in self.model.blocks.iter().enumerate() {
-            let joining: Vec<usize> = (0..rows.len()).filter(|&i| self.join_layer(&rows[i].0) == layer).collect();
+            let joining: Vec<usize> = (0..rows.len()).filter(|&i| self.join_layer(&rows[i]) == layer).collect();
             if !joining.is_empty() {
                 x = Some(self.join(x, &mut segments, rows, &joining, layer, base));
             }
@@ -206,7 +214,7 @@ impl<B: Backend> Engine<'_, B> {
 
     /// `x` with the rows `joining` added, from the corrupted run's residual stream at `layer`:
     /// each to the segment of its first computed position (segments stay ordered by it).
-    fn join(&self, x: Option<Batch<B>>, segments: &mut Vec<Segment<B>>, rows: &[(Row, usize)], joining: &[usize], layer: usize, base: &Baselines<B>) -> Batch<B> {
+    fn join(&self, x: Option<Batch<B>>, segments: &mut Vec<Segment<B>>, rows: &[Row], joining: &[usize], layer: usize, base: &Baselines<B>) -> Batch<B> {
         let device = self.model.device();
         let resid = base.corrupted.resid(Site::new(SiteKind::ResidPre, layer)).unwrap();
         let mut by_start: BTreeMap<usize, (Vec<Tensor<B, 3>>, Vec<Row>, Vec<usize>)> = BTreeMap::new();
@@ -216,13 +224,13 @@ impl<B: Backend> Engine<'_, B> {
         }
         let mut joining_at: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for &i in joining {
-            joining_at.entry(rows[i].1).or_default().push(i);
+            joining_at.entry(self.start(&rows[i])).or_default().push(i);
         }
         for (start, new) in joining_at {
-            let pairs = int_tensor::<B>(new.iter().map(|&i| rows[i].0.pair), &device);
+            let pairs = int_tensor::<B>(new.iter().map(|&i| rows[i].pair), &device);
             let (parts, seg_rows, out) = by_start.entry(start).or_default();
             parts.push(resid.clone().select(0, pairs).narrow(1, start, base.len - start));
-            seg_rows.extend(new.iter().map(|&i| rows[i].0));
+            seg_rows.extend(new.iter().map(|&i| rows[i]));
             out.extend(new);
         }
         let mut parts = Vec::with_capacity(by_start.len());

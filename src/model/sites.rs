@@ -73,7 +73,7 @@ impl Site {
 }
 
 /// Called by the forward pass with every activation as it is computed, once per segment of the
-/// batch (`gpt2::Batch`; a plain forward pass has one); the returned tensor is the one the forward
+/// batch (`model::Batch`; a plain forward pass has one); the returned tensor is the one the forward
 /// continues with. Residual-shaped sites are rank 3, per-head sites rank 4.
 pub trait Hooks<B: Backend> {
     fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D>;
