@@ -6,6 +6,7 @@ use burn::prelude::{Backend, Tensor};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 mod exact;
 

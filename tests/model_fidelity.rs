@@ -50,6 +50,16 @@ impl BackendTask for Fidelity {
             };
             out.push((name.clone(), max_abs_diff(&got, &refs.f32(&name).0)));
         }
+        // Again with no hook on attention's insides, which the cpu backend then computes in one
+        // fused kernel (backend::cpu::attention).
+        let resid = [SiteKind::ResidPre, SiteKind::ResidMid, SiteKind::AttnOut, SiteKind::MlpOut, SiteKind::ResidPost];
+        let mut cache = Cache::new((0..n_layer).flat_map(|l| resid.map(|k| Site::new(k, l))));
+        let logits = model.forward(model.tokens(&rows)?, &mut cache);
+        out.push(("unhooked attention: logits_last".into(), max_abs_diff(&values(logits.narrow(1, t - 1, 1).reshape([p, v])), &refs.f32("logits_last").0)));
+        for site in (0..n_layer).flat_map(|l| resid.map(|k| Site::new(k, l))) {
+            let name = site.kind.hook_name(site.layer);
+            out.push((format!("unhooked attention: {name}"), max_abs_diff(&values(cache.resid(site).unwrap()), &refs.f32(&name).0)));
+        }
         Ok(out)
     }
 }

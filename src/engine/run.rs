@@ -189,11 +189,14 @@ impl<B: Backend> Engine<'_, B> {
                 .iter()
                 .map(|seg| {
                     (seg.start > 0).then(|| {
-                        let kv = |kind| {
-                            let t = base.corrupted.heads(Site::new(kind, layer)).unwrap(); // [pairs, pos, head, d_head]
-                            t.select(0, seg.pairs.clone()).narrow(1, 0, seg.start).swap_dims(1, 2)
-                        };
-                        Prefix { k: kv(SiteKind::K), v: kv(SiteKind::V) }
+                        let kv = |kind| base.corrupted.heads(Site::new(kind, layer)).unwrap(); // [pairs, pos, head, d_head]
+                        Prefix {
+                            k: kv(SiteKind::K),
+                            v: kv(SiteKind::V),
+                            pairs: seg.rows.iter().map(|r| r.pair).collect(),
+                            pair_ids: seg.pairs.clone(),
+                            len: seg.start,
+                        }
                     })
                 })
                 .collect();

@@ -3,7 +3,7 @@
 use super::batch::Batch;
 use super::config::{Activation, Gpt2Config};
 use super::sites::{Hooks, Site, SiteKind};
-use crate::backend::{float_options, matmul};
+use crate::backend::{cpu, float_options, matmul};
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid, softmax};
@@ -14,7 +14,7 @@ use burn::tensor::Distribution;
 /// producer is fused, burn 0.21's fused matmul gives wrong results — the last block's single
 /// position and one-token suffixes hit it.
 fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Tensor<B, 2> {
-    matmul(x, w.clone()) + b.clone().unsqueeze()
+    cpu::linear(&x, w, b).unwrap_or_else(|| matmul(x, w.clone()) + b.clone().unsqueeze())
 }
 
 /// GPT-2's tanh GELU, 0.5·x·(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), written as
@@ -22,7 +22,7 @@ fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Te
 /// `gelu_approximate` (a powf and a tanh, 9 passes over the MLP's widest tensor: 18 % of a sweep).
 fn gelu_new<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     const C: f64 = 2.0 * 0.797_884_560_802_865_4; // 2·√(2/π)
-    sigmoid(x.clone() * (x.clone() * x.clone() * (C * 0.044715) + C)) * x
+    cpu::gelu_new(x).unwrap_or_else(|x| sigmoid(x.clone() * (x.clone() * x.clone() * (C * 0.044715) + C)) * x)
 }
 
 /// Where parameters come from: a checkpoint, or a random initialisation. Names are HF's (without
@@ -47,17 +47,32 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if let Some(y) = cpu::layer_norm(&x, &self.weight, &self.bias, self.eps) {
+            return y;
+        }
         let (var, mean) = x.clone().var_mean_bias(D - 1);
         let x = (x - mean) / (var + self.eps).sqrt();
         x * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
     }
 }
 
-/// Keys and values of the positions before the ones being computed, [batch, head, prefix, d_head]:
-/// lets a caller compute only a suffix of the sequence on top of another run's prefix.
+/// Keys and values of the `len` positions before the ones being computed, from other runs: `k`
+/// and `v` [runs, positions ≥ len, head, d_head], row r of the segment reading run `pairs[r]`
+/// (also on the device, `pair_ids`). Lets a caller compute only a suffix of the sequence on top
+/// of another run's prefix, without copying the prefix out first.
 pub struct Prefix<B: Backend> {
     pub k: Tensor<B, 4>,
     pub v: Tensor<B, 4>,
+    pub pairs: Vec<usize>,
+    pub pair_ids: Tensor<B, 1, Int>,
+    pub len: usize,
+}
+
+impl<B: Backend> Prefix<B> {
+    /// The rows' own prefix keys or values, [rows, head, len, d_head].
+    fn rows(&self, t: &Tensor<B, 4>) -> Tensor<B, 4> {
+        t.clone().select(0, self.pair_ids.clone()).narrow(1, 0, self.len).swap_dims(1, 2)
+    }
 }
 
 pub struct Attention<B: Backend> {
@@ -84,8 +99,15 @@ impl<B: Backend> Attention<B> {
     /// come from all of them and the segment's prefix. `x` is ln_1's output.
     fn forward(&self, x: Batch<B>, layer: usize, prefixes: &[Option<Prefix<B>>], keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Batch<B> {
         let qkv = x.with(linear(x.x.clone(), &self.c_attn_w, &self.c_attn_b));
-        let z = qkv.segments().into_iter().zip(prefixes).enumerate();
-        let z = Batch::from_parts(z.map(|(g, (qkv, prefix))| vec![self.heads(qkv, layer, g, prefix.as_ref(), keep, hooks)]).collect());
+        let hooked = [SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::Pattern, SiteKind::Z].into_iter().any(|k| hooks.wants(Site::new(k, layer)));
+        let fused = (!hooked).then(|| cpu::attention(&qkv.x, &qkv.shape, prefixes, keep, self.n_head)).flatten();
+        let z = match fused {
+            Some(z) => Batch { x: z, shape: qkv.shape.iter().map(|&[n, s]| [n, keep.unwrap_or(s).min(s)]).collect() },
+            None => {
+                let z = qkv.segments().into_iter().zip(prefixes).enumerate();
+                Batch::from_parts(z.map(|(g, (qkv, prefix))| vec![self.heads(qkv, layer, g, prefix.as_ref(), keep, hooks)]).collect())
+            }
+        };
         z.with(linear(z.x.clone(), &self.c_proj_w, &self.c_proj_b))
     }
 
@@ -100,8 +122,8 @@ impl<B: Backend> Attention<B> {
         };
         let (q, mut k, mut v) = (split(0, SiteKind::Q, s - keep), split(1, SiteKind::K, 0), split(2, SiteKind::V, 0));
         if let Some(p) = prefix {
-            k = Tensor::cat(vec![p.k.clone(), k], 2);
-            v = Tensor::cat(vec![p.v.clone(), v], 2);
+            k = Tensor::cat(vec![p.rows(&p.k), k], 2);
+            v = Tensor::cat(vec![p.rows(&p.v), v], 2);
         }
         let total = k.dims()[2];
         let offset = total - keep;
