@@ -13,7 +13,7 @@ fn sweep(c: &mut Criterion) {
     let model = Gpt2::<B>::random(config.clone(), 0, &device);
     let (pairs, tokens) = (2, 16);
     let pairs = random_pairs(pairs, tokens, config.vocab_size, 1, 1);
-    let layout = Layout { layers: config.n_layer, heads: config.n_head, positions: tokens };
+    let layout = Layout::new(config.n_layer, config.n_head, tokens);
     let sites = [PatchSite::ResidPre, PatchSite::ZAllPos];
     let mut group = c.benchmark_group("6 layers d256, 2 pairs x 16 tokens, resid_pre + z_all_pos");
     group.sample_size(10);

@@ -6,7 +6,7 @@ use crate::data::{Skipped, TokenizedPair};
 use crate::engine::plan::max_rows_for_budget;
 use crate::engine::{Engine, Layout, Metric, PatchSite, Runs};
 use crate::model::Gpt2;
-use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry, TokenRef};
+use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
@@ -18,6 +18,8 @@ use std::path::PathBuf;
 #[derive(Clone, Debug)]
 pub struct SweepSpec {
     pub sites: Vec<PatchSite>,
+    /// The sending heads [layer, head] of path sites; None: every head.
+    pub senders: Option<Vec<[usize; 2]>>,
     pub reuse: bool,
     /// Write the corrupted baseline for provable no-op runs instead of computing them.
     pub skip: bool,
@@ -137,7 +139,7 @@ pub fn sweep<B: Backend>(
     let c = &model.config;
     // Laid out by the whole run's longest pair, so shards merge into the unsharded arrays.
     let positions = all.iter().map(TokenizedPair::len).max().unwrap();
-    let layout = Layout { layers: c.n_layer, heads: c.n_head, positions };
+    let layout = Layout { senders: spec.senders.clone(), ..Layout::new(c.n_layer, c.n_head, positions) };
     let (budget, buffer) = memory_limits(backend);
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
     let previous = if spec.resume { results::run_in(&spec.out).map(|m| m.max_rows) } else { None };
@@ -152,7 +154,7 @@ pub fn sweep<B: Backend>(
     mine.sort_unstable();
     let row_of = |global: usize| mine.binary_search(&global).expect("a unit's pair is this run's");
     let pairs: Vec<TokenizedPair> = mine.iter().map(|&i| all[i].clone()).collect();
-    let mut manifest = manifest(model, model_id, tok, &pairs, spec, backend, layout, max_rows);
+    let mut manifest = manifest(model, model_id, tok, &pairs, spec, backend, layout.clone(), max_rows);
     manifest.dataset = results::fingerprint(&(all, skipped));
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
@@ -240,7 +242,6 @@ fn manifest<B: Backend>(
     layout: Layout,
     max_rows: usize,
 ) -> Manifest {
-    let token = |id| TokenRef { id, token: tok.token_str(id) };
     Manifest {
         patchbay_version: env!("CARGO_PKG_VERSION").into(),
         model: model_id.into(),
@@ -253,7 +254,7 @@ fn manifest<B: Backend>(
         metric: spec.metric.describe().into(),
         metric_name: spec.metric,
         prepend_bos: spec.prepend_bos,
-        layout,
+        layout: layout.clone(),
         sites: spec
             .sites
             .iter()
@@ -272,19 +273,6 @@ fn manifest<B: Backend>(
         skipped: Vec::new(),
         shard: None,
         verify: None,
-        pairs: pairs
-            .iter()
-            .map(|p| PairEntry {
-                row: p.row,
-                length: p.len(),
-                clean_tokens: p.clean.clone(),
-                corrupted_tokens: p.corrupted.clone(),
-                clean_strs: tok.token_strs(&p.clean),
-                corrupted_strs: tok.token_strs(&p.corrupted),
-                answer: token(p.answer),
-                distractor: token(p.distractor),
-                positions: p.positions.clone(),
-            })
-            .collect(),
+        pairs: pairs.iter().map(|p| PairEntry::new(p, tok)).collect(),
     }
 }

@@ -76,7 +76,7 @@ impl BackendTask for Check {
     fn run<B: Backend>(self, device: B::Device) -> Result<Verification> {
         let m = &self.manifest;
         let model = load_model::<B>(&self.files, &device)?;
-        let sites: Vec<PatchSite> = m.sites.iter().map(|s| PatchSite::parse_list(&s.name).map(|v| v[0])).collect::<Result<_>>()?;
+        let sites: Vec<PatchSite> = m.sites.iter().map(|s| PatchSite::parse(&s.name)).collect::<Result<_>>()?;
         let samples = choose(m, &sites, self.rows);
         let engine = Engine { model: &model, reuse: false, max_rows: 1, skip: false, metric: m.metric_name };
         let mut failed = Vec::new();
@@ -120,6 +120,7 @@ impl BackendTask for Check {
 fn describe(site: &str, row: &Row) -> String {
     let mut at = vec![format!("layer {}", row.layer)];
     at.extend(row.pos.map(|p| format!("position {p}")));
+    at.extend(row.src.map(|p| format!("source position {p}")));
     at.extend(row.head.map(|h| format!("head {h}")));
     format!("{site}[{}]", at.join(", "))
 }

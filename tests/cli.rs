@@ -71,7 +71,7 @@ fn config_run_matches_transformer_lens_and_analyze_normalizes() {
     assert_eq!(summary["sites"][0]["n"][0], 1);
     assert!(std::fs::read(out.join("resid_pre.png")).unwrap().starts_with(b"\x89PNG"));
     assert!(std::fs::read_to_string(out.join("z_by_pos.svg")).unwrap().contains(" Jones"));
-    assert!(std::fs::read_to_string(out.join("summary.csv")).unwrap().starts_with("site,layer,position,head,label,mean,sem,n\n"));
+    assert!(std::fs::read_to_string(out.join("summary.csv")).unwrap().starts_with("site,layer,position,src_position,head,label,mean,sem,n\n"));
 
     // A finished run is not overwritten by accident.
     let (ok, _, stderr) = patchbay(&["run", config.to_str().unwrap(), "--model", tiny.to_str().unwrap(), "--out", out.to_str().unwrap()]);

@@ -298,7 +298,7 @@ fn shards_merge_into_the_unsharded_run() {
 
 #[test]
 fn skipped_no_op_runs_equal_computing_them_on_every_site() {
-    let dir = tmp("skip");
+    let dir = tmp("noop");
     // Lengths 8 to 14; first differences at 0, 1, 4 and the last position; pair 0 has equal
     // tokens after its difference (layer 0's resid_pre is a no-op there too).
     let lines = [
@@ -309,7 +309,8 @@ fn skipped_no_op_runs_equal_computing_them_on_every_site() {
     ];
     let file = dir.join("p.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let sites = "resid_pre,resid_mid,resid_post,attn_out,mlp_out,z_all_pos,z_by_pos";
+    let sites = patchbay::engine::PatchSite::ALL.map(|s| s.name()).join(",");
+    let sites = sites.as_str();
     let run = |name: &str, extra: &[&str]| {
         let out = dir.join(name);
         let (ok, log) = patchbay(&[&["run", "--model", s(&tiny()), "--pairs", s(&file), "--sites", sites, "--out", s(&out)], extra].concat());
@@ -343,17 +344,26 @@ fn skipped_no_op_runs_equal_computing_them_on_every_site() {
         assert!(diff(&c, &d) <= 1e-6, "{site}: skip vs --no-skip without reuse {}", diff(&c, &d));
         assert!(diff(&a, &d) <= 1e-5, "{site}: reuse vs the plain path {}", diff(&a, &d));
         // The no-op cells, found from the tokens here: the corrupted baseline, exactly when
-        // skipped, and as computed.
+        // skipped, and as computed. A cell's indices follow the manifest's axes.
+        let entry = m["sites"].as_array().unwrap().iter().find(|e| e["name"] == site).unwrap();
+        let axes: Vec<&str> = entry["axes"].as_array().unwrap()[2..].iter().map(|a| a.as_str().unwrap()).collect();
         let per_pair: usize = shape[1..].iter().product();
-        let by_pos = site != "z_all_pos";
         let cells = per_pair / layers;
+        let local = ["resid_pre", "q_by_pos", "k_by_pos", "v_by_pos"].contains(&site);
         for (i, p) in pairs.iter().enumerate() {
             let (clean, corr) = (tokens(p, "clean_tokens"), tokens(p, "corrupted_tokens"));
             for layer in 0..layers {
                 for cell in 0..cells {
-                    let pos = if site == "z_by_pos" { cell / heads } else { cell };
-                    let noop = by_pos && pos < lengths[i] && (pos < firsts[i] || (site == "resid_pre" && layer == 0 && clean[pos] == corr[pos]));
-                    if noop {
+                    let (mut rest, mut at) = (cell, std::collections::HashMap::new());
+                    for (a, &n) in axes.iter().zip(&shape[2..]).rev() {
+                        at.insert(*a, rest % n);
+                        rest /= n;
+                    }
+                    let (Some(&pos), src) = (at.get("position"), at.get("src_position").copied()) else { continue };
+                    assert!(at.get("head").is_none_or(|&h| h < heads));
+                    let in_pair = pos < lengths[i] && src.is_none_or(|s| s < lengths[i]);
+                    let noop = || pos < firsts[i] || src.is_some_and(|s| s > pos) || (local && layer == 0 && clean[pos] == corr[pos]);
+                    if in_pair && noop() {
                         let k = i * per_pair + layer * cells + cell;
                         skipped += 1;
                         assert_eq!(a[k], corrupted[i], "{site} pair {i} layer {layer} cell {cell}");

@@ -3,7 +3,7 @@
 mod common;
 use burn::prelude::*;
 use common::*;
-use patchbay::backend::{dispatch, BackendKind, BackendTask, DType};
+use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::data::TokenizedPair;
 use patchbay::engine::{Engine, Layout, Metric, PatchSite, Row, Runs};
 use patchbay::model::weights::Safetensors;
@@ -31,7 +31,27 @@ fn fixture_pairs(refs: &Refs) -> Vec<TokenizedPair> {
 }
 
 fn layout(c: &Gpt2Config, pairs: &[TokenizedPair]) -> Layout {
-    Layout { layers: c.n_layer, heads: c.n_head, positions: pairs[0].len() }
+    Layout::new(c.n_layer, c.n_head, pairs[0].len())
+}
+
+/// The sites patchbay had first: the residual stream, attention and MLP outputs, head outputs.
+const FIRST_SITES: [PatchSite; 7] =
+    [PatchSite::ResidPre, PatchSite::ResidMid, PatchSite::ResidPost, PatchSite::AttnOut, PatchSite::MlpOut, PatchSite::ZAllPos, PatchSite::ZByPos];
+
+/// Each head's queries, keys, values and attention pattern (issue 12).
+fn head_sites() -> Vec<PatchSite> {
+    PatchSite::ALL.into_iter().filter(|s| !FIRST_SITES.contains(s) && !s.is_path()).collect()
+}
+
+/// Path patching: every (sender, receiver) edge into q, k, v, and each sender to the logits.
+const PATH_SITES: [PatchSite; 4] = [PatchSite::PathQ, PatchSite::PathK, PatchSite::PathV, PatchSite::PathResidFinal];
+
+/// The reference of a site in the fixture: `patch.<site>`, or for a path `path.<receiver>`.
+fn reference(site: PatchSite) -> String {
+    match site.name().strip_prefix("path_") {
+        Some(receiver) => format!("path.{receiver}"),
+        None => format!("patch.{}", site.name()),
+    }
 }
 
 /// Max abs difference to TransformerLens per site and for the baselines, on the fixture in `dir`.
@@ -39,6 +59,7 @@ struct AgainstTl {
     dir: PathBuf,
     /// The references' file in `dir`: refs.safetensors, or BOS_REFS.
     refs: &'static str,
+    sites: Vec<PatchSite>,
     reuse: bool,
     max_rows: usize,
     skip: bool,
@@ -57,9 +78,9 @@ impl BackendTask for AgainstTl {
         let layout = layout(&m.config, &pairs);
         let engine = Engine { model: &m, reuse: self.reuse, max_rows: self.max_rows, skip: self.skip, metric: Metric::LogitDiff };
         let mut runs = Runs::default();
-        let results = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |n| runs += n)?;
-        let (l, t, h) = (layout.layers, layout.positions, layout.heads);
-        assert_eq!(runs.total(), pairs.len() * (5 * l * t + l * h + l * t * h), "every planned run ran once");
+        let results = engine.run(&pairs, &self.sites, &layout, &mut |n| runs += n)?;
+        let planned: usize = self.sites.iter().map(|&s| layout.run_count(s, layout.positions)).sum();
+        assert_eq!(runs.total(), pairs.len() * planned, "every planned run ran once");
         assert_eq!(runs.skipped > 0, self.skip, "the fixtures' pairs differ after position 0");
         // The references of the pairs run (a prefix of the fixture's).
         let want = |name: &str| {
@@ -70,35 +91,81 @@ impl BackendTask for AgainstTl {
             ("baseline_clean".into(), max_abs_diff(&results.iter().map(|r| r.clean).collect::<Vec<_>>(), &want("baseline_clean"))),
             ("baseline_corrupted".into(), max_abs_diff(&results.iter().map(|r| r.corrupted).collect::<Vec<_>>(), &want("baseline_corrupted"))),
         ];
-        for (si, site) in PatchSite::ALL.iter().enumerate() {
+        for (si, site) in self.sites.iter().enumerate() {
             let got: Vec<f32> = results.iter().flat_map(|r| r.sites[si].clone()).collect();
-            out.push((site.name().to_string(), max_abs_diff(&got, &want(&format!("patch.{}", site.name())))));
+            let mut want = want(&reference(*site));
+            if site.is_path() {
+                // TransformerLens writes 0.0 where no edge is (receiver layer ≤ sender's); patchbay NaN.
+                let edges = got.iter().filter(|v| !v.is_nan()).count();
+                assert_eq!(edges, pairs.len() * layout.run_count(*site, layout.positions), "{site:?}: one value per edge");
+                want.iter_mut().zip(&got).filter(|(_, g)| g.is_nan()).for_each(|(w, _)| *w = f32::NAN);
+            }
+            out.push((site.name().to_string(), max_abs_diff_nan(&got, &want)));
         }
         Ok(out)
     }
 }
 
-#[test]
-fn every_site_matches_transformer_lens_on_every_fixture_shape_with_and_without_reuse() {
-    for dir in fixture_dirs() {
-        // Half precision on the seed-pair fixture only: lavapipe is slow, and f32 is where the
-        // shape matrix must hold exactly.
-        for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 || dir == tiny()) {
-            // Every row in one batch, 37 rows a batch (chunks cut across sites, layers and pairs),
-            // and one row a batch; no-op runs skipped and computed. Without reuse each row holds a
-            // full-vocabulary logit row: 256 rows stay under lavapipe's 128 MiB buffer limit.
-            for (reuse, max_rows, skip) in [(true, 4096, true), (false, 256, true), (true, 37, false), (true, 1, false)] {
-                let what = format!("{} {spec:?} reuse={reuse} max_rows={max_rows} skip={skip}", name(&dir));
-                let started = std::time::Instant::now();
-                let diffs = dispatch(&spec, AgainstTl { dir: dir.clone(), refs: "refs.safetensors", reuse, max_rows, skip }).unwrap();
-                let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
-                eprintln!("{what}: max abs difference to TransformerLens {worst:.2e} ({:.1} s)", started.elapsed().as_secs_f64());
-                let tol = tolerance(&spec);
-                let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
-                assert!(bad.is_empty(), "{what}: differs from TransformerLens by more than {tol}: {bad:?}");
-            }
+/// Every site in `sites` against TransformerLens on `specs` × the fixtures each takes, in each of
+/// `configs` (reuse, rows per batch, skip no-ops).
+fn check_against_tl(sites: &[PatchSite], cases: &[(BackendSpec, PathBuf)], configs: &[(bool, usize, bool)], refs: &'static str) {
+    for (spec, dir) in cases {
+        for &(reuse, max_rows, skip) in configs {
+            let what = format!("{} {refs} {} {spec:?} reuse={reuse} max_rows={max_rows} skip={skip}", name(dir), sites[0].name());
+            let started = std::time::Instant::now();
+            let diffs = dispatch(spec, AgainstTl { dir: dir.clone(), refs, sites: sites.to_vec(), reuse, max_rows, skip }).unwrap();
+            let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
+            eprintln!("{what}: max abs difference to TransformerLens {worst:.2e} ({:.1} s)", started.elapsed().as_secs_f64());
+            let tol = tolerance(spec);
+            let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
+            assert!(bad.is_empty(), "{what}: differs from TransformerLens by more than {tol}: {bad:?}");
         }
     }
+}
+
+/// Every row in one batch, 37 rows a batch (chunks cut across sites, layers and pairs), and one
+/// row a batch; no-op runs skipped and computed. Without reuse each row holds a full-vocabulary
+/// logit row: 256 rows stay under lavapipe's 128 MiB buffer limit.
+const CONFIGS: [(bool, usize, bool); 4] = [(true, 4096, true), (false, 256, true), (true, 37, false), (true, 1, false)];
+
+#[test]
+fn every_site_matches_transformer_lens_on_every_fixture_shape_with_and_without_reuse() {
+    // Half precision on the seed-pair fixture only: lavapipe is slow, and f32 is where the shape
+    // matrix must hold exactly.
+    let cases: Vec<_> = fixture_dirs()
+        .into_iter()
+        .flat_map(|dir| {
+            let specs: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 || dir == tiny()).collect();
+            specs.into_iter().map(move |s| (s, dir.clone()))
+        })
+        .collect();
+    check_against_tl(&FIRST_SITES, &cases, &CONFIGS, "refs.safetensors");
+}
+
+/// q, k, v and pattern patching (all positions, by position, pattern entries): every fixture shape
+/// on the cpu, in every batch configuration.
+#[test]
+fn head_sites_match_transformer_lens_on_every_fixture_shape_with_and_without_reuse() {
+    let cpu: Vec<_> = fixture_dirs().into_iter().map(|dir| (BackendSpec::default(), dir)).collect();
+    check_against_tl(&head_sites(), &cpu, &CONFIGS, "refs.safetensors");
+}
+
+/// Path patching (TransformerLens 4.3's `get_act_patch_direct_path_all_sources` for q, k, v; an HF
+/// hook for the path to the logits): every fixture shape on the cpu, in every batch configuration.
+#[test]
+fn paths_match_transformer_lens_on_every_fixture_shape_with_and_without_reuse() {
+    let cpu: Vec<_> = fixture_dirs().into_iter().map(|dir| (BackendSpec::default(), dir)).collect();
+    check_against_tl(&PATH_SITES, &cpu, &CONFIGS, "refs.safetensors");
+}
+
+/// The head sites and paths together on every other f32 backend (wgpu, fused and not), with
+/// reuse and without, on the seed-pair fixture: one sweep a configuration, as lavapipe compiles
+/// kernels slowly (a pattern_dest_src sweep alone is thousands of rows).
+#[test]
+fn head_sites_and_paths_match_transformer_lens_on_every_backend() {
+    let sites: Vec<PatchSite> = head_sites().into_iter().chain(PATH_SITES).collect();
+    let others: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != BackendKind::Cpu).map(|s| (s, tiny())).collect();
+    check_against_tl(&sites, &others, &CONFIGS[..2], "refs.safetensors");
 }
 
 /// TransformerLens prepends `<|endoftext|>` by default: the seed pairs with it in front, as
@@ -122,16 +189,9 @@ fn with_bos_in_front_every_site_matches_transformer_lens() {
     assert_eq!((&got[0].clean, &got[0].corrupted), (&first.clean, &first.corrupted), "BOS tokenization equals HF's with bos_token");
     assert_eq!(got[0].clean[0], 50256);
     assert_eq!(got[0].positions["S2"], 10, "named positions count without BOS and shift by one");
-    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion) {
-        for (reuse, max_rows) in [(true, 4096), (false, 256)] {
-            let what = format!("BOS {spec:?} reuse={reuse}");
-            let diffs = dispatch(&spec, AgainstTl { dir: tiny(), refs: BOS_REFS, reuse, max_rows, skip: true }).unwrap();
-            eprintln!("{what}: max abs difference to TransformerLens {:.2e}", diffs.iter().map(|d| d.1).fold(0.0, f32::max));
-            let tol = tolerance(&spec);
-            let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
-            assert!(bad.is_empty(), "{what}: differs from TransformerLens by more than {tol}: {bad:?}");
-        }
-    }
+    let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).map(|s| (s, tiny())).collect();
+    let sites: Vec<PatchSite> = PatchSite::ALL.into_iter().filter(|s| !s.is_path()).collect();
+    check_against_tl(&sites, &cases, &CONFIGS[..2], BOS_REFS);
 }
 
 #[test]
@@ -157,7 +217,7 @@ fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_resto
         }
         // resid_pre at layer 0, every position at once: the corrupted run becomes the clean one.
         let rows: Vec<Row> = (0..pairs.len())
-            .map(|pair| Row { pair, site: PatchSite::ResidPre, layer: 0, pos: None, head: None, out: 0 })
+            .map(|pair| Row { pair, site: PatchSite::ResidPre, layer: 0, pos: None, src: None, head: None, sender: None, out: 0 })
             .collect();
         let restored = engine.run_rows(&pairs, &rows).unwrap();
         for (p, r) in results.iter().enumerate() {
@@ -176,6 +236,7 @@ fn same_inputs_give_bit_identical_results() {
     let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true, metric: Metric::LogitDiff };
     let a = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| {}).unwrap();
     let b = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| {}).unwrap();
+    assert!(a.iter().all(|p| p.sites.iter().all(|s| s.iter().any(|v| v.is_finite()))), "every site computed");
     let bits = |r: &[patchbay::engine::PairResult]| -> Vec<u32> { r.iter().flat_map(|p| p.sites.concat()).map(f32::to_bits).collect() };
     assert_eq!(bits(&a), bits(&b));
 }

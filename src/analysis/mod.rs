@@ -1,12 +1,12 @@
 //! `patchbay analyze`: raw patching results → normalized metrics ((patched − corrupted) /
 //! (clean − corrupted): clean = 1, corrupted = 0), mean and standard error over pairs, a summary
 //! (JSON and CSV), and a heatmap per site (PNG and SVG); by named position where pairs name them.
-pub mod heatmap;
+pub mod plot;
 
 use crate::results::manifest::{heatmap_files, normalized_file, SUMMARY_CSV, SUMMARY_JSON};
 use crate::results::{open_finished, read_f32, write_atomic, write_npy, Manifest, PairEntry, SiteEntry};
 use anyhow::{bail, Result};
-use heatmap::Grid;
+use plot::Grid;
 use serde::Serialize;
 use std::path::Path;
 
@@ -43,7 +43,7 @@ pub struct Summary {
 
 /// Mean, standard error (sample std / √n) and n of the finite values of each column of a
 /// [pairs, cells] array.
-fn mean_sem(values: &[f32], cells: usize) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
+pub(crate) fn mean_sem(values: &[f32], cells: usize) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
     let mut out = (vec![f32::NAN; cells], vec![f32::NAN; cells], vec![0; cells]);
     for j in 0..cells {
         let col: Vec<f64> = values.iter().skip(j).step_by(cells).filter(|v| v.is_finite()).map(|&v| v as f64).collect();
@@ -119,8 +119,8 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
     for s in summary.sites.iter().chain(&summary.by_name) {
         let grid = grid(s, &m, summary.pairs - summary.excluded.len());
         let [png, svg] = heatmap_files(&s.name);
-        write_atomic(&dir.join(svg), heatmap::svg(&grid).as_bytes())?;
-        write_atomic(&dir.join(png), &heatmap::png(&grid)?)?;
+        write_atomic(&dir.join(svg), plot::svg(&grid).as_bytes())?;
+        write_atomic(&dir.join(png), &plot::png(&grid)?)?;
     }
     Ok(summary)
 }
@@ -136,74 +136,106 @@ fn named_positions(pairs: &[PairEntry]) -> Option<Vec<String>> {
     Some(names.into_iter().map(|(_, n)| n).collect())
 }
 
-/// [pairs, layers, positions(, heads)] normalized values → [layers, names(, heads)] over pairs.
-fn aggregate_by_name(site: &SiteEntry, per_pos: &SiteSummary, normalized: &[f32], pairs: &[PairEntry], names: &[String]) -> SiteSummary {
-    let (layers, positions) = (per_pos.shape[0], per_pos.shape[1]);
-    let heads: usize = per_pos.shape[2..].iter().product();
-    let cells = layers * names.len() * heads;
-    let mut gathered = vec![f32::NAN; pairs.len() * cells];
-    for (p, pair) in pairs.iter().enumerate() {
-        for (ni, name) in names.iter().enumerate() {
-            let pos = pair.positions[name];
-            for l in 0..layers {
-                for h in 0..heads {
-                    gathered[p * cells + (l * names.len() + ni) * heads + h] =
-                        normalized[p * layers * positions * heads + (l * positions + pos) * heads + h];
-                }
-            }
-        }
-    }
-    let (mean, sem, n) = mean_sem(&gathered, cells);
-    let mut shape = per_pos.shape.clone();
-    shape[1] = names.len();
-    SiteSummary { name: format!("{}.by_name", site.name), axes: per_pos.axes.clone(), shape, labels: names.to_vec(), mean, sem, n }
+/// Row-major index of `idx` in `shape`, and back.
+fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
 }
 
-/// One row per cell: site, layer, position, head, label, mean, sem, n.
+fn unravel(mut j: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (d, &n) in shape.iter().enumerate().rev() {
+        idx[d] = j % n;
+        j /= n;
+    }
+    idx
+}
+
+/// Whether a block axis counts token positions (a pattern's destination and source too).
+fn is_position(axis: &str) -> bool {
+    axis == "position" || axis == "src_position"
+}
+
+/// [pairs, layers, positions(, src positions)(, heads)] normalized values → the same with every
+/// position axis indexed by name, over pairs.
+fn aggregate_by_name(site: &SiteEntry, per_pos: &SiteSummary, normalized: &[f32], pairs: &[PairEntry], names: &[String]) -> SiteSummary {
+    let shape = &per_pos.shape;
+    let named: Vec<bool> = per_pos.axes.iter().map(|a| is_position(a)).collect();
+    let out_shape: Vec<usize> = shape.iter().zip(&named).map(|(&n, &p)| if p { names.len() } else { n }).collect();
+    let (cells, out_cells): (usize, usize) = (shape.iter().product(), out_shape.iter().product());
+    let mut gathered = vec![f32::NAN; pairs.len() * out_cells];
+    for (p, pair) in pairs.iter().enumerate() {
+        let pos: Vec<usize> = names.iter().map(|n| pair.positions[n]).collect();
+        for j in 0..out_cells {
+            let idx: Vec<usize> = unravel(j, &out_shape).into_iter().zip(&named).map(|(i, &p)| if p { pos[i] } else { i }).collect();
+            gathered[p * out_cells + j] = normalized[p * cells + ravel(&idx, shape)];
+        }
+    }
+    let (mean, sem, n) = mean_sem(&gathered, out_cells);
+    SiteSummary { name: format!("{}.by_name", site.name), axes: per_pos.axes.clone(), shape: out_shape, labels: names.to_vec(), mean, sem, n }
+}
+
+/// One row per cell: site, layer, position, src_position, head, label, mean, sem, n; the label
+/// names the position (a pattern's destination).
 fn csv(s: &Summary) -> String {
-    let mut out = String::from("site,layer,position,head,label,mean,sem,n\n");
+    let mut out = String::from("site,layer,position,src_position,head,label,mean,sem,n\n");
     for site in s.sites.iter().chain(&s.by_name) {
         let has = |a: &str| site.axes.iter().position(|x| x == a);
         for (j, ((mean, sem), n)) in site.mean.iter().zip(&site.sem).zip(&site.n).enumerate() {
-            // Unravel j over the block's shape.
-            let mut idx = vec![0; site.shape.len()];
-            let mut rem = j;
-            for (d, &size) in site.shape.iter().enumerate().rev() {
-                idx[d] = rem % size;
-                rem /= size;
-            }
+            let idx = unravel(j, &site.shape);
             let get = |a: &str| has(a).map_or(String::new(), |d| idx[d].to_string());
             let label = has("position").and_then(|d| site.labels.get(idx[d])).cloned().unwrap_or_default();
-            out += &format!("{},{},{},{},\"{}\",{},{},{}\n", site.name, get("layer"), get("position"), get("head"), label.replace('"', "\"\""), mean, sem, n);
+            out += &format!(
+                "{},{},{},{},{},\"{}\",{},{},{}\n",
+                site.name,
+                get("layer"),
+                get("position"),
+                get("src_position"),
+                get("head"),
+                label.replace('"', "\"\""),
+                mean,
+                sem,
+                n
+            );
         }
     }
     out
 }
 
-/// The heatmap of a site's mean: layers down, positions (or heads) across; z_by_pos puts each
-/// (layer, head) on its own row.
+/// The heatmap of a site's mean: layers down and positions (or heads) across; a site by head and
+/// position has a row per head, named `layer.head` as the IOI paper names them (9.9), and a
+/// pattern's (destination, source) entries are its columns, the masked ones (source after
+/// destination, never patched) left out; a path site has a row per sender and a column per receiver.
 fn grid(s: &SiteSummary, m: &Manifest, n: usize) -> Grid {
     let layers = s.shape[0];
-    let by_pos = s.axes.iter().any(|a| a == "position");
-    let by_head = s.axes.iter().any(|a| a == "head");
+    let has = |a: &str| s.axes.iter().any(|x| x == a);
     let title = format!("{} — normalized patching metric, mean over {n} pair(s) — {}", s.name, m.model);
-    let (rows, cols, col_title): (Vec<String>, Vec<String>, &str) = match (by_pos, by_head) {
-        (true, false) => ((0..layers).map(|l| format!("{l}")).collect(), s.labels.clone(), "position"),
-        (false, true) => ((0..layers).map(|l| format!("{l}")).collect(), (0..s.shape[1]).map(|h| format!("H{h}")).collect(), "head"),
-        _ => {
-            let heads = s.shape[2];
-            ((0..layers).flat_map(|l| (0..heads).map(move |h| format!("L{l}H{h}"))).collect(), s.labels.clone(), "position")
+    let heads = if has("head") { s.shape[s.axes.iter().position(|a| a == "head").expect("has a head axis")] } else { 1 };
+    let by_head = || (0..layers).flat_map(|l| (0..heads).map(move |h| format!("{l}.{h}"))).collect::<Vec<_>>();
+    let layer_rows = || (0..layers).map(|l| l.to_string()).collect::<Vec<_>>();
+    if has("receiver_layer") {
+        // A path's [sender layer, sender head, receiver layer, receiver head]: senders down.
+        let heads = by_head();
+        return Grid { title, row_title: "sender".into(), col_title: "receiver".into(), rows: heads.clone(), cols: heads, values: s.mean.clone() };
+    }
+    let (row_title, rows, col_title, cols, values) = match (has("position"), has("src_position"), has("head")) {
+        (true, false, false) => ("layer", layer_rows(), "position", s.labels.clone(), s.mean.clone()),
+        (false, _, true) => ("layer", layer_rows(), "head", (0..heads).map(|h| format!("H{h}")).collect(), s.mean.clone()),
+        (true, false, true) => {
+            // Stored [layer, position, head]; drawn [layer.head, position].
+            let positions = s.shape[1];
+            let values = (0..layers).flat_map(|l| (0..heads).flat_map(move |h| (0..positions).map(move |p| (l * positions + p) * heads + h)));
+            ("layer.head", by_head(), "position", s.labels.clone(), values.map(|i| s.mean[i]).collect())
         }
+        (true, true, true) => {
+            // Stored [layer, dest, src, head]; drawn [layer.head, (dest, src ≤ dest)].
+            let t = s.shape[1];
+            let entries: Vec<(usize, usize)> = (0..t).flat_map(|d| (0..=d).map(move |src| (d, src))).collect();
+            let values = (0..layers).flat_map(|l| (0..heads).flat_map(move |h| (0..t).flat_map(move |d| (0..=d).map(move |src| ((l * t + d) * t + src) * heads + h))));
+            let label = |p: usize| s.labels.get(p).map_or(p.to_string(), |l| l.split(' ').next().unwrap_or_default().to_string());
+            let cols = entries.iter().map(|&(d, src)| format!("{}←{}", label(d), label(src))).collect();
+            ("layer.head", by_head(), "destination←source position", cols, values.map(|i| s.mean[i]).collect())
+        }
+        _ => unreachable!("a site's axes are one of the four layouts"),
     };
-    // z_by_pos is stored [layer, position, head]; its grid is [layer·head, position].
-    let values = if by_pos && by_head {
-        let (positions, heads) = (s.shape[1], s.shape[2]);
-        (0..layers)
-            .flat_map(|l| (0..heads).flat_map(move |h| (0..positions).map(move |p| (l * positions + p) * heads + h)))
-            .map(|i| s.mean[i])
-            .collect()
-    } else {
-        s.mean.clone()
-    };
-    Grid { title, row_title: if by_pos && by_head { "layer.head" } else { "layer" }.into(), col_title: col_title.into(), rows, cols, values }
+    Grid { title, row_title: row_title.into(), col_title: col_title.into(), rows, cols, values }
 }

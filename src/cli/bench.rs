@@ -103,7 +103,7 @@ impl BackendTask for Bench {
         let model = Gpt2::<B>::random(config.clone(), 0, &device);
         let sites = PatchSite::parse_list(&a.sites)?;
         let pairs = crate::data::random_pairs(a.pairs, a.tokens, config.vocab_size, 1, a.corrupt_at);
-        let layout = Layout { layers: config.n_layer, heads: config.n_head, positions: a.tokens };
+        let layout = Layout::new(config.n_layer, config.n_head, a.tokens);
         let t = a.tokens;
         // Every pair's rows (pairs differ only in tokens at `corrupt_at`: the same rows are no-ops).
         let rows: Vec<Row> = sites.iter().flat_map(|&s| layout.rows(s, t)).collect();

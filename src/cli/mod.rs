@@ -23,6 +23,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Patch every (site, layer, position[, head]) of prompt pairs; write .npy results.
     Run(run::RunArgs),
+    /// Path patching: each sending head's write into later heads' q, k or v input, or the logits.
+    Path(run::PathArgs),
     /// Normalize a run's results (clean = 1, corrupted = 0); summary and heatmaps.
     Analyze {
         /// A results directory written by `patchbay run`.
@@ -128,6 +130,7 @@ pub fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),
         Command::Run(args) => run::run(args),
+        Command::Path(args) => run::path(args),
         Command::Bench(args) => bench::bench(args),
         Command::Ioi { n, seed, corruption, model, out, overwrite } => {
             if out.exists() && !overwrite {

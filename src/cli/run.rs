@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
 use clap::Args;
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const DEFAULT_SITES: &str = "resid_pre,attn_out,mlp_out";
 /// Patched runs `run` rechecks after it finishes (`--verify`).
@@ -61,8 +61,9 @@ pub struct RunArgs {
     /// Number of shards, with a Kubernetes Indexed Job's JOB_COMPLETION_INDEX.
     #[arg(long)]
     shards: Option<usize>,
-    /// Comma-separated: resid_pre, resid_mid, resid_post, attn_out, mlp_out, z_all_pos, z_by_pos
-    /// [default: resid_pre,attn_out,mlp_out].
+    /// Comma-separated sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out; per head
+    /// {z,q,k,v,pattern}_all_pos, {z,q,k,v,pattern}_by_pos, pattern_dest_src; or TransformerLens'
+    /// groups block, heads_all_pos, heads_by_pos [default: resid_pre,attn_out,mlp_out].
     #[arg(long)]
     sites: Option<String>,
     /// What each run records at the last position: logit_diff (logit(answer) − logit(distractor)),
@@ -140,10 +141,7 @@ impl RunArgs {
         let inline = self.clean.is_some() || self.corrupted.is_some() || self.answer.is_some() || self.distractor.is_some();
         let (pairs, skipped) = match (&self.pairs, inline) {
             (Some(_), true) => bail!("give either --pairs FILE or --clean/--corrupted[/--answer/--distractor], not both"),
-            (Some(file), false) => {
-                let pairs = data::read_pairs(file, &self.columns.clone().unwrap_or_default())?;
-                data::tokenize(&pairs, tok, Some(file), checks, self.strict)?
-            }
+            (Some(file), false) => return pairs_file(file, &self.columns.clone().unwrap_or_default(), tok, checks, self.strict),
             (None, _) => {
                 let (Some(clean), Some(corrupted)) = (&self.clean, &self.corrupted) else {
                     bail!("no pairs: give --pairs FILE, or --clean and --corrupted (with --answer and --distractor)")
@@ -162,15 +160,26 @@ impl RunArgs {
                 data::tokenize(&[pair], tok, None, checks, true)?
             }
         };
-        let unit = self.pairs.as_deref().map_or("row", data::row_unit);
-        for s in &skipped {
-            eprintln!("skipped {unit} {}: {}", s.row, s.reason);
-        }
-        if pairs.is_empty() {
-            bail!("no pair passed the checks ({} skipped)", skipped.len());
-        }
-        Ok((pairs, skipped))
+        checked(pairs, skipped, "row")
     }
+}
+
+/// The pairs of a pairs file that pass `checks` (the others listed on stderr, or with `strict` an
+/// error naming the first).
+pub(super) fn pairs_file(file: &Path, columns: &Columns, tok: &Tokenizer, checks: Checks, strict: bool) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
+    let pairs = data::read_pairs(file, columns)?;
+    let (pairs, skipped) = data::tokenize(&pairs, tok, Some(file), checks, strict)?;
+    checked(pairs, skipped, data::row_unit(file))
+}
+
+fn checked(pairs: Vec<TokenizedPair>, skipped: Vec<Skipped>, unit: &str) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
+    for s in &skipped {
+        eprintln!("skipped {unit} {}: {}", s.row, s.reason);
+    }
+    if pairs.is_empty() {
+        bail!("no pair passed the checks ({} skipped)", skipped.len());
+    }
+    Ok((pairs, skipped))
 }
 
 fn parse_columns(s: &str) -> Result<Columns> {
@@ -207,7 +216,59 @@ impl BackendTask for RunTask {
     }
 }
 
+/// `patchbay path`: `run` with path sites, each sender's edges to the chosen receivers.
+#[derive(Args, Debug)]
+pub struct PathArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Comma-separated receivers: q, k, v (every later head's query, key or value input), or
+    /// resid_final (the final residual stream: the sender's direct effect on the logits).
+    #[arg(long)]
+    receivers: String,
+    /// Sending heads as layer.head, e.g. `9.6,9.9,10.0` [default: all].
+    #[arg(long)]
+    senders: Option<String>,
+}
+
+pub fn path(a: PathArgs) -> Result<()> {
+    if a.run.sites.is_some() {
+        bail!("path takes --receivers (q, k, v, resid_final), not --sites");
+    }
+    let mut sites = Vec::new();
+    for r in a.receivers.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        match r {
+            "q" | "k" | "v" | "resid_final" => sites.push(format!("path_{r}")),
+            other => bail!("--receivers: unknown receiver {other:?} (q, k, v, resid_final)"),
+        }
+    }
+    if sites.is_empty() {
+        bail!("--receivers names no receiver (q, k, v, resid_final)");
+    }
+    let senders = a.senders.as_deref().map(parse_senders).transpose()?;
+    run_with(RunArgs { sites: Some(sites.join(",")), ..a.run }, senders)
+}
+
+/// `9.6,10.0` → [[9, 6], [10, 0]].
+fn parse_senders(list: &str) -> Result<Vec<[usize; 2]>> {
+    let mut out = Vec::new();
+    for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = s.split_once('.').and_then(|(l, h)| Some([l.trim().parse().ok()?, h.trim().parse().ok()?]));
+        let Some(head) = parsed else { bail!("--senders: {s:?} is not layer.head, e.g. 9.9") };
+        if !out.contains(&head) {
+            out.push(head);
+        }
+    }
+    if out.is_empty() {
+        bail!("--senders names no head");
+    }
+    Ok(out)
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
+    run_with(args, None)
+}
+
+fn run_with(args: RunArgs, senders: Option<Vec<[usize; 2]>>) -> Result<()> {
     let args = args.merged()?;
     let sites = PatchSite::parse_list(args.sites.as_deref().unwrap_or(DEFAULT_SITES))?;
     if args.max_rows == Some(0) {
@@ -227,8 +288,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         out = out.join(s.dir_name());
         eprintln!("shard {}/{} of {} pairs into {}", s.index, s.count, pairs.len(), out.display());
     }
+    if let Some([l, h]) = senders.iter().flatten().find(|[l, h]| *l >= config.n_layer || *h >= config.n_head) {
+        bail!("--senders: head {l}.{h} does not exist (the model has {} layers of {} heads)", config.n_layer, config.n_head);
+    }
     let spec = SweepSpec {
         sites,
+        senders,
         reuse: !args.no_reuse,
         skip: !args.no_skip,
         metric: args.metric.unwrap_or_default(),

@@ -17,29 +17,122 @@ pub enum PatchSite {
     ZAllPos,
     /// One head's output `z` at one position.
     ZByPos,
+    /// One head's queries (keys, values) at every position.
+    QAllPos,
+    KAllPos,
+    VAllPos,
+    /// One head's queries (keys, values) at one position.
+    QByPos,
+    KByPos,
+    VByPos,
+    /// One head's attention pattern, every destination position.
+    PatternAllPos,
+    /// One head's attention pattern from one destination position (its row of the pattern).
+    PatternByPos,
+    /// One entry of one head's attention pattern: destination position, source position.
+    PatternDestSrc,
+    /// Path patching (the IOI paper's): a sending head's clean-minus-corrupted write added to one
+    /// later receiving head's query (key, value) input only, every other reader seeing the
+    /// corrupted run (TransformerLens' `get_act_patch_direct_path`).
+    PathQ,
+    PathK,
+    PathV,
+    /// A sending head's clean-minus-corrupted write added to the final residual stream only: its
+    /// direct effect through ln_f and the unembedding.
+    PathResidFinal,
 }
 
+/// Which cells of the activation at its layer one patched run overwrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// One position of a residual-shaped activation.
+    Position,
+    /// One head, every position.
+    HeadAllPos,
+    /// One head at one (destination) position.
+    HeadByPos,
+    /// One head's pattern entry at a (destination, source) pair of positions.
+    HeadDestSrc,
+    /// A (sender head, receiver head) edge.
+    Path,
+    /// A sender head to the logits.
+    PathToLogits,
+}
+
+/// Sites by the names of TransformerLens' functions that patch several at once: the
+/// `get_act_patch_*_every` groups, in the order they stack them.
+const GROUPS: [(&str, &[PatchSite]); 3] = [
+    ("block", &[PatchSite::ResidPre, PatchSite::AttnOut, PatchSite::MlpOut]),
+    ("heads_all_pos", &[PatchSite::ZAllPos, PatchSite::QAllPos, PatchSite::KAllPos, PatchSite::VAllPos, PatchSite::PatternAllPos]),
+    ("heads_by_pos", &[PatchSite::ZByPos, PatchSite::QByPos, PatchSite::KByPos, PatchSite::VByPos, PatchSite::PatternByPos]),
+];
+
 impl PatchSite {
-    pub const ALL: [PatchSite; 7] =
-        [Self::ResidPre, Self::ResidMid, Self::ResidPost, Self::AttnOut, Self::MlpOut, Self::ZAllPos, Self::ZByPos];
+    pub const ALL: [PatchSite; 20] = [
+        Self::ResidPre,
+        Self::ResidMid,
+        Self::ResidPost,
+        Self::AttnOut,
+        Self::MlpOut,
+        Self::ZAllPos,
+        Self::ZByPos,
+        Self::QAllPos,
+        Self::KAllPos,
+        Self::VAllPos,
+        Self::QByPos,
+        Self::KByPos,
+        Self::VByPos,
+        Self::PatternAllPos,
+        Self::PatternByPos,
+        Self::PatternDestSrc,
+        Self::PathQ,
+        Self::PathK,
+        Self::PathV,
+        Self::PathResidFinal,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::ZAllPos => "z_all_pos",
             Self::ZByPos => "z_by_pos",
+            Self::QAllPos => "q_all_pos",
+            Self::KAllPos => "k_all_pos",
+            Self::VAllPos => "v_all_pos",
+            Self::QByPos => "q_by_pos",
+            Self::KByPos => "k_by_pos",
+            Self::VByPos => "v_by_pos",
+            Self::PatternAllPos => "pattern_all_pos",
+            Self::PatternByPos => "pattern_by_pos",
+            Self::PatternDestSrc => "pattern_dest_src",
+            Self::PathQ => "path_q",
+            Self::PathK => "path_k",
+            Self::PathV => "path_v",
+            Self::PathResidFinal => "path_resid_final",
             other => other.kind().name(),
         }
     }
 
+    /// One site by its name.
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+            let all: Vec<_> = Self::ALL.iter().map(|s| s.name()).chain(GROUPS.iter().map(|g| g.0)).collect();
+            anyhow::anyhow!("unknown site {name:?}: expected one of {}", all.join(", "))
+        })
+    }
+
+    /// Comma-separated site names and group names (`block`, `heads_all_pos`, `heads_by_pos`),
+    /// each site once, in the order given.
     pub fn parse_list(list: &str) -> Result<Vec<Self>> {
         let mut out = Vec::new();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let Some(site) = Self::ALL.into_iter().find(|s| s.name() == name) else {
-                let all: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
-                bail!("unknown site {name:?}: expected one of {}", all.join(", "));
+            let sites = match GROUPS.iter().find(|g| g.0 == name) {
+                Some(g) => g.1.to_vec(),
+                None => vec![Self::parse(name)?],
             };
-            if !out.contains(&site) {
-                out.push(site);
+            for site in sites {
+                if !out.contains(&site) {
+                    out.push(site);
+                }
             }
         }
         if out.is_empty() {
@@ -48,7 +141,8 @@ impl PatchSite {
         Ok(out)
     }
 
-    /// The model activation the patch overwrites.
+    /// The model activation the patch overwrites (a path: the receiver's q, k, v, or the final
+    /// residual stream).
     pub fn kind(self) -> SiteKind {
         match self {
             Self::ResidPre => SiteKind::ResidPre,
@@ -57,49 +151,109 @@ impl PatchSite {
             Self::AttnOut => SiteKind::AttnOut,
             Self::MlpOut => SiteKind::MlpOut,
             Self::ZAllPos | Self::ZByPos => SiteKind::Z,
+            Self::QAllPos | Self::QByPos | Self::PathQ => SiteKind::Q,
+            Self::KAllPos | Self::KByPos | Self::PathK => SiteKind::K,
+            Self::VAllPos | Self::VByPos | Self::PathV => SiteKind::V,
+            Self::PatternAllPos | Self::PatternByPos | Self::PatternDestSrc => SiteKind::Pattern,
+            Self::PathResidFinal => SiteKind::ResidPost,
+        }
+    }
+
+    /// Whether the site is a path (a sender's write to one receiver), not an overwrite.
+    pub fn is_path(self) -> bool {
+        matches!(self.scope(), Scope::Path | Scope::PathToLogits)
+    }
+
+    /// The clean run's activation the patch reads, at every layer: the one it overwrites, or the
+    /// senders' outputs z.
+    pub fn clean_reads(self) -> SiteKind {
+        if self.is_path() {
+            SiteKind::Z
+        } else {
+            self.kind()
+        }
+    }
+
+    fn scope(self) -> Scope {
+        match self {
+            Self::ResidPre | Self::ResidMid | Self::ResidPost | Self::AttnOut | Self::MlpOut => Scope::Position,
+            Self::ZAllPos | Self::QAllPos | Self::KAllPos | Self::VAllPos | Self::PatternAllPos => Scope::HeadAllPos,
+            Self::ZByPos | Self::QByPos | Self::KByPos | Self::VByPos | Self::PatternByPos => Scope::HeadByPos,
+            Self::PatternDestSrc => Scope::HeadDestSrc,
+            Self::PathQ | Self::PathK | Self::PathV => Scope::Path,
+            Self::PathResidFinal => Scope::PathToLogits,
         }
     }
 
     fn by_position(self) -> bool {
-        self != Self::ZAllPos
+        matches!(self.scope(), Scope::Position | Scope::HeadByPos | Scope::HeadDestSrc)
+    }
+
+    fn by_src(self) -> bool {
+        self.scope() == Scope::HeadDestSrc
     }
 
     fn by_head(self) -> bool {
-        matches!(self, Self::ZAllPos | Self::ZByPos)
+        self.scope() != Scope::Position
     }
 
-    /// Axis names of the result array.
+    /// Axis names of the result array; `position` is the destination position of a pattern; a
+    /// path's `layer` and `head` are its sender's.
     pub fn axes(self) -> Vec<&'static str> {
         let mut axes = vec!["pair", "layer"];
         if self.by_position() {
             axes.push("position");
         }
+        if self.by_src() {
+            axes.push("src_position");
+        }
         if self.by_head() {
             axes.push("head");
+        }
+        if self.scope() == Scope::Path {
+            axes.extend(["receiver_layer", "receiver_head"]);
         }
         axes
     }
 }
 
 /// The model dimensions the result arrays are laid out by. `positions` is the longest pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     pub layers: usize,
     pub heads: usize,
     pub positions: usize,
+    /// The sending heads [layer, head] of path sites that run (`path --senders`); None: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub senders: Option<Vec<[usize; 2]>>,
 }
 
 impl Layout {
+    /// Every head sends (path sites).
+    pub fn new(layers: usize, heads: usize, positions: usize) -> Self {
+        Self { layers, heads, positions, senders: None }
+    }
+
     /// The shape of one pair's block of results for `site` (the array shape without its pair axis).
     pub fn per_pair(&self, site: PatchSite) -> Vec<usize> {
         let mut shape = vec![self.layers];
         if site.by_position() {
             shape.push(self.positions);
         }
+        if site.by_src() {
+            shape.push(self.positions);
+        }
         if site.by_head() {
             shape.push(self.heads);
         }
+        if site.scope() == Scope::Path {
+            shape.extend([self.layers, self.heads]);
+        }
         shape
+    }
+
+    fn sends(&self, layer: usize, head: usize) -> bool {
+        self.senders.as_ref().is_none_or(|s| s.contains(&[layer, head]))
     }
 
     pub fn per_pair_len(&self, site: PatchSite) -> usize {
@@ -108,26 +262,43 @@ impl Layout {
 
     /// How many patched runs `rows(site, len)` gives.
     pub fn run_count(&self, site: PatchSite, len: usize) -> usize {
-        self.layers * if site.by_position() { len } else { 1 } * if site.by_head() { self.heads } else { 1 }
+        let axis = |on: bool, n: usize| if on { n } else { 1 };
+        if site.is_path() {
+            return self.path_rows(site).len();
+        }
+        self.layers * axis(site.by_position(), len) * axis(site.by_src(), len) * axis(site.by_head(), self.heads)
+    }
+
+    /// A path site's rows, whatever the pair: each sender's to every head of a later layer (to
+    /// the logits: one), joining at the receiver's layer (to the logits: the last).
+    fn path_rows(&self, site: PatchSite) -> Vec<Row> {
+        let (l, h) = (self.layers, self.heads);
+        let senders = (0..l).flat_map(|sl| (0..h).map(move |sh| (sl, sh))).filter(|&(sl, sh)| self.sends(sl, sh));
+        let row = |sender: (usize, usize), layer, head, out| Row { pair: 0, site, layer, pos: None, src: None, head, sender: Some(sender), out };
+        match site.scope() {
+            Scope::PathToLogits => senders.map(|(sl, sh)| row((sl, sh), l - 1, None, sl * h + sh)).collect(),
+            _ => senders.flat_map(|(sl, sh)| (sl + 1..l).flat_map(move |dl| (0..h).map(move |dh| row((sl, sh), dl, Some(dh), ((sl * h + sh) * l + dl) * h + dh)))).collect(),
+        }
     }
 
     /// The patched runs of one pair of `len` tokens at `site`, each with its index in the pair's
     /// block. Positions at or past `len` (padding of shorter pairs) have no run.
     pub fn rows(&self, site: PatchSite, len: usize) -> Vec<Row> {
-        let positions: Vec<Option<usize>> = if site.by_position() { (0..len).map(Some).collect() } else { vec![None] };
-        let heads: Vec<Option<usize>> = if site.by_head() { (0..self.heads).map(Some).collect() } else { vec![None] };
+        if site.is_path() {
+            return self.path_rows(site);
+        }
+        let axis = |on: bool, n: usize| -> Vec<Option<usize>> { if on { (0..n).map(Some).collect() } else { vec![None] } };
+        let shape = self.per_pair(site);
         let mut rows = Vec::new();
         for layer in 0..self.layers {
-            for &pos in &positions {
-                for &head in &heads {
-                    let p = if site.by_position() { pos.unwrap() } else { 0 };
-                    let h = head.unwrap_or(0);
-                    let out = match (site.by_position(), site.by_head()) {
-                        (true, true) => (layer * self.positions + p) * self.heads + h,
-                        (true, false) => layer * self.positions + p,
-                        (false, _) => layer * self.heads + h,
-                    };
-                    rows.push(Row { pair: 0, site, layer, pos, head, out });
+            for &pos in &axis(site.by_position(), len) {
+                for &src in &axis(site.by_src(), len) {
+                    for &head in &axis(site.by_head(), self.heads) {
+                        // Row-major over the block's axes, those the site has.
+                        let index = [Some(layer), pos, src, head].into_iter().flatten();
+                        let out = index.zip(&shape).fold(0, |acc, (i, &n)| acc * n + i);
+                        rows.push(Row { pair: 0, site, layer, pos, src, head, sender: None, out });
+                    }
                 }
             }
         }
@@ -148,10 +319,14 @@ pub struct Row {
     pub pair: usize,
     pub site: PatchSite,
     pub layer: usize,
-    /// None: every position.
+    /// None: every position. A pattern's destination position.
     pub pos: Option<usize>,
-    /// None: the whole activation (residual-shaped sites).
+    /// A pattern entry's source position (pattern_dest_src only).
+    pub src: Option<usize>,
+    /// None: the whole activation (residual-shaped sites). A path's receiving head.
     pub head: Option<usize>,
+    /// A path's sending head (layer, head).
+    pub sender: Option<(usize, usize)>,
     pub out: usize,
 }
 
@@ -162,13 +337,15 @@ impl Row {
     }
 
     /// Whether this patched run provably is the corrupted run, from the pair's tokens alone (no
-    /// float comparison): attention is causal, so before the first differing position the clean
-    /// and corrupted runs agree at every layer; and layer 0's resid_pre (the embeddings) agrees
-    /// wherever the tokens do. Patching there writes an activation over itself. Sites over all
-    /// positions (z_all_pos) are always computed.
+    /// float comparison), so that patching writes an activation over itself: attention is
+    /// causal, so before the first differing position the clean and corrupted runs agree at every
+    /// layer; at layer 0, resid_pre (the embeddings) and q, k, v (functions of one position's
+    /// embedding) agree wherever the tokens do; and a pattern entry from a later source position
+    /// is masked, 0 in every run. Sites over all positions (`*_all_pos`) are always computed.
     pub fn is_noop(&self, clean: &[u32], corrupted: &[u32]) -> bool {
         let Some(p) = self.pos else { return false };
-        p < first_difference(clean, corrupted) || (self.site == PatchSite::ResidPre && self.layer == 0 && clean[p] == corrupted[p])
+        let local = matches!(self.site.kind(), SiteKind::ResidPre | SiteKind::Q | SiteKind::K | SiteKind::V);
+        p < first_difference(clean, corrupted) || self.src.is_some_and(|s| s > p) || (local && self.layer == 0 && clean[p] == corrupted[p])
     }
 }
 
@@ -242,26 +419,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn noops_are_the_positions_before_the_first_difference_and_equal_embeddings() {
-        let layout = Layout { layers: 2, heads: 3, positions: 6 };
+    fn noops_are_the_positions_before_the_first_difference_equal_embeddings_and_masked_entries() {
+        let layout = Layout::new(2, 3, 6);
         // Tokens differ at positions 2 and 4.
         let (clean, corrupted) = ([1, 2, 3, 4, 5, 6], [1, 2, 9, 4, 8, 6]);
         assert_eq!(first_difference(&clean, &corrupted), 2);
-        let noop = |site, layer, pos| Row { pair: 0, site, layer, pos, head: None, out: 0 }.is_noop(&clean, &corrupted);
-        for site in PatchSite::ALL.into_iter().filter(|s| s.by_position()) {
+        let at = |site, layer, pos, src| Row { pair: 0, site, layer, pos, src, head: Some(0), sender: None, out: 0 }.is_noop(&clean, &corrupted);
+        let noop = |site, layer, pos| at(site, layer, pos, None);
+        for site in PatchSite::ALL.into_iter().filter(|s| s.by_position() && !s.by_src()) {
             assert!(noop(site, 1, Some(1)) && !noop(site, 1, Some(2)) && !noop(site, 1, Some(3)), "{site:?}");
         }
-        assert!(noop(PatchSite::ResidPre, 0, Some(3)) && noop(PatchSite::ResidPre, 0, Some(5)) && !noop(PatchSite::ResidPre, 0, Some(4)));
-        assert!(!noop(PatchSite::ResidPre, 1, Some(3)) && !noop(PatchSite::AttnOut, 0, Some(3)) && !noop(PatchSite::ZAllPos, 0, None));
+        // Layer 0: the embeddings and each position's own q, k, v agree where the tokens do.
+        for site in [PatchSite::ResidPre, PatchSite::QByPos, PatchSite::KByPos, PatchSite::VByPos] {
+            assert!(noop(site, 0, Some(3)) && noop(site, 0, Some(5)) && !noop(site, 0, Some(4)), "{site:?}");
+            assert!(!noop(site, 1, Some(3)), "{site:?} past layer 0");
+        }
+        for site in [PatchSite::AttnOut, PatchSite::ZByPos, PatchSite::PatternByPos] {
+            assert!(!noop(site, 0, Some(3)), "{site:?} mixes positions");
+        }
+        for site in PatchSite::ALL.into_iter().filter(|s| !s.by_position()) {
+            assert!(!noop(site, 0, None), "{site:?} covers every position");
+        }
+        // A pattern entry: masked (source after destination), or a destination before the difference.
+        let entry = |dest, src| at(PatchSite::PatternDestSrc, 1, Some(dest), Some(src));
+        assert!(entry(3, 4) && entry(1, 0) && !entry(3, 3) && !entry(3, 0) && !entry(5, 2));
         // resid_pre: 2 layers × 6 positions, of which layer 0 skips 0, 1, 3, 5 and layer 1 skips 0, 1.
         let runs = Runs::of_pair(&layout, &[PatchSite::ResidPre, PatchSite::ZAllPos], &clean, &corrupted, true);
         assert_eq!(runs, Runs { computed: 6 + 6, skipped: 6 });
         assert_eq!(Runs::of_pair(&layout, &[PatchSite::ResidPre], &clean, &corrupted, false), Runs { computed: 12, skipped: 0 });
+        // pattern_dest_src: 2 layers × 3 heads × 36 entries; computed where src ≤ dest and dest ≥ 2.
+        let runs = Runs::of_pair(&layout, &[PatchSite::PatternDestSrc], &clean, &corrupted, true);
+        assert_eq!(runs, Runs { computed: 2 * 3 * (3 + 4 + 5 + 6), skipped: 2 * 3 * 36 - 2 * 3 * 18 });
+    }
+
+    #[test]
+    fn groups_expand_as_transformer_lens_stacks_them_and_names_round_trip() {
+        let names = |list| PatchSite::parse_list(list).unwrap().into_iter().map(PatchSite::name).collect::<Vec<_>>().join(",");
+        assert_eq!(names("block"), "resid_pre,attn_out,mlp_out");
+        assert_eq!(names("heads_all_pos"), "z_all_pos,q_all_pos,k_all_pos,v_all_pos,pattern_all_pos");
+        assert_eq!(names("heads_by_pos"), "z_by_pos,q_by_pos,k_by_pos,v_by_pos,pattern_by_pos");
+        assert_eq!(names("attn_out, block ,pattern_dest_src"), "attn_out,resid_pre,mlp_out,pattern_dest_src");
+        for site in PatchSite::ALL {
+            assert_eq!(PatchSite::parse(site.name()).unwrap(), site);
+        }
+        let err = PatchSite::parse_list("resid_pre,q").unwrap_err().to_string();
+        assert!(err.contains("unknown site \"q\"") && err.contains("q_by_pos") && err.contains("heads_all_pos"), "{err}");
     }
 
     #[test]
     fn run_count_is_the_number_of_rows_and_each_row_has_its_own_cell() {
-        let layout = Layout { layers: 3, heads: 4, positions: 11 };
+        let layout = Layout::new(3, 4, 11);
         for site in PatchSite::ALL {
             for len in [1, 7, 11] {
                 let rows = layout.rows(site, len);
@@ -271,6 +478,18 @@ mod tests {
                 cells.dedup();
                 assert_eq!(cells.len(), rows.len());
                 assert!(cells.iter().all(|&c| c < layout.per_pair_len(site)));
+                // The cell is the row's (layer, position, src, head) in the block's row-major order;
+                // a path's is its (sender layer, sender head[, receiver layer, receiver head]).
+                let strides: Vec<usize> = layout.per_pair(site).iter().rev().scan(1, |acc, &n| { let s = *acc; *acc *= n; Some(s) }).collect();
+                for r in &rows {
+                    let index: Vec<usize> = match (r.sender, site.scope()) {
+                        (Some((sl, sh)), Scope::Path) => vec![sl, sh, r.layer, r.head.unwrap()],
+                        (Some((sl, sh)), _) => vec![sl, sh],
+                        (None, _) => [Some(r.layer), r.pos, r.src, r.head].into_iter().flatten().collect(),
+                    };
+                    assert_eq!(index.len(), strides.len(), "{site:?}: one index per axis");
+                    assert_eq!(r.out, index.iter().zip(strides.iter().rev()).map(|(i, s)| i * s).sum::<usize>(), "{site:?} {r:?}");
+                }
             }
         }
     }

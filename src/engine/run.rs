@@ -148,12 +148,15 @@ impl<B: Backend> Engine<'_, B> {
         let m = self.model;
         let layers = 0..m.config.n_layer;
         let last = Site::new(SiteKind::ResidPost, self.last_layer());
-        let mut clean = Cache::new(layers.clone().flat_map(|l| sites.iter().map(move |s| Site::new(s.kind(), l))).chain([last]));
+        let mut clean = Cache::new(layers.clone().flat_map(|l| sites.iter().map(move |s| Site::new(s.clean_reads(), l))).chain([last]));
         let clean_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.clean.clone()).collect();
         m.resid_final(m.tokens(&clean_rows)?, &mut clean);
-        let mut corrupted = Cache::new(
-            layers.flat_map(|l| [SiteKind::ResidPre, SiteKind::K, SiteKind::V].map(|k| Site::new(k, l))).chain([last]),
-        );
+        // The prefixes' keys and values, the residual stream rows join from, and for paths the
+        // senders' outputs.
+        let paths = sites.iter().any(|s| s.is_path());
+        let corrupted_reads = [SiteKind::ResidPre, SiteKind::K, SiteKind::V].into_iter().chain(paths.then_some(SiteKind::Z));
+        let corrupted_reads: Vec<SiteKind> = corrupted_reads.collect();
+        let mut corrupted = Cache::new(layers.flat_map(|l| corrupted_reads.iter().map(move |&k| Site::new(k, l))).chain([last]));
         let corrupted_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.corrupted.clone()).collect();
         m.resid_final(m.tokens(&corrupted_rows)?, &mut corrupted);
         let ids = m.tokens(&pairs.iter().map(|p| vec![p.answer, p.distractor]).collect::<Vec<_>>())?;
@@ -201,7 +204,7 @@ impl<B: Backend> Engine<'_, B> {
                 })
                 .collect();
             let keep = (self.reuse && layer == self.last_layer()).then_some(1);
-            let mut hook = Patch { segments: &segments, len: base.len, clean: &base.clean };
+            let mut hook = Patch { segments: &segments, len: base.len, clean: &base.clean, corrupted: &base.corrupted, model: self.model };
             x = Some(block.forward(xl, layer, &prefixes, keep, &mut hook));
         }
         let last = x.expect("every row joins by the last layer").last(Some(1)).x;
@@ -257,13 +260,16 @@ struct Segment<B: Backend> {
 }
 
 /// Overwrites, for each batch row patched at a site, that site's activation at the row's position
-/// (and head) with the clean run's: only the patched slices are gathered from the clean cache and
-/// scattered into the batch, one index-based write per patched site.
+/// (and head, and pattern source) with the clean run's: only the patched slices are gathered from
+/// the clean cache and scattered into the batch, one index-based write per patched site. Path rows
+/// instead add their sender's clean-minus-corrupted write to what their receiver reads.
 struct Patch<'a, B: Backend> {
     segments: &'a [Segment<B>],
     /// The pairs' length: an activation of s positions covers positions len − s.. .
     len: usize,
     clean: &'a Cache<B>,
+    corrupted: &'a Cache<B>,
+    model: &'a Gpt2<B>,
 }
 
 impl<B: Backend> Hooks<B> for Patch<'_, B> {
@@ -273,29 +279,64 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
 
     fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
         let rows = &self.segments[segment].rows;
-        // Sites no row patches pass untouched (their axis 1 need not be positions: `pattern`).
-        if !rows.iter().any(|r| r.layer == site.layer && r.site.kind() == site.kind) {
+        let here = |r: &Row| r.layer == site.layer && r.site.kind() == site.kind;
+        let overwrites: Vec<(usize, &Row)> = rows.iter().enumerate().filter(|(_, r)| here(r) && !r.site.is_path()).collect();
+        let mut paths: Vec<(usize, &Row)> = rows.iter().enumerate().filter(|(_, r)| here(r) && r.site.is_path()).collect();
+        let act = if overwrites.is_empty() { act } else { self.overwrite(site, &overwrites, act) };
+        if paths.is_empty() {
             return act;
         }
+        paths.sort_by_key(|(_, r)| r.sender);
+        self.path(site, &paths, act)
+    }
+}
+
+impl<B: Backend> Patch<'_, B> {
+    /// The rows' (index in the segment, row) slices of `act` at `site`, from the clean run.
+    fn overwrite<const D: usize>(&self, site: Site, rows: &[(usize, &Row)], act: Tensor<B, D>) -> Tensor<B, D> {
+        // Axes: [rows, positions, d] residual-shaped, [rows, positions, heads, d_head] per head,
+        // [rows, heads, queries, keys] for the pattern (whose rows are keys long: the pair's length).
         let dims = act.dims();
-        let (n, s) = (dims[0], dims[1]);
-        let (h, e) = if D == 4 { (dims[2], dims[3]) } else { (1, dims[2]) };
-        let first = self.len - s;
-        // Slices of [rows·positions·heads, e] to overwrite, and where the clean run has them
-        // ([pairs·len·heads, e]). A patch before the first computed position cannot reach the
-        // metric from here (the last block computes the last position only).
+        let pattern = site.kind == SiteKind::Pattern;
+        let (n, s, h, e) = match (D, pattern) {
+            (3, _) => (dims[0], dims[1], 1, dims[2]),
+            (_, false) => (dims[0], dims[1], dims[2], dims[3]),
+            (_, true) => (dims[0], dims[2], dims[1], dims[3]),
+        };
+        let (len, first) = (self.len, self.len - s);
+        // The slice (row or pair, position, head) of e values, in the batch and in the clean run.
+        let to_slice = |i: usize, p: usize, hd: usize| if pattern { (i * h + hd) * s + p - first } else { (i * s + p - first) * h + hd };
+        let from_slice = |pair: usize, p: usize, hd: usize| if pattern { (pair * h + hd) * len + p } else { (pair * len + p) * h + hd };
+        // A pattern entry is one value of its slice: where a row patches one, every index is a value's.
+        let single = rows.iter().any(|(_, r)| r.src.is_some());
+        let width = if single { 1 } else { e };
         let (mut to, mut from) = (Vec::new(), Vec::new());
-        for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.layer == site.layer && r.site.kind() == site.kind) {
+        for &(i, r) in rows {
+            // A patch before the first computed position cannot reach the metric from here (the
+            // last block computes the last position only).
             let positions = match r.pos {
                 Some(p) if p < first => continue,
                 Some(p) => p..p + 1,
-                None => first..self.len,
+                None => first..len,
             };
             let heads = r.head.map_or(0..h, |hd| hd..hd + 1);
             for p in positions {
                 for hd in heads.clone() {
-                    to.push((i * s + p - first) * h + hd);
-                    from.push((r.pair * self.len + p) * h + hd);
+                    let (t, f) = (to_slice(i, p, hd), from_slice(r.pair, p, hd));
+                    match (r.src, single) {
+                        (Some(src), _) => {
+                            to.push(t * e + src);
+                            from.push(f * e + src);
+                        }
+                        (None, true) => {
+                            to.extend((0..e).map(|j| t * e + j));
+                            from.extend((0..e).map(|j| f * e + j));
+                        }
+                        (None, false) => {
+                            to.push(t);
+                            from.push(f);
+                        }
+                    }
                 }
             }
         }
@@ -304,10 +345,56 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
         }
         let device = act.device();
         let clean = self.clean.heads(site).expect("clean run caches every patched site");
-        let pairs = clean.dims()[0];
-        let values = clean.reshape([pairs * self.len * h, e]).select(0, int_tensor::<B>(from, &device));
+        let clean_len = clean.dims().iter().product::<usize>();
+        let values = clean.reshape([clean_len / width, width]).select(0, int_tensor::<B>(from, &device));
         let m = to.len();
         let to = int_tensor::<B>(to, &device).reshape([m, 1]);
-        act.reshape([n * s * h, e]).scatter_nd(to, values, IndexingUpdateOp::Assign).reshape(dims)
+        act.reshape([n * s * h * e / width, width]).scatter_nd(to, values, IndexingUpdateOp::Assign).reshape(dims)
+    }
+
+    /// Path rows, ordered by sender: at a receiver's q, k or v, the receiving head's input is
+    /// computed from the corrupted residual stream plus the sender's write; at the final residual
+    /// stream the write is added to it.
+    fn path<const D: usize>(&self, site: Site, rows: &[(usize, &Row)], act: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = act.dims();
+        let device = act.device();
+        let (n, s) = (dims[0], dims[1]);
+        let first = self.len - s;
+        let r = rows.len();
+        let pairs = || int_tensor::<B>(rows.iter().map(|(_, row)| row.pair), &device);
+        // Each row's sender's clean-minus-corrupted write at the computed positions, [r, s, d],
+        // one product per sending layer.
+        let mut writes = Vec::new();
+        for group in rows.chunk_by(|a, b| a.1.sender.map(|x| x.0) == b.1.sender.map(|x| x.0)) {
+            let (sl, _) = group[0].1.sender.expect("path rows have senders");
+            let ids = int_tensor::<B>(group.iter().map(|(_, row)| row.pair), &device);
+            let z = |c: &Cache<B>| c.heads(Site::new(SiteKind::Z, sl)).expect("both runs cache the senders' z").select(0, ids.clone()).narrow(1, first, s);
+            let delta = z(self.clean) - z(self.corrupted); // [g, s, h, dh]
+            let [g, _, h, dh] = delta.dims();
+            let own: Vec<usize> = group.iter().enumerate().flat_map(|(j, (_, row))| (0..s).map(move |p| (j * s + p) * h + row.sender.expect("sender").1)).collect();
+            let delta = delta.reshape([g * s * h, dh]).select(0, int_tensor::<B>(own, &device)).reshape([g, s, dh]);
+            let heads = int_tensor::<B>(group.iter().map(|(_, row)| row.sender.expect("sender").1), &device);
+            writes.push(self.model.blocks[sl].attn.head_write(delta, heads));
+        }
+        let writes = Tensor::cat(writes, 0);
+        let d = writes.dims()[2];
+        let which = match site.kind {
+            SiteKind::Q => 0,
+            SiteKind::K => 1,
+            SiteKind::V => 2,
+            SiteKind::ResidPost => {
+                let to = int_tensor::<B>(rows.iter().flat_map(|&(i, _)| (0..s).map(move |p| i * s + p)), &device).reshape([r * s, 1]);
+                return act.reshape([n * s, d]).scatter_nd(to, writes.reshape([r * s, d]), IndexingUpdateOp::Add).reshape(dims);
+            }
+            other => unreachable!("paths end at q, k, v or the final residual stream, not {other:?}"),
+        };
+        let h = dims[2];
+        let resid = self.corrupted.resid(Site::new(SiteKind::ResidPre, site.layer)).expect("cached").select(0, pairs()).narrow(1, first, s);
+        let heads: Vec<usize> = rows.iter().map(|(_, row)| row.head.expect("receivers are heads")).collect();
+        let values = self.model.blocks[site.layer].head_input(resid + writes, which, int_tensor::<B>(heads.iter().copied(), &device)); // [r, s, dh]
+        let dh = values.dims()[2];
+        let to = rows.iter().zip(&heads).flat_map(|(&(i, _), &hd)| (0..s).map(move |p| (i * s + p) * h + hd));
+        let to = int_tensor::<B>(to, &device).reshape([r * s, 1]);
+        act.reshape([n * s * h, dh]).scatter_nd(to, values.reshape([r * s, dh]), IndexingUpdateOp::Assign).reshape(dims)
     }
 }

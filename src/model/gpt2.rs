@@ -54,6 +54,19 @@ impl<B: Backend> LayerNorm<B> {
         let x = (x - mean) / (var + self.eps).sqrt();
         x * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
     }
+
+    /// The divisor of `x`'s normalization, √(var + eps) over the last axis (biased variance).
+    pub fn scale<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        (x.var_bias(D - 1) + self.eps).sqrt()
+    }
+
+    pub fn weight(&self) -> &Tensor<B, 1> {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor<B, 1> {
+        &self.bias
+    }
 }
 
 /// Keys and values of the `len` positions before the ones being computed, from other runs: `k`
@@ -109,6 +122,24 @@ impl<B: Backend> Attention<B> {
             }
         };
         z.with(linear(z.x.clone(), &self.c_proj_w, &self.c_proj_b))
+    }
+
+    /// Row r's head `heads[r]` writing `z` [rows, pos, d_head] into the residual stream through its
+    /// rows of c_proj: [rows, pos, d] (TransformerLens' `result`; c_proj's bias is in none).
+    pub fn head_write(&self, z: Tensor<B, 3>, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+        let dh = z.dims()[2];
+        let (h, d) = (self.n_head, self.n_head * dh);
+        matmul(z, self.c_proj_w.clone().reshape([h, dh, d]).select(0, heads)) // [rows, pos, dh] @ [rows, dh, d]
+    }
+
+    /// Row r's head `heads[r]`'s query (`which` 0), key (1) or value (2) of ln_1's output `x`
+    /// [rows, pos, d]: [rows, pos, d_head].
+    fn head_input(&self, x: Tensor<B, 3>, which: usize, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+        let d = x.dims()[2];
+        let (h, dh) = (self.n_head, d / self.n_head);
+        let w = self.c_attn_w.clone().narrow(1, which * d, d).reshape([d, h, dh]).swap_dims(0, 1).select(0, heads.clone()); // [rows, d, dh]
+        let b = self.c_attn_b.clone().narrow(0, which * d, d).reshape([h, dh]).select(0, heads).unsqueeze_dim::<3>(1); // [rows, 1, dh]
+        matmul(x, w) + b
     }
 
     /// One segment's heads, their outputs concatenated: [batch, keep, d] from `qkv` [batch, pos, 3d].
@@ -171,7 +202,7 @@ impl<B: Backend> Mlp<B> {
 
 pub struct Block<B: Backend> {
     ln_1: LayerNorm<B>,
-    attn: Attention<B>,
+    pub attn: Attention<B>,
     ln_2: LayerNorm<B>,
     mlp: Mlp<B>,
 }
@@ -184,6 +215,12 @@ impl<B: Backend> Block<B> {
             ln_2: LayerNorm::load(src, &format!("h.{layer}.ln_2"), c)?,
             mlp: Mlp::load(src, &format!("h.{layer}.mlp"), c)?,
         })
+    }
+
+    /// Row r's head `heads[r]`'s query (`which` 0), key (1) or value (2) when it alone reads the
+    /// residual stream `resid` [rows, pos, d] (TransformerLens' split q/k/v input): [rows, pos, d_head].
+    pub fn head_input(&self, resid: Tensor<B, 3>, which: usize, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+        self.attn.head_input(self.ln_1.forward(resid), which, heads)
     }
 
     /// One block on `x`. A segment's `prefix` holds the keys and values of the positions before
@@ -249,9 +286,26 @@ impl<B: Backend> Gpt2<B> {
 
     /// Embeddings of `tokens` placed at positions start.. (start > 0 for a suffix).
     pub fn embed(&self, tokens: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
+        let [tok, pos] = self.embed_parts(tokens, start);
+        tok + pos
+    }
+
+    /// The token embeddings [batch, pos, d] and the position embeddings [1, pos, d] that `embed`
+    /// adds (TransformerLens' `hook_embed` and `hook_pos_embed`).
+    pub fn embed_parts(&self, tokens: Tensor<B, 2, Int>, start: usize) -> [Tensor<B, 3>; 2] {
         let [b, s] = tokens.dims();
         let tok = self.wte.clone().select(0, tokens.reshape([b * s])).reshape([b, s, self.config.n_embd]);
-        tok + self.wpe.clone().narrow(0, start, s).unsqueeze::<3>()
+        [tok, self.wpe.clone().narrow(0, start, s).unsqueeze::<3>()]
+    }
+
+    pub fn ln_f(&self) -> &LayerNorm<B> {
+        &self.ln_f
+    }
+
+    /// The unembedding's columns of `ids` [rows, k] (tied: wte's rows), [rows, k, d].
+    pub fn unembedding(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [rows, k] = ids.dims();
+        self.wte.clone().select(0, ids.reshape([rows * k])).reshape([rows, k, self.config.n_embd])
     }
 
     /// Logits [batch, pos, vocab] of the final residual stream.
@@ -263,8 +317,7 @@ impl<B: Backend> Gpt2<B> {
     /// gives [rows, k]. Equal to gathering `unembed`'s output, at a fraction of its cost.
     pub fn logits_of(&self, resid: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let [rows, k] = ids.dims();
-        let w = self.wte.clone().select(0, ids.reshape([rows * k])).reshape([rows, k, self.config.n_embd]);
-        (self.ln_f.forward(resid).unsqueeze_dim::<3>(1) * w).sum_dim(2).reshape([rows, k])
+        (self.ln_f.forward(resid).unsqueeze_dim::<3>(1) * self.unembedding(ids)).sum_dim(2).reshape([rows, k])
     }
 
     /// The whole forward pass: logits [batch, pos, vocab].

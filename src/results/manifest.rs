@@ -45,6 +45,23 @@ pub struct PairEntry {
     pub positions: BTreeMap<String, usize>,
 }
 
+impl PairEntry {
+    pub fn new(p: &crate::data::TokenizedPair, tok: &crate::tokenizer::Tokenizer) -> Self {
+        let token = |id| TokenRef { id, token: tok.token_str(id) };
+        Self {
+            row: p.row,
+            length: p.len(),
+            clean_tokens: p.clean.clone(),
+            corrupted_tokens: p.corrupted.clone(),
+            clean_strs: tok.token_strs(&p.clean),
+            corrupted_strs: tok.token_strs(&p.corrupted),
+            answer: token(p.answer),
+            distractor: token(p.distractor),
+            positions: p.positions.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SiteEntry {
     pub name: String,
