@@ -3,9 +3,11 @@
 //!
 //! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
 //! forward with patch sites, `model`) → `results` (.npy + manifest, one transaction; `sweep`
-//! orchestrates a whole run, `verify` rechecks some of its rows) → `analysis`.
+//! orchestrates a whole run, `verify` rechecks some of its rows) → `analysis`. Beside it,
+//! `circuits` reads the model's insides directly (attention patterns).
 pub mod analysis;
 pub mod backend;
+pub mod circuits;
 pub mod cli;
 pub mod data;
 pub mod engine;

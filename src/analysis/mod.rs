@@ -1,6 +1,7 @@
 //! `patchbay analyze`: raw patching results → normalized metrics ((patched − corrupted) /
 //! (clean − corrupted): clean = 1, corrupted = 0), mean and standard error over pairs, a summary
 //! (JSON and CSV), and a heatmap per site (PNG and SVG); by named position where pairs name them.
+pub mod attribution;
 pub mod plot;
 
 use crate::results::manifest::{heatmap_files, normalized_file, SUMMARY_CSV, SUMMARY_JSON};

@@ -1,6 +1,8 @@
 //! The command line: argument parsing and printing over the library. No tensor math here.
+mod attribute;
 mod bench;
 mod inspect;
+mod patterns;
 mod run;
 
 use crate::backend::{BackendKind, BackendSpec, DType};
@@ -25,9 +27,10 @@ enum Command {
     Run(run::RunArgs),
     /// Path patching: each sending head's write into later heads' q, k or v input, or the logits.
     Path(run::PathArgs),
-    /// Normalize a run's results (clean = 1, corrupted = 0); summary and heatmaps.
+    /// Normalize a run's results (clean = 1, corrupted = 0); summary and heatmaps. Of an
+    /// `attribute` directory: mean and standard error, line plots and the heads' heatmap.
     Analyze {
-        /// A results directory written by `patchbay run`.
+        /// A results directory written by `patchbay run` or `patchbay attribute`.
         out: PathBuf,
     },
     /// Generate IOI prompt pairs (BABA and ABBA templates) as JSONL with named positions.
@@ -61,6 +64,10 @@ enum Command {
     },
     /// Benchmark a sweep on a random-weight model of a named shape: reuse vs --no-reuse.
     Bench(bench::BenchArgs),
+    /// Attention patterns of prompts: .npy, a per-head heatmap grid and an offline HTML viewer.
+    Patterns(patterns::PatternsArgs),
+    /// The logit lens and direct logit attribution of pairs' clean runs (embeddings, layers, heads).
+    Attribute(attribute::AttributeArgs),
     /// Combine the shards of a run (`run --shard K/N`) into one result.
     Merge {
         /// Shard directories, or one run directory holding shard-K-of-N directories.
@@ -132,6 +139,8 @@ pub fn main() -> Result<()> {
         Command::Run(args) => run::run(args),
         Command::Path(args) => run::path(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Patterns(args) => patterns::run(args),
+        Command::Attribute(args) => attribute::run(args),
         Command::Ioi { n, seed, corruption, model, out, overwrite } => {
             if out.exists() && !overwrite {
                 anyhow::bail!("{} exists: pass --overwrite to replace it, or choose another --out", out.display());
@@ -179,6 +188,11 @@ pub fn main() -> Result<()> {
                 v.max_abs_diff,
                 v.tolerance
             );
+            Ok(())
+        }
+        Command::Analyze { out } if crate::results::attribution::is_attribution(&out) => {
+            let files = crate::analysis::attribution::analyze(&out)?;
+            println!("analyzed the attribution in {}: {}", out.display(), files.join(", "));
             Ok(())
         }
         Command::Analyze { out } => {

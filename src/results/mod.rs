@@ -1,6 +1,7 @@
 //! The results directory, the one place that knows its files: `manifest.json` (what the run is
 //! and how to read it), one .npy per array, `analyze`'s outputs; the transaction that writes a run
 //! (`store`: staged files, a journal, commit, resume, overwrite); and merging shards (`merge`).
+pub mod attribution;
 pub mod manifest;
 mod merge;
 pub mod npy;

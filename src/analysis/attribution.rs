@@ -1,0 +1,86 @@
+//! `patchbay analyze` of an `attribute` directory: mean and standard error over pairs of the
+//! logit lens, the components and the heads; line plots of the first two, a layer × head heatmap
+//! of the third; and how far the components (with ln_f's bias term) are from the logit difference.
+use super::mean_sem;
+use super::plot::{self, Grid, Lines};
+use crate::results::attribution;
+use crate::results::write_atomic;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Serialize)]
+struct Part {
+    labels: Vec<String>,
+    mean: Vec<f32>,
+    sem: Vec<f32>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    model: String,
+    pairs: usize,
+    accumulated: Part,
+    components: Part,
+    /// [layers, heads], row-major.
+    heads: Part,
+    mean_logit_diff: f32,
+    /// max over pairs |Σ components + ln_f bias term − logit difference|.
+    max_sum_error: f32,
+}
+
+pub const SUMMARY: &str = "attribution_summary.json";
+
+fn part(values: &[f32], labels: Vec<String>) -> Part {
+    let (mean, sem, _) = mean_sem(values, labels.len());
+    Part { labels, mean, sem }
+}
+
+/// Writes the summary and the plots; returns the files written.
+pub fn analyze(dir: &Path) -> Result<Vec<String>> {
+    let (l, a) = attribution::read(dir)?;
+    let n = l.pairs.len();
+    let nc = l.component_labels.len();
+    let max_sum_error = (0..n)
+        .map(|p| (a.components[p * nc..(p + 1) * nc].iter().sum::<f32>() + l.bias_term[p] - l.logit_diff[p]).abs())
+        .fold(0.0, f32::max);
+    let heads_labels = (0..l.layers).flat_map(|x| (0..l.heads).map(move |h| format!("{x}.{h}"))).collect();
+    let s = Summary {
+        model: l.model.clone(),
+        pairs: n,
+        accumulated: part(&a.accumulated, l.accumulated_labels.clone()),
+        components: part(&a.components, l.component_labels.clone()),
+        heads: part(&a.heads, heads_labels),
+        mean_logit_diff: l.logit_diff.iter().sum::<f32>() / n as f32,
+        max_sum_error,
+    };
+    let mut written = vec![SUMMARY.to_string()];
+    write_atomic(&dir.join(SUMMARY), &serde_json::to_vec_pretty(&s)?)?;
+    let what = format!("mean over {n} pair(s) — {}", l.model);
+    for (name, title, p) in [
+        ("accumulated", "logit lens: ln_f(residual stream)·(W_U[answer] − W_U[distractor])", &s.accumulated),
+        ("components", "direct logit attribution of each component", &s.components),
+    ] {
+        let lines = Lines {
+            title: format!("{title}, {what}"),
+            y_title: "logit difference".into(),
+            labels: p.labels.clone(),
+            series: vec![(name.to_string(), p.mean.clone(), p.sem.clone())],
+        };
+        write_atomic(&dir.join(format!("{name}.svg")), plot::lines_svg(&lines).as_bytes())?;
+        write_atomic(&dir.join(format!("{name}.png")), &plot::lines_png(&lines)?)?;
+        written.extend([format!("{name}.png"), format!("{name}.svg")]);
+    }
+    let grid = Grid {
+        title: format!("direct logit attribution of each head, {what}"),
+        row_title: "layer".into(),
+        col_title: "head".into(),
+        rows: (0..l.layers).map(|x| x.to_string()).collect(),
+        cols: (0..l.heads).map(|h| format!("H{h}")).collect(),
+        values: s.heads.mean.clone(),
+    };
+    write_atomic(&dir.join("heads.svg"), plot::svg(&grid).as_bytes())?;
+    write_atomic(&dir.join("heads.png"), &plot::png(&grid)?)?;
+    written.extend(["heads.png".to_string(), "heads.svg".to_string()]);
+    Ok(written)
+}

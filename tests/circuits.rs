@@ -1,0 +1,264 @@
+//! Reading circuits: attention patterns against TransformerLens' `cache["pattern", layer]`, the
+//! `patterns` command's files, and its HTML viewer in a real browser (headless Chromium).
+mod common;
+use burn::prelude::*;
+use common::*;
+use patchbay::backend::{dispatch, BackendTask, DType};
+use patchbay::circuits::patterns::patterns;
+use patchbay::model::weights::Safetensors;
+use patchbay::model::{Gpt2, Gpt2Config};
+use patchbay::results::{read_f32, read_i32};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn model<B: Backend>(dir: &Path, device: &B::Device) -> Gpt2<B> {
+    let config = Gpt2Config::from_json_file(&dir.join("config.json")).unwrap();
+    Gpt2::load(config, &mut Safetensors::open(&dir.join("model.safetensors"), device).unwrap()).unwrap()
+}
+
+/// Max |patchbay − TL| over the fixture's clean prompts and, for batching by length and padding,
+/// their prefixes of length 1 and ⌈t/2⌉: attention is causal, so a prefix's pattern is the top-left
+/// block of the whole prompt's. Some layers and heads only, in a chosen order.
+struct AgainstTl(PathBuf);
+
+impl BackendTask for AgainstTl {
+    type Output = f32;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<f32> {
+        let refs = Refs::load(&self.0);
+        let m = model::<B>(&self.0, &device);
+        let (l, h) = (m.config.n_layer, m.config.n_head);
+        let full = refs.token_rows("tokens");
+        let t = full[0].len();
+        let mut prompts = full.clone();
+        prompts.extend(full.iter().map(|p| p[..t.div_ceil(2)].to_vec()));
+        prompts.push(full[0][..1].to_vec());
+        let layers: Vec<usize> = (0..l).rev().collect();
+        let heads: Vec<usize> = (0..h).filter(|x| x % 2 == 0).chain((0..h).filter(|x| x % 2 == 1)).collect();
+        // Two prompts a pass: batches cut within a length.
+        let p = patterns(&m, &prompts, &layers, &heads, 2, &mut |_| {})?;
+        assert_eq!(p.shape(), [prompts.len(), l, h, t, t]);
+        let mut worst = 0f32;
+        for (i, prompt) in prompts.iter().enumerate() {
+            let (k, src) = (prompt.len(), i % full.len());
+            for (li, &layer) in layers.iter().enumerate() {
+                let (tl, shape) = refs.f32(&format!("blocks.{layer}.attn.hook_pattern")); // [P, H, T, T]
+                assert_eq!(shape, [full.len(), h, t, t]);
+                for (hi, &head) in heads.iter().enumerate() {
+                    let rows = p.of(i, li, hi);
+                    assert_eq!(rows.len(), k);
+                    for (d, row) in rows.iter().enumerate() {
+                        let want = &tl[((src * h + head) * t + d) * t..][..k];
+                        worst = worst.max(max_abs_diff(row, want));
+                    }
+                    // Past a prompt's length: NaN padding.
+                    let start = ((i * l + li) * h + hi) * t * t;
+                    assert!(p.values[start..start + t * t].iter().enumerate().all(|(j, v)| (j / t < k && j % t < k) != v.is_nan()));
+                }
+            }
+        }
+        Ok(worst)
+    }
+}
+
+#[test]
+fn patterns_match_transformer_lens_on_every_fixture_shape() {
+    for dir in fixture_dirs() {
+        for spec in backends().into_iter().filter(|s| s.dtype == DType::F32) {
+            let worst = dispatch(&spec, AgainstTl(dir.clone())).unwrap();
+            eprintln!("{} {spec:?}: patterns within {worst:.2e} of TransformerLens", name(&dir));
+            assert!(worst <= 1e-5, "{} {spec:?}: patterns differ from TransformerLens by {worst}", name(&dir));
+        }
+    }
+}
+
+fn patchbay(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("patchbay-circuits-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const PROMPTS: [&str; 2] = ["Michelle Jones was a top-notch student. Michelle", "When Mary and John went to the store, John gave a drink to"];
+
+/// Headless Chromium, as Debian installs it; None (the test says so and passes) where it is not.
+fn chromium() -> Option<PathBuf> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(PathBuf::from).find(|p| p.exists());
+    if found.is_none() {
+        eprintln!("no Chromium installed (apt-get install chromium): the HTML viewer is not opened in a browser here");
+    }
+    found
+}
+
+fn headless(chromium: &Path, profile: &Path, args: &[&str]) -> String {
+    let out = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `data-weight`s of the token spans in the element with `id` of a dumped DOM.
+fn weights(dom: &str, id: &str) -> Vec<f32> {
+    let start = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in the DOM"));
+    let end = start + dom[start..].find("</div>").unwrap();
+    dom[start..end].split("data-weight=\"").skip(1).map(|s| s[..s.find('"').unwrap()].parse().unwrap()).collect()
+}
+
+#[test]
+fn patterns_command_writes_arrays_grid_and_a_viewer_that_a_browser_renders() {
+    let out = tmp("cli");
+    let tiny = tiny();
+    let (ok, log) = patchbay(&["patterns", "--model", tiny.to_str().unwrap(), PROMPTS[0], PROMPTS[1], "--layers", "1-2", "--heads", "0,2", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    for f in ["patterns.npy", "lengths.npy", "patterns.json", "patterns.png", "patterns.svg", "patterns.html"] {
+        assert!(out.join(f).exists(), "{f} missing: {log}");
+    }
+    let (values, shape) = read_f32(&out.join("patterns.npy")).unwrap();
+    let (lengths, _) = read_i32(&out.join("lengths.npy")).unwrap();
+    let tok = patchbay::tokenizer::Tokenizer::from_file(&tiny.join("tokenizer.json")).unwrap();
+    let want: Vec<i32> = PROMPTS.iter().map(|p| tok.encode(p).unwrap().len() as i32).collect();
+    let t = want[1] as usize;
+    assert_eq!((lengths.clone(), shape.clone()), (want, vec![2, 2, 2, t, t]));
+    // Prompt 0 is the fixture's first clean prompt: its patterns are TransformerLens'.
+    let refs = Refs::load(&tiny);
+    let at = |p: usize, li: usize, hi: usize, d: usize, s: usize| values[(((p * 2 + li) * 2 + hi) * t + d) * t + s];
+    for (li, layer) in [1, 2].into_iter().enumerate() {
+        let (tl, _) = refs.f32(&format!("blocks.{layer}.attn.hook_pattern"));
+        for (hi, head) in [0, 2].into_iter().enumerate() {
+            for d in 0..11 {
+                for s in 0..11 {
+                    let want = tl[((head) * 11 + d) * 11 + s];
+                    assert!((at(0, li, hi, d, s) - want).abs() <= 1e-5, "layer {layer} head {head} {d}→{s}");
+                }
+            }
+        }
+    }
+    // Every destination's weights sum to 1 over its sources, none after it.
+    for d in 0..t {
+        let row: Vec<f32> = (0..t).map(|s| at(1, 0, 1, d, s)).collect();
+        assert!((row[..=d].iter().sum::<f32>() - 1.0).abs() < 1e-5 && row[d + 1..].iter().all(|&w| w == 0.0), "{row:?}");
+    }
+    // Refuses to clobber, replaces with --overwrite; bad layers and heads are one-line errors.
+    let (ok, log) = patchbay(&["patterns", "--model", tiny.to_str().unwrap(), PROMPTS[0], "--out", out.to_str().unwrap()]);
+    assert!(!ok && log.contains("--overwrite"), "{log}");
+    let (ok, log) = patchbay(&["patterns", "--model", tiny.to_str().unwrap(), PROMPTS[0], "--layers", "3", "--out", out.to_str().unwrap(), "--overwrite"]);
+    assert!(!ok && log.contains("outside the model's layers 0..2"), "{log}");
+
+    let Some(chromium) = chromium() else { return };
+    let profile = tmp("chromium-profile");
+    // The view in the hash: prompt 1, second layer (2), second head (2), hovering token 6.
+    let url = format!("file://{}#prompt=1&layer=1&head=1&token=6", out.join("patterns.html").display());
+    let dom = headless(&chromium, &profile, &["--virtual-time-budget=5000", "--dump-dom", &url]);
+    assert!(dom.contains("layer 2, head 2 (prompt 1)"), "title not rendered: {}", &dom[..dom.len().min(2000)]);
+    let to = weights(&dom, "to");
+    let from = weights(&dom, "from");
+    assert_eq!((to.len(), from.len()), (t, t), "one span per token of prompt 1");
+    for s in 0..t {
+        assert!((to[s] - at(1, 1, 1, 6, s)).abs() <= 2e-6, "what token 6 attends to, at {s}: {} vs {}", to[s], at(1, 1, 1, 6, s));
+        assert!((from[s] - at(1, 1, 1, s, 6)).abs() <= 2e-6, "what attends to token 6, from {s}");
+    }
+    // A screenshot: the page draws (a heatmap's blues, not a blank page; the masked cells are grey).
+    let shot = out.join("viewer.png");
+    headless(&chromium, &profile, &["--window-size=1000,900", &format!("--screenshot={}", shot.display()), &url]);
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut img = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut img).unwrap();
+    let px = info.color_type.samples();
+    let blue = img[..info.buffer_size()].chunks(px).filter(|p| p[2] as i32 - p[0] as i32 > 25).count();
+    assert!(blue > 2000, "the screenshot shows no heatmap ({blue} blue pixels)");
+}
+
+/// The fixture's pairs, as the engine takes them.
+fn fixture_pairs(refs: &Refs) -> Vec<patchbay::data::TokenizedPair> {
+    let (clean, corrupted) = (refs.token_rows("tokens"), refs.token_rows("corrupted"));
+    let (answer, distractor) = (refs.i32("answer").0, refs.i32("distractor").0);
+    (0..clean.len())
+        .map(|i| patchbay::data::TokenizedPair {
+            row: i + 1,
+            clean: clean[i].clone(),
+            corrupted: corrupted[i].clone(),
+            answer: answer[i] as u32,
+            distractor: distractor[i] as u32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// (what, max |patchbay − TransformerLens|) for the logit lens, the components and the heads, and
+/// how far the components with ln_f's bias term are from the logit difference.
+struct Attribution(PathBuf, &'static str);
+
+impl BackendTask for Attribution {
+    type Output = Vec<(&'static str, f32)>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let refs = Refs::load_file(&self.0, self.1);
+        let m = model::<B>(&self.0, &device);
+        let pairs = fixture_pairs(&refs);
+        // One pair a pass and all at once.
+        let one = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 1, &mut |_| {})?;
+        let a = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 64, &mut |_| {})?;
+        let nc = 2 * m.config.n_layer + 2;
+        let sums: Vec<f32> = (0..pairs.len()).map(|p| a.components[p * nc..(p + 1) * nc].iter().sum::<f32>() + a.bias_term[p]).collect();
+        Ok(vec![
+            ("accumulated", max_abs_diff(&a.accumulated, &refs.f32("dla.accumulated").0)),
+            ("components", max_abs_diff(&a.components, &refs.f32("dla.components").0)),
+            ("heads", max_abs_diff(&a.heads, &refs.f32("dla.heads").0)),
+            ("logit difference vs the clean baseline", max_abs_diff(&a.logit_diff, &refs.f32("baseline_clean").0)),
+            ("components + ln_f bias term vs logit difference", max_abs_diff(&sums, &a.logit_diff)),
+            ("batch of one vs all", max_abs_diff(&one.heads, &a.heads).max(max_abs_diff(&one.accumulated, &a.accumulated))),
+        ])
+    }
+}
+
+#[test]
+fn logit_lens_and_direct_attribution_match_transformer_lens_and_sum_to_the_logit_difference() {
+    let mut cases: Vec<_> = fixture_dirs().into_iter().map(|d| (patchbay::backend::BackendSpec::default(), d, "refs.safetensors")).collect();
+    cases.push((patchbay::backend::BackendSpec::default(), tiny(), BOS_REFS));
+    cases.extend(backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != patchbay::backend::BackendKind::Cpu).map(|s| (s, tiny(), "refs.safetensors")));
+    for (spec, dir, refs) in cases {
+        let diffs = dispatch(&spec, Attribution(dir.clone(), refs)).unwrap();
+        eprintln!("{} {refs} {spec:?}: {diffs:?}", name(&dir));
+        assert!(diffs.iter().all(|(_, d)| *d <= 1e-4), "{} {refs} {spec:?}: {diffs:?}", name(&dir));
+    }
+}
+
+#[test]
+fn attribute_command_writes_arrays_and_analyze_draws_them() {
+    let dir = tmp("attribute");
+    let pairs = dir.join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        r#"{"clean": "Michelle Jones was a top-notch student. Michelle", "corrupted": "Michelle Smith was a top-notch student. Michelle", "answer": " Jones", "distractor": " Smith"}
+{"clean": "When Mary and John went to the store, John gave a drink to", "corrupted": "When Mary and John went to the store, Mary gave a drink to", "answer": " Mary", "distractor": " John"}
+"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let tiny = tiny();
+    let (ok, log) = patchbay(&["attribute", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let (acc, shape) = read_f32(&out.join("accumulated.npy")).unwrap();
+    assert_eq!(shape, [2, 7]);
+    // The first pair is the fixture's: its logit lens is TransformerLens'.
+    assert!(max_abs_diff(&acc[..7], &Refs::load(&tiny).f32("dla.accumulated").0[..7]) <= 1e-4);
+    assert_eq!(read_f32(&out.join("heads.npy")).unwrap().1, [2, 3, 4]);
+    let (ok, log) = patchbay(&["attribute", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!ok && log.contains("--overwrite"), "{log}");
+    let (ok, log) = patchbay(&["analyze", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    for f in ["attribution_summary.json", "accumulated.png", "accumulated.svg", "components.png", "components.svg", "heads.png", "heads.svg"] {
+        assert!(out.join(f).exists(), "{f}: {log}");
+    }
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("attribution_summary.json")).unwrap()).unwrap();
+    assert!(s["max_sum_error"].as_f64().unwrap() < 1e-4, "{s}");
+    assert_eq!(s["components"]["labels"][2], "0_attn_out");
+}
