@@ -177,22 +177,6 @@ fn patterns_command_writes_arrays_grid_and_a_viewer_that_a_browser_renders() {
     assert!(blue > 2000, "the screenshot shows no heatmap ({blue} blue pixels)");
 }
 
-/// The fixture's pairs, as the engine takes them.
-fn fixture_pairs(refs: &Refs) -> Vec<patchbay::data::TokenizedPair> {
-    let (clean, corrupted) = (refs.token_rows("tokens"), refs.token_rows("corrupted"));
-    let (answer, distractor) = (refs.i32("answer").0, refs.i32("distractor").0);
-    (0..clean.len())
-        .map(|i| patchbay::data::TokenizedPair {
-            row: i + 1,
-            clean: clean[i].clone(),
-            corrupted: corrupted[i].clone(),
-            answer: answer[i] as u32,
-            distractor: distractor[i] as u32,
-            ..Default::default()
-        })
-        .collect()
-}
-
 /// (what, max |patchbay − TransformerLens|) for the logit lens, the components and the heads, and
 /// how far the components with ln_f's bias term are from the logit difference.
 struct Attribution(PathBuf, &'static str);

@@ -50,8 +50,7 @@ impl BackendTask for Run {
     type Output = Attribution;
     fn run<B: Backend>(self, device: B::Device) -> Result<Attribution> {
         let model = load_model::<B>(&self.files, &device)?;
-        let bar = indicatif::ProgressBar::new(self.pairs.len() as u64)
-            .with_style(indicatif::ProgressStyle::with_template("{elapsed_precise} {wide_bar} {human_pos}/{human_len} pairs  ETA {eta}").expect("valid template"));
+        let bar = super::progress(self.pairs.len(), "pairs");
         let a = attribute(&model, &self.pairs, self.batch, &mut |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
         Ok(a)

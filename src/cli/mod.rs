@@ -133,6 +133,12 @@ impl BackendArgs {
     }
 }
 
+/// A progress bar over `len` items named `unit` (prompts, pairs), for the commands' long loops.
+fn progress(len: usize, unit: &str) -> indicatif::ProgressBar {
+    let template = format!("{{elapsed_precise}} {{wide_bar}} {{human_pos}}/{{human_len}} {unit}  ETA {{eta}}");
+    indicatif::ProgressBar::new(len as u64).with_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"))
+}
+
 pub fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),

@@ -108,8 +108,7 @@ impl BackendTask for Run {
     type Output = Patterns;
     fn run<B: Backend>(self, device: B::Device) -> Result<Patterns> {
         let model = load_model::<B>(&self.files, &device)?;
-        let bar = indicatif::ProgressBar::new(self.prompts.len() as u64)
-            .with_style(indicatif::ProgressStyle::with_template("{elapsed_precise} {wide_bar} {human_pos}/{human_len} prompts  ETA {eta}").expect("valid template"));
+        let bar = super::progress(self.prompts.len(), "prompts");
         let p = patterns(&model, &self.prompts, &self.layers, &self.heads, self.batch, &mut |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
         Ok(p)

@@ -148,3 +148,19 @@ pub fn without_checks(files: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+/// The fixture's pairs (`tokens`, `corrupted`, `answer`, `distractor`), as the engine takes them.
+pub fn fixture_pairs(refs: &Refs) -> Vec<patchbay::data::TokenizedPair> {
+    let (clean, corrupted) = (refs.token_rows("tokens"), refs.token_rows("corrupted"));
+    let (answer, distractor) = (refs.i32("answer").0, refs.i32("distractor").0);
+    (0..clean.len())
+        .map(|i| patchbay::data::TokenizedPair {
+            row: i + 1,
+            clean: clean[i].clone(),
+            corrupted: corrupted[i].clone(),
+            answer: answer[i] as u32,
+            distractor: distractor[i] as u32,
+            ..Default::default()
+        })
+        .collect()
+}
