@@ -4,13 +4,15 @@
 //! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
 //! forward with patch sites, `model`) → `results` (.npy + manifest, one transaction; `sweep`
 //! orchestrates a whole run, `verify` rechecks some of its rows) → `analysis`. Beside it,
-//! `circuits` reads the model's insides directly (attention patterns).
+//! `circuits` reads the model's insides directly (attention patterns, logit attribution), and `generate` decodes
+//! text and scores its perplexity.
 pub mod analysis;
 pub mod backend;
 pub mod circuits;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod generate;
 pub mod model;
 pub mod results;
 pub mod sweep;

@@ -38,6 +38,11 @@ impl Tokenizer {
         self.inner.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>"))
     }
 
+    /// The text of a token sequence (byte-level: a character split across tokens comes out whole).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, false).unwrap_or_else(|_| self.token_strs(ids).concat())
+    }
+
     pub fn token_strs(&self, ids: &[u32]) -> Vec<String> {
         ids.iter().map(|&id| self.token_str(id)).collect()
     }

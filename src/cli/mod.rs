@@ -1,6 +1,7 @@
 //! The command line: argument parsing and printing over the library. No tensor math here.
 mod attribute;
 mod bench;
+mod generate;
 mod inspect;
 mod patterns;
 mod run;
@@ -64,6 +65,10 @@ enum Command {
     },
     /// Benchmark a sweep on a random-weight model of a named shape: reuse vs --no-reuse.
     Bench(bench::BenchArgs),
+    /// Generate text from prompts (greedy or sampled), with a KV cache, batched.
+    Generate(generate::GenerateArgs),
+    /// Perplexity of texts, and of each of their tokens.
+    Perplexity(generate::PerplexityArgs),
     /// Attention patterns of prompts: .npy, a per-head heatmap grid and an offline HTML viewer.
     Patterns(patterns::PatternsArgs),
     /// The logit lens and direct logit attribution of pairs' clean runs (embeddings, layers, heads).
@@ -146,6 +151,8 @@ pub fn main() -> Result<()> {
         Command::Path(args) => run::path(args),
         Command::Bench(args) => bench::bench(args),
         Command::Patterns(args) => patterns::run(args),
+        Command::Generate(args) => generate::run_generate(args),
+        Command::Perplexity(args) => generate::run_perplexity(args),
         Command::Attribute(args) => attribute::run(args),
         Command::Ioi { n, seed, corruption, model, out, overwrite } => {
             if out.exists() && !overwrite {

@@ -1,0 +1,256 @@
+//! `patchbay generate` and `patchbay perplexity`: decoding and scoring text, batched.
+use super::BackendArgs;
+use crate::backend::{dispatch, BackendTask};
+use crate::generate::sampling::Sampling;
+use crate::generate::{generate, perplexity, token_losses, Options};
+use crate::model::weights::{load_model, ModelFiles};
+use crate::results::{write_atomic, write_npy};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use burn::prelude::Backend;
+use clap::Args;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The prompt (or give --prompts).
+    prompt: Option<String>,
+    /// Hub id or model directory.
+    #[arg(long, default_value = "gpt2")]
+    model: String,
+    /// A JSONL file of prompts, one {"prompt": "..."} (or {"text": ...}) a line: decoded batched.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    #[arg(long, default_value_t = 50)]
+    max_new_tokens: usize,
+    /// Always the most likely token (no sampling; the penalties and filters do not apply).
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "freq_penalty"])]
+    greedy: bool,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Sample from the k most likely tokens only.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample from the most likely tokens that together reach this probability.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Subtracted from a token's logit once for every time it is in the sequence so far.
+    #[arg(long, default_value_t = 0.0)]
+    freq_penalty: f32,
+    /// Sequences per prompt.
+    #[arg(long, default_value_t = 1)]
+    num_sequences: usize,
+    /// Seed of the sampling: the same seed gives the same text on every run and backend.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// End a sequence at `<|endoftext|>`.
+    #[arg(long)]
+    stop_at_eos: bool,
+    /// Put `<|endoftext|>` in front of every prompt, as TransformerLens does by default.
+    #[arg(long)]
+    prepend_bos: bool,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    /// Texts (or give --texts).
+    texts: Vec<String>,
+    /// Hub id or model directory.
+    #[arg(long, default_value = "gpt2")]
+    model: String,
+    /// A JSONL file of texts, one {"text": "..."} (or {"prompt": ...}) a line.
+    #[arg(long = "texts")]
+    file: Option<PathBuf>,
+    /// Also each token's perplexity, exp of its loss.
+    #[arg(long)]
+    per_token: bool,
+    #[arg(long)]
+    prepend_bos: bool,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long)]
+    json: bool,
+    /// Write perplexity.npy [texts], token_perplexity.npy [texts, longest − 1] (NaN past a text's
+    /// end) and perplexity.json into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+/// The texts of a JSONL file: each line's "prompt" or "text"; errors name the line.
+fn read_texts(path: &Path) -> Result<Vec<String>> {
+    let body = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        match v.get("prompt").or_else(|| v.get("text")).and_then(|t| t.as_str()) {
+            Some(t) => out.push(t.to_string()),
+            None => bail!("{}: no \"prompt\" or \"text\" string", at()),
+        }
+    }
+    if out.is_empty() {
+        bail!("{} holds no texts", path.display());
+    }
+    Ok(out)
+}
+
+/// Texts from the arguments or a file (exactly one of them), tokenized; errors name the text.
+fn texts_and_ids(args: Vec<String>, file: Option<&Path>, tok: &Tokenizer, prepend_bos: bool) -> Result<(Vec<String>, Vec<Vec<u32>>)> {
+    let texts = match (file, args.is_empty()) {
+        (Some(_), false) => bail!("give texts as arguments or in a file, not both"),
+        (None, true) => bail!("no text: give it as an argument, or a JSONL file"),
+        (Some(f), true) => read_texts(f)?,
+        (None, false) => args,
+    };
+    let ids = texts.iter().enumerate().map(|(i, t)| tok.encode_with(t, prepend_bos).with_context(|| format!("text {}", i + 1))).collect::<Result<_>>()?;
+    Ok((texts, ids))
+}
+
+struct Decode {
+    files: ModelFiles,
+    prompts: Vec<Vec<u32>>,
+    options: Options,
+}
+
+impl BackendTask for Decode {
+    type Output = Vec<Vec<u32>>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<Vec<u32>>> {
+        let model = load_model::<B>(&self.files, &device)?;
+        let total = self.prompts.len() * self.options.num_sequences * self.options.max_new_tokens;
+        let bar = super::progress(total, "tokens");
+        let out = generate(&model, &self.prompts, &self.options, &mut |n| bar.inc(n as u64))?;
+        bar.finish_and_clear();
+        Ok(out)
+    }
+}
+
+#[derive(Serialize)]
+struct Sequence<'a> {
+    prompt: usize,
+    sequence: usize,
+    prompt_text: &'a str,
+    tokens: &'a [u32],
+    text: String,
+}
+
+pub fn run_generate(a: GenerateArgs) -> Result<()> {
+    let files = ModelFiles::locate(&a.model)?;
+    let tok = Tokenizer::from_file(&files.tokenizer)?;
+    let (texts, prompts) = texts_and_ids(a.prompt.into_iter().collect(), a.prompts.as_deref(), &tok, a.prepend_bos)?;
+    if !a.greedy && !(a.temperature > 0.0) {
+        bail!("--temperature must be above 0 (for the most likely token every step, pass --greedy)");
+    }
+    if let Some(p) = a.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        bail!("--top-p must be in (0, 1], not {p}");
+    }
+    let sampling = if a.greedy { Sampling::GREEDY } else { Sampling { temperature: Some(a.temperature), top_k: a.top_k, top_p: a.top_p, freq_penalty: a.freq_penalty } };
+    let options = Options {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        num_sequences: a.num_sequences.max(1),
+        seed: a.seed,
+        stop_at: if a.stop_at_eos { Some(tok.bos()?) } else { None },
+        batch: a.batch,
+    };
+    let n = options.num_sequences;
+    let out = dispatch(&a.backend.configure()?, Decode { files, prompts, options })?;
+    let seqs: Vec<Sequence> = out.iter().enumerate().map(|(s, t)| Sequence { prompt: s / n, sequence: s % n, prompt_text: &texts[s / n], tokens: t, text: tok.decode(t) }).collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&seqs)?);
+        return Ok(());
+    }
+    for s in &seqs {
+        if texts.len() > 1 || n > 1 {
+            println!("--- prompt {}, sequence {} ---", s.prompt + 1, s.sequence + 1);
+        }
+        println!("{}{}", s.prompt_text, s.text);
+    }
+    Ok(())
+}
+
+struct Score {
+    files: ModelFiles,
+    texts: Vec<Vec<u32>>,
+    batch: usize,
+}
+
+impl BackendTask for Score {
+    type Output = Vec<Vec<f32>>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<Vec<f32>>> {
+        let model = load_model::<B>(&self.files, &device)?;
+        let bar = super::progress(self.texts.len(), "texts");
+        let out = token_losses(&model, &self.texts, self.batch, &mut |n| bar.inc(n as u64))?;
+        bar.finish_and_clear();
+        Ok(out)
+    }
+}
+
+#[derive(Serialize)]
+struct Scored<'a> {
+    text: &'a str,
+    tokens: &'a [u32],
+    perplexity: f32,
+    /// Token t+1's perplexity given tokens ..=t, with its text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_token: Option<Vec<(String, f32)>>,
+}
+
+pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
+    let files = ModelFiles::locate(&a.model)?;
+    let tok = Tokenizer::from_file(&files.tokenizer)?;
+    let (texts, ids) = texts_and_ids(a.texts, a.file.as_deref(), &tok, a.prepend_bos)?;
+    if let Some(out) = &a.out {
+        if !a.overwrite && out.join("perplexity.json").exists() {
+            bail!("{} already holds perplexity.json: pass --overwrite to replace it, or choose another --out", out.display());
+        }
+    }
+    let losses = dispatch(&a.backend.configure()?, Score { files, texts: ids.clone(), batch: a.batch })?;
+    let scored: Vec<Scored> = texts
+        .iter()
+        .zip(&ids)
+        .zip(&losses)
+        .map(|((text, tokens), l)| Scored {
+            text,
+            tokens,
+            perplexity: perplexity(l),
+            per_token: a.per_token.then(|| tokens[1..].iter().zip(l).map(|(&t, &x)| (tok.token_str(t), x.exp())).collect()),
+        })
+        .collect();
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let width = ids.iter().map(|t| t.len() - 1).max().unwrap_or(0);
+        let per_token: Vec<f32> = losses.iter().flat_map(|l| l.iter().map(|x| x.exp()).chain(std::iter::repeat(f32::NAN)).take(width)).collect();
+        write_npy(&out.join("perplexity.npy"), &[texts.len()], &scored.iter().map(|s| s.perplexity).collect::<Vec<_>>())?;
+        write_npy(&out.join("token_perplexity.npy"), &[texts.len(), width], &per_token)?;
+        write_atomic(&out.join("perplexity.json"), &serde_json::to_vec_pretty(&scored)?)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&scored)?);
+        return Ok(());
+    }
+    println!("{:>12}  {:>6}  text", "perplexity", "tokens");
+    for s in &scored {
+        println!("{:>12.4}  {:>6}  {:?}", s.perplexity, s.tokens.len(), s.text);
+        for (t, p) in s.per_token.iter().flatten() {
+            println!("{:>12.4}          {t:?}", p);
+        }
+    }
+    if let Some(out) = &a.out {
+        println!("wrote perplexity.npy, token_perplexity.npy, perplexity.json to {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Generation and perplexity: plain forward passes on top of `model`, no patching. Decoding keeps
+//! each layer's keys and values (`KvCache`): a step computes only the new token, attending to the
+//! cached positions through the same prefix mechanism the patching engine's suffixes use.
+pub mod sampling;
+
+use crate::data::Rng;
+use crate::model::gpt2::Prefix;
+use crate::model::{Batch, Cache, Gpt2, NoHooks, Site, SiteKind};
+use anyhow::{ensure, Result};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use sampling::{next_token, Sampling};
+use std::collections::BTreeMap;
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().expect("f32")
+}
+
+/// The keys and values [rows, positions, heads, d_head] of every layer for the positions decoded so far.
+pub struct KvCache<B: Backend> {
+    k: Vec<Tensor<B, 4>>,
+    v: Vec<Tensor<B, 4>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new() -> Self {
+        Self { k: Vec::new(), v: Vec::new(), len: 0 }
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Runs `tokens` [rows, s] at positions len.. on top of the cache, adds their keys and values
+    /// to it, and returns the logits of the last position, [rows, vocab].
+    pub fn step(&mut self, model: &Gpt2<B>, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [rows, s] = tokens.dims();
+        let device = model.device();
+        let ids = Tensor::<B, 1, Int>::arange(0..rows as i64, &device);
+        let mut x = Batch::one(model.embed(tokens, self.len));
+        for (l, block) in model.blocks.iter().enumerate() {
+            let prefix = (self.len > 0).then(|| Prefix { k: self.k[l].clone(), v: self.v[l].clone(), pairs: (0..rows).collect(), pair_ids: ids.clone(), len: self.len });
+            let (k, v) = (Site::new(SiteKind::K, l), Site::new(SiteKind::V, l));
+            let mut new = Cache::new([k, v]);
+            x = block.forward(x, l, &[prefix], None, &mut new);
+            let (nk, nv) = (new.heads(k).expect("recorded"), new.heads(v).expect("recorded"));
+            if self.len == 0 {
+                self.k.push(nk);
+                self.v.push(nv);
+            } else {
+                self.k[l] = Tensor::cat(vec![self.k[l].clone(), nk], 1);
+                self.v[l] = Tensor::cat(vec![self.v[l].clone(), nv], 1);
+            }
+        }
+        self.len += s;
+        model.unembed(x.into_one().narrow(1, s - 1, 1)).reshape([rows, model.config.vocab_size])
+    }
+
+    /// Keeps only `rows` (indices into the current rows) in the cache.
+    pub fn retain(&mut self, rows: Tensor<B, 1, Int>) {
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.clone().select(0, rows.clone());
+        }
+    }
+}
+
+impl<B: Backend> Default for KvCache<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Sequences per prompt.
+    pub num_sequences: usize,
+    pub seed: u64,
+    /// Stop a sequence after it emits this token (it is kept in the output).
+    pub stop_at: Option<u32>,
+    /// Sequences decoded together.
+    pub batch: usize,
+}
+
+/// The random stream of sequence `seq` of prompt `prompt`: independent of batching and backend.
+fn stream(seed: u64, prompt: usize, seq: usize) -> Rng {
+    let mut r = Rng(seed ^ (prompt as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (seq as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    r.next();
+    r
+}
+
+/// The new tokens of `num_sequences` sequences per prompt (prompt-major), decoded with a KV
+/// cache, sequences of one length together, each finishing on its own; `progress` is told how
+/// many tokens each step produced.
+pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<u32>>> {
+    let ctx = model.config.n_positions;
+    for (i, p) in prompts.iter().enumerate() {
+        ensure!(!p.is_empty(), "prompt {} is empty", i + 1);
+        ensure!(p.len() + o.max_new_tokens <= ctx, "prompt {} has {} tokens: with {} new ones it exceeds the model's context of {ctx}", i + 1, p.len(), o.max_new_tokens);
+    }
+    let n = o.num_sequences.max(1);
+    let mut out = vec![Vec::new(); prompts.len() * n];
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for s in 0..out.len() {
+        by_len.entry(prompts[s / n].len()).or_default().push(s);
+    }
+    let device = model.device();
+    for seqs in by_len.values() {
+        for chunk in seqs.chunks(o.batch.max(1)) {
+            let mut rngs: Vec<Rng> = chunk.iter().map(|&s| stream(o.seed, s / n, s % n)).collect();
+            let mut seen: Vec<Vec<u32>> = chunk.iter().map(|&s| prompts[s / n].clone()).collect();
+            let mut active: Vec<usize> = (0..chunk.len()).collect();
+            let mut cache = KvCache::new();
+            let mut logits = cache.step(model, model.tokens(&seen)?);
+            for _ in 0..o.max_new_tokens {
+                let v = model.config.vocab_size;
+                let rows = host(logits);
+                let mut next = Vec::with_capacity(active.len());
+                for (r, &a) in active.iter().enumerate() {
+                    let t = next_token(&rows[r * v..(r + 1) * v], &seen[a], &o.sampling, &mut rngs[a]);
+                    seen[a].push(t);
+                    out[chunk[a]].push(t);
+                    next.push(t);
+                }
+                progress(active.len());
+                let still: Vec<usize> = (0..active.len()).filter(|&r| Some(next[r]) != o.stop_at).collect();
+                if still.is_empty() || out[chunk[active[0]]].len() == o.max_new_tokens {
+                    break;
+                }
+                if still.len() < active.len() {
+                    cache.retain(Tensor::from_data(TensorData::new(still.iter().map(|&r| r as i64).collect::<Vec<_>>(), [still.len()]), &device));
+                    active = still.iter().map(|&r| active[r]).collect();
+                }
+                let step: Vec<Vec<u32>> = active.iter().map(|&a| vec![*seen[a].last().expect("a token")]).collect();
+                logits = cache.step(model, model.tokens(&step)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Each text's per-token loss: entry t is −log p(token t+1 | tokens ..=t), texts of one length
+/// `batch` a forward pass; `progress` is told how many texts each pass finished.
+pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<f32>>> {
+    for (i, t) in texts.iter().enumerate() {
+        ensure!(t.len() >= 2, "text {} has {} token(s): perplexity needs at least 2 (a token to predict)", i + 1, t.len());
+    }
+    let mut out = vec![Vec::new(); texts.len()];
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, t) in texts.iter().enumerate() {
+        by_len.entry(t.len()).or_default().push(i);
+    }
+    for (len, idx) in by_len {
+        for chunk in idx.chunks(batch.max(1)) {
+            let b = chunk.len();
+            let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| texts[i].clone()).collect();
+            let logits = model.forward(model.tokens(&rows)?, &mut NoHooks).narrow(1, 0, len - 1);
+            let next: Vec<Vec<u32>> = rows.iter().map(|r| r[1..].to_vec()).collect();
+            let next = model.tokens(&next)?.unsqueeze_dim::<3>(2);
+            let loss = host(log_softmax(logits, 2).gather(2, next).neg()); // [b, len − 1, 1]
+            for (j, &i) in chunk.iter().enumerate() {
+                out[i] = loss[j * (len - 1)..(j + 1) * (len - 1)].to_vec();
+            }
+            progress(b);
+        }
+    }
+    Ok(out)
+}
+
+/// exp of the mean of a text's token losses.
+pub fn perplexity(losses: &[f32]) -> f32 {
+    (losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64).exp() as f32
+}

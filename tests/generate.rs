@@ -1,0 +1,223 @@
+//! Generation (KV-cache decoding, greedy and sampled) and perplexity against HF transformers on
+//! the tiny fixture (tests/fixtures/make_generation_refs.py), on every backend compiled in.
+mod common;
+use burn::prelude::*;
+use common::*;
+use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
+use patchbay::generate::sampling::Sampling;
+use patchbay::generate::{generate, perplexity, token_losses, KvCache, Options};
+use patchbay::model::weights::Safetensors;
+use patchbay::model::{Gpt2, Gpt2Config, NoHooks};
+use std::path::PathBuf;
+use std::process::Command;
+
+const REFS: &str = "refs-generate.safetensors";
+/// As in make_generation_refs.py.
+const PROMPTS: [&str; 2] = ["Michelle Jones was a top-notch student. Michelle", "When Mary and John went to the store, John gave a drink to"];
+const TEXTS: [&str; 3] = ["Michelle Jones was a top-notch student. Michelle", "The cat sat on the mat.", "Hi there"];
+const NEW_TOKENS: usize = 10;
+
+fn model<B: Backend>(device: &B::Device) -> Gpt2<B> {
+    let dir = tiny();
+    let config = Gpt2Config::from_json_file(&dir.join("config.json")).unwrap();
+    Gpt2::load(config, &mut Safetensors::open(&dir.join("model.safetensors"), device).unwrap()).unwrap()
+}
+
+fn ids(refs: &Refs, name: &str) -> Vec<u32> {
+    refs.i32(name).0.into_iter().map(|t| t as u32).collect()
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+fn options(sampling: Sampling, num_sequences: usize, seed: u64, stop_at: Option<u32>, batch: usize) -> Options {
+    Options { max_new_tokens: NEW_TOKENS, sampling, num_sequences, seed, stop_at, batch }
+}
+
+/// Step by step, the KV cache's logits against the whole sequence's forward pass (greedy).
+struct StepByStep;
+
+impl BackendTask for StepByStep {
+    /// (max |cached − full| over every step's logits, the greedy tokens)
+    type Output = (f32, Vec<u32>);
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let m = model::<B>(&device);
+        let refs = Refs::load_file(&tiny(), REFS);
+        let mut seq = ids(&refs, "gen.prompt0");
+        let mut cache = KvCache::new();
+        let (mut worst, mut new) = (0.0f32, Vec::new());
+        let mut step = seq.clone();
+        for _ in 0..NEW_TOKENS {
+            let cached = host(cache.step(&m, m.tokens(&[step])?));
+            let full = m.forward(m.tokens(&[seq.clone()])?, &mut NoHooks);
+            let full = host(full.narrow(1, seq.len() - 1, 1));
+            worst = worst.max(max_abs_diff(&cached, &full));
+            let t = patchbay::generate::sampling::argmax(&cached) as u32;
+            seq.push(t);
+            new.push(t);
+            step = vec![t];
+        }
+        assert_eq!(cache.len(), seq.len() - 1);
+        Ok((worst, new))
+    }
+}
+
+#[test]
+fn kv_cache_steps_equal_the_full_forward_and_greedy_equals_hf_on_every_backend() {
+    let refs = Refs::load_file(&tiny(), REFS);
+    let tok = patchbay::tokenizer::Tokenizer::from_file(&tiny().join("tokenizer.json")).unwrap();
+    for (i, p) in PROMPTS.iter().enumerate() {
+        assert_eq!(tok.encode(p).unwrap(), ids(&refs, &format!("gen.prompt{i}")), "the references' prompt {i}");
+    }
+    let hf = ids(&refs, "gen.greedy0");
+    for spec in backends() {
+        let (worst, tokens) = dispatch(&spec, StepByStep).unwrap();
+        eprintln!("{spec:?}: KV-cache logits vs the full forward {worst:.2e}, greedy {tokens:?}");
+        assert!(worst < tolerance(&spec), "{spec:?}: the KV cache's logits differ from the full forward by {worst}");
+        if spec.dtype == DType::F32 {
+            assert_eq!(tokens, hf, "{spec:?}: greedy tokens differ from HF generate(do_sample=False)");
+        }
+    }
+}
+
+/// `generate` on one backend: the given options over `prompts`.
+struct Generate(Vec<Vec<u32>>, Options);
+
+impl BackendTask for Generate {
+    type Output = Vec<Vec<u32>>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        generate(&model::<B>(&device), &self.0, &self.1, &mut |_| {})
+    }
+}
+
+fn f32_backends() -> Vec<BackendSpec> {
+    // Fusion off only: the step-by-step test above covers fusion; lavapipe compiles slowly.
+    backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).collect()
+}
+
+#[test]
+fn batched_generation_finishes_sequences_independently_and_sampling_is_reproducible() {
+    let refs = Refs::load_file(&tiny(), REFS);
+    let tok = patchbay::tokenizer::Tokenizer::from_file(&tiny().join("tokenizer.json")).unwrap();
+    let prompts = vec![ids(&refs, "gen.prompt0"), ids(&refs, "gen.prompt1")];
+    let hf = [ids(&refs, "gen.greedy0"), ids(&refs, "gen.greedy1")];
+    let cpu = BackendSpec::default();
+    // Greedy, both prompts (two lengths), two sequences each: HF's tokens for every sequence.
+    let got = dispatch(&cpu, Generate(prompts.clone(), options(Sampling::GREEDY, 2, 0, None, 64))).unwrap();
+    assert_eq!(got, vec![hf[0].clone(), hf[0].clone(), hf[1].clone(), hf[1].clone()]);
+
+    // Two prompts of one length in one batch, stopping at a token the first emits early and the
+    // second never does: the first ends there, the second runs on, each as when decoded alone.
+    let other = tok.encode("Michelle Smith was a top-notch student. Michelle").unwrap();
+    assert_eq!(other.len(), prompts[0].len());
+    let pair = vec![prompts[0].clone(), other];
+    let alone = dispatch(&cpu, Generate(pair.clone(), options(Sampling::GREEDY, 1, 0, None, 1))).unwrap();
+    let stop = *alone[0].iter().take(4).find(|t| !alone[1].contains(t)).expect("a token only the first prompt's text has early");
+    let cut = alone[0].iter().position(|&t| t == stop).unwrap() + 1;
+    let stopped = dispatch(&cpu, Generate(pair, options(Sampling::GREEDY, 1, 0, Some(stop), 64))).unwrap();
+    assert_eq!(stopped, vec![alone[0][..cut].to_vec(), alone[1].clone()]);
+
+    // Sampled: the same seed gives the same streams on every run, batch size and backend; another
+    // seed others.
+    let sampled = Sampling { temperature: Some(1.0), top_k: Some(50), top_p: Some(0.9), freq_penalty: 0.5 };
+    let want = dispatch(&cpu, Generate(prompts.clone(), options(sampled.clone(), 3, 3, None, 64))).unwrap();
+    assert_eq!(want, dispatch(&cpu, Generate(prompts.clone(), options(sampled.clone(), 3, 3, None, 64))).unwrap());
+    assert_eq!(want, dispatch(&cpu, Generate(prompts.clone(), options(sampled.clone(), 3, 3, None, 1))).unwrap());
+    assert!(want[0] != want[1] && want[0] != hf[0], "sequences of one prompt differ, and from greedy: {want:?}");
+    assert_ne!(want, dispatch(&cpu, Generate(prompts.clone(), options(sampled.clone(), 3, 4, None, 64))).unwrap());
+    for spec in f32_backends().into_iter().filter(|s| s.kind != BackendKind::Cpu) {
+        assert_eq!(want, dispatch(&spec, Generate(prompts.clone(), options(sampled.clone(), 3, 3, None, 64))).unwrap(), "{spec:?}");
+    }
+}
+
+struct Losses(Vec<Vec<u32>>);
+
+impl BackendTask for Losses {
+    type Output = Vec<Vec<f32>>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        token_losses(&model::<B>(&device), &self.0, 2, &mut |_| {})
+    }
+}
+
+fn patchbay(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("patchbay-generate-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn perplexity_equals_hf_per_text_and_per_token() {
+    let refs = Refs::load_file(&tiny(), REFS);
+    let tok = patchbay::tokenizer::Tokenizer::from_file(&tiny().join("tokenizer.json")).unwrap();
+    let texts: Vec<Vec<u32>> = (0..TEXTS.len()).map(|i| ids(&refs, &format!("ppl.ids{i}"))).collect();
+    for (t, want) in TEXTS.iter().zip(&texts) {
+        assert_eq!(&tok.encode(t).unwrap(), want);
+    }
+    let (hf_ppl, _) = refs.f32("ppl.perplexity");
+    for spec in f32_backends() {
+        let got = dispatch(&spec, Losses(texts.clone())).unwrap();
+        for (i, l) in got.iter().enumerate() {
+            let (want, _) = refs.f32(&format!("ppl.token_loss{i}"));
+            assert!(max_abs_diff(l, &want) <= 1e-4, "{spec:?} text {i}: token losses {l:?} vs HF {want:?}");
+            let rel = (perplexity(l) - hf_ppl[i]).abs() / hf_ppl[i];
+            assert!(rel <= 1e-4, "{spec:?} text {i}: perplexity {} vs HF {} ({rel:.1e} relative)", perplexity(l), hf_ppl[i]);
+        }
+    }
+
+    // The command: JSON with per-token values, the arrays in --out, and one-line errors.
+    let out = tmp("ppl");
+    let model = tiny();
+    let (ok, log) = patchbay(&["perplexity", "--model", model.to_str().unwrap(), TEXTS[0], TEXTS[1], TEXTS[2], "--per-token", "--json", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let json: serde_json::Value = serde_json::from_str(&log[..log.rfind(']').unwrap() + 1]).unwrap();
+    for i in 0..TEXTS.len() {
+        let p = json[i]["perplexity"].as_f64().unwrap() as f32;
+        assert!((p - hf_ppl[i]).abs() / hf_ppl[i] <= 1e-4, "text {i}: {p} vs {}", hf_ppl[i]);
+        let per_token = json[i]["per_token"].as_array().unwrap();
+        let (want, _) = refs.f32(&format!("ppl.token_loss{i}"));
+        assert_eq!(per_token.len(), want.len());
+        assert_eq!(per_token[0][0].as_str().unwrap(), tok.token_str(texts[i][1]));
+        let p0 = per_token[0][1].as_f64().unwrap() as f32;
+        assert!((p0 - want[0].exp()).abs() / want[0].exp() <= 1e-4);
+    }
+    let (pp, shape) = patchbay::results::read_f32(&out.join("perplexity.npy")).unwrap();
+    assert_eq!(shape, vec![3]);
+    assert!(pp.iter().zip(&hf_ppl).all(|(a, b)| (a - b).abs() / b <= 1e-4));
+    let (tp, shape) = patchbay::results::read_f32(&out.join("token_perplexity.npy")).unwrap();
+    assert_eq!(shape, vec![3, texts[0].len() - 1]);
+    assert!(tp[2 * shape[1] + 1].is_nan() && !tp[2 * shape[1]].is_nan(), "padding past the 2-token text's one loss");
+    let (ok, log) = patchbay(&["perplexity", "--model", model.to_str().unwrap(), "Hi"]);
+    assert!(!ok && log.contains("text 1 has 1 token(s)"), "{log}");
+    let file = out.join("t.jsonl");
+    std::fs::write(&file, "{\"text\": \"Hi there\"}\n{\"txt\": 1}\n").unwrap();
+    let (ok, log) = patchbay(&["perplexity", "--model", model.to_str().unwrap(), "--texts", file.to_str().unwrap()]);
+    assert!(!ok && log.contains("t.jsonl line 2: no \"prompt\" or \"text\" string"), "{log}");
+}
+
+#[test]
+fn generate_command_prints_hf_greedy_and_reproducible_samples() {
+    let refs = Refs::load_file(&tiny(), REFS);
+    let model = tiny();
+    let m = model.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let (ok, log) = patchbay(&[&["generate", "--model", m, PROMPTS[0], "--max-new-tokens", "10", "--json"], extra].concat());
+        assert!(ok, "{log}");
+        let json: serde_json::Value = serde_json::from_str(&log[log.find('[').unwrap()..log.rfind(']').unwrap() + 1]).unwrap();
+        json.as_array().unwrap().iter().map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect::<Vec<_>>()).collect::<Vec<_>>()
+    };
+    assert_eq!(run(&["--greedy"]), vec![ids(&refs, "gen.greedy0")]);
+    let a = run(&["--seed", "5", "--num-sequences", "2", "--top-k", "20"]);
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, run(&["--seed", "5", "--num-sequences", "2", "--top-k", "20", "--batch", "1"]));
+    let (ok, log) = patchbay(&["generate", "--model", m, PROMPTS[0], "--max-new-tokens", "30"]);
+    assert!(!ok && log.contains("exceeds the model's context of 32"), "{log}");
+    let (ok, log) = patchbay(&["generate", "--model", m, PROMPTS[0], "--temperature", "0"]);
+    assert!(!ok && log.contains("--greedy"), "{log}");
+}
