@@ -221,3 +221,44 @@ fn generate_command_prints_hf_greedy_and_reproducible_samples() {
     let (ok, log) = patchbay(&["generate", "--model", m, PROMPTS[0], "--temperature", "0"]);
     assert!(!ok && log.contains("--greedy"), "{log}");
 }
+
+struct TopK(Vec<u32>);
+
+impl BackendTask for TopK {
+    type Output = Vec<Vec<Vec<(u32, f32)>>>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        patchbay::generate::candidates::top_k(&model::<B>(&device), &[self.0], 5, true, 8)
+    }
+}
+
+#[test]
+fn candidates_are_hfs_top_k_and_pools_overlap_as_hf_computes() {
+    let refs = Refs::load_file(&tiny(), REFS);
+    let text = ids(&refs, "cand.ids");
+    let (want_ids, want_probs) = (refs.i32("cand.top_ids").0, refs.f32("cand.top_probs").0);
+    for spec in f32_backends() {
+        let got = dispatch(&spec, TopK(text.clone())).unwrap();
+        assert_eq!(got[0].len(), text.len(), "a table per position");
+        let flat: Vec<(u32, f32)> = got[0].concat();
+        assert_eq!(flat.iter().map(|c| c.0 as i32).collect::<Vec<_>>(), want_ids, "{spec:?}: the top-5 ids of every position");
+        assert!(max_abs_diff(&flat.iter().map(|c| c.1).collect::<Vec<_>>(), &want_probs) <= 1e-5, "{spec:?}: probabilities");
+    }
+    // The command: the last position's table with repr-escaped tokens; the pools of a prompts file.
+    let model = tiny();
+    let m = model.to_str().unwrap();
+    let tok = patchbay::tokenizer::Tokenizer::from_file(&tiny().join("tokenizer.json")).unwrap();
+    let (ok, log) = patchbay(&["candidates", "--model", m, PROMPTS[1]]);
+    assert!(ok, "{log}");
+    let top = want_ids[(text.len() - 1) * 5] as u32;
+    assert!(log.contains(&patchbay::generate::candidates::py_repr(&tok.token_str(top))), "{log}");
+    let out = tmp("cand");
+    let file = out.join("p.jsonl");
+    let lines: Vec<String> = PROMPTS.iter().chain(&TEXTS).map(|t| serde_json::json!({ "prompt": t }).to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (ok, log) = patchbay(&["candidates", "--model", m, "--prompts", file.to_str().unwrap(), "--top-k", "20", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let (j, shape) = patchbay::results::read_f32(&out.join("jaccard.npy")).unwrap();
+    assert_eq!(shape, vec![5, 5]);
+    assert!(max_abs_diff(&j, &refs.f32("cand.jaccard").0) <= 1e-6, "{j:?}");
+    assert!(out.join("jaccard.png").exists() && out.join("candidates.json").exists());
+}

@@ -1,7 +1,10 @@
-//! `patchbay generate` and `patchbay perplexity`: decoding and scoring text, batched.
+//! `patchbay generate`, `patchbay perplexity` and `patchbay candidates`: decoding and scoring
+//! text, batched.
 use super::BackendArgs;
 use crate::backend::{dispatch, BackendTask};
 use crate::generate::sampling::Sampling;
+use crate::analysis::plot::{self, Grid};
+use crate::generate::candidates::{jaccard, py_repr, top_k};
 use crate::generate::{generate, perplexity, token_losses, Options};
 use crate::model::weights::{load_model, ModelFiles};
 use crate::results::{write_atomic, write_npy};
@@ -251,6 +254,163 @@ pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     }
     if let Some(out) = &a.out {
         println!("wrote perplexity.npy, token_perplexity.npy, perplexity.json to {}", out.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CandidatesArgs {
+    /// The text (or give --prompts).
+    text: Option<String>,
+    /// Hub id or model directory.
+    #[arg(long, default_value = "gpt2")]
+    model: String,
+    /// A JSONL file of prompts ({"prompt": ...} or {"text": ...} a line): each one's last-position
+    /// pool, and the pools' pairwise Jaccard similarity.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// A table for every position (the next token after each), not only the last.
+    #[arg(long)]
+    all_positions: bool,
+    #[arg(long)]
+    prepend_bos: bool,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long)]
+    json: bool,
+    /// Write candidates.json, and for several prompts jaccard.npy [prompts, prompts] with its
+    /// heatmap (jaccard.png, jaccard.svg), into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+struct Candidates {
+    files: ModelFiles,
+    texts: Vec<Vec<u32>>,
+    k: usize,
+    all_positions: bool,
+    batch: usize,
+}
+
+impl BackendTask for Candidates {
+    type Output = Vec<Vec<Vec<(u32, f32)>>>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let model = load_model::<B>(&self.files, &device)?;
+        top_k(&model, &self.texts, self.k, self.all_positions, self.batch)
+    }
+}
+
+#[derive(Serialize)]
+struct Candidate {
+    rank: usize,
+    id: u32,
+    token: String,
+    prob: f32,
+}
+
+#[derive(Serialize)]
+struct Position {
+    /// The candidates follow the token at this position.
+    position: usize,
+    token: String,
+    candidates: Vec<Candidate>,
+}
+
+#[derive(Serialize)]
+struct TextCandidates<'a> {
+    text: &'a str,
+    positions: Vec<Position>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    texts: Vec<TextCandidates<'a>>,
+    /// Row-major [texts, texts]: the Jaccard similarity of the last positions' top-k sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jaccard: Option<Vec<f32>>,
+}
+
+pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
+    let files = ModelFiles::locate(&a.model)?;
+    let tok = Tokenizer::from_file(&files.tokenizer)?;
+    let (texts, ids) = texts_and_ids(a.text.into_iter().collect(), a.prompts.as_deref(), &tok, a.prepend_bos)?;
+    if let Some(out) = &a.out {
+        if !a.overwrite && out.join("candidates.json").exists() {
+            bail!("{} already holds candidates.json: pass --overwrite to replace it, or choose another --out", out.display());
+        }
+    }
+    let found = dispatch(&a.backend.configure()?, Candidates { files, texts: ids.clone(), k: a.top_k, all_positions: a.all_positions, batch: a.batch })?;
+    let report = Report {
+        texts: texts
+            .iter()
+            .zip(&ids)
+            .zip(&found)
+            .map(|((text, ids), per_pos)| {
+                let first = ids.len() - per_pos.len();
+                let positions = per_pos
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| Position {
+                        position: first + j,
+                        token: tok.token_str(ids[first + j]),
+                        candidates: c.iter().enumerate().map(|(r, &(id, prob))| Candidate { rank: r + 1, id, token: tok.token_str(id), prob }).collect(),
+                    })
+                    .collect();
+                TextCandidates { text, positions }
+            })
+            .collect(),
+        jaccard: (texts.len() > 1).then(|| jaccard(&found.iter().map(|p| p.last().expect("a position").iter().map(|c| c.0).collect()).collect::<Vec<_>>())),
+    };
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        if let Some(j) = &report.jaccard {
+            let n = texts.len();
+            write_npy(&out.join("jaccard.npy"), &[n, n], j)?;
+            let labels: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+            let grid = Grid {
+                title: format!("Jaccard similarity of the prompts' top-{} next tokens", a.top_k),
+                row_title: "prompt".into(),
+                col_title: "prompt".into(),
+                rows: labels.clone(),
+                cols: labels,
+                values: j.clone(),
+            };
+            write_atomic(&out.join("jaccard.svg"), plot::svg(&grid).as_bytes())?;
+            write_atomic(&out.join("jaccard.png"), &plot::png(&grid)?)?;
+        }
+        write_atomic(&out.join("candidates.json"), &serde_json::to_vec_pretty(&report)?)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for (i, t) in report.texts.iter().enumerate() {
+        if report.texts.len() > 1 {
+            println!("--- prompt {}: {:?}", i + 1, t.text);
+        }
+        for p in &t.positions {
+            println!("after position {} {}:", p.position, py_repr(&p.token));
+            for c in &p.candidates {
+                println!("  {:>3}  {:<24} {:>8.4}", c.rank, py_repr(&c.token), c.prob);
+            }
+        }
+    }
+    if let Some(j) = &report.jaccard {
+        let n = texts.len();
+        println!("Jaccard similarity of the last positions' top-{} sets:", a.top_k);
+        for r in 0..n.min(20) {
+            println!("  {}", j[r * n..(r + 1) * n].iter().take(20).map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" "));
+        }
+    }
+    if let Some(out) = &a.out {
+        println!("wrote candidates.json{} to {}", if report.jaccard.is_some() { ", jaccard.npy, jaccard.png, jaccard.svg" } else { "" }, out.display());
     }
     Ok(())
 }

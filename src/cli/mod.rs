@@ -69,6 +69,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Perplexity of texts, and of each of their tokens.
     Perplexity(generate::PerplexityArgs),
+    /// The top-k candidate next tokens at each position, and the overlap of several prompts' pools.
+    Candidates(generate::CandidatesArgs),
     /// Attention patterns of prompts: .npy, a per-head heatmap grid and an offline HTML viewer.
     Patterns(patterns::PatternsArgs),
     /// The logit lens and direct logit attribution of pairs' clean runs (embeddings, layers, heads).
@@ -153,6 +155,7 @@ pub fn main() -> Result<()> {
         Command::Patterns(args) => patterns::run(args),
         Command::Generate(args) => generate::run_generate(args),
         Command::Perplexity(args) => generate::run_perplexity(args),
+        Command::Candidates(args) => generate::run_candidates(args),
         Command::Attribute(args) => attribute::run(args),
         Command::Ioi { n, seed, corruption, model, out, overwrite } => {
             if out.exists() && !overwrite {

@@ -1,6 +1,7 @@
-//! Generation and perplexity: plain forward passes on top of `model`, no patching. Decoding keeps
+//! Generation, perplexity and candidate tokens: plain forward passes on top of `model`, no patching. Decoding keeps
 //! each layer's keys and values (`KvCache`): a step computes only the new token, attending to the
 //! cached positions through the same prefix mechanism the patching engine's suffixes use.
+pub mod candidates;
 pub mod sampling;
 
 use crate::data::Rng;
