@@ -71,20 +71,24 @@ fn unit_last(t: FlexTensor) -> FlexTensor {
 /// Products at least this large (m·n·k) run on every thread, as burn-flex decides.
 const PARALLEL_GEMM: usize = 192 * 192 * 192;
 
-/// `x @ w + b`: one gemm into an output that starts as the bias rows.
-pub fn linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Option<Tensor<B, 2>> {
-    let (x, w, b) = (flex(x.clone()).ok()?, flex(w.clone()).ok()?, unit_last(flex(b.clone()).ok()?));
+/// `x @ w (+ b)`: one gemm into an output that starts as the bias rows. `w` may be a strided view
+/// (the tied unembedding reads wte's transpose in place).
+pub fn linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>, b: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
+    let (x, w) = (flex(x.clone()).ok()?, flex(w.clone()).ok()?);
     let ([m, k], [_, n]) = (dims(&x), dims(&w));
-    let bias = View::of(&b).row(&[0], n);
     let mut out = vec![0.0f32; m * n];
-    out.par_chunks_mut(n).with_min_len(64).for_each(|row| row.copy_from_slice(bias));
+    if let Some(b) = b {
+        let b = unit_last(flex(b.clone()).ok()?);
+        let bias = View::of(&b).row(&[0], n);
+        out.par_chunks_mut(n).with_min_len(64).for_each(|row| row.copy_from_slice(bias));
+    }
     let (xs, ws) = (x.layout().strides(), w.layout().strides());
     let parallelism = if m * n * k >= PARALLEL_GEMM { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: the pointers cover [m, k], [k, n] and [m, n] at these strides: the views' own.
     unsafe {
         let xp = x.storage::<f32>().as_ptr().add(x.layout().start_offset());
         let wp = w.storage::<f32>().as_ptr().add(w.layout().start_offset());
-        gemm::gemm(m, n, k, out.as_mut_ptr(), 1, n as isize, true, xp, xs[1], xs[0], wp, ws[1], ws[0], 1.0f32, 1.0f32, false, false, false, parallelism);
+        gemm::gemm(m, n, k, out.as_mut_ptr(), 1, n as isize, b.is_some(), xp, xs[1], xs[0], wp, ws[1], ws[0], 1.0f32, 1.0f32, false, false, false, parallelism);
     }
     Some(from_vec(out, [m, n]))
 }

@@ -14,7 +14,7 @@ use burn::tensor::Distribution;
 /// producer is fused, burn 0.21's fused matmul gives wrong results — the last block's single
 /// position and one-token suffixes hit it.
 fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Tensor<B, 2> {
-    cpu::linear(&x, w, b).unwrap_or_else(|| matmul(x, w.clone()) + b.clone().unsqueeze())
+    cpu::linear(&x, w, Some(b)).unwrap_or_else(|| matmul(x, w.clone()) + b.clone().unsqueeze())
 }
 
 /// GPT-2's tanh GELU, 0.5·x·(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), written as
@@ -310,7 +310,12 @@ impl<B: Backend> Gpt2<B> {
 
     /// Logits [batch, pos, vocab] of the final residual stream.
     pub fn unembed(&self, resid: Tensor<B, 3>) -> Tensor<B, 3> {
-        matmul(self.ln_f.forward(resid), self.wte.clone().transpose().unsqueeze::<3>())
+        let [b, s, d] = resid.dims();
+        let x = self.ln_f.forward(resid).reshape([b * s, d]);
+        // On the CPU, one gemm reading wte's transpose in place (burn-flex's matmul would copy it:
+        // 154 MB on GPT-2 small, half of a decoding step).
+        let w = self.wte.clone().transpose();
+        cpu::linear(&x, &w, None).unwrap_or_else(|| matmul(x, w)).reshape([b, s, self.config.vocab_size])
     }
 
     /// The logits of chosen tokens only: `resid` [rows, d] (one position per row), `ids` [rows, k]
