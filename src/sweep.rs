@@ -2,7 +2,7 @@
 //! engine, results written into the results directory's transaction; the manifest describing the
 //! run; shards of a run on several machines.
 use crate::backend::BackendSpec;
-use crate::data::{Skipped, TokenizedPair};
+use crate::data::{self, Skipped, TokenizedPair};
 use crate::engine::plan::max_rows_for_budget;
 use crate::engine::{Engine, Layout, Metric, PatchSite, Runs};
 use crate::model::Gpt2;
@@ -11,7 +11,6 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 
@@ -218,11 +217,7 @@ const UNIT_RUNS: usize = 4096;
 
 /// Pairs (by index) in units of one length, each about UNIT_RUNS patched runs.
 fn units(pairs: &[TokenizedPair], layout: &Layout, sites: &[PatchSite]) -> Vec<Vec<usize>> {
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, p) in pairs.iter().enumerate() {
-        by_len.entry(p.len()).or_default().push(i);
-    }
-    by_len
+    data::by_length(pairs.iter().map(TokenizedPair::len))
         .into_iter()
         .flat_map(|(len, idx)| {
             let per_unit = (UNIT_RUNS / runs_per_pair(layout, sites, len).max(1)).clamp(1, 256);

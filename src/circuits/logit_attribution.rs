@@ -9,11 +9,10 @@
 //!   centred and divided by ln_f's scale of the final residual stream (`apply_ln_to_stack`), then
 //!   projected through ln_f's weight: ((c − mean c)/scale)·(w ⊙ u). Summed over the components,
 //!   with ln_f's bias term b·u, they give the logit difference exactly.
-use crate::data::TokenizedPair;
+use crate::data::{self, TokenizedPair};
 use crate::model::{Cache, Gpt2, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
-use std::collections::BTreeMap;
 
 /// Per pair, row-major: `accumulated` [pairs, 2·layers + 1], `components` [pairs, 2·layers + 2],
 /// `heads` [pairs, layers, heads]; the logit difference and ln_f's bias term b·u.
@@ -57,14 +56,10 @@ pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: us
         logit_diff: vec![0.0; pairs.len()],
         bias_term: vec![0.0; pairs.len()],
     };
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, p) in pairs.iter().enumerate() {
-        by_len.entry(p.len()).or_default().push(i);
-    }
     let kinds = [SiteKind::ResidPre, SiteKind::ResidMid, SiteKind::AttnOut, SiteKind::MlpOut, SiteKind::Z];
     let last_post = Site::new(SiteKind::ResidPost, nl - 1);
     let ln_f = model.ln_f();
-    for (len, idx) in by_len {
+    for (len, idx) in data::by_length(pairs.iter().map(TokenizedPair::len)) {
         for chunk in idx.chunks(batch.max(1)) {
             let b = chunk.len();
             let tokens = model.tokens(&chunk.iter().map(|&i| pairs[i].clean.clone()).collect::<Vec<_>>())?;

@@ -1,9 +1,9 @@
 //! Attention patterns of many prompts, as TransformerLens' `cache["pattern", layer]`: one plain
 //! forward pass per batch of prompts of one length, the chosen layers' patterns cached.
+use crate::data;
 use crate::model::{Cache, Gpt2, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
-use std::collections::BTreeMap;
 
 /// Patterns `[prompts, layers, heads, dest, src]` of the chosen layers and heads, laid out by the
 /// longest prompt: NaN past a prompt's length.
@@ -45,12 +45,8 @@ pub fn patterns<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], layers: &[usi
     let (nl, nh, t) = (layers.len(), heads.len(), positions);
     let per_prompt = nl * nh * t * t;
     let mut values = vec![f32::NAN; prompts.len() * per_prompt];
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, p) in prompts.iter().enumerate() {
-        by_len.entry(p.len()).or_default().push(i);
-    }
     let head_ids = Tensor::<B, 1, Int>::from_data(TensorData::new(heads.iter().map(|&h| h as i64).collect(), [nh]), &model.device());
-    for (len, idx) in by_len {
+    for (len, idx) in data::by_length(lengths.iter().copied()) {
         for chunk in idx.chunks(batch.max(1)) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
             let mut cache = Cache::new(layers.iter().map(|&l| Site::new(SiteKind::Pattern, l)));

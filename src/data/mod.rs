@@ -79,6 +79,34 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// The texts of a JSONL file: each line's "prompt" or "text"; errors name the line.
+pub fn read_texts(path: &Path) -> Result<Vec<String>> {
+    let body = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        match v.get("prompt").or_else(|| v.get("text")).and_then(|t| t.as_str()) {
+            Some(t) => out.push(t.to_string()),
+            None => bail!("{}: no \"prompt\" or \"text\" string", at()),
+        }
+    }
+    if out.is_empty() {
+        bail!("{} holds no texts", path.display());
+    }
+    Ok(out)
+}
+
+/// Indices grouped by length, shortest first, in order within a length: texts of one length
+/// batch into one forward pass without padding.
+pub fn by_length(lengths: impl IntoIterator<Item = usize>) -> BTreeMap<usize, Vec<usize>> {
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, len) in lengths.into_iter().enumerate() {
+        groups.entry(len).or_default().push(i);
+    }
+    groups
+}
+
 /// Pairs from a .jsonl, .csv or .parquet file; a file without any is an error.
 pub fn read_pairs(path: &Path, columns: &Columns) -> Result<Vec<Pair>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();

@@ -1,10 +1,11 @@
 //! Candidate next tokens: each position's top-k (token, probability), and how much the pools of
 //! several prompts overlap (pairwise Jaccard similarity of their top-k sets).
+use crate::data;
 use crate::model::{Gpt2, NoHooks};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 /// Per text, per position (every one, or the last only), the `k` most likely next tokens with
 /// their probabilities, most likely first (ties by id); texts of one length `batch` a pass.
@@ -12,12 +13,10 @@ pub fn top_k<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], k: usize, all_posi
     ensure!(k > 0, "--top-k must be at least 1");
     let v = model.config.vocab_size;
     let mut out = vec![Vec::new(); texts.len()];
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
         ensure!(!t.is_empty(), "text {} is empty", i + 1);
-        by_len.entry(t.len()).or_default().push(i);
     }
-    for (len, idx) in by_len {
+    for (len, idx) in data::by_length(texts.iter().map(Vec::len)) {
         for chunk in idx.chunks(batch.max(1)) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| texts[i].clone()).collect();
             let logits = model.forward(model.tokens(&rows)?, &mut NoHooks);

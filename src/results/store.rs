@@ -198,10 +198,7 @@ fn save(dir: &Path, journal: &Journal) -> Result<()> {
 /// run's is staged until it commits), then creates this run's partial arrays.
 fn prepare(dir: &Path, manifest: &Manifest, mut journal: Journal) -> Result<Begin> {
     for name in journal.remove.iter().map(String::as_str).chain([MANIFEST]) {
-        match std::fs::remove_file(dir.join(name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", dir.join(name).display())),
-            _ => {}
-        }
+        super::remove_if_present(&dir.join(name))?;
     }
     let mut arrays = Vec::new();
     for spec in manifest.arrays() {
