@@ -1,13 +1,15 @@
-//! Generation (KV-cache decoding, greedy and sampled) and perplexity against HF transformers on
-//! the tiny fixture (tests/fixtures/make_generation_refs.py), on every backend compiled in.
+//! Generation (KV-cache decoding, greedy, sampled and steered), perplexity, candidates and going
+//! backwards against HF transformers on the tiny fixture (tests/fixtures/make_generation_refs.py),
+//! on every backend compiled in.
 mod common;
 use burn::prelude::*;
 use common::*;
 use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::generate::sampling::Sampling;
+use patchbay::generate::steer::{self, SteeringVector};
 use patchbay::generate::{generate, perplexity, token_losses, KvCache, Options};
 use patchbay::model::weights::Safetensors;
-use patchbay::model::{Gpt2, Gpt2Config, NoHooks};
+use patchbay::model::{Gpt2, Gpt2Config, NoHooks, Site, SiteKind};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -32,7 +34,7 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 fn options(sampling: Sampling, num_sequences: usize, seed: u64, stop_at: Option<u32>, batch: usize) -> Options {
-    Options { max_new_tokens: NEW_TOKENS, sampling, num_sequences, seed, stop_at, batch }
+    Options { max_new_tokens: NEW_TOKENS, sampling, num_sequences, seed, stop_at, batch, steer: None }
 }
 
 /// Step by step, the KV cache's logits against the whole sequence's forward pass (greedy).
@@ -49,7 +51,7 @@ impl BackendTask for StepByStep {
         let (mut worst, mut new) = (0.0f32, Vec::new());
         let mut step = seq.clone();
         for _ in 0..NEW_TOKENS {
-            let cached = host(cache.step(&m, m.tokens(&[step])?));
+            let cached = host(cache.step(&m, m.tokens(&[step])?, &mut NoHooks));
             let full = m.forward(m.tokens(&[seq.clone()])?, &mut NoHooks);
             let full = host(full.narrow(1, seq.len() - 1, 1));
             worst = worst.max(max_abs_diff(&cached, &full));
@@ -261,4 +263,91 @@ fn candidates_are_hfs_top_k_and_pools_overlap_as_hf_computes() {
     assert_eq!(shape, vec![5, 5]);
     assert!(max_abs_diff(&j, &refs.f32("cand.jaccard").0) <= 1e-6, "{j:?}");
     assert!(out.join("jaccard.png").exists() && out.join("candidates.json").exists());
+    // The same directory again, one prompt: refused without --overwrite; with it, no Jaccard
+    // matrix of the earlier run is left beside the new listing.
+    let one = ["candidates", "--model", m, PROMPTS[1], "--out", out.to_str().unwrap()];
+    let (ok, log) = patchbay(&one);
+    assert!(!ok && log.contains("--overwrite"), "{log}");
+    let (ok, log) = patchbay(&[&one[..], &["--overwrite"]].concat());
+    assert!(ok, "{log}");
+    let listing: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    assert_eq!(listing["texts"].as_array().unwrap().len(), 1);
+    for stale in ["jaccard.npy", "jaccard.png", "jaccard.svg"] {
+        assert!(!out.join(stale).exists(), "{stale} of the earlier run is still there");
+    }
+}
+
+/// As in make_generation_refs.py.
+const STEER: (&str, &str, usize, f32) = (" love", " hate", 1, -2.0);
+
+/// A steering vector made on one backend, and greedy decoding of PROMPTS[0] steered with it.
+struct Steered(SiteKind);
+
+impl BackendTask for Steered {
+    type Output = (Vec<f32>, Vec<u32>);
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let m = model::<B>(&device);
+        let tok = patchbay::tokenizer::Tokenizer::from_file(&tiny().join("tokenizer.json"))?;
+        let site = Site::new(self.0, STEER.2);
+        let (values, shape) = steer::make(&m, &tok.encode(STEER.0)?, &tok.encode(STEER.1)?, site, -1)?;
+        let prompt = tok.encode(PROMPTS[0])?;
+        let o = Options { steer: Some(SteeringVector { site, values: values.clone(), shape, coef: STEER.3 }), ..options(Sampling::GREEDY, 1, 0, None, 8) };
+        Ok((values, generate(&m, &[prompt], &o, &mut |_| {})?.remove(0)))
+    }
+}
+
+#[test]
+fn steering_vectors_and_steered_greedy_output_equal_an_hf_forward_hook() {
+    let refs = Refs::load_file(&tiny(), REFS);
+    for spec in f32_backends() {
+        for (kind, name) in [(SiteKind::AttnOut, "attn_out"), (SiteKind::Z, "z")] {
+            let (vec, tokens) = dispatch(&spec, Steered(kind)).unwrap();
+            assert!(max_abs_diff(&vec, &refs.f32(&format!("steer.{name}.vec")).0) <= 1e-5, "{spec:?} {name}: the vector");
+            assert_eq!(tokens, ids(&refs, &format!("steer.{name}.greedy")), "{spec:?} {name}: steered greedy tokens");
+            assert_ne!(tokens, ids(&refs, "gen.greedy0"), "steering changes the output");
+        }
+    }
+    // The commands: `steer make` writes the vector, `generate --steer` decodes with it.
+    let m = tiny();
+    let m = m.to_str().unwrap();
+    let out = tmp("steer");
+    let vec = out.join("vec.npy");
+    let make = ["steer", "make", "--model", m, "--clean", STEER.0, "--corrupted", STEER.1, "--site", "attn_out", "--layer", "1", "--out", vec.to_str().unwrap()];
+    let (ok, log) = patchbay(&make);
+    assert!(ok, "{log}");
+    let (got, shape) = patchbay::results::read_f32(&vec).unwrap();
+    assert_eq!(shape, vec![16]);
+    assert!(max_abs_diff(&got, &refs.f32("steer.attn_out.vec").0) <= 1e-5);
+    let (ok, log) = patchbay(&make);
+    assert!(!ok && log.contains("--overwrite"), "{log}");
+    let steered = ["generate", "--model", m, PROMPTS[0], "--greedy", "--max-new-tokens", "10", "--json", "--steer", vec.to_str().unwrap(), "--steer-site", "attn_out", "--steer-layer", "1", "--coef", "-2"];
+    let (ok, log) = patchbay(&steered);
+    assert!(ok, "{log}");
+    let json: serde_json::Value = serde_json::from_str(&log[log.find('[').unwrap()..]).unwrap();
+    let tokens: Vec<u32> = json[0]["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    assert_eq!(tokens, ids(&refs, "steer.attn_out.greedy"));
+    // A vector of another site's shape is refused in one line.
+    let (ok, log) = patchbay(&[&steered[..10], &["--steer-site", "z", "--steer-layer", "1"]].concat());
+    assert!(!ok && log.contains("shape [16]") && log.contains("blocks.1.attn.hook_z"), "{log}");
+}
+
+#[test]
+fn prepend_goes_backwards_as_the_reference_does() {
+    let refs = Refs::load_file(&tiny(), REFS);
+    let m = tiny();
+    let (ok, log) = patchbay(&["prepend", "--model", m.to_str().unwrap(), TEXTS[1], "--n-tokens", "3", "--samples", "8", "--seed", "1", "--json"]);
+    assert!(ok, "{log}");
+    let json: serde_json::Value = serde_json::from_str(&log[log.find('[').unwrap()..]).unwrap();
+    let steps = json.as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    let want_ppl = refs.f32("prep.ppl").0;
+    for (i, s) in steps.iter().enumerate() {
+        let tokens: Vec<u32> = s["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        assert_eq!(tokens, ids(&refs, &format!("prep.step{i}")), "step {}", i + 1);
+        let p = s["perplexity"].as_f64().unwrap() as f32;
+        assert!((p - want_ppl[i]).abs() <= 1e-4 * want_ppl[i], "step {}: {p} vs HF {}", i + 1, want_ppl[i]);
+        let best = s["candidates"].as_array().unwrap().iter().map(|c| c[2].as_f64().unwrap() as f32).fold(f32::INFINITY, f32::min);
+        assert_eq!(best, p, "the lowest-perplexity candidate is kept");
+    }
+    assert_eq!(ids(&refs, "prep.step0")[1..], ids(&refs, "prep.ids")[..]);
 }

@@ -2,12 +2,16 @@
 //! text, batched.
 use super::BackendArgs;
 use crate::backend::{dispatch, BackendTask};
-use crate::generate::sampling::Sampling;
 use crate::analysis::plot::{self, Grid};
+use crate::data;
 use crate::generate::candidates::{jaccard, py_repr, top_k};
+use crate::generate::sampling::Sampling;
+use crate::generate::prepend::{prepend, Step};
+use crate::generate::steer::{self, SteeringVector};
 use crate::generate::{generate, perplexity, token_losses, Options};
 use crate::model::weights::{load_model, ModelFiles};
-use crate::results::{write_atomic, write_npy};
+use crate::model::{Site, SiteKind};
+use crate::results::{read_f32, remove_if_present, write_atomic, write_npy};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
@@ -59,56 +63,79 @@ pub struct GenerateArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
+    /// A steering vector (.npy, from `patchbay steer make`): coef × it is added to --steer-site
+    /// of --steer-layer at every position of every step.
+    #[arg(long, requires_all = ["steer_site", "steer_layer"])]
+    steer: Option<PathBuf>,
+    #[arg(long, value_parser = parse_kind, requires = "steer")]
+    steer_site: Option<SiteKind>,
+    #[arg(long, requires = "steer")]
+    steer_layer: Option<usize>,
+    /// The steering vector's coefficient.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, requires = "steer")]
+    coef: f32,
     #[command(flatten)]
     backend: BackendArgs,
+}
+
+fn parse_kind(name: &str) -> Result<SiteKind> {
+    SiteKind::parse(name)
 }
 
 #[derive(Args)]
 pub struct PerplexityArgs {
     /// Texts (or give --texts).
     texts: Vec<String>,
-    /// Hub id or model directory.
-    #[arg(long, default_value = "gpt2")]
-    model: String,
     /// A JSONL file of texts, one {"text": "..."} (or {"prompt": ...}) a line.
     #[arg(long = "texts")]
     file: Option<PathBuf>,
     /// Also each token's perplexity, exp of its loss.
     #[arg(long)]
     per_token: bool,
+    /// Write perplexity.npy [texts], token_perplexity.npy [texts, longest − 1] (NaN past a text's
+    /// end) and perplexity.json into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    common: TextArgs,
+}
+
+/// What `perplexity` and `candidates` share: the model, how texts are batched, the output.
+#[derive(Args)]
+struct TextArgs {
+    /// Hub id or model directory.
+    #[arg(long, default_value = "gpt2")]
+    model: String,
+    /// Put `<|endoftext|>` in front of every text, as TransformerLens does by default.
     #[arg(long)]
     prepend_bos: bool,
     /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
-    /// Write perplexity.npy [texts], token_perplexity.npy [texts, longest − 1] (NaN past a text's
-    /// end) and perplexity.json into this directory.
-    #[arg(long)]
-    out: Option<PathBuf>,
+    /// Replace the results an --out directory already holds.
     #[arg(long)]
     overwrite: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
 
-/// The texts of a JSONL file: each line's "prompt" or "text"; errors name the line.
-fn read_texts(path: &Path) -> Result<Vec<String>> {
-    let body = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let at = || format!("{} line {}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
-        match v.get("prompt").or_else(|| v.get("text")).and_then(|t| t.as_str()) {
-            Some(t) => out.push(t.to_string()),
-            None => bail!("{}: no \"prompt\" or \"text\" string", at()),
+impl TextArgs {
+    /// The model's files and tokenizer, and the texts (arguments or a file) tokenized; refuses an
+    /// --out directory that holds `listing` unless --overwrite.
+    fn prepare(&self, args: Vec<String>, file: Option<&Path>, out: Option<&Path>, listing: &str) -> Result<(ModelFiles, Tokenizer, Vec<String>, Vec<Vec<u32>>)> {
+        let files = ModelFiles::locate(&self.model)?;
+        let tok = Tokenizer::from_file(&files.tokenizer)?;
+        let (texts, ids) = texts_and_ids(args, file, &tok, self.prepend_bos)?;
+        if let Some(out) = out {
+            if !self.overwrite && out.join(listing).exists() {
+                bail!("{} already holds {listing}: pass --overwrite to replace it, or choose another --out", out.display());
+            }
         }
+        Ok((files, tok, texts, ids))
     }
-    if out.is_empty() {
-        bail!("{} holds no texts", path.display());
-    }
-    Ok(out)
 }
 
 /// Texts from the arguments or a file (exactly one of them), tokenized; errors name the text.
@@ -116,7 +143,7 @@ fn texts_and_ids(args: Vec<String>, file: Option<&Path>, tok: &Tokenizer, prepen
     let texts = match (file, args.is_empty()) {
         (Some(_), false) => bail!("give texts as arguments or in a file, not both"),
         (None, true) => bail!("no text: give it as an argument, or a JSONL file"),
-        (Some(f), true) => read_texts(f)?,
+        (Some(f), true) => data::read_texts(f)?,
         (None, false) => args,
     };
     let ids = texts.iter().enumerate().map(|(i, t)| tok.encode_with(t, prepend_bos).with_context(|| format!("text {}", i + 1))).collect::<Result<_>>()?;
@@ -168,6 +195,13 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         stop_at: if a.stop_at_eos { Some(tok.bos()?) } else { None },
         batch: a.batch,
+        steer: match (&a.steer, a.steer_site, a.steer_layer) {
+            (Some(path), Some(kind), Some(layer)) => {
+                let (values, shape) = read_f32(path)?;
+                Some(SteeringVector { site: Site::new(kind, layer), values, shape, coef: a.coef })
+            }
+            _ => None,
+        },
     };
     let n = options.num_sequences;
     let out = dispatch(&a.backend.configure()?, Decode { files, prompts, options })?;
@@ -213,15 +247,9 @@ struct Scored<'a> {
 }
 
 pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
-    let files = ModelFiles::locate(&a.model)?;
-    let tok = Tokenizer::from_file(&files.tokenizer)?;
-    let (texts, ids) = texts_and_ids(a.texts, a.file.as_deref(), &tok, a.prepend_bos)?;
-    if let Some(out) = &a.out {
-        if !a.overwrite && out.join("perplexity.json").exists() {
-            bail!("{} already holds perplexity.json: pass --overwrite to replace it, or choose another --out", out.display());
-        }
-    }
-    let losses = dispatch(&a.backend.configure()?, Score { files, texts: ids.clone(), batch: a.batch })?;
+    let c = &a.common;
+    let (files, tok, texts, ids) = c.prepare(a.texts, a.file.as_deref(), a.out.as_deref(), "perplexity.json")?;
+    let losses = dispatch(&c.backend.configure()?, Score { files, texts: ids.clone(), batch: c.batch })?;
     let scored: Vec<Scored> = texts
         .iter()
         .zip(&ids)
@@ -241,7 +269,7 @@ pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
         write_npy(&out.join("token_perplexity.npy"), &[texts.len(), width], &per_token)?;
         write_atomic(&out.join("perplexity.json"), &serde_json::to_vec_pretty(&scored)?)?;
     }
-    if a.json {
+    if c.json {
         println!("{}", serde_json::to_string_pretty(&scored)?);
         return Ok(());
     }
@@ -262,9 +290,6 @@ pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
 pub struct CandidatesArgs {
     /// The text (or give --prompts).
     text: Option<String>,
-    /// Hub id or model directory.
-    #[arg(long, default_value = "gpt2")]
-    model: String,
     /// A JSONL file of prompts ({"prompt": ...} or {"text": ...} a line): each one's last-position
     /// pool, and the pools' pairwise Jaccard similarity.
     #[arg(long)]
@@ -274,21 +299,12 @@ pub struct CandidatesArgs {
     /// A table for every position (the next token after each), not only the last.
     #[arg(long)]
     all_positions: bool,
-    #[arg(long)]
-    prepend_bos: bool,
-    /// Texts per forward pass.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    #[arg(long)]
-    json: bool,
     /// Write candidates.json, and for several prompts jaccard.npy [prompts, prompts] with its
     /// heatmap (jaccard.png, jaccard.svg), into this directory.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long)]
-    overwrite: bool,
     #[command(flatten)]
-    backend: BackendArgs,
+    common: TextArgs,
 }
 
 struct Candidates {
@@ -338,15 +354,9 @@ struct Report<'a> {
 }
 
 pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
-    let files = ModelFiles::locate(&a.model)?;
-    let tok = Tokenizer::from_file(&files.tokenizer)?;
-    let (texts, ids) = texts_and_ids(a.text.into_iter().collect(), a.prompts.as_deref(), &tok, a.prepend_bos)?;
-    if let Some(out) = &a.out {
-        if !a.overwrite && out.join("candidates.json").exists() {
-            bail!("{} already holds candidates.json: pass --overwrite to replace it, or choose another --out", out.display());
-        }
-    }
-    let found = dispatch(&a.backend.configure()?, Candidates { files, texts: ids.clone(), k: a.top_k, all_positions: a.all_positions, batch: a.batch })?;
+    let c = &a.common;
+    let (files, tok, texts, ids) = c.prepare(a.text.into_iter().collect(), a.prompts.as_deref(), a.out.as_deref(), "candidates.json")?;
+    let found = dispatch(&c.backend.configure()?, Candidates { files, texts: ids.clone(), k: a.top_k, all_positions: a.all_positions, batch: c.batch })?;
     let report = Report {
         texts: texts
             .iter()
@@ -370,6 +380,11 @@ pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
     };
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        // An earlier result's listing goes first, then its arrays, so no listing ever sits beside
+        // arrays of another run (a single prompt writes no Jaccard matrix).
+        for old in ["candidates.json", "jaccard.npy", "jaccard.png", "jaccard.svg"] {
+            remove_if_present(&out.join(old))?;
+        }
         if let Some(j) = &report.jaccard {
             let n = texts.len();
             write_npy(&out.join("jaccard.npy"), &[n, n], j)?;
@@ -387,7 +402,7 @@ pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
         }
         write_atomic(&out.join("candidates.json"), &serde_json::to_vec_pretty(&report)?)?;
     }
-    if a.json {
+    if c.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -411,6 +426,157 @@ pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
     }
     if let Some(out) = &a.out {
         println!("wrote candidates.json{} to {}", if report.jaccard.is_some() { ", jaccard.npy, jaccard.png, jaccard.svg" } else { "" }, out.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SteerMakeArgs {
+    /// Hub id or model directory.
+    #[arg(long, default_value = "gpt2")]
+    model: String,
+    /// The prompt whose activation the vector points towards.
+    #[arg(long)]
+    clean: String,
+    /// The prompt it points away from.
+    #[arg(long)]
+    corrupted: String,
+    /// resid_pre, resid_mid, resid_post, attn_out, mlp_out ([d_model]) or q, k, v, z ([heads, d_head]).
+    #[arg(long, value_parser = parse_kind)]
+    site: SiteKind,
+    #[arg(long)]
+    layer: usize,
+    /// The position to take; negative counts from each prompt's end.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    position: i64,
+    /// Put `<|endoftext|>` in front of both prompts.
+    #[arg(long)]
+    prepend_bos: bool,
+    /// The vector's .npy file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+struct MakeVector {
+    files: ModelFiles,
+    clean: Vec<u32>,
+    corrupted: Vec<u32>,
+    site: Site,
+    position: i64,
+}
+
+impl BackendTask for MakeVector {
+    type Output = (Vec<f32>, Vec<usize>);
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let model = load_model::<B>(&self.files, &device)?;
+        steer::make(&model, &self.clean, &self.corrupted, self.site, self.position)
+    }
+}
+
+pub fn run_steer_make(a: SteerMakeArgs) -> Result<()> {
+    if a.out.exists() && !a.overwrite {
+        bail!("{} exists: pass --overwrite to replace it, or choose another --out", a.out.display());
+    }
+    let files = ModelFiles::locate(&a.model)?;
+    let tok = Tokenizer::from_file(&files.tokenizer)?;
+    let clean = tok.encode_with(&a.clean, a.prepend_bos).context("--clean")?;
+    let corrupted = tok.encode_with(&a.corrupted, a.prepend_bos).context("--corrupted")?;
+    let site = Site::new(a.site, a.layer);
+    let (values, shape) = dispatch(&a.backend.configure()?, MakeVector { files, clean, corrupted, site, position: a.position })?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_npy(&a.out, &shape, &values)?;
+    let norm = values.iter().map(|x| x * x).sum::<f32>().sqrt();
+    println!("wrote the {} steering vector {shape:?} (norm {norm:.4}) to {}", a.site.hook_name(a.layer), a.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PrependArgs {
+    /// The text to go backwards from.
+    text: String,
+    /// Hub id or model directory.
+    #[arg(long, default_value = "gpt2")]
+    model: String,
+    /// Tokens to put in front, one a step.
+    #[arg(long, default_value_t = 3)]
+    n_tokens: usize,
+    /// Candidate first tokens drawn each step (repeats are scored once).
+    #[arg(long, default_value_t = 10)]
+    samples: usize,
+    /// Seed of the candidates' draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Score every text with `<|endoftext|>` in front, so the new first token's probability counts.
+    #[arg(long)]
+    prepend_bos: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+struct Prepend {
+    files: ModelFiles,
+    text: Vec<u32>,
+    bos: u32,
+    n_tokens: usize,
+    samples: usize,
+    seed: u64,
+    score_bos: bool,
+}
+
+impl BackendTask for Prepend {
+    type Output = Vec<Step>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<Step>> {
+        let model = load_model::<B>(&self.files, &device)?;
+        let bar = super::progress(self.n_tokens, "steps");
+        let steps = prepend(&model, &self.text, self.bos, self.n_tokens, self.samples, self.seed, self.score_bos, &mut |n| bar.inc(n as u64))?;
+        bar.finish_and_clear();
+        Ok(steps)
+    }
+}
+
+#[derive(Serialize)]
+struct PrependStep {
+    step: usize,
+    text: String,
+    tokens: Vec<u32>,
+    perplexity: f32,
+    /// Each candidate first token's (id, token, perplexity of its text).
+    candidates: Vec<(u32, String, f32)>,
+}
+
+pub fn run_prepend(a: PrependArgs) -> Result<()> {
+    let files = ModelFiles::locate(&a.model)?;
+    let tok = Tokenizer::from_file(&files.tokenizer)?;
+    let text = tok.encode(&a.text)?;
+    let task = Prepend { files, text, bos: tok.bos()?, n_tokens: a.n_tokens, samples: a.samples, seed: a.seed, score_bos: a.prepend_bos };
+    let steps: Vec<PrependStep> = dispatch(&a.backend.configure()?, task)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| PrependStep {
+            step: i + 1,
+            text: tok.decode(&s.tokens),
+            perplexity: s.perplexity,
+            candidates: s.candidates.iter().map(|&(id, p)| (id, tok.token_str(id), p)).collect(),
+            tokens: s.tokens,
+        })
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&steps)?);
+        return Ok(());
+    }
+    println!("{:>4}  {:>12}  text", "step", "perplexity");
+    for s in &steps {
+        println!("{:>4}  {:>12.4}  {:?}", s.step, s.perplexity, s.text);
     }
     Ok(())
 }

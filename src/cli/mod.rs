@@ -67,6 +67,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Generate text from prompts (greedy or sampled), with a KV cache, batched.
     Generate(generate::GenerateArgs),
+    /// Going backwards: put the tokens in front of a text that make it least perplexing, one a
+    /// step (sampled candidates, the lowest perplexity kept).
+    Prepend(generate::PrependArgs),
+    /// Steering vectors: `steer make` takes the difference of two prompts' activations at a site
+    /// (use it with `generate --steer`).
+    #[command(subcommand)]
+    Steer(SteerCommand),
     /// Perplexity of texts, and of each of their tokens.
     Perplexity(generate::PerplexityArgs),
     /// The top-k candidate next tokens at each position, and the overlap of several prompts' pools.
@@ -86,6 +93,12 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum SteerCommand {
+    /// The clean prompt's activation at a site minus the corrupted one's, as a .npy vector.
+    Make(generate::SteerMakeArgs),
 }
 
 /// Where the tensors run. In a TOML config: backend, device, dtype, fusion.
@@ -154,6 +167,8 @@ pub fn main() -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Patterns(args) => patterns::run(args),
         Command::Generate(args) => generate::run_generate(args),
+        Command::Prepend(args) => generate::run_prepend(args),
+        Command::Steer(SteerCommand::Make(args)) => generate::run_steer_make(args),
         Command::Perplexity(args) => generate::run_perplexity(args),
         Command::Candidates(args) => generate::run_candidates(args),
         Command::Attribute(args) => attribute::run(args),

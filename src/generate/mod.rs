@@ -1,17 +1,20 @@
-//! Generation, perplexity and candidate tokens: plain forward passes on top of `model`, no patching. Decoding keeps
+//! Generation, perplexity, candidate tokens, going backwards and steering: forward passes on top
+//! of `model`, no patching. Decoding keeps
 //! each layer's keys and values (`KvCache`): a step computes only the new token, attending to the
 //! cached positions through the same prefix mechanism the patching engine's suffixes use.
 pub mod candidates;
+pub mod prepend;
 pub mod sampling;
+pub mod steer;
 
-use crate::data::Rng;
+use crate::data::{self, Rng};
 use crate::model::gpt2::Prefix;
-use crate::model::{Batch, Cache, Gpt2, NoHooks, Site, SiteKind};
+use crate::model::{Batch, Cache, Gpt2, Hooks, NoHooks, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use sampling::{next_token, Sampling};
-use std::collections::BTreeMap;
+use steer::SteeringVector;
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32")
@@ -38,9 +41,10 @@ impl<B: Backend> KvCache<B> {
         self.len == 0
     }
 
-    /// Runs `tokens` [rows, s] at positions len.. on top of the cache, adds their keys and values
-    /// to it, and returns the logits of the last position, [rows, vocab].
-    pub fn step(&mut self, model: &Gpt2<B>, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    /// Runs `tokens` [rows, s] at positions len.. on top of the cache through `hooks` (e.g.
+    /// steering), adds their keys and values (as the hooks left them) to it, and returns the
+    /// logits of the last position, [rows, vocab].
+    pub fn step(&mut self, model: &Gpt2<B>, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 2> {
         let [rows, s] = tokens.dims();
         let device = model.device();
         let ids = Tensor::<B, 1, Int>::arange(0..rows as i64, &device);
@@ -49,7 +53,7 @@ impl<B: Backend> KvCache<B> {
             let prefix = (self.len > 0).then(|| Prefix { k: self.k[l].clone(), v: self.v[l].clone(), pairs: (0..rows).collect(), pair_ids: ids.clone(), len: self.len });
             let (k, v) = (Site::new(SiteKind::K, l), Site::new(SiteKind::V, l));
             let mut new = Cache::new([k, v]);
-            x = block.forward(x, l, &[prefix], None, &mut new);
+            x = block.forward(x, l, &[prefix], None, &mut (&mut *hooks, &mut new));
             let (nk, nv) = (new.heads(k).expect("recorded"), new.heads(v).expect("recorded"));
             if self.len == 0 {
                 self.k.push(nk);
@@ -88,6 +92,8 @@ pub struct Options {
     pub stop_at: Option<u32>,
     /// Sequences decoded together.
     pub batch: usize,
+    /// Added at its site at every position of every step.
+    pub steer: Option<SteeringVector>,
 }
 
 /// The random stream of sequence `seq` of prompt `prompt`: independent of batching and backend.
@@ -108,18 +114,15 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
     }
     let n = o.num_sequences.max(1);
     let mut out = vec![Vec::new(); prompts.len() * n];
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for s in 0..out.len() {
-        by_len.entry(prompts[s / n].len()).or_default().push(s);
-    }
     let device = model.device();
-    for seqs in by_len.values() {
+    let mut hooks = steer::hooks(model, o.steer.as_ref())?;
+    for seqs in data::by_length((0..out.len()).map(|s| prompts[s / n].len())).values() {
         for chunk in seqs.chunks(o.batch.max(1)) {
             let mut rngs: Vec<Rng> = chunk.iter().map(|&s| stream(o.seed, s / n, s % n)).collect();
             let mut seen: Vec<Vec<u32>> = chunk.iter().map(|&s| prompts[s / n].clone()).collect();
             let mut active: Vec<usize> = (0..chunk.len()).collect();
             let mut cache = KvCache::new();
-            let mut logits = cache.step(model, model.tokens(&seen)?);
+            let mut logits = cache.step(model, model.tokens(&seen)?, &mut hooks);
             for _ in 0..o.max_new_tokens {
                 let v = model.config.vocab_size;
                 let rows = host(logits);
@@ -140,7 +143,7 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
                     active = still.iter().map(|&r| active[r]).collect();
                 }
                 let step: Vec<Vec<u32>> = active.iter().map(|&a| vec![*seen[a].last().expect("a token")]).collect();
-                logits = cache.step(model, model.tokens(&step)?);
+                logits = cache.step(model, model.tokens(&step)?, &mut hooks);
             }
         }
     }
@@ -154,11 +157,7 @@ pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usiz
         ensure!(t.len() >= 2, "text {} has {} token(s): perplexity needs at least 2 (a token to predict)", i + 1, t.len());
     }
     let mut out = vec![Vec::new(); texts.len()];
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, t) in texts.iter().enumerate() {
-        by_len.entry(t.len()).or_default().push(i);
-    }
-    for (len, idx) in by_len {
+    for (len, idx) in data::by_length(texts.iter().map(Vec::len)) {
         for chunk in idx.chunks(batch.max(1)) {
             let b = chunk.len();
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| texts[i].clone()).collect();

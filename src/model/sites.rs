@@ -51,6 +51,13 @@ impl SiteKind {
         }
     }
 
+    /// A kind by its name (`resid_pre`, `attn_out`, `z`, ...).
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            anyhow::anyhow!("unknown site {name:?}: expected one of {}", Self::ALL.map(Self::name).join(", "))
+        })
+    }
+
     /// TransformerLens' hook name, e.g. `blocks.3.hook_resid_pre`, `blocks.3.attn.hook_z`.
     pub fn hook_name(self, layer: impl std::fmt::Display) -> String {
         match self {
@@ -139,5 +146,46 @@ impl<B: Backend> Hooks<B> for Cache<B> {
 
     fn wants(&self, site: Site) -> bool {
         self.want.contains(&site)
+    }
+}
+
+/// Two hooks in turn: the second sees what the first returned (e.g. steering, then recording the
+/// steered activation).
+impl<B: Backend, H1: Hooks<B>, H2: Hooks<B>> Hooks<B> for (H1, H2) {
+    fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
+        let act = if self.0.wants(site) { self.0.hook(site, segment, act) } else { act };
+        if self.1.wants(site) {
+            self.1.hook(site, segment, act)
+        } else {
+            act
+        }
+    }
+
+    fn wants(&self, site: Site) -> bool {
+        self.0.wants(site) || self.1.wants(site)
+    }
+}
+
+/// An optional hook: none is the plain forward pass.
+impl<B: Backend, H: Hooks<B>> Hooks<B> for Option<H> {
+    fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Some(h) => h.hook(site, segment, act),
+            None => act,
+        }
+    }
+
+    fn wants(&self, site: Site) -> bool {
+        self.as_ref().is_some_and(|h| h.wants(site))
+    }
+}
+
+impl<B: Backend, H: Hooks<B>> Hooks<B> for &mut H {
+    fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
+        (**self).hook(site, segment, act)
+    }
+
+    fn wants(&self, site: Site) -> bool {
+        (**self).wants(site)
     }
 }

@@ -1,0 +1,55 @@
+//! "Going backwards": find tokens to put in front of a text that make it least perplexing. Each
+//! step draws `samples` candidate first tokens from the model's own distribution of a text's
+//! first token (its next-token distribution after `<|endoftext|>` alone, seeded), puts each in
+//! front of the current text, scores the candidates in one batch, keeps the lowest perplexity and
+//! repeats from there.
+use super::sampling::{next_token, Sampling};
+use super::{perplexity, token_losses};
+use crate::data::Rng;
+use crate::model::{Gpt2, NoHooks};
+use anyhow::{ensure, Result};
+use burn::prelude::*;
+
+/// One step: the text chosen (without the `<|endoftext|>` scored in front of it, if any), its
+/// perplexity, and every candidate first token with the perplexity its text had.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub tokens: Vec<u32>,
+    pub perplexity: f32,
+    pub candidates: Vec<(u32, f32)>,
+}
+
+/// `n_tokens` steps back from `text`. `bos` is `<|endoftext|>`; with `score_bos` every text is
+/// scored with it in front, so the new first token's own probability counts too.
+pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: usize, samples: usize, seed: u64, score_bos: bool, progress: &mut dyn FnMut(usize)) -> Result<Vec<Step>> {
+    ensure!(!text.is_empty(), "the text is empty");
+    ensure!(samples > 0, "--samples must be at least 1");
+    ensure!(
+        text.len() + n_tokens + score_bos as usize <= model.config.n_positions,
+        "the text has {} tokens: with {n_tokens} more it exceeds the model's context of {}",
+        text.len(),
+        model.config.n_positions
+    );
+    let first = model.forward(model.tokens(&[vec![bos]])?, &mut NoHooks).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let sampling = Sampling { temperature: Some(1.0), ..Sampling::GREEDY };
+    let mut rng = Rng(seed);
+    let mut current = text.to_vec();
+    let mut steps = Vec::with_capacity(n_tokens);
+    for _ in 0..n_tokens {
+        let mut candidates: Vec<u32> = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = next_token(&first, &[], &sampling, &mut rng);
+            if !candidates.contains(&t) {
+                candidates.push(t);
+            }
+        }
+        let texts: Vec<Vec<u32>> = candidates.iter().map(|&c| score_bos.then_some(bos).into_iter().chain([c]).chain(current.iter().copied()).collect()).collect();
+        let scores: Vec<f32> = token_losses(model, &texts, texts.len(), &mut |_| {})?.iter().map(|l| perplexity(l)).collect();
+        // The lowest perplexity, the first drawn of equal ones.
+        let best = (0..scores.len()).fold(0, |b, i| if scores[i] < scores[b] { i } else { b });
+        current.insert(0, candidates[best]);
+        steps.push(Step { tokens: current.clone(), perplexity: scores[best], candidates: candidates.into_iter().zip(scores).collect() });
+        progress(1);
+    }
+    Ok(steps)
+}
