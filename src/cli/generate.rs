@@ -67,7 +67,7 @@ pub struct GenerateArgs {
     /// of --steer-layer at every position of every step.
     #[arg(long, requires_all = ["steer_site", "steer_layer"])]
     steer: Option<PathBuf>,
-    #[arg(long, value_parser = parse_kind, requires = "steer")]
+    #[arg(long, value_parser = SiteKind::parse, requires = "steer")]
     steer_site: Option<SiteKind>,
     #[arg(long, requires = "steer")]
     steer_layer: Option<usize>,
@@ -76,10 +76,6 @@ pub struct GenerateArgs {
     coef: f32,
     #[command(flatten)]
     backend: BackendArgs,
-}
-
-fn parse_kind(name: &str) -> Result<SiteKind> {
-    SiteKind::parse(name)
 }
 
 #[derive(Args)]
@@ -442,7 +438,7 @@ pub struct SteerMakeArgs {
     #[arg(long)]
     corrupted: String,
     /// resid_pre, resid_mid, resid_post, attn_out, mlp_out ([d_model]) or q, k, v, z ([heads, d_head]).
-    #[arg(long, value_parser = parse_kind)]
+    #[arg(long, value_parser = SiteKind::parse)]
     site: SiteKind,
     #[arg(long)]
     layer: usize,
@@ -479,18 +475,13 @@ impl BackendTask for MakeVector {
 }
 
 pub fn run_steer_make(a: SteerMakeArgs) -> Result<()> {
-    if a.out.exists() && !a.overwrite {
-        bail!("{} exists: pass --overwrite to replace it, or choose another --out", a.out.display());
-    }
+    super::output_file(&a.out, a.overwrite)?;
     let files = ModelFiles::locate(&a.model)?;
     let tok = Tokenizer::from_file(&files.tokenizer)?;
     let clean = tok.encode_with(&a.clean, a.prepend_bos).context("--clean")?;
     let corrupted = tok.encode_with(&a.corrupted, a.prepend_bos).context("--corrupted")?;
     let site = Site::new(a.site, a.layer);
     let (values, shape) = dispatch(&a.backend.configure()?, MakeVector { files, clean, corrupted, site, position: a.position })?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     write_npy(&a.out, &shape, &values)?;
     let norm = values.iter().map(|x| x * x).sum::<f32>().sqrt();
     println!("wrote the {} steering vector {shape:?} (norm {norm:.4}) to {}", a.site.hook_name(a.layer), a.out.display());

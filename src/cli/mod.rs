@@ -11,7 +11,7 @@ use crate::data::ioi::Corruption;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(name = "patchbay", version, about = "Batched activation patching on GPT-2-family models")]
@@ -159,6 +159,17 @@ fn progress(len: usize, unit: &str) -> indicatif::ProgressBar {
     indicatif::ProgressBar::new(len as u64).with_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"))
 }
 
+/// A one-file --out: refused when it exists without --overwrite; its folder is created.
+fn output_file(out: &Path, overwrite: bool) -> Result<()> {
+    if out.exists() && !overwrite {
+        anyhow::bail!("{} exists: pass --overwrite to replace it, or choose another --out", out.display());
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 pub fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),
@@ -173,15 +184,10 @@ pub fn main() -> Result<()> {
         Command::Candidates(args) => generate::run_candidates(args),
         Command::Attribute(args) => attribute::run(args),
         Command::Ioi { n, seed, corruption, model, out, overwrite } => {
-            if out.exists() && !overwrite {
-                anyhow::bail!("{} exists: pass --overwrite to replace it, or choose another --out", out.display());
-            }
+            output_file(&out, overwrite)?;
             let files = crate::model::weights::ModelFiles::locate(&model)?;
             let tok = crate::tokenizer::Tokenizer::from_file(&files.tokenizer)?;
             let pairs = crate::data::ioi::generate(n as usize, seed, corruption, &tok)?;
-            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
             let lines: String = pairs.iter().map(|p| serde_json::to_string(p).map(|l| l + "\n")).collect::<Result<_, _>>()?;
             crate::results::write_atomic(&out, lines.as_bytes())?;
             println!("wrote {} IOI pairs ({corruption:?} corruption) to {}", pairs.len(), out.display());
