@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU numbers in one command: fidelity of the backend at the real GPT-2 shape (TF32 shows here),
 # `patchbay bench` at the reference workload and at the seed pair, the PyTorch comparison, and the
-# 500-prompt IOI sweep's wall time. The first run of each matmul shape autotunes (minutes for tf32
+# 500-prompt IOI sweep's wall time, exact and by attribution patching. The first run of each matmul shape autotunes (minutes for tf32
 # and bf16, cached in target/autotune/). Needs python3 with torch + transformers (for the random-weight
 # gpt2-shape model and the comparison); nothing is downloaded.
 #
@@ -87,6 +87,12 @@ check "$PATCHBAY" run configs/ioi.toml --model "$WORK/gpt2" --pairs "$WORK/ioi.j
 echo "IOI sweep wall time: $((($(date +%s%N) - start) / 1000000)) ms (model load included)"
 check "$PATCHBAY" analyze "$WORK/ioi" >/dev/null
 cp "$WORK/ioi/manifest.json" "$OUT/ioi-manifest.json" 2>/dev/null
+step "IOI by attribution patching (--method attribution), the same pairs and sites, and its agreement with the exact run"
+start=$(date +%s%N)
+check "$PATCHBAY" run configs/ioi.toml --model "$WORK/gpt2" --pairs "$WORK/ioi.jsonl" --out "$WORK/ioi-attr" --backend "$BACKEND" --method attribution
+echo "IOI attribution wall time: $((($(date +%s%N) - start) / 1000000)) ms (model load included)"
+check "$PATCHBAY" analyze "$WORK/ioi-attr" >/dev/null
+check "$PATCHBAY" analyze "$WORK/ioi-attr" --compare "$WORK/ioi"
 
 rm -rf "$WORK"
 [ $failed = 0 ] && echo "all steps passed" || echo "some steps FAILED"

@@ -3,16 +3,47 @@
 //! run; shards of a run on several machines.
 use crate::backend::BackendSpec;
 use crate::data::{self, Skipped, TokenizedPair};
-use crate::engine::plan::max_rows_for_budget;
-use crate::engine::{Engine, Layout, Metric, PatchSite, Runs};
-use crate::model::Gpt2;
+use crate::engine::plan::{max_pairs_for_budget, max_rows_for_budget};
+use crate::engine::{Attribution, Engine, Layout, Method, Metric, PatchSite, Patcher, Runs};
+use crate::model::{Gpt2, Gpt2Config};
 use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
+use burn::backend::Autodiff;
 use burn::prelude::Backend;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// The model a sweep runs, which fixes its method: attribution needs burn's Autodiff backend
+/// over the chosen one.
+pub enum SweepModel<'m, B: Backend> {
+    Exact(&'m Gpt2<B>),
+    Attribution(&'m Gpt2<Autodiff<B>>),
+}
+
+impl<B: Backend> SweepModel<'_, B> {
+    pub fn config(&self) -> &Gpt2Config {
+        match self {
+            Self::Exact(m) => &m.config,
+            Self::Attribution(m) => &m.config,
+        }
+    }
+
+    pub fn method(&self) -> Method {
+        match self {
+            Self::Exact(_) => Method::Exact,
+            Self::Attribution(_) => Method::Attribution,
+        }
+    }
+
+    /// Its patcher, batching `max_rows` patched runs (attribution: pairs) a pass.
+    fn patcher(&self, spec: &SweepSpec, max_rows: usize) -> Box<dyn Patcher + '_> {
+        match *self {
+            Self::Exact(model) => Box::new(Engine { model, reuse: spec.reuse, max_rows, skip: spec.skip, metric: spec.metric }),
+            Self::Attribution(model) => Box::new(Attribution { model, max_pairs: max_rows, skip: spec.skip, metric: spec.metric }),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct SweepSpec {
@@ -126,7 +157,7 @@ fn available_memory() -> Option<usize> {
 
 /// Runs `all` pairs (or the spec's shard of them); `skipped` is reported in the manifest.
 pub fn sweep<B: Backend>(
-    model: &Gpt2<B>,
+    model: SweepModel<B>,
     model_id: &str,
     tok: &Tokenizer,
     all: &[TokenizedPair],
@@ -135,14 +166,17 @@ pub fn sweep<B: Backend>(
     backend: &BackendSpec,
 ) -> Result<SweepSummary> {
     anyhow::ensure!(!all.is_empty(), "no pairs to run");
-    let c = &model.config;
+    let c = model.config();
     // Laid out by the whole run's longest pair, so shards merge into the unsharded arrays.
     let positions = all.iter().map(TokenizedPair::len).max().unwrap();
     let layout = Layout { senders: spec.senders.clone(), ..Layout::new(c.n_layer, c.n_head, positions) };
     let (budget, buffer) = memory_limits(backend);
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
     let previous = if spec.resume { results::run_in(&spec.out).map(|m| m.max_rows) } else { None };
-    let max_rows = spec.max_rows.or(previous).unwrap_or_else(|| max_rows_for_budget(c, positions, budget, buffer, !spec.reuse));
+    let max_rows = spec.max_rows.or(previous).unwrap_or_else(|| match model.method() {
+        Method::Exact => max_rows_for_budget(c, positions, budget, buffer, !spec.reuse),
+        Method::Attribution => max_pairs_for_budget(c, positions, budget, buffer, spec.metric.needs_vocab()),
+    });
     let all_units = units(all, &layout, &spec.sites);
     let units = match spec.shard {
         Some(s) => &all_units[s.units(all_units.len())],
@@ -153,7 +187,7 @@ pub fn sweep<B: Backend>(
     mine.sort_unstable();
     let row_of = |global: usize| mine.binary_search(&global).expect("a unit's pair is this run's");
     let pairs: Vec<TokenizedPair> = mine.iter().map(|&i| all[i].clone()).collect();
-    let mut manifest = manifest(model, model_id, tok, &pairs, spec, backend, layout.clone(), max_rows);
+    let mut manifest = manifest(&model, model_id, tok, &pairs, spec, backend, layout.clone(), max_rows);
     manifest.dataset = results::fingerprint(&(all, skipped));
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
@@ -181,7 +215,7 @@ pub fn sweep<B: Backend>(
             bar.set_message(format!("({} no-ops skipped)", shown.skipped));
         }
     };
-    let engine = Engine { model, reuse: spec.reuse, max_rows, skip: spec.skip, metric: spec.metric };
+    let patcher = model.patcher(spec, max_rows);
     let started = std::time::Instant::now();
     let mut ran = Runs::default();
     for (u, unit) in units.iter().enumerate() {
@@ -194,7 +228,7 @@ pub fn sweep<B: Backend>(
             continue;
         }
         let unit_pairs: Vec<TokenizedPair> = unit.iter().map(|&i| all[i].clone()).collect();
-        let results = engine.run(&unit_pairs, &spec.sites, &layout, &mut show)?;
+        let results = patcher.run(&unit_pairs, &spec.sites, &layout, &mut show)?;
         for (&g, r) in unit.iter().zip(results) {
             let i = row_of(g);
             writer.write(Array::BaselineClean, i, &[r.clean])?;
@@ -228,7 +262,7 @@ fn units(pairs: &[TokenizedPair], layout: &Layout, sites: &[PatchSite]) -> Vec<V
 
 #[allow(clippy::too_many_arguments)]
 fn manifest<B: Backend>(
-    model: &Gpt2<B>,
+    model: &SweepModel<B>,
     model_id: &str,
     tok: &Tokenizer,
     pairs: &[TokenizedPair],
@@ -240,8 +274,9 @@ fn manifest<B: Backend>(
     Manifest {
         patchbay_version: env!("CARGO_PKG_VERSION").into(),
         model: model_id.into(),
-        config: model.config.clone(),
+        config: model.config().clone(),
         backend: backend.clone(),
+        method: model.method(),
         reuse: spec.reuse,
         skip: spec.skip,
         runs: Runs::default(),

@@ -1,12 +1,14 @@
 //! Checking a finished run against the simplest path: a few of its patched runs, chosen at random
-//! (seeded), recomputed one row per forward pass, without reuse and without kernel fusion, and
-//! compared with what the run wrote. Cheap insurance for every backend, GPU and driver.
+//! (seeded), recomputed one row per forward pass, without reuse and without kernel fusion (an
+//! attribution run: one pair per pass, no-op rows estimated too), and compared with what the run
+//! wrote. Cheap insurance for every backend, GPU and driver.
 use crate::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use crate::data::{Rng, TokenizedPair};
-use crate::engine::{Engine, PatchSite, Row};
+use crate::engine::{Attribution, Engine, Method, PatchSite, Patcher, Row};
 use crate::model::weights::{load_model, ModelFiles};
 use crate::results::{self, npy, Manifest, Verification};
 use anyhow::{bail, Context, Result};
+use burn::backend::Autodiff;
 use burn::prelude::Backend;
 use std::path::{Path, PathBuf};
 
@@ -75,10 +77,28 @@ impl BackendTask for Check {
     type Output = Verification;
     fn run<B: Backend>(self, device: B::Device) -> Result<Verification> {
         let m = &self.manifest;
-        let model = load_model::<B>(&self.files, &device)?;
+        match m.method {
+            Method::Exact => {
+                let model = load_model::<B>(&self.files, &device)?;
+                let engine = Engine { model: &model, reuse: false, max_rows: 1, skip: false, metric: m.metric_name };
+                self.check(&|pair, row| Ok(engine.run_rows(&[pair], &[Row { pair: 0, ..row }])?[0]))
+            }
+            // The estimate of one pair alone, its no-op rows estimated too.
+            Method::Attribution => {
+                let model = load_model::<Autodiff<B>>(&self.files, &device)?;
+                let a = Attribution { model: &model, max_pairs: 1, skip: false, metric: m.metric_name };
+                self.check(&|pair, row| Ok(a.run(&[pair], &[row.site], &m.layout, &mut |_| {})?[0].sites[0][row.out]))
+            }
+        }
+    }
+}
+
+impl Check {
+    /// The sampled rows' stored values against `recompute(pair, row)`.
+    fn check(&self, recompute: &dyn Fn(TokenizedPair, Row) -> Result<f32>) -> Result<Verification> {
+        let m = &self.manifest;
         let sites: Vec<PatchSite> = m.sites.iter().map(|s| PatchSite::parse(&s.name)).collect::<Result<_>>()?;
         let samples = choose(m, &sites, self.rows);
-        let engine = Engine { model: &model, reuse: false, max_rows: 1, skip: false, metric: m.metric_name };
         let mut failed = Vec::new();
         let mut max_abs_diff = 0f32;
         let mut tol = 0f32;
@@ -100,7 +120,7 @@ impl BackendTask for Check {
                     distractor: p.distractor.id,
                     positions: p.positions.clone(),
                 };
-                let again = engine.run_rows(&[pair], &[Row { pair: 0, ..s.row }])?[0];
+                let again = recompute(pair, s.row)?;
                 let diff = (again - value).abs();
                 // An f32 recheck of a half-precision or TF32 run allows the run's own rounding.
                 let dtype = if self.spec.dtype == DType::F32 { m.backend.dtype } else { self.spec.dtype };
@@ -112,7 +132,7 @@ impl BackendTask for Check {
                 }
             }
         }
-        Ok(Verification { backend: self.spec, rows: samples.len(), tolerance: tol, max_abs_diff, failed })
+        Ok(Verification { backend: self.spec.clone(), rows: samples.len(), tolerance: tol, max_abs_diff, failed })
     }
 }
 

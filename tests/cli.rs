@@ -258,3 +258,87 @@ fn metric_is_recorded_in_the_manifest_and_verified_with_the_same_metric() {
     let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--clean", CLEAN, "--corrupted", CLEAN, "--metric", "logits"]);
     assert!(!ok && stderr.contains("logprob_diff"), "{stderr}");
 }
+
+/// The seed pairs of the tiny fixture as a pairs file.
+fn seed_pairs(dir: &Path) -> PathBuf {
+    let corrupted = ["Michelle Smith was a top-notch student. Michelle", "Jessica Jones was a top-notch student. Michelle", "Michelle Smith was a top-notch student. Jessica"];
+    let lines: Vec<_> = corrupted.iter().map(|k| serde_json::json!({"clean": CLEAN, "corrupted": k, "answer": " Jones", "distractor": " Smith"})).collect();
+    write_pairs(dir, &lines)
+}
+
+/// Pearson's r over the cells finite in both.
+fn pearson(x: &[f32], y: &[f32]) -> f64 {
+    let p: Vec<(f64, f64)> = x.iter().zip(y).filter(|(a, b)| a.is_finite() && b.is_finite()).map(|(&a, &b)| (a as f64, b as f64)).collect();
+    let n = p.len() as f64;
+    let (mx, my) = (p.iter().map(|a| a.0).sum::<f64>() / n, p.iter().map(|a| a.1).sum::<f64>() / n);
+    let cov: f64 = p.iter().map(|(a, b)| (a - mx) * (b - my)).sum();
+    let (vx, vy): (f64, f64) = (p.iter().map(|a| (a.0 - mx).powi(2)).sum(), p.iter().map(|a| (a.1 - my).powi(2)).sum());
+    cov / (vx * vy).sqrt()
+}
+
+#[test]
+fn attribution_runs_equal_pytorch_autograd_verify_and_compare_with_exact_runs() {
+    let dir = tmp("attribution");
+    let (tiny, pairs) = (tiny(), seed_pairs(&dir));
+    let (attr, exact) = (dir.join("attr"), dir.join("exact"));
+    let sites: Vec<&str> = patchbay::engine::PatchSite::ALL.iter().filter(|s| !s.is_path()).map(|s| s.name()).collect();
+    let sites = sites.join(",");
+    let run = |out: &Path, method: &str, sites: &str, extra: &[&str]| {
+        let args = [&["run", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--method", method, "--sites", sites, "--out", out.to_str().unwrap()][..], extra].concat();
+        patchbay(&args)
+    };
+    // The default check after the run recomputes rows one pair a pass.
+    let (ok, stdout, stderr) = run(&attr, "attribution", &sites, &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("estimated by attribution") && stderr.contains("verified 8 patched runs"), "{stdout}{stderr}");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(attr.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["method"], "attribution");
+    assert_eq!(manifest["verify"]["failed"], serde_json::json!([]));
+    let refs = Refs::load_file(&tiny, "refs-attribution.safetensors");
+    for site in sites.split(',') {
+        let (got, shape) = read_npy(&attr.join(format!("{site}.npy"))).unwrap();
+        let (want, want_shape) = refs.f32(&format!("attr.{site}"));
+        assert_eq!(shape, want_shape, "{site}");
+        assert!(max_abs_diff(&got, &want) < 1e-4, "{site}: {}", max_abs_diff(&got, &want));
+    }
+
+    let compared = "resid_pre,z_all_pos,pattern_by_pos";
+    let (ok, _, stderr) = run(&exact, "exact", compared, &["--verify", "0"]);
+    assert!(ok, "{stderr}");
+    for d in [&attr, &exact] {
+        let (ok, _, stderr) = patchbay(&["analyze", d.to_str().unwrap()]);
+        assert!(ok, "{stderr}");
+    }
+    assert!(std::fs::read_to_string(attr.join("resid_pre.svg")).unwrap().contains("attribution patching estimate"));
+    let (ok, stdout, stderr) = patchbay(&["analyze", attr.to_str().unwrap(), "--compare", exact.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("resid_pre: r = "), "{stdout}");
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(attr.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(c["methods"], serde_json::json!(["attribution", "exact"]));
+    let names: Vec<&str> = c["sites"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, compared.split(',').collect::<Vec<_>>(), "the shared sites, in the run's order");
+    for s in c["sites"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let norm = |d: &Path| read_npy(&d.join(format!("{name}.normalized.npy"))).unwrap().0;
+        let (a, e) = (norm(&attr), norm(&exact));
+        let r = pearson(&e, &a);
+        assert!((s["correlation"].as_f64().unwrap() - r).abs() < 1e-9, "{name}: {} vs {r}", s["correlation"]);
+        assert_eq!(s["points"], a.iter().zip(&e).filter(|(x, y)| x.is_finite() && y.is_finite()).count());
+        assert!(std::fs::read(attr.join(format!("{name}.compare.png"))).unwrap().starts_with(b"\x89PNG"));
+        assert!(std::fs::read_to_string(attr.join(format!("{name}.compare.svg"))).unwrap().contains("exact ("));
+    }
+
+    // Bad combinations, each a one-line refusal.
+    let other = dir.join("other");
+    let (ok, _, stderr) = patchbay(&["run", "--model", tiny.to_str().unwrap(), "--clean", CLEAN, "--corrupted", "Michelle Smith was a top-notch student. Michelle", "--sites", "resid_pre", "--out", other.to_str().unwrap(), "--verify", "0"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = patchbay(&["analyze", attr.to_str().unwrap(), "--compare", other.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("runs of different pairs"), "{stderr}");
+    let (ok, _, stderr) = patchbay(&["path", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--receivers", "q", "--method", "attribution", "--out", dir.join("p").to_str().unwrap()]);
+    assert!(!ok && stderr.contains("not paths (path_q)"), "{stderr}");
+    let (ok, _, stderr) = run(&dir.join("n"), "attribution", "resid_pre", &["--no-reuse"]);
+    assert!(!ok && stderr.contains("--no-reuse is an option of --method exact"), "{stderr}");
+    // An exact run is not resumed as an attribution run.
+    let (ok, _, stderr) = run(&exact, "attribution", compared, &["--resume"]);
+    assert!(!ok && stderr.contains("already holds a finished run, a different run"), "{stderr}");
+}

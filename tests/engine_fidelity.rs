@@ -1,11 +1,12 @@
 //! The batched patching engine against TransformerLens' `patching.get_act_patch_*` on the tiny
-//! random-weight fixture, with and without reuse, on every backend compiled in.
+//! random-weight fixture, with and without reuse, on every backend compiled in; attribution
+//! patching against PyTorch autograd.
 mod common;
 use burn::prelude::*;
 use common::*;
 use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::data::TokenizedPair;
-use patchbay::engine::{Engine, Layout, Metric, PatchSite, Row, Runs};
+use patchbay::engine::{Attribution, Engine, Layout, Metric, PatchSite, Patcher, Row, Runs};
 use patchbay::model::weights::Safetensors;
 use patchbay::model::{Gpt2, Gpt2Config};
 use std::path::{Path, PathBuf};
@@ -295,6 +296,69 @@ fn every_metric_matches_hf_logits_and_the_metrics_agree_on_patched_runs() {
             close(find(Metric::LogitDiff, reuse), find(Metric::LogprobDiff, reuse), &|x| x, "logprob_diff = logit_diff");
             close(find(Metric::Logprob, reuse), find(Metric::Prob, reuse), &|x| x.exp(), "prob = exp(logprob)");
             close(find(Metric::Logprob, true), find(Metric::Logprob, false), &|x| x, "logprob with reuse = without");
+        }
+    }
+}
+
+/// Attribution patching on the seed-pair fixture: every overwrite site's estimates and the
+/// baselines, in each batching, against PyTorch autograd on HF GPT-2
+/// (tests/fixtures/make_attribution_refs.py).
+struct AttributionAgainstTorch {
+    metric: Metric,
+    max_pairs: usize,
+    skip: bool,
+}
+
+impl BackendTask for AttributionAgainstTorch {
+    type Output = Vec<(String, f32)>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let m = model::<burn::backend::Autodiff<B>>(&tiny(), &device);
+        let pairs = fixture_pairs(&Refs::load(&tiny()));
+        let refs = Refs::load_file(&tiny(), "refs-attribution.safetensors");
+        let layout = layout(&m.config, &pairs);
+        let sites: Vec<PatchSite> = PatchSite::ALL.into_iter().filter(|s| !s.is_path()).collect();
+        let attribution = Attribution { model: &m, max_pairs: self.max_pairs, skip: self.skip, metric: self.metric };
+        let mut runs = Runs::default();
+        let results = attribution.run(&pairs, &sites, &layout, &mut |n| runs += n)?;
+        let planned: usize = sites.iter().map(|&s| layout.run_count(s, layout.positions)).sum();
+        assert_eq!(runs.total(), pairs.len() * planned, "every planned run reported once");
+        assert_eq!(runs.skipped > 0, self.skip);
+        let (prefix, baseline) = match self.metric {
+            Metric::LogitDiff => ("attr", "baseline"),
+            Metric::Logprob => ("attr_logprob", "baseline_logprob"),
+            other => unreachable!("no references for {other:?}"),
+        };
+        let mut out = vec![
+            ("baseline_clean".into(), max_abs_diff(&results.iter().map(|r| r.clean).collect::<Vec<_>>(), &refs.f32(&format!("{baseline}_clean")).0)),
+            ("baseline_corrupted".into(), max_abs_diff(&results.iter().map(|r| r.corrupted).collect::<Vec<_>>(), &refs.f32(&format!("{baseline}_corrupted")).0)),
+        ];
+        for (si, site) in sites.iter().enumerate() {
+            let got: Vec<f32> = results.iter().flat_map(|r| r.sites[si].clone()).collect();
+            out.push((site.name().to_string(), max_abs_diff(&got, &refs.f32(&format!("{prefix}.{}", site.name())).0)));
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn attribution_matches_pytorch_autograd_on_every_backend() {
+    let exact = Refs::load(&tiny());
+    let estimates = Refs::load_file(&tiny(), "refs-attribution.safetensors");
+    // The references tell the methods apart: the linear estimate is not exact patching.
+    assert!(max_abs_diff(&estimates.f32("attr.resid_pre").0, &exact.f32("patch.resid_pre").0) > 1e-2);
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32) {
+        // Every pair in one pass with no-ops skipped, and one pair a pass computing them; logprob
+        // (the whole vocabulary's softmax on the gradient's path) on the cpu (lavapipe compiles
+        // its kernels for minutes; measured on wgpu: 8.3e-5 on values near 17).
+        let logprob = (spec.kind == BackendKind::Cpu).then_some((Metric::Logprob, 2, true));
+        for (metric, max_pairs, skip) in [(Metric::LogitDiff, 3, true), (Metric::LogitDiff, 1, false)].into_iter().chain(logprob) {
+            let what = format!("{spec:?} {metric:?} max_pairs={max_pairs} skip={skip}");
+            let started = std::time::Instant::now();
+            let diffs = dispatch(&spec, AttributionAgainstTorch { metric, max_pairs, skip }).unwrap();
+            let worst = diffs.iter().fold(("", 0.0), |w, (s, d)| if *d > w.1 { (s.as_str(), *d) } else { w });
+            eprintln!("{what}: max abs difference to PyTorch autograd {:.2e} at {} ({:.1} s)", worst.1, worst.0, started.elapsed().as_secs_f64());
+            let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d <= 1e-4)).collect();
+            assert!(bad.is_empty(), "{what}: differs from PyTorch autograd by more than 1e-4: {bad:?}");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (clean − corrupted): clean = 1, corrupted = 0), mean and standard error over pairs, a summary
 //! (JSON and CSV), and a heatmap per site (PNG and SVG); by named position where pairs name them.
 pub mod attribution;
+pub mod compare;
 pub mod plot;
 
 use crate::results::manifest::{heatmap_files, normalized_file, SUMMARY_CSV, SUMMARY_JSON};
@@ -63,15 +64,12 @@ pub(crate) fn mean_sem(values: &[f32], cells: usize) -> (Vec<f32>, Vec<f32>, Vec
     out
 }
 
-pub fn analyze(dir: &Path) -> Result<Summary> {
-    let m = open_finished(dir)?;
-    if m.pairs.is_empty() {
-        bail!("{} holds no pairs (an empty shard? merge the shards, then analyze the merged run)", dir.display());
-    }
+/// Each pair's (corrupted, clean − corrupted) baselines, None for a pair left out (listed).
+pub(crate) fn scales(dir: &Path, m: &Manifest) -> Result<(Vec<Option<(f32, f32)>>, Vec<Excluded>)> {
     let (clean, _) = read_f32(&dir.join(&m.baseline_clean))?;
     let (corrupted, _) = read_f32(&dir.join(&m.baseline_corrupted))?;
     let mut excluded = Vec::new();
-    let scale: Vec<Option<(f32, f32)>> = m
+    let scale = m
         .pairs
         .iter()
         .enumerate()
@@ -88,18 +86,27 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
             }
         })
         .collect();
+    Ok((scale, excluded))
+}
 
+/// A site's raw [pairs, cells] values normalized by each pair's baselines (NaN for a left-out pair).
+pub(crate) fn normalize(raw: &[f32], cells: usize, scale: &[Option<(f32, f32)>]) -> Vec<f32> {
+    raw.iter().enumerate().map(|(i, &v)| scale[i / cells].map_or(f32::NAN, |(k, d)| (v - k) / d)).collect()
+}
+
+pub fn analyze(dir: &Path) -> Result<Summary> {
+    let m = open_finished(dir)?;
+    if m.pairs.is_empty() {
+        bail!("{} holds no pairs (an empty shard? merge the shards, then analyze the merged run)", dir.display());
+    }
+    let (scale, excluded) = scales(dir, &m)?;
     let mut sites = Vec::new();
     let mut by_name = Vec::new();
     let named = named_positions(&m.pairs);
     for site in &m.sites {
         let (raw, shape) = read_f32(&dir.join(&site.file))?;
         let cells: usize = shape[1..].iter().product();
-        let normalized: Vec<f32> = raw
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| scale[i / cells].map_or(f32::NAN, |(k, d)| (v - k) / d))
-            .collect();
+        let normalized = normalize(&raw, cells, &scale);
         write_npy(&dir.join(normalized_file(&site.name)), &shape, &normalized)?;
         let (mean, sem, n) = mean_sem(&normalized, cells);
         let first = &m.pairs[0];
@@ -209,7 +216,11 @@ fn csv(s: &Summary) -> String {
 fn grid(s: &SiteSummary, m: &Manifest, n: usize) -> Grid {
     let layers = s.shape[0];
     let has = |a: &str| s.axes.iter().any(|x| x == a);
-    let title = format!("{} — normalized patching metric, mean over {n} pair(s) — {}", s.name, m.model);
+    let what = match m.method {
+        crate::engine::Method::Exact => "normalized patching metric",
+        crate::engine::Method::Attribution => "attribution patching estimate, normalized",
+    };
+    let title = format!("{} — {what}, mean over {n} pair(s) — {}", s.name, m.model);
     let heads = if has("head") { s.shape[s.axes.iter().position(|a| a == "head").expect("has a head axis")] } else { 1 };
     let by_head = || (0..layers).flat_map(|l| (0..heads).map(move |h| format!("{l}.{h}"))).collect::<Vec<_>>();
     let layer_rows = || (0..layers).map(|l| l.to_string()).collect::<Vec<_>>();

@@ -2,7 +2,8 @@
 //! labels, a colour bar, values written in the cells when the grid is small); `Panels` are small
 //! multiples of [t, t] heatmaps in [0, 1] (attention patterns: a panel per layer and head);
 //! `Lines` is a line plot of means with standard-error whiskers over labelled points (the logit
-//! lens). Each is drawn as a `Figure` of rectangles, lines and text, which has the two renderers.
+//! lens); `Scatter` is a scatter plot of two runs' values against each other, with the diagonal.
+//! Each is drawn as a `Figure` of rectangles, lines and text, which has the two renderers.
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use anyhow::Result;
 
@@ -294,6 +295,52 @@ impl Lines {
         }
         f
     }
+}
+
+/// Points (x, y) on one scale for both axes, with the diagonal y = x (agreement) and y = 0, x = 0.
+pub struct Scatter {
+    pub title: String,
+    pub x_title: String,
+    pub y_title: String,
+    pub points: Vec<(f32, f32)>,
+}
+
+impl Scatter {
+    fn figure(&self) -> Figure {
+        let side = 400;
+        let (left, top) = (MARGIN + 10 * CHAR_W, MARGIN + 2 * CELL_H);
+        let width = (left + side + 2 * MARGIN).max(2 * MARGIN + self.title.chars().count().max(self.x_title.chars().count()) * CHAR_W);
+        let height = top + side + 3 * CELL_H;
+        let mut f = Figure { width, height, rects: Vec::new(), lines: Vec::new(), texts: Vec::new() };
+        f.texts.push(text(MARGIN, MARGIN + CELL_H / 2, self.title.clone(), Anchor::Start, BLACK));
+        f.texts.push(text(MARGIN, top - CELL_H / 2, format!("↑ {}", self.y_title), Anchor::Start, BLACK));
+        f.texts.push(text(left, top + side + 2 * CELL_H, format!("{} →", self.x_title), Anchor::Start, BLACK));
+        let (lo, hi) = self.points.iter().flat_map(|&(x, y)| [x, y]).fold((0.0f32, 0.0f32), |(a, b), v| (a.min(v), b.max(v)));
+        let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 1.0, hi + 1.0) };
+        let scale = |v: f32| (v - lo) / (hi - lo) * side as f32;
+        let (px, py) = (|x: f32| left as f32 + scale(x), |y: f32| (top + side) as f32 - scale(y));
+        let (l, r, t, b) = (left as f32, (left + side) as f32, top as f32, (top + side) as f32);
+        f.lines.push(Line { points: vec![(l, t), (l, b), (r, b)], width: 1.0, color: BLACK });
+        f.lines.push(Line { points: vec![(px(0.0), t), (px(0.0), b)], width: 1.0, color: GREY });
+        f.lines.push(Line { points: vec![(l, py(0.0)), (r, py(0.0))], width: 1.0, color: GREY });
+        f.lines.push(Line { points: vec![(px(lo), py(lo)), (px(hi), py(hi))], width: 1.0, color: SERIES[1] });
+        for v in [lo, 0.0, hi] {
+            f.texts.push(text(left - 6, py(v) as usize, format!("{v:.2}"), Anchor::End, BLACK));
+            f.texts.push(text(px(v) as usize, top + side + CELL_H / 2 + 2, format!("{v:.2}"), Anchor::Middle, BLACK));
+        }
+        for &(x, y) in &self.points {
+            f.rects.push(Rect { x: px(x) as usize - 1, y: py(y) as usize - 1, w: 3, h: 3, color: SERIES[0], title: None });
+        }
+        f
+    }
+}
+
+pub fn scatter_svg(s: &Scatter) -> String {
+    s.figure().svg()
+}
+
+pub fn scatter_png(s: &Scatter) -> Result<Vec<u8>> {
+    s.figure().png()
 }
 
 pub fn lines_svg(l: &Lines) -> String {

@@ -33,6 +33,10 @@ enum Command {
     Analyze {
         /// A results directory written by `patchbay run` or `patchbay attribute`.
         out: PathBuf,
+        /// Another run of the same pairs (e.g. `--method exact` beside an attribution run): per
+        /// shared site, the correlation of the two and a scatter plot, written into OUT.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// Generate IOI prompt pairs (BABA and ABBA templates) as JSONL with named positions.
     Ioi {
@@ -227,12 +231,24 @@ pub fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Analyze { out } if crate::results::attribution::is_attribution(&out) => {
+        Command::Analyze { out, compare: Some(other) } => {
+            let c = crate::analysis::compare::compare(&out, &other)?;
+            for s in &c.sites {
+                println!(
+                    "{}: r = {:.4} over {} normalized values, r of the means over pairs = {:.4}, max |difference| {:.3}",
+                    s.name, s.correlation, s.points, s.correlation_of_means, s.max_abs_diff
+                );
+            }
+            let names: Vec<String> = c.sites.iter().map(|s| format!("{}.compare.png/.svg", s.name)).collect();
+            println!("compared {} with {} on {} pair(s): wrote compare.json, {}", out.display(), other.display(), c.pairs, names.join(", "));
+            Ok(())
+        }
+        Command::Analyze { out, .. } if crate::results::attribution::is_attribution(&out) => {
             let files = crate::analysis::attribution::analyze(&out)?;
             println!("analyzed the attribution in {}: {}", out.display(), files.join(", "));
             Ok(())
         }
-        Command::Analyze { out } => {
+        Command::Analyze { out, .. } => {
             let s = crate::analysis::analyze(&out)?;
             if let Some(v) = crate::results::Manifest::read(&out)?.verify.filter(|v| !v.failed.is_empty()) {
                 eprintln!("warning: this run failed its verification ({} of {} rechecked rows differ): {}", v.failed.len(), v.rows, v.failed.join("; "));

@@ -2,10 +2,10 @@
 use super::BackendArgs;
 use crate::backend::{dispatch, BackendSpec, BackendTask};
 use crate::data::{self, Checks, Columns, Pair, Skipped, TokenizedPair};
-use crate::engine::{Metric, PatchSite};
+use crate::engine::{Method, Metric, PatchSite};
 use crate::model::weights::{load_model, ModelFiles};
 use crate::model::Gpt2Config;
-use crate::sweep::{sweep, Shard, SweepSpec, SweepSummary};
+use crate::sweep::{sweep, Shard, SweepModel, SweepSpec, SweepSummary};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
@@ -71,10 +71,16 @@ pub struct RunArgs {
     /// [default: logit_diff].
     #[arg(long, value_enum)]
     metric: Option<Metric>,
+    /// exact: every patched run computed; attribution: each one's linear estimate (clean −
+    /// corrupted activation) · gradient of the metric on the corrupted run, for every site from
+    /// two forward passes and one backward pass per group of pairs; same arrays [default: exact].
+    #[arg(long, value_enum)]
+    method: Option<Method>,
     /// Results directory [default: results/<config name>, or results/run].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Patched runs per forward pass [default: from the device's memory].
+    /// Patched runs per forward pass; with --method attribution, pairs per forward and backward
+    /// pass [default: from the device's memory].
     #[arg(long)]
     max_rows: Option<usize>,
     /// Compute every patched run in full (for comparison; results agree within 1e-4).
@@ -122,6 +128,7 @@ impl RunArgs {
             shards: self.shards.or(file.shards),
             sites: self.sites.or(file.sites),
             metric: self.metric.or(file.metric),
+            method: self.method.or(file.method),
             out: self.out.or(file.out).or(Some(default_out)),
             max_rows: self.max_rows.or(file.max_rows),
             no_reuse: self.no_reuse || file.no_reuse,
@@ -200,6 +207,7 @@ fn parse_columns(s: &str) -> Result<Columns> {
 }
 
 struct RunTask {
+    method: Method,
     files: ModelFiles,
     tokenizer: Tokenizer,
     pairs: Vec<TokenizedPair>,
@@ -211,8 +219,17 @@ struct RunTask {
 impl BackendTask for RunTask {
     type Output = SweepSummary;
     fn run<B: Backend>(self, device: B::Device) -> Result<SweepSummary> {
-        let model = load_model::<B>(&self.files, &device)?;
-        sweep(&model, &self.files.id, &self.tokenizer, &self.pairs, &self.skipped, &self.spec, &self.backend)
+        let (id, tok, spec) = (&self.files.id, &self.tokenizer, &self.spec);
+        match self.method {
+            Method::Exact => {
+                let model = load_model::<B>(&self.files, &device)?;
+                sweep(SweepModel::Exact(&model), id, tok, &self.pairs, &self.skipped, spec, &self.backend)
+            }
+            Method::Attribution => {
+                let model = load_model::<burn::backend::Autodiff<B>>(&self.files, &device)?;
+                sweep(SweepModel::Attribution(&model), id, tok, &self.pairs, &self.skipped, spec, &self.backend)
+            }
+        }
     }
 }
 
@@ -274,6 +291,15 @@ fn run_with(args: RunArgs, senders: Option<Vec<[usize; 2]>>) -> Result<()> {
     if args.max_rows == Some(0) {
         bail!("--max-rows must be at least 1");
     }
+    let method = args.method.unwrap_or_default();
+    if method == Method::Attribution {
+        if let Some(s) = sites.iter().find(|s| s.is_path()) {
+            bail!("--method attribution estimates overwrites of one activation, not paths ({}): use --method exact", s.name());
+        }
+        if args.no_reuse {
+            bail!("--no-reuse is an option of --method exact (attribution runs no patched forward passes)");
+        }
+    }
     let shard = match (&args.shard, args.shards) {
         (Some(_), Some(_)) => bail!("give --shard K/N or --shards N (with JOB_COMPLETION_INDEX), not both"),
         (Some(s), None) => Some(Shard::parse(s)?),
@@ -305,7 +331,7 @@ fn run_with(args: RunArgs, senders: Option<Vec<[usize; 2]>>) -> Result<()> {
         shard,
     };
     let backend = args.backend.configure()?;
-    let s = dispatch(&backend, RunTask { files, tokenizer, pairs, skipped, spec, backend: backend.clone() })?;
+    let s = dispatch(&backend, RunTask { method, files, tokenizer, pairs, skipped, spec, backend: backend.clone() })?;
     let rows = args.verify.unwrap_or(DEFAULT_VERIFY_ROWS);
     if rows > 0 {
         let v = crate::verify::verify(&out, rows, None)?;
@@ -314,8 +340,12 @@ fn run_with(args: RunArgs, senders: Option<Vec<[usize; 2]>>) -> Result<()> {
             v.rows, v.backend.kind, v.max_abs_diff, v.tolerance
         );
     }
+    let what = match method {
+        Method::Exact => "patched runs computed",
+        Method::Attribution => "patched runs estimated by attribution",
+    };
     println!(
-        "wrote {}: {} pair(s), {} patched runs computed in {:.2} s ({:.0} runs/s) on {:?}, {} skipped as no-ops; next: patchbay analyze {}",
+        "wrote {}: {} pair(s), {} {what} in {:.2} s ({:.0} runs/s) on {:?}, {} skipped as no-ops; next: patchbay analyze {}",
         out.display(),
         s.pairs,
         s.runs.computed,

@@ -1,8 +1,32 @@
-//! The patching engine: which patched runs exist (`plan`) and running them batched (`run`).
+//! The patching engine: which patched runs exist (`plan`), running them batched (`run`), and
+//! estimating them all at once by attribution patching (`attribution`).
+pub mod attribution;
 pub mod metric;
 pub mod plan;
 pub mod run;
 
+pub use attribution::Attribution;
 pub use metric::Metric;
 pub use plan::{Layout, PatchSite, Row, Runs};
 pub use run::{Engine, PairResult};
+
+use crate::data::TokenizedPair;
+use serde::{Deserialize, Serialize};
+
+/// How a run's patched results are computed (`run --method`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// One (shortened) forward pass per patched run, batched.
+    #[default]
+    Exact,
+    /// The linear estimate of every patched run from two forward passes and one backward pass
+    /// per group of pairs.
+    Attribution,
+}
+
+/// Computes every row of `sites` for `pairs` (one length): exactly, or by attribution.
+pub trait Patcher {
+    /// `progress` is told the skipped runs, then how many runs each finished batch held.
+    fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs)) -> anyhow::Result<Vec<PairResult>>;
+}

@@ -396,6 +396,12 @@ pub fn max_rows_for_budget(config: &Gpt2Config, positions: usize, budget_bytes: 
     (budget_bytes / per_row).min(max_buffer_bytes / largest).clamp(1, 1 << 16)
 }
 
+/// Pairs one attribution pass may hold: its backward pass keeps every layer's activations, and
+/// their gradients, alive — about three times a block's working set per layer and pair.
+pub fn max_pairs_for_budget(config: &Gpt2Config, positions: usize, budget_bytes: usize, max_buffer_bytes: usize, full_logits: bool) -> usize {
+    max_rows_for_budget(config, positions, budget_bytes / (3 * config.n_layer).max(1), max_buffer_bytes, full_logits)
+}
+
 /// Floating-point operations of one run of a pair of `len` tokens computed from layer
 /// `first_layer` and position `start` on. With `reuse`, the last block carries only the last
 /// position past its keys and values and two logits are read; without, every block computes every

@@ -163,18 +163,10 @@ impl<B: Backend> Engine<'_, B> {
         Ok(Baselines { clean, corrupted, ids, len: pairs[0].len() })
     }
 
-    /// The metric at the last position of `resid` [rows, pos, d]. logit_diff on the reuse path
-    /// unembeds the two tokens only; the others need the whole vocabulary's softmax.
+    /// The metric of each row of `resid` [rows, pos, d] at the last position, on the host.
     fn metric(&self, resid: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Vec<f32> {
-        let [rows, pos, d] = resid.dims();
-        let last = resid.narrow(1, pos - 1, 1).reshape([rows, d]);
-        let chosen = if self.reuse && !self.metric.needs_vocab() {
-            self.model.logits_of(last, ids)
-        } else {
-            let logits = self.model.unembed(last.unsqueeze_dim(1)).reshape([rows, self.model.config.vocab_size]);
-            self.metric.scores(logits).gather(1, ids)
-        };
-        self.metric.of(chosen).into_data().convert::<f32>().to_vec().expect("f32 metric")
+        let m = last_position_metric(self.model, self.metric, self.reuse, resid, ids);
+        m.into_data().convert::<f32>().to_vec().expect("f32 metric")
     }
 
     /// One batch of rows, ordered by join layer; their metrics.
@@ -246,6 +238,26 @@ impl<B: Backend> Engine<'_, B> {
             parts.push(p);
         }
         Batch::from_parts(parts)
+    }
+}
+
+/// The metric at the last position of `resid` [rows, pos, d], [rows, 1]. With `two_logits`,
+/// logit_diff unembeds the two tokens only; the others need the whole vocabulary's softmax.
+pub(super) fn last_position_metric<B: Backend>(model: &Gpt2<B>, metric: Metric, two_logits: bool, resid: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let [rows, pos, d] = resid.dims();
+    let last = resid.narrow(1, pos - 1, 1).reshape([rows, d]);
+    let chosen = if two_logits && !metric.needs_vocab() {
+        model.logits_of(last, ids)
+    } else {
+        let logits = model.unembed(last.unsqueeze_dim(1)).reshape([rows, model.config.vocab_size]);
+        metric.scores(logits).gather(1, ids)
+    };
+    metric.of(chosen)
+}
+
+impl<B: Backend> super::Patcher for Engine<'_, B> {
+    fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs)) -> Result<Vec<PairResult>> {
+        Engine::run(self, pairs, sites, layout, progress)
     }
 }
 

@@ -60,11 +60,26 @@ impl SiteKind {
 
     /// TransformerLens' hook name, e.g. `blocks.3.hook_resid_pre`, `blocks.3.attn.hook_z`.
     pub fn hook_name(self, layer: impl std::fmt::Display) -> String {
-        match self {
-            Self::Q | Self::K | Self::V | Self::Z | Self::Pattern => format!("blocks.{layer}.attn.hook_{}", self.name()),
-            _ => format!("blocks.{layer}.hook_{}", self.name()),
+        if self.in_attention() {
+            format!("blocks.{layer}.attn.hook_{}", self.name())
+        } else {
+            format!("blocks.{layer}.hook_{}", self.name())
         }
     }
+
+    /// Whether the site is inside attention, per head (q, k, v, z, pattern), not residual-shaped.
+    pub fn in_attention(self) -> bool {
+        matches!(self, Self::Q | Self::K | Self::V | Self::Z | Self::Pattern)
+    }
+}
+
+/// The rank-4 shape sites are stored in: residual-shaped [b, s, d] as [b, s, 1, d].
+pub fn rank4(dims: &[usize]) -> [usize; 4] {
+    let mut dims = dims.to_vec();
+    if dims.len() == 3 {
+        dims.insert(2, 1);
+    }
+    dims.try_into().expect("sites are rank 3 or 4")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,13 +148,7 @@ impl<B: Backend> Hooks<B> for Cache<B> {
     fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
         assert_eq!(segment, 0, "a Cache records plain forward passes (one segment)");
         if self.want.contains(&site) {
-            // Stored uniformly as rank 4: [b, s, d] becomes [b, s, 1, d].
-            let mut dims = act.dims().to_vec();
-            if dims.len() == 3 {
-                dims.insert(2, 1);
-            }
-            let dims: [usize; 4] = dims.try_into().expect("sites are rank 3 or 4");
-            self.acts.insert(site, act.clone().reshape(dims));
+            self.acts.insert(site, act.clone().reshape(rank4(&act.dims())));
         }
         act
     }

@@ -3,7 +3,7 @@
 use super::npy::Dtype;
 use crate::backend::BackendSpec;
 use crate::data::Skipped;
-use crate::engine::{Layout, Metric, Runs};
+use crate::engine::{Layout, Method, Metric, Runs};
 use crate::model::Gpt2Config;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,8 @@ use std::path::Path;
 pub const MANIFEST: &str = "manifest.json";
 pub const SUMMARY_JSON: &str = "summary.json";
 pub const SUMMARY_CSV: &str = "summary.csv";
+/// `analyze --compare`'s correlations with another run.
+pub const COMPARE_JSON: &str = "compare.json";
 
 /// Which of the whole run's pairs a shard holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,6 +94,11 @@ pub struct Manifest {
     pub model: String,
     pub config: Gpt2Config,
     pub backend: BackendSpec,
+    /// How the site arrays were computed (`run --method`): exact patched runs, or attribution
+    /// patching's linear estimates of them. Runs written before there was a choice are exact.
+    #[serde(default)]
+    pub method: Method,
+    /// Exact runs only: rows joined at their layer and position from the corrupted run.
     pub reuse: bool,
     /// Provable no-op runs written as the corrupted baseline, not computed (`run --no-skip`
     /// turns it off). Runs before skipping existed computed everything.
@@ -100,6 +107,7 @@ pub struct Manifest {
     /// This run's (shard's) patched runs, computed and skipped.
     #[serde(default)]
     pub runs: Runs,
+    /// Patched runs per forward pass (attribution: pairs per forward and backward pass).
     pub max_rows: usize,
     pub metric: String,
     /// Which metric the arrays hold (`--metric`); runs written before there was a choice hold logit_diff.
@@ -166,9 +174,10 @@ impl Manifest {
 
     /// Everything `analyze` writes for this run.
     pub fn analysis_files(&self) -> Vec<String> {
-        let mut out = vec![SUMMARY_JSON.to_string(), SUMMARY_CSV.to_string()];
+        let mut out = vec![SUMMARY_JSON.to_string(), SUMMARY_CSV.to_string(), COMPARE_JSON.to_string()];
         for s in &self.sites {
             out.push(normalized_file(&s.name));
+            out.extend(compare_files(&s.name));
             for name in [s.name.clone(), format!("{}.by_name", s.name)] {
                 out.extend(heatmap_files(&name));
             }
@@ -180,6 +189,11 @@ impl Manifest {
 /// `analyze`'s normalized array of a site.
 pub fn normalized_file(site: &str) -> String {
     format!("{site}.normalized.npy")
+}
+
+/// `analyze --compare`'s scatter plot of a site: PNG and SVG.
+pub fn compare_files(site: &str) -> [String; 2] {
+    [format!("{site}.compare.png"), format!("{site}.compare.svg")]
 }
 
 /// `analyze`'s heatmap of a summary (a site, or a site by named position): PNG and SVG.
