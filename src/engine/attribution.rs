@@ -2,7 +2,9 @@
 //! computes the metric of the corrupted run with a slice S of one activation a overwritten by the
 //! clean run's, attribution estimates it as
 //!
-//!     metric(corrupted) + Σ_S (a_clean − a_corrupted) · ∂metric/∂a   (on the corrupted run)
+//! ```text
+//! metric(corrupted) + Σ_S (a_clean − a_corrupted) · ∂metric/∂a   (on the corrupted run)
+//! ```
 //!
 //! From one clean forward pass, one corrupted forward pass and one backward pass per group of
 //! pairs (burn's Autodiff backend), whatever the number of sites: each activation site gets a zero
