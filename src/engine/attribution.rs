@@ -142,22 +142,11 @@ impl<B: AutodiffBackend> Patcher for Attribution<'_, B> {
         if let Some(s) = sites.iter().find(|s| s.is_path()) {
             bail!("--method attribution estimates overwrites of one activation; {} is a path (use --method exact)", s.name());
         }
-        let len = pairs[0].len();
-        ensure!(pairs.iter().all(|p| p.len() == len), "a batch of pairs must share one length");
-        ensure!(len <= layout.positions, "pair of {len} tokens exceeds the layout's {} positions", layout.positions);
         let kinds: Vec<SiteKind> = sites.iter().map(|s| s.kind()).collect::<BTreeSet<_>>().into_iter().collect();
         let mut results = Vec::with_capacity(pairs.len());
         for group in pairs.chunks(self.max_pairs.max(1)) {
-            let mut rows: Vec<(usize, Row)> = Vec::new();
+            let (rows, noops) = layout.batch_rows(group, sites, self.skip)?;
             let mut blocks: Vec<Vec<Vec<f32>>> = vec![sites.iter().map(|&s| vec![f32::NAN; layout.per_pair_len(s)]).collect(); group.len()];
-            let mut noops = Vec::new();
-            for (si, &site) in sites.iter().enumerate() {
-                for (pair, p) in group.iter().enumerate() {
-                    let (computed, skipped) = layout.split_rows(site, &p.clean, &p.corrupted, self.skip);
-                    noops.extend(skipped.into_iter().map(|r| (si, Row { pair, ..r })));
-                    rows.extend(computed.into_iter().map(|r| (si, Row { pair, ..r })));
-                }
-            }
             progress(Runs { computed: 0, skipped: noops.len() });
             let batch: Vec<Row> = rows.iter().map(|(_, r)| *r).collect();
             let (clean, corrupted, estimates) = self.group(group, &kinds, &batch)?;

@@ -1,7 +1,8 @@
 //! The patch list: one row per patched run, (site, layer, position and/or head), laid out as the
 //! result arrays are ([pairs, layers, positions(, heads)]), and chunked under a memory budget.
 use crate::model::{Gpt2Config, SiteKind};
-use anyhow::{bail, Result};
+use crate::data::TokenizedPair;
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
 /// What a patched run overwrites, as TransformerLens' `patching.get_act_patch_*` define it.
@@ -309,6 +310,24 @@ impl Layout {
     /// no-ops (`Row::is_noop`), whose result is the corrupted run's.
     pub fn split_rows(&self, site: PatchSite, clean: &[u32], corrupted: &[u32], skip: bool) -> (Vec<Row>, Vec<Row>) {
         self.rows(site, clean.len()).into_iter().partition(|r| !(skip && r.is_noop(clean, corrupted)))
+    }
+
+    /// Every row of `sites` for a batch of `pairs` (one length, within the layout), each with its
+    /// site's index in `sites` and its pair's in `pairs`: those to compute, then the no-ops.
+    pub fn batch_rows(&self, pairs: &[TokenizedPair], sites: &[PatchSite], skip: bool) -> Result<(Vec<(usize, Row)>, Vec<(usize, Row)>)> {
+        ensure!(!pairs.is_empty(), "no pairs to run");
+        let len = pairs[0].len();
+        ensure!(pairs.iter().all(|p| p.len() == len), "a batch of pairs must share one length");
+        ensure!(len <= self.positions, "pair of {len} tokens exceeds the layout's {} positions", self.positions);
+        let (mut computed, mut noops) = (Vec::new(), Vec::new());
+        for (si, &site) in sites.iter().enumerate() {
+            for (pair, p) in pairs.iter().enumerate() {
+                let (c, n) = self.split_rows(site, &p.clean, &p.corrupted, skip);
+                computed.extend(c.into_iter().map(|r| (si, Row { pair, ..r })));
+                noops.extend(n.into_iter().map(|r| (si, Row { pair, ..r })));
+            }
+        }
+        Ok((computed, noops))
     }
 }
 

@@ -16,7 +16,7 @@ use super::plan::{Layout, PatchSite, Row, Runs};
 use crate::data::TokenizedPair;
 use crate::model::gpt2::Prefix;
 use crate::model::{Batch, Cache, Gpt2, Hooks, Site, SiteKind};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use std::collections::BTreeMap;
@@ -59,10 +59,7 @@ impl<B: Backend> Engine<'_, B> {
     /// Baselines and every patched run at `sites` for `pairs`, which must share one length.
     /// `progress` is told the skipped runs, then how many runs each finished batch held.
     pub fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs)) -> Result<Vec<PairResult>> {
-        ensure!(!pairs.is_empty(), "no pairs to run");
-        let len = pairs[0].len();
-        ensure!(pairs.iter().all(|p| p.len() == len), "a batch of pairs must share one length");
-        ensure!(len <= layout.positions, "pair of {len} tokens exceeds the layout's {} positions", layout.positions);
+        let (rows, noops) = layout.batch_rows(pairs, sites, self.skip)?;
         let base = self.baselines(pairs, sites)?;
         let clean = self.metric(base.clean.resid(Site::new(SiteKind::ResidPost, self.last_layer())).unwrap(), base.ids.clone());
         let corrupted = self.metric(base.corrupted.resid(Site::new(SiteKind::ResidPost, self.last_layer())).unwrap(), base.ids.clone());
@@ -74,19 +71,10 @@ impl<B: Backend> Engine<'_, B> {
             })
             .collect();
 
-        let mut rows: Vec<(usize, Row)> = Vec::new();
-        let mut skipped = 0;
-        for (si, &site) in sites.iter().enumerate() {
-            for (pair, p) in pairs.iter().enumerate() {
-                let (computed, noops) = layout.split_rows(site, &p.clean, &p.corrupted, self.skip);
-                skipped += noops.len();
-                for row in noops {
-                    results[pair].sites[si][row.out] = corrupted[pair];
-                }
-                rows.extend(computed.into_iter().map(|r| (si, Row { pair, ..r })));
-            }
+        for &(si, row) in &noops {
+            results[row.pair].sites[si][row.out] = corrupted[row.pair];
         }
-        progress(Runs { computed: 0, skipped });
+        progress(Runs { computed: 0, skipped: noops.len() });
         let batch: Vec<Row> = rows.iter().map(|(_, r)| *r).collect();
         let metrics = self.rows_with(&batch, &base, progress);
         for ((si, row), m) in rows.iter().zip(metrics) {
