@@ -6,19 +6,18 @@
 # gpt2-shape model and the comparison); nothing is downloaded.
 #
 #   cargo build --release --features cuda
-#   cargo test --release --features cuda --no-run    # optional: the fidelity test binaries
+#   cargo test --release --features cuda --no-run    # optional: the test binary (fidelity checks)
 #   benches/gpu.sh
 #
 # Environment (defaults): PATCHBAY (target/release/patchbay), BACKEND (cuda), DTYPES (f32 tf32 bf16;
 # use "f32 f16" for wgpu), PAIRS (256), TOKENS (16), IOI_N (500), OUT (results/gpu), TESTS (a folder
-# holding the model_fidelity / engine_fidelity test binaries; without it, fidelity is skipped).
+# holding the test binary `suite`; without it, fidelity is skipped).
 # Everything printed is also written to OUT/gpu.log; bench reports as OUT/*.json.
 #
-# Built elsewhere and carried (x86-64): the three binaries, stripped and compressed (about 9 MB each
+# Built elsewhere and carried (x86-64): the two binaries, stripped and compressed (about 9 MB each
 # for a build without cuda, measured; check the total stays under what the carry allows):
 #   mkdir -p target/gpu && strip -o target/gpu/patchbay target/release/patchbay
-#   for t in model_fidelity engine_fidelity; do
-#     strip -o target/gpu/$t "$(ls -t target/release/deps/$t-* | grep -v '\.d$' | head -1)"; done
+#   strip -o target/gpu/suite "$(ls -t target/release/deps/suite-* | grep -v '\.d$' | head -1)"
 #   xz -T0 target/gpu/*   # carry target/gpu; there: xz -d target/gpu/*.xz && PATCHBAY=target/gpu/patchbay TESTS=target/gpu benches/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -50,11 +49,10 @@ if [ -n "${TESTS:-}" ]; then
     case "$BACKEND-$d" in cuda-f32) echo cuda ;; *-f32) echo "$BACKEND,$BACKEND-fusion" ;; *) echo "$BACKEND-$d,$BACKEND-fusion-$d" ;; esac
   done | paste -sd,)
   step "fidelity on $backends: tiny fixture (logits, every site, every patching site vs TransformerLens)"
-  check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$backends" "$TESTS"/model_fidelity --nocapture
-  check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$backends" "$TESTS"/engine_fidelity --nocapture
+  check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$backends" "$TESTS"/suite --nocapture model_fidelity:: engine_fidelity::
   step "fidelity at the gpt2 shape (logits and every site vs HF)"
   check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_FIXTURE_DIR="$WORK/gpt2" PATCHBAY_TEST_BACKENDS="$backends" \
-    "$TESTS"/model_fidelity --nocapture logits_and_sites
+    "$TESTS"/suite --nocapture model_fidelity::logits_and_sites
 fi
 
 # Unfused (the default) and fused (--fusion, opt-in: trust its numbers only where fidelity passed).

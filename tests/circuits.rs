@@ -1,8 +1,7 @@
 //! Reading circuits: attention patterns against TransformerLens' `cache["pattern", layer]`, the
 //! `patterns` command's files, and its HTML viewer in a real browser (headless Chromium).
-mod common;
 use burn::prelude::*;
-use common::*;
+use crate::common::*;
 use patchbay::backend::{dispatch, BackendTask, DType};
 use patchbay::circuits::patterns::patterns;
 use patchbay::model::weights::Safetensors;

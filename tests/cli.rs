@@ -1,7 +1,6 @@
 //! The `patchbay` binary end to end on the tiny fixture: run (flags, config, pairs file) → .npy
 //! files that equal TransformerLens' results → analyze; and the one-line errors of bad input.
-mod common;
-use common::*;
+use crate::common::*;
 use patchbay::results::read_f32 as read_npy;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! Datasets at scale: pair file formats, the plain form, skipped pairs, variable lengths, the IOI
 //! generator, and long runs (kill -9 + --resume, shards + merge) — through the `patchbay` binary.
-mod common;
-use common::*;
+use crate::common::*;
 use patchbay::data::{self, ioi, Checks, Columns};
 use patchbay::results::read_f32 as read_npy;
 use patchbay::tokenizer::Tokenizer;

@@ -1,9 +1,8 @@
 //! The batched patching engine against TransformerLens' `patching.get_act_patch_*` on the tiny
 //! random-weight fixture, with and without reuse, on every backend compiled in; attribution
 //! patching against PyTorch autograd.
-mod common;
 use burn::prelude::*;
-use common::*;
+use crate::common::*;
 use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::data::TokenizedPair;
 use patchbay::engine::{Attribution, Engine, Layout, Metric, PatchSite, Patcher, Row, Runs};
@@ -95,10 +94,10 @@ impl BackendTask for AgainstTl {
 }
 
 /// Every site in `sites` against TransformerLens on `specs` × the fixtures each takes, in each of
-/// `configs` (reuse, rows per batch, skip no-ops).
-fn check_against_tl(sites: &[PatchSite], cases: &[(BackendSpec, PathBuf)], configs: &[(bool, usize, bool)], refs: &'static str) {
+/// the configurations `configs` gives the backend (reuse, rows per batch, skip no-ops).
+fn check_against_tl(sites: &[PatchSite], cases: &[(BackendSpec, PathBuf)], configs: impl Fn(&BackendSpec) -> &'static [Config], refs: &'static str) {
     for (spec, dir) in cases {
-        for &(reuse, max_rows, skip) in configs {
+        for &(reuse, max_rows, skip) in configs(spec) {
             let what = format!("{} {refs} {} {spec:?} reuse={reuse} max_rows={max_rows} skip={skip}", name(dir), sites[0].name());
             let started = std::time::Instant::now();
             let diffs = dispatch(spec, AgainstTl { dir: dir.clone(), refs, sites: sites.to_vec(), reuse, max_rows, skip }).unwrap();
@@ -111,10 +110,24 @@ fn check_against_tl(sites: &[PatchSite], cases: &[(BackendSpec, PathBuf)], confi
     }
 }
 
+/// Reuse, rows per batch, skip no-ops.
+type Config = (bool, usize, bool);
+
 /// Every row in one batch, 37 rows a batch (chunks cut across sites, layers and pairs), and one
 /// row a batch; no-op runs skipped and computed. Without reuse each row holds a full-vocabulary
 /// logit row: 256 rows stay under lavapipe's 128 MiB buffer limit.
-const CONFIGS: [(bool, usize, bool); 4] = [(true, 4096, true), (false, 256, true), (true, 37, false), (true, 1, false)];
+const CONFIGS: [Config; 4] = [(true, 4096, true), (false, 256, true), (true, 37, false), (true, 1, false)];
+
+/// Every configuration on the cpu. Elsewhere each new batch shape costs kernel compiles (lavapipe:
+/// minutes a configuration), so not one row a batch (batching logic, the same on every backend),
+/// and in half precision the two that cut rows across layers and pairs.
+fn configs(spec: &BackendSpec) -> &'static [Config] {
+    match (spec.kind, spec.dtype) {
+        (BackendKind::Cpu, _) => &CONFIGS,
+        (_, DType::F32) => &CONFIGS[..3],
+        _ => &CONFIGS[1..3],
+    }
+}
 
 #[test]
 fn every_site_matches_transformer_lens_on_every_fixture_shape_with_and_without_reuse() {
@@ -127,7 +140,7 @@ fn every_site_matches_transformer_lens_on_every_fixture_shape_with_and_without_r
             specs.into_iter().map(move |s| (s, dir.clone()))
         })
         .collect();
-    check_against_tl(&FIRST_SITES, &cases, &CONFIGS, "refs.safetensors");
+    check_against_tl(&FIRST_SITES, &cases, configs, "refs.safetensors");
 }
 
 /// q, k, v and pattern patching (all positions, by position, pattern entries): every fixture shape
@@ -135,7 +148,7 @@ fn every_site_matches_transformer_lens_on_every_fixture_shape_with_and_without_r
 #[test]
 fn head_sites_match_transformer_lens_on_every_fixture_shape_with_and_without_reuse() {
     let cpu: Vec<_> = fixture_dirs().into_iter().map(|dir| (BackendSpec::default(), dir)).collect();
-    check_against_tl(&head_sites(), &cpu, &CONFIGS, "refs.safetensors");
+    check_against_tl(&head_sites(), &cpu, configs, "refs.safetensors");
 }
 
 /// Path patching (TransformerLens 4.3's `get_act_patch_direct_path_all_sources` for q, k, v; an HF
@@ -143,7 +156,7 @@ fn head_sites_match_transformer_lens_on_every_fixture_shape_with_and_without_reu
 #[test]
 fn paths_match_transformer_lens_on_every_fixture_shape_with_and_without_reuse() {
     let cpu: Vec<_> = fixture_dirs().into_iter().map(|dir| (BackendSpec::default(), dir)).collect();
-    check_against_tl(&PATH_SITES, &cpu, &CONFIGS, "refs.safetensors");
+    check_against_tl(&PATH_SITES, &cpu, configs, "refs.safetensors");
 }
 
 /// The head sites and paths together on every other f32 backend (wgpu, fused and not), with
@@ -153,7 +166,7 @@ fn paths_match_transformer_lens_on_every_fixture_shape_with_and_without_reuse() 
 fn head_sites_and_paths_match_transformer_lens_on_every_backend() {
     let sites: Vec<PatchSite> = head_sites().into_iter().chain(PATH_SITES).collect();
     let others: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != BackendKind::Cpu).map(|s| (s, tiny())).collect();
-    check_against_tl(&sites, &others, &CONFIGS[..2], "refs.safetensors");
+    check_against_tl(&sites, &others, |_| &CONFIGS[..2], "refs.safetensors");
 }
 
 /// TransformerLens prepends `<|endoftext|>` by default: the seed pairs with it in front, as
@@ -179,7 +192,7 @@ fn with_bos_in_front_every_site_matches_transformer_lens() {
     assert_eq!(got[0].positions["S2"], 10, "named positions count without BOS and shift by one");
     let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).map(|s| (s, tiny())).collect();
     let sites: Vec<PatchSite> = PatchSite::ALL.into_iter().filter(|s| !s.is_path()).collect();
-    check_against_tl(&sites, &cases, &CONFIGS[..2], BOS_REFS);
+    check_against_tl(&sites, &cases, |_| &CONFIGS[..2], BOS_REFS);
 }
 
 #[test]

@@ -1,9 +1,8 @@
 //! Generation (KV-cache decoding, greedy, sampled and steered), perplexity, candidates and going
 //! backwards against HF transformers on the tiny fixture (tests/fixtures/make_generation_refs.py),
 //! on every backend compiled in.
-mod common;
 use burn::prelude::*;
-use common::*;
+use crate::common::*;
 use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::generate::sampling::Sampling;
 use patchbay::generate::steer::{self, SteeringVector};

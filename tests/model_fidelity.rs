@@ -1,8 +1,7 @@
 //! The GPT-2 forward pass against HF transformers / TransformerLens on the tiny random-weight
 //! fixture: logits and every activation site, on every backend compiled in.
-mod common;
 use burn::prelude::*;
-use common::*;
+use crate::common::*;
 use patchbay::backend::{dispatch, BackendTask};
 use patchbay::model::weights::{ModelFiles, Safetensors};
 use patchbay::model::{Cache, Gpt2, Gpt2Config, Site, SiteKind};
@@ -151,14 +150,18 @@ fn missing_model_directory_file_is_named() {
 
 #[test]
 fn offline_hub_miss_says_which_file_and_how_to_provide_it() {
+    // In a child process: the variables would reach every test of this binary.
     let home = std::env::temp_dir().join(format!("patchbay-test-hfhome-{}", std::process::id()));
-    // Safe: this test binary sets these variables in this test only.
-    unsafe {
-        std::env::set_var("HF_HOME", &home);
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-    }
-    let err = ModelFiles::locate("gpt2").unwrap_err().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(["inspect", "--model", "gpt2", "Hi"])
+        .env("HF_HOME", &home)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
     assert!(err.contains("config.json of gpt2 is not in the HF cache") && err.contains("--model DIR"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
 #[test]

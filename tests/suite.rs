@@ -1,0 +1,14 @@
+//! Every integration test, as modules of one binary: one build and link instead of eight, and one
+//! process, so that each wgpu kernel is compiled once for all of them (lavapipe keeps no pipeline
+//! cache between processes: a process pays about 0.6 s a kernel). Run one file's tests with a
+//! filter: `cargo test --test suite engine_fidelity::`.
+mod common;
+
+mod circuits;
+mod cli;
+mod datasets;
+mod engine_fidelity;
+mod generate;
+mod model_fidelity;
+mod results_dir;
+mod tokenizer;
