@@ -20,7 +20,7 @@ fn sweep(c: &mut Criterion) {
     for reuse in [true, false] {
         let engine = Engine { model: &model, reuse, max_rows: 1024, skip: true, metric: Metric::LogitDiff };
         group.bench_function(if reuse { "reuse" } else { "no-reuse" }, |b| {
-            b.iter(|| engine.run(&pairs, &sites, &layout, &mut |_| {}).unwrap())
+            b.iter(|| engine.run(&pairs, &sites, &layout, &mut |_| Ok(())).unwrap())
         });
     }
     group.finish();

@@ -56,7 +56,12 @@ pub fn set_cpu_threads(threads: usize) -> Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+        Ok(()) => Ok(()),
+        // A second model in the same process (a notebook) may ask for the same count again.
+        Err(_) if rayon::current_num_threads() == threads => Ok(()),
+        Err(_) => bail!("--threads {threads}: the cpu backend's threads are set once per process, and are {} already", rayon::current_num_threads()),
+    }
 }
 
 /// Creation options for float tensors in `B`'s own float type. burn 0.21 otherwise takes a

@@ -5,7 +5,8 @@
 //! forward with patch sites, `model`) → `results` (.npy + manifest, one transaction; `sweep`
 //! orchestrates a whole run, `verify` rechecks some of its rows) → `analysis`. Beside it,
 //! `circuits` reads the model's insides directly (attention patterns, logit attribution), and `generate` decodes
-//! text and scores its perplexity.
+//! text and scores its perplexity. `jobs` is the front door: a model loaded once and one job
+//! function per capability, which the CLI (`cli`) and the Python package call.
 pub mod analysis;
 pub mod backend;
 pub mod circuits;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod generate;
+pub mod jobs;
 pub mod model;
 pub mod results;
 pub mod sweep;

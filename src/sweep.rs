@@ -6,7 +6,8 @@ use crate::data::{self, Skipped, TokenizedPair};
 use crate::engine::plan::{max_pairs_for_budget, max_rows_for_budget};
 use crate::engine::{Attribution, Engine, Layout, Method, Metric, PatchSite, Patcher, Runs};
 use crate::model::{Gpt2, Gpt2Config};
-use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry};
+use crate::jobs::{On, Progress};
+use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry, Writer};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
@@ -21,7 +22,7 @@ pub enum SweepModel<'m, B: Backend> {
     Attribution(&'m Gpt2<Autodiff<B>>),
 }
 
-impl<B: Backend> SweepModel<'_, B> {
+impl<'m, B: Backend> SweepModel<'m, B> {
     pub fn config(&self) -> &Gpt2Config {
         match self {
             Self::Exact(m) => &m.config,
@@ -36,11 +37,19 @@ impl<B: Backend> SweepModel<'_, B> {
         }
     }
 
+    /// The model `method` needs: the plain one, or its Autodiff twin.
+    pub fn of(on: &On<'m, B>, method: Method) -> Result<Self> {
+        Ok(match method {
+            Method::Exact => Self::Exact(on.model),
+            Method::Attribution => Self::Attribution(on.autodiff()?),
+        })
+    }
+
     /// Its patcher, batching `max_rows` patched runs (attribution: pairs) a pass.
-    fn patcher(&self, spec: &SweepSpec, max_rows: usize) -> Box<dyn Patcher + '_> {
+    pub fn patcher(&self, reuse: bool, skip: bool, metric: Metric, max_rows: usize) -> Box<dyn Patcher + 'm> {
         match *self {
-            Self::Exact(model) => Box::new(Engine { model, reuse: spec.reuse, max_rows, skip: spec.skip, metric: spec.metric }),
-            Self::Attribution(model) => Box::new(Attribution { model, max_pairs: max_rows, skip: spec.skip, metric: spec.metric }),
+            Self::Exact(model) => Box::new(Engine { model, reuse, max_rows, skip, metric }),
+            Self::Attribution(model) => Box::new(Attribution { model, max_pairs: max_rows, skip, metric }),
         }
     }
 }
@@ -58,7 +67,8 @@ pub struct SweepSpec {
     pub prepend_bos: bool,
     /// Patched runs per forward pass; None chooses from the memory budget.
     pub max_rows: Option<usize>,
-    pub out: PathBuf,
+    /// The results directory; None keeps the arrays in memory (`SweepSummary::arrays`).
+    pub out: Option<PathBuf>,
     pub resume: bool,
     pub overwrite: bool,
     pub shard: Option<Shard>,
@@ -128,6 +138,9 @@ pub struct SweepSummary {
     pub runs: Runs,
     pub seconds: f64,
     pub manifest: Manifest,
+    /// Without a results directory: the arrays, in the manifest's order (sites, then the clean
+    /// and corrupted baselines).
+    pub arrays: Option<Vec<Vec<f32>>>,
 }
 
 /// Patched runs per pair of `len` tokens over `sites`.
@@ -164,6 +177,7 @@ pub fn sweep<B: Backend>(
     skipped: &[Skipped],
     spec: &SweepSpec,
     backend: &BackendSpec,
+    progress: &mut dyn Progress,
 ) -> Result<SweepSummary> {
     anyhow::ensure!(!all.is_empty(), "no pairs to run");
     let c = model.config();
@@ -172,7 +186,7 @@ pub fn sweep<B: Backend>(
     let layout = Layout { senders: spec.senders.clone(), ..Layout::new(c.n_layer, c.n_head, positions) };
     let (budget, buffer) = memory_limits(backend);
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
-    let previous = if spec.resume { results::run_in(&spec.out).map(|m| m.max_rows) } else { None };
+    let previous = spec.out.as_deref().filter(|_| spec.resume).and_then(results::run_in).map(|m| m.max_rows);
     let max_rows = spec.max_rows.or(previous).unwrap_or_else(|| match model.method() {
         Method::Exact => max_rows_for_budget(c, positions, budget, buffer, !spec.reuse),
         Method::Attribution => max_pairs_for_budget(c, positions, budget, buffer, spec.metric.needs_vocab()),
@@ -196,26 +210,28 @@ pub fn sweep<B: Backend>(
         manifest.runs += runs_of(p);
     }
 
-    let mode = Mode { resume: spec.resume, overwrite: spec.overwrite };
-    let Begin::Write(mut writer) = results::begin(&spec.out, &manifest, units.len(), mode)? else {
-        eprintln!("{} is already complete: nothing to resume", spec.out.display());
-        return Ok(SweepSummary { pairs: pairs.len(), runs: Runs::default(), seconds: 0.0, manifest });
+    let mut sink = match &spec.out {
+        None => Sink::Memory(manifest.arrays().iter().take(manifest.sites.len() + 2).map(|a| vec![f32::NAN; a.shape.iter().product()]).collect()),
+        Some(out) => match results::begin(out, &manifest, units.len(), Mode { resume: spec.resume, overwrite: spec.overwrite })? {
+            Begin::Write(writer) => Sink::Dir(writer),
+            Begin::Finished => {
+                eprintln!("{} is already complete: nothing to resume", out.display());
+                return Ok(SweepSummary { pairs: pairs.len(), runs: Runs::default(), seconds: 0.0, manifest, arrays: None });
+            }
+        },
     };
 
-    // The bar counts every run, computed or skipped; its message, the skipped ones.
-    let bar = indicatif::ProgressBar::new(manifest.runs.total() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} {wide_bar} {human_pos}/{human_len} runs {msg}  {per_sec}  ETA {eta}")
-            .expect("valid template"),
-    );
+    // The count is every run, computed or skipped; the note, the skipped ones.
+    progress.start(manifest.runs.total() as u64, "runs");
     let mut shown = Runs::default();
     let mut show = |r: Runs| {
         shown += r;
-        bar.inc(r.total() as u64);
-        if shown.skipped > 0 {
-            bar.set_message(format!("({} no-ops skipped)", shown.skipped));
+        if r.skipped > 0 {
+            progress.note(&format!("({} no-ops skipped)", shown.skipped));
         }
+        progress.advance(r.total() as u64)
     };
-    let patcher = model.patcher(spec, max_rows);
+    let patcher = model.patcher(spec.reuse, spec.skip, spec.metric, max_rows);
     let started = std::time::Instant::now();
     let mut ran = Runs::default();
     for (u, unit) in units.iter().enumerate() {
@@ -223,26 +239,68 @@ pub fn sweep<B: Backend>(
         for &i in unit {
             unit_runs += runs_of(&all[i]);
         }
-        if writer.is_done(u) {
-            show(unit_runs);
+        if sink.is_done(u) {
+            show(unit_runs)?;
             continue;
         }
         let unit_pairs: Vec<TokenizedPair> = unit.iter().map(|&i| all[i].clone()).collect();
         let results = patcher.run(&unit_pairs, &spec.sites, &layout, &mut show)?;
         for (&g, r) in unit.iter().zip(results) {
             let i = row_of(g);
-            writer.write(Array::BaselineClean, i, &[r.clean])?;
-            writer.write(Array::BaselineCorrupted, i, &[r.corrupted])?;
+            sink.write(Array::BaselineClean, i, &[r.clean])?;
+            sink.write(Array::BaselineCorrupted, i, &[r.corrupted])?;
             for (si, values) in r.sites.iter().enumerate() {
-                writer.write(Array::Site(si), i * values.len(), values)?;
+                sink.write(Array::Site(si), i * values.len(), values)?;
             }
         }
-        writer.finish_unit(u)?;
+        sink.finish_unit(u)?;
         ran += unit_runs;
     }
-    bar.finish_and_clear();
-    writer.commit()?;
-    Ok(SweepSummary { pairs: pairs.len(), runs: ran, seconds: started.elapsed().as_secs_f64(), manifest })
+    progress.finish();
+    let arrays = match sink {
+        Sink::Dir(writer) => {
+            writer.commit()?;
+            None
+        }
+        Sink::Memory(arrays) => Some(arrays),
+    };
+    Ok(SweepSummary { pairs: pairs.len(), runs: ran, seconds: started.elapsed().as_secs_f64(), manifest, arrays })
+}
+
+/// Where a sweep's values go: a results directory's transaction, or arrays in memory (the
+/// manifest's order: sites, then the clean and corrupted baselines).
+enum Sink {
+    Dir(Writer),
+    Memory(Vec<Vec<f32>>),
+}
+
+impl Sink {
+    fn is_done(&self, unit: usize) -> bool {
+        matches!(self, Sink::Dir(w) if w.is_done(unit))
+    }
+
+    fn write(&mut self, array: Array, offset: usize, values: &[f32]) -> Result<()> {
+        match self {
+            Sink::Dir(w) => w.write(array, offset, values),
+            Sink::Memory(arrays) => {
+                let sites = arrays.len() - 2;
+                let index = match array {
+                    Array::Site(i) => i,
+                    Array::BaselineClean => sites,
+                    Array::BaselineCorrupted => sites + 1,
+                };
+                arrays[index][offset..offset + values.len()].copy_from_slice(values);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish_unit(&mut self, unit: usize) -> Result<()> {
+        match self {
+            Sink::Dir(w) => w.finish_unit(unit),
+            Sink::Memory(_) => Ok(()),
+        }
+    }
 }
 
 /// Patched runs per unit of work (a unit is what resume and shards count in), whatever the

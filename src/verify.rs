@@ -2,13 +2,13 @@
 //! (seeded), recomputed one row per forward pass, without reuse and without kernel fusion (an
 //! attribution run: one pair per pass, no-op rows estimated too), and compared with what the run
 //! wrote. Cheap insurance for every backend, GPU and driver.
-use crate::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
+use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
-use crate::engine::{Attribution, Engine, Method, PatchSite, Patcher, Row};
-use crate::model::weights::{load_model, ModelFiles};
+use crate::engine::{PatchSite, Row};
+use crate::jobs::{Model, ModelTask, On};
 use crate::results::{self, npy, Manifest, Verification};
+use crate::sweep::SweepModel;
 use anyhow::{bail, Context, Result};
-use burn::backend::Autodiff;
 use burn::prelude::Backend;
 use std::path::{Path, PathBuf};
 
@@ -45,11 +45,20 @@ struct Sample {
 /// Rechecks `rows` random rows of the finished run in `dir` on `backend` (default: the run's own
 /// backend and dtype), without fusion, and records the result in its manifest. A failed check is
 /// recorded too, then returned as an error naming the rows.
-pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>) -> Result<Verification> {
+///
+/// `loaded` is used when it is the run's model on that backend (else the model is loaded).
+pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Option<&Model>) -> Result<Verification> {
     let mut manifest = results::open_finished(dir)?;
     let spec = BackendSpec { fusion: false, ..backend.unwrap_or_else(|| checker(&manifest.backend)) };
-    let files = ModelFiles::locate(&manifest.model).with_context(|| format!("the model of {}", dir.display()))?;
-    let v = dispatch(&spec, Check { dir: dir.to_path_buf(), manifest: manifest.clone(), files, rows, spec: spec.clone() })?;
+    let own;
+    let model = match loaded.filter(|m| m.backend == spec && m.id() == manifest.model) {
+        Some(m) => m,
+        None => {
+            own = Model::load(&manifest.model, spec.clone(), None).with_context(|| format!("the model of {}", dir.display()))?;
+            &own
+        }
+    };
+    let v = model.with(Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() })?;
     manifest.verify = Some(v.clone());
     results::update_finished(dir, &manifest)?;
     if !v.failed.is_empty() {
@@ -68,28 +77,18 @@ pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>) -> Result<V
 struct Check {
     dir: PathBuf,
     manifest: Manifest,
-    files: ModelFiles,
     rows: usize,
     spec: BackendSpec,
 }
 
-impl BackendTask for Check {
+impl ModelTask for Check {
     type Output = Verification;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Verification> {
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Verification> {
         let m = &self.manifest;
-        match m.method {
-            Method::Exact => {
-                let model = load_model::<B>(&self.files, &device)?;
-                let engine = Engine { model: &model, reuse: false, max_rows: 1, skip: false, metric: m.metric_name };
-                self.check(&|pair, row| Ok(engine.run_rows(&[pair], &[Row { pair: 0, ..row }])?[0]))
-            }
-            // The estimate of one pair alone, its no-op rows estimated too.
-            Method::Attribution => {
-                let model = load_model::<Autodiff<B>>(&self.files, &device)?;
-                let a = Attribution { model: &model, max_pairs: 1, skip: false, metric: m.metric_name };
-                self.check(&|pair, row| Ok(a.run(&[pair], &[row.site], &m.layout, &mut |_| {})?[0].sites[0][row.out]))
-            }
-        }
+        // One row per pass without reuse; an attribution run's estimate of one pair alone, its
+        // no-op rows estimated too.
+        let patcher = SweepModel::of(&on, m.method)?.patcher(false, false, m.metric_name, 1);
+        self.check(&|pair, row| patcher.one(pair, row, &m.layout))
     }
 }
 

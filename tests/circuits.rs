@@ -34,7 +34,7 @@ impl BackendTask for AgainstTl {
         let layers: Vec<usize> = (0..l).rev().collect();
         let heads: Vec<usize> = (0..h).filter(|x| x % 2 == 0).chain((0..h).filter(|x| x % 2 == 1)).collect();
         // Two prompts a pass: batches cut within a length.
-        let p = patterns(&m, &prompts, &layers, &heads, 2, &mut |_| {})?;
+        let p = patterns(&m, &prompts, &layers, &heads, 2, &mut |_| Ok(()))?;
         assert_eq!(p.shape(), [prompts.len(), l, h, t, t]);
         let mut worst = 0f32;
         for (i, prompt) in prompts.iter().enumerate() {
@@ -187,8 +187,8 @@ impl BackendTask for Attribution {
         let m = model::<B>(&self.0, &device);
         let pairs = fixture_pairs(&refs);
         // One pair a pass and all at once.
-        let one = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 1, &mut |_| {})?;
-        let a = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 64, &mut |_| {})?;
+        let one = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 1, &mut |_| Ok(()))?;
+        let a = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 64, &mut |_| Ok(()))?;
         let nc = 2 * m.config.n_layer + 2;
         let sums: Vec<f32> = (0..pairs.len()).map(|p| a.components[p * nc..(p + 1) * nc].iter().sum::<f32>() + a.bias_term[p]).collect();
         Ok(vec![

@@ -63,7 +63,10 @@ impl BackendTask for AgainstTl {
         let layout = layout(&m.config, &pairs);
         let engine = Engine { model: &m, reuse: self.reuse, max_rows: self.max_rows, skip: self.skip, metric: Metric::LogitDiff };
         let mut runs = Runs::default();
-        let results = engine.run(&pairs, &self.sites, &layout, &mut |n| runs += n)?;
+        let results = engine.run(&pairs, &self.sites, &layout, &mut |n| {
+            runs += n;
+            Ok(())
+        })?;
         let planned: usize = self.sites.iter().map(|&s| layout.run_count(s, layout.positions)).sum();
         assert_eq!(runs.total(), pairs.len() * planned, "every planned run ran once");
         // Only by-position rows can be no-ops (all-position sites and paths are always computed).
@@ -205,7 +208,7 @@ fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_resto
         // Computing the no-op runs too: the point is that they compute to the corrupted run.
         let engine = Engine { model: &m, reuse, max_rows: 64, skip: false, metric: Metric::LogitDiff };
         let layout = layout(&m.config, &pairs);
-        let results = engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| {}).unwrap();
+        let results = engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| Ok(())).unwrap();
         for (p, pair) in pairs.iter().enumerate() {
             for pos in 0..pair.len() {
                 let patched = results[p].sites[0][pos]; // layer 0
@@ -235,8 +238,8 @@ fn same_inputs_give_bit_identical_results() {
     let pairs = fixture_pairs(&Refs::load(&tiny()));
     let layout = layout(&m.config, &pairs);
     let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true, metric: Metric::LogitDiff };
-    let a = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| {}).unwrap();
-    let b = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| {}).unwrap();
+    let a = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| Ok(())).unwrap();
+    let b = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| Ok(())).unwrap();
     assert!(a.iter().all(|p| p.sites.iter().all(|s| s.iter().any(|v| v.is_finite()))), "every site computed");
     let bits = |r: &[patchbay::engine::PairResult]| -> Vec<u32> { r.iter().flat_map(|p| p.sites.concat()).map(f32::to_bits).collect() };
     assert_eq!(bits(&a), bits(&b));
@@ -257,7 +260,7 @@ impl BackendTask for EveryMetric {
         for metric in METRICS {
             for reuse in [true, false] {
                 let engine = Engine { model: &m, reuse, max_rows: 64, skip: true, metric };
-                out.push((metric, reuse, engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| {})?));
+                out.push((metric, reuse, engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| Ok(()))?));
             }
         }
         Ok(out)
@@ -332,7 +335,10 @@ impl BackendTask for AttributionAgainstTorch {
         let sites: Vec<PatchSite> = PatchSite::ALL.into_iter().filter(|s| !s.is_path()).collect();
         let attribution = Attribution { model: &m, max_pairs: self.max_pairs, skip: self.skip, metric: self.metric };
         let mut runs = Runs::default();
-        let results = attribution.run(&pairs, &sites, &layout, &mut |n| runs += n)?;
+        let results = attribution.run(&pairs, &sites, &layout, &mut |n| {
+            runs += n;
+            Ok(())
+        })?;
         let planned: usize = sites.iter().map(|&s| layout.run_count(s, layout.positions)).sum();
         assert_eq!(runs.total(), pairs.len() * planned, "every planned run reported once");
         assert_eq!(runs.skipped > 0, self.skip);

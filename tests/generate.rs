@@ -88,7 +88,7 @@ struct Generate(Vec<Vec<u32>>, Options);
 impl BackendTask for Generate {
     type Output = Vec<Vec<u32>>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
-        generate(&model::<B>(&device), &self.0, &self.1, &mut |_| {})
+        generate(&model::<B>(&device), &self.0, &self.1, &mut |_| Ok(()))
     }
 }
 
@@ -137,7 +137,7 @@ struct Losses(Vec<Vec<u32>>);
 impl BackendTask for Losses {
     type Output = Vec<Vec<f32>>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
-        token_losses(&model::<B>(&device), &self.0, 2, &mut |_| {})
+        token_losses(&model::<B>(&device), &self.0, 2, &mut |_| Ok(()))
     }
 }
 
@@ -291,7 +291,7 @@ impl BackendTask for Steered {
         let (values, shape) = steer::make(&m, &tok.encode(STEER.0)?, &tok.encode(STEER.1)?, site, -1)?;
         let prompt = tok.encode(PROMPTS[0])?;
         let o = Options { steer: Some(SteeringVector { site, values: values.clone(), shape, coef: STEER.3 }), ..options(Sampling::GREEDY, 1, 0, None, 8) };
-        Ok((values, generate(&m, &[prompt], &o, &mut |_| {})?.remove(0)))
+        Ok((values, generate(&m, &[prompt], &o, &mut |_| Ok(()))?.remove(0)))
     }
 }
 

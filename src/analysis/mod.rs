@@ -68,6 +68,11 @@ pub(crate) fn mean_sem(values: &[f32], cells: usize) -> (Vec<f32>, Vec<f32>, Vec
 pub(crate) fn scales(dir: &Path, m: &Manifest) -> Result<(Vec<Option<(f32, f32)>>, Vec<Excluded>)> {
     let (clean, _) = read_f32(&dir.join(&m.baseline_clean))?;
     let (corrupted, _) = read_f32(&dir.join(&m.baseline_corrupted))?;
+    Ok(scales_of(m, &clean, &corrupted))
+}
+
+/// `scales` of the baselines given.
+pub fn scales_of(m: &Manifest, clean: &[f32], corrupted: &[f32]) -> (Vec<Option<(f32, f32)>>, Vec<Excluded>) {
     let mut excluded = Vec::new();
     let scale = m
         .pairs
@@ -86,11 +91,11 @@ pub(crate) fn scales(dir: &Path, m: &Manifest) -> Result<(Vec<Option<(f32, f32)>
             }
         })
         .collect();
-    Ok((scale, excluded))
+    (scale, excluded)
 }
 
 /// A site's raw [pairs, cells] values normalized by each pair's baselines (NaN for a left-out pair).
-pub(crate) fn normalize(raw: &[f32], cells: usize, scale: &[Option<(f32, f32)>]) -> Vec<f32> {
+pub fn normalize(raw: &[f32], cells: usize, scale: &[Option<(f32, f32)>]) -> Vec<f32> {
     raw.iter().enumerate().map(|(i, &v)| scale[i / cells].map_or(f32::NAN, |(k, d)| (v - k) / d)).collect()
 }
 
@@ -108,14 +113,7 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
         let cells: usize = shape[1..].iter().product();
         let normalized = normalize(&raw, cells, &scale);
         write_npy(&dir.join(normalized_file(&site.name)), &shape, &normalized)?;
-        let (mean, sem, n) = mean_sem(&normalized, cells);
-        let first = &m.pairs[0];
-        let labels = if site.axes.iter().any(|a| a == "position") {
-            first.clean_strs.iter().enumerate().map(|(i, t)| format!("{i} {t}")).chain((first.length..m.layout.positions).map(|i| format!("{i}"))).collect()
-        } else {
-            vec![]
-        };
-        let summary = SiteSummary { name: site.name.clone(), axes: site.axes[1..].to_vec(), shape: shape[1..].to_vec(), labels, mean, sem, n };
+        let summary = site_summary(&m, site, &normalized);
         if let (Some(names), true) = (&named, site.axes.iter().any(|a| a == "position")) {
             by_name.push(aggregate_by_name(site, &summary, &normalized, &m.pairs, names));
         }
@@ -131,6 +129,24 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
         write_atomic(&dir.join(png), &plot::png(&grid)?)?;
     }
     Ok(summary)
+}
+
+/// Mean, standard error and count over pairs of a site's normalized [pairs, ...] values.
+pub fn site_summary(m: &Manifest, site: &SiteEntry, normalized: &[f32]) -> SiteSummary {
+    let cells: usize = site.shape[1..].iter().product();
+    let (mean, sem, n) = mean_sem(normalized, cells);
+    let labels = match m.pairs.first() {
+        Some(first) if site.axes.iter().any(|a| a == "position") => {
+            first.clean_strs.iter().enumerate().map(|(i, t)| format!("{i} {t}")).chain((first.length..m.layout.positions).map(|i| format!("{i}"))).collect()
+        }
+        _ => vec![],
+    };
+    SiteSummary { name: site.name.clone(), axes: site.axes[1..].to_vec(), shape: site.shape[1..].to_vec(), labels, mean, sem, n }
+}
+
+/// The heatmap `analyze` draws of a site, from its normalized values over `included` pairs.
+pub fn site_heatmap(m: &Manifest, site: &SiteEntry, normalized: &[f32], included: usize) -> Grid {
+    grid(&site_summary(m, site, normalized), m, included)
 }
 
 /// The position names shared by every pair, ordered by their position in the first pair.

@@ -42,7 +42,7 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 /// The attribution of every pair's clean run, at most `batch` pairs (of one length) a forward
 /// pass; `progress` is told how many pairs each pass finished.
-pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Attribution> {
+pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: usize, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Attribution> {
     ensure!(!pairs.is_empty(), "no pairs");
     let c = &model.config;
     let (nl, nh) = (c.n_layer, c.n_head);
@@ -119,7 +119,7 @@ pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: us
                 out.logit_diff[i] = accumulated[j * na + na - 1];
                 out.bias_term[i] = bias[j];
             }
-            progress(b);
+            progress(b)?;
         }
     }
     Ok(out)

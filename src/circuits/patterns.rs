@@ -31,7 +31,7 @@ impl Patterns {
 
 /// The patterns of `prompts` (token ids), at most `batch` prompts a forward pass; `progress` is
 /// told how many prompts each pass finished.
-pub fn patterns<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], layers: &[usize], heads: &[usize], batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Patterns> {
+pub fn patterns<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], layers: &[usize], heads: &[usize], batch: usize, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Patterns> {
     let c = &model.config;
     ensure!(!prompts.is_empty(), "no prompts");
     if let Some(l) = layers.iter().find(|&&l| l >= c.n_layer) {
@@ -64,7 +64,7 @@ pub fn patterns<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], layers: &[usi
                     }
                 }
             }
-            progress(chunk.len());
+            progress(chunk.len())?;
         }
     }
     Ok(Patterns { layers: layers.to_vec(), heads: heads.to_vec(), lengths, positions, values })

@@ -32,17 +32,23 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Only the reuse path (skip the --no-skip and --no-reuse comparisons).
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_reuse_only")]
     reuse_only: bool,
+    #[arg(long, overrides_with = "reuse_only", hide = true)]
+    no_reuse_only: bool,
     /// Compute the no-op runs too in the first mode (they are skipped by default).
-    #[arg(long)]
+    #[arg(long, overrides_with = "skip")]
     no_skip: bool,
+    #[arg(long, overrides_with = "no_skip", hide = true)]
+    skip: bool,
     /// The position where corrupted prompts differ from clean ones: runs patched before it are
     /// no-ops, skipped.
     #[arg(long, default_value_t = 1)]
     corrupt_at: usize,
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_json")]
     json: bool,
+    #[arg(long, overrides_with = "json", hide = true)]
+    no_json: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -135,11 +141,11 @@ impl BackendTask for Bench {
         let mut outputs = Vec::new();
         for (mode, reuse, skip) in modes {
             let engine = Engine { model: &model, reuse, max_rows, skip, metric: Metric::LogitDiff };
-            let out = engine.run(&pairs, &sites, &layout, &mut |_| {})?; // warm-up (autotune, kernels)
+            let out = engine.run(&pairs, &sites, &layout, &mut |_| Ok(()))?; // warm-up (autotune, kernels)
             let seconds = (0..a.repeat.max(1))
                 .map(|_| {
                     let t = Instant::now();
-                    engine.run(&pairs, &sites, &layout, &mut |_| {}).map(|_| t.elapsed().as_secs_f64())
+                    engine.run(&pairs, &sites, &layout, &mut |_| Ok(())).map(|_| t.elapsed().as_secs_f64())
                 })
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()

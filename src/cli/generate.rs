@@ -1,20 +1,18 @@
 //! `patchbay generate`, `patchbay perplexity` and `patchbay candidates`: decoding and scoring
 //! text, batched.
 use super::BackendArgs;
-use crate::backend::{dispatch, BackendTask};
 use crate::analysis::plot::{self, Grid};
 use crate::data;
-use crate::generate::candidates::{jaccard, py_repr, top_k};
+use crate::generate::candidates::{jaccard, py_repr};
 use crate::generate::sampling::Sampling;
-use crate::generate::prepend::{prepend, Step};
-use crate::generate::steer::{self, SteeringVector};
-use crate::generate::{generate, perplexity, token_losses, Options};
-use crate::model::weights::{load_model, ModelFiles};
+use crate::generate::steer::SteeringVector;
+use crate::generate::{perplexity, Options};
+use crate::jobs::text::{self, PrependSpec};
+use crate::jobs::Model;
 use crate::model::{Site, SiteKind};
 use crate::results::{read_f32, remove_if_present, write_atomic, write_npy};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
-use burn::prelude::Backend;
 use clap::Args;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -32,8 +30,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 50)]
     max_new_tokens: usize,
     /// Always the most likely token (no sampling; the penalties and filters do not apply).
-    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "freq_penalty"])]
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "freq_penalty"], overrides_with = "no_greedy")]
     greedy: bool,
+    #[arg(long, overrides_with = "greedy", hide = true)]
+    no_greedy: bool,
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     /// Sample from the k most likely tokens only.
@@ -52,17 +52,23 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// End a sequence at `<|endoftext|>`.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_stop_at_eos")]
     stop_at_eos: bool,
+    #[arg(long, overrides_with = "stop_at_eos", hide = true)]
+    no_stop_at_eos: bool,
     /// Put `<|endoftext|>` in front of every prompt, as TransformerLens does by default.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
+    #[arg(long, overrides_with = "prepend_bos", hide = true)]
+    no_prepend_bos: bool,
     /// Sequences decoded together.
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_json")]
     json: bool,
+    #[arg(long, overrides_with = "json", hide = true)]
+    no_json: bool,
     /// A steering vector (.npy, from `patchbay steer make`): coef × it is added to --steer-site
     /// of --steer-layer at every position of every step.
     #[arg(long, requires_all = ["steer_site", "steer_layer"])]
@@ -86,8 +92,10 @@ pub struct PerplexityArgs {
     #[arg(long = "texts")]
     file: Option<PathBuf>,
     /// Also each token's perplexity, exp of its loss.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_per_token")]
     per_token: bool,
+    #[arg(long, overrides_with = "per_token", hide = true)]
+    no_per_token: bool,
     /// Write perplexity.npy [texts], token_perplexity.npy [texts, longest − 1] (NaN past a text's
     /// end) and perplexity.json into this directory.
     #[arg(long)]
@@ -103,17 +111,23 @@ struct TextArgs {
     #[arg(long, default_value = "gpt2")]
     model: String,
     /// Put `<|endoftext|>` in front of every text, as TransformerLens does by default.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
+    #[arg(long, overrides_with = "prepend_bos", hide = true)]
+    no_prepend_bos: bool,
     /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_json")]
     json: bool,
+    #[arg(long, overrides_with = "json", hide = true)]
+    no_json: bool,
     /// Replace the results an --out directory already holds.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_overwrite")]
     overwrite: bool,
+    #[arg(long, overrides_with = "overwrite", hide = true)]
+    no_overwrite: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -121,16 +135,15 @@ struct TextArgs {
 impl TextArgs {
     /// The model's files and tokenizer, and the texts (arguments or a file) tokenized; refuses an
     /// --out directory that holds `listing` unless --overwrite.
-    fn prepare(&self, args: Vec<String>, file: Option<&Path>, out: Option<&Path>, listing: &str) -> Result<(ModelFiles, Tokenizer, Vec<String>, Vec<Vec<u32>>)> {
-        let files = ModelFiles::locate(&self.model)?;
-        let tok = Tokenizer::from_file(&files.tokenizer)?;
-        let (texts, ids) = texts_and_ids(args, file, &tok, self.prepend_bos)?;
+    fn prepare(&self, args: Vec<String>, file: Option<&Path>, out: Option<&Path>, listing: &str) -> Result<(Model, Vec<String>, Vec<Vec<u32>>)> {
+        let model = self.backend.load(&self.model)?;
+        let (texts, ids) = texts_and_ids(args, file, &model.tokenizer, self.prepend_bos)?;
         if let Some(out) = out {
             if !self.overwrite && out.join(listing).exists() {
                 bail!("{} already holds {listing}: pass --overwrite to replace it, or choose another --out", out.display());
             }
         }
-        Ok((files, tok, texts, ids))
+        Ok((model, texts, ids))
     }
 }
 
@@ -146,24 +159,6 @@ fn texts_and_ids(args: Vec<String>, file: Option<&Path>, tok: &Tokenizer, prepen
     Ok((texts, ids))
 }
 
-struct Decode {
-    files: ModelFiles,
-    prompts: Vec<Vec<u32>>,
-    options: Options,
-}
-
-impl BackendTask for Decode {
-    type Output = Vec<Vec<u32>>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<Vec<u32>>> {
-        let model = load_model::<B>(&self.files, &device)?;
-        let total = self.prompts.len() * self.options.num_sequences * self.options.max_new_tokens;
-        let bar = super::progress(total, "tokens");
-        let out = generate(&model, &self.prompts, &self.options, &mut |n| bar.inc(n as u64))?;
-        bar.finish_and_clear();
-        Ok(out)
-    }
-}
-
 #[derive(Serialize)]
 struct Sequence<'a> {
     prompt: usize,
@@ -174,9 +169,9 @@ struct Sequence<'a> {
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
-    let files = ModelFiles::locate(&a.model)?;
-    let tok = Tokenizer::from_file(&files.tokenizer)?;
-    let (texts, prompts) = texts_and_ids(a.prompt.into_iter().collect(), a.prompts.as_deref(), &tok, a.prepend_bos)?;
+    let model = a.backend.load(&a.model)?;
+    let tok = &model.tokenizer;
+    let (texts, prompts) = texts_and_ids(a.prompt.into_iter().collect(), a.prompts.as_deref(), tok, a.prepend_bos)?;
     if !a.greedy && !(a.temperature > 0.0) {
         bail!("--temperature must be above 0 (for the most likely token every step, pass --greedy)");
     }
@@ -200,7 +195,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         },
     };
     let n = options.num_sequences;
-    let out = dispatch(&a.backend.configure()?, Decode { files, prompts, options })?;
+    let out = text::generate(&model, &prompts, &options, &mut super::Bar::default())?;
     let seqs: Vec<Sequence> = out.iter().enumerate().map(|(s, t)| Sequence { prompt: s / n, sequence: s % n, prompt_text: &texts[s / n], tokens: t, text: tok.decode(t) }).collect();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&seqs)?);
@@ -215,23 +210,6 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-struct Score {
-    files: ModelFiles,
-    texts: Vec<Vec<u32>>,
-    batch: usize,
-}
-
-impl BackendTask for Score {
-    type Output = Vec<Vec<f32>>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<Vec<f32>>> {
-        let model = load_model::<B>(&self.files, &device)?;
-        let bar = super::progress(self.texts.len(), "texts");
-        let out = token_losses(&model, &self.texts, self.batch, &mut |n| bar.inc(n as u64))?;
-        bar.finish_and_clear();
-        Ok(out)
-    }
-}
-
 #[derive(Serialize)]
 struct Scored<'a> {
     text: &'a str,
@@ -244,8 +222,9 @@ struct Scored<'a> {
 
 pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     let c = &a.common;
-    let (files, tok, texts, ids) = c.prepare(a.texts, a.file.as_deref(), a.out.as_deref(), "perplexity.json")?;
-    let losses = dispatch(&c.backend.configure()?, Score { files, texts: ids.clone(), batch: c.batch })?;
+    let (model, texts, ids) = c.prepare(a.texts, a.file.as_deref(), a.out.as_deref(), "perplexity.json")?;
+    let tok = &model.tokenizer;
+    let losses = text::token_losses(&model, &ids, c.batch, &mut super::Bar::default())?;
     let scored: Vec<Scored> = texts
         .iter()
         .zip(&ids)
@@ -293,30 +272,16 @@ pub struct CandidatesArgs {
     #[arg(long, default_value_t = 5)]
     top_k: usize,
     /// A table for every position (the next token after each), not only the last.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_all_positions")]
     all_positions: bool,
+    #[arg(long, overrides_with = "all_positions", hide = true)]
+    no_all_positions: bool,
     /// Write candidates.json, and for several prompts jaccard.npy [prompts, prompts] with its
     /// heatmap (jaccard.png, jaccard.svg), into this directory.
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
     common: TextArgs,
-}
-
-struct Candidates {
-    files: ModelFiles,
-    texts: Vec<Vec<u32>>,
-    k: usize,
-    all_positions: bool,
-    batch: usize,
-}
-
-impl BackendTask for Candidates {
-    type Output = Vec<Vec<Vec<(u32, f32)>>>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
-        let model = load_model::<B>(&self.files, &device)?;
-        top_k(&model, &self.texts, self.k, self.all_positions, self.batch)
-    }
 }
 
 #[derive(Serialize)]
@@ -351,8 +316,9 @@ struct Report<'a> {
 
 pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
     let c = &a.common;
-    let (files, tok, texts, ids) = c.prepare(a.text.into_iter().collect(), a.prompts.as_deref(), a.out.as_deref(), "candidates.json")?;
-    let found = dispatch(&c.backend.configure()?, Candidates { files, texts: ids.clone(), k: a.top_k, all_positions: a.all_positions, batch: c.batch })?;
+    let (model, texts, ids) = c.prepare(a.text.into_iter().collect(), a.prompts.as_deref(), a.out.as_deref(), "candidates.json")?;
+    let tok = &model.tokenizer;
+    let found = text::candidates(&model, &ids, a.top_k, a.all_positions, c.batch)?;
     let report = Report {
         texts: texts
             .iter()
@@ -446,42 +412,29 @@ pub struct SteerMakeArgs {
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     position: i64,
     /// Put `<|endoftext|>` in front of both prompts.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
+    #[arg(long, overrides_with = "prepend_bos", hide = true)]
+    no_prepend_bos: bool,
     /// The vector's .npy file.
     #[arg(long)]
     out: PathBuf,
     /// Replace an existing --out file.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_overwrite")]
     overwrite: bool,
+    #[arg(long, overrides_with = "overwrite", hide = true)]
+    no_overwrite: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
 
-struct MakeVector {
-    files: ModelFiles,
-    clean: Vec<u32>,
-    corrupted: Vec<u32>,
-    site: Site,
-    position: i64,
-}
-
-impl BackendTask for MakeVector {
-    type Output = (Vec<f32>, Vec<usize>);
-    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
-        let model = load_model::<B>(&self.files, &device)?;
-        steer::make(&model, &self.clean, &self.corrupted, self.site, self.position)
-    }
-}
-
 pub fn run_steer_make(a: SteerMakeArgs) -> Result<()> {
     super::output_file(&a.out, a.overwrite)?;
-    let files = ModelFiles::locate(&a.model)?;
-    let tok = Tokenizer::from_file(&files.tokenizer)?;
+    let model = a.backend.load(&a.model)?;
+    let tok = &model.tokenizer;
     let clean = tok.encode_with(&a.clean, a.prepend_bos).context("--clean")?;
     let corrupted = tok.encode_with(&a.corrupted, a.prepend_bos).context("--corrupted")?;
-    let site = Site::new(a.site, a.layer);
-    let (values, shape) = dispatch(&a.backend.configure()?, MakeVector { files, clean, corrupted, site, position: a.position })?;
+    let (values, shape) = text::steering_vector(&model, &clean, &corrupted, Site::new(a.site, a.layer), a.position)?;
     write_npy(&a.out, &shape, &values)?;
     let norm = values.iter().map(|x| x * x).sum::<f32>().sqrt();
     println!("wrote the {} steering vector {shape:?} (norm {norm:.4}) to {}", a.site.hook_name(a.layer), a.out.display());
@@ -505,34 +458,17 @@ pub struct PrependArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Score every text with `<|endoftext|>` in front, so the new first token's probability counts.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
+    #[arg(long, overrides_with = "prepend_bos", hide = true)]
+    no_prepend_bos: bool,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_json")]
     json: bool,
+    #[arg(long, overrides_with = "json", hide = true)]
+    no_json: bool,
     #[command(flatten)]
     backend: BackendArgs,
-}
-
-struct Prepend {
-    files: ModelFiles,
-    text: Vec<u32>,
-    bos: u32,
-    n_tokens: usize,
-    samples: usize,
-    seed: u64,
-    score_bos: bool,
-}
-
-impl BackendTask for Prepend {
-    type Output = Vec<Step>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<Step>> {
-        let model = load_model::<B>(&self.files, &device)?;
-        let bar = super::progress(self.n_tokens, "steps");
-        let steps = prepend(&model, &self.text, self.bos, self.n_tokens, self.samples, self.seed, self.score_bos, &mut |n| bar.inc(n as u64))?;
-        bar.finish_and_clear();
-        Ok(steps)
-    }
 }
 
 #[derive(Serialize)]
@@ -546,11 +482,11 @@ struct PrependStep {
 }
 
 pub fn run_prepend(a: PrependArgs) -> Result<()> {
-    let files = ModelFiles::locate(&a.model)?;
-    let tok = Tokenizer::from_file(&files.tokenizer)?;
+    let model = a.backend.load(&a.model)?;
+    let tok = &model.tokenizer;
     let text = tok.encode(&a.text)?;
-    let task = Prepend { files, text, bos: tok.bos()?, n_tokens: a.n_tokens, samples: a.samples, seed: a.seed, score_bos: a.prepend_bos };
-    let steps: Vec<PrependStep> = dispatch(&a.backend.configure()?, task)?
+    let spec = PrependSpec { n_tokens: a.n_tokens, samples: a.samples, seed: a.seed, score_bos: a.prepend_bos };
+    let steps: Vec<PrependStep> = text::prepend(&model, &text, &spec, &mut super::Bar::default())?
         .into_iter()
         .enumerate()
         .map(|(i, s)| PrependStep {

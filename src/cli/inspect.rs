@@ -1,14 +1,8 @@
 //! `patchbay inspect`: the token table and the top-k next-token table of one prompt.
 use super::BackendArgs;
-use crate::backend::{dispatch, BackendTask};
-use crate::model::weights::{load_model, ModelFiles};
-use crate::model::NoHooks;
-use crate::tokenizer::Tokenizer;
+use crate::jobs::inspect::inspect as job;
 use anyhow::Result;
-use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use clap::Args;
-use serde::Serialize;
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -19,70 +13,22 @@ pub struct InspectArgs {
     #[arg(long, default_value_t = 20)]
     top_k: usize,
     /// Put `<|endoftext|>` in front of the text, as TransformerLens does by default.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
+    #[arg(long, overrides_with = "prepend_bos", hide = true)]
+    no_prepend_bos: bool,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_json")]
     json: bool,
+    #[arg(long, overrides_with = "json", hide = true)]
+    no_json: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
 
-#[derive(Serialize)]
-struct TokenRow {
-    position: usize,
-    id: u32,
-    token: String,
-}
-
-#[derive(Serialize)]
-struct TopRow {
-    rank: usize,
-    id: u32,
-    token: String,
-    prob: f32,
-}
-
-#[derive(Serialize)]
-struct Report {
-    tokens: Vec<TokenRow>,
-    top_k: Vec<TopRow>,
-}
-
-/// Next-token probabilities at the last position.
-struct NextToken {
-    files: ModelFiles,
-    ids: Vec<u32>,
-}
-
-impl BackendTask for NextToken {
-    type Output = Vec<f32>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f32>> {
-        let model = load_model::<B>(&self.files, &device)?;
-        let logits = model.forward(model.tokens(&[self.ids.clone()])?, &mut NoHooks);
-        let [_, s, v] = logits.dims();
-        let probs = softmax(logits.narrow(1, s - 1, 1).reshape([v]), 0);
-        Ok(probs.into_data().convert::<f32>().to_vec().expect("f32"))
-    }
-}
-
 pub fn inspect(args: InspectArgs) -> Result<()> {
-    let files = ModelFiles::locate(&args.model)?;
-    let tok = Tokenizer::from_file(&files.tokenizer)?;
-    anyhow::ensure!(!args.text.is_empty(), "the text is empty");
-    let ids = tok.encode_with(&args.text, args.prepend_bos)?;
-    let probs = dispatch(&args.backend.configure()?, NextToken { files, ids: ids.clone() })?;
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    let report = Report {
-        tokens: ids.iter().enumerate().map(|(position, &id)| TokenRow { position, id, token: tok.token_str(id) }).collect(),
-        top_k: order
-            .iter()
-            .take(args.top_k)
-            .enumerate()
-            .map(|(r, &i)| TopRow { rank: r + 1, id: i as u32, token: tok.token_str(i as u32), prob: probs[i] })
-            .collect(),
-    };
+    let model = args.backend.load(&args.model)?;
+    let report = job(&model, &args.text, args.top_k, args.prepend_bos)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -8,9 +8,9 @@ mod run;
 
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::ioi::Corruption;
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use crate::jobs::{Model, Progress};
+use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -52,8 +52,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Replace an existing --out file.
-        #[arg(long)]
+        #[arg(long, overrides_with = "no_overwrite")]
         overwrite: bool,
+        #[arg(long, overrides_with = "overwrite", hide = true)]
+        no_overwrite: bool,
     },
     /// Recheck random patched runs of a finished run on the simplest path (one row per forward
     /// pass, no reuse, no fusion); the result goes into its manifest.
@@ -94,8 +96,10 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Replace another run in --out.
-        #[arg(long)]
+        #[arg(long, overrides_with = "no_overwrite")]
         overwrite: bool,
+        #[arg(long, overrides_with = "overwrite", hide = true)]
+        no_overwrite: bool,
     },
 }
 
@@ -105,9 +109,8 @@ enum SteerCommand {
     Make(generate::SteerMakeArgs),
 }
 
-/// Where the tensors run. In a TOML config: backend, device, dtype, fusion.
-#[derive(Args, Clone, Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Where the tensors run. In a TOML config: backend, device, dtype, fusion, threads.
+#[derive(Args, Clone, Debug, Default)]
 pub struct BackendArgs {
     /// cpu (default), wgpu (Vulkan/Metal/DX12) or cuda; GPU backends are Cargo features.
     #[arg(long, value_enum)]
@@ -120,33 +123,16 @@ pub struct BackendArgs {
     pub dtype: Option<DType>,
     /// Turn on burn's kernel fusion on GPU backends (off by default: burn 0.21's fusion has given
     /// wrong results; see the README).
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_fusion")]
     pub fusion: bool,
+    #[arg(long, overrides_with = "fusion", hide = true)]
+    pub no_fusion: bool,
     /// CPU backend: worker threads [default: every core].
     #[arg(long)]
     pub threads: Option<usize>,
 }
 
 impl BackendArgs {
-    /// Flags given on the command line win over the config file's.
-    pub fn or(self, file: BackendArgs) -> Self {
-        Self {
-            backend: self.backend.or(file.backend),
-            device: self.device.or(file.device),
-            dtype: self.dtype.or(file.dtype),
-            fusion: self.fusion || file.fusion,
-            threads: self.threads.or(file.threads),
-        }
-    }
-
-    /// The backend to run on, with the CPU thread count set: call once, before running.
-    pub fn configure(&self) -> Result<BackendSpec> {
-        if let Some(n) = self.threads {
-            crate::backend::set_cpu_threads(n)?;
-        }
-        Ok(self.spec())
-    }
-
     pub fn spec(&self) -> BackendSpec {
         BackendSpec {
             kind: self.backend.unwrap_or(BackendKind::Cpu),
@@ -155,12 +141,114 @@ impl BackendArgs {
             fusion: self.fusion,
         }
     }
+
+    /// The spec, with the CPU thread count set: for work on no model file (`bench`).
+    pub fn configure(&self) -> Result<BackendSpec> {
+        if let Some(n) = self.threads {
+            crate::backend::set_cpu_threads(n)?;
+        }
+        Ok(self.spec())
+    }
+
+    /// The model `model` loaded on this backend.
+    pub fn load(&self, model: &str) -> Result<Model> {
+        Model::load(model, self.spec(), self.threads)
+    }
 }
 
-/// A progress bar over `len` items named `unit` (prompts, pairs), for the commands' long loops.
-fn progress(len: usize, unit: &str) -> indicatif::ProgressBar {
-    let template = format!("{{elapsed_precise}} {{wide_bar}} {{human_pos}}/{{human_len}} {unit}  ETA {{eta}}");
-    indicatif::ProgressBar::new(len as u64).with_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"))
+/// The terminal's progress bar (indicatif), for the library's long jobs.
+#[derive(Default)]
+pub struct Bar(Option<indicatif::ProgressBar>);
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64, unit: &str) {
+        let template = format!("{{elapsed_precise}} {{wide_bar}} {{human_pos}}/{{human_len}} {unit} {{msg}}  {{per_sec}}  ETA {{eta}}");
+        let style = indicatif::ProgressStyle::with_template(&template).expect("valid template");
+        self.0 = Some(indicatif::ProgressBar::new(total).with_style(style));
+    }
+
+    fn advance(&mut self, n: u64) -> Result<()> {
+        if let Some(b) = &self.0 {
+            b.inc(n);
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, text: &str) {
+        if let Some(b) = &self.0 {
+            b.set_message(text.to_string());
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// A TOML config's options as command-line arguments, to be placed before the command line's
+/// (ripgrep's way: the command line overrides the file, every boolean has its `--no-` form).
+/// Keys are `command`'s long options with underscores for dashes; `columns` is a table.
+pub fn config_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    let known: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        if !known.contains(&flag.as_str()) {
+            bail!("{}: unknown option `{key}` (the options are the command's flags, with underscores for dashes)", path.display());
+        }
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            other => bail!("{}: `{key}` must be a string or a number, not {}", path.display(), other.type_str()),
+        };
+        match &value {
+            toml::Value::Boolean(true) => args.push(format!("--{flag}")),
+            toml::Value::Boolean(false) => args.push(match flag.strip_prefix("no-") {
+                Some(positive) => format!("--{positive}"),
+                None => format!("--no-{flag}"),
+            }),
+            toml::Value::Array(items) => args.extend([format!("--{flag}"), items.iter().map(scalar).collect::<Result<Vec<_>>>()?.join(",")]),
+            toml::Value::Table(t) => {
+                let kv = t.iter().map(|(k, v)| Ok(format!("{k}={}", scalar(v)?))).collect::<Result<Vec<_>>>()?;
+                args.extend([format!("--{flag}"), kv.join(",")]);
+            }
+            v => args.extend([format!("--{flag}"), scalar(v)?]),
+        }
+    }
+    Ok(args)
+}
+
+/// `run` or `path` arguments (without the program and command names) → the library's run, with
+/// a named config file's options placed before them.
+pub fn plan(command: &str, args: &[String]) -> Result<run::RunPlan> {
+    let parse = |argv: &[String]| -> Result<Command> {
+        let argv = ["patchbay".to_string(), command.to_string()].into_iter().chain(argv.iter().cloned());
+        Cli::try_parse_from(argv).map(|c| c.command).map_err(|e| anyhow::anyhow!("{}", e.render().to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string()))
+    };
+    let first = parse(args)?;
+    let config = match &first {
+        Command::Run(a) => a.config.clone(),
+        Command::Path(a) => a.run.config.clone(),
+        _ => bail!("{command} is not run or path"),
+    };
+    let command_line = match config {
+        None => first,
+        Some(path) => {
+            let sub = Cli::command().find_subcommand(command).cloned().expect("run and path are subcommands");
+            let all: Vec<String> = config_args(&path, &sub)?.into_iter().chain(args.iter().cloned()).collect();
+            parse(&all).with_context(|| format!("with the options of {}", path.display()))?
+        }
+    };
+    match command_line {
+        Command::Run(a) => a.plan(None),
+        Command::Path(a) => a.plan(),
+        _ => unreachable!("parsed as {command}"),
+    }
 }
 
 /// A one-file --out: refused when it exists without --overwrite; its folder is created.
@@ -175,10 +263,13 @@ fn output_file(out: &Path, overwrite: bool) -> Result<()> {
 }
 
 pub fn main() -> Result<()> {
+    // Parsed once here for --help and usage errors; run and path again with their config's options.
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),
-        Command::Run(args) => run::run(args),
-        Command::Path(args) => run::path(args),
+        Command::Run(_) | Command::Path(_) => {
+            let argv: Vec<String> = std::env::args().collect();
+            run::run(plan(&argv[1], &argv[2..])?)
+        }
         Command::Bench(args) => bench::bench(args),
         Command::Patterns(args) => patterns::run(args),
         Command::Generate(args) => generate::run_generate(args),
@@ -187,7 +278,7 @@ pub fn main() -> Result<()> {
         Command::Perplexity(args) => generate::run_perplexity(args),
         Command::Candidates(args) => generate::run_candidates(args),
         Command::Attribute(args) => attribute::run(args),
-        Command::Ioi { n, seed, corruption, model, out, overwrite } => {
+        Command::Ioi { n, seed, corruption, model, out, overwrite, .. } => {
             output_file(&out, overwrite)?;
             let files = crate::model::weights::ModelFiles::locate(&model)?;
             let tok = crate::tokenizer::Tokenizer::from_file(&files.tokenizer)?;
@@ -197,7 +288,7 @@ pub fn main() -> Result<()> {
             println!("wrote {} IOI pairs ({corruption:?} corruption) to {}", pairs.len(), out.display());
             Ok(())
         }
-        Command::Merge { sources, out, overwrite } => {
+        Command::Merge { sources, out, overwrite, .. } => {
             let (shards, default_out) = match sources.as_slice() {
                 [dir] if crate::sweep::Shard::is_parent(dir) => {
                     let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -218,8 +309,10 @@ pub fn main() -> Result<()> {
         }
         Command::Verify { dir, rows, backend } => {
             let given = backend.backend.is_some() || backend.device.is_some() || backend.dtype.is_some();
-            let spec = backend.configure()?;
-            let v = crate::verify::verify(&dir, rows, given.then_some(spec))?;
+            if let Some(n) = backend.threads {
+                crate::backend::set_cpu_threads(n)?;
+            }
+            let v = crate::verify::verify(&dir, rows, given.then(|| backend.spec()), None)?;
             println!(
                 "verified {} patched runs of {} on {:?} {:?}: max |difference| {:.1e}, within the tolerance {:.0e}",
                 v.rows,

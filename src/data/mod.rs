@@ -236,6 +236,60 @@ pub struct Checks {
     pub prepend_bos: bool,
 }
 
+/// Where a run's pairs come from.
+#[derive(Clone, Debug)]
+pub enum PairSource {
+    /// A pairs file (.jsonl, .csv, .parquet) with these column names.
+    File { path: std::path::PathBuf, columns: Columns },
+    /// One pair given directly (the command line's --clean/--corrupted): a failed check is an error.
+    One(Pair),
+    /// Pairs given directly (a notebook's DataFrame or list of dicts), rows numbered from 1.
+    Records(Vec<Pair>),
+}
+
+impl PairSource {
+    /// What a skipped pair's `row` counts: a file's lines (or Parquet rows), or the given rows.
+    pub fn row_unit(&self) -> &'static str {
+        match self {
+            PairSource::File { path, .. } => row_unit(path),
+            _ => "row",
+        }
+    }
+}
+
+/// The pairs of `source` that pass `checks`, and those skipped (with `strict`, the first failure is
+/// an error naming its row). No pair passing is an error that names the first skipped one.
+pub fn load_pairs(source: &PairSource, tok: &Tokenizer, checks: Checks, strict: bool) -> Result<(Vec<TokenizedPair>, Vec<Skipped>)> {
+    let (pairs, skipped, unit) = match source {
+        PairSource::File { path, columns } => {
+            let (p, s) = tokenize(&read_pairs(path, columns)?, tok, Some(path), checks, strict)?;
+            (p, s, source.row_unit())
+        }
+        PairSource::One(pair) => {
+            if pair.answer.is_some() != pair.distractor.is_some() {
+                bail!("give both the answer and the distractor, or neither (then the last token where clean and corrupted differ is predicted)");
+            }
+            let (p, s) = tokenize(std::slice::from_ref(pair), tok, None, checks, true)?;
+            (p, s, source.row_unit())
+        }
+        PairSource::Records(pairs) => {
+            if pairs.is_empty() {
+                bail!("no pairs given");
+            }
+            let (p, s) = tokenize(pairs, tok, None, checks, false)?;
+            if let Some(first) = s.first().filter(|_| strict) {
+                bail!("pair at row {}: {}", first.row, first.reason);
+            }
+            (p, s, source.row_unit())
+        }
+    };
+    if pairs.is_empty() {
+        let first = skipped.first().map_or(String::new(), |s| format!("; {unit} {}: {}", s.row, s.reason));
+        bail!("no pair passed the checks ({} skipped{first})", skipped.len());
+    }
+    Ok((pairs, skipped))
+}
+
 /// What a pair's `row` counts in a pairs file: lines of JSONL and CSV, rows of Parquet.
 pub fn row_unit(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {

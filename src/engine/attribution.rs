@@ -137,7 +137,7 @@ fn estimate(t: &Terms, r: &Row, len: usize) -> f64 {
 }
 
 impl<B: AutodiffBackend> Patcher for Attribution<'_, B> {
-    fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs)) -> Result<Vec<PairResult>> {
+    fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> Result<()>) -> Result<Vec<PairResult>> {
         ensure!(!pairs.is_empty(), "no pairs to run");
         if let Some(s) = sites.iter().find(|s| s.is_path()) {
             bail!("--method attribution estimates overwrites of one activation; {} is a path (use --method exact)", s.name());
@@ -147,7 +147,7 @@ impl<B: AutodiffBackend> Patcher for Attribution<'_, B> {
         for group in pairs.chunks(self.max_pairs.max(1)) {
             let (rows, noops) = layout.batch_rows(group, sites, self.skip)?;
             let mut blocks: Vec<Vec<Vec<f32>>> = vec![sites.iter().map(|&s| vec![f32::NAN; layout.per_pair_len(s)]).collect(); group.len()];
-            progress(Runs { computed: 0, skipped: noops.len() });
+            progress(Runs { computed: 0, skipped: noops.len() })?;
             let batch: Vec<Row> = rows.iter().map(|(_, r)| *r).collect();
             let (clean, corrupted, estimates) = self.group(group, &kinds, &batch)?;
             for (si, r) in noops {
@@ -157,7 +157,7 @@ impl<B: AutodiffBackend> Patcher for Attribution<'_, B> {
                 blocks[r.pair][*si][r.out] = v;
             }
             results.extend(blocks.into_iter().enumerate().map(|(i, sites)| PairResult { clean: clean[i], corrupted: corrupted[i], sites }));
-            progress(Runs { computed: rows.len(), skipped: 0 });
+            progress(Runs { computed: rows.len(), skipped: 0 })?;
         }
         Ok(results)
     }

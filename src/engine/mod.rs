@@ -27,6 +27,12 @@ pub enum Method {
 
 /// Computes every row of `sites` for `pairs` (one length): exactly, or by attribution.
 pub trait Patcher {
-    /// `progress` is told the skipped runs, then how many runs each finished batch held.
-    fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs)) -> anyhow::Result<Vec<PairResult>>;
+    /// `progress` is told the skipped runs, then how many runs each finished batch held; an
+    /// error from it stops the run.
+    fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> anyhow::Result<()>) -> anyhow::Result<Vec<PairResult>>;
+
+    /// One patched run's value for `pair` alone (`row.pair` is ignored): what `verify` rechecks.
+    fn one(&self, pair: TokenizedPair, row: Row, layout: &Layout) -> anyhow::Result<f32> {
+        Ok(self.run(&[pair], &[row.site], layout, &mut |_| Ok(()))?[0].sites[0][row.out])
+    }
 }

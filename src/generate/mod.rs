@@ -106,7 +106,7 @@ fn stream(seed: u64, prompt: usize, seq: usize) -> Rng {
 /// The new tokens of `num_sequences` sequences per prompt (prompt-major), decoded with a KV
 /// cache, sequences of one length together, each finishing on its own; `progress` is told how
 /// many tokens each step produced.
-pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<u32>>> {
+pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<u32>>> {
     let ctx = model.config.n_positions;
     for (i, p) in prompts.iter().enumerate() {
         ensure!(!p.is_empty(), "prompt {} is empty", i + 1);
@@ -133,7 +133,7 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
                     out[chunk[a]].push(t);
                     next.push(t);
                 }
-                progress(active.len());
+                progress(active.len())?;
                 let still: Vec<usize> = (0..active.len()).filter(|&r| Some(next[r]) != o.stop_at).collect();
                 if still.is_empty() || out[chunk[active[0]]].len() == o.max_new_tokens {
                     break;
@@ -152,7 +152,7 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
 
 /// Each text's per-token loss: entry t is −log p(token t+1 | tokens ..=t), texts of one length
 /// `batch` a forward pass; `progress` is told how many texts each pass finished.
-pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<f32>>> {
+pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usize, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<f32>>> {
     for (i, t) in texts.iter().enumerate() {
         ensure!(t.len() >= 2, "text {} has {} token(s): perplexity needs at least 2 (a token to predict)", i + 1, t.len());
     }
@@ -168,7 +168,7 @@ pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usiz
             for (j, &i) in chunk.iter().enumerate() {
                 out[i] = loss[j * (len - 1)..(j + 1) * (len - 1)].to_vec();
             }
-            progress(b);
+            progress(b)?;
         }
     }
     Ok(out)

@@ -21,7 +21,7 @@ pub struct Step {
 
 /// `n_tokens` steps back from `text`. `bos` is `<|endoftext|>`; with `score_bos` every text is
 /// scored with it in front, so the new first token's own probability counts too.
-pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: usize, samples: usize, seed: u64, score_bos: bool, progress: &mut dyn FnMut(usize)) -> Result<Vec<Step>> {
+pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: usize, samples: usize, seed: u64, score_bos: bool, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Step>> {
     ensure!(!text.is_empty(), "the text is empty");
     ensure!(samples > 0, "--samples must be at least 1");
     ensure!(
@@ -44,12 +44,12 @@ pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: us
             }
         }
         let texts: Vec<Vec<u32>> = candidates.iter().map(|&c| score_bos.then_some(bos).into_iter().chain([c]).chain(current.iter().copied()).collect()).collect();
-        let scores: Vec<f32> = token_losses(model, &texts, texts.len(), &mut |_| {})?.iter().map(|l| perplexity(l)).collect();
+        let scores: Vec<f32> = token_losses(model, &texts, texts.len(), &mut |_| Ok(()))?.iter().map(|l| perplexity(l)).collect();
         // The lowest perplexity, the first drawn of equal ones.
         let best = (0..scores.len()).fold(0, |b, i| if scores[i] < scores[b] { i } else { b });
         current.insert(0, candidates[best]);
         steps.push(Step { tokens: current.clone(), perplexity: scores[best], candidates: candidates.into_iter().zip(scores).collect() });
-        progress(1);
+        progress(1)?;
     }
     Ok(steps)
 }

@@ -1,0 +1,334 @@
+"""patchbay: batched activation patching on GPT-2-family models, from Python.
+
+    import patchbay as pb
+    model = pb.load("gpt2")                       # a hub id, or a directory with config.json,
+                                                  # model.safetensors and tokenizer.json
+    r = model.patch(clean="Michelle Jones was a top-notch student. Michelle",
+                    corrupted="Michelle Smith was a top-notch student. Michelle",
+                    answer=" Jones", distractor=" Smith", sites=["resid_pre"])
+    r["resid_pre"]                                # numpy float32 [pairs, layers, positions]
+    r.heatmap("resid_pre")                        # shows inline in Jupyter
+
+Every call runs the same library job as the `patchbay` command line, so the arrays are the CLI's,
+bit for bit, for the same inputs and batch settings. Errors are Python exceptions (ValueError,
+FileNotFoundError, KeyboardInterrupt) with the CLI's one-line message.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _native
+
+__all__ = ["load", "open", "Model", "Result", "Heatmap", "__version__"]
+__version__ = _native.__version__
+
+PathLike = Union[str, "os.PathLike[str]"]
+DEFAULT_SITES = ("resid_pre", "attn_out", "mlp_out")
+
+
+def load(model: str = "gpt2", backend: str = "cpu", dtype: str = "f32", fusion: bool = False,
+         threads: Optional[int] = None, device: int = 0) -> "Model":
+    """Loads a model once for any number of jobs.
+
+    model: a Hugging Face hub id (``gpt2``, ``openai-community/gpt2-medium``; fetched into the HF
+    cache, ``HF_HUB_OFFLINE=1`` reads only the cache) or a directory holding config.json,
+    model.safetensors and tokenizer.json. backend: ``cpu``, ``wgpu`` or ``cuda`` (when built with
+    it); dtype: ``f32``, ``f16``, ``bf16``, ``tf32``; fusion: burn's kernel fusion on GPU backends;
+    threads: the cpu backend's worker threads (once per process; every core by default).
+    """
+    return Model(_native.load(os.fspath(model), backend, dtype, bool(fusion), threads, int(device)))
+
+
+def open(path: PathLike) -> "Result":  # noqa: A001 - the name users expect (pb.open)
+    """A finished results directory (``patchbay run``, ``Model.run``, ``Model.patch(out=...)``)."""
+    path = os.fspath(path)
+    _native.open_finished(path)  # the run is finished and every array whole
+    with builtins_open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    arrays = {s["name"]: np.load(os.path.join(path, s["file"])) for s in manifest["sites"]}
+    arrays["baseline_clean"] = np.load(os.path.join(path, manifest["baseline_clean"]))
+    arrays["baseline_corrupted"] = np.load(os.path.join(path, manifest["baseline_corrupted"]))
+    lengths = np.load(os.path.join(path, manifest["lengths"]))
+    return Result(manifest, arrays, manifest.get("skipped", []), path, lengths)
+
+
+def _progress_callback(progress: Any) -> Optional[Callable[..., None]]:
+    """progress=True: a tqdm bar when tqdm is installed; a callable: called as
+    (event, *values) with events start(total, unit), advance(n), note(text), finish()."""
+    if callable(progress):
+        return progress
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    state: Dict[str, Any] = {}
+
+    def callback(event: str, *values: Any) -> None:
+        if event == "start":
+            state["bar"] = tqdm(total=values[0], unit=" " + values[1], leave=False)
+        elif event == "advance" and "bar" in state:
+            state["bar"].update(values[0])
+        elif event == "note" and "bar" in state:
+            state["bar"].set_postfix_str(values[0])
+        elif event == "finish" and "bar" in state:
+            state.pop("bar").close()
+
+    return callback
+
+
+def _pair_dict(p: Mapping[str, Any], columns: Mapping[str, str]) -> Dict[str, Any]:
+    def get(field: str) -> Any:
+        value = p.get(columns.get(field, field))
+        if value is None or (isinstance(value, float) and value != value):  # None or NaN (pandas)
+            return None
+        return value
+
+    out: Dict[str, Any] = {"clean": get("clean"), "corrupted": get("corrupted"),
+                           "answer": get("answer"), "distractor": get("distractor")}
+    positions = get("positions")
+    if isinstance(positions, str):
+        positions = json.loads(positions)
+    out["positions"] = dict(positions or {})
+    for field in ("clean", "corrupted"):
+        if not isinstance(out[field], str):
+            raise ValueError(f"pair {dict(p)!r}: {field!r} must be a string")
+    return out
+
+
+def _pairs_spec(clean, corrupted, answer, distractor, pairs, columns) -> Dict[str, Any]:
+    columns = dict(columns or {})
+    inline = any(v is not None for v in (clean, corrupted, answer, distractor))
+    if pairs is not None and inline:
+        raise ValueError("give either pairs= or clean=/corrupted=[/answer=/distractor=], not both")
+    if pairs is None:
+        if clean is None or corrupted is None:
+            raise ValueError("no pairs: give pairs= (a file, a DataFrame or a list of dicts), or clean= and corrupted=")
+        return {"one": {"clean": clean, "corrupted": corrupted, "answer": answer, "distractor": distractor}}
+    if isinstance(pairs, (str, os.PathLike)):
+        return {"file": {"path": os.fspath(pairs), "columns": columns or None}}
+    if hasattr(pairs, "iterrows"):  # pandas
+        records = pairs.to_dict("records")
+    elif hasattr(pairs, "to_dicts"):  # polars
+        records = pairs.to_dicts()
+    else:
+        records = list(pairs)
+    return {"records": [_pair_dict(p, columns) for p in records]}
+
+
+class Model:
+    """A model loaded on a backend (``patchbay.load``). Jobs: patch, path, run, inspect."""
+
+    def __init__(self, native: "_native.Model"):
+        self._native = native
+
+    def __repr__(self) -> str:
+        b = self.backend
+        return f"patchbay.Model({self.id!r}, backend={b['kind']!r}, dtype={b['dtype']!r}, fusion={b['fusion']})"
+
+    @property
+    def id(self) -> str:
+        """The hub id or directory the model was loaded from."""
+        return self._native.id
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """config.json as patchbay read it (n_layer, n_head, n_embd, …)."""
+        return json.loads(self._native.config)
+
+    @property
+    def backend(self) -> Dict[str, Any]:
+        return json.loads(self._native.backend)
+
+    def tokenize(self, text: str, prepend_bos: bool = False) -> List[int]:
+        return self._native.tokenize(text, prepend_bos)
+
+    def to_str_tokens(self, ids: Sequence[int]) -> List[str]:
+        """Each id's string (TransformerLens' ``to_str_tokens``)."""
+        return self._native.token_strs(list(ids))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._native.decode(list(ids))
+
+    def patch(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
+              distractor: Optional[str] = None, *, pairs: Any = None, sites: Union[str, Iterable[str]] = DEFAULT_SITES,
+              metric: str = "logit_diff", prepend_bos: bool = False, method: str = "exact", strict: bool = False,
+              columns: Optional[Mapping[str, str]] = None, max_diff: Optional[int] = None, reuse: bool = True,
+              skip: bool = True, max_rows: Optional[int] = None, out: Optional[PathLike] = None, resume: bool = False,
+              overwrite: bool = False, verify: Optional[int] = None, progress: Any = True) -> "Result":
+        """Patches every (site, layer, position[, head]) of prompt pairs; the arrays of ``patchbay run``.
+
+        Pairs: one (clean=, corrupted=, and answer=/distractor= or neither: then the last token where
+        the two differ is predicted), or pairs= a .jsonl/.csv/.parquet path, a pandas DataFrame or a
+        list of dicts with the pairs file's columns (clean, corrupted, answer, distractor,
+        positions; other names through columns={"clean": "prompt", ...}). A pair failing a check is
+        skipped and listed in ``Result.skipped`` (strict=True: a ValueError naming its row).
+
+        sites: TransformerLens' patching sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out;
+        z/q/k/v/pattern _all_pos and _by_pos, pattern_dest_src; groups block, heads_all_pos,
+        heads_by_pos). metric: logit_diff, logprob, prob, logprob_diff. method: exact or attribution.
+        out: a results directory written through the CLI's transaction (resume=, overwrite=;
+        verify= rows rechecked afterwards, 8 by default); without it the arrays stay in memory.
+        """
+        spec = self._spec(_pairs_spec(clean, corrupted, answer, distractor, pairs, columns), metric, prepend_bos, method,
+                          strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify)
+        spec["sites"] = [sites] if isinstance(sites, str) else list(sites)
+        return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))
+
+    def path(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
+             distractor: Optional[str] = None, *, receivers: Union[str, Iterable[str]] = ("q", "k", "v", "resid_final"),
+             senders: Optional[Iterable[Sequence[int]]] = None, pairs: Any = None, metric: str = "logit_diff",
+             prepend_bos: bool = False, strict: bool = False, columns: Optional[Mapping[str, str]] = None,
+             max_diff: Optional[int] = None, reuse: bool = True, skip: bool = True, max_rows: Optional[int] = None,
+             out: Optional[PathLike] = None, resume: bool = False, overwrite: bool = False, verify: Optional[int] = None,
+             progress: Any = True) -> "Result":
+        """Path patching (``patchbay path``): each sending head's write into later heads' q, k or v
+        input, or the final residual stream (resid_final). senders: [(layer, head), ...] (default all)."""
+        spec = self._spec(_pairs_spec(clean, corrupted, answer, distractor, pairs, columns), metric, prepend_bos, "exact",
+                          strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify)
+        spec["receivers"] = [receivers] if isinstance(receivers, str) else list(receivers)
+        spec["senders"] = [list(map(int, s)) for s in senders] if senders is not None else None
+        return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))
+
+    def run(self, config: PathLike, *, progress: Any = True, **options: Any) -> "Result":
+        """The CLI's transactional run of a TOML config (``patchbay run CONFIG``); keywords are its
+        flags (out="results/ioi", resume=True, overwrite=False, sites="resid_pre", ...) and override
+        the file, as the command line does. Interrupted (Ctrl-C), ``resume=True`` finishes it."""
+        args = [os.fspath(config)]
+        for key, value in options.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                args.append(flag)
+            elif value is False:
+                args.append("--" + key[3:].replace("_", "-") if key.startswith("no_") else "--no-" + flag[2:])
+            elif isinstance(value, (list, tuple)):
+                args += [flag, ",".join(map(str, value))]
+            elif value is not None:
+                args += [flag, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+        return self._result(self._native.run(args, _progress_callback(progress)))
+
+    def inspect(self, text: str, top_k: int = 20, prepend_bos: bool = False) -> List[Dict[str, Any]]:
+        """The top_k most likely next tokens after text: [{"rank", "id", "token", "prob"}, ...]."""
+        return json.loads(self._native.inspect(text, int(top_k), bool(prepend_bos)))["top_k"]
+
+    @staticmethod
+    def _spec(pairs, metric, prepend_bos, method, strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify):
+        return {"pairs": pairs, "metric": metric, "prepend_bos": bool(prepend_bos), "method": method,
+                "strict": bool(strict), "max_diff": max_diff, "reuse": bool(reuse), "skip": bool(skip),
+                "max_rows": max_rows, "out": os.fspath(out) if out is not None else None, "resume": bool(resume),
+                "overwrite": bool(overwrite), "verify": verify}
+
+    @staticmethod
+    def _result(native_result) -> "Result":
+        manifest, arrays, skipped, out = native_result
+        if arrays is None:
+            return open(out)
+        manifest = json.loads(manifest)
+        shapes = {s["name"]: s["shape"] for s in manifest["sites"]}
+        n = len(manifest["pairs"])
+        data = {name: np.frombuffer(raw, dtype="<f4").reshape(shapes.get(name, [n])) for name, raw in arrays}
+        lengths = np.array([p["length"] for p in manifest["pairs"]], dtype=np.int32)
+        return Result(manifest, data, json.loads(skipped), None, lengths)
+
+
+class Result:
+    """A patching run's arrays and manifest: ``r["resid_pre"]`` is float32 [pairs, layers,
+    positions] (axis names: ``r.axes(site)``), NaN past a pair's length."""
+
+    def __init__(self, manifest: Dict[str, Any], arrays: Dict[str, np.ndarray], skipped: List[Dict[str, Any]],
+                 directory: Optional[str], lengths: np.ndarray):
+        self.manifest = manifest
+        self._arrays = arrays
+        self.skipped = skipped
+        self.directory = directory
+        self.lengths = lengths
+
+    def __repr__(self) -> str:
+        where = f", directory={self.directory!r}" if self.directory else ""
+        return f"patchbay.Result({len(self.manifest['pairs'])} pair(s), sites={self.sites}{where})"
+
+    def __getitem__(self, site: str) -> np.ndarray:
+        if site not in self.sites:
+            raise KeyError(f"{site!r} is not a site of this run (sites: {', '.join(self.sites)})")
+        return self._arrays[site]
+
+    def __contains__(self, site: str) -> bool:
+        return site in self.sites
+
+    @property
+    def sites(self) -> List[str]:
+        return [s["name"] for s in self.manifest["sites"]]
+
+    def axes(self, site: str) -> tuple:
+        """The axis names of a site's array, e.g. ("pair", "layer", "position")."""
+        self[site]
+        return tuple(next(s["axes"] for s in self.manifest["sites"] if s["name"] == site))
+
+    @property
+    def baseline_clean(self) -> np.ndarray:
+        """The metric of each pair's clean run, [pairs]."""
+        return self._arrays["baseline_clean"]
+
+    @property
+    def baseline_corrupted(self) -> np.ndarray:
+        return self._arrays["baseline_corrupted"]
+
+    @property
+    def tokens(self) -> List[Dict[str, Any]]:
+        """Each pair's clean and corrupted token strings, its answer and distractor, and its row."""
+        return [{"row": p["row"], "clean": p["clean_strs"], "corrupted": p["corrupted_strs"],
+                 "answer": p["answer"]["token"], "distractor": p["distractor"]["token"], "positions": p["positions"]}
+                for p in self.manifest["pairs"]]
+
+    def _normalized(self, site: str):
+        raw = np.ascontiguousarray(self[site], dtype="<f4")
+        values, included = _native.normalize(json.dumps(self.manifest), site, raw.tobytes(),
+                                              np.ascontiguousarray(self.baseline_clean, "<f4").tobytes(),
+                                              np.ascontiguousarray(self.baseline_corrupted, "<f4").tobytes())
+        return np.frombuffer(values, dtype="<f4").reshape(raw.shape), included
+
+    def normalized(self, site: str) -> np.ndarray:
+        """(patched − corrupted) / (clean − corrupted) per pair, as ``patchbay analyze`` computes it
+        (NaN for a pair whose baselines are equal)."""
+        return self._normalized(site)[0]
+
+    def heatmap(self, site: str) -> "Heatmap":
+        """``analyze``'s heatmap of the site's normalized mean over pairs (inline in Jupyter)."""
+        values, included = self._normalized(site)
+        svg, png = _native.heatmap(json.dumps(self.manifest), site, values.tobytes(), included)
+        return Heatmap(svg, png)
+
+
+class Heatmap:
+    """A figure shown inline by Jupyter (SVG, or PNG); ``save("x.svg")`` or ``save("x.png")``."""
+
+    def __init__(self, svg: str, png: bytes):
+        self.svg = svg
+        self.png = png
+
+    def _repr_svg_(self) -> str:
+        return self.svg
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def save(self, path: PathLike) -> None:
+        path = os.fspath(path)
+        if path.endswith(".svg"):
+            with builtins_open(path, "w", encoding="utf-8") as f:
+                f.write(self.svg)
+        elif path.endswith(".png"):
+            with builtins_open(path, "wb") as f:
+                f.write(self.png)
+        else:
+            raise ValueError(f"{path}: save as .svg or .png")
+
+
+import builtins as _builtins  # noqa: E402 - `open` above is patchbay's
+
+builtins_open = _builtins.open

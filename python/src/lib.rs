@@ -1,0 +1,365 @@
+//! `patchbay._native`: the library's jobs for Python. Arguments arrive as Python values or JSON,
+//! results leave as JSON and raw little-endian f32 bytes that `patchbay/__init__.py` turns into
+//! numpy arrays; nothing else happens here. The GIL is released while a job runs, progress and
+//! Ctrl-C are checked at every batch, and no Rust panic reaches Python.
+use anyhow::{bail, Context};
+use patchbay::backend::{BackendKind, BackendSpec, DType};
+use patchbay::data::{Columns, Pair, PairSource};
+use patchbay::engine::{Method, Metric, PatchSite};
+use patchbay::jobs::{self, Model, Progress};
+use patchbay::results::Manifest;
+use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+/// The error a job stopped with because the user interrupted it (its `PyErr` is kept aside).
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// A library error as the Python exception a user expects, with the CLI's one-line message.
+fn to_py(e: anyhow::Error) -> PyErr {
+    let message = format!("{e:#}");
+    let not_found = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
+    if e.downcast_ref::<Interrupted>().is_some() {
+        PyKeyboardInterrupt::new_err(message)
+    } else if not_found || message.contains("does not exist") || message.contains(" is missing") {
+        PyFileNotFoundError::new_err(message)
+    } else {
+        PyValueError::new_err(message)
+    }
+}
+
+/// Runs `f` with the GIL released, turning a panic into an error: none may cross into Python
+/// (pyo3's PanicException is a BaseException, which `except Exception` does not catch).
+fn job<T: Send>(py: Python<'_>, progress: &mut PyProgress, f: impl FnOnce(&mut PyProgress) -> anyhow::Result<T> + Send) -> PyResult<T> {
+    let out = py.detach(|| catch_unwind(AssertUnwindSafe(|| f(&mut *progress))));
+    if let Some(e) = progress.error.take() {
+        return Err(e);
+    }
+    match out {
+        Ok(result) => result.map_err(to_py),
+        Err(panic) => {
+            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            Err(PyRuntimeError::new_err(format!("internal error in patchbay (please report it): {what}")))
+        }
+    }
+}
+
+/// Progress for a Python callable `callback(event, *values)`: ("start", total, unit),
+/// ("advance", n), ("note", text), ("finish",). Ctrl-C (and any exception the callback raises)
+/// stops the job at the next batch and is raised once the job has returned.
+struct PyProgress {
+    callback: Option<Py<PyAny>>,
+    error: Option<PyErr>,
+}
+
+impl PyProgress {
+    fn new(callback: Option<Py<PyAny>>) -> Self {
+        Self { callback, error: None }
+    }
+
+    fn call(&mut self, args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyTuple>>) -> anyhow::Result<()> {
+        if self.error.is_some() {
+            return Err(Interrupted.into());
+        }
+        let result = Python::attach(|py| -> PyResult<()> {
+            py.check_signals()?;
+            if let Some(cb) = &self.callback {
+                cb.call1(py, args(py)?)?;
+            }
+            Ok(())
+        });
+        result.map_err(|e| {
+            self.error = Some(e);
+            Interrupted.into()
+        })
+    }
+}
+
+impl Progress for PyProgress {
+    fn start(&mut self, total: u64, unit: &str) {
+        let _ = self.call(|py| pyo3::types::PyTuple::new(py, ["start".into_pyobject(py)?.into_any(), total.into_pyobject(py)?.into_any(), unit.into_pyobject(py)?.into_any()]));
+    }
+
+    fn advance(&mut self, n: u64) -> anyhow::Result<()> {
+        self.call(|py| pyo3::types::PyTuple::new(py, ["advance".into_pyobject(py)?.into_any(), n.into_pyobject(py)?.into_any()]))
+    }
+
+    fn note(&mut self, text: &str) {
+        let _ = self.call(|py| pyo3::types::PyTuple::new(py, ["note", text]));
+    }
+
+    fn finish(&mut self) {
+        let _ = self.call(|py| pyo3::types::PyTuple::new(py, ["finish"]));
+    }
+}
+
+fn bytes<'py>(py: Python<'py>, values: &[f32]) -> Bound<'py, PyBytes> {
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    PyBytes::new(py, &raw)
+}
+
+fn floats(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
+    serde_json::to_string(value).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
+
+fn parse<'a, T: Deserialize<'a>>(text: &'a str, what: &str) -> PyResult<T> {
+    serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+}
+
+/// A pair as Python gives it (a dict, a DataFrame row).
+#[derive(Deserialize)]
+struct PairIn {
+    clean: String,
+    corrupted: String,
+    #[serde(default)]
+    answer: Option<String>,
+    #[serde(default)]
+    distractor: Option<String>,
+    #[serde(default)]
+    positions: BTreeMap<String, usize>,
+}
+
+impl PairIn {
+    fn pair(self, row: usize) -> Pair {
+        Pair { row, clean: self.clean, corrupted: self.corrupted, answer: self.answer, distractor: self.distractor, positions: self.positions }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PairsIn {
+    One(PairIn),
+    Records(Vec<PairIn>),
+    File { path: PathBuf, columns: Option<BTreeMap<String, String>> },
+}
+
+impl PairsIn {
+    fn source(self) -> anyhow::Result<PairSource> {
+        Ok(match self {
+            PairsIn::One(p) => PairSource::One(p.pair(1)),
+            PairsIn::Records(ps) => PairSource::Records(ps.into_iter().enumerate().map(|(i, p)| p.pair(i + 1)).collect()),
+            PairsIn::File { path, columns } => {
+                let mut c = Columns::default();
+                for (k, v) in columns.unwrap_or_default() {
+                    let slot = match k.as_str() {
+                        "clean" => &mut c.clean,
+                        "corrupted" => &mut c.corrupted,
+                        "answer" => &mut c.answer,
+                        "distractor" => &mut c.distractor,
+                        "positions" => &mut c.positions,
+                        other => bail!("columns: unknown field {other:?} (clean, corrupted, answer, distractor, positions)"),
+                    };
+                    *slot = v;
+                }
+                PairSource::File { path, columns: c }
+            }
+        })
+    }
+}
+
+/// `Model.patch`'s and `Model.path`'s keywords.
+#[derive(Deserialize)]
+struct PatchIn {
+    pairs: PairsIn,
+    sites: Option<Vec<String>>,
+    receivers: Option<Vec<String>>,
+    senders: Option<Vec<[usize; 2]>>,
+    method: Method,
+    metric: Metric,
+    prepend_bos: bool,
+    max_diff: Option<usize>,
+    strict: bool,
+    reuse: bool,
+    skip: bool,
+    max_rows: Option<usize>,
+    out: Option<PathBuf>,
+    resume: bool,
+    overwrite: bool,
+    verify: Option<usize>,
+}
+
+impl PatchIn {
+    fn spec(self) -> anyhow::Result<jobs::patch::PatchSpec> {
+        let sites = match (self.sites, self.receivers) {
+            (Some(_), Some(_)) => bail!("give sites or receivers (path patching), not both"),
+            (None, Some(r)) => jobs::patch::path_sites(&r.join(","))?,
+            (Some(s), None) => PatchSite::parse_list(&s.join(","))?,
+            (None, None) => PatchSite::parse_list(jobs::patch::DEFAULT_SITES)?,
+        };
+        Ok(jobs::patch::PatchSpec {
+            pairs: self.pairs.source()?,
+            prepend_bos: self.prepend_bos,
+            max_diff: self.max_diff,
+            strict: self.strict,
+            sites,
+            senders: self.senders,
+            method: self.method,
+            metric: self.metric,
+            reuse: self.reuse,
+            skip: self.skip,
+            max_rows: self.max_rows,
+            verify: self.verify.unwrap_or(if self.out.is_some() { jobs::patch::DEFAULT_VERIFY_ROWS } else { 0 }),
+            out: self.out,
+            resume: self.resume,
+            overwrite: self.overwrite,
+            shard: None,
+        })
+    }
+}
+
+/// A loaded model (`patchbay.load`).
+#[pyclass(frozen, name = "Model", module = "patchbay._native")]
+struct PyModel(Model);
+
+fn enum_arg<T: clap::ValueEnum>(value: &str, what: &str) -> PyResult<T> {
+    T::from_str(value, true).map_err(|_| {
+        let names: Vec<String> = T::value_variants().iter().filter_map(|v| v.to_possible_value()).map(|p| p.get_name().to_string()).collect();
+        PyValueError::new_err(format!("{what}={value:?}: expected one of {}", names.join(", ")))
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (model, backend, dtype, fusion, threads, device))]
+fn load(py: Python<'_>, model: String, backend: &str, dtype: &str, fusion: bool, threads: Option<usize>, device: usize) -> PyResult<PyModel> {
+    let spec = BackendSpec { kind: enum_arg::<BackendKind>(backend, "backend")?, device, dtype: enum_arg::<DType>(dtype, "dtype")?, fusion };
+    let mut quiet = PyProgress::new(None);
+    job(py, &mut quiet, |_| Model::load(&model, spec, threads)).map(PyModel)
+}
+
+/// The arrays of a sweep (sites, then the clean and corrupted baselines) as (name, bytes).
+type Arrays<'py> = Vec<(String, Bound<'py, PyBytes>)>;
+
+#[pymethods]
+impl PyModel {
+    /// The hub id or directory the model was loaded from.
+    #[getter]
+    fn id(&self) -> String {
+        self.0.id().to_string()
+    }
+
+    /// config.json as patchbay read it, and the backend, as JSON.
+    #[getter]
+    fn config(&self) -> PyResult<String> {
+        json(&self.0.config)
+    }
+
+    #[getter]
+    fn backend(&self) -> PyResult<String> {
+        json(&self.0.backend)
+    }
+
+    /// A sweep from JSON keywords: (manifest JSON, arrays if in memory, skipped JSON, out dir).
+    #[pyo3(signature = (spec, progress=None))]
+    fn patch<'py>(&self, py: Python<'py>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
+        let input: PatchIn = parse(spec, "patch")?;
+        let mut progress = PyProgress::new(progress);
+        let p = job(py, &mut progress, |pr| jobs::patch::patch(&self.0, &input.spec()?, pr))?;
+        self.patched(py, p)
+    }
+
+    /// `patchbay run`'s arguments (a config file and flags): the CLI's transactional run.
+    #[pyo3(signature = (args, progress=None))]
+    fn run<'py>(&self, py: Python<'py>, args: Vec<String>, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
+        let plan = patchbay::cli::plan("run", &args).map_err(to_py)?;
+        if plan.model != self.0.id() {
+            return Err(PyValueError::new_err(format!(
+                "the config's model is {:?} but this model is {:?}: load it with patchbay.load({:?})",
+                plan.model,
+                self.0.id(),
+                plan.model
+            )));
+        }
+        let mut progress = PyProgress::new(progress);
+        let p = job(py, &mut progress, |pr| jobs::patch::patch(&self.0, &plan.spec, pr))?;
+        self.patched(py, p)
+    }
+
+    /// (tokens, top_k) as JSON.
+    fn inspect(&self, py: Python<'_>, text: String, top_k: usize, prepend_bos: bool) -> PyResult<String> {
+        let r = job(py, &mut PyProgress::new(None), |_| jobs::inspect::inspect(&self.0, &text, top_k, prepend_bos))?;
+        json(&r)
+    }
+
+    /// Token ids of a text.
+    #[pyo3(signature = (text, prepend_bos=false))]
+    fn tokenize(&self, text: &str, prepend_bos: bool) -> PyResult<Vec<u32>> {
+        self.0.tokenizer.encode_with(text, prepend_bos).map_err(to_py)
+    }
+
+    /// The strings of token ids.
+    fn token_strs(&self, ids: Vec<u32>) -> Vec<String> {
+        self.0.tokenizer.token_strs(&ids)
+    }
+
+    fn decode(&self, ids: Vec<u32>) -> String {
+        self.0.tokenizer.decode(&ids)
+    }
+}
+
+impl PyModel {
+    fn patched<'py>(&self, py: Python<'py>, p: jobs::patch::Patched) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
+        let m = &p.summary.manifest;
+        let arrays = p.summary.arrays.as_ref().map(|arrays| {
+            let names = m.sites.iter().map(|s| s.name.clone()).chain(["baseline_clean".to_string(), "baseline_corrupted".to_string()]);
+            names.zip(arrays).map(|(n, a)| (n, bytes(py, a))).collect()
+        });
+        let skipped: Vec<serde_json::Value> = p.skipped.iter().map(|s| serde_json::json!({"row": s.row, "unit": p.row_unit, "reason": s.reason})).collect();
+        Ok((json(m)?, arrays, json(&skipped)?, p.out.map(|o| o.display().to_string())))
+    }
+}
+
+/// The manifest (JSON) of the finished run in `dir`, after checking every array is whole.
+#[pyfunction]
+fn open_finished(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
+    let m = job(py, &mut PyProgress::new(None), |_| patchbay::results::open_finished(&dir))?;
+    json(&m)
+}
+
+/// `analyze`'s normalization of a site's raw values: (normalized bytes, pairs included).
+#[pyfunction]
+fn normalize<'py>(py: Python<'py>, manifest: &str, site: &str, raw: &[u8], clean: &[u8], corrupted: &[u8]) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+    let m: Manifest = parse(manifest, "manifest")?;
+    let entry = m.sites.iter().find(|s| s.name == site).with_context(|| format!("no site {site}")).map_err(to_py)?;
+    let (scale, excluded) = patchbay::analysis::scales_of(&m, &floats(clean), &floats(corrupted));
+    let cells: usize = entry.shape[1..].iter().product();
+    let normalized = patchbay::analysis::normalize(&floats(raw), cells, &scale);
+    Ok((bytes(py, &normalized), m.pairs.len() - excluded.len()))
+}
+
+/// The heatmap `analyze` draws of a site, from its normalized values: (SVG, PNG bytes).
+#[pyfunction]
+fn heatmap<'py>(py: Python<'py>, manifest: &str, site: &str, normalized: &[u8], included: usize) -> PyResult<(String, Bound<'py, PyBytes>)> {
+    let m: Manifest = parse(manifest, "manifest")?;
+    let entry = m.sites.iter().find(|s| s.name == site).with_context(|| format!("no site {site}")).map_err(to_py)?;
+    let grid = patchbay::analysis::site_heatmap(&m, entry, &floats(normalized), included);
+    let png = patchbay::analysis::plot::png(&grid).map_err(to_py)?;
+    Ok((patchbay::analysis::plot::svg(&grid), PyBytes::new(py, &png)))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(open_finished, m)?)?;
+    m.add_function(wrap_pyfunction!(normalize, m)?)?;
+    m.add_function(wrap_pyfunction!(heatmap, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,218 @@
+"""The Python package against TransformerLens' references and against the CLI, on the tiny fixture."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+import patchbay as pb
+from conftest import CLEAN, CORRUPTED, PAIRS, ROOT, TINY
+
+SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z_all_pos", "q_all_pos", "k_all_pos",
+         "v_all_pos", "pattern_all_pos", "z_by_pos", "q_by_pos", "k_by_pos", "v_by_pos", "pattern_by_pos",
+         "pattern_dest_src"]
+
+
+def cli():
+    path = os.environ.get("PATCHBAY_BIN") or str(ROOT / "target" / "debug" / "patchbay")
+    if not pathlib.Path(path).exists():
+        pytest.skip(f"no patchbay binary at {path} (build it with cargo build, or set PATCHBAY_BIN)")
+    return path
+
+
+def run_cli(*args):
+    p = subprocess.run([cli(), *map(str, args)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def assert_refs(result, refs, rows):
+    for site in result.sites:
+        want = refs[f"patch.{site}"][rows]
+        got = result[site]
+        assert got.dtype == np.float32 and got.shape == want.shape, (site, got.shape, want.shape)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=site)
+    np.testing.assert_allclose(result.baseline_clean, refs["baseline_clean"][rows], atol=1e-4)
+    np.testing.assert_allclose(result.baseline_corrupted, refs["baseline_corrupted"][rows], atol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["one", "dataframe", "dicts", "jsonl", "csv"])
+def test_every_site_equals_transformer_lens(model, refs, tmp_path, form):
+    rows = slice(0, 3)
+    if form == "one":
+        rows = slice(1, 2)
+        r = model.patch(clean=CLEAN, corrupted=CORRUPTED[1], answer=" Jones", distractor=" Smith", sites=SITES)
+    elif form == "dataframe":
+        pd = pytest.importorskip("pandas")
+        r = model.patch(pairs=pd.DataFrame(PAIRS), sites=SITES)
+    elif form == "dicts":
+        r = model.patch(pairs=PAIRS, sites=SITES)
+    elif form == "jsonl":
+        path = tmp_path / "pairs.jsonl"
+        path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+        r = model.patch(pairs=path, sites=SITES)
+    else:
+        import csv
+        path = tmp_path / "pairs.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["prompt", "corrupt", "good", "bad"])
+            w.writerows([p["clean"], p["corrupted"], p["answer"], p["distractor"]] for p in PAIRS)
+        r = model.patch(pairs=path, sites=SITES, columns={"clean": "prompt", "corrupted": "corrupt", "answer": "good", "distractor": "bad"})
+    assert_refs(r, refs, rows)
+    assert r.axes("z_by_pos") == ("pair", "layer", "position", "head")
+    assert r.tokens[0]["answer"] == " Jones"
+
+
+def test_path_patching_equals_transformer_lens(model, refs):
+    r = model.path(pairs=PAIRS, receivers=["q", "k", "v", "resid_final"])
+    for site, ref in [("path_q", "path.q"), ("path_k", "path.k"), ("path_v", "path.v"), ("path_resid_final", "path.resid_final")]:
+        got, want = r[site], refs[ref]
+        assert got.shape == want.shape
+        # TransformerLens writes 0 where no edge is (receiver layer <= the sender's); patchbay NaN.
+        layers = got.shape[1]
+        if got.ndim == 5:
+            no_edge = np.arange(layers)[None, :, None, None, None] >= np.arange(layers)[None, None, None, :, None]
+            assert np.array_equal(np.isnan(got), np.broadcast_to(no_edge, got.shape)), site
+            assert (want[np.broadcast_to(no_edge, got.shape)] == 0).all(), site
+            want = np.where(np.isnan(got), np.nan, want)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=site)
+
+
+@pytest.mark.parametrize("backend", [b for b in os.environ.get("PATCHBAY_PY_BACKENDS", "").split(",") if b])
+def test_gpu_backends_equal_transformer_lens(refs, backend):
+    kind, _, fused = backend.partition("-")
+    m = pb.load(str(TINY), backend=kind, fusion=fused == "fusion")
+    assert_refs(m.patch(pairs=PAIRS, sites=["resid_pre", "attn_out", "z_by_pos"]), refs, slice(0, 3))
+
+
+def test_python_and_cli_results_are_bit_identical_and_open_reads_the_cli_files(model, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    out = tmp_path / "cli"
+    run_cli("run", "--model", TINY, "--pairs", pairs, "--sites", "resid_pre,z_by_pos,pattern_all_pos", "--max-rows", "7",
+            "--out", out, "--threads", "2")
+    opened = pb.open(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert opened.manifest == manifest
+    for s in manifest["sites"]:
+        assert np.array_equal(opened[s["name"]], np.load(out / s["file"]), equal_nan=True)
+    assert np.array_equal(opened.lengths, np.load(out / "lengths.npy"))
+    mine = model.patch(pairs=PAIRS, sites=["resid_pre", "z_by_pos", "pattern_all_pos"], max_rows=7)
+    for site in mine.sites:
+        assert mine[site].tobytes() == opened[site].tobytes(), site
+    assert mine.baseline_clean.tobytes() == opened.baseline_clean.tobytes()
+    # analyze's normalization and heatmap, from the Python side.
+    run_cli("analyze", out)
+    assert opened.normalized("resid_pre").tobytes() == np.load(out / "resid_pre.normalized.npy").tobytes()
+    heatmap = mine.heatmap("resid_pre")
+    assert heatmap._repr_svg_() == (out / "resid_pre.svg").read_text()
+    assert heatmap._repr_png_() == (out / "resid_pre.png").read_bytes()
+    heatmap.save(tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_results_directory_from_python_is_the_cli_transaction(model, tmp_path):
+    out = tmp_path / "py"
+    r = model.patch(pairs=PAIRS, sites=["resid_pre"], out=out, max_rows=7)
+    assert r.directory == str(out) and (out / "manifest.json").exists() and not (out / "progress.json").exists()
+    assert r.manifest["verify"]["rows"] == 8 and not r.manifest["verify"]["failed"]
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        model.patch(pairs=PAIRS, sites=["attn_out"], out=out)
+
+
+def test_inspect_top_k_equals_the_softmax_of_hf_logits(model, refs):
+    top = model.inspect(CLEAN, top_k=20)
+    logits = refs["logits_last"][0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    assert [t["id"] for t in top] == list(np.argsort(-probs, kind="stable")[:20])
+    np.testing.assert_allclose([t["prob"] for t in top], probs[[t["id"] for t in top]], atol=1e-5)
+    assert top[0]["token"] == model.to_str_tokens([top[0]["id"]])[0]
+
+
+BAD = [
+    (dict(clean=CLEAN, corrupted=CORRUPTED[0], answer=" Jones", distractor=" Smith", sites=["resid_nowhere"]), ValueError, "resid_nowhere"),
+    (dict(clean=CLEAN, corrupted=CORRUPTED[0], answer=" Jones"), ValueError, "distractor"),
+    (dict(clean=CLEAN, corrupted=CORRUPTED[0], answer=" Jonesberg", distractor=" Smith"), ValueError, "Jonesberg"),
+    (dict(clean=CLEAN, corrupted="Michelle Smithson-Jones was a top-notch student. Michelle", answer=" Jones", distractor=" Smith"), ValueError, "length"),
+    (dict(clean=CLEAN, corrupted=CORRUPTED[0], metric="logits"), ValueError, "logits"),
+    (dict(clean=CLEAN, corrupted=CORRUPTED[0], max_rows=0), ValueError, "max-rows"),
+    (dict(pairs="/nonexistent/pairs.jsonl"), FileNotFoundError, "/nonexistent/pairs.jsonl"),
+    (dict(pairs=[{"clean": CLEAN}]), ValueError, "corrupted"),
+    (dict(pairs=[{"clean": CLEAN, "corrupted": CORRUPTED[0], "answer": " Jones", "distractor": " Jones"}], strict=True), ValueError, "row 1"),
+    (dict(), ValueError, "no pairs"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,text", BAD)
+def test_bad_input_raises_a_one_line_exception_never_a_panic(model, kwargs, error, text):
+    try:
+        model.patch(progress=False, **kwargs)
+    except BaseException as e:  # noqa: B902 - a PanicException is a BaseException: it must not be one
+        assert type(e) is error, f"{type(e).__name__}: {e}"
+        assert text in str(e) and "\n" not in str(e), str(e)
+    else:
+        pytest.fail("no exception")
+
+
+@pytest.mark.parametrize("call,error,text", [
+    (lambda: pb.load("/nonexistent/model"), FileNotFoundError, "/nonexistent/model"),
+    (lambda: pb.load(str(TINY), backend="tpu"), ValueError, "backend"),
+    (lambda: pb.load(str(TINY), dtype="f16"), ValueError, "f32 only"),
+    (lambda: pb.load(str(TINY), threads=3), ValueError, "threads"),
+    (lambda: pb.open("/nonexistent/run"), ValueError, "not a patchbay results directory"),
+])
+def test_bad_load_and_open_raise_one_line_exceptions(model, call, error, text):
+    try:
+        call()
+    except BaseException as e:  # noqa: B902
+        assert type(e) is error and text in str(e) and "\n" not in str(e), f"{type(e).__name__}: {e}"
+    else:
+        pytest.fail("no exception")
+
+
+def test_ctrl_c_stops_a_run_and_resume_finishes_it_byte_for_byte(model, tmp_path):
+    # 300 pairs of resid_pre: three units of work, so the interrupt lands between units.
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS * 100))
+    config = tmp_path / "run.toml"
+    config.write_text(f'model = "{TINY}"\npairs = "{pairs}"\nsites = "resid_pre"\nmax_rows = 512\n')
+    whole = tmp_path / "whole"
+    model.run(config, out=whole, progress=False)
+    done = {"runs": 0}
+
+    def ctrl_c(event, *values):
+        if event == "advance":
+            done["runs"] += values[0]
+            if done["runs"] > 5000:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        model.run(config, out=cut, progress=ctrl_c)
+    assert (cut / "progress.json").exists() and not (cut / "manifest.json").exists()
+    with pytest.raises(ValueError, match="unfinished run"):
+        pb.open(cut)
+    r = model.run(config, out=cut, resume=True, progress=False)
+    assert sorted(p.name for p in cut.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for f in whole.iterdir():
+        assert (cut / f.name).read_bytes() == f.read_bytes(), f.name
+    assert r["resid_pre"].shape == (300, 3, 11)
+
+
+def test_config_values_are_overridden_by_keywords_booleans_included(model, tmp_path):
+    out = tmp_path / "o"
+    config = tmp_path / "c.toml"
+    config.write_text(f'model = "{TINY}"\nclean = "{CLEAN}"\ncorrupted = "{CORRUPTED[0]}"\nsites = "resid_pre"\n'
+                      f'overwrite = true\nverify = 0\nout = "{out}"\n')
+    model.run(config, progress=False)
+    model.run(config, progress=False)  # overwrite = true from the file
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        model.run(config, overwrite=False, progress=False)
+    config.write_text(config.read_text().replace(f'model = "{TINY}"', 'model = "gpt2"'))
+    with pytest.raises(ValueError, match="load it with patchbay.load"):
+        model.run(config, progress=False)

@@ -1,0 +1,249 @@
+//! Read-only passes over the model's insides: attention patterns (`patterns`) and the logit lens /
+//! direct logit attribution (`attribute`), in memory or written into an output directory.
+use super::{Model, ModelTask, On, Progress};
+use crate::analysis::plot::{panels_png, panels_svg, Panels};
+use crate::circuits::logit_attribution::{self, accumulated_labels, component_labels, Attribution};
+use crate::circuits::patterns::{patterns as compute_patterns, Patterns};
+use crate::circuits::viewer;
+use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
+use crate::results::attribution::{self as files, Arrays, Listing};
+use crate::results::{write_atomic, write_npy, PairEntry};
+use anyhow::{bail, Context, Result};
+use burn::prelude::Backend;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// What `patterns` writes into its output directory.
+pub const PATTERN_FILES: [&str; 6] = ["patterns.npy", "lengths.npy", "patterns.json", "patterns.png", "patterns.svg", "patterns.html"];
+
+/// Prompts given as texts, or a pairs file's clean prompts.
+#[derive(Clone, Debug)]
+pub enum Prompts {
+    Texts(Vec<String>),
+    CleanOf(PairSource),
+}
+
+#[derive(Clone, Debug)]
+pub struct PatternsSpec {
+    pub prompts: Prompts,
+    /// Layers and heads kept (None: all).
+    pub layers: Option<Vec<usize>>,
+    pub heads: Option<Vec<usize>>,
+    pub prepend_bos: bool,
+    /// Prompts a forward pass.
+    pub batch: usize,
+    /// Where patterns.npy, lengths.npy, patterns.json, the panels and the viewer go (None: nowhere).
+    pub out: Option<PathBuf>,
+    pub overwrite: bool,
+    /// Prompts the HTML viewer holds.
+    pub html_prompts: usize,
+}
+
+/// The patterns, each prompt's token strings, and the offline viewer's HTML.
+pub struct PatternsResult {
+    pub patterns: Patterns,
+    pub prompts: Vec<Vec<u32>>,
+    pub strs: Vec<Vec<String>>,
+    pub html: String,
+}
+
+#[derive(Serialize)]
+struct PatternsListing<'a> {
+    model: &'a str,
+    /// Axes of patterns.npy.
+    axes: [&'static str; 5],
+    shape: [usize; 5],
+    layers: &'a [usize],
+    heads: &'a [usize],
+    prepend_bos: bool,
+    prompts: Vec<PromptEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct PromptEntry<'a> {
+    tokens: &'a [u32],
+    strs: &'a [String],
+}
+
+/// `0,3-5` → [0, 3, 4, 5], each below `n`.
+pub fn indices(spec: &str, n: usize, what: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let parse = |s: &str| s.trim().parse::<usize>().with_context(|| format!("--{what}s {spec:?}: {s:?} is not a {what} number"));
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (parse(a)?, parse(b)?),
+            None => (parse(part)?, parse(part)?),
+        };
+        if a > b || b >= n {
+            bail!("--{what}s {spec:?}: {part} is outside the model's {what}s 0..{}", n - 1);
+        }
+        for i in a..=b {
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("--{what}s {spec:?} names no {what}");
+    }
+    Ok(out)
+}
+
+fn check_indices(given: &Option<Vec<usize>>, n: usize, what: &str) -> Result<Vec<usize>> {
+    match given {
+        None => Ok((0..n).collect()),
+        Some(v) if v.is_empty() => bail!("{what}s: none given"),
+        Some(v) => match v.iter().find(|&&i| i >= n) {
+            Some(i) => bail!("{what} {i} does not exist (the model has {n} {what}s)"),
+            None => Ok(v.clone()),
+        },
+    }
+}
+
+pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress) -> Result<PatternsResult> {
+    let (tok, config) = (&model.tokenizer, &model.config);
+    let texts: Vec<(String, String)> = match &spec.prompts {
+        Prompts::Texts(t) if t.is_empty() => bail!("no prompts: give them as arguments, or --pairs FILE"),
+        Prompts::Texts(t) => t.iter().enumerate().map(|(i, t)| (format!("prompt {}", i + 1), t.clone())).collect(),
+        Prompts::CleanOf(PairSource::File { path, columns }) => {
+            let unit = data::row_unit(path);
+            data::read_pairs(path, columns)?.into_iter().map(|p| (format!("{} {unit} {}", path.display(), p.row), p.clean)).collect()
+        }
+        Prompts::CleanOf(PairSource::One(p)) => vec![("the pair".into(), p.clean.clone())],
+        Prompts::CleanOf(PairSource::Records(ps)) => ps.iter().map(|p| (format!("row {}", p.row), p.clean.clone())).collect(),
+    };
+    let mut prompts = Vec::with_capacity(texts.len());
+    for (what, text) in &texts {
+        let ids = tok.encode_with(text, spec.prepend_bos).with_context(|| format!("{what}: tokenizing"))?;
+        if ids.is_empty() {
+            bail!("{what} is empty");
+        }
+        if ids.len() > config.n_positions {
+            bail!("{what} is {} tokens, over the model's context of {}", ids.len(), config.n_positions);
+        }
+        prompts.push(ids);
+    }
+    let layers = check_indices(&spec.layers, config.n_layer, "layer")?;
+    let heads = check_indices(&spec.heads, config.n_head, "head")?;
+    if let Some(out) = &spec.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        if !spec.overwrite {
+            if let Some(f) = PATTERN_FILES.iter().find(|f| out.join(f).exists()) {
+                bail!("{} already holds {f}: pass --overwrite to replace it, or choose another --out", out.display());
+            }
+        }
+    }
+    progress.start(prompts.len() as u64, "prompts");
+    let p = model.with(PatternsTask { prompts: &prompts, layers, heads, batch: spec.batch, progress })?;
+    let strs: Vec<Vec<String>> = prompts.iter().map(|ids| tok.token_strs(ids)).collect();
+    let html = viewer::html(&p, &strs, model.id(), spec.html_prompts);
+    if let Some(out) = &spec.out {
+        let lengths: Vec<i32> = p.lengths.iter().map(|&l| l as i32).collect();
+        write_npy(&out.join("patterns.npy"), &p.shape(), &p.values)?;
+        write_npy(&out.join("lengths.npy"), &[lengths.len()], &lengths)?;
+        let listing = PatternsListing {
+            model: model.id(),
+            axes: ["prompt", "layer", "head", "dest_position", "src_position"],
+            shape: p.shape(),
+            layers: &p.layers,
+            heads: &p.heads,
+            prepend_bos: spec.prepend_bos,
+            prompts: prompts.iter().zip(&strs).map(|(tokens, strs)| PromptEntry { tokens, strs }).collect(),
+        };
+        write_atomic(&out.join("patterns.json"), &serde_json::to_vec_pretty(&listing)?)?;
+        // The first prompt's patterns, a panel per layer and head.
+        let panels = Panels {
+            title: format!("attention patterns — {} — prompt 1 (destination down, source across)", model.id()),
+            rows: p.layers.iter().map(|l| format!("L{l}")).collect(),
+            cols: p.heads.iter().map(|h| format!("H{h}")).collect(),
+            labels: strs[0].clone(),
+            values: (0..p.layers.len()).flat_map(|l| (0..p.heads.len()).map(move |h| (l, h))).flat_map(|(l, h)| p.of(0, l, h).concat()).collect(),
+        };
+        write_atomic(&out.join("patterns.svg"), panels_svg(&panels).as_bytes())?;
+        write_atomic(&out.join("patterns.png"), &panels_png(&panels)?)?;
+        write_atomic(&out.join("patterns.html"), html.as_bytes())?;
+    }
+    Ok(PatternsResult { patterns: p, prompts, strs, html })
+}
+
+struct PatternsTask<'a> {
+    prompts: &'a [Vec<u32>],
+    layers: Vec<usize>,
+    heads: Vec<usize>,
+    batch: usize,
+    progress: &'a mut dyn Progress,
+}
+
+impl ModelTask for PatternsTask<'_> {
+    type Output = Patterns;
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Patterns> {
+        let progress = self.progress;
+        let p = compute_patterns(on.model, self.prompts, &self.layers, &self.heads, self.batch, &mut |n| progress.advance(n as u64))?;
+        progress.finish();
+        Ok(p)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AttributeSpec {
+    pub pairs: PairSource,
+    pub prepend_bos: bool,
+    pub strict: bool,
+    /// Pairs a forward pass.
+    pub batch: usize,
+    /// Where the arrays and attribution.json go (None: nowhere).
+    pub out: Option<PathBuf>,
+    pub overwrite: bool,
+}
+
+pub struct Attributed {
+    pub listing: Listing,
+    pub arrays: Arrays,
+    pub skipped: Vec<Skipped>,
+    pub row_unit: &'static str,
+}
+
+/// The logit lens and direct logit attribution of each pair's clean run.
+pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progress) -> Result<Attributed> {
+    let c = &model.config;
+    let checks = Checks { max_diff: None, context: Some(c.n_positions), vocab: Some(c.vocab_size), prepend_bos: spec.prepend_bos };
+    let (pairs, skipped) = data::load_pairs(&spec.pairs, &model.tokenizer, checks, spec.strict)?;
+    progress.start(pairs.len() as u64, "pairs");
+    let r = model.with(AttributeTask { pairs: &pairs, batch: spec.batch, progress })?;
+    let listing = Listing {
+        patchbay_version: env!("CARGO_PKG_VERSION").into(),
+        model: model.id().into(),
+        prepend_bos: spec.prepend_bos,
+        direction: "the clean run's last position on u = W_U[:, answer] - W_U[:, distractor]: accumulated = ln_f(resid)·u (logit lens); \
+                    components and heads = ((c - mean c) / ln_f scale of the final residual)·(ln_f.weight ⊙ u)"
+            .into(),
+        layers: r.layers,
+        heads: r.heads_per_layer,
+        accumulated_labels: accumulated_labels(r.layers),
+        component_labels: component_labels(r.layers),
+        logit_diff: r.logit_diff.clone(),
+        bias_term: r.bias_term.clone(),
+        pairs: pairs.iter().map(|p| PairEntry::new(p, &model.tokenizer)).collect(),
+    };
+    let arrays = Arrays { accumulated: r.accumulated, components: r.components, heads: r.heads };
+    if let Some(out) = &spec.out {
+        files::write(out, &listing, &arrays, spec.overwrite)?;
+    }
+    Ok(Attributed { listing, arrays, skipped, row_unit: spec.pairs.row_unit() })
+}
+
+struct AttributeTask<'a> {
+    pairs: &'a [TokenizedPair],
+    batch: usize,
+    progress: &'a mut dyn Progress,
+}
+
+impl ModelTask for AttributeTask<'_> {
+    type Output = Attribution;
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Attribution> {
+        let progress = self.progress;
+        let a = logit_attribution::attribute(on.model, self.pairs, self.batch, &mut |n| progress.advance(n as u64))?;
+        progress.finish();
+        Ok(a)
+    }
+}

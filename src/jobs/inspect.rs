@@ -1,0 +1,61 @@
+//! `inspect`: a prompt's tokens and the model's most likely next tokens.
+use super::{Model, ModelTask, On};
+use crate::model::NoHooks;
+use anyhow::Result;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenRow {
+    pub position: usize,
+    pub id: u32,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TopRow {
+    pub rank: usize,
+    pub id: u32,
+    pub token: String,
+    pub prob: f32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Inspection {
+    pub tokens: Vec<TokenRow>,
+    pub top_k: Vec<TopRow>,
+}
+
+/// The tokens of `text` and the `top_k` most likely next tokens after it (ties by id).
+pub fn inspect(model: &Model, text: &str, top_k: usize, prepend_bos: bool) -> Result<Inspection> {
+    anyhow::ensure!(!text.is_empty(), "the text is empty");
+    let tok = &model.tokenizer;
+    let ids = tok.encode_with(text, prepend_bos)?;
+    let probs = model.with(NextToken(ids.clone()))?;
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    Ok(Inspection {
+        tokens: ids.iter().enumerate().map(|(position, &id)| TokenRow { position, id, token: tok.token_str(id) }).collect(),
+        top_k: order
+            .iter()
+            .take(top_k)
+            .enumerate()
+            .map(|(r, &i)| TopRow { rank: r + 1, id: i as u32, token: tok.token_str(i as u32), prob: probs[i] })
+            .collect(),
+    })
+}
+
+/// Next-token probabilities at the last position.
+struct NextToken(Vec<u32>);
+
+impl ModelTask for NextToken {
+    type Output = Vec<f32>;
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<f32>> {
+        let model = on.model;
+        let logits = model.forward(model.tokens(&[self.0])?, &mut NoHooks);
+        let [_, s, v] = logits.dims();
+        let probs = softmax(logits.narrow(1, s - 1, 1).reshape([v]), 0);
+        Ok(probs.into_data().convert::<f32>().to_vec().expect("f32"))
+    }
+}

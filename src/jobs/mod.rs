@@ -1,0 +1,127 @@
+//! The library's front door: a model loaded once (`Model`: files, tokenizer, backend, dtype,
+//! fusion, threads) and one job function per capability, each taking a spec and returning a typed
+//! result. Every file a job writes goes through `results/`. The CLI (`cli/`) and the Python
+//! package (`python/`) are two thin front ends over these: parse → spec → job → print or return.
+pub mod circuits;
+pub mod inspect;
+pub mod patch;
+pub mod text;
+
+use crate::backend::{dispatch, BackendSpec, BackendTask};
+use crate::model::weights::{load_model, ModelFiles};
+use crate::model::{Gpt2, Gpt2Config};
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use burn::backend::Autodiff;
+use burn::prelude::Backend;
+use std::any::Any;
+use std::sync::OnceLock;
+
+type Erased = Box<dyn Any + Send + Sync>;
+
+/// A model on a backend, loaded once and used by any number of jobs. Under Autodiff (attribution
+/// patching) it is loaded a second time, on first use, and kept.
+pub struct Model {
+    pub files: ModelFiles,
+    pub config: Gpt2Config,
+    pub tokenizer: Tokenizer,
+    pub backend: BackendSpec,
+    /// A `Gpt2<B>` of the backend type `backend` dispatches to.
+    plain: Erased,
+    /// A `Gpt2<Autodiff<B>>`, when a job needed one.
+    autodiff: OnceLock<Erased>,
+}
+
+/// Work on a loaded model, whichever backend it is on.
+pub trait ModelTask {
+    type Output;
+    fn run<B: Backend>(self, model: On<'_, B>) -> Result<Self::Output>;
+}
+
+/// A task's view of the model: the backend's `Gpt2`, and its Autodiff twin on request.
+pub struct On<'m, B: Backend> {
+    pub model: &'m Gpt2<B>,
+    handle: &'m Model,
+}
+
+impl<'m, B: Backend> On<'m, B> {
+    pub fn autodiff(&self) -> Result<&'m Gpt2<Autodiff<B>>> {
+        let h = self.handle;
+        if h.autodiff.get().is_none() {
+            let model: Erased = Box::new(load_model::<Autodiff<B>>(&h.files, &self.model.device())?);
+            let _ = h.autodiff.set(model);
+        }
+        h.autodiff.get().and_then(|m| m.downcast_ref()).context("internal error: the Autodiff model is of another backend")
+    }
+}
+
+struct Load<'a>(&'a ModelFiles);
+
+impl BackendTask for Load<'_> {
+    type Output = Erased;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Erased> {
+        Ok(Box::new(load_model::<B>(self.0, &device)?))
+    }
+}
+
+struct With<'m, T> {
+    handle: &'m Model,
+    task: T,
+}
+
+impl<T: ModelTask> BackendTask for With<'_, T> {
+    type Output = T::Output;
+    fn run<B: Backend>(self, _: B::Device) -> Result<T::Output> {
+        // `dispatch` picks the backend type from the same spec it was loaded with.
+        let model = self.handle.plain.downcast_ref::<Gpt2<B>>().context("internal error: the model is of another backend")?;
+        self.task.run(On { model, handle: self.handle })
+    }
+}
+
+impl Model {
+    /// `model` is a hub id or a directory (`ModelFiles::locate`); `threads` sets the cpu backend's
+    /// worker threads, once per process.
+    pub fn load(model: &str, backend: BackendSpec, threads: Option<usize>) -> Result<Self> {
+        if let Some(n) = threads {
+            crate::backend::set_cpu_threads(n)?;
+        }
+        let files = ModelFiles::locate(model)?;
+        let config = Gpt2Config::from_json_file(&files.config)?;
+        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
+        let plain = dispatch(&backend, Load(&files))?;
+        Ok(Self { files, config, tokenizer, backend, plain, autodiff: OnceLock::new() })
+    }
+
+    /// Runs `task` on the loaded model.
+    pub fn with<T: ModelTask>(&self, task: T) -> Result<T::Output> {
+        dispatch(&self.backend, With { handle: self, task })
+    }
+
+    /// What the user named the model: a hub id or a directory.
+    pub fn id(&self) -> &str {
+        &self.files.id
+    }
+}
+
+/// How a long job tells its front end how far it is: a terminal bar, a notebook's tqdm, nothing.
+/// `advance` returning an error (the user pressed Ctrl-C) stops the job at the next batch;
+/// a results directory is then left in a state `--resume` finishes.
+pub trait Progress {
+    /// A stage of `total` items named `unit` ("runs", "prompts") begins.
+    fn start(&mut self, total: u64, unit: &str);
+    /// `n` more items are done.
+    fn advance(&mut self, n: u64) -> Result<()>;
+    /// A remark shown beside the count (runs skipped as no-ops).
+    fn note(&mut self, _text: &str) {}
+    fn finish(&mut self) {}
+}
+
+/// No progress shown.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&mut self, _: u64, _: &str) {}
+    fn advance(&mut self, _: u64) -> Result<()> {
+        Ok(())
+    }
+}

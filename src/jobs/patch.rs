@@ -1,0 +1,179 @@
+//! Patching sweeps (`run`, `path`): pairs → every patched run → arrays in memory, or a results
+//! directory through its transaction, rechecked by `verify` afterwards.
+use super::{Model, ModelTask, On, Progress};
+use crate::backend::BackendSpec;
+use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
+use crate::engine::{Method, Metric, PatchSite};
+use crate::results::Verification;
+use crate::sweep::{sweep, Shard, SweepModel, SweepSpec, SweepSummary};
+use anyhow::{bail, Result};
+use burn::prelude::Backend;
+use std::path::PathBuf;
+
+pub const DEFAULT_SITES: &str = "resid_pre,attn_out,mlp_out";
+/// Patched runs rechecked after a run into a results directory.
+pub const DEFAULT_VERIFY_ROWS: usize = 8;
+
+/// A sweep: which pairs, what to patch, how, and where the results go.
+#[derive(Clone, Debug)]
+pub struct PatchSpec {
+    pub pairs: PairSource,
+    /// `<|endoftext|>` in front of every prompt (TransformerLens' default).
+    pub prepend_bos: bool,
+    /// Skip pairs whose prompts differ at more than this many positions.
+    pub max_diff: Option<usize>,
+    /// A pair failing a check is an error, not skipped.
+    pub strict: bool,
+    pub sites: Vec<PatchSite>,
+    /// Path sites' sending heads [layer, head] (None: every head).
+    pub senders: Option<Vec<[usize; 2]>>,
+    pub method: Method,
+    pub metric: Metric,
+    pub reuse: bool,
+    pub skip: bool,
+    /// Patched runs a forward pass (attribution: pairs); None: from the device's memory.
+    pub max_rows: Option<usize>,
+    /// The results directory (a shard's inside it); None: arrays in memory.
+    pub out: Option<PathBuf>,
+    pub resume: bool,
+    pub overwrite: bool,
+    pub shard: Option<Shard>,
+    /// Patched runs of a directory run rechecked on the simplest path afterwards (0: none).
+    pub verify: usize,
+}
+
+impl PatchSpec {
+    /// The defaults of `patchbay run` for `pairs`, arrays in memory.
+    pub fn new(pairs: PairSource) -> Self {
+        Self {
+            pairs,
+            prepend_bos: false,
+            max_diff: None,
+            strict: false,
+            sites: PatchSite::parse_list(DEFAULT_SITES).expect("the default sites parse"),
+            senders: None,
+            method: Method::Exact,
+            metric: Metric::default(),
+            reuse: true,
+            skip: true,
+            max_rows: None,
+            out: None,
+            resume: false,
+            overwrite: false,
+            shard: None,
+            verify: DEFAULT_VERIFY_ROWS,
+        }
+    }
+}
+
+/// What a sweep did.
+pub struct Patched {
+    pub summary: SweepSummary,
+    /// Pairs left out, with `row_unit` ("line", "row") saying what their rows count.
+    pub skipped: Vec<Skipped>,
+    pub row_unit: &'static str,
+    /// The directory written (a shard's own), if any.
+    pub out: Option<PathBuf>,
+    pub verification: Option<Verification>,
+}
+
+/// Runs `spec` on `model`.
+pub fn patch(model: &Model, spec: &PatchSpec, progress: &mut dyn Progress) -> Result<Patched> {
+    if spec.max_rows == Some(0) {
+        bail!("--max-rows must be at least 1");
+    }
+    if spec.sites.is_empty() {
+        bail!("--sites names no site");
+    }
+    if spec.method == Method::Attribution {
+        if let Some(s) = spec.sites.iter().find(|s| s.is_path()) {
+            bail!("--method attribution estimates overwrites of one activation, not paths ({}): use --method exact", s.name());
+        }
+        if !spec.reuse {
+            bail!("--no-reuse is an option of --method exact (attribution runs no patched forward passes)");
+        }
+    }
+    if spec.out.is_none() && (spec.resume || spec.overwrite || spec.shard.is_some()) {
+        bail!("--resume, --overwrite and --shard are options of a run into a results directory (--out)");
+    }
+    let c = &model.config;
+    if let Some([l, h]) = spec.senders.iter().flatten().find(|[l, h]| *l >= c.n_layer || *h >= c.n_head) {
+        bail!("--senders: head {l}.{h} does not exist (the model has {} layers of {} heads)", c.n_layer, c.n_head);
+    }
+    let checks = Checks { max_diff: spec.max_diff, context: Some(c.n_positions), vocab: Some(c.vocab_size), prepend_bos: spec.prepend_bos };
+    let (pairs, skipped) = data::load_pairs(&spec.pairs, &model.tokenizer, checks, spec.strict)?;
+    let out = match (&spec.out, spec.shard) {
+        (Some(dir), Some(s)) => Some(dir.join(s.dir_name())),
+        (dir, _) => dir.clone(),
+    };
+    let sweep_spec = SweepSpec {
+        sites: spec.sites.clone(),
+        senders: spec.senders.clone(),
+        reuse: spec.reuse,
+        skip: spec.skip,
+        metric: spec.metric,
+        prepend_bos: spec.prepend_bos,
+        max_rows: spec.max_rows,
+        out: out.clone(),
+        resume: spec.resume,
+        overwrite: spec.overwrite,
+        shard: spec.shard,
+    };
+    let task = Sweep { id: model.id(), model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: spec.method, backend: &model.backend, progress };
+    let summary = model.with(task)?;
+    let verification = match &out {
+        Some(dir) if spec.verify > 0 => Some(crate::verify::verify(dir, spec.verify, None, Some(model))?),
+        _ => None,
+    };
+    Ok(Patched { summary, skipped, row_unit: spec.pairs.row_unit(), out, verification })
+}
+
+struct Sweep<'a> {
+    id: &'a str,
+    model: &'a Model,
+    pairs: &'a [TokenizedPair],
+    skipped: &'a [Skipped],
+    spec: &'a SweepSpec,
+    method: Method,
+    backend: &'a BackendSpec,
+    progress: &'a mut dyn Progress,
+}
+
+impl ModelTask for Sweep<'_> {
+    type Output = SweepSummary;
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<SweepSummary> {
+        let model = SweepModel::of(&on, self.method)?;
+        sweep(model, self.id, &self.model.tokenizer, self.pairs, self.skipped, self.spec, self.backend, self.progress)
+    }
+}
+
+/// `q,k,v,resid_final` → the path sites `path_q`, … (each sender's edges to those receivers).
+pub fn path_sites(receivers: &str) -> Result<Vec<PatchSite>> {
+    let mut sites = Vec::new();
+    for r in receivers.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        match r {
+            "q" | "k" | "v" | "resid_final" => sites.push(PatchSite::parse(&format!("path_{r}"))?),
+            other => bail!("--receivers: unknown receiver {other:?} (q, k, v, resid_final)"),
+        }
+    }
+    if sites.is_empty() {
+        bail!("--receivers names no receiver (q, k, v, resid_final)");
+    }
+    Ok(sites)
+}
+
+/// `9.6,10.0` → [[9, 6], [10, 0]].
+pub fn parse_senders(list: &str) -> Result<Vec<[usize; 2]>> {
+    let mut out = Vec::new();
+    for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = s.split_once('.').and_then(|(l, h)| Some([l.trim().parse().ok()?, h.trim().parse().ok()?]));
+        let Some(head) = parsed else { bail!("--senders: {s:?} is not layer.head, e.g. 9.9") };
+        if !out.contains(&head) {
+            out.push(head);
+        }
+    }
+    if out.is_empty() {
+        bail!("--senders names no head");
+    }
+    Ok(out)
+}
