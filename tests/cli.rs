@@ -341,3 +341,30 @@ fn attribution_runs_equal_pytorch_autograd_verify_and_compare_with_exact_runs() 
     let (ok, _, stderr) = run(&exact, "attribution", compared, &["--resume"]);
     assert!(!ok && stderr.contains("already holds a finished run, a different run"), "{stderr}");
 }
+
+#[test]
+fn config_options_come_before_the_command_line_so_flags_and_their_negations_override_them() {
+    let dir = tmp("config-override");
+    let tiny = tiny();
+    let out = dir.join("out");
+    let config = dir.join("c.toml");
+    let text = format!(
+        "model = {:?}\nclean = {CLEAN:?}\ncorrupted = \"Michelle Smith was a top-notch student. Michelle\"\nsites = \"resid_pre\"\noverwrite = true\nverify = 0\nout = {:?}\n",
+        tiny.to_str().unwrap(),
+        out.to_str().unwrap()
+    );
+    std::fs::write(&config, &text).unwrap();
+    let c = config.to_str().unwrap();
+    for _ in 0..2 {
+        let (ok, _, stderr) = patchbay(&["run", c]);
+        assert!(ok, "overwrite = true replaces the first run: {stderr}");
+    }
+    let (ok, _, stderr) = patchbay(&["run", c, "--no-overwrite"]);
+    assert!(!ok && stderr.contains("already holds a finished run") && stderr.trim().lines().count() == 1, "{stderr}");
+    // A flag given after the config's wins: another site, same directory.
+    let (ok, _, stderr) = patchbay(&["run", c, "--sites", "attn_out"]);
+    assert!(ok && out.join("attn_out.npy").exists() && !out.join("resid_pre.npy").exists(), "{stderr}");
+    std::fs::write(&config, text + "colour = \"blue\"\n").unwrap();
+    let (ok, _, stderr) = patchbay(&["run", c]);
+    assert!(!ok && stderr.contains("c.toml: unknown option `colour`"), "{stderr}");
+}

@@ -25,8 +25,11 @@ enum Command {
     /// Tokenize a prompt and show the model's top next tokens.
     Inspect(inspect::InspectArgs),
     /// Patch every (site, layer, position[, head]) of prompt pairs; write .npy results.
+    // A config's options come first, so an option given again (on the command line) wins.
+    #[command(args_override_self = true)]
     Run(run::RunArgs),
     /// Path patching: each sending head's write into later heads' q, k or v input, or the logits.
+    #[command(args_override_self = true)]
     Path(run::PathArgs),
     /// Normalize a run's results (clean = 1, corrupted = 0); summary and heatmaps. Of an
     /// `attribute` directory: mean and standard error, line plots and the heads' heatmap.

@@ -284,8 +284,8 @@ pub fn load_pairs(source: &PairSource, tok: &Tokenizer, checks: Checks, strict: 
         }
     };
     if pairs.is_empty() {
-        let first = skipped.first().map_or(String::new(), |s| format!("; {unit} {}: {}", s.row, s.reason));
-        bail!("no pair passed the checks ({} skipped{first})", skipped.len());
+        let first = skipped.first().map_or(String::new(), |s| format!("; skipped {unit} {}: {}", s.row, s.reason));
+        bail!("no pair passed the checks ({} skipped){first}", skipped.len());
     }
     Ok((pairs, skipped))
 }
