@@ -158,15 +158,7 @@ impl PairsIn {
             PairsIn::File { path, columns } => {
                 let mut c = Columns::default();
                 for (k, v) in columns.unwrap_or_default() {
-                    let slot = match k.as_str() {
-                        "clean" => &mut c.clean,
-                        "corrupted" => &mut c.corrupted,
-                        "answer" => &mut c.answer,
-                        "distractor" => &mut c.distractor,
-                        "positions" => &mut c.positions,
-                        other => bail!("columns: unknown field {other:?} (clean, corrupted, answer, distractor, positions)"),
-                    };
-                    *slot = v;
+                    c.set(&k, &v)?;
                 }
                 PairSource::File { path, columns: c }
             }

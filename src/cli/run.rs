@@ -173,15 +173,7 @@ fn parse_columns(s: &str) -> Result<Columns> {
     let mut c = Columns::default();
     for kv in s.split(',').filter(|kv| !kv.trim().is_empty()) {
         let (k, v) = kv.split_once('=').with_context(|| format!("--columns: {kv:?} is not NAME=COLUMN"))?;
-        let slot = match k.trim() {
-            "clean" => &mut c.clean,
-            "corrupted" => &mut c.corrupted,
-            "answer" => &mut c.answer,
-            "distractor" => &mut c.distractor,
-            "positions" => &mut c.positions,
-            other => bail!("--columns: unknown field {other:?} (clean, corrupted, answer, distractor, positions)"),
-        };
-        *slot = v.trim().to_string();
+        c.set(k, v)?;
     }
     Ok(c)
 }

@@ -38,6 +38,22 @@ pub struct Columns {
     pub positions: String,
 }
 
+impl Columns {
+    /// Names the column of `field` (clean, corrupted, answer, distractor, positions).
+    pub fn set(&mut self, field: &str, column: &str) -> Result<()> {
+        let slot = match field.trim() {
+            "clean" => &mut self.clean,
+            "corrupted" => &mut self.corrupted,
+            "answer" => &mut self.answer,
+            "distractor" => &mut self.distractor,
+            "positions" => &mut self.positions,
+            other => bail!("columns: unknown field {other:?} (clean, corrupted, answer, distractor, positions)"),
+        };
+        *slot = column.trim().to_string();
+        Ok(())
+    }
+}
+
 impl Default for Columns {
     fn default() -> Self {
         Self {
