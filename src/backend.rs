@@ -2,7 +2,7 @@
 //! `--fusion`. Work that runs on a backend implements `BackendTask` and is monomorphised per
 //! backend type here, the only place that names concrete backends.
 use anyhow::{bail, Result};
-use burn::prelude::{Backend, Tensor};
+use burn::prelude::{Backend, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 
@@ -202,4 +202,23 @@ fn fused(spec: &BackendSpec) -> Result<bool> {
         bail!("this patchbay was built without kernel fusion: rebuild with `--features fusion`, or drop --fusion");
     }
     Ok(spec.fusion)
+}
+
+/// Keys and values of the `len` positions before the ones being computed, from other runs: `k`
+/// and `v` [runs, positions ≥ len, head, d_head], row r of the segment reading run `pairs[r]`
+/// (also on the device, `pair_ids`). Lets a caller compute only a suffix of the sequence on top
+/// of another run's prefix, without copying the prefix out first.
+pub struct Prefix<B: Backend> {
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+    pub pairs: Vec<usize>,
+    pub pair_ids: Tensor<B, 1, Int>,
+    pub len: usize,
+}
+
+impl<B: Backend> Prefix<B> {
+    /// The rows' own prefix keys or values, [rows, head, len, d_head].
+    pub fn rows(&self, t: &Tensor<B, 4>) -> Tensor<B, 4> {
+        t.clone().select(0, self.pair_ids.clone()).narrow(1, 0, self.len).swap_dims(1, 2)
+    }
 }

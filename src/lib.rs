@@ -2,8 +2,8 @@
 //! stacked into one batch per forward pass, results streamed to .npy.
 //!
 //! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
-//! forward with patch sites, `model`) → `results` (.npy + manifest, one transaction; `sweep`
-//! orchestrates a whole run, `verify` rechecks some of its rows) → `analysis`. Beside it,
+//! forward with patch sites, `model`) → `results` (.npy + manifest, one transaction; `jobs::sweep`
+//! orchestrates a whole run, `jobs::verify` rechecks some of its rows) → `analysis`. Beside it,
 //! `circuits` reads the model's insides directly (attention patterns, logit attribution), and `generate` decodes
 //! text and scores its perplexity. `jobs` is the front door: a model loaded once and one job
 //! function per capability, which the CLI (`cli`) and the Python package call.
@@ -17,6 +17,4 @@ pub mod generate;
 pub mod jobs;
 pub mod model;
 pub mod results;
-pub mod sweep;
 pub mod tokenizer;
-pub mod verify;

@@ -4,6 +4,7 @@
 //! filter: `cargo test --test suite engine_fidelity::`.
 mod common;
 
+mod architecture;
 mod circuits;
 mod cli;
 mod datasets;

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _native
 
-__all__ = ["load", "open", "Model", "Result", "Heatmap", "__version__"]
+__all__ = ["load", "open", "verify", "Model", "Result", "Heatmap", "Patterns", "Attribution", "Perplexity", "__version__"]
 __version__ = _native.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -54,6 +54,18 @@ def open(path: PathLike) -> "Result":  # noqa: A001 - the name users expect (pb.
     arrays["baseline_corrupted"] = np.load(os.path.join(path, manifest["baseline_corrupted"]))
     lengths = np.load(os.path.join(path, manifest["lengths"]))
     return Result(manifest, arrays, manifest.get("skipped", []), path, lengths)
+
+
+def verify(path: PathLike, rows: int = 32, backend: Optional[str] = None, dtype: Optional[str] = None) -> Dict[str, Any]:
+    """Rechecks ``rows`` random patched runs of a finished run on the simplest path (one row per
+    forward pass, no reuse, no fusion), as ``patchbay verify`` does, and records the result in its
+    manifest. backend/dtype: where to recompute (default: the run's own, the cpu for a cuda run).
+    A difference beyond the tolerance raises ValueError naming the rows."""
+    return json.loads(_native.verify(os.fspath(path), int(rows), backend, dtype))
+
+
+def _texts(texts: Union[str, Iterable[str]]) -> List[str]:
+    return [texts] if isinstance(texts, str) else list(texts)
 
 
 def _progress_callback(progress: Any) -> Optional[Callable[..., None]]:
@@ -122,7 +134,8 @@ def _pairs_spec(clean, corrupted, answer, distractor, pairs, columns) -> Dict[st
 
 
 class Model:
-    """A model loaded on a backend (``patchbay.load``). Jobs: patch, path, run, inspect."""
+    """A model loaded on a backend (``patchbay.load``). Jobs: patch, path, run, inspect, patterns,
+    attribute, generate, perplexity, candidates, steer, prepend, ioi."""
 
     def __init__(self, native: "_native.Model"):
         self._native = native
@@ -216,6 +229,122 @@ class Model:
         """The top_k most likely next tokens after text: [{"rank", "id", "token", "prob"}, ...]."""
         return json.loads(self._native.inspect(text, int(top_k), bool(prepend_bos)))["top_k"]
 
+    def patterns(self, prompts: Union[str, Iterable[str], None] = None, *, pairs: Any = None,
+                 layers: Optional[Iterable[int]] = None, heads: Optional[Iterable[int]] = None, prepend_bos: bool = False,
+                 columns: Optional[Mapping[str, str]] = None, batch: int = 64, out: Optional[PathLike] = None,
+                 overwrite: bool = False, html_prompts: int = 20, progress: Any = True) -> "Patterns":
+        """Attention patterns (``patchbay patterns``) of prompts, or of the clean prompts of pairs=; shown
+        inline in Jupyter as the offline viewer. layers/heads: which ones (default all). out: also
+        write patterns.npy, lengths.npy, patterns.json, the panel grid and patterns.html there."""
+        spec: Dict[str, Any] = {"prompts": None if prompts is None else _texts(prompts), "pairs": None,
+                                "layers": None if layers is None else [int(x) for x in layers],
+                                "heads": None if heads is None else [int(x) for x in heads],
+                                "prepend_bos": bool(prepend_bos), "batch": int(batch),
+                                "out": os.fspath(out) if out is not None else None, "overwrite": bool(overwrite),
+                                "html_prompts": int(html_prompts)}
+        if pairs is not None:
+            spec["pairs"] = _pairs_spec(None, None, None, None, pairs, columns)
+        listing, values, html = self._native.patterns(json.dumps(spec), _progress_callback(progress))
+        listing = json.loads(listing)
+        return Patterns(np.frombuffer(values, dtype="<f4").reshape(listing["shape"]), listing, html)
+
+    def attribute(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
+                  distractor: Optional[str] = None, *, pairs: Any = None, prepend_bos: bool = False, strict: bool = False,
+                  columns: Optional[Mapping[str, str]] = None, batch: int = 64, out: Optional[PathLike] = None,
+                  overwrite: bool = False, progress: Any = True) -> "Attribution":
+        """The logit lens and direct logit attribution (``patchbay attribute``) of each pair's clean
+        run, along logit(answer) − logit(distractor) at the last position. Pairs as for ``patch``."""
+        spec = {"pairs": _pairs_spec(clean, corrupted, answer, distractor, pairs, columns), "prepend_bos": bool(prepend_bos),
+                "strict": bool(strict), "batch": int(batch), "out": os.fspath(out) if out is not None else None,
+                "overwrite": bool(overwrite)}
+        listing, arrays, skipped = self._native.attribute(json.dumps(spec), _progress_callback(progress))
+        listing = json.loads(listing)
+        n, layers, heads = len(listing["pairs"]), listing["layers"], listing["heads"]
+        shapes = {"accumulated": [n, len(listing["accumulated_labels"])],
+                  "components": [n, len(listing["component_labels"])], "heads": [n, layers, heads]}
+        data = {name: np.frombuffer(raw, dtype="<f4").reshape(shapes[name]) for name, raw in arrays}
+        return Attribution(listing, data, json.loads(skipped))
+
+    def generate(self, prompt: Union[str, Iterable[str]], max_new_tokens: int = 50, *, greedy: bool = False,
+                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 freq_penalty: float = 0.0, num_sequences: int = 1, seed: int = 0, stop_at_eos: bool = False,
+                 prepend_bos: bool = False, batch: int = 64, steer: Optional[np.ndarray] = None,
+                 steer_site: Optional[str] = None, steer_layer: Optional[int] = None, coef: float = 1.0,
+                 progress: Any = True) -> Union[str, List[Dict[str, Any]]]:
+        """Generates text (``patchbay generate``), with a KV cache, batched; the same seed gives the
+        same text on every run and backend. One prompt string and one sequence: the prompt and its
+        continuation as a string (as TransformerLens' ``generate``). Otherwise a list of
+        {"prompt", "sequence", "prompt_text", "tokens", "text"} (tokens and text: the new ones).
+        steer: a vector (``Model.steer``) added coef× at steer_site of steer_layer at every position."""
+        texts = _texts(prompt)
+        spec: Dict[str, Any] = {"prompts": texts, "prepend_bos": bool(prepend_bos), "max_new_tokens": int(max_new_tokens),
+                                "greedy": bool(greedy), "temperature": float(temperature), "top_k": top_k, "top_p": top_p,
+                                "freq_penalty": float(freq_penalty), "num_sequences": int(num_sequences), "seed": int(seed),
+                                "stop_at_eos": bool(stop_at_eos), "batch": int(batch), "steer": None}
+        if steer is not None:
+            if steer_site is None or steer_layer is None:
+                raise ValueError("steer= needs steer_site= and steer_layer=")
+            v = np.asarray(steer, dtype=np.float32)
+            spec["steer"] = {"values": v.ravel().tolist(), "shape": list(v.shape), "site": steer_site,
+                             "layer": int(steer_layer), "coef": float(coef)}
+        seqs = json.loads(self._native.generate(json.dumps(spec), _progress_callback(progress)))
+        if isinstance(prompt, str) and num_sequences == 1:
+            return seqs[0]["prompt_text"] + seqs[0]["text"]
+        return seqs
+
+    def perplexity(self, texts: Union[str, Iterable[str]], *, per_token: bool = False, prepend_bos: bool = False,
+                   batch: int = 64, out: Optional[PathLike] = None, overwrite: bool = False,
+                   progress: Any = True) -> "Perplexity":
+        """Perplexity of each text (``patchbay perplexity``), and of each of its tokens."""
+        listing, values, width = self._native.perplexity(json.dumps(self._texts_spec(texts, prepend_bos, batch, out, overwrite)),
+                                                         bool(per_token), _progress_callback(progress))
+        listing = json.loads(listing)
+        return Perplexity(listing, np.frombuffer(values, dtype="<f4").reshape(len(listing), width))
+
+    def candidates(self, texts: Union[str, Iterable[str]], top_k: int = 5, *, all_positions: bool = False,
+                   prepend_bos: bool = False, batch: int = 64, out: Optional[PathLike] = None,
+                   overwrite: bool = False) -> Dict[str, Any]:
+        """The top_k candidate next tokens (``patchbay candidates``) at each text's last position
+        (every position with all_positions): {"texts": [{"text", "positions": [{"position",
+        "token", "candidates": [{"rank", "id", "token", "prob"}]}]}], "jaccard": array [texts,
+        texts] of the last positions' pools (several texts)}."""
+        spec = self._texts_spec(texts, prepend_bos, batch, out, overwrite)
+        report = json.loads(self._native.candidates(json.dumps(spec), int(top_k), bool(all_positions)))
+        if "jaccard" in report:
+            n = len(report["texts"])
+            report["jaccard"] = np.asarray(report["jaccard"], dtype=np.float32).reshape(n, n)
+        return report
+
+    def steer(self, clean: str, corrupted: str, site: str, layer: int, position: int = -1, *,
+              prepend_bos: bool = False, out: Optional[PathLike] = None, overwrite: bool = False) -> np.ndarray:
+        """A steering vector (``patchbay steer make``): the clean prompt's activation at site (resid_pre,
+        resid_mid, resid_post, attn_out, mlp_out: [d_model]; q, k, v, z: [heads, d_head]) of layer, at
+        position (negative: from the end), minus the corrupted one's. out: also write it as .npy."""
+        values, shape = self._native.steer(clean, corrupted, site, int(layer), int(position), bool(prepend_bos),
+                                           os.fspath(out) if out is not None else None, bool(overwrite))
+        return np.frombuffer(values, dtype="<f4").reshape(shape)
+
+    def prepend(self, text: str, n_tokens: int = 3, *, samples: int = 10, seed: int = 0, prepend_bos: bool = False,
+                progress: Any = True) -> List[Dict[str, Any]]:
+        """Going backwards (``patchbay prepend``): n_tokens tokens put in front of text, one a step,
+        each the least perplexing of samples drawn candidates: [{"step", "text", "tokens",
+        "perplexity", "candidates"}]."""
+        return json.loads(self._native.prepend(text, int(n_tokens), int(samples), int(seed), bool(prepend_bos),
+                                               _progress_callback(progress)))
+
+    def ioi(self, n: int = 500, *, seed: int = 0, corruption: str = "abc", out: Optional[PathLike] = None,
+            overwrite: bool = False) -> List[Dict[str, Any]]:
+        """IOI prompt pairs (``patchbay ioi``; BABA and ABBA templates, names single tokens of this
+        model's tokenizer) as records with named positions, ready for ``patch(pairs=...)``.
+        corruption: abc (all three names replaced) or s-flip. out: also write them as JSONL."""
+        return json.loads(self._native.ioi(int(n), int(seed), corruption, os.fspath(out) if out is not None else None,
+                                           bool(overwrite)))
+
+    @staticmethod
+    def _texts_spec(texts, prepend_bos, batch, out, overwrite) -> Dict[str, Any]:
+        return {"texts": _texts(texts), "prepend_bos": bool(prepend_bos), "batch": int(batch),
+                "out": os.fspath(out) if out is not None else None, "overwrite": bool(overwrite)}
+
     @staticmethod
     def _spec(pairs, metric, prepend_bos, method, strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify):
         return {"pairs": pairs, "metric": metric, "prepend_bos": bool(prepend_bos), "method": method,
@@ -302,6 +431,76 @@ class Result:
         values, included = self._normalized(site)
         svg, png = _native.heatmap(json.dumps(self.manifest), site, values.tobytes(), included)
         return Heatmap(svg, png)
+
+
+class Patterns:
+    """Attention patterns: ``values`` float32 [prompts, layers, heads, dest_position, src_position]
+    (NaN past a prompt's length), ``layers``/``heads`` (which ones, in order),
+    ``tokens`` (each prompt's token strings); shown inline in Jupyter as the offline viewer."""
+
+    def __init__(self, values: np.ndarray, listing: Dict[str, Any], html: str):
+        self.values = values
+        self.layers: List[int] = listing["layers"]
+        self.heads: List[int] = listing["heads"]
+        self.lengths: List[int] = listing["lengths"]
+        self.tokens: List[List[str]] = listing["strs"]
+        self.ids: List[List[int]] = listing["tokens"]
+        self.html = html
+
+    def __repr__(self) -> str:
+        return f"patchbay.Patterns({len(self.lengths)} prompt(s), layers={self.layers}, heads={self.heads})"
+
+    def of(self, prompt: int, layer: int, head: int) -> np.ndarray:
+        """One head's pattern [dest, src] over the prompt's own tokens (layer and head as in the model)."""
+        if layer not in self.layers or head not in self.heads:
+            raise KeyError(f"layer {layer}, head {head} were not computed (layers {self.layers}, heads {self.heads})")
+        n = self.lengths[prompt]
+        return self.values[prompt, self.layers.index(layer), self.heads.index(head), :n, :n]
+
+    def _repr_html_(self) -> str:
+        # The viewer is a whole page; an iframe keeps its script and styles to itself.
+        import html as _html
+        return (f'<iframe srcdoc="{_html.escape(self.html, quote=True)}" '
+                'style="width: 100%; height: 640px; border: 0" sandbox="allow-scripts"></iframe>')
+
+    def save(self, path: PathLike) -> None:
+        """The offline viewer as an HTML file."""
+        with builtins_open(os.fspath(path), "w", encoding="utf-8") as f:
+            f.write(self.html)
+
+
+class Attribution:
+    """The logit lens and direct logit attribution of pairs' clean runs: ``accumulated``
+    [pairs, 2·layers + 1] (labels ``accumulated_labels``), ``components`` [pairs, 2·layers + 2]
+    (``component_labels``), ``heads`` [pairs, layers, heads]; ``logit_diff`` and ``bias_term`` per
+    pair (the components and the bias term sum to the logit difference)."""
+
+    def __init__(self, listing: Dict[str, Any], arrays: Dict[str, np.ndarray], skipped: List[Dict[str, Any]]):
+        self.listing = listing
+        self.accumulated = arrays["accumulated"]
+        self.components = arrays["components"]
+        self.heads = arrays["heads"]
+        self.accumulated_labels: List[str] = listing["accumulated_labels"]
+        self.component_labels: List[str] = listing["component_labels"]
+        self.logit_diff = np.asarray(listing["logit_diff"], dtype=np.float32)
+        self.bias_term = np.asarray(listing["bias_term"], dtype=np.float32)
+        self.skipped = skipped
+
+    def __repr__(self) -> str:
+        return f"patchbay.Attribution({len(self.listing['pairs'])} pair(s), {self.listing['layers']} layers)"
+
+
+class Perplexity:
+    """``perplexity`` [texts]; ``token_perplexity`` [texts, longest − 1] (token t+1 given ..=t, NaN
+    past a text's end); ``texts``: per text {"text", "tokens", "perplexity"[, "per_token"]}."""
+
+    def __init__(self, texts: List[Dict[str, Any]], token_perplexity: np.ndarray):
+        self.texts = texts
+        self.perplexity = np.asarray([t["perplexity"] for t in texts], dtype=np.float32)
+        self.token_perplexity = token_perplexity
+
+    def __repr__(self) -> str:
+        return f"patchbay.Perplexity({self.perplexity.tolist()})"
 
 
 class Heatmap:

@@ -6,7 +6,11 @@ use anyhow::{bail, Context};
 use patchbay::backend::{BackendKind, BackendSpec, DType};
 use patchbay::data::{Columns, Pair, PairSource};
 use patchbay::engine::{Method, Metric, PatchSite};
+use patchbay::generate::sampling::Sampling;
+use patchbay::generate::steer::SteeringVector;
+use patchbay::jobs::text::{GenerateSpec, PrependSpec, SteerSpec, TextsSpec};
 use patchbay::jobs::{self, Model, Progress};
+use patchbay::model::{Site, SiteKind};
 use patchbay::results::Manifest;
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -34,7 +38,7 @@ fn to_py(e: anyhow::Error) -> PyErr {
     let not_found = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
     if e.downcast_ref::<Interrupted>().is_some() {
         PyKeyboardInterrupt::new_err(message)
-    } else if not_found || message.contains("does not exist") || message.contains(" is missing") {
+    } else if not_found {
         PyFileNotFoundError::new_err(message)
     } else {
         PyValueError::new_err(message)
@@ -216,6 +220,75 @@ impl PatchIn {
     }
 }
 
+/// `Model.patterns`' keywords.
+#[derive(Deserialize)]
+struct PatternsIn {
+    prompts: Option<Vec<String>>,
+    pairs: Option<PairsIn>,
+    layers: Option<Vec<usize>>,
+    heads: Option<Vec<usize>>,
+    prepend_bos: bool,
+    batch: usize,
+    out: Option<PathBuf>,
+    overwrite: bool,
+    html_prompts: usize,
+}
+
+/// `Model.attribute`'s keywords.
+#[derive(Deserialize)]
+struct AttributeIn {
+    pairs: PairsIn,
+    prepend_bos: bool,
+    strict: bool,
+    batch: usize,
+    out: Option<PathBuf>,
+    overwrite: bool,
+}
+
+/// A steering vector given as numpy values.
+#[derive(Deserialize)]
+struct SteerIn {
+    values: Vec<f32>,
+    shape: Vec<usize>,
+    site: String,
+    layer: usize,
+    coef: f32,
+}
+
+/// `Model.generate`'s keywords.
+#[derive(Deserialize)]
+struct GenerateIn {
+    prompts: Vec<String>,
+    prepend_bos: bool,
+    max_new_tokens: usize,
+    greedy: bool,
+    temperature: f32,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    freq_penalty: f32,
+    num_sequences: usize,
+    seed: u64,
+    stop_at_eos: bool,
+    batch: usize,
+    steer: Option<SteerIn>,
+}
+
+/// `Model.perplexity`'s and `Model.candidates`' keywords.
+#[derive(Deserialize)]
+struct TextsIn {
+    texts: Vec<String>,
+    prepend_bos: bool,
+    batch: usize,
+    out: Option<PathBuf>,
+    overwrite: bool,
+}
+
+impl TextsIn {
+    fn spec(self) -> TextsSpec {
+        TextsSpec { texts: self.texts, prepend_bos: self.prepend_bos, batch: self.batch, out: self.out, overwrite: self.overwrite }
+    }
+}
+
 /// A loaded model (`patchbay.load`).
 #[pyclass(frozen, name = "Model", module = "patchbay._native")]
 struct PyModel(Model);
@@ -283,6 +356,104 @@ impl PyModel {
         self.patched(py, p)
     }
 
+    /// Attention patterns: (listing JSON, values bytes [prompts, layers, heads, dest, src], HTML viewer).
+    #[pyo3(signature = (spec, progress=None))]
+    fn patterns<'py>(&self, py: Python<'py>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>, String)> {
+        let a: PatternsIn = parse(spec, "patterns")?;
+        let mut progress = PyProgress::new(progress);
+        let r = job(py, &mut progress, |pr| {
+            let prompts = match (a.prompts, a.pairs) {
+                (Some(_), Some(_)) => bail!("give prompts or pairs=, not both"),
+                (Some(t), None) => jobs::circuits::Prompts::Texts(t),
+                (None, Some(p)) => jobs::circuits::Prompts::CleanOf(p.source()?),
+                (None, None) => bail!("no prompts: give them, or pairs="),
+            };
+            let spec = jobs::circuits::PatternsSpec { prompts, layers: a.layers, heads: a.heads, prepend_bos: a.prepend_bos, batch: a.batch, out: a.out, overwrite: a.overwrite, html_prompts: a.html_prompts };
+            jobs::circuits::patterns(&self.0, &spec, pr)
+        })?;
+        let p = &r.patterns;
+        let listing = serde_json::json!({"shape": p.shape(), "layers": p.layers, "heads": p.heads, "lengths": p.lengths, "tokens": r.prompts, "strs": r.strs});
+        Ok((json(&listing)?, bytes(py, &p.values), r.html))
+    }
+
+    /// Logit lens and DLA: (listing JSON, accumulated, components, heads bytes, skipped JSON).
+    #[pyo3(signature = (spec, progress=None))]
+    fn attribute<'py>(&self, py: Python<'py>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Arrays<'py>, String)> {
+        let a: AttributeIn = parse(spec, "attribute")?;
+        let mut progress = PyProgress::new(progress);
+        let r = job(py, &mut progress, |pr| {
+            let spec = jobs::circuits::AttributeSpec { pairs: a.pairs.source()?, prepend_bos: a.prepend_bos, strict: a.strict, batch: a.batch, out: a.out, overwrite: a.overwrite };
+            jobs::circuits::attribute(&self.0, &spec, pr)
+        })?;
+        let arrays = [("accumulated", &r.arrays.accumulated), ("components", &r.arrays.components), ("heads", &r.arrays.heads)];
+        let skipped: Vec<serde_json::Value> = r.skipped.iter().map(|s| serde_json::json!({"row": s.row, "unit": r.row_unit, "reason": s.reason})).collect();
+        Ok((json(&r.listing)?, arrays.iter().map(|(n, a)| (n.to_string(), bytes(py, a))).collect(), json(&skipped)?))
+    }
+
+    /// Generated sequences as JSON.
+    #[pyo3(signature = (spec, progress=None))]
+    fn generate(&self, py: Python<'_>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
+        let a: GenerateIn = parse(spec, "generate")?;
+        let mut progress = PyProgress::new(progress);
+        let seqs = job(py, &mut progress, |pr| {
+            let sampling = if a.greedy { Sampling::GREEDY } else { Sampling { temperature: Some(a.temperature), top_k: a.top_k, top_p: a.top_p, freq_penalty: a.freq_penalty } };
+            let steer = match a.steer {
+                Some(v) => Some(SteeringVector { site: Site::new(SiteKind::parse(&v.site)?, v.layer), values: v.values, shape: v.shape, coef: v.coef }),
+                None => None,
+            };
+            let stop_at = if a.stop_at_eos { Some(self.0.tokenizer.bos()?) } else { None };
+            let options = patchbay::generate::Options { max_new_tokens: a.max_new_tokens, sampling, num_sequences: a.num_sequences, seed: a.seed, stop_at, batch: a.batch, steer };
+            jobs::text::generate(&self.0, &GenerateSpec { prompts: a.prompts, prepend_bos: a.prepend_bos, options }, pr)
+        })?;
+        json(&seqs)
+    }
+
+    /// (scored texts JSON, token perplexities bytes [texts, width], width).
+    #[pyo3(signature = (spec, per_token, progress=None))]
+    fn perplexity<'py>(&self, py: Python<'py>, spec: &str, per_token: bool, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>, usize)> {
+        let a: TextsIn = parse(spec, "perplexity")?;
+        let mut progress = PyProgress::new(progress);
+        let p = job(py, &mut progress, |pr| jobs::text::perplexity(&self.0, &a.spec(), per_token, pr))?;
+        Ok((json(&p.texts)?, bytes(py, &p.token_perplexity), p.width))
+    }
+
+    /// The candidates report as JSON.
+    fn candidates(&self, py: Python<'_>, spec: &str, top_k: usize, all_positions: bool) -> PyResult<String> {
+        let a: TextsIn = parse(spec, "candidates")?;
+        let r = job(py, &mut PyProgress::new(None), |_| jobs::text::candidates(&self.0, &a.spec(), top_k, all_positions))?;
+        json(&r)
+    }
+
+    /// A steering vector: (values bytes, shape).
+    #[pyo3(signature = (clean, corrupted, site, layer, position, prepend_bos, out, overwrite))]
+    #[allow(clippy::too_many_arguments)]
+    fn steer<'py>(&self, py: Python<'py>, clean: String, corrupted: String, site: &str, layer: usize, position: i64, prepend_bos: bool, out: Option<PathBuf>, overwrite: bool) -> PyResult<(Bound<'py, PyBytes>, Vec<usize>)> {
+        let kind = SiteKind::parse(site).map_err(|e| PyValueError::new_err(format!("site={site:?}: {e}")))?;
+        let spec = SteerSpec { clean, corrupted, site: Site::new(kind, layer), position, prepend_bos, out, overwrite };
+        let (values, shape) = job(py, &mut PyProgress::new(None), |_| jobs::text::steering_vector(&self.0, &spec))?;
+        Ok((bytes(py, &values), shape))
+    }
+
+    /// Going backwards: the steps as JSON.
+    #[pyo3(signature = (text, n_tokens, samples, seed, prepend_bos, progress=None))]
+    fn prepend(&self, py: Python<'_>, text: String, n_tokens: usize, samples: usize, seed: u64, prepend_bos: bool, progress: Option<Py<PyAny>>) -> PyResult<String> {
+        let spec = PrependSpec { text, n_tokens, samples, seed, score_bos: prepend_bos };
+        let steps = job(py, &mut PyProgress::new(progress), |pr| jobs::text::prepend(&self.0, &spec, pr))?;
+        json(&steps)
+    }
+
+    /// IOI pairs from this model's tokenizer, as JSON records.
+    #[pyo3(signature = (n, seed, corruption, out, overwrite))]
+    fn ioi(&self, py: Python<'_>, n: usize, seed: u64, corruption: &str, out: Option<PathBuf>, overwrite: bool) -> PyResult<String> {
+        let corruption = enum_arg::<patchbay::data::ioi::Corruption>(corruption, "corruption")?;
+        let spec = jobs::datasets::IoiSpec { n, seed, corruption, out, overwrite };
+        let pairs = job(py, &mut PyProgress::new(None), |_| {
+            anyhow::ensure!(spec.n > 0, "n must be at least 1");
+            jobs::datasets::ioi(&self.0.tokenizer, &spec)
+        })?;
+        json(&pairs)
+    }
+
     /// (tokens, top_k) as JSON.
     fn inspect(&self, py: Python<'_>, text: String, top_k: usize, prepend_bos: bool) -> PyResult<String> {
         let r = job(py, &mut PyProgress::new(None), |_| jobs::inspect::inspect(&self.0, &text, top_k, prepend_bos))?;
@@ -324,6 +495,18 @@ fn open_finished(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
     json(&m)
 }
 
+/// `patchbay verify`: rechecks `rows` random patched runs of a finished run on the simplest path
+/// (on `backend`/`dtype`, or the run's own); the verification as JSON.
+#[pyfunction]
+#[pyo3(signature = (dir, rows, backend=None, dtype=None))]
+fn verify(py: Python<'_>, dir: PathBuf, rows: usize, backend: Option<&str>, dtype: Option<&str>) -> PyResult<String> {
+    let kind = backend.map(|b| enum_arg::<BackendKind>(b, "backend")).transpose()?;
+    let dtype = dtype.map(|d| enum_arg::<DType>(d, "dtype")).transpose()?;
+    let given = (kind.is_some() || dtype.is_some()).then(|| BackendSpec { kind: kind.unwrap_or(BackendKind::Cpu), device: 0, dtype: dtype.unwrap_or(DType::F32), fusion: false });
+    let v = job(py, &mut PyProgress::new(None), |_| jobs::verify::verify(&dir, rows, given, None))?;
+    json(&v)
+}
+
 /// `analyze`'s normalization of a site's raw values: (normalized bytes, pairs included).
 #[pyfunction]
 fn normalize<'py>(py: Python<'py>, manifest: &str, site: &str, raw: &[u8], clean: &[u8], corrupted: &[u8]) -> PyResult<(Bound<'py, PyBytes>, usize)> {
@@ -350,6 +533,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(open_finished, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(normalize, m)?)?;
     m.add_function(wrap_pyfunction!(heatmap, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

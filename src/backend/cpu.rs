@@ -9,7 +9,7 @@
 //! Every function gives its input back (or None) on any other backend, or on a tensor these
 //! kernels do not take (not f32), and the model then runs burn's ops: the GPU backends, fusion
 //! and autodiff never come here.
-use crate::model::gpt2::Prefix;
+use crate::backend::Prefix;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;

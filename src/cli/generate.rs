@@ -1,20 +1,16 @@
 //! `patchbay generate`, `patchbay perplexity` and `patchbay candidates`: decoding and scoring
 //! text, batched.
 use super::BackendArgs;
-use crate::analysis::plot::{self, Grid};
 use crate::data;
-use crate::generate::candidates::{jaccard, py_repr};
+use crate::generate::candidates::py_repr;
 use crate::generate::sampling::Sampling;
 use crate::generate::steer::SteeringVector;
-use crate::generate::{perplexity, Options};
-use crate::jobs::text::{self, PrependSpec};
-use crate::jobs::Model;
+use crate::generate::Options;
+use crate::jobs::text::{self, GenerateSpec, PrependSpec, SteerSpec, TextsSpec, CANDIDATE_FILES, PERPLEXITY_FILES};
 use crate::model::{Site, SiteKind};
-use crate::results::{read_f32, remove_if_present, write_atomic, write_npy};
-use crate::tokenizer::Tokenizer;
-use anyhow::{bail, Context, Result};
+use crate::results::read_f32;
+use anyhow::{bail, Result};
 use clap::Args;
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -133,76 +129,41 @@ struct TextArgs {
 }
 
 impl TextArgs {
-    /// The model's files and tokenizer, and the texts (arguments or a file) tokenized; refuses an
-    /// --out directory that holds `listing` unless --overwrite.
-    fn prepare(&self, args: Vec<String>, file: Option<&Path>, out: Option<&Path>, listing: &str) -> Result<(Model, Vec<String>, Vec<Vec<u32>>)> {
-        let model = self.backend.load(&self.model)?;
-        let (texts, ids) = texts_and_ids(args, file, &model.tokenizer, self.prepend_bos)?;
-        if let Some(out) = out {
-            if !self.overwrite && out.join(listing).exists() {
-                bail!("{} already holds {listing}: pass --overwrite to replace it, or choose another --out", out.display());
-            }
-        }
-        Ok((model, texts, ids))
+    fn spec(&self, texts: Vec<String>, file: Option<&Path>, out: Option<PathBuf>) -> Result<TextsSpec> {
+        Ok(TextsSpec { texts: texts_of(texts, file)?, prepend_bos: self.prepend_bos, batch: self.batch, out, overwrite: self.overwrite })
     }
 }
 
-/// Texts from the arguments or a file (exactly one of them), tokenized; errors name the text.
-fn texts_and_ids(args: Vec<String>, file: Option<&Path>, tok: &Tokenizer, prepend_bos: bool) -> Result<(Vec<String>, Vec<Vec<u32>>)> {
-    let texts = match (file, args.is_empty()) {
+/// Texts from the arguments or a file (exactly one of them).
+fn texts_of(args: Vec<String>, file: Option<&Path>) -> Result<Vec<String>> {
+    match (file, args.is_empty()) {
         (Some(_), false) => bail!("give texts as arguments or in a file, not both"),
-        (None, true) => bail!("no text: give it as an argument, or a JSONL file"),
-        (Some(f), true) => data::read_texts(f)?,
-        (None, false) => args,
-    };
-    let ids = texts.iter().enumerate().map(|(i, t)| tok.encode_with(t, prepend_bos).with_context(|| format!("text {}", i + 1))).collect::<Result<_>>()?;
-    Ok((texts, ids))
-}
-
-#[derive(Serialize)]
-struct Sequence<'a> {
-    prompt: usize,
-    sequence: usize,
-    prompt_text: &'a str,
-    tokens: &'a [u32],
-    text: String,
+        (Some(f), true) => data::read_texts(f),
+        (None, _) => Ok(args),
+    }
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
-    let model = a.backend.load(&a.model)?;
-    let tok = &model.tokenizer;
-    let (texts, prompts) = texts_and_ids(a.prompt.into_iter().collect(), a.prompts.as_deref(), tok, a.prepend_bos)?;
-    if !a.greedy && !(a.temperature > 0.0) {
-        bail!("--temperature must be above 0 (for the most likely token every step, pass --greedy)");
-    }
-    if let Some(p) = a.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-        bail!("--top-p must be in (0, 1], not {p}");
-    }
     let sampling = if a.greedy { Sampling::GREEDY } else { Sampling { temperature: Some(a.temperature), top_k: a.top_k, top_p: a.top_p, freq_penalty: a.freq_penalty } };
-    let options = Options {
-        max_new_tokens: a.max_new_tokens,
-        sampling,
-        num_sequences: a.num_sequences.max(1),
-        seed: a.seed,
-        stop_at: if a.stop_at_eos { Some(tok.bos()?) } else { None },
-        batch: a.batch,
-        steer: match (&a.steer, a.steer_site, a.steer_layer) {
-            (Some(path), Some(kind), Some(layer)) => {
-                let (values, shape) = read_f32(path)?;
-                Some(SteeringVector { site: Site::new(kind, layer), values, shape, coef: a.coef })
-            }
-            _ => None,
-        },
+    let steer = match (&a.steer, a.steer_site, a.steer_layer) {
+        (Some(path), Some(kind), Some(layer)) => {
+            let (values, shape) = read_f32(path)?;
+            Some(SteeringVector { site: Site::new(kind, layer), values, shape, coef: a.coef })
+        }
+        _ => None,
     };
-    let n = options.num_sequences;
-    let out = text::generate(&model, &prompts, &options, &mut super::Bar::default())?;
-    let seqs: Vec<Sequence> = out.iter().enumerate().map(|(s, t)| Sequence { prompt: s / n, sequence: s % n, prompt_text: &texts[s / n], tokens: t, text: tok.decode(t) }).collect();
+    let prompts = texts_of(a.prompt.into_iter().collect(), a.prompts.as_deref())?;
+    let model = a.backend.load(&a.model)?;
+    let stop_at = if a.stop_at_eos { Some(model.tokenizer.bos()?) } else { None };
+    let options = Options { max_new_tokens: a.max_new_tokens, sampling, num_sequences: a.num_sequences, seed: a.seed, stop_at, batch: a.batch, steer };
+    let spec = GenerateSpec { prompts, prepend_bos: a.prepend_bos, options };
+    let seqs = text::generate(&model, &spec, &mut super::Bar::default())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&seqs)?);
         return Ok(());
     }
     for s in &seqs {
-        if texts.len() > 1 || n > 1 {
+        if spec.prompts.len() > 1 || a.num_sequences > 1 {
             println!("--- prompt {}, sequence {} ---", s.prompt + 1, s.sequence + 1);
         }
         println!("{}{}", s.prompt_text, s.text);
@@ -210,40 +171,11 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct Scored<'a> {
-    text: &'a str,
-    tokens: &'a [u32],
-    perplexity: f32,
-    /// Token t+1's perplexity given tokens ..=t, with its text.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    per_token: Option<Vec<(String, f32)>>,
-}
-
 pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     let c = &a.common;
-    let (model, texts, ids) = c.prepare(a.texts, a.file.as_deref(), a.out.as_deref(), "perplexity.json")?;
-    let tok = &model.tokenizer;
-    let losses = text::token_losses(&model, &ids, c.batch, &mut super::Bar::default())?;
-    let scored: Vec<Scored> = texts
-        .iter()
-        .zip(&ids)
-        .zip(&losses)
-        .map(|((text, tokens), l)| Scored {
-            text,
-            tokens,
-            perplexity: perplexity(l),
-            per_token: a.per_token.then(|| tokens[1..].iter().zip(l).map(|(&t, &x)| (tok.token_str(t), x.exp())).collect()),
-        })
-        .collect();
-    if let Some(out) = &a.out {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let width = ids.iter().map(|t| t.len() - 1).max().unwrap_or(0);
-        let per_token: Vec<f32> = losses.iter().flat_map(|l| l.iter().map(|x| x.exp()).chain(std::iter::repeat(f32::NAN)).take(width)).collect();
-        write_npy(&out.join("perplexity.npy"), &[texts.len()], &scored.iter().map(|s| s.perplexity).collect::<Vec<_>>())?;
-        write_npy(&out.join("token_perplexity.npy"), &[texts.len(), width], &per_token)?;
-        write_atomic(&out.join("perplexity.json"), &serde_json::to_vec_pretty(&scored)?)?;
-    }
+    let spec = c.spec(a.texts, a.file.as_deref(), a.out.clone())?;
+    let model = c.backend.load(&c.model)?;
+    let scored = text::perplexity(&model, &spec, a.per_token, &mut super::Bar::default())?.texts;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&scored)?);
         return Ok(());
@@ -256,7 +188,7 @@ pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
         }
     }
     if let Some(out) = &a.out {
-        println!("wrote perplexity.npy, token_perplexity.npy, perplexity.json to {}", out.display());
+        println!("wrote {} to {}", PERPLEXITY_FILES.join(", "), out.display());
     }
     Ok(())
 }
@@ -284,86 +216,11 @@ pub struct CandidatesArgs {
     common: TextArgs,
 }
 
-#[derive(Serialize)]
-struct Candidate {
-    rank: usize,
-    id: u32,
-    token: String,
-    prob: f32,
-}
-
-#[derive(Serialize)]
-struct Position {
-    /// The candidates follow the token at this position.
-    position: usize,
-    token: String,
-    candidates: Vec<Candidate>,
-}
-
-#[derive(Serialize)]
-struct TextCandidates<'a> {
-    text: &'a str,
-    positions: Vec<Position>,
-}
-
-#[derive(Serialize)]
-struct Report<'a> {
-    texts: Vec<TextCandidates<'a>>,
-    /// Row-major [texts, texts]: the Jaccard similarity of the last positions' top-k sets.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    jaccard: Option<Vec<f32>>,
-}
-
 pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
     let c = &a.common;
-    let (model, texts, ids) = c.prepare(a.text.into_iter().collect(), a.prompts.as_deref(), a.out.as_deref(), "candidates.json")?;
-    let tok = &model.tokenizer;
-    let found = text::candidates(&model, &ids, a.top_k, a.all_positions, c.batch)?;
-    let report = Report {
-        texts: texts
-            .iter()
-            .zip(&ids)
-            .zip(&found)
-            .map(|((text, ids), per_pos)| {
-                let first = ids.len() - per_pos.len();
-                let positions = per_pos
-                    .iter()
-                    .enumerate()
-                    .map(|(j, c)| Position {
-                        position: first + j,
-                        token: tok.token_str(ids[first + j]),
-                        candidates: c.iter().enumerate().map(|(r, &(id, prob))| Candidate { rank: r + 1, id, token: tok.token_str(id), prob }).collect(),
-                    })
-                    .collect();
-                TextCandidates { text, positions }
-            })
-            .collect(),
-        jaccard: (texts.len() > 1).then(|| jaccard(&found.iter().map(|p| p.last().expect("a position").iter().map(|c| c.0).collect()).collect::<Vec<_>>())),
-    };
-    if let Some(out) = &a.out {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        // An earlier result's listing goes first, then its arrays, so no listing ever sits beside
-        // arrays of another run (a single prompt writes no Jaccard matrix).
-        for old in ["candidates.json", "jaccard.npy", "jaccard.png", "jaccard.svg"] {
-            remove_if_present(&out.join(old))?;
-        }
-        if let Some(j) = &report.jaccard {
-            let n = texts.len();
-            write_npy(&out.join("jaccard.npy"), &[n, n], j)?;
-            let labels: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-            let grid = Grid {
-                title: format!("Jaccard similarity of the prompts' top-{} next tokens", a.top_k),
-                row_title: "prompt".into(),
-                col_title: "prompt".into(),
-                rows: labels.clone(),
-                cols: labels,
-                values: j.clone(),
-            };
-            write_atomic(&out.join("jaccard.svg"), plot::svg(&grid).as_bytes())?;
-            write_atomic(&out.join("jaccard.png"), &plot::png(&grid)?)?;
-        }
-        write_atomic(&out.join("candidates.json"), &serde_json::to_vec_pretty(&report)?)?;
-    }
+    let spec = c.spec(a.text.into_iter().collect(), a.prompts.as_deref(), a.out.clone())?;
+    let model = c.backend.load(&c.model)?;
+    let report = text::candidates(&model, &spec, a.top_k, a.all_positions)?;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -380,14 +237,15 @@ pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
         }
     }
     if let Some(j) = &report.jaccard {
-        let n = texts.len();
+        let n = report.texts.len();
         println!("Jaccard similarity of the last positions' top-{} sets:", a.top_k);
         for r in 0..n.min(20) {
             println!("  {}", j[r * n..(r + 1) * n].iter().take(20).map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" "));
         }
     }
     if let Some(out) = &a.out {
-        println!("wrote candidates.json{} to {}", if report.jaccard.is_some() { ", jaccard.npy, jaccard.png, jaccard.svg" } else { "" }, out.display());
+        let written = if report.jaccard.is_some() { &CANDIDATE_FILES[..] } else { &CANDIDATE_FILES[3..] };
+        println!("wrote {} to {}", written.join(", "), out.display());
     }
     Ok(())
 }
@@ -429,13 +287,10 @@ pub struct SteerMakeArgs {
 }
 
 pub fn run_steer_make(a: SteerMakeArgs) -> Result<()> {
-    super::output_file(&a.out, a.overwrite)?;
     let model = a.backend.load(&a.model)?;
-    let tok = &model.tokenizer;
-    let clean = tok.encode_with(&a.clean, a.prepend_bos).context("--clean")?;
-    let corrupted = tok.encode_with(&a.corrupted, a.prepend_bos).context("--corrupted")?;
-    let (values, shape) = text::steering_vector(&model, &clean, &corrupted, Site::new(a.site, a.layer), a.position)?;
-    write_npy(&a.out, &shape, &values)?;
+    let site = Site::new(a.site, a.layer);
+    let spec = SteerSpec { clean: a.clean, corrupted: a.corrupted, site, position: a.position, prepend_bos: a.prepend_bos, out: Some(a.out.clone()), overwrite: a.overwrite };
+    let (values, shape) = text::steering_vector(&model, &spec)?;
     let norm = values.iter().map(|x| x * x).sum::<f32>().sqrt();
     println!("wrote the {} steering vector {shape:?} (norm {norm:.4}) to {}", a.site.hook_name(a.layer), a.out.display());
     Ok(())
@@ -471,32 +326,10 @@ pub struct PrependArgs {
     backend: BackendArgs,
 }
 
-#[derive(Serialize)]
-struct PrependStep {
-    step: usize,
-    text: String,
-    tokens: Vec<u32>,
-    perplexity: f32,
-    /// Each candidate first token's (id, token, perplexity of its text).
-    candidates: Vec<(u32, String, f32)>,
-}
-
 pub fn run_prepend(a: PrependArgs) -> Result<()> {
     let model = a.backend.load(&a.model)?;
-    let tok = &model.tokenizer;
-    let text = tok.encode(&a.text)?;
-    let spec = PrependSpec { n_tokens: a.n_tokens, samples: a.samples, seed: a.seed, score_bos: a.prepend_bos };
-    let steps: Vec<PrependStep> = text::prepend(&model, &text, &spec, &mut super::Bar::default())?
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| PrependStep {
-            step: i + 1,
-            text: tok.decode(&s.tokens),
-            perplexity: s.perplexity,
-            candidates: s.candidates.iter().map(|&(id, p)| (id, tok.token_str(id), p)).collect(),
-            tokens: s.tokens,
-        })
-        .collect();
+    let spec = PrependSpec { text: a.text, n_tokens: a.n_tokens, samples: a.samples, seed: a.seed, score_bos: a.prepend_bos };
+    let steps = text::prepend(&model, &spec, &mut super::Bar::default())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&steps)?);
         return Ok(());

@@ -254,17 +254,6 @@ pub fn plan(command: &str, args: &[String]) -> Result<run::RunPlan> {
     }
 }
 
-/// A one-file --out: refused when it exists without --overwrite; its folder is created.
-fn output_file(out: &Path, overwrite: bool) -> Result<()> {
-    if out.exists() && !overwrite {
-        anyhow::bail!("{} exists: pass --overwrite to replace it, or choose another --out", out.display());
-    }
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    Ok(())
-}
-
 pub fn main() -> Result<()> {
     // Parsed once here for --help and usage errors; run and path again with their config's options.
     match Cli::parse().command {
@@ -282,29 +271,14 @@ pub fn main() -> Result<()> {
         Command::Candidates(args) => generate::run_candidates(args),
         Command::Attribute(args) => attribute::run(args),
         Command::Ioi { n, seed, corruption, model, out, overwrite, .. } => {
-            output_file(&out, overwrite)?;
-            let files = crate::model::weights::ModelFiles::locate(&model)?;
-            let tok = crate::tokenizer::Tokenizer::from_file(&files.tokenizer)?;
-            let pairs = crate::data::ioi::generate(n as usize, seed, corruption, &tok)?;
-            let lines: String = pairs.iter().map(|p| serde_json::to_string(p).map(|l| l + "\n")).collect::<Result<_, _>>()?;
-            crate::results::write_atomic(&out, lines.as_bytes())?;
+            let tok = crate::jobs::datasets::tokenizer_of(&model)?;
+            let spec = crate::jobs::datasets::IoiSpec { n: n as usize, seed, corruption, out: Some(out.clone()), overwrite };
+            let pairs = crate::jobs::datasets::ioi(&tok, &spec)?;
             println!("wrote {} IOI pairs ({corruption:?} corruption) to {}", pairs.len(), out.display());
             Ok(())
         }
         Command::Merge { sources, out, overwrite, .. } => {
-            let (shards, default_out) = match sources.as_slice() {
-                [dir] if crate::sweep::Shard::is_parent(dir) => {
-                    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
-                        .with_context(|| format!("reading {}", dir.display()))?
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(crate::sweep::Shard::is_dir_name))
-                        .collect();
-                    shards.sort();
-                    (shards, Some(dir.clone()))
-                }
-                [] => anyhow::bail!("give the shard directories, or the run directory holding them"),
-                _ => (sources.clone(), None),
-            };
+            let (shards, default_out) = crate::jobs::sweep::shards_of(&sources)?;
             let Some(out) = out.or(default_out) else { anyhow::bail!("give --out for the merged run") };
             let m = crate::results::merge(&shards, &out, overwrite)?;
             println!("merged {} shards ({} pairs) into {}", shards.len(), m.pairs.len(), out.display());
@@ -315,7 +289,7 @@ pub fn main() -> Result<()> {
             if let Some(n) = backend.threads {
                 crate::backend::set_cpu_threads(n)?;
             }
-            let v = crate::verify::verify(&dir, rows, given.then(|| backend.spec()), None)?;
+            let v = crate::jobs::verify::verify(&dir, rows, given.then(|| backend.spec()), None)?;
             println!(
                 "verified {} patched runs of {} on {:?} {:?}: max |difference| {:.1e}, within the tolerance {:.0e}",
                 v.rows,

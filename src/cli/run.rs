@@ -4,7 +4,7 @@ use crate::data::{Columns, Pair, PairSource};
 use crate::engine::{Method, Metric, PatchSite};
 use crate::jobs::patch::{parse_senders, patch, path_sites, PatchSpec, DEFAULT_SITES, DEFAULT_VERIFY_ROWS};
 use crate::jobs::Model;
-use crate::sweep::Shard;
+use crate::jobs::sweep::Shard;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@
 use super::metric::Metric;
 use super::plan::{Layout, PatchSite, Row, Runs};
 use crate::data::TokenizedPair;
-use crate::model::gpt2::Prefix;
+use crate::backend::Prefix;
 use crate::model::{Batch, Cache, Gpt2, Hooks, Site, SiteKind};
 use anyhow::Result;
 use burn::prelude::*;

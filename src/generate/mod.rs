@@ -8,7 +8,7 @@ pub mod sampling;
 pub mod steer;
 
 use crate::data::{self, Rng};
-use crate::model::gpt2::Prefix;
+use crate::backend::Prefix;
 use crate::model::{Batch, Cache, Gpt2, Hooks, NoHooks, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;

@@ -7,14 +7,14 @@ use crate::circuits::patterns::{patterns as compute_patterns, Patterns};
 use crate::circuits::viewer;
 use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
 use crate::results::attribution::{self as files, Arrays, Listing};
-use crate::results::{write_atomic, write_npy, PairEntry};
+use crate::results::{npy, outputs, PairEntry};
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// What `patterns` writes into its output directory.
-pub const PATTERN_FILES: [&str; 6] = ["patterns.npy", "lengths.npy", "patterns.json", "patterns.png", "patterns.svg", "patterns.html"];
+/// What `patterns` writes into its output directory; the last is its listing (written last).
+pub const PATTERN_FILES: [&str; 6] = ["patterns.npy", "lengths.npy", "patterns.png", "patterns.svg", "patterns.html", "patterns.json"];
 
 /// Prompts given as texts, or a pairs file's clean prompts.
 #[derive(Clone, Debug)]
@@ -126,12 +126,7 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
     let layers = check_indices(&spec.layers, config.n_layer, "layer")?;
     let heads = check_indices(&spec.heads, config.n_head, "head")?;
     if let Some(out) = &spec.out {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        if !spec.overwrite {
-            if let Some(f) = PATTERN_FILES.iter().find(|f| out.join(f).exists()) {
-                bail!("{} already holds {f}: pass --overwrite to replace it, or choose another --out", out.display());
-            }
-        }
+        outputs::prepare_dir(out, &PATTERN_FILES, spec.overwrite)?;
     }
     progress.start(prompts.len() as u64, "prompts");
     let p = model.with(PatternsTask { prompts: &prompts, layers, heads, batch: spec.batch, progress })?;
@@ -139,8 +134,6 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
     let html = viewer::html(&p, &strs, model.id(), spec.html_prompts);
     if let Some(out) = &spec.out {
         let lengths: Vec<i32> = p.lengths.iter().map(|&l| l as i32).collect();
-        write_npy(&out.join("patterns.npy"), &p.shape(), &p.values)?;
-        write_npy(&out.join("lengths.npy"), &[lengths.len()], &lengths)?;
         let listing = PatternsListing {
             model: model.id(),
             axes: ["prompt", "layer", "head", "dest_position", "src_position"],
@@ -150,7 +143,6 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
             prepend_bos: spec.prepend_bos,
             prompts: prompts.iter().zip(&strs).map(|(tokens, strs)| PromptEntry { tokens, strs }).collect(),
         };
-        write_atomic(&out.join("patterns.json"), &serde_json::to_vec_pretty(&listing)?)?;
         // The first prompt's patterns, a panel per layer and head.
         let panels = Panels {
             title: format!("attention patterns — {} — prompt 1 (destination down, source across)", model.id()),
@@ -159,9 +151,14 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
             labels: strs[0].clone(),
             values: (0..p.layers.len()).flat_map(|l| (0..p.heads.len()).map(move |h| (l, h))).flat_map(|(l, h)| p.of(0, l, h).concat()).collect(),
         };
-        write_atomic(&out.join("patterns.svg"), panels_svg(&panels).as_bytes())?;
-        write_atomic(&out.join("patterns.png"), &panels_png(&panels)?)?;
-        write_atomic(&out.join("patterns.html"), html.as_bytes())?;
+        let files = vec![
+            ("patterns.npy".to_string(), npy::encode(&p.shape(), &p.values)),
+            ("lengths.npy".to_string(), npy::encode(&[lengths.len()], &lengths)),
+            ("patterns.png".to_string(), panels_png(&panels)?),
+            ("patterns.svg".to_string(), panels_svg(&panels).into_bytes()),
+            ("patterns.html".to_string(), html.clone().into_bytes()),
+        ];
+        outputs::write_dir(out, (PATTERN_FILES[5], serde_json::to_vec_pretty(&listing)?), files, &PATTERN_FILES[..5], spec.overwrite)?;
     }
     Ok(PatternsResult { patterns: p, prompts, strs, html })
 }

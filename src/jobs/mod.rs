@@ -2,10 +2,14 @@
 //! fusion, threads) and one job function per capability, each taking a spec and returning a typed
 //! result. Every file a job writes goes through `results/`. The CLI (`cli/`) and the Python
 //! package (`python/`) are two thin front ends over these: parse → spec → job → print or return.
+pub mod bench;
 pub mod circuits;
+pub mod datasets;
 pub mod inspect;
 pub mod patch;
+pub mod sweep;
 pub mod text;
+pub mod verify;
 
 use crate::backend::{dispatch, BackendSpec, BackendTask};
 use crate::model::weights::{load_model, ModelFiles};

@@ -5,7 +5,7 @@ use crate::backend::BackendSpec;
 use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
 use crate::engine::{Method, Metric, PatchSite};
 use crate::results::Verification;
-use crate::sweep::{sweep, Shard, SweepModel, SweepSpec, SweepSummary};
+use crate::jobs::sweep::{sweep, Shard, SweepModel, SweepSpec, SweepSummary};
 use anyhow::{bail, Result};
 use burn::prelude::Backend;
 use std::path::PathBuf;
@@ -122,7 +122,7 @@ pub fn patch(model: &Model, spec: &PatchSpec, progress: &mut dyn Progress) -> Re
     let task = Sweep { id: model.id(), model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: spec.method, backend: &model.backend, progress };
     let summary = model.with(task)?;
     let verification = match &out {
-        Some(dir) if spec.verify > 0 => Some(crate::verify::verify(dir, spec.verify, None, Some(model))?),
+        Some(dir) if spec.verify > 0 => Some(crate::jobs::verify::verify(dir, spec.verify, None, Some(model))?),
         _ => None,
     };
     Ok(Patched { summary, skipped, row_unit: spec.pairs.row_unit(), out, verification })

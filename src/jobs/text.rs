@@ -1,15 +1,63 @@
 //! Decoding and scoring text on a loaded model: generation (greedy, sampled, steered),
-//! perplexity, candidate next tokens, going backwards (prepend) and steering vectors.
+//! perplexity, candidate next tokens, going backwards (prepend) and steering vectors. Each job
+//! takes texts, returns a report of token ids and strings, and writes its files (when given
+//! `out`) through `results::outputs`.
 use super::{Model, ModelTask, On, Progress};
-use crate::generate::{self, candidates, prepend::Step, steer, Options};
+use crate::analysis::plot::{self, Grid};
+use crate::generate::{self, candidates, prepend, steer, Options};
 use crate::model::Site;
-use anyhow::Result;
+use crate::results::{npy, outputs};
+use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
+use serde::Serialize;
+use std::path::PathBuf;
 
-/// Each prompt's `num_sequences` continuations (token ids), prompt-major.
-pub fn generate(model: &Model, prompts: &[Vec<u32>], options: &Options, progress: &mut dyn Progress) -> Result<Vec<Vec<u32>>> {
-    progress.start((prompts.len() * options.num_sequences * options.max_new_tokens) as u64, "tokens");
-    model.with(Decode { prompts, options, progress })
+/// Texts tokenized, an error naming the text (`text 2`).
+pub fn tokenize(model: &Model, texts: &[String], prepend_bos: bool) -> Result<Vec<Vec<u32>>> {
+    if texts.is_empty() {
+        bail!("no text: give it as an argument, or a JSONL file");
+    }
+    texts.iter().enumerate().map(|(i, t)| model.tokenizer.encode_with(t, prepend_bos).with_context(|| format!("text {}", i + 1))).collect()
+}
+
+pub struct GenerateSpec {
+    pub prompts: Vec<String>,
+    pub prepend_bos: bool,
+    pub options: Options,
+}
+
+/// One generated continuation: of prompt `prompt` (from 0), its `sequence`-th.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sequence {
+    pub prompt: usize,
+    pub sequence: usize,
+    pub prompt_text: String,
+    /// The new tokens only.
+    pub tokens: Vec<u32>,
+    pub text: String,
+}
+
+/// Each prompt's `num_sequences` continuations, prompt-major.
+pub fn generate(model: &Model, spec: &GenerateSpec, progress: &mut dyn Progress) -> Result<Vec<Sequence>> {
+    let o = &spec.options;
+    if let Some(t) = o.sampling.temperature.filter(|t| !(*t > 0.0)) {
+        bail!("--temperature must be above 0, not {t} (for the most likely token every step, pass --greedy)");
+    }
+    if let Some(p) = o.sampling.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        bail!("--top-p must be in (0, 1], not {p}");
+    }
+    if o.num_sequences == 0 {
+        bail!("--num-sequences must be at least 1");
+    }
+    let prompts = tokenize(model, &spec.prompts, spec.prepend_bos)?;
+    progress.start((prompts.len() * o.num_sequences * o.max_new_tokens) as u64, "tokens");
+    let out = model.with(Decode { prompts: &prompts, options: o, progress })?;
+    let n = o.num_sequences;
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(s, tokens)| Sequence { prompt: s / n, sequence: s % n, prompt_text: spec.prompts[s / n].clone(), text: model.tokenizer.decode(&tokens), tokens })
+        .collect())
 }
 
 struct Decode<'a> {
@@ -28,10 +76,69 @@ impl ModelTask for Decode<'_> {
     }
 }
 
-/// Each text's token losses (−log p of token t+1 given ..=t), `batch` texts a forward pass.
-pub fn token_losses(model: &Model, texts: &[Vec<u32>], batch: usize, progress: &mut dyn Progress) -> Result<Vec<Vec<f32>>> {
-    progress.start(texts.len() as u64, "texts");
-    model.with(Score { texts, batch, progress })
+/// What `perplexity` and `candidates` share: the texts, how they are batched, the output.
+pub struct TextsSpec {
+    pub texts: Vec<String>,
+    pub prepend_bos: bool,
+    /// Texts a forward pass.
+    pub batch: usize,
+    pub out: Option<PathBuf>,
+    pub overwrite: bool,
+}
+
+/// What `perplexity` writes into `out`; the last is its listing.
+pub const PERPLEXITY_FILES: [&str; 3] = ["perplexity.npy", "token_perplexity.npy", "perplexity.json"];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Scored {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub perplexity: f32,
+    /// Token t+1's perplexity given tokens ..=t, with its text (when asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_token: Option<Vec<(String, f32)>>,
+}
+
+pub struct Perplexities {
+    pub texts: Vec<Scored>,
+    /// Each text's token perplexities, [texts, width = longest − 1], NaN past a text's end.
+    pub token_perplexity: Vec<f32>,
+    pub width: usize,
+}
+
+/// Each text's perplexity, and its tokens' (`per_token` puts them in the report too).
+pub fn perplexity(model: &Model, spec: &TextsSpec, per_token: bool, progress: &mut dyn Progress) -> Result<Perplexities> {
+    let ids = tokenize(model, &spec.texts, spec.prepend_bos)?;
+    if let Some(out) = &spec.out {
+        outputs::prepare_dir(out, &PERPLEXITY_FILES, spec.overwrite)?;
+    }
+    progress.start(ids.len() as u64, "texts");
+    let losses = model.with(Score { texts: &ids, batch: spec.batch, progress })?;
+    let tok = &model.tokenizer;
+    let texts: Vec<Scored> = spec
+        .texts
+        .iter()
+        .zip(ids)
+        .zip(&losses)
+        .map(|((text, tokens), l)| Scored {
+            text: text.clone(),
+            perplexity: generate::perplexity(l),
+            per_token: per_token.then(|| tokens[1..].iter().zip(l).map(|(&t, &x)| (tok.token_str(t), x.exp())).collect()),
+            tokens,
+        })
+        .collect();
+    let width = texts.iter().map(|s| s.tokens.len() - 1).max().unwrap_or(0);
+    let token_perplexity: Vec<f32> = losses.iter().flat_map(|l| l.iter().map(|x| x.exp()).chain(std::iter::repeat(f32::NAN)).take(width)).collect();
+    let p = Perplexities { texts, token_perplexity, width };
+    if let Some(out) = &spec.out {
+        let n = p.texts.len();
+        let files = vec![
+            (PERPLEXITY_FILES[0].to_string(), npy::encode(&[n], &p.texts.iter().map(|s| s.perplexity).collect::<Vec<_>>())),
+            (PERPLEXITY_FILES[1].to_string(), npy::encode(&[n, width], &p.token_perplexity)),
+        ];
+        outputs::write_dir(out, (PERPLEXITY_FILES[2], serde_json::to_vec_pretty(&p.texts)?), files, &PERPLEXITY_FILES[..2], spec.overwrite)?;
+    }
+    Ok(p)
 }
 
 struct Score<'a> {
@@ -50,9 +157,90 @@ impl ModelTask for Score<'_> {
     }
 }
 
-/// The top-`k` next tokens (id, probability) at each text's last position, or at every position.
-pub fn candidates(model: &Model, texts: &[Vec<u32>], k: usize, all_positions: bool, batch: usize) -> Result<Vec<Vec<Vec<(u32, f32)>>>> {
-    model.with(Candidates { texts, k, all_positions, batch })
+/// What `candidates` writes into `out`; the last is its listing (a single prompt writes no
+/// Jaccard matrix).
+pub const CANDIDATE_FILES: [&str; 4] = ["jaccard.npy", "jaccard.png", "jaccard.svg", "candidates.json"];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    pub rank: usize,
+    pub id: u32,
+    pub token: String,
+    pub prob: f32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Position {
+    /// The candidates follow the token at this position.
+    pub position: usize,
+    pub token: String,
+    pub candidates: Vec<Candidate>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TextCandidates {
+    pub text: String,
+    pub positions: Vec<Position>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CandidatesReport {
+    pub texts: Vec<TextCandidates>,
+    /// Row-major [texts, texts]: the Jaccard similarity of the last positions' top-k sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jaccard: Option<Vec<f32>>,
+}
+
+/// The `top_k` next tokens at each text's last position (every position with `all_positions`),
+/// and for several texts the pairwise Jaccard similarity of their last positions' pools.
+pub fn candidates(model: &Model, spec: &TextsSpec, top_k: usize, all_positions: bool) -> Result<CandidatesReport> {
+    let ids = tokenize(model, &spec.texts, spec.prepend_bos)?;
+    if let Some(out) = &spec.out {
+        outputs::prepare_dir(out, &CANDIDATE_FILES, spec.overwrite)?;
+    }
+    let found = model.with(Candidates { texts: &ids, k: top_k, all_positions, batch: spec.batch })?;
+    let tok = &model.tokenizer;
+    let texts = spec
+        .texts
+        .iter()
+        .zip(&ids)
+        .zip(&found)
+        .map(|((text, ids), per_pos)| {
+            let first = ids.len() - per_pos.len();
+            let positions = per_pos
+                .iter()
+                .enumerate()
+                .map(|(j, c)| Position {
+                    position: first + j,
+                    token: tok.token_str(ids[first + j]),
+                    candidates: c.iter().enumerate().map(|(r, &(id, prob))| Candidate { rank: r + 1, id, token: tok.token_str(id), prob }).collect(),
+                })
+                .collect();
+            TextCandidates { text: text.clone(), positions }
+        })
+        .collect();
+    let last_pools = || found.iter().map(|p| p.last().map(|c| c.iter().map(|c| c.0).collect()).unwrap_or_default()).collect::<Vec<_>>();
+    let report = CandidatesReport { texts, jaccard: (spec.texts.len() > 1).then(|| candidates::jaccard(&last_pools())) };
+    if let Some(out) = &spec.out {
+        let mut files = Vec::new();
+        if let Some(j) = &report.jaccard {
+            let n = spec.texts.len();
+            let labels: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+            let grid = Grid {
+                title: format!("Jaccard similarity of the prompts' top-{top_k} next tokens"),
+                row_title: "prompt".into(),
+                col_title: "prompt".into(),
+                rows: labels.clone(),
+                cols: labels,
+                values: j.clone(),
+            };
+            files.push((CANDIDATE_FILES[0].to_string(), npy::encode(&[n, n], j)));
+            files.push((CANDIDATE_FILES[1].to_string(), plot::png(&grid)?));
+            files.push((CANDIDATE_FILES[2].to_string(), plot::svg(&grid).into_bytes()));
+        }
+        outputs::write_dir(out, (CANDIDATE_FILES[3], serde_json::to_vec_pretty(&report)?), files, &CANDIDATE_FILES[..3], spec.overwrite)?;
+    }
+    Ok(report)
 }
 
 struct Candidates<'a> {
@@ -69,10 +257,32 @@ impl ModelTask for Candidates<'_> {
     }
 }
 
-/// The clean prompt's activation at `site` and `position` (negative: from the end) minus the
-/// corrupted one's, with its shape.
-pub fn steering_vector(model: &Model, clean: &[u32], corrupted: &[u32], site: Site, position: i64) -> Result<(Vec<f32>, Vec<usize>)> {
-    model.with(MakeVector { clean, corrupted, site, position })
+/// A steering vector: the clean prompt's activation at `site` and `position` (negative: from
+/// the end) minus the corrupted one's.
+pub struct SteerSpec {
+    pub clean: String,
+    pub corrupted: String,
+    pub site: Site,
+    pub position: i64,
+    pub prepend_bos: bool,
+    /// The .npy file it is written to.
+    pub out: Option<PathBuf>,
+    pub overwrite: bool,
+}
+
+/// The vector's values and shape ([d_model], or [heads, d_head] for q, k, v, z).
+pub fn steering_vector(model: &Model, spec: &SteerSpec) -> Result<(Vec<f32>, Vec<usize>)> {
+    if let Some(out) = &spec.out {
+        outputs::prepare_file(out, spec.overwrite)?;
+    }
+    let tok = &model.tokenizer;
+    let clean = tok.encode_with(&spec.clean, spec.prepend_bos).context("--clean")?;
+    let corrupted = tok.encode_with(&spec.corrupted, spec.prepend_bos).context("--corrupted")?;
+    let (values, shape) = model.with(MakeVector { clean: &clean, corrupted: &corrupted, site: spec.site, position: spec.position })?;
+    if let Some(out) = &spec.out {
+        outputs::write_file(out, &npy::encode(&shape, &values), spec.overwrite)?;
+    }
+    Ok((values, shape))
 }
 
 struct MakeVector<'a> {
@@ -92,6 +302,7 @@ impl ModelTask for MakeVector<'_> {
 /// Going backwards: `n_tokens` tokens put in front of `text`, one a step, each the least
 /// perplexing of `samples` drawn candidates.
 pub struct PrependSpec {
+    pub text: String,
     pub n_tokens: usize,
     pub samples: usize,
     pub seed: u64,
@@ -99,10 +310,33 @@ pub struct PrependSpec {
     pub score_bos: bool,
 }
 
-pub fn prepend(model: &Model, text: &[u32], spec: &PrependSpec, progress: &mut dyn Progress) -> Result<Vec<Step>> {
+#[derive(Clone, Debug, Serialize)]
+pub struct PrependStep {
+    pub step: usize,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub perplexity: f32,
+    /// Each candidate first token's (id, token, perplexity of its text).
+    pub candidates: Vec<(u32, String, f32)>,
+}
+
+pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -> Result<Vec<PrependStep>> {
+    let tok = &model.tokenizer;
+    let text = tok.encode(&spec.text)?;
+    let bos = tok.bos()?;
     progress.start(spec.n_tokens as u64, "steps");
-    let bos = model.tokenizer.bos()?;
-    model.with(Prepend { text, bos, spec, progress })
+    let steps = model.with(Prepend { text: &text, bos, spec, progress })?;
+    Ok(steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| PrependStep {
+            step: i + 1,
+            text: tok.decode(&s.tokens),
+            perplexity: s.perplexity,
+            candidates: s.candidates.iter().map(|&(id, p)| (id, tok.token_str(id), p)).collect(),
+            tokens: s.tokens,
+        })
+        .collect())
 }
 
 struct Prepend<'a> {
@@ -113,10 +347,10 @@ struct Prepend<'a> {
 }
 
 impl ModelTask for Prepend<'_> {
-    type Output = Vec<Step>;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<Step>> {
+    type Output = Vec<prepend::Step>;
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<prepend::Step>> {
         let (s, progress) = (self.spec, self.progress);
-        let steps = crate::generate::prepend::prepend(on.model, self.text, self.bos, s.n_tokens, s.samples, s.seed, s.score_bos, &mut |n| progress.advance(n as u64))?;
+        let steps = prepend::prepend(on.model, self.text, self.bos, s.n_tokens, s.samples, s.seed, s.score_bos, &mut |n| progress.advance(n as u64))?;
         progress.finish();
         Ok(steps)
     }

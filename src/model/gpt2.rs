@@ -3,7 +3,7 @@
 use super::batch::Batch;
 use super::config::{Activation, Gpt2Config};
 use super::sites::{Hooks, Site, SiteKind};
-use crate::backend::{cpu, float_options, matmul};
+use crate::backend::{cpu, float_options, matmul, Prefix};
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid, softmax};
@@ -66,25 +66,6 @@ impl<B: Backend> LayerNorm<B> {
 
     pub fn bias(&self) -> &Tensor<B, 1> {
         &self.bias
-    }
-}
-
-/// Keys and values of the `len` positions before the ones being computed, from other runs: `k`
-/// and `v` [runs, positions ≥ len, head, d_head], row r of the segment reading run `pairs[r]`
-/// (also on the device, `pair_ids`). Lets a caller compute only a suffix of the sequence on top
-/// of another run's prefix, without copying the prefix out first.
-pub struct Prefix<B: Backend> {
-    pub k: Tensor<B, 4>,
-    pub v: Tensor<B, 4>,
-    pub pairs: Vec<usize>,
-    pub pair_ids: Tensor<B, 1, Int>,
-    pub len: usize,
-}
-
-impl<B: Backend> Prefix<B> {
-    /// The rows' own prefix keys or values, [rows, head, len, d_head].
-    fn rows(&self, t: &Tensor<B, 4>) -> Tensor<B, 4> {
-        t.clone().select(0, self.pair_ids.clone()).narrow(1, 0, self.len).swap_dims(1, 2)
     }
 }
 

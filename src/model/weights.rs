@@ -34,19 +34,24 @@ impl ModelFiles {
                     if p.is_file() {
                         Ok(p)
                     } else {
-                        bail!("{} is missing: a model directory needs {}", p.display(), FILES.join(", "))
+                        Err(not_found(format!("{} is missing: a model directory needs {}", p.display(), FILES.join(", "))))
                     }
                 })
                 .collect::<Result<Vec<_>>>()?
         } else if model.starts_with(['.', '/']) || model.matches('/').count() > 1 {
             // Hub ids are `name` or `owner/name`: anything else was meant as a path.
-            bail!("model directory {model} does not exist")
+            return Err(not_found(format!("model directory {model} does not exist")));
         } else {
             hub_files(model)?
         };
         let [config, weights, tokenizer]: [PathBuf; 3] = paths.try_into().expect("three files");
         Ok(Self { id: model.to_string(), config, weights, tokenizer })
     }
+}
+
+/// An error that says, to a caller who asks (Python's FileNotFoundError), that a file is not there.
+fn not_found(message: String) -> anyhow::Error {
+    std::io::Error::new(std::io::ErrorKind::NotFound, message).into()
 }
 
 fn offline() -> bool {

@@ -1,10 +1,12 @@
 //! The results directory, the one place that knows its files: `manifest.json` (what the run is
 //! and how to read it), one .npy per array, `analyze`'s outputs; the transaction that writes a run
-//! (`store`: staged files, a journal, commit, resume, overwrite); and merging shards (`merge`).
+//! (`store`: staged files, a journal, commit, resume, overwrite); merging shards (`merge`); and the
+//! other commands' outputs (`outputs`).
 pub mod attribution;
 pub mod manifest;
 mod merge;
 pub mod npy;
+pub mod outputs;
 mod store;
 
 pub use manifest::{fingerprint, ArraySpec, Manifest, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST};

@@ -5,9 +5,9 @@
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
 use crate::engine::{PatchSite, Row};
-use crate::jobs::{Model, ModelTask, On};
+use super::{Model, ModelTask, On};
 use crate::results::{self, npy, Manifest, Verification};
-use crate::sweep::SweepModel;
+use super::sweep::SweepModel;
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use crate::data::{self, Skipped, TokenizedPair};
 use crate::engine::plan::{max_pairs_for_budget, max_rows_for_budget};
 use crate::engine::{Attribution, Engine, Layout, Method, Metric, PatchSite, Patcher, Runs};
 use crate::model::{Gpt2, Gpt2Config};
-use crate::jobs::{On, Progress};
+use super::{On, Progress};
 use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry, Writer};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -129,6 +129,24 @@ impl Shard {
     /// Whether `dir` is a run directory holding shard directories (and no run of its own).
     pub fn is_parent(dir: &std::path::Path) -> bool {
         std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.file_name().to_str().is_some_and(Self::is_dir_name))
+    }
+}
+
+/// `merge`'s sources: shard directories as given, or the shard directories inside one run
+/// directory (in order); with the merged run's default place (that run directory).
+pub fn shards_of(sources: &[PathBuf]) -> Result<(Vec<PathBuf>, Option<PathBuf>)> {
+    match sources {
+        [dir] if Shard::is_parent(dir) => {
+            let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(Shard::is_dir_name))
+                .collect();
+            shards.sort();
+            Ok((shards, Some(dir.clone())))
+        }
+        [] => bail!("give the shard directories, or the run directory holding them"),
+        _ => Ok((sources.to_vec(), None)),
     }
 }
 

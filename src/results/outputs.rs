@@ -1,0 +1,53 @@
+//! The outputs of the commands that are not patching runs (patterns, perplexity, candidates, a
+//! steering vector, a pairs file): a directory of files written whole, or one file. Each file is
+//! written then renamed; a directory's listing (the file whose presence says it holds a result) is
+//! removed first and written last, so no listing ever sits beside another result's arrays.
+use super::{remove_if_present, write_atomic};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Creates `dir`, refusing it when it holds any of `files` and `overwrite` is off. Jobs call it
+/// before computing, so a refusal costs nothing.
+pub fn prepare_dir(dir: &Path, files: &[&str], overwrite: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !overwrite {
+        if let Some(f) = files.iter().find(|f| dir.join(f).exists()) {
+            bail!("{} already holds {f}: pass --overwrite to replace it, or choose another --out", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `files` (name, contents) and then `listing` into `dir`, after removing the listing and
+/// every name of `known` (all the files this kind of result can hold) that this one does not
+/// write: what is left is one whole result.
+pub fn write_dir(dir: &Path, listing: (&str, Vec<u8>), files: Vec<(String, Vec<u8>)>, known: &[&str], overwrite: bool) -> Result<()> {
+    let mut names: Vec<&str> = known.to_vec();
+    names.push(listing.0);
+    prepare_dir(dir, &names, overwrite)?;
+    remove_if_present(&dir.join(listing.0))?;
+    for stale in known.iter().filter(|k| !files.iter().any(|(f, _)| f == *k)) {
+        remove_if_present(&dir.join(stale))?;
+    }
+    for (name, bytes) in &files {
+        write_atomic(&dir.join(name), bytes)?;
+    }
+    write_atomic(&dir.join(listing.0), &listing.1)
+}
+
+/// Refuses `path` when it exists and `overwrite` is off; creates its folder.
+pub fn prepare_file(path: &Path, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        bail!("{} exists: pass --overwrite to replace it, or choose another --out", path.display());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// One output file, written whole.
+pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    prepare_file(path, overwrite)?;
+    write_atomic(path, bytes)
+}

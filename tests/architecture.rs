@@ -1,0 +1,83 @@
+//! The shape of the source tree: the top-level modules form no circle of imports (so the pipeline
+//! reads one way), and the command line holds no model loading, tensor math or file writing (the
+//! library's jobs do; the CLI parses, calls and prints).
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// A file's text without its unit tests (they may use anything).
+fn code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split("#[cfg(test)]").next().unwrap().to_string()
+}
+
+/// Top-level module → the top-level modules it names as `crate::X`.
+fn imports() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let rel = f.strip_prefix(&src).unwrap();
+        let top = rel.components().next().unwrap().as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+        if top == "lib" || top == "main" {
+            continue;
+        }
+        let text = code(&f);
+        let deps = graph.entry(top.clone()).or_default();
+        for (i, _) in text.match_indices("crate::") {
+            let name: String = text[i + 7..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() && name != top {
+                deps.insert(name);
+            }
+        }
+    }
+    graph
+}
+
+/// Every module reachable from `from`.
+fn reachable(graph: &BTreeMap<String, BTreeSet<String>>, from: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from.to_string()];
+    while let Some(m) = stack.pop() {
+        for d in graph.get(&m).into_iter().flatten() {
+            if seen.insert(d.clone()) {
+                stack.push(d.clone());
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn no_two_top_level_modules_import_each_other_even_through_others() {
+    let graph = imports();
+    assert!(graph.len() >= 10 && graph["cli"].contains("jobs"), "the scan found the modules: {graph:?}");
+    let circles: Vec<String> = graph.keys().filter(|m| reachable(&graph, m).contains(*m)).cloned().collect();
+    assert!(circles.is_empty(), "modules on a circle of imports: {circles:?} (graph: {graph:?})");
+}
+
+#[test]
+fn the_command_line_loads_no_model_computes_no_tensor_and_writes_no_file() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli");
+    let mut files = Vec::new();
+    sources(&dir, &mut files);
+    assert!(files.len() >= 5);
+    let forbidden = ["load_model", "Gpt2::", "burn::", "Tensor", "dispatch(", "write_atomic", "write_npy", "fs::write", "File::create", "create_dir", "remove_file"];
+    for f in files {
+        let text = code(&f);
+        for word in forbidden {
+            assert!(!text.contains(word), "{} uses {word}: that belongs in the library (jobs/, results/)", f.display());
+        }
+    }
+}
