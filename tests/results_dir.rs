@@ -522,3 +522,91 @@ fn pairs_files_name_lines_and_skip_what_the_model_cannot_run() {
         assert!(r.refused() && r.stderr.contains(&format!("{name} holds no pairs")), "{name}: {}", r.stderr);
     }
 }
+
+/// A process holding `dir`'s lock (flock(1), `shared` or exclusive) until it is released.
+struct Holder {
+    flock: std::process::Child,
+    ready: PathBuf,
+}
+
+impl Holder {
+    fn take(dir: &Path, shared: bool) -> Self {
+        let ready = dir.with_extension("locked");
+        let mode = if shared { "--shared" } else { "--exclusive" };
+        // flock keeps the lock itself (-o: its command does not inherit it) while the file exists.
+        let wait = format!("touch {0} && while [ -e {0} ]; do sleep 0.02; done", s(&ready));
+        let flock = Command::new("flock").args([mode, "-o", s(dir), "sh", "-c", &wait]).spawn().unwrap();
+        while !ready.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { flock, ready }
+    }
+
+    fn pid(&self) -> String {
+        format!("pid {}", self.flock.id())
+    }
+
+    fn release(mut self) {
+        std::fs::remove_file(&self.ready).unwrap();
+        assert!(self.flock.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn a_second_process_on_a_results_directory_fails_at_once_naming_the_holder() {
+    let dir = tmp("lock");
+    let pairs = three_pairs(&dir);
+    let out = dir.join("run");
+    let first = patchbay(&run_args(&pairs, &out, "resid_pre"));
+    assert!(first.ok(), "{}", first.stderr);
+    // A reader (analyze, verify, merge's shards, --compare) holds it shared: a writer fails.
+    let reader = Holder::take(&out, true);
+    let pid = reader.pid();
+    for args in [[&run_args(&pairs, &out, "attn_out")[..], &["--overwrite"]].concat(), run_args(&pairs, &out, "resid_pre").into_iter().chain(["--resume"]).collect()] {
+        let second = patchbay(&args);
+        assert!(second.refused() && second.stderr.contains("is in use by another process") && second.stderr.contains(&pid), "{}", second.stderr);
+    }
+    // Readers share it.
+    let analyzed = patchbay(&["analyze", s(&out)]);
+    assert!(analyzed.ok(), "{}", analyzed.stderr);
+    reader.release();
+    // A writer holds it exclusively: readers and writers fail, and nothing of the run changed.
+    let after_analyze = files_of(&out);
+    let writer = Holder::take(&out, false);
+    let pid = writer.pid();
+    for args in [vec!["analyze", s(&out)], vec!["verify", s(&out)], [&run_args(&pairs, &out, "attn_out")[..], &["--overwrite"]].concat()] {
+        let other = patchbay(&args);
+        assert!(other.refused() && other.stderr.contains(&pid), "{args:?}: {}", other.stderr);
+    }
+    let patterns = patchbay(&["patterns", "--model", s_static(&tiny()), CLEAN, "--out", s(&out)]);
+    assert!(patterns.refused() && patterns.stderr.contains(&pid), "{}", patterns.stderr);
+    writer.release();
+    assert_eq!(files_of(&out), after_analyze, "a refused command changed the directory");
+    // Released, the directory is usable again.
+    let again = patchbay(&[&run_args(&pairs, &out, "resid_pre")[..], &["--resume"]].concat());
+    assert!(again.ok(), "{}", again.stderr);
+}
+
+#[test]
+fn a_run_holds_its_directory_for_the_whole_command() {
+    let dir = tmp("lock-run");
+    let pairs = three_pairs(&dir);
+    let out = dir.join("run");
+    // Stopped mid-run (its journal is written), the run still holds the directory.
+    let mut child = command(&[&run_args(&pairs, &out, "resid_pre,attn_out,z_by_pos")[..], &["--max-rows", "1"]].concat(), &[]).spawn().unwrap();
+    while !out.join("progress.json").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let stop = |sig: &str| assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    stop("-STOP");
+    let other = patchbay(&[&run_args(&pairs, &out, "resid_pre")[..], &["--overwrite"]].concat());
+    let analyzed = patchbay(&["analyze", s(&out)]);
+    stop("-CONT");
+    let status = child.wait().unwrap();
+    let pid = format!("pid {}", child.id());
+    assert!(other.refused() && other.stderr.contains(&pid), "{}", other.stderr);
+    assert!(analyzed.refused() && analyzed.stderr.contains(&pid), "{}", analyzed.stderr);
+    assert!(status.success());
+    let done = patchbay(&["analyze", s(&out)]);
+    assert!(done.ok(), "{}", done.stderr);
+}

@@ -38,6 +38,7 @@ fn part(values: &[f32], labels: Vec<String>) -> Part {
 
 /// Writes the summary and the plots; returns the files written.
 pub fn analyze(dir: &Path) -> Result<Vec<String>> {
+    let _lock = crate::results::lock::shared(dir)?;
     let (l, a) = attribution::read(dir)?;
     let n = l.pairs.len();
     let nc = l.component_labels.len();

@@ -100,6 +100,7 @@ pub fn normalize(raw: &[f32], cells: usize, scale: &[Option<(f32, f32)>]) -> Vec
 }
 
 pub fn analyze(dir: &Path) -> Result<Summary> {
+    let _lock = crate::results::lock::shared(dir)?;
     let m = open_finished(dir)?;
     if m.pairs.is_empty() {
         bail!("{} holds no pairs (an empty shard? merge the shards, then analyze the merged run)", dir.display());

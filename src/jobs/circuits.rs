@@ -125,9 +125,7 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
     }
     let layers = check_indices(&spec.layers, config.n_layer, "layer")?;
     let heads = check_indices(&spec.heads, config.n_head, "head")?;
-    if let Some(out) = &spec.out {
-        outputs::prepare_dir(out, &PATTERN_FILES, spec.overwrite)?;
-    }
+    let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PATTERN_FILES, spec.overwrite)).transpose()?;
     progress.start(prompts.len() as u64, "prompts");
     let p = model.with(PatternsTask { prompts: &prompts, layers, heads, batch: spec.batch, progress })?;
     let strs: Vec<Vec<String>> = prompts.iter().map(|ids| tok.token_strs(ids)).collect();

@@ -106,6 +106,8 @@ pub fn patch(model: &Model, spec: &PatchSpec, progress: &mut dyn Progress) -> Re
         (Some(dir), Some(s)) => Some(dir.join(s.dir_name())),
         (dir, _) => dir.clone(),
     };
+    // The whole command, the run and its verification, holds the directory.
+    let _lock = out.as_deref().map(crate::results::lock::exclusive).transpose()?;
     let sweep_spec = SweepSpec {
         sites: spec.sites.clone(),
         senders: spec.senders.clone(),

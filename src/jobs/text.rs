@@ -109,9 +109,7 @@ pub struct Perplexities {
 /// Each text's perplexity, and its tokens' (`per_token` puts them in the report too).
 pub fn perplexity(model: &Model, spec: &TextsSpec, per_token: bool, progress: &mut dyn Progress) -> Result<Perplexities> {
     let ids = tokenize(model, &spec.texts, spec.prepend_bos)?;
-    if let Some(out) = &spec.out {
-        outputs::prepare_dir(out, &PERPLEXITY_FILES, spec.overwrite)?;
-    }
+    let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PERPLEXITY_FILES, spec.overwrite)).transpose()?;
     progress.start(ids.len() as u64, "texts");
     let losses = model.with(Score { texts: &ids, batch: spec.batch, progress })?;
     let tok = &model.tokenizer;
@@ -195,9 +193,7 @@ pub struct CandidatesReport {
 /// and for several texts the pairwise Jaccard similarity of their last positions' pools.
 pub fn candidates(model: &Model, spec: &TextsSpec, top_k: usize, all_positions: bool) -> Result<CandidatesReport> {
     let ids = tokenize(model, &spec.texts, spec.prepend_bos)?;
-    if let Some(out) = &spec.out {
-        outputs::prepare_dir(out, &CANDIDATE_FILES, spec.overwrite)?;
-    }
+    let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &CANDIDATE_FILES, spec.overwrite)).transpose()?;
     let found = model.with(Candidates { texts: &ids, k: top_k, all_positions, batch: spec.batch })?;
     let tok = &model.tokenizer;
     let texts = spec

@@ -48,6 +48,7 @@ struct Sample {
 ///
 /// `loaded` is used when it is the run's model on that backend (else the model is loaded).
 pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Option<&Model>) -> Result<Verification> {
+    let _lock = results::lock::shared(dir)?;
     let mut manifest = results::open_finished(dir)?;
     let spec = BackendSpec { fusion: false, ..backend.unwrap_or_else(|| checker(&manifest.backend)) };
     let own;

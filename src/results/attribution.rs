@@ -44,7 +44,7 @@ pub fn is_attribution(dir: &Path) -> bool {
 }
 
 pub fn write(dir: &Path, listing: &Listing, a: &Arrays, overwrite: bool) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = super::lock::exclusive(dir)?;
     if !overwrite && (is_attribution(dir) || dir.join(super::MANIFEST).exists()) {
         bail!("{} already holds results: pass --overwrite to replace them, or choose another --out", dir.display());
     }

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 /// this merge already (done, or cut short: it is redone); another run there needs `overwrite`.
 pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest> {
     let mut parts: Vec<(PathBuf, Manifest, ShardInfo)> = Vec::new();
+    // Each shard is read under its shared lock, held until its arrays are copied.
+    let mut locks = Vec::new();
     for dir in shards {
+        locks.push(super::lock::shared(dir)?);
         let m = open_finished(dir).with_context(|| format!("shard {}", dir.display()))?;
         let info = m.shard.clone().with_context(|| format!("{} is not a shard (its manifest has no shard)", dir.display()))?;
         if same_dir(dir, out) {

@@ -3,6 +3,7 @@
 //! (`store`: staged files, a journal, commit, resume, overwrite); merging shards (`merge`); and the
 //! other commands' outputs (`outputs`).
 pub mod attribution;
+pub mod lock;
 pub mod manifest;
 mod merge;
 pub mod npy;
@@ -21,11 +22,11 @@ use std::path::Path;
 /// The ending of `write_atomic`'s temporary files.
 const TEMP_SUFFIX: &str = ".patchbay-tmp";
 
-/// Writes `bytes` to `path` through a temporary file beside it (`.NAME.patchbay-tmp`, a name no
-/// other program uses) and a rename: never a half-written file, never another file clobbered.
+/// Writes `bytes` to `path` through a temporary file beside it (`.NAME.PID.patchbay-tmp`, a name no
+/// other program or process uses) and a rename: never a half-written file, never another file clobbered.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}{TEMP_SUFFIX}", name.to_string_lossy()));
+    let tmp = path.with_file_name(format!(".{}.{}{TEMP_SUFFIX}", name.to_string_lossy(), std::process::id()));
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;

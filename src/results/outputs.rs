@@ -2,20 +2,22 @@
 //! steering vector, a pairs file): a directory of files written whole, or one file. Each file is
 //! written then renamed; a directory's listing (the file whose presence says it holds a result) is
 //! removed first and written last, so no listing ever sits beside another result's arrays.
+use super::lock::{self, Guard};
 use super::{remove_if_present, write_atomic};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
-/// Creates `dir`, refusing it when it holds any of `files` and `overwrite` is off. Jobs call it
-/// before computing, so a refusal costs nothing.
-pub fn prepare_dir(dir: &Path, files: &[&str], overwrite: bool) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Creates and locks `dir` (exclusively, until the guard is dropped), refusing it when it holds
+/// any of `files` and `overwrite` is off. Jobs call it before computing, so a refusal costs
+/// nothing, and keep the guard until their files are written.
+pub fn prepare_dir(dir: &Path, files: &[&str], overwrite: bool) -> Result<Guard> {
+    let guard = lock::exclusive(dir)?;
     if !overwrite {
         if let Some(f) = files.iter().find(|f| dir.join(f).exists()) {
             bail!("{} already holds {f}: pass --overwrite to replace it, or choose another --out", dir.display());
         }
     }
-    Ok(())
+    Ok(guard)
 }
 
 /// Writes `files` (name, contents) and then `listing` into `dir`, after removing the listing and
@@ -24,7 +26,7 @@ pub fn prepare_dir(dir: &Path, files: &[&str], overwrite: bool) -> Result<()> {
 pub fn write_dir(dir: &Path, listing: (&str, Vec<u8>), files: Vec<(String, Vec<u8>)>, known: &[&str], overwrite: bool) -> Result<()> {
     let mut names: Vec<&str> = known.to_vec();
     names.push(listing.0);
-    prepare_dir(dir, &names, overwrite)?;
+    let _lock = prepare_dir(dir, &names, overwrite)?;
     remove_if_present(&dir.join(listing.0))?;
     for stale in known.iter().filter(|k| !files.iter().any(|(f, _)| f == *k)) {
         remove_if_present(&dir.join(stale))?;

@@ -13,6 +13,7 @@
 //! the same inputs, byte-identical to an uninterrupted run. `manifest.json` without
 //! `progress.json` is a finished run, the only state `analyze`, `merge` and `verify` read.
 use super::manifest::{ArraySpec, Manifest, MANIFEST};
+use super::lock::{self, Guard};
 use super::npy::{self, ArrayFile, Dtype};
 use super::write_atomic;
 use anyhow::{bail, Context, Result};
@@ -98,7 +99,8 @@ pub enum Array {
 
 /// Starts, continues or replaces the run `manifest` (of `units` units of work) in `dir`.
 pub fn begin(dir: &Path, manifest: &Manifest, units: usize, mode: Mode) -> Result<Begin> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let guard = lock::exclusive(dir)?;
+    // Held exclusively, the directory's temporary files are of processes that died.
     remove_stale_temporaries(dir)?;
     let id = manifest.identity();
     let here = dir.display();
@@ -107,30 +109,30 @@ pub fn begin(dir: &Path, manifest: &Manifest, units: usize, mode: Mode) -> Resul
             if mode.resume {
                 eprintln!("{here}: no run to resume there, starting it");
             }
-            start(dir, manifest, units, Vec::new())
+            start(dir, manifest, units, Vec::new(), guard)
         }
         State::Finished(old) if mode.resume && old.identity() == id => {
             check_arrays(dir, &old).with_context(|| format!("{here} holds this run, finished but damaged; --overwrite runs it again"))?;
             Ok(Begin::Finished)
         }
-        State::Finished(old) if mode.overwrite => start(dir, manifest, units, files_of(&old, false)),
+        State::Finished(old) if mode.overwrite => start(dir, manifest, units, files_of(&old, false), guard),
         State::Finished(old) => {
             let what = if old.identity() == id { "this very run (--resume accepts it as done)" } else { "a different run" };
             bail!("{here} already holds a finished run, {what} of {} on {} pair(s): --overwrite replaces it, or choose another --out", old.model, old.pairs.len())
         }
-        State::Unfinished(j) if mode.resume && j.identity == id => resume(dir, manifest, j),
+        State::Unfinished(j) if mode.resume && j.identity == id => resume(dir, manifest, j, guard),
         State::Unfinished(j) if mode.overwrite => {
             let mut remove = j.remove.clone();
             if let Ok(staged) = read_staged(dir) {
                 remove.extend(files_of(&staged, true));
             }
-            start(dir, manifest, units, remove)
+            start(dir, manifest, units, remove, guard)
         }
         State::Unfinished(_) if mode.resume => {
             bail!("{here} holds an unfinished run of other inputs (model, pairs, sites or settings differ): rerun with its inputs, or --overwrite to replace it")
         }
         State::Unfinished(j) => bail!("{here} holds an unfinished run ({} of {} units done): --resume continues it, --overwrite replaces it", j.done.len(), j.units),
-        State::Damaged(_) if mode.overwrite => start(dir, manifest, units, files_of_damaged(dir)),
+        State::Damaged(_) if mode.overwrite => start(dir, manifest, units, files_of_damaged(dir), guard),
         State::Damaged(why) => bail!("{why}: the run in {here} cannot be continued; --overwrite starts it again"),
     }
 }
@@ -177,11 +179,11 @@ fn read_staged(dir: &Path) -> Result<Manifest> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
 }
 
-fn start(dir: &Path, manifest: &Manifest, units: usize, remove: Vec<String>) -> Result<Begin> {
+fn start(dir: &Path, manifest: &Manifest, units: usize, remove: Vec<String>, guard: Guard) -> Result<Begin> {
     write_atomic(&dir.join(STAGED_MANIFEST), &manifest_bytes(manifest)?)?;
     let journal = Journal { identity: manifest.identity(), phase: Phase::Preparing, units, done: BTreeSet::new(), remove };
     save(dir, &journal)?;
-    prepare(dir, manifest, journal)
+    prepare(dir, manifest, journal, guard)
 }
 
 /// `manifest.json`'s bytes: keys sorted (through `serde_json::Value`), so equal manifests are
@@ -196,7 +198,7 @@ fn save(dir: &Path, journal: &Journal) -> Result<()> {
 
 /// Removes what a replaced run left (its manifest last seen here is never this run's: this
 /// run's is staged until it commits), then creates this run's partial arrays.
-fn prepare(dir: &Path, manifest: &Manifest, mut journal: Journal) -> Result<Begin> {
+fn prepare(dir: &Path, manifest: &Manifest, mut journal: Journal, guard: Guard) -> Result<Begin> {
     for name in journal.remove.iter().map(String::as_str).chain([MANIFEST]) {
         super::remove_if_present(&dir.join(name))?;
     }
@@ -214,10 +216,10 @@ fn prepare(dir: &Path, manifest: &Manifest, mut journal: Journal) -> Result<Begi
     journal.phase = Phase::Running;
     journal.remove.clear();
     save(dir, &journal)?;
-    Ok(Begin::Write(Writer { dir: dir.to_path_buf(), manifest: manifest.clone(), arrays, journal }))
+    Ok(Begin::Write(Writer { dir: dir.to_path_buf(), manifest: manifest.clone(), arrays, journal, _lock: guard }))
 }
 
-fn resume(dir: &Path, manifest: &Manifest, journal: Journal) -> Result<Begin> {
+fn resume(dir: &Path, manifest: &Manifest, journal: Journal, guard: Guard) -> Result<Begin> {
     let staged = if journal.phase == Phase::Committing && !dir.join(STAGED_MANIFEST).exists() { Manifest::read(dir) } else { read_staged(dir) };
     let damaged = |what: String| format!("{what}: the run in {} cannot be continued; --overwrite starts it again", dir.display());
     match staged {
@@ -226,7 +228,7 @@ fn resume(dir: &Path, manifest: &Manifest, journal: Journal) -> Result<Begin> {
         Err(e) => bail!(damaged(format!("{e:#}"))),
     }
     match journal.phase {
-        Phase::Preparing => prepare(dir, manifest, journal),
+        Phase::Preparing => prepare(dir, manifest, journal, guard),
         Phase::Running => {
             let arrays = manifest
                 .arrays()
@@ -236,7 +238,7 @@ fn resume(dir: &Path, manifest: &Manifest, journal: Journal) -> Result<Begin> {
                     Ok((spec, file))
                 })
                 .collect::<Result<_>>()?;
-            Ok(Begin::Write(Writer { dir: dir.to_path_buf(), manifest: manifest.clone(), arrays, journal }))
+            Ok(Begin::Write(Writer { dir: dir.to_path_buf(), manifest: manifest.clone(), arrays, journal, _lock: guard }))
         }
         Phase::Committing => {
             commit(dir, manifest)?;
@@ -251,6 +253,8 @@ pub struct Writer {
     manifest: Manifest,
     arrays: Vec<(ArraySpec, ArrayFile)>,
     journal: Journal,
+    /// The directory's exclusive lock, until the run is committed or abandoned.
+    _lock: Guard,
 }
 
 impl Writer {
