@@ -221,20 +221,50 @@ fn verify_rechecks_rows_records_them_and_names_the_rows_that_differ() {
 
     // One value changed by 0.01 after the run: checking every row finds exactly it.
     let (mut values, shape) = read_npy(&out.join("resid_pre.npy")).unwrap();
-    values[2 * 11 + 5] += 0.01; // layer 2, position 5
+    values[11 + 3] += 0.01; // layer 1, position 3 (not the row `--rows 1` draws)
     patchbay::results::write_npy(&out.join("resid_pre.npy"), &shape, &values).unwrap();
     let (ok, _, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1000"]);
-    assert!(!ok && stderr.contains("verification failed: 1 of 33 rows") && stderr.contains("resid_pre[layer 2, position 5]"), "{stderr}");
+    assert!(!ok && stderr.contains("verification failed: 1 of 33 rows") && stderr.contains("resid_pre[layer 1, position 3]"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let v = &manifest(&out)["verify"];
     assert_eq!(v["failed"].as_array().unwrap().len(), 1, "{v}");
     let (ok, _, stderr) = patchbay(&["analyze", out.to_str().unwrap()]);
     assert!(ok && stderr.contains("failed its verification"), "{stderr}");
-    // Put back, it passes again.
-    values[2 * 11 + 5] -= 0.01;
+    // A smaller check recomputes the recorded failure too: it is not replaced by a pass.
+    let (ok, _, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1"]);
+    assert!(!ok && stderr.contains("resid_pre[layer 1, position 3]"), "{stderr}");
+    // Put back, it passes again, and the recomputed failure is cleared.
+    values[11 + 3] -= 0.01;
     patchbay::results::write_npy(&out.join("resid_pre.npy"), &shape, &values).unwrap();
+    let (ok, stdout, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1"]);
+    assert!(ok && stdout.contains("verified 2 patched runs"), "{stdout}{stderr}");
     let (ok, stdout, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1000"]);
     assert!(ok && stdout.contains("verified 33 patched runs"), "{stdout}{stderr}");
+    let (ok, _, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "0"]);
+    assert!(!ok && stderr.contains("--rows must be at least 1"), "{stderr}");
+    // The baselines and lengths.npy are checked too.
+    for (file, at, by) in [("baseline_clean.npy", 0, 0.5f32), ("baseline_corrupted.npy", 0, -0.5)] {
+        let (mut b, shape) = read_npy(&out.join(file)).unwrap();
+        b[at] += by;
+        patchbay::results::write_npy(&out.join(file), &shape, &b).unwrap();
+        let (ok, _, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1"]);
+        assert!(!ok && stderr.contains(&format!("{}[pair 0]", file.trim_end_matches(".npy"))), "{stderr}");
+        b[at] -= by;
+        patchbay::results::write_npy(&out.join(file), &shape, &b).unwrap();
+    }
+    patchbay::results::write_npy(&out.join("lengths.npy"), &[1], &[7i32]).unwrap();
+    let (ok, _, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1"]);
+    assert!(!ok && stderr.contains("lengths.npy[pair 0]: 7 written, the pair is 11 tokens"), "{stderr}");
+    patchbay::results::write_npy(&out.join("lengths.npy"), &[1], &[11i32]).unwrap();
+    // A NaN written where a value belongs fails the check, and the manifest stays readable:
+    // the non-finite difference is named, not written as null.
+    values[5] = f32::NAN;
+    patchbay::results::write_npy(&out.join("resid_pre.npy"), &shape, &values).unwrap();
+    let (ok, _, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1000"]);
+    assert!(!ok && stderr.contains("NaN written"), "{stderr}");
+    assert_eq!(manifest(&out)["verify"]["max_abs_diff"], "inf");
+    let (ok, _, stderr) = patchbay(&["analyze", out.to_str().unwrap()]);
+    assert!(ok && stderr.contains("failed its verification"), "{stderr}");
 }
 
 #[test]

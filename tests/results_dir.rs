@@ -610,3 +610,20 @@ fn a_run_holds_its_directory_for_the_whole_command() {
     let done = patchbay(&["analyze", s(&out)]);
     assert!(done.ok(), "{}", done.stderr);
 }
+
+#[test]
+fn verify_finds_a_value_written_past_a_pairs_length() {
+    let dir = tmp("padding");
+    let pairs = three_pairs(&dir);
+    let out = dir.join("run");
+    assert!(patchbay(&run_args(&pairs, &out, "resid_pre")).ok());
+    let (mut values, shape) = patchbay::results::read_f32(&out.join("resid_pre.npy")).unwrap();
+    let lengths = patchbay::results::read_i32(&out.join("lengths.npy")).unwrap().0;
+    let (short, positions) = (lengths.iter().enumerate().min_by_key(|l| *l.1).unwrap().0, shape[2]);
+    let cell = short * shape[1] * positions + positions - 1; // layer 0, the last position: past the pair
+    assert!(values[cell].is_nan());
+    values[cell] = 0.25;
+    patchbay::results::write_npy(&out.join("resid_pre.npy"), &shape, &values).unwrap();
+    let v = patchbay(&["verify", s(&out), "--rows", "1"]);
+    assert!(v.refused() && v.stderr.contains(&format!("resid_pre[pair {short}]: cell {} lies past the pair's", positions - 1)) && v.stderr.contains("holds 0.25"), "{}", v.stderr);
+}

@@ -1,12 +1,13 @@
 //! Checking a finished run against the simplest path: a few of its patched runs, chosen at random
 //! (seeded), recomputed one row per forward pass, without reuse and without kernel fusion (an
 //! attribution run: one pair per pass, no-op rows estimated too), and compared with what the run
-//! wrote. Cheap insurance for every backend, GPU and driver.
+//! wrote; so are the baselines of their pairs. Every pair's length in lengths.npy and the NaN
+//! past it in every array are checked too. Cheap insurance for every backend, GPU and driver.
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
 use crate::engine::{PatchSite, Row};
 use super::{Model, ModelTask, On};
-use crate::results::{self, npy, Manifest, Verification};
+use crate::results::{self, npy, FailedCell, Manifest, Verification};
 use super::sweep::SweepModel;
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
@@ -48,6 +49,9 @@ struct Sample {
 ///
 /// `loaded` is used when it is the run's model on that backend (else the model is loaded).
 pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Option<&Model>) -> Result<Verification> {
+    if rows == 0 {
+        bail!("--rows must be at least 1: a check of no rows shows nothing");
+    }
     let _lock = results::lock::shared(dir)?;
     let mut manifest = results::open_finished(dir)?;
     let spec = BackendSpec { fusion: false, ..backend.unwrap_or_else(|| checker(&manifest.backend)) };
@@ -59,7 +63,8 @@ pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Opt
             &own
         }
     };
-    let v = model.with(Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() })?;
+    let mut v = model.with(Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() })?;
+    v.failed.splice(0..0, layout_failures(dir, &manifest)?);
     manifest.verify = Some(v.clone());
     results::update_finished(dir, &manifest)?;
     if !v.failed.is_empty() {
@@ -89,19 +94,50 @@ impl ModelTask for Check {
         // One row per pass without reuse; an attribution run's estimate of one pair alone, its
         // no-op rows estimated too.
         let patcher = SweepModel::of(&on, m.method)?.patcher(false, false, m.metric_name, 1);
-        self.check(&|pair, row| patcher.one(pair, row, &m.layout))
+        let baselines = |pair: TokenizedPair| patcher.run(&[pair], &[], &m.layout, &mut |_| Ok(())).map(|r| (r[0].clean, r[0].corrupted));
+        self.check(&|pair, row| patcher.one(pair, row, &m.layout), &baselines)
     }
 }
 
 impl Check {
     /// The sampled rows' stored values against `recompute(pair, row)`.
-    fn check(&self, recompute: &dyn Fn(TokenizedPair, Row) -> Result<f32>) -> Result<Verification> {
+    fn check(&self, recompute: &dyn Fn(TokenizedPair, Row) -> Result<f32>, baselines: &dyn Fn(TokenizedPair) -> Result<(f32, f32)>) -> Result<Verification> {
         let m = &self.manifest;
         let sites: Vec<PatchSite> = m.sites.iter().map(|s| PatchSite::parse(&s.name)).collect::<Result<_>>()?;
-        let samples = choose(m, &sites, self.rows);
+        let previous: &[FailedCell] = m.verify.as_ref().map_or(&[], |v| &v.failed_cells);
+        let mut samples = choose(m, &sites, self.rows);
+        // What an earlier check found wrong is recomputed again, whatever this check draws.
+        for c in previous.iter().filter(|c| c.site.is_some_and(|s| s < sites.len()) && c.pair < m.pairs.len()) {
+            let si = c.site.unwrap_or_default();
+            let found = m.layout.rows(sites[si], m.pairs[c.pair].length).into_iter().find(|r| r.out == c.cell);
+            if let Some(row) = found.filter(|_| !samples.iter().any(|s| s.site == si && s.pair == c.pair && s.cell == c.cell)) {
+                samples.push(Sample { site: si, pair: c.pair, row, cell: c.cell });
+            }
+        }
         let mut failed = Vec::new();
+        let mut failed_cells = Vec::new();
         let mut max_abs_diff = 0f32;
         let mut tol = 0f32;
+        // An f32 recheck of a half-precision or TF32 run allows the run's own rounding.
+        let dtype = if self.spec.dtype == DType::F32 { m.backend.dtype } else { self.spec.dtype };
+        let mut compare = |what: String, at: FailedCell, value: f32, again: f32| {
+            let diff = (again - value).abs();
+            let allowed = tolerance(dtype, value);
+            tol = tol.max(allowed);
+            max_abs_diff = if diff.is_nan() { f32::INFINITY } else { max_abs_diff.max(diff) };
+            if !(diff <= allowed) {
+                failed.push(format!("{what}: {value} written, {again} recomputed"));
+                failed_cells.push(at);
+            }
+        };
+        let token_pair = |p: &crate::results::PairEntry| TokenizedPair {
+            row: p.row,
+            clean: p.clean_tokens.clone(),
+            corrupted: p.corrupted_tokens.clone(),
+            answer: p.answer.id,
+            distractor: p.distractor.id,
+            positions: p.positions.clone(),
+        };
         for (si, entry) in m.sites.iter().enumerate() {
             let mine: Vec<&Sample> = samples.iter().filter(|s| s.site == si).collect();
             if mine.is_empty() {
@@ -112,28 +148,51 @@ impl Check {
             let stored = npy::read_cells(&self.dir.join(&entry.file), &entry.shape, &cells)?;
             for (s, &value) in mine.iter().zip(&stored) {
                 let p = &m.pairs[s.pair];
-                let pair = TokenizedPair {
-                    row: p.row,
-                    clean: p.clean_tokens.clone(),
-                    corrupted: p.corrupted_tokens.clone(),
-                    answer: p.answer.id,
-                    distractor: p.distractor.id,
-                    positions: p.positions.clone(),
-                };
-                let again = recompute(pair, s.row)?;
-                let diff = (again - value).abs();
-                // An f32 recheck of a half-precision or TF32 run allows the run's own rounding.
-                let dtype = if self.spec.dtype == DType::F32 { m.backend.dtype } else { self.spec.dtype };
-                let allowed = tolerance(dtype, value);
-                tol = tol.max(allowed);
-                max_abs_diff = if diff.is_nan() { f32::INFINITY } else { max_abs_diff.max(diff) };
-                if !(diff <= allowed) {
-                    failed.push(format!("{} (pair {}, row {}): {value} written, {again} recomputed", describe(&entry.name, &s.row), s.pair, p.row));
-                }
+                let again = recompute(token_pair(p), s.row)?;
+                compare(format!("{} (pair {}, row {})", describe(&entry.name, &s.row), s.pair, p.row), FailedCell { site: Some(si), pair: s.pair, cell: s.cell }, value, again);
             }
         }
-        Ok(Verification { backend: self.spec.clone(), rows: samples.len(), tolerance: tol, max_abs_diff, failed })
+        // The baselines of every sampled pair.
+        let mut pairs: Vec<usize> = samples.iter().map(|s| s.pair).chain(previous.iter().filter(|c| c.site.is_none() && c.pair < m.pairs.len()).map(|c| c.pair)).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let stored = |file: &str| npy::read_cells(&self.dir.join(file), &[m.pairs.len()], &pairs);
+        let (clean, corrupted) = (stored(&m.baseline_clean)?, stored(&m.baseline_corrupted)?);
+        for (i, &p) in pairs.iter().enumerate() {
+            let (c, k) = baselines(token_pair(&m.pairs[p]))?;
+            compare(format!("baseline_clean[pair {p}]"), FailedCell { site: None, pair: p, cell: 0 }, clean[i], c);
+            compare(format!("baseline_corrupted[pair {p}]"), FailedCell { site: None, pair: p, cell: 1 }, corrupted[i], k);
+        }
+        Ok(Verification { backend: self.spec.clone(), rows: samples.len(), tolerance: tol, max_abs_diff, failed, failed_cells })
     }
+}
+
+/// What no forward pass is needed to check: lengths.npy holds every pair's length, and every
+/// site's cells past a pair's length are NaN (a value there would be read as a result).
+fn layout_failures(dir: &Path, m: &Manifest) -> Result<Vec<String>> {
+    let mut failed = Vec::new();
+    let (lengths, _) = npy::read_i32(&dir.join(&m.lengths))?;
+    for (p, (&l, pair)) in lengths.iter().zip(&m.pairs).enumerate() {
+        if l as usize != pair.length {
+            failed.push(format!("{}[pair {p}]: {l} written, the pair is {} tokens", m.lengths, pair.length));
+        }
+    }
+    for entry in &m.sites {
+        let site = PatchSite::parse(&entry.name)?;
+        let (values, _) = npy::read_f32(&dir.join(&entry.file))?;
+        let per_pair: usize = entry.shape[1..].iter().product();
+        for (p, pair) in m.pairs.iter().enumerate() {
+            let mut real = vec![false; per_pair];
+            for row in m.layout.rows(site, pair.length) {
+                real[row.out] = true;
+            }
+            let cells = &values[p * per_pair..(p + 1) * per_pair];
+            if let Some(cell) = (0..per_pair).find(|&c| !real[c] && !cells[c].is_nan()) {
+                failed.push(format!("{}[pair {p}]: cell {cell} lies past the pair's {} tokens but holds {}, not NaN", entry.name, pair.length, cells[cell]));
+            }
+        }
+    }
+    Ok(failed)
 }
 
 /// `resid_pre[layer 2, position 5]`, `z_all_pos[layer 1, head 3]`.

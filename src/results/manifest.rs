@@ -81,10 +81,60 @@ pub struct Verification {
     /// fusion, one row per forward pass, no reuse.
     pub backend: BackendSpec,
     pub rows: usize,
+    #[serde(with = "named_float")]
     pub tolerance: f32,
+    #[serde(with = "named_float")]
     pub max_abs_diff: f32,
     /// Rows that differed by more than the tolerance, e.g. `resid_pre[pair 3, layer 2, position 5]`.
     pub failed: Vec<String>,
+    /// The failed patched runs and baselines, which every later check recomputes too: a recorded
+    /// failure is cleared only by recomputing it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_cells: Vec<FailedCell>,
+}
+
+/// A value a check found wrong: cell `cell` of pair `pair` of the manifest's site `site`, or of
+/// a baseline (`site` None; cell 0 clean, 1 corrupted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedCell {
+    pub site: Option<usize>,
+    pub pair: usize,
+    pub cell: usize,
+}
+
+/// A float JSON cannot hold as a number (NaN, ±inf) written as its name ("NaN", "inf", "-inf"),
+/// so the manifest always parses; `null` (written so by earlier versions) reads as NaN.
+mod named_float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f32(v),
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Named {
+        Number(f32),
+        Name(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        match Option::<Named>::deserialize(d)? {
+            Some(Named::Number(v)) => Ok(v),
+            None => Ok(f32::NAN),
+            Some(Named::Name(n)) => match n.as_str() {
+                "NaN" => Ok(f32::NAN),
+                "inf" => Ok(f32::INFINITY),
+                "-inf" => Ok(f32::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!("{other:?} is not a number (nor NaN, inf, -inf)"))),
+            },
+        }
+    }
 }
 
 /// manifest.json: everything needed to read and interpret a results directory.

@@ -1,6 +1,6 @@
 //! Combining the finished shards of one run into one results directory, equal to the unsharded
 //! run's, written by the same transaction as a run.
-use super::manifest::{Manifest, PairEntry, ShardInfo, Verification};
+use super::manifest::{FailedCell, Manifest, PairEntry, ShardInfo, Verification};
 use super::npy::read_f32;
 use super::store::{begin, open_finished, Array, Begin, Mode};
 use crate::engine::Runs;
@@ -86,6 +86,11 @@ fn merged_verification(parts: &[(PathBuf, Manifest, ShardInfo)]) -> Option<Verif
         tolerance: checks.iter().map(|(v, _)| v.tolerance).fold(0.0, f32::max),
         max_abs_diff: checks.iter().map(|(v, _)| v.max_abs_diff).fold(0.0, f32::max),
         failed: checks.iter().flat_map(|(v, k)| v.failed.iter().map(move |f| format!("shard {k}: {f}"))).collect(),
+        failed_cells: parts
+            .iter()
+            .zip(&checks)
+            .flat_map(|((_, _, info), (v, _))| v.failed_cells.iter().map(|c| FailedCell { pair: info.pairs[c.pair], ..*c }))
+            .collect(),
     })
 }
 

@@ -10,7 +10,7 @@ pub mod npy;
 pub mod outputs;
 mod store;
 
-pub use manifest::{fingerprint, ArraySpec, Manifest, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST};
+pub use manifest::{fingerprint, ArraySpec, FailedCell, Manifest, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST};
 pub use merge::merge;
 pub use npy::{read_f32, read_i32};
 pub use store::{begin, open_finished, run_in, update_finished, Array, Begin, Mode, Writer, PROGRESS};
