@@ -627,3 +627,47 @@ fn verify_finds_a_value_written_past_a_pairs_length() {
     let v = patchbay(&["verify", s(&out), "--rows", "1"]);
     assert!(v.refused() && v.stderr.contains(&format!("resid_pre[pair {short}]: cell {} lies past the pair's", positions - 1)) && v.stderr.contains("holds 0.25"), "{}", v.stderr);
 }
+
+#[test]
+fn a_run_of_other_weights_at_the_same_path_is_never_resumed_merged_or_verified() {
+    let dir = tmp("weights");
+    let pairs = three_pairs(&dir);
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny().join(f), model.join(f)).unwrap();
+    }
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let base = ["run", "--model", s(&model), "--pairs", s(&pairs), "--sites", "resid_pre,attn_out,z_by_pos,q_by_pos,v_by_pos", "--out", s(out), "--max-rows", "1"];
+        base.iter().chain(extra).map(|x| x.to_string()).collect()
+    };
+    let run = |a: Vec<String>| patchbay(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    // Killed mid-run, then the weights file is replaced at the same path.
+    let cut = dir.join("cut");
+    let mut child = command(&args(&cut, &[]).iter().map(String::as_str).collect::<Vec<_>>(), &[]).spawn().unwrap();
+    while !cut.join("progress.json").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let finished = dir.join("finished");
+    assert!(run(args(&finished, &[])).ok());
+    let shards = dir.join("shards");
+    for k in ["0/2", "1/2"] {
+        if k == "1/2" {
+            let mut w = std::fs::read(model.join("model.safetensors")).unwrap();
+            let n = w.len();
+            w[n - 2] ^= 0x40; // one weight, in the last tensor's data
+            std::fs::write(model.join("model.safetensors"), w).unwrap();
+        }
+        assert!(run(args(&shards, &["--shard", k])).ok());
+    }
+    let resumed = run(args(&cut, &["--resume"]));
+    assert!(resumed.refused() && resumed.stderr.contains("unfinished run of other inputs"), "{}", resumed.stderr);
+    let again = run(args(&finished, &["--resume"]));
+    assert!(again.refused() && again.stderr.contains("a different run"), "{}", again.stderr);
+    let verified = patchbay(&["verify", s(&finished)]);
+    assert!(verified.refused() && verified.stderr.contains("is not the model") && verified.stderr.contains("fingerprint"), "{}", verified.stderr);
+    let merged = patchbay(&["merge", s(&shards), "--out", s(&dir.join("merged"))]);
+    assert!(merged.refused() && merged.stderr.contains("shards of different runs"), "{}", merged.stderr);
+}

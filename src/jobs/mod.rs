@@ -30,6 +30,8 @@ pub struct Model {
     pub config: Gpt2Config,
     pub tokenizer: Tokenizer,
     pub backend: BackendSpec,
+    /// `ModelFiles::fingerprint`: which weights (and config, tokenizer) these are.
+    pub fingerprint: String,
     /// A `Gpt2<B>` of the backend type `backend` dispatches to.
     plain: Erased,
     /// A `Gpt2<Autodiff<B>>`, when a job needed one.
@@ -93,7 +95,8 @@ impl Model {
         let config = Gpt2Config::from_json_file(&files.config)?;
         let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
         let plain = dispatch(&backend, Load(&files))?;
-        Ok(Self { files, config, tokenizer, backend, plain, autodiff: OnceLock::new() })
+        let fingerprint = files.fingerprint()?;
+        Ok(Self { files, config, tokenizer, backend, fingerprint, plain, autodiff: OnceLock::new() })
     }
 
     /// Runs `task` on the loaded model.

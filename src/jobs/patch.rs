@@ -1,7 +1,6 @@
 //! Patching sweeps (`run`, `path`): pairs → every patched run → arrays in memory, or a results
 //! directory through its transaction, rechecked by `verify` afterwards.
 use super::{Model, ModelTask, On, Progress};
-use crate::backend::BackendSpec;
 use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
 use crate::engine::{Method, Metric, PatchSite};
 use crate::results::Verification;
@@ -121,7 +120,7 @@ pub fn patch(model: &Model, spec: &PatchSpec, progress: &mut dyn Progress) -> Re
         overwrite: spec.overwrite,
         shard: spec.shard,
     };
-    let task = Sweep { id: model.id(), model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: spec.method, backend: &model.backend, progress };
+    let task = Sweep { model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: spec.method, progress };
     let summary = model.with(task)?;
     let verification = match &out {
         Some(dir) if spec.verify > 0 => Some(crate::jobs::verify::verify(dir, spec.verify, None, Some(model))?),
@@ -131,13 +130,11 @@ pub fn patch(model: &Model, spec: &PatchSpec, progress: &mut dyn Progress) -> Re
 }
 
 struct Sweep<'a> {
-    id: &'a str,
     model: &'a Model,
     pairs: &'a [TokenizedPair],
     skipped: &'a [Skipped],
     spec: &'a SweepSpec,
     method: Method,
-    backend: &'a BackendSpec,
     progress: &'a mut dyn Progress,
 }
 
@@ -145,7 +142,7 @@ impl ModelTask for Sweep<'_> {
     type Output = SweepSummary;
     fn run<B: Backend>(self, on: On<'_, B>) -> Result<SweepSummary> {
         let model = SweepModel::of(&on, self.method)?;
-        sweep(model, self.id, &self.model.tokenizer, self.pairs, self.skipped, self.spec, self.backend, self.progress)
+        sweep(model, self.model, self.pairs, self.skipped, self.spec, self.progress)
     }
 }
 

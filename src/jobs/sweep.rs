@@ -6,9 +6,8 @@ use crate::data::{self, Skipped, TokenizedPair};
 use crate::engine::plan::{max_pairs_for_budget, max_rows_for_budget};
 use crate::engine::{Attribution, Engine, Layout, Method, Metric, PatchSite, Patcher, Runs};
 use crate::model::{Gpt2, Gpt2Config};
-use super::{On, Progress};
+use super::{Model, On, Progress};
 use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry, Writer};
-use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::prelude::Backend;
@@ -187,16 +186,8 @@ fn available_memory() -> Option<usize> {
 }
 
 /// Runs `all` pairs (or the spec's shard of them); `skipped` is reported in the manifest.
-pub fn sweep<B: Backend>(
-    model: SweepModel<B>,
-    model_id: &str,
-    tok: &Tokenizer,
-    all: &[TokenizedPair],
-    skipped: &[Skipped],
-    spec: &SweepSpec,
-    backend: &BackendSpec,
-    progress: &mut dyn Progress,
-) -> Result<SweepSummary> {
+pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedPair], skipped: &[Skipped], spec: &SweepSpec, progress: &mut dyn Progress) -> Result<SweepSummary> {
+    let backend = &handle.backend;
     anyhow::ensure!(!all.is_empty(), "no pairs to run");
     let c = model.config();
     // Laid out by the whole run's longest pair, so shards merge into the unsharded arrays.
@@ -219,7 +210,7 @@ pub fn sweep<B: Backend>(
     mine.sort_unstable();
     let row_of = |global: usize| mine.binary_search(&global).expect("a unit's pair is this run's");
     let pairs: Vec<TokenizedPair> = mine.iter().map(|&i| all[i].clone()).collect();
-    let mut manifest = manifest(&model, model_id, tok, &pairs, spec, backend, layout.clone(), max_rows);
+    let mut manifest = manifest(&model, handle, &pairs, spec, layout.clone(), max_rows);
     manifest.dataset = results::fingerprint(&(all, skipped));
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
@@ -336,22 +327,13 @@ fn units(pairs: &[TokenizedPair], layout: &Layout, sites: &[PatchSite]) -> Vec<V
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn manifest<B: Backend>(
-    model: &SweepModel<B>,
-    model_id: &str,
-    tok: &Tokenizer,
-    pairs: &[TokenizedPair],
-    spec: &SweepSpec,
-    backend: &BackendSpec,
-    layout: Layout,
-    max_rows: usize,
-) -> Manifest {
+fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[TokenizedPair], spec: &SweepSpec, layout: Layout, max_rows: usize) -> Manifest {
     Manifest {
         patchbay_version: env!("CARGO_PKG_VERSION").into(),
-        model: model_id.into(),
+        model: handle.id().into(),
+        weights: handle.fingerprint.clone(),
         config: model.config().clone(),
-        backend: backend.clone(),
+        backend: handle.backend.clone(),
         method: model.method(),
         reuse: spec.reuse,
         skip: spec.skip,
@@ -379,6 +361,6 @@ fn manifest<B: Backend>(
         skipped: Vec::new(),
         shard: None,
         verify: None,
-        pairs: pairs.iter().map(|p| PairEntry::new(p, tok)).collect(),
+        pairs: pairs.iter().map(|p| PairEntry::new(p, &handle.tokenizer)).collect(),
     }
 }

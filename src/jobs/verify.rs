@@ -63,6 +63,15 @@ pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Opt
             &own
         }
     };
+    if !manifest.weights.is_empty() && model.fingerprint != manifest.weights {
+        bail!(
+            "{} is not the model {} was run with: its files' fingerprint is {}, the run's {} (the weights, config or tokenizer changed)",
+            manifest.model,
+            dir.display(),
+            model.fingerprint,
+            manifest.weights
+        );
+    }
     let mut v = model.with(Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() })?;
     v.failed.splice(0..0, layout_failures(dir, &manifest)?);
     manifest.verify = Some(v.clone());

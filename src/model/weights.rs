@@ -47,6 +47,28 @@ impl ModelFiles {
         let [config, weights, tokenizer]: [PathBuf; 3] = paths.try_into().expect("three files");
         Ok(Self { id: model.to_string(), config, weights, tokenizer })
     }
+
+    /// A hash of the three files' contents (xxh3, 64 bits, hex): a run records it, and resume,
+    /// merge and verify refuse a model that is not the one it was made with.
+    pub fn fingerprint(&self) -> Result<String> {
+        use std::io::Read;
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for path in [&self.config, &self.weights, &self.tokenizer] {
+            let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let mut len = 0u64;
+            loop {
+                let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                len += n as u64;
+            }
+            hash.update(&len.to_le_bytes()); // where one file ends and the next begins
+        }
+        Ok(format!("{:016x}", hash.digest()))
+    }
 }
 
 /// An error that says, to a caller who asks (Python's FileNotFoundError), that a file is not there.

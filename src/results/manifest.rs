@@ -142,6 +142,9 @@ mod named_float {
 pub struct Manifest {
     pub patchbay_version: String,
     pub model: String,
+    /// The model files' fingerprint (`ModelFiles::fingerprint`; empty in runs written before it).
+    #[serde(default)]
+    pub weights: String,
     pub config: Gpt2Config,
     pub backend: BackendSpec,
     /// How the site arrays were computed (`run --method`): exact patched runs, or attribution
