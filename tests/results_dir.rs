@@ -430,6 +430,19 @@ fn bad_models_backends_and_flags_are_one_line_errors() {
     std::fs::write(model.join("config.json"), config).unwrap();
     let r = patchbay(&["run", "--model", s(&model), "--pairs", s(&pairs), "--out", s(&dir.join("o"))]);
     assert!(r.refused() && r.stderr.contains("n_layer is 0"), "{}", r.stderr);
+    // Fewer layers than the weights hold: refused, not the extra layers silently ignored.
+    let config = std::fs::read_to_string(tiny.join("config.json")).unwrap().replace("\"n_layer\": 3", "\"n_layer\": 2");
+    std::fs::write(model.join("config.json"), config).unwrap();
+    let r = patchbay(&["inspect", "--model", s(&model), "Hello"]);
+    assert!(r.refused() && r.stderr.contains("holds 3 layers but") && r.stderr.contains("n_layer = 2"), "{}", r.stderr);
+    // A NaN weight: refused at load, naming the tensor.
+    std::fs::copy(tiny.join("config.json"), model.join("config.json")).unwrap();
+    let mut w = std::fs::read(tiny.join("model.safetensors")).unwrap();
+    let n = w.len();
+    w[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes()); // the last element of the last tensor
+    std::fs::write(model.join("model.safetensors"), w).unwrap();
+    let r = patchbay(&["run", "--model", s(&model), "--pairs", s(&pairs), "--out", s(&dir.join("o"))]);
+    assert!(r.refused() && r.stderr.contains("holds NaN at flat index") && r.stderr.contains("must be finite"), "{}", r.stderr);
 
     let base = ["run", "--model", s(&tiny), "--clean", CLEAN, "--corrupted", "Michelle Smith was a top-notch student. Michelle"];
     let r = patchbay(&[&base[..], &["--answer", " Jones", "--out", s(&dir.join("a"))]].concat());

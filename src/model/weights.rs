@@ -160,6 +160,10 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
             Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => bail!("tensor {name} in {file} has dtype {other:?}; expected F32, F16 or BF16"),
         };
+        // A NaN or infinite weight makes every result NaN or meaningless, silently.
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!("tensor {name} in {file} holds {} at flat index {i}: a model's weights must be finite", values[i]);
+        }
         Ok(Tensor::from_data(TensorData::new(values, shape), float_options::<B>(&self.device)))
     }
 }
@@ -167,5 +171,12 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
 /// The model of `files` on `device`.
 pub fn load_model<B: Backend>(files: &ModelFiles, device: &B::Device) -> Result<super::Gpt2<B>> {
     let config = super::Gpt2Config::from_json_file(&files.config)?;
-    super::Gpt2::load(config, &mut Safetensors::open(&files.weights, device)?)
+    let mut weights = Safetensors::open(&files.weights, device)?;
+    // Layers beyond config.json's would be ignored without a word: a config of another model.
+    let extra = format!("h.{}.", config.n_layer);
+    if weights.tensors.keys().any(|k| k.starts_with(&extra)) {
+        let layers = (config.n_layer..).take_while(|l| weights.tensors.keys().any(|k| k.starts_with(&format!("h.{l}.")))).count() + config.n_layer;
+        bail!("{} holds {layers} layers but {} says n_layer = {}: they are not one model", files.weights.display(), files.config.display(), config.n_layer);
+    }
+    super::Gpt2::load(config, &mut weights)
 }
