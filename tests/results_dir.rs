@@ -600,16 +600,22 @@ fn a_second_process_on_a_results_directory_fails_at_once_naming_the_holder() {
     assert!(again.ok(), "{}", again.stderr);
 }
 
+/// A run started in the background, returned once its journal is written (it is mid-run).
+fn started(args: &[&str], out: &Path) -> std::process::Child {
+    let child = command(args, &[]).spawn().unwrap();
+    while !out.join(patchbay::results::PROGRESS).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child
+}
+
 #[test]
 fn a_run_holds_its_directory_for_the_whole_command() {
     let dir = tmp("lock-run");
     let pairs = three_pairs(&dir);
     let out = dir.join("run");
     // Stopped mid-run (its journal is written), the run still holds the directory.
-    let mut child = command(&[&run_args(&pairs, &out, "resid_pre,attn_out,z_by_pos")[..], &["--max-rows", "1"]].concat(), &[]).spawn().unwrap();
-    while !out.join("progress.json").exists() {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let mut child = started(&[&run_args(&pairs, &out, "resid_pre,attn_out,z_by_pos")[..], &["--max-rows", "1"]].concat(), &out);
     let stop = |sig: &str| assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
     stop("-STOP");
     let other = patchbay(&[&run_args(&pairs, &out, "resid_pre")[..], &["--overwrite"]].concat());
@@ -657,10 +663,7 @@ fn a_run_of_other_weights_at_the_same_path_is_never_resumed_merged_or_verified()
     let run = |a: Vec<String>| patchbay(&a.iter().map(String::as_str).collect::<Vec<_>>());
     // Killed mid-run, then the weights file is replaced at the same path.
     let cut = dir.join("cut");
-    let mut child = command(&args(&cut, &[]).iter().map(String::as_str).collect::<Vec<_>>(), &[]).spawn().unwrap();
-    while !cut.join("progress.json").exists() {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let mut child = started(&args(&cut, &[]).iter().map(String::as_str).collect::<Vec<_>>(), &cut);
     child.kill().unwrap();
     child.wait().unwrap();
     let finished = dir.join("finished");
