@@ -221,6 +221,11 @@ fn generate_command_prints_hf_greedy_and_reproducible_samples() {
     assert!(!ok && log.contains("exceeds the model's context of 32"), "{log}");
     let (ok, log) = patchbay(&["generate", "--model", m, PROMPTS[0], "--temperature", "0"]);
     assert!(!ok && log.contains("--greedy"), "{log}");
+    // Options that would be ignored or poison every logit are refused in one line.
+    for (flag, value, says) in [("--top-k", "0", "--top-k must be at least 1"), ("--freq-penalty", "nan", "--freq-penalty must be a finite number"), ("--num-sequences", "0", "--num-sequences must be at least 1")] {
+        let (ok, log) = patchbay(&["generate", "--model", m, PROMPTS[0], flag, value]);
+        assert!(!ok && log.contains(says) && log.trim().lines().count() == 1, "{flag} {value}: {log}");
+    }
 }
 
 struct TopK(Vec<u32>);

@@ -284,10 +284,10 @@ class Model:
         if steer is not None:
             if steer_site is None or steer_layer is None:
                 raise ValueError("steer= needs steer_site= and steer_layer=")
-            v = np.asarray(steer, dtype=np.float32)
-            spec["steer"] = {"values": v.ravel().tolist(), "shape": list(v.shape), "site": steer_site,
-                             "layer": int(steer_layer), "coef": float(coef)}
-        seqs = json.loads(self._native.generate(json.dumps(spec), _progress_callback(progress)))
+            v = np.ascontiguousarray(steer, dtype="<f4")
+            spec["steer"] = {"shape": list(v.shape), "site": steer_site, "layer": int(steer_layer), "coef": float(coef)}
+        values = None if steer is None else v.tobytes()
+        seqs = json.loads(self._native.generate(json.dumps(spec), values, _progress_callback(progress)))
         if isinstance(prompt, str) and num_sequences == 1:
             return seqs[0]["prompt_text"] + seqs[0]["text"]
         return seqs

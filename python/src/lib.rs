@@ -245,10 +245,9 @@ struct AttributeIn {
     overwrite: bool,
 }
 
-/// A steering vector given as numpy values.
+/// A steering vector given as numpy values (they come as bytes beside the JSON).
 #[derive(Deserialize)]
 struct SteerIn {
-    values: Vec<f32>,
     shape: Vec<usize>,
     site: String,
     layer: usize,
@@ -390,16 +389,17 @@ impl PyModel {
         Ok((json(&r.listing)?, arrays.iter().map(|(n, a)| (n.to_string(), bytes(py, a))).collect(), json(&skipped)?))
     }
 
-    /// Generated sequences as JSON.
-    #[pyo3(signature = (spec, progress=None))]
-    fn generate(&self, py: Python<'_>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
+    /// Generated sequences as JSON; `steer` holds the steering vector's f32 values, if any.
+    #[pyo3(signature = (spec, steer=None, progress=None))]
+    fn generate(&self, py: Python<'_>, spec: &str, steer: Option<&[u8]>, progress: Option<Py<PyAny>>) -> PyResult<String> {
         let a: GenerateIn = parse(spec, "generate")?;
         let mut progress = PyProgress::new(progress);
         let seqs = job(py, &mut progress, |pr| {
             let sampling = if a.greedy { Sampling::GREEDY } else { Sampling { temperature: Some(a.temperature), top_k: a.top_k, top_p: a.top_p, freq_penalty: a.freq_penalty } };
-            let steer = match a.steer {
-                Some(v) => Some(SteeringVector { site: Site::new(SiteKind::parse(&v.site)?, v.layer), values: v.values, shape: v.shape, coef: v.coef }),
-                None => None,
+            let steer = match (a.steer, steer) {
+                (Some(v), Some(raw)) => Some(SteeringVector { site: Site::new(SiteKind::parse(&v.site)?, v.layer), values: floats(raw), shape: v.shape, coef: v.coef }),
+                (None, None) => None,
+                _ => bail!("a steering vector needs both its values and its site"),
             };
             let stop_at = if a.stop_at_eos { Some(self.0.tokenizer.bos()?) } else { None };
             let options = patchbay::generate::Options { max_new_tokens: a.max_new_tokens, sampling, num_sequences: a.num_sequences, seed: a.seed, stop_at, batch: a.batch, steer };

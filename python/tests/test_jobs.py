@@ -89,6 +89,8 @@ def test_generation_equals_hf_greedy_steered_and_the_cli_samples(model, gen_refs
         model.generate(CLEAN, temperature=0.0)
     with pytest.raises(ValueError, match="unknown site"):
         model.steer(" love", " hate", "resid", 1)
+    with pytest.raises(ValueError, match="steering vector holds NaN"):
+        model.generate(CLEAN, 3, greedy=True, steer=np.full(16, np.nan, dtype=np.float32), steer_site="attn_out", steer_layer=1)
 
 
 def _jsonl(tmp_path, texts):

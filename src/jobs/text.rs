@@ -49,6 +49,20 @@ pub fn generate(model: &Model, spec: &GenerateSpec, progress: &mut dyn Progress)
     if o.num_sequences == 0 {
         bail!("--num-sequences must be at least 1");
     }
+    if o.sampling.top_k == Some(0) {
+        bail!("--top-k must be at least 1 (for the most likely token every step, pass --greedy)");
+    }
+    if !o.sampling.freq_penalty.is_finite() {
+        bail!("--freq-penalty must be a finite number, not {}", o.sampling.freq_penalty);
+    }
+    if let Some(v) = &o.steer {
+        if let Some(i) = v.values.iter().position(|x| !x.is_finite()) {
+            bail!("the steering vector holds {} at flat index {i}: it must be finite", v.values[i]);
+        }
+        if !v.coef.is_finite() {
+            bail!("--coef must be a finite number, not {}", v.coef);
+        }
+    }
     let prompts = tokenize(model, &spec.prompts, spec.prepend_bos)?;
     progress.start((prompts.len() * o.num_sequences * o.max_new_tokens) as u64, "tokens");
     let out = model.with(Decode { prompts: &prompts, options: o, progress })?;
