@@ -244,4 +244,10 @@ fn attribute_command_writes_arrays_and_analyze_draws_them() {
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("attribution_summary.json")).unwrap()).unwrap();
     assert!(s["max_sum_error"].as_f64().unwrap() < 1e-4, "{s}");
     assert_eq!(s["components"]["labels"][2], "0_attn_out");
+    // Replaced, nothing of the earlier result's analysis is left beside the new arrays.
+    let (ok, log) = patchbay(&["attribute", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--overwrite"]);
+    assert!(ok, "{log}");
+    for f in patchbay::results::attribution::ANALYSIS {
+        assert!(!out.join(f).exists(), "{f} of the replaced result is still there");
+    }
 }

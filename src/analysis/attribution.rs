@@ -29,7 +29,7 @@ struct Summary {
     max_sum_error: f32,
 }
 
-pub const SUMMARY: &str = "attribution_summary.json";
+pub const SUMMARY: &str = crate::results::attribution::ANALYSIS[0];
 
 fn part(values: &[f32], labels: Vec<String>) -> Part {
     let (mean, sem, _) = mean_sem(values, labels.len());

@@ -10,6 +10,8 @@ pub const LISTING: &str = "attribution.json";
 pub const ACCUMULATED: &str = "accumulated.npy";
 pub const COMPONENTS: &str = "components.npy";
 pub const HEADS: &str = "heads.npy";
+/// What `analyze` writes beside the arrays (its summary first).
+pub const ANALYSIS: [&str; 7] = ["attribution_summary.json", "accumulated.png", "accumulated.svg", "components.png", "components.svg", "heads.png", "heads.svg"];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Listing {
@@ -49,9 +51,10 @@ pub fn write(dir: &Path, listing: &Listing, a: &Arrays, overwrite: bool) -> Resu
         bail!("{} already holds results: pass --overwrite to replace them, or choose another --out", dir.display());
     }
     let p = listing.pairs.len();
-    // The listing goes last, and a replaced one first: never a listing beside other arrays.
-    if is_attribution(dir) {
-        std::fs::remove_file(dir.join(LISTING)).with_context(|| format!("removing {}", dir.join(LISTING).display()))?;
+    // The listing goes last, and a replaced one first: never a listing beside other arrays, nor
+    // the replaced result's analysis beside the new one.
+    for old in [LISTING].iter().chain(&ANALYSIS) {
+        super::remove_if_present(&dir.join(old))?;
     }
     write_npy(&dir.join(ACCUMULATED), &[p, listing.accumulated_labels.len()], &a.accumulated)?;
     write_npy(&dir.join(COMPONENTS), &[p, listing.component_labels.len()], &a.components)?;
