@@ -201,21 +201,23 @@ impl PatchIn {
         };
         Ok(jobs::patch::PatchSpec {
             pairs: self.pairs.source()?,
-            prepend_bos: self.prepend_bos,
             max_diff: self.max_diff,
             strict: self.strict,
-            sites,
-            senders: self.senders,
             method: self.method,
-            metric: self.metric,
-            reuse: self.reuse,
-            skip: self.skip,
-            max_rows: self.max_rows,
             verify: self.verify.unwrap_or(if self.out.is_some() { jobs::patch::DEFAULT_VERIFY_ROWS } else { 0 }),
-            out: self.out,
-            resume: self.resume,
-            overwrite: self.overwrite,
-            shard: None,
+            sweep: jobs::sweep::SweepSpec {
+                sites,
+                senders: self.senders,
+                reuse: self.reuse,
+                skip: self.skip,
+                metric: self.metric,
+                prepend_bos: self.prepend_bos,
+                max_rows: self.max_rows,
+                out: self.out,
+                resume: self.resume,
+                overwrite: self.overwrite,
+                shard: None,
+            },
         })
     }
 }

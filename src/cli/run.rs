@@ -4,7 +4,7 @@ use crate::data::{Columns, Pair, PairSource};
 use crate::engine::{Method, Metric, PatchSite};
 use crate::jobs::patch::{parse_senders, patch, path_sites, PatchSpec, DEFAULT_SITES, DEFAULT_VERIFY_ROWS};
 use crate::jobs::Model;
-use crate::jobs::sweep::Shard;
+use crate::jobs::sweep::{Shard, SweepSpec};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -149,21 +149,23 @@ impl RunArgs {
         let default_out = self.config.as_ref().map_or_else(|| PathBuf::from("results/run"), |c| PathBuf::from("results").join(c.file_stem().unwrap_or_default()));
         let spec = PatchSpec {
             pairs: self.source()?,
-            prepend_bos: self.prepend_bos,
             max_diff: self.max_diff,
             strict: self.strict,
-            sites,
-            senders,
             method: self.method.unwrap_or_default(),
-            metric: self.metric.unwrap_or_default(),
-            reuse: !self.no_reuse,
-            skip: !self.no_skip,
-            max_rows: self.max_rows,
-            out: Some(self.out.unwrap_or(default_out)),
-            resume: self.resume,
-            overwrite: self.overwrite,
-            shard,
             verify: self.verify.unwrap_or(DEFAULT_VERIFY_ROWS),
+            sweep: SweepSpec {
+                sites,
+                senders,
+                reuse: !self.no_reuse,
+                skip: !self.no_skip,
+                metric: self.metric.unwrap_or_default(),
+                prepend_bos: self.prepend_bos,
+                max_rows: self.max_rows,
+                out: Some(self.out.unwrap_or(default_out)),
+                resume: self.resume,
+                overwrite: self.overwrite,
+                shard,
+            },
         };
         Ok(RunPlan { model: self.model.unwrap_or_else(|| "gpt2".into()), backend: self.backend, spec })
     }
@@ -206,8 +208,8 @@ impl PathArgs {
 pub fn run(plan: RunPlan) -> Result<()> {
     let backend = plan.backend.spec();
     let model = Model::load(&plan.model, backend, plan.backend.threads)?;
-    if let Some(s) = plan.spec.shard {
-        eprintln!("shard {}/{} into {}", s.index, s.count, plan.spec.out.as_deref().unwrap_or(Path::new(".")).join(s.dir_name()).display());
+    if let Some(s) = plan.spec.sweep.shard {
+        eprintln!("shard {}/{} into {}", s.index, s.count, plan.spec.sweep.out.as_deref().unwrap_or(Path::new(".")).join(s.dir_name()).display());
     }
     let p = patch(&model, &plan.spec, &mut super::Bar::default())?;
     for s in &p.skipped {

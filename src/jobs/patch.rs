@@ -2,9 +2,9 @@
 //! directory through its transaction, rechecked by `verify` afterwards.
 use super::{Model, ModelTask, On, Progress};
 use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
-use crate::engine::{Method, Metric, PatchSite};
+use crate::engine::{Method, PatchSite};
 use crate::results::Verification;
-use crate::jobs::sweep::{sweep, Shard, SweepModel, SweepSpec, SweepSummary};
+use crate::jobs::sweep::{sweep, SweepModel, SweepSpec, SweepSummary};
 use anyhow::{bail, Result};
 use burn::prelude::Backend;
 use std::path::PathBuf;
@@ -17,52 +17,16 @@ pub const DEFAULT_VERIFY_ROWS: usize = 8;
 #[derive(Clone, Debug)]
 pub struct PatchSpec {
     pub pairs: PairSource,
-    /// `<|endoftext|>` in front of every prompt (TransformerLens' default).
-    pub prepend_bos: bool,
     /// Skip pairs whose prompts differ at more than this many positions.
     pub max_diff: Option<usize>,
     /// A pair failing a check is an error, not skipped.
     pub strict: bool,
-    pub sites: Vec<PatchSite>,
-    /// Path sites' sending heads [layer, head] (None: every head).
-    pub senders: Option<Vec<[usize; 2]>>,
     pub method: Method,
-    pub metric: Metric,
-    pub reuse: bool,
-    pub skip: bool,
-    /// Patched runs a forward pass (attribution: pairs); None: from the device's memory.
-    pub max_rows: Option<usize>,
-    /// The results directory (a shard's inside it); None: arrays in memory.
-    pub out: Option<PathBuf>,
-    pub resume: bool,
-    pub overwrite: bool,
-    pub shard: Option<Shard>,
     /// Patched runs of a directory run rechecked on the simplest path afterwards (0: none).
     pub verify: usize,
-}
-
-impl PatchSpec {
-    /// The defaults of `patchbay run` for `pairs`, arrays in memory.
-    pub fn new(pairs: PairSource) -> Self {
-        Self {
-            pairs,
-            prepend_bos: false,
-            max_diff: None,
-            strict: false,
-            sites: PatchSite::parse_list(DEFAULT_SITES).expect("the default sites parse"),
-            senders: None,
-            method: Method::Exact,
-            metric: Metric::default(),
-            reuse: true,
-            skip: true,
-            max_rows: None,
-            out: None,
-            resume: false,
-            overwrite: false,
-            shard: None,
-            verify: DEFAULT_VERIFY_ROWS,
-        }
-    }
+    /// What to patch and how, and where the results go (`out`: the run's directory; a shard's
+    /// is inside it).
+    pub sweep: SweepSpec,
 }
 
 /// What a sweep did.
@@ -77,14 +41,15 @@ pub struct Patched {
 }
 
 /// Runs `spec` on `model`.
-pub fn patch(model: &Model, spec: &PatchSpec, progress: &mut dyn Progress) -> Result<Patched> {
+pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> Result<Patched> {
+    let spec = &patch.sweep;
     if spec.max_rows == Some(0) {
         bail!("--max-rows must be at least 1");
     }
     if spec.sites.is_empty() {
         bail!("--sites names no site");
     }
-    if spec.method == Method::Attribution {
+    if patch.method == Method::Attribution {
         if let Some(s) = spec.sites.iter().find(|s| s.is_path()) {
             bail!("--method attribution estimates overwrites of one activation, not paths ({}): use --method exact", s.name());
         }
@@ -99,34 +64,22 @@ pub fn patch(model: &Model, spec: &PatchSpec, progress: &mut dyn Progress) -> Re
     if let Some([l, h]) = spec.senders.iter().flatten().find(|[l, h]| *l >= c.n_layer || *h >= c.n_head) {
         bail!("--senders: head {l}.{h} does not exist (the model has {} layers of {} heads)", c.n_layer, c.n_head);
     }
-    let checks = Checks { max_diff: spec.max_diff, context: Some(c.n_positions), vocab: Some(c.vocab_size), prepend_bos: spec.prepend_bos };
-    let (pairs, skipped) = data::load_pairs(&spec.pairs, &model.tokenizer, checks, spec.strict)?;
+    let checks = Checks { max_diff: patch.max_diff, context: Some(c.n_positions), vocab: Some(c.vocab_size), prepend_bos: spec.prepend_bos };
+    let (pairs, skipped) = data::load_pairs(&patch.pairs, &model.tokenizer, checks, patch.strict)?;
     let out = match (&spec.out, spec.shard) {
         (Some(dir), Some(s)) => Some(dir.join(s.dir_name())),
         (dir, _) => dir.clone(),
     };
     // The whole command, the run and its verification, holds the directory.
     let _lock = out.as_deref().map(crate::results::lock::exclusive).transpose()?;
-    let sweep_spec = SweepSpec {
-        sites: spec.sites.clone(),
-        senders: spec.senders.clone(),
-        reuse: spec.reuse,
-        skip: spec.skip,
-        metric: spec.metric,
-        prepend_bos: spec.prepend_bos,
-        max_rows: spec.max_rows,
-        out: out.clone(),
-        resume: spec.resume,
-        overwrite: spec.overwrite,
-        shard: spec.shard,
-    };
-    let task = Sweep { model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: spec.method, progress };
+    let sweep_spec = SweepSpec { out: out.clone(), ..spec.clone() };
+    let task = Sweep { model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: patch.method, progress };
     let summary = model.with(task)?;
     let verification = match &out {
-        Some(dir) if spec.verify > 0 => Some(crate::jobs::verify::verify(dir, spec.verify, None, Some(model))?),
+        Some(dir) if patch.verify > 0 => Some(crate::jobs::verify::verify(dir, patch.verify, None, Some(model))?),
         _ => None,
     };
-    Ok(Patched { summary, skipped, row_unit: spec.pairs.row_unit(), out, verification })
+    Ok(Patched { summary, skipped, row_unit: patch.pairs.row_unit(), out, verification })
 }
 
 struct Sweep<'a> {
