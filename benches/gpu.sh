@@ -1,97 +1,141 @@
 #!/usr/bin/env bash
-# The GPU numbers in one command: fidelity of the backend at the real GPT-2 shape (TF32 shows here),
-# `patchbay bench` at the reference workload and at the seed pair, the PyTorch comparison, and the
-# 500-prompt IOI sweep's wall time, exact and by attribution patching. The first run of each matmul shape autotunes (minutes for tf32
-# and bf16, cached in target/autotune/). Needs python3 with torch + transformers (for the random-weight
-# gpt2-shape model and the comparison); nothing is downloaded.
+# The GPU numbers in one prepared command, in priority order, each step printing its figures as
+# soon as it has them and each under its own time limit, so that the whole fits a lent GPU's 15
+# minutes (start and transfers included) with prebuilt binaries carried:
+#   1. doctor: the backend step by step against the cpu on h1-dh64 and the gpt2 shape (f32, then
+#      tf32 and bf16 on gpt2), naming the first faulty operation if there is one;
+#   2. fidelity: logits and every site vs HF on every fixture shape for f32, tf32 and bf16, fused
+#      and unfused (the suite's model_fidelity), the exact tuner's self-check, then the gpt2 shape;
+#   3. the reference sweep (PAIRS x TOKENS, resid_pre) in each dtype beside PyTorch at the same
+#      precision (benches/compare_torch.py), whose second table is
+#   4. the seed pair (1 pair x 11 tokens, warm: the best of --repeat after a warm-up);
+#   5. IOI: IOI_N prompts, configs/ioi.toml's sites, exact, wall time with the model load;
+#   6. with time left: the patching fidelity (engine_fidelity) on the same backends.
+# burn's own autotune (tf32, bf16) runs at CUBECL_AUTOTUNE_LEVEL=minimal (coarser shape keys, so
+# fewer tunings) and caches under target/autotune; the exact-f32 tuner checks every kernel it
+# tries against the naive one (src/backend/exact.rs). Needs python3 with torch + transformers (the
+# random-weight gpt2-shape model and the comparison); nothing is downloaded.
 #
-#   cargo build --release --features cuda
-#   cargo test --release --features cuda --no-run    # optional: the test binary (fidelity checks)
-#   benches/gpu.sh
-#
-# Environment (defaults): PATCHBAY (target/release/patchbay), BACKEND (cuda), DTYPES (f32 tf32 bf16;
-# use "f32 f16" for wgpu), PAIRS (256), TOKENS (16), IOI_N (500), OUT (results/gpu), TESTS (a folder
-# holding the test binary `suite`; without it, fidelity is skipped).
-# Everything printed is also written to OUT/gpu.log; bench reports as OUT/*.json.
-#
-# Built elsewhere and carried (x86-64): the two binaries, stripped and compressed (about 9 MB each
-# for a build without cuda, measured; check the total stays under what the carry allows):
+# On this machine (x86-64), then carry target/gpu (about 40 MB compressed with cuda; check the
+# total with the working tree stays under the carry limit):
+#   cargo test --release --features cuda --no-run
 #   mkdir -p target/gpu && strip -o target/gpu/patchbay target/release/patchbay
 #   strip -o target/gpu/suite "$(ls -t target/release/deps/suite-* | grep -v '\.d$' | head -1)"
-#   xz -T0 target/gpu/*   # carry target/gpu; there: xz -d target/gpu/*.xz && PATCHBAY=target/gpu/patchbay TESTS=target/gpu benches/gpu.sh
+#   xz -T0 -f target/gpu/patchbay target/gpu/suite
+# There:  xz -d -k -f target/gpu/*.xz && PATCHBAY=target/gpu/patchbay TESTS=target/gpu benches/gpu.sh
+# Dry run here (wgpu on lavapipe, a small shape):
+#   BACKEND=wgpu DTYPES=f32 SHAPE=tiny PAIRS=4 TOKENS=8 IOI_N=20 PATCHBAY=target/debug/patchbay benches/gpu.sh
+#
+# Environment (defaults): PATCHBAY (target/release/patchbay), BACKEND (cuda), DTYPES (f32 tf32
+# bf16; "f32 f16" for wgpu), SHAPE (gpt2; `tiny` uses the committed tiny fixture, benches
+# distilgpt2 and skips the PyTorch comparison), PAIRS (256), TOKENS (16), IOI_N (500), OUT (results/gpu), TESTS (a folder
+# holding the test binary `suite`; without it, fidelity is skipped), LIMIT (seconds a step may
+# take, scaled per step below: 60), DEADLINE (seconds after which no step starts and a running
+# one is cut: 540, so the script ends inside one 10-minute device call).
+# Everything printed is also written to OUT/gpu.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PATCHBAY=${PATCHBAY:-target/release/patchbay}
 BACKEND=${BACKEND:-cuda}
 DTYPES=${DTYPES:-f32 tf32 bf16}
+SHAPE=${SHAPE:-gpt2}
 PAIRS=${PAIRS:-256}
 TOKENS=${TOKENS:-16}
 IOI_N=${IOI_N:-500}
 OUT=${OUT:-results/gpu}
+LIMIT=${LIMIT:-60}
+DEADLINE=${DEADLINE:-540}
+# 20 single-byte tokens: inside every vocabulary (the shape fixtures have 512 ids).
+DOCTOR_TEXT=${DOCTOR_TEXT:-'x+y=z,p-q*r/s;t:u!v'}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
 WORK=$(mktemp -d)
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
+START=$(date +%s)
 failed=0
-step() { echo; echo "== $*"; }
-check() { "$@" || { echo "FAILED ($?): $*"; failed=1; }; }
+step() { echo; echo "== [$(($(date +%s) - START)) s] $*"; }
+# check SECONDS CMD...: runs CMD under a time limit (cut to what is left before DEADLINE); a
+# failure or a timeout is reported, not fatal.
+check() {
+  local limit=$1 left=$((DEADLINE - $(date +%s) + START)); shift
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 5 ]; then echo "SKIPPED (the deadline of ${DEADLINE} s is reached): $*"; failed=1; return 125; fi
+  timeout --kill-after=5 "$limit" "$@"
+  local rc=$?
+  case $rc in 0) ;; 124|137) echo "TIMED OUT after ${limit} s: $*"; failed=1 ;; *) echo "FAILED ($rc): $*"; failed=1 ;; esac
+  return $rc
+}
+# The backends of each dtype, unfused and fused (fused f32 is refused on cuda: burn's fused matmul is TF32).
+backends() {
+  for d in $DTYPES; do
+    case "$BACKEND-$d" in cuda-f32) echo cuda ;; *-f32) echo "$BACKEND,$BACKEND-fusion" ;; *) echo "$BACKEND-$d,$BACKEND-fusion-$d" ;; esac
+  done | paste -sd,
+}
 
 step "device"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PATCHBAY" --version
 
-step "random-weight gpt2-shape model and its HF references (tests/fixtures/make_fixtures.py --sites-only)"
-check python3 tests/fixtures/make_fixtures.py --shape gpt2 --sites-only --out "$WORK/gpt2"
-
-if [ -n "${TESTS:-}" ]; then
-  # Fused f32 is refused on cuda (burn's fused matmul is TF32): there, fusion is checked in tf32 and bf16.
-  backends=$(for d in $DTYPES; do
-    case "$BACKEND-$d" in cuda-f32) echo cuda ;; *-f32) echo "$BACKEND,$BACKEND-fusion" ;; *) echo "$BACKEND-$d,$BACKEND-fusion-$d" ;; esac
-  done | paste -sd,)
-  step "fidelity on $backends: tiny fixture (logits, every site, every patching site vs TransformerLens)"
-  check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$backends" "$TESTS"/suite --nocapture model_fidelity:: engine_fidelity::
-  step "fidelity at the gpt2 shape (logits and every site vs HF)"
-  check env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_FIXTURE_DIR="$WORK/gpt2" PATCHBAY_TEST_BACKENDS="$backends" \
-    "$TESTS"/suite --nocapture model_fidelity::logits_and_sites
+if [ "$SHAPE" = tiny ]; then
+  MODEL=tests/fixtures/tiny
+else
+  step "random-weight $SHAPE-shape model and its HF references (tests/fixtures/make_fixtures.py --sites-only)"
+  check $((LIMIT)) python3 tests/fixtures/make_fixtures.py --shape "$SHAPE" --sites-only --out "$WORK/$SHAPE"
+  MODEL=$WORK/$SHAPE
 fi
 
-# Unfused (the default) and fused (--fusion, opt-in: trust its numbers only where fidelity passed).
+step "1. doctor: $BACKEND against the cpu, step by step"
 for d in $DTYPES; do
-  for fusion in "" --fusion; do
-    [ "$BACKEND-$d$fusion" = cuda-f32--fusion ] && continue
-    tag="$BACKEND-$d${fusion:+-fusion}"
-    step "bench $tag: $PAIRS pairs x $TOKENS tokens, resid_pre: default vs --no-skip vs --no-reuse"
-    check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre --json >"$OUT/bench-$tag.json"
-    cat "$OUT/bench-$tag.json"
-    step "bench $tag: the same corrupted at position 10 (no-op runs skipped)"
-    check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre --corrupt-at 10
-    step "bench $tag: the seed pair's shape (1 pair x 11 tokens, 132 runs)"
-    check "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" $fusion --shape gpt2 --pairs 1 --tokens 11 --sites resid_pre --repeat 10
+  for model in tests/fixtures/shapes/h1-dh64 "$MODEL"; do
+    # The small fixture in f32 only: half precision is judged at the real shape.
+    [ "$d" != f32 ] && [ "$model" != "$MODEL" ] && continue
+    echo "-- $BACKEND $d, $(basename "$model")"
+    check $((LIMIT / 2)) "$PATCHBAY" doctor --model "$model" --backend "$BACKEND" --dtype "$d" --text "$DOCTOR_TEXT"
   done
 done
 
-if [ "$BACKEND" = cuda ]; then
+if [ -n "${TESTS:-}" ]; then
+  step "2. fidelity on $(backends): logits and every site vs HF on every fixture shape; the exact tuner's self-check"
+  # One process a backend: a failing one does not hide the others' rows.
+  for b in $(backends | tr , ' '); do
+    check $((LIMIT / 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$b" "$TESTS"/suite --nocapture model_fidelity::logits_and_sites
+  done
+  check $((LIMIT / 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$(backends)" "$TESTS"/suite --nocapture kernels::the_exact_f32_tuner
+  if [ "$SHAPE" != tiny ]; then
+    step "2b. fidelity at the $SHAPE shape (logits and every site vs HF)"
+    check $((LIMIT * 3 / 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_FIXTURE_DIR="$MODEL" PATCHBAY_TEST_BACKENDS="$(backends)" \
+      "$TESTS"/suite --nocapture model_fidelity::logits_and_sites
+  fi
+fi
+
+if [ "$BACKEND" = cuda ] && [ "$SHAPE" != tiny ]; then
   for d in $DTYPES; do
-    [ "$d" = f16 ] && continue
-    step "PyTorch side by side ($d)"
-    check python3 benches/compare_torch.py --patchbay "$PATCHBAY" --backend cuda --pairs "$PAIRS" --tokens "$TOKENS" --dtype "$d"
+    step "3-4. the reference sweep and the seed pair, $d: PyTorch side by side (patchbay bench default / --no-skip / --no-reuse)"
+    check $((LIMIT * 3 / 2)) python3 benches/compare_torch.py --patchbay "$PATCHBAY" --backend cuda --shape "$SHAPE" --pairs "$PAIRS" --tokens "$TOKENS" --dtype "$d" --tl-pairs 0
+  done
+else
+  for d in $DTYPES; do
+    step "3-4. bench $BACKEND $d: $PAIRS pairs x $TOKENS tokens, resid_pre; the seed pair's shape"
+    shape=$([ "$SHAPE" = tiny ] && echo distilgpt2 || echo "$SHAPE") # bench takes the released shapes
+    check $((LIMIT)) "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" --shape "$shape" --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre
+    check $((LIMIT)) "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" --shape "$shape" --pairs 1 --tokens 11 --sites resid_pre --repeat 3
   done
 fi
 
-step "IOI: $IOI_N prompts, configs/ioi.toml sites, gpt2 shape (random weights), $BACKEND f32"
-check "$PATCHBAY" ioi --n "$IOI_N" --seed 0 --model "$WORK/gpt2" --out "$WORK/ioi.jsonl"
-start=$(date +%s%N)
-check "$PATCHBAY" run configs/ioi.toml --model "$WORK/gpt2" --pairs "$WORK/ioi.jsonl" --out "$WORK/ioi" --backend "$BACKEND"
-echo "IOI sweep wall time: $((($(date +%s%N) - start) / 1000000)) ms (model load included)"
-check "$PATCHBAY" analyze "$WORK/ioi" >/dev/null
-cp "$WORK/ioi/manifest.json" "$OUT/ioi-manifest.json" 2>/dev/null
-step "IOI by attribution patching (--method attribution), the same pairs and sites, and its agreement with the exact run"
-start=$(date +%s%N)
-check "$PATCHBAY" run configs/ioi.toml --model "$WORK/gpt2" --pairs "$WORK/ioi.jsonl" --out "$WORK/ioi-attr" --backend "$BACKEND" --method attribution
-echo "IOI attribution wall time: $((($(date +%s%N) - start) / 1000000)) ms (model load included)"
-check "$PATCHBAY" analyze "$WORK/ioi-attr" >/dev/null
-check "$PATCHBAY" analyze "$WORK/ioi-attr" --compare "$WORK/ioi"
+step "5. IOI: $IOI_N prompts, configs/ioi.toml sites, $BACKEND f32"
+if check $((LIMIT / 2)) "$PATCHBAY" ioi --n "$IOI_N" --seed 0 --model "$MODEL" --out "$WORK/ioi.jsonl"; then
+  start=$(date +%s%N)
+  check $((LIMIT * 3 / 2)) "$PATCHBAY" run configs/ioi.toml --model "$MODEL" --pairs "$WORK/ioi.jsonl" --out "$WORK/ioi" --backend "$BACKEND" \
+    && echo "IOI sweep wall time: $((($(date +%s%N) - start) / 1000000)) ms (model load included)"
+  cp "$WORK/ioi/manifest.json" "$OUT/ioi-manifest.json" 2>/dev/null
+fi
+
+if [ -n "${TESTS:-}" ]; then
+  step "6. patching fidelity (engine_fidelity) on $(backends), as time allows"
+  check $((LIMIT * 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$(backends)" "$TESTS"/suite --nocapture engine_fidelity::
+fi
 
 rm -rf "$WORK"
-[ $failed = 0 ] && echo "all steps passed" || echo "some steps FAILED"
+echo
+echo "== [$(($(date +%s) - START)) s] $([ $failed = 0 ] && echo "all steps passed" || echo "some steps FAILED or TIMED OUT")"
 exit $failed

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
-mod exact;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod exact;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -81,11 +81,36 @@ thread_local! {
 pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     if !TF32.get() {
-        if let Some(out) = exact::matmul(&lhs, &rhs) {
+        if let Some(out) = exact::cuda_matmul(&lhs, &rhs) {
             return out;
         }
     }
     lhs.matmul(rhs)
+}
+
+/// The matrix-product kernels the exact-f32 tuner excluded in this process (`exact.rs`): a run
+/// records them in its manifest.
+pub fn kernels_excluded() -> Vec<String> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    return exact::excluded();
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    Vec::new()
+}
+
+/// A tensor's shape, and its strides where the backend's kernels read them (cubecl's tensors:
+/// wgpu and cuda without fusion), as `doctor` prints them.
+pub fn layout<B: Backend, const D: usize>(t: &Tensor<B, D>) -> String {
+    let prim: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
+    #[cfg(feature = "wgpu")]
+    if let Some(c) = prim.downcast_ref::<burn_cubecl::tensor::CubeTensor<burn::backend::wgpu::WgpuRuntime>>() {
+        return format!("{:?} strides {:?}", c.meta.shape().to_vec(), c.meta.strides().to_vec());
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(c) = prim.downcast_ref::<burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime>>() {
+        return format!("{:?} strides {:?}", c.meta.shape().to_vec(), c.meta.strides().to_vec());
+    }
+    drop(prim);
+    format!("{:?}", t.dims())
 }
 
 /// Work that runs on whichever backend the user chose.

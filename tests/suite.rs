@@ -10,6 +10,7 @@ mod cli;
 mod datasets;
 mod engine_fidelity;
 mod generate;
+mod kernels;
 mod model_fidelity;
 mod results_dir;
 mod tokenizer;

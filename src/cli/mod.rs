@@ -1,6 +1,7 @@
 //! The command line: argument parsing and printing over the library. No tensor math here.
 mod attribute;
 mod bench;
+mod doctor;
 mod generate;
 mod inspect;
 mod patterns;
@@ -74,6 +75,9 @@ enum Command {
     },
     /// Benchmark a sweep on a random-weight model of a named shape: reuse vs --no-reuse.
     Bench(bench::BenchArgs),
+    /// Localize a wrong backend: each step of the forward pass (layer norms, linear layers,
+    /// attention products, softmax) on --backend against the cpu, from the same inputs.
+    Doctor(doctor::DoctorArgs),
     /// Generate text from prompts (greedy or sampled), with a KV cache, batched.
     Generate(generate::GenerateArgs),
     /// Going backwards: put the tokens in front of a text that make it least perplexing, one a
@@ -263,6 +267,7 @@ pub fn main() -> Result<()> {
             run::run(plan(&argv[1], &argv[2..])?)
         }
         Command::Bench(args) => bench::bench(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Patterns(args) => patterns::run(args),
         Command::Generate(args) => generate::run_generate(args),
         Command::Prepend(args) => generate::run_prepend(args),

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod circuits;
 pub mod datasets;
+pub mod doctor;
 pub mod inspect;
 pub mod patch;
 pub mod sweep;

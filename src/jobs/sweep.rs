@@ -269,6 +269,10 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     let arrays = match sink {
         Sink::Dir(writer) => {
             writer.commit()?;
+            manifest.kernels_excluded = crate::backend::kernels_excluded();
+            if let (Some(out), false) = (&spec.out, manifest.kernels_excluded.is_empty()) {
+                results::update_finished(out, &manifest)?;
+            }
             None
         }
         Sink::Memory(arrays) => Some(arrays),
@@ -361,6 +365,7 @@ fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[Tokenize
         skipped: Vec::new(),
         shard: None,
         verify: None,
+        kernels_excluded: vec![],
         pairs: pairs.iter().map(|p| PairEntry::new(p, &handle.tokenizer)).collect(),
     }
 }

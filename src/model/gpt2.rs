@@ -13,7 +13,7 @@ use burn::tensor::Distribution;
 /// [batch, 1, k] input (a batched vector-matrix product against the broadcast weight) whose
 /// producer is fused, burn 0.21's fused matmul gives wrong results — the last block's single
 /// position and one-token suffixes hit it.
-fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Tensor<B, 2> {
+pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Tensor<B, 2> {
     cpu::linear(&x, w, Some(b)).unwrap_or_else(|| matmul(x, w.clone()) + b.clone().unsqueeze())
 }
 
@@ -70,11 +70,11 @@ impl<B: Backend> LayerNorm<B> {
 }
 
 pub struct Attention<B: Backend> {
-    c_attn_w: Tensor<B, 2>,
-    c_attn_b: Tensor<B, 1>,
-    c_proj_w: Tensor<B, 2>,
-    c_proj_b: Tensor<B, 1>,
-    n_head: usize,
+    pub(crate) c_attn_w: Tensor<B, 2>,
+    pub(crate) c_attn_b: Tensor<B, 1>,
+    pub(crate) c_proj_w: Tensor<B, 2>,
+    pub(crate) c_proj_b: Tensor<B, 1>,
+    pub(crate) n_head: usize,
 }
 
 impl<B: Backend> Attention<B> {
@@ -126,36 +126,53 @@ impl<B: Backend> Attention<B> {
     /// One segment's heads, their outputs concatenated: [batch, keep, d] from `qkv` [batch, pos, 3d].
     fn heads(&self, qkv: Tensor<B, 3>, layer: usize, segment: usize, prefix: Option<&Prefix<B>>, keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
         let [b, s, d3] = qkv.dims();
-        let d = d3 / 3;
-        let (h, dh, keep) = (self.n_head, d / self.n_head, keep.unwrap_or(s));
-        let mut split = |i: usize, kind: SiteKind, from: usize| {
-            let t = qkv.clone().narrow(2, i * d, d).narrow(1, from, s - from).reshape([b, s - from, h, dh]);
-            hooks.hook(Site::new(kind, layer), segment, t).swap_dims(1, 2) // [b, h, pos, dh]
-        };
+        let keep = keep.unwrap_or(s);
+        let mut split = |i: usize, kind: SiteKind, from: usize| hooks.hook(Site::new(kind, layer), segment, self.split(&qkv, i, from)).swap_dims(1, 2); // [b, h, pos, dh]
         let (q, mut k, mut v) = (split(0, SiteKind::Q, s - keep), split(1, SiteKind::K, 0), split(2, SiteKind::V, 0));
         if let Some(p) = prefix {
             k = Tensor::cat(vec![p.rows(&p.k), k], 2);
             v = Tensor::cat(vec![p.rows(&p.v), v], 2);
         }
-        let total = k.dims()[2];
-        let offset = total - keep;
-        let scores = matmul(q, k.swap_dims(2, 3)) / (dh as f64).sqrt();
-        // Query i sits at absolute position offset + i and sees keys 0..=offset + i.
-        let future = Tensor::<B, 2, Bool>::tril_mask([keep, total], offset as i64, &scores.device())
-            .unsqueeze::<4>()
-            .expand([b, h, keep, total]);
-        let pattern = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
-        let pattern = hooks.hook(Site::new(SiteKind::Pattern, layer), segment, pattern);
-        let z = hooks.hook(Site::new(SiteKind::Z, layer), segment, matmul(pattern, v).swap_dims(1, 2)); // [b, keep, h, dh]
-        z.reshape([b, keep, d])
+        let pattern = hooks.hook(Site::new(SiteKind::Pattern, layer), segment, causal_softmax(scores(q, k)));
+        let z = hooks.hook(Site::new(SiteKind::Z, layer), segment, mix(pattern, v)); // [b, keep, h, dh]
+        z.reshape([b, keep, d3 / 3])
+    }
+
+    /// The queries (`i` 0), keys (1) or values (2) of positions `from`.. in `qkv` [b, pos, 3d]:
+    /// [b, pos - from, head, d_head] (TransformerLens' layout).
+    pub(crate) fn split(&self, qkv: &Tensor<B, 3>, i: usize, from: usize) -> Tensor<B, 4> {
+        let [b, s, d3] = qkv.dims();
+        let d = d3 / 3;
+        qkv.clone().narrow(2, i * d, d).narrow(1, from, s - from).reshape([b, s - from, self.n_head, d / self.n_head])
     }
 }
 
+/// Attention scores q·kᵀ/√d_head, [b, h, queries, keys], of `q` [b, h, queries, dh] and `k`
+/// [b, h, keys, dh].
+pub(crate) fn scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dh = q.dims()[3];
+    matmul(q, k.swap_dims(2, 3)) / (dh as f64).sqrt()
+}
+
+/// The attention pattern of `scores` [b, h, keep, total]: the queries are the last `keep` of
+/// `total` positions, query i at position total - keep + i seeing keys 0..=total - keep + i.
+pub(crate) fn causal_softmax<B: Backend>(scores: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, keep, total] = scores.dims();
+    let future = Tensor::<B, 2, Bool>::tril_mask([keep, total], (total - keep) as i64, &scores.device()).unsqueeze::<4>().expand([b, h, keep, total]);
+    softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3)
+}
+
+/// The heads' outputs (TransformerLens' `z`) [b, keep, h, dh] of `pattern` [b, h, keep, total] and
+/// values `v` [b, h, total, dh].
+pub(crate) fn mix<B: Backend>(pattern: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    matmul(pattern, v).swap_dims(1, 2)
+}
+
 pub struct Mlp<B: Backend> {
-    c_fc_w: Tensor<B, 2>,
-    c_fc_b: Tensor<B, 1>,
-    c_proj_w: Tensor<B, 2>,
-    c_proj_b: Tensor<B, 1>,
+    pub(crate) c_fc_w: Tensor<B, 2>,
+    pub(crate) c_fc_b: Tensor<B, 1>,
+    pub(crate) c_proj_w: Tensor<B, 2>,
+    pub(crate) c_proj_b: Tensor<B, 1>,
     activation: Activation,
 }
 
@@ -172,20 +189,22 @@ impl<B: Backend> Mlp<B> {
     }
 
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = linear(x, &self.c_fc_w, &self.c_fc_b);
-        let x = match self.activation {
+        linear(self.activation(linear(x, &self.c_fc_w, &self.c_fc_b)), &self.c_proj_w, &self.c_proj_b)
+    }
+
+    pub(crate) fn activation(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.activation {
             Activation::GeluNew => gelu_new(x),
             Activation::Gelu => gelu(x),
-        };
-        linear(x, &self.c_proj_w, &self.c_proj_b)
+        }
     }
 }
 
 pub struct Block<B: Backend> {
-    ln_1: LayerNorm<B>,
+    pub(crate) ln_1: LayerNorm<B>,
     pub attn: Attention<B>,
-    ln_2: LayerNorm<B>,
-    mlp: Mlp<B>,
+    pub(crate) ln_2: LayerNorm<B>,
+    pub(crate) mlp: Mlp<B>,
 }
 
 impl<B: Backend> Block<B> {
@@ -221,7 +240,7 @@ impl<B: Backend> Block<B> {
 
 pub struct Gpt2<B: Backend> {
     pub config: Gpt2Config,
-    wte: Tensor<B, 2>,
+    pub(crate) wte: Tensor<B, 2>,
     wpe: Tensor<B, 2>,
     pub blocks: Vec<Block<B>>,
     ln_f: LayerNorm<B>,

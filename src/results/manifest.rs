@@ -185,6 +185,11 @@ pub struct Manifest {
     /// Not part of the run's identity: added after it finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Verification>,
+    /// Matrix-product kernels the exact-f32 tuner excluded in the run's process because they
+    /// disagreed with the naive kernel (`backend::exact`), one line each. Not part of the run's
+    /// identity: added after it finishes, when there are any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels_excluded: Vec<String>,
 }
 
 /// An array of a run: file name, element type and shape.
@@ -209,9 +214,10 @@ impl Manifest {
         serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
     }
 
-    /// What makes two runs the same run: everything but the verification record.
+    /// What makes two runs the same run: everything but the verification record and the
+    /// kernels excluded on the way.
     pub fn identity(&self) -> String {
-        fingerprint(&Self { verify: None, ..self.clone() })
+        fingerprint(&Self { verify: None, kernels_excluded: vec![], ..self.clone() })
     }
 
     /// Every array the run writes, sites first.

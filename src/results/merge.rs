@@ -32,7 +32,7 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     // Everything but the shard, its pairs and its batch size must be the same run: model,
     // settings, sites and the whole run's dataset. (Shards batched alike, e.g. with one
     // --max-rows, merge byte-identical to the unsharded run; otherwise equal to float rounding.)
-    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, verify: None, runs: Runs::default(), ..m.clone() };
+    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, verify: None, runs: Runs::default(), kernels_excluded: vec![], ..m.clone() };
     for (dir, m, info) in &parts[1..] {
         if same(m) != same(first) || info.pairs_total != first_info.pairs_total {
             let why = if m.dataset != first.dataset { "made from other pairs" } else { "another model, sites or settings" };
@@ -49,6 +49,7 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
         }
     }
     let mut merged = Manifest { shard: None, verify: merged_verification(&parts), ..first.clone() };
+    merged.kernels_excluded = parts.iter().flat_map(|(_, m, _)| m.kernels_excluded.clone()).collect();
     merged.runs = Runs::default();
     for (_, m, _) in &parts {
         merged.runs += m.runs;

@@ -1,0 +1,316 @@
+//! `doctor`: localizes a wrong backend in one run. Every step of every block (the layer norms,
+//! the linear layers, the attention products, the softmax, the activation; the attention steps
+//! also for the last position alone, as a sweep's last block runs them) and the unembedding run
+//! on the CPU, chained as the forward pass runs them. Then each step runs again on the backend
+//! under test from the CPU's inputs, so that a step's difference is its own and not what earlier
+//! steps passed on: the first step beyond the dtype's tolerance is the faulty operation.
+use super::{Model, ModelTask, On};
+use crate::backend::{layout, matmul, BackendSpec, DType};
+use crate::model::gpt2::{causal_softmax, linear, mix, scores};
+use crate::model::{Gpt2, NoHooks};
+use anyhow::{ensure, Result};
+use burn::prelude::*;
+use serde::Serialize;
+
+#[derive(Clone, Debug)]
+pub struct DoctorSpec {
+    /// The backend under test; the reference is always the cpu backend in f32.
+    pub backend: BackendSpec,
+    /// The prompt; None: `positions` fixed pseudo-random token ids (any vocabulary size).
+    pub text: Option<String>,
+    pub positions: usize,
+    /// Batch rows: the prompt's tokens, row r rotated by r (rows that differ, so a kernel that
+    /// mixes up batch strides shows).
+    pub rows: usize,
+    /// Tests: add 1 to the first element of this step's output on the backend under test.
+    pub inject_fault: Option<String>,
+}
+
+/// One step as the backend under test ran it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    /// The block, or None for the steps after the last one (ln_f, the unembedding).
+    pub block: Option<usize>,
+    pub step: &'static str,
+    /// The operands of a matrix product as the backend's kernel reads them: shape and strides.
+    pub operands: Vec<String>,
+    pub shape: Vec<usize>,
+    pub max_abs_diff: f32,
+    /// The largest |value| of the CPU's output: the scale the tolerance is relative to.
+    pub max_abs: f32,
+    pub differs: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Doctor {
+    pub backend: BackendSpec,
+    /// Relative to each step's largest |value|.
+    pub tolerance: f32,
+    pub steps: Vec<StepReport>,
+    /// The whole forward pass on each backend, as a sweep sees it.
+    pub logits_max_abs_diff: f32,
+}
+
+impl Doctor {
+    /// The first step beyond the tolerance, in forward order.
+    pub fn first_difference(&self) -> Option<&StepReport> {
+        self.steps.iter().find(|s| s.differs)
+    }
+}
+
+/// A step's relative tolerance for a backend's precision (per step, from the CPU's inputs).
+fn tolerance(spec: &BackendSpec) -> f32 {
+    match spec.dtype {
+        DType::F32 => 1e-4,
+        DType::Tf32 => 1e-2,
+        DType::F16 => 2e-2,
+        DType::Bf16 => 6e-2,
+    }
+}
+
+pub fn doctor(model: &str, spec: &DoctorSpec, threads: Option<usize>) -> Result<Doctor> {
+    ensure!(spec.rows > 0, "--rows must be at least 1");
+    let cpu = Model::load(model, BackendSpec::default(), threads)?;
+    let ids = match &spec.text {
+        Some(text) => cpu.tokenizer.encode_with(text, false)?,
+        None => (0..spec.positions).map(|i| ((i * 7919 + 104_729) % cpu.config.vocab_size) as u32).collect(),
+    };
+    ensure!(ids.len() >= 2, "doctor needs a prompt of at least 2 tokens, not {} (--text, --positions)", ids.len());
+    let tokens: Vec<Vec<u32>> = (0..spec.rows).map(|r| (0..ids.len()).map(|i| ids[(i + r) % ids.len()]).collect()).collect();
+    let trace = cpu.with(TraceTask { tokens: tokens.clone() })?;
+    let other = Model::load(model, spec.backend.clone(), None)?;
+    let tol = tolerance(&spec.backend);
+    let (outputs, logits) = other.with(Replay { trace: &trace, tokens, inject: spec.inject_fault.clone() })?;
+    let steps = trace
+        .entries
+        .iter()
+        .zip(outputs)
+        .map(|(e, (out, operands))| {
+            let want = &trace.values[e.output];
+            let max_abs = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let max_abs_diff = max_diff(&out.data, &want.data);
+            StepReport { block: e.block, step: e.step.name(), operands, shape: want.shape.clone(), max_abs_diff, max_abs, differs: !(max_abs_diff <= tol * max_abs.max(1.0)) }
+        })
+        .collect();
+    Ok(Doctor { backend: spec.backend.clone(), tolerance: tol, steps, logits_max_abs_diff: max_diff(&logits.data, &trace.logits.data) })
+}
+
+/// NaN where either side is (so a NaN is never "within tolerance").
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, |m, d| if d.is_nan() || m.is_nan() { f32::NAN } else { m.max(d) })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Step {
+    Ln1,
+    CAttn,
+    Scores { last: bool },
+    Softmax { last: bool },
+    Mix { last: bool },
+    AttnProj,
+    Ln2,
+    CFc,
+    Activation,
+    MlpProj,
+    LnF,
+    Unembed,
+}
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Ln1 => "ln_1",
+            Step::CAttn => "attn.c_attn (linear)",
+            Step::Scores { last: false } => "attn.scores (q·kᵀ)",
+            Step::Softmax { last: false } => "attn.softmax",
+            Step::Mix { last: false } => "attn.z (pattern·v)",
+            Step::Scores { last: true } => "attn.scores (q·kᵀ), last position",
+            Step::Softmax { last: true } => "attn.softmax, last position",
+            Step::Mix { last: true } => "attn.z (pattern·v), last position",
+            Step::AttnProj => "attn.c_proj (linear)",
+            Step::Ln2 => "ln_2",
+            Step::CFc => "mlp.c_fc (linear)",
+            Step::Activation => "mlp.act",
+            Step::MlpProj => "mlp.c_proj (linear)",
+            Step::LnF => "ln_f",
+            Step::Unembed => "unembed (linear)",
+        }
+    }
+
+    /// Whether `name` (a `--inject-fault` value) names this step: its name up to the first space.
+    fn is(self, name: &str) -> bool {
+        let full = self.name();
+        full == name || full.split(' ').next() == Some(name) && !matches!(self, Step::Scores { last: true } | Step::Softmax { last: true } | Step::Mix { last: true })
+    }
+}
+
+/// An array on the host.
+#[derive(Clone, Debug)]
+struct Host {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl Host {
+    fn of<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
+        Self { shape: t.dims().to_vec(), data: t.into_data().convert::<f32>().to_vec().expect("f32 data") }
+    }
+
+    fn on<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        let shape: [usize; D] = self.shape.clone().try_into().expect("a step's input of the rank it takes");
+        Tensor::from_data(TensorData::new(self.data.clone(), shape).convert_dtype(<B::FloatElem as burn::tensor::Element>::dtype()), device)
+    }
+
+    fn add(&self, other: &Host) -> Host {
+        Host { shape: self.shape.clone(), data: self.data.iter().zip(&other.data).map(|(a, b)| a + b).collect() }
+    }
+}
+
+/// A step of the forward: which values it reads and which it writes.
+struct Entry {
+    block: Option<usize>,
+    step: Step,
+    inputs: Vec<usize>,
+    output: usize,
+}
+
+/// The CPU's forward, step by step: every value, and the logits of the whole forward.
+struct Trace {
+    entries: Vec<Entry>,
+    values: Vec<Host>,
+    logits: Host,
+}
+
+struct TraceTask {
+    tokens: Vec<Vec<u32>>,
+}
+
+impl ModelTask for TraceTask {
+    type Output = Trace;
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Trace> {
+        let m = on.model;
+        let device = m.device();
+        let tokens = m.tokens(&self.tokens)?;
+        let logits = Host::of(m.forward(tokens.clone(), &mut NoHooks));
+        let mut t = Trace { entries: Vec::new(), values: vec![Host::of(m.embed(tokens, 0))], logits };
+        let step = |t: &mut Trace, block: Option<usize>, step: Step, inputs: Vec<usize>| {
+            let ins: Vec<&Host> = inputs.iter().map(|&i| &t.values[i]).collect();
+            let (out, _) = run_step(m, block, step, &ins, &device);
+            t.values.push(out);
+            let output = t.values.len() - 1;
+            t.entries.push(Entry { block, step, inputs, output });
+            output
+        };
+        let mut resid = 0;
+        for l in 0..m.blocks.len() {
+            let b = Some(l);
+            let x = step(&mut t, b, Step::Ln1, vec![resid]);
+            let qkv = step(&mut t, b, Step::CAttn, vec![x]);
+            let mut z = 0;
+            for last in [false, true] {
+                let s = step(&mut t, b, Step::Scores { last }, vec![qkv]);
+                let p = step(&mut t, b, Step::Softmax { last }, vec![s]);
+                let zz = step(&mut t, b, Step::Mix { last }, vec![p, qkv]);
+                if !last {
+                    z = zz;
+                }
+            }
+            let attn_out = step(&mut t, b, Step::AttnProj, vec![z]);
+            let mid = t.values[resid].add(&t.values[attn_out]);
+            t.values.push(mid);
+            let mid = t.values.len() - 1;
+            let x = step(&mut t, b, Step::Ln2, vec![mid]);
+            let h = step(&mut t, b, Step::CFc, vec![x]);
+            let h = step(&mut t, b, Step::Activation, vec![h]);
+            let mlp_out = step(&mut t, b, Step::MlpProj, vec![h]);
+            let post = t.values[mid].add(&t.values[mlp_out]);
+            t.values.push(post);
+            resid = t.values.len() - 1;
+        }
+        let x = step(&mut t, None, Step::LnF, vec![resid]);
+        step(&mut t, None, Step::Unembed, vec![x]);
+        Ok(t)
+    }
+}
+
+/// Each of the trace's steps on another backend, from the trace's inputs: outputs and operands.
+struct Replay<'t> {
+    trace: &'t Trace,
+    tokens: Vec<Vec<u32>>,
+    inject: Option<String>,
+}
+
+impl ModelTask for Replay<'_> {
+    type Output = (Vec<(Host, Vec<String>)>, Host);
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Self::Output> {
+        let m = on.model;
+        let device = m.device();
+        let logits = Host::of(m.forward(m.tokens(&self.tokens)?, &mut NoHooks));
+        let outputs = self
+            .trace
+            .entries
+            .iter()
+            .map(|e| {
+                let ins: Vec<&Host> = e.inputs.iter().map(|&i| &self.trace.values[i]).collect();
+                let (mut out, operands) = run_step(m, e.block, e.step, &ins, &device);
+                if self.inject.as_deref().is_some_and(|name| e.step.is(name)) {
+                    out.data[0] += 1.0;
+                }
+                (out, operands)
+            })
+            .collect();
+        Ok((outputs, logits))
+    }
+}
+
+/// One step of `block` (None: after the last block) on inputs from the host: its output, and its
+/// matrix product's operands as the backend holds them.
+fn run_step<B: Backend>(m: &Gpt2<B>, block: Option<usize>, step: Step, ins: &[&Host], device: &B::Device) -> (Host, Vec<String>) {
+    let blk = block.map(|l| &m.blocks[l]);
+    let blk = || blk.expect("a block's step");
+    let t3 = |i: usize| ins[i].on::<B, 3>(device);
+    let linear3 = |x: Tensor<B, 3>, w: &Tensor<B, 2>, b: &Tensor<B, 1>| {
+        let [rows, s, k] = x.dims();
+        let x = x.reshape([rows * s, k]);
+        let operands = vec![layout(&x), layout(w)];
+        (Host::of(linear(x, w, b).reshape([rows, s, w.dims()[1]])), operands)
+    };
+    let last_from = |qkv: &Tensor<B, 3>, last: bool| if last { qkv.dims()[1] - 1 } else { 0 };
+    match step {
+        Step::Ln1 => (Host::of(blk().ln_1.forward(t3(0))), vec![]),
+        Step::Ln2 => (Host::of(blk().ln_2.forward(t3(0))), vec![]),
+        Step::LnF => (Host::of(m.ln_f().forward(t3(0))), vec![]),
+        Step::CAttn => linear3(t3(0), &blk().attn.c_attn_w, &blk().attn.c_attn_b),
+        Step::AttnProj => linear3(t3(0), &blk().attn.c_proj_w, &blk().attn.c_proj_b),
+        Step::CFc => linear3(t3(0), &blk().mlp.c_fc_w, &blk().mlp.c_fc_b),
+        Step::MlpProj => linear3(t3(0), &blk().mlp.c_proj_w, &blk().mlp.c_proj_b),
+        Step::Activation => {
+            let x = t3(0);
+            let [rows, s, k] = x.dims();
+            (Host::of(blk().mlp.activation(x.reshape([rows * s, k])).reshape([rows, s, k])), vec![])
+        }
+        Step::Scores { last } => {
+            let qkv = t3(0);
+            let q = blk().attn.split(&qkv, 0, last_from(&qkv, last)).swap_dims(1, 2);
+            let k = blk().attn.split(&qkv, 1, 0).swap_dims(1, 2);
+            let operands = vec![layout(&q), layout(&k.clone().swap_dims(2, 3))];
+            (Host::of(scores(q, k)), operands)
+        }
+        Step::Softmax { .. } => (Host::of(causal_softmax(ins[0].on::<B, 4>(device))), vec![]),
+        Step::Mix { .. } => {
+            let (pattern, qkv) = (ins[0].on::<B, 4>(device), t3(1));
+            let v = blk().attn.split(&qkv, 2, 0).swap_dims(1, 2);
+            let operands = vec![layout(&pattern), layout(&v)];
+            let z = mix(pattern, v);
+            let [b, keep, h, dh] = z.dims();
+            (Host::of(z.reshape([b, keep, h * dh])), operands)
+        }
+        Step::Unembed => {
+            let x = t3(0);
+            let [rows, s, d] = x.dims();
+            let (x, w) = (x.reshape([rows * s, d]), m.wte.clone().transpose());
+            let operands = vec![layout(&x), layout(&w)];
+            (Host::of(matmul(x, w).reshape([rows, s, m.config.vocab_size])), operands)
+        }
+    }
+}
