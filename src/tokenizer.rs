@@ -34,13 +34,24 @@ impl Tokenizer {
     }
 
     /// The text of one token, e.g. " Jones".
+    /// An id the tokenizer lacks (a model's vocabulary can be larger than its tokenizer's: padded
+    /// embeddings) is shown as `<id>`, never as nothing.
     pub fn token_str(&self, id: u32) -> String {
-        self.inner.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>"))
+        match self.inner.id_to_token(id) {
+            None => format!("<{id}>"),
+            Some(_) => self.inner.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>")),
+        }
     }
 
-    /// The text of a token sequence (byte-level: a character split across tokens comes out whole).
+    /// The text of a token sequence (byte-level: a character split across tokens comes out
+    /// whole); ids the tokenizer lacks as `<id>`.
     pub fn decode(&self, ids: &[u32]) -> String {
-        self.inner.decode(ids, false).unwrap_or_else(|_| self.token_strs(ids).concat())
+        ids.chunk_by(|a, b| self.inner.id_to_token(*a).is_some() == self.inner.id_to_token(*b).is_some())
+            .map(|run| match self.inner.id_to_token(run[0]) {
+                None => self.token_strs(run).concat(),
+                Some(_) => self.inner.decode(run, false).unwrap_or_else(|_| self.token_strs(run).concat()),
+            })
+            .collect()
     }
 
     pub fn token_strs(&self, ids: &[u32]) -> Vec<String> {

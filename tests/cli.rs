@@ -365,6 +365,10 @@ fn attribution_runs_equal_pytorch_autograd_verify_and_compare_with_exact_runs() 
     assert!(!ok && stderr.contains("runs of different pairs"), "{stderr}");
     let (ok, _, stderr) = patchbay(&["path", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--receivers", "q", "--method", "attribution", "--out", dir.join("p").to_str().unwrap()]);
     assert!(!ok && stderr.contains("not paths (path_q)"), "{stderr}");
+    // Senders of the last layer (the tiny model has 3) reach no later head's q, k or v.
+    let (ok, _, stderr) = patchbay(&["path", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--receivers", "resid_final,v", "--senders", "2.0,2.3", "--out", dir.join("p").to_str().unwrap()]);
+    assert!(!ok && stderr.contains("--senders 2.0,2.3: heads of the last layer send to no later head, so path_v would hold no run"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let (ok, _, stderr) = run(&dir.join("n"), "attribution", "resid_pre", &["--no-reuse"]);
     assert!(!ok && stderr.contains("--no-reuse is an option of --method exact"), "{stderr}");
     // An exact run is not resumed as an attribution run.
@@ -397,4 +401,8 @@ fn config_options_come_before_the_command_line_so_flags_and_their_negations_over
     std::fs::write(&config, text + "colour = \"blue\"\n").unwrap();
     let (ok, _, stderr) = patchbay(&["run", c]);
     assert!(!ok && stderr.contains("c.toml: unknown option `colour`"), "{stderr}");
+    // A syntax error is one line naming the file, line and column.
+    std::fs::write(&config, "max_rows = 8\nsites = = \"resid_pre\"\n").unwrap();
+    let (ok, _, stderr) = patchbay(&["run", c]);
+    assert!(!ok && stderr.contains("c.toml:2:") && stderr.trim().lines().count() == 1, "{stderr}");
 }

@@ -6,7 +6,7 @@ use crate::common::*;
 use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::generate::sampling::Sampling;
 use patchbay::generate::steer::{self, SteeringVector};
-use patchbay::generate::{generate, perplexity, token_losses, KvCache, Options};
+use patchbay::generate::{generate, perplexity, token_losses, KvCache, Memory, Options};
 use patchbay::model::weights::Safetensors;
 use patchbay::model::{Gpt2, Gpt2Config, NoHooks, Site, SiteKind};
 use std::path::PathBuf;
@@ -137,7 +137,8 @@ struct Losses(Vec<Vec<u32>>);
 impl BackendTask for Losses {
     type Output = Vec<Vec<f32>>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
-        token_losses(&model::<B>(&device), &self.0, 2, &mut |_| Ok(()))
+        // Two texts a pass asked for, one allowed: batching by the memory budget changes nothing.
+        token_losses(&model::<B>(&device), &self.0, 2, Memory { budget: 0, buffer: usize::MAX }, &mut |_| Ok(()))
     }
 }
 
@@ -233,7 +234,7 @@ struct TopK(Vec<u32>);
 impl BackendTask for TopK {
     type Output = Vec<Vec<Vec<(u32, f32)>>>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
-        patchbay::generate::candidates::top_k(&model::<B>(&device), &[self.0], 5, true, 8)
+        patchbay::generate::candidates::top_k(&model::<B>(&device), &[self.0], 5, true, 8, Memory { budget: usize::MAX, buffer: usize::MAX })
     }
 }
 

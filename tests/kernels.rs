@@ -103,6 +103,6 @@ fn doctor_command_prints_the_steps_and_fails_in_one_line_on_a_difference() {
     let small = common::fixtures().join("shapes/h1-dh64");
     let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["doctor", "--model", small.to_str().unwrap(), "--backend", "cpu"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["doctor", "--model", small.to_str().unwrap(), "--backend", "cpu", "--text", "Michelle"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["doctor", "--model", small.to_str().unwrap(), "--backend", "cpu", "--text", "Michelle Jones"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("outside the model's vocabulary"));
 }

@@ -179,3 +179,125 @@ fn random_init_has_gpt2_shapes() {
     let logits = m.forward(m.tokens(&[vec![1, 2, 3]]).unwrap(), &mut patchbay::model::NoHooks);
     assert_eq!(logits.dims(), [1, 3, 100]);
 }
+
+/// A stand-in for the hub: answers `/{repo}/resolve/{revision}/{file}` with the tiny fixture's
+/// files as the hub does (ETag, X-Repo-Commit, ranges), for the repo `test/tiny`; 404 for other
+/// repos; for `test/cut`, model.safetensors' body stops halfway and the connection closes.
+fn hub_server() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            // hf-hub asks for `bytes=0-0` (the metadata), then `bytes=N-` (the file from N on).
+            let (mut start, mut last) = (0usize, None::<usize>);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some(range) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = range.trim().split_once('-').unwrap_or(("0", ""));
+                    (start, last) = (a.parse().unwrap_or(0), b.parse().ok());
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let mut out = stream;
+            let (repo, file) = match parts.as_slice() {
+                [org, name, "resolve", _, file] => (format!("{org}/{name}"), file.to_string()),
+                _ => (String::new(), String::new()),
+            };
+            let bytes = match repo.as_str() {
+                "test/tiny" | "test/cut" => std::fs::read(tiny().join(&file)).ok(),
+                _ => None,
+            };
+            let Some(bytes) = bytes else {
+                let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            };
+            let body = &bytes[start.min(bytes.len())..=last.unwrap_or(bytes.len() - 1).min(bytes.len() - 1)];
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nETag: \"{file}-{}\"\r\nX-Repo-Commit: {}\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len(),
+                "0123456789abcdef0123456789abcdef01234567",
+                start + body.len() - 1,
+                bytes.len(),
+                body.len()
+            );
+            let _ = out.write_all(head.as_bytes());
+            let cut = repo == "test/cut" && file == "model.safetensors" && body.len() > 1;
+            let _ = out.write_all(if cut { &body[..body.len() / 2] } else { body });
+        }
+    });
+    address
+}
+
+#[test]
+fn hub_downloads_fill_the_cache_honour_hf_endpoint_and_fail_in_one_line_leaving_nothing_partial() {
+    let home = std::env::temp_dir().join(format!("patchbay-test-hub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let endpoint = hub_server();
+    let inspect = |model: &str, offline: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"));
+        cmd.args(["inspect", "--model", model, "--top-k", "5", "Michelle Jones was a top-notch student. Michelle"]).env("HF_HOME", &home).env("HF_ENDPOINT", &endpoint);
+        if offline {
+            cmd.env("HF_HUB_OFFLINE", "1");
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, local, stderr) = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["inspect", "--model", tiny().to_str().unwrap(), "--top-k", "5", "Michelle Jones was a top-notch student. Michelle"]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert!(ok, "{stderr}");
+    // The first run downloads into the cache; the files there are the fixture's, byte for byte.
+    let (ok, stdout, stderr) = inspect("test/tiny", false);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, local);
+    let snapshot = home.join("hub/models--test--tiny/snapshots/0123456789abcdef0123456789abcdef01234567");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert_eq!(std::fs::read(snapshot.join(f)).unwrap(), std::fs::read(tiny().join(f)).unwrap(), "{f}");
+    }
+    // Offline, the cache alone serves it.
+    let (ok, stdout, stderr) = inspect("test/tiny", true);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, local);
+    // A repo the hub does not have: one line naming the file, the repo and the endpoint.
+    let (ok, _, stderr) = inspect("test/missing", false);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("could not fetch config.json of test/missing from http://127.0.0.1") && stderr.contains("404"), "{stderr}");
+    // A connection cut in the middle of model.safetensors: one line, and nothing partial left.
+    let (ok, _, stderr) = inspect("test/cut", false);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("could not fetch model.safetensors of test/cut"), "{stderr}");
+    let repo = home.join("hub/models--test--cut");
+    // (The stand-in's ETag, the blob's name, starts with the file's name.)
+    let partial = |p: &std::path::PathBuf| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        // hf-hub's empty .lock files stay, as after any download.
+        name.ends_with(".part") || name.starts_with("model.safetensors") && !name.ends_with(".lock")
+    };
+    let left: Vec<_> = walk(&repo).into_iter().filter(partial).collect();
+    assert!(left.is_empty(), "partial files left in the cache: {left:?}");
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -15,6 +15,16 @@ fn michelle_prompt_has_the_seed_ids() {
 }
 
 #[test]
+fn ids_outside_the_tokenizer_are_shown_not_dropped() {
+    // A model's vocabulary may be larger than its tokenizer's (50,304 padded embeddings): what it
+    // generates there is shown as <id>.
+    let t = gpt2();
+    assert_eq!(t.token_str(50300), "<50300>");
+    assert_eq!(t.decode(&[48736, 50300, 50301, 5437]), "Michelle<50300><50301> Jones");
+    assert_eq!(t.decode(&[48736, 5437]), "Michelle Jones");
+}
+
+#[test]
 fn names_are_single_tokens_with_the_seed_ids() {
     let t = gpt2();
     for (name, id) in [(" Smith", 4176), (" Mary", 5335), (" John", 1757), (" Tom", 4186), (" James", 3700)] {

@@ -81,7 +81,8 @@ pub fn scales_of(m: &Manifest, clean: &[f32], corrupted: &[f32]) -> (Vec<Option<
         .map(|(i, p)| {
             let (c, k) = (clean[i], corrupted[i]);
             if !c.is_finite() || !k.is_finite() {
-                excluded.push(Excluded { row: p.row, reason: "not computed (run unfinished?)".into() });
+                // Only finished runs are analyzed: a non-finite baseline is what the model computed.
+                excluded.push(Excluded { row: p.row, reason: format!("a baseline is not finite (clean {c}, corrupted {k}): the model computed it so") });
                 None
             } else if (c - k).abs() <= 1e-6 * c.abs().max(k.abs()).max(1.0) {
                 excluded.push(Excluded { row: p.row, reason: format!("clean and corrupted baselines are equal ({c})") });

@@ -199,7 +199,15 @@ impl Progress for Bar {
 /// Keys are `command`'s long options with underscores for dashes; `columns` is a table.
 pub fn config_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        // FILE:LINE:COLUMN, as compilers write it.
+        let at = e.span().map_or(String::new(), |s| {
+            let before = &text[..s.start.min(text.len())];
+            format!(":{}:{}", before.matches('\n').count() + 1, before.chars().rev().take_while(|&c| c != '\n').count() + 1)
+        });
+        let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        anyhow::anyhow!("{}{at}: {}", path.display(), message.join("; "))
+    })?;
     let known: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
     let mut args = Vec::new();
     for (key, value) in table {

@@ -1,5 +1,6 @@
 //! Candidate next tokens: each position's top-k (token, probability), and how much the pools of
 //! several prompts overlap (pairwise Jaccard similarity of their top-k sets).
+use super::Memory;
 use crate::data;
 use crate::model::{Gpt2, NoHooks};
 use anyhow::{ensure, Result};
@@ -8,8 +9,9 @@ use burn::tensor::activation::softmax;
 use std::collections::HashSet;
 
 /// Per text, per position (every one, or the last only), the `k` most likely next tokens with
-/// their probabilities, most likely first (ties by id); texts of one length `batch` a pass.
-pub fn top_k<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], k: usize, all_positions: bool, batch: usize) -> Result<Vec<Vec<Vec<(u32, f32)>>>> {
+/// their probabilities, most likely first (ties by id); texts of one length `batch` a pass, fewer
+/// where their logits would not fit in `memory`.
+pub fn top_k<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], k: usize, all_positions: bool, batch: usize, memory: Memory) -> Result<Vec<Vec<Vec<(u32, f32)>>>> {
     ensure!(k > 0, "--top-k must be at least 1");
     let v = model.config.vocab_size;
     let mut out = vec![Vec::new(); texts.len()];
@@ -17,7 +19,7 @@ pub fn top_k<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], k: usize, all_posi
         ensure!(!t.is_empty(), "text {} is empty", i + 1);
     }
     for (len, idx) in data::by_length(texts.iter().map(Vec::len)) {
-        for chunk in idx.chunks(batch.max(1)) {
+        for chunk in idx.chunks(memory.rows(batch, len, v)) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| texts[i].clone()).collect();
             let logits = model.forward(model.tokens(&rows)?, &mut NoHooks);
             let (from, n) = if all_positions { (0, len) } else { (len - 1, 1) };

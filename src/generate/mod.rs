@@ -152,13 +152,13 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
 
 /// Each text's per-token loss: entry t is −log p(token t+1 | tokens ..=t), texts of one length
 /// `batch` a forward pass; `progress` is told how many texts each pass finished.
-pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usize, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<f32>>> {
+pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usize, memory: Memory, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<f32>>> {
     for (i, t) in texts.iter().enumerate() {
         ensure!(t.len() >= 2, "text {} has {} token(s): perplexity needs at least 2 (a token to predict)", i + 1, t.len());
     }
     let mut out = vec![Vec::new(); texts.len()];
     for (len, idx) in data::by_length(texts.iter().map(Vec::len)) {
-        for chunk in idx.chunks(batch.max(1)) {
+        for chunk in idx.chunks(memory.rows(batch, len, model.config.vocab_size)) {
             let b = chunk.len();
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| texts[i].clone()).collect();
             let logits = model.forward(model.tokens(&rows)?, &mut NoHooks).narrow(1, 0, len - 1);
@@ -174,7 +174,41 @@ pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usiz
     Ok(out)
 }
 
+/// How much memory one forward pass may take: `budget` bytes in all, `buffer` bytes in one
+/// tensor (lavapipe's buffers stop at 128 MiB). In the text commands the full-vocabulary logits
+/// are the large term.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Memory {
+    pub budget: usize,
+    pub buffer: usize,
+}
+
+impl Memory {
+    /// Texts of `len` tokens one pass may hold: `batch`, or fewer where their logits, with the
+    /// softmax's two temporaries beside them, would not fit; at least one.
+    pub fn rows(&self, batch: usize, len: usize, vocab: usize) -> usize {
+        let logits = (len * vocab * 4).max(1);
+        batch.min(self.budget / (3 * logits)).min(self.buffer / logits).max(1)
+    }
+}
+
 /// exp of the mean of a text's token losses.
 pub fn perplexity(losses: &[f32]) -> f32 {
     (losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64).exp() as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Memory;
+
+    #[test]
+    fn a_pass_holds_as_many_texts_as_their_logits_allow() {
+        let one = 1000 * 50257 * 4; // the logits of one text of 1,000 tokens
+        let memory = Memory { budget: 3 * one * 10, buffer: usize::MAX };
+        assert_eq!(memory.rows(64, 1000, 50257), 10);
+        assert_eq!(memory.rows(4, 1000, 50257), 4);
+        assert_eq!(Memory { budget: 0, buffer: usize::MAX }.rows(64, 1000, 50257), 1);
+        // One logits tensor stays within a buffer (lavapipe's 128 MiB).
+        assert_eq!(Memory { budget: usize::MAX, buffer: 128 << 20 }.rows(64, 32, 50257), (128 << 20) / (32 * 50257 * 4));
+    }
 }

@@ -3,11 +3,12 @@
 //! first token (its next-token distribution after `<|endoftext|>` alone, seeded), puts each in
 //! front of the current text, scores the candidates in one batch, keeps the lowest perplexity and
 //! repeats from there.
-use super::sampling::{next_token, Sampling};
-use super::{perplexity, token_losses};
+use super::sampling::{Draws, Sampling};
+use super::{perplexity, token_losses, Memory};
 use crate::data::Rng;
 use crate::model::{Gpt2, NoHooks};
 use anyhow::{ensure, Result};
+use std::collections::HashSet;
 use burn::prelude::*;
 
 /// One step: the text chosen (without the `<|endoftext|>` scored in front of it, if any), its
@@ -21,7 +22,7 @@ pub struct Step {
 
 /// `n_tokens` steps back from `text`. `bos` is `<|endoftext|>`; with `score_bos` every text is
 /// scored with it in front, so the new first token's own probability counts too.
-pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: usize, samples: usize, seed: u64, score_bos: bool, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Step>> {
+pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: usize, samples: usize, seed: u64, score_bos: bool, memory: Memory, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Step>> {
     ensure!(!text.is_empty(), "the text is empty");
     ensure!(samples > 0, "--samples must be at least 1");
     ensure!(
@@ -31,20 +32,20 @@ pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: us
         model.config.n_positions
     );
     let first = model.forward(model.tokens(&[vec![bos]])?, &mut NoHooks).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
-    let sampling = Sampling { temperature: Some(1.0), ..Sampling::GREEDY };
+    let draws = Draws::new(&first, &[], &Sampling::GREEDY, 1.0);
     let mut rng = Rng(seed);
     let mut current = text.to_vec();
     let mut steps = Vec::with_capacity(n_tokens);
     for _ in 0..n_tokens {
-        let mut candidates: Vec<u32> = Vec::with_capacity(samples);
+        let (mut candidates, mut seen) = (Vec::new(), HashSet::new());
         for _ in 0..samples {
-            let t = next_token(&first, &[], &sampling, &mut rng);
-            if !candidates.contains(&t) {
+            let t = draws.draw(&mut rng);
+            if seen.insert(t) {
                 candidates.push(t);
             }
         }
         let texts: Vec<Vec<u32>> = candidates.iter().map(|&c| score_bos.then_some(bos).into_iter().chain([c]).chain(current.iter().copied()).collect()).collect();
-        let scores: Vec<f32> = token_losses(model, &texts, texts.len(), &mut |_| Ok(()))?.iter().map(|l| perplexity(l)).collect();
+        let scores: Vec<f32> = token_losses(model, &texts, texts.len(), memory, &mut |_| Ok(()))?.iter().map(|l| perplexity(l)).collect();
         // The lowest perplexity, the first drawn of equal ones.
         let best = (0..scores.len()).fold(0, |b, i| if scores[i] < scores[b] { i } else { b });
         current.insert(0, candidates[best]);

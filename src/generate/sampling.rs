@@ -27,45 +27,63 @@ pub fn argmax(v: &[f32]) -> usize {
 
 /// The next token after `seen` (the sequence so far) from its `logits`.
 pub fn next_token(logits: &[f32], seen: &[u32], s: &Sampling, rng: &mut Rng) -> u32 {
-    let Some(t) = s.temperature else { return argmax(logits) as u32 };
-    let mut l: Vec<f64> = logits.iter().map(|&x| x as f64 / t as f64).collect();
-    if s.freq_penalty != 0.0 {
-        for &id in seen {
-            l[id as usize] -= s.freq_penalty as f64;
+    match s.temperature {
+        None => argmax(logits) as u32,
+        Some(t) => Draws::new(logits, seen, s, t).draw(rng),
+    }
+}
+
+/// The tokens a sampled step may draw, most likely first, with their cumulative probabilities:
+/// built once (a sort of the vocabulary) for any number of draws from the same logits.
+pub struct Draws {
+    order: Vec<usize>,
+    /// cumulative[i]: the (unnormalized) mass of order[..=i].
+    cumulative: Vec<f64>,
+}
+
+impl Draws {
+    pub fn new(logits: &[f32], seen: &[u32], s: &Sampling, temperature: f32) -> Self {
+        let mut l: Vec<f64> = logits.iter().map(|&x| x as f64 / temperature as f64).collect();
+        if s.freq_penalty != 0.0 {
+            for &id in seen {
+                l[id as usize] -= s.freq_penalty as f64;
+            }
         }
-    }
-    // Candidates, most likely first (ties by id: the same order on every backend).
-    let mut order: Vec<usize> = (0..l.len()).collect();
-    order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
-    if let Some(k) = s.top_k.filter(|&k| k > 0 && k < order.len()) {
-        let kth = l[order[k - 1]];
-        order.retain(|&i| l[i] >= kth);
-    }
-    let max = l[order[0]];
-    let mut p: Vec<f64> = order.iter().map(|&i| (l[i] - max).exp()).collect();
-    let total: f64 = p.iter().sum();
-    p.iter_mut().for_each(|x| *x /= total);
-    if let Some(top_p) = s.top_p {
-        let mut above = 0.0;
-        let keep = p.iter().take_while(|&&x| {
-            let k = above < top_p as f64;
-            above += x;
-            k
+        // Candidates, most likely first (ties by id: the same order on every backend).
+        let mut order: Vec<usize> = (0..l.len()).collect();
+        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+        if let Some(k) = s.top_k.filter(|&k| k > 0 && k < order.len()) {
+            let kth = l[order[k - 1]];
+            order.retain(|&i| l[i] >= kth);
+        }
+        let max = l[order[0]];
+        let mut p: Vec<f64> = order.iter().map(|&i| (l[i] - max).exp()).collect();
+        let total: f64 = p.iter().sum();
+        p.iter_mut().for_each(|x| *x /= total);
+        if let Some(top_p) = s.top_p {
+            let mut above = 0.0;
+            let keep = p.iter().take_while(|&&x| {
+                let k = above < top_p as f64;
+                above += x;
+                k
+            });
+            let n = keep.count().max(1);
+            order.truncate(n);
+            p.truncate(n);
+        }
+        let cumulative = p.iter().scan(0.0, |acc, &x| {
+            *acc += x;
+            Some(*acc)
         });
-        let n = keep.count().max(1);
-        order.truncate(n);
-        p.truncate(n);
+        Self { cumulative: cumulative.collect(), order }
     }
-    let total: f64 = p.iter().sum();
-    let u = rng.uniform() * total;
-    let mut acc = 0.0;
-    for (&i, &x) in order.iter().zip(&p) {
-        acc += x;
-        if u < acc {
-            return i as u32;
-        }
+
+    /// One token: the first whose cumulative mass exceeds a uniform draw over the whole.
+    pub fn draw(&self, rng: &mut Rng) -> u32 {
+        let u = rng.uniform() * self.cumulative.last().expect("at least one candidate");
+        let i = self.cumulative.partition_point(|&c| c <= u).min(self.order.len() - 1);
+        self.order[i] as u32
     }
-    *order.last().expect("at least one candidate") as u32
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ fn runs_per_pair(layout: &Layout, sites: &[PatchSite], len: usize) -> usize {
 /// Bytes the batch may use, and the largest single buffer, on this backend: on cpu a quarter of
 /// the memory available now; on GPUs (whose free memory burn does not report) a budget that fits
 /// 24 GiB cards, and wgpu's 128 MiB buffer limit (lavapipe's; conservative elsewhere).
-fn memory_limits(backend: &BackendSpec) -> (usize, usize) {
+pub(super) fn memory_limits(backend: &BackendSpec) -> (usize, usize) {
     use crate::backend::BackendKind::*;
     const GIB: usize = 1 << 30;
     match backend.kind {

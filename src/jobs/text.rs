@@ -4,7 +4,7 @@
 //! `out`) through `results::outputs`.
 use super::{Model, ModelTask, On, Progress};
 use crate::analysis::plot::{self, Grid};
-use crate::generate::{self, candidates, prepend, steer, Options};
+use crate::generate::{self, candidates, prepend, steer, Memory, Options};
 use crate::model::Site;
 use crate::results::{npy, outputs};
 use anyhow::{bail, Context, Result};
@@ -90,6 +90,12 @@ impl ModelTask for Decode<'_> {
     }
 }
 
+/// What one forward pass of a text command may take on the model's backend (as a sweep's).
+fn memory(model: &Model) -> Memory {
+    let (budget, buffer) = super::sweep::memory_limits(&model.backend);
+    Memory { budget, buffer }
+}
+
 /// What `perplexity` and `candidates` share: the texts, how they are batched, the output.
 pub struct TextsSpec {
     pub texts: Vec<String>,
@@ -125,7 +131,7 @@ pub fn perplexity(model: &Model, spec: &TextsSpec, per_token: bool, progress: &m
     let ids = tokenize(model, &spec.texts, spec.prepend_bos)?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PERPLEXITY_FILES, spec.overwrite)).transpose()?;
     progress.start(ids.len() as u64, "texts");
-    let losses = model.with(Score { texts: &ids, batch: spec.batch, progress })?;
+    let losses = model.with(Score { texts: &ids, batch: spec.batch, memory: memory(model), progress })?;
     let tok = &model.tokenizer;
     let texts: Vec<Scored> = spec
         .texts
@@ -156,6 +162,7 @@ pub fn perplexity(model: &Model, spec: &TextsSpec, per_token: bool, progress: &m
 struct Score<'a> {
     texts: &'a [Vec<u32>],
     batch: usize,
+    memory: Memory,
     progress: &'a mut dyn Progress,
 }
 
@@ -163,7 +170,7 @@ impl ModelTask for Score<'_> {
     type Output = Vec<Vec<f32>>;
     fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<Vec<f32>>> {
         let progress = self.progress;
-        let out = generate::token_losses(on.model, self.texts, self.batch, &mut |n| progress.advance(n as u64))?;
+        let out = generate::token_losses(on.model, self.texts, self.batch, self.memory, &mut |n| progress.advance(n as u64))?;
         progress.finish();
         Ok(out)
     }
@@ -208,7 +215,7 @@ pub struct CandidatesReport {
 pub fn candidates(model: &Model, spec: &TextsSpec, top_k: usize, all_positions: bool) -> Result<CandidatesReport> {
     let ids = tokenize(model, &spec.texts, spec.prepend_bos)?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &CANDIDATE_FILES, spec.overwrite)).transpose()?;
-    let found = model.with(Candidates { texts: &ids, k: top_k, all_positions, batch: spec.batch })?;
+    let found = model.with(Candidates { texts: &ids, k: top_k, all_positions, batch: spec.batch, memory: memory(model) })?;
     let tok = &model.tokenizer;
     let texts = spec
         .texts
@@ -258,12 +265,13 @@ struct Candidates<'a> {
     k: usize,
     all_positions: bool,
     batch: usize,
+    memory: Memory,
 }
 
 impl ModelTask for Candidates<'_> {
     type Output = Vec<Vec<Vec<(u32, f32)>>>;
     fn run<B: Backend>(self, on: On<'_, B>) -> Result<Self::Output> {
-        candidates::top_k(on.model, self.texts, self.k, self.all_positions, self.batch)
+        candidates::top_k(on.model, self.texts, self.k, self.all_positions, self.batch, self.memory)
     }
 }
 
@@ -335,7 +343,7 @@ pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -
     let text = tok.encode(&spec.text)?;
     let bos = tok.bos()?;
     progress.start(spec.n_tokens as u64, "steps");
-    let steps = model.with(Prepend { text: &text, bos, spec, progress })?;
+    let steps = model.with(Prepend { text: &text, bos, memory: memory(model), spec, progress })?;
     Ok(steps
         .into_iter()
         .enumerate()
@@ -352,6 +360,7 @@ pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -
 struct Prepend<'a> {
     text: &'a [u32],
     bos: u32,
+    memory: Memory,
     spec: &'a PrependSpec,
     progress: &'a mut dyn Progress,
 }
@@ -360,7 +369,7 @@ impl ModelTask for Prepend<'_> {
     type Output = Vec<prepend::Step>;
     fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<prepend::Step>> {
         let (s, progress) = (self.spec, self.progress);
-        let steps = prepend::prepend(on.model, self.text, self.bos, s.n_tokens, s.samples, s.seed, s.score_bos, &mut |n| progress.advance(n as u64))?;
+        let steps = prepend::prepend(on.model, self.text, self.bos, s.n_tokens, s.samples, s.seed, s.score_bos, self.memory, &mut |n| progress.advance(n as u64))?;
         progress.finish();
         Ok(steps)
     }

@@ -99,10 +99,9 @@ fn hub_files(id: &str) -> Result<Vec<PathBuf>> {
             })
             .collect();
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-        .with_progress(true)
-        .build()
-        .context("starting the HF hub client")?;
+    // from_env: the cache of HF_HOME, and HF_ENDPOINT (a mirror) where it is set.
+    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().context("starting the HF hub client")?;
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "the HF hub".into());
     let repo = api.model(id.to_string());
     FILES
         .iter()
@@ -110,9 +109,11 @@ fn hub_files(id: &str) -> Result<Vec<PathBuf>> {
             if let Some(p) = cached.get(f) {
                 return Ok(p);
             }
-            repo.get(f).map_err(|e| {
+            let fetched = repo.get(f).map_err(|e| anyhow::anyhow!("{e}")).and_then(|p| complete(&p).map(|()| p));
+            fetched.map_err(|e| {
+                remove_partial_downloads(&cache, id);
                 anyhow::anyhow!(
-                    "could not fetch {f} of {id} from the HF hub ({e}); without network, fill the cache at {} \
+                    "could not fetch {f} of {id} from {endpoint} ({e}); without network, fill the cache at {} \
                      (HF_HOME) or pass --model DIR with {}",
                     cache.path().display(),
                     FILES.join(", ")
@@ -120,6 +121,35 @@ fn hub_files(id: &str) -> Result<Vec<PathBuf>> {
             })
         })
         .collect()
+}
+
+/// Checks a downloaded file is whole (hf-hub keeps what a cut connection delivered when the
+/// transfer ends without an error): safetensors' header and data add up to the file's size;
+/// JSON parses. A file that is not is removed from the cache.
+fn complete(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let whole = if path.extension().is_some_and(|e| e == "safetensors") {
+        safetensors::SafeTensors::deserialize(&bytes).is_ok()
+    } else {
+        serde_json::from_slice::<serde_json::Value>(&bytes).is_ok()
+    };
+    if whole {
+        return Ok(());
+    }
+    for p in [std::fs::canonicalize(path).ok(), Some(path.to_path_buf())].into_iter().flatten() {
+        let _ = std::fs::remove_file(p);
+    }
+    anyhow::bail!("the download ended after {} bytes, short of a whole file", bytes.len())
+}
+
+/// Removes what failed downloads of `id` left in the cache (hf-hub's `.part` files).
+fn remove_partial_downloads(cache: &hf_hub::Cache, id: &str) {
+    let blobs = cache.path().join(format!("models--{}", id.replace('/', "--"))).join("blobs");
+    for entry in std::fs::read_dir(blobs).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "part") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Parameters read from a model.safetensors file. Accepts the hub's bare names (`h.0.attn...`)

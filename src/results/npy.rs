@@ -158,13 +158,32 @@ pub fn read_i32(path: &Path) -> Result<(Vec<i32>, Vec<usize>)> {
     read(path)
 }
 
-fn read<T: npyz::Deserialize>(path: &Path) -> Result<(Vec<T>, Vec<usize>)> {
+fn read<T: npyz::Deserialize + Copy>(path: &Path) -> Result<(Vec<T>, Vec<usize>)> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).with_context(|| format!("opening {}", path.display()))?;
     let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| format!("{} is not a .npy file", path.display()))?;
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let fortran = npy.order() == npyz::Order::Fortran;
     let data = npy.into_vec::<T>().with_context(|| format!("{} does not hold a whole {} array", path.display(), std::any::type_name::<T>()))?;
-    Ok((data, shape))
+    Ok((if fortran { c_order(data, &shape) } else { data }, shape))
+}
+
+/// A column-major (Fortran-order, numpy's `np.asfortranarray`) array's elements in row-major order.
+fn c_order<T: Copy>(data: Vec<T>, shape: &[usize]) -> Vec<T> {
+    let strides: Vec<usize> = shape.iter().scan(1, |s, &d| Some(std::mem::replace(s, *s * d))).collect();
+    let mut index = vec![0; shape.len()];
+    let mut out = Vec::with_capacity(data.len());
+    for _ in 0..data.len() {
+        out.push(data[index.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>()]);
+        for k in (0..shape.len()).rev() {
+            index[k] += 1;
+            if index[k] < shape[k] {
+                break;
+            }
+            index[k] = 0;
+        }
+    }
+    out
 }
 
 /// An element type of the arrays we write.
@@ -219,5 +238,21 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let err = format!("{:#}", validate(&path, Dtype::F32, &[2, 2]).unwrap_err());
         assert!(err.contains("truncated"), "{err}");
+        // numpy's Fortran order (np.asfortranarray of [[0, 1, 2], [3, 4, 5]] stores 0 3 1 4 2 5),
+        // read back in row-major order; 3-D too.
+        let fortran = |shape: &str, values: &[f32]| {
+            let dict = format!("{{'descr': '<f4', 'fortran_order': True, 'shape': {shape}, }}");
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            let padded = (10 + dict.len() + 1).next_multiple_of(64) - 10;
+            bytes.extend_from_slice(&(padded as u16).to_le_bytes());
+            bytes.extend_from_slice(format!("{dict:<width$}\n", width = padded - 1).as_bytes());
+            values.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+            std::fs::write(&path, bytes).unwrap();
+            read_f32(&path).unwrap()
+        };
+        assert_eq!(fortran("(2, 3)", &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]), (vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], vec![2, 3]));
+        // [2, 2, 2] with element (i, j, k) = 4i + 2j + k, stored with i fastest.
+        let stored: Vec<f32> = (0..8).map(|f| (4 * (f % 2) + 2 * (f / 2 % 2) + f / 4) as f32).collect();
+        assert_eq!(fortran("(2, 2, 2)", &stored).0, (0..8).map(|v| v as f32).collect::<Vec<_>>());
     }
 }
