@@ -57,28 +57,27 @@ fn the_exact_f32_tuner_checks_every_kernel_against_the_naive_one() {
 
 #[test]
 fn doctor_names_the_faulty_step_and_passes_every_other() {
-    // f32 only: each further backend compiles every kernel again (lavapipe: about 0.6 s each).
-    let backends = common::backends().into_iter().filter(|s| s.kind != BackendKind::Cpu && s.dtype == DType::F32);
-    for (i, backend) in backends.enumerate() {
-        {
-            let fault = ["mlp.c_fc", "attn.softmax"][i % 2];
-            let spec = DoctorSpec { backend: backend.clone(), text: Some("Michelle Jones was a top-notch student. Michelle".into()), positions: 0, rows: 3, inject_fault: Some(fault.into()) };
-            let report = doctor(tiny().to_str().unwrap(), &spec, None).unwrap();
-            let differing: Vec<_> = report.steps.iter().filter(|s| s.differs).collect();
-            // The fault is injected in every block: exactly those steps differ, nothing else.
-            assert_eq!(differing.len(), 3, "{backend:?}: {differing:#?}");
-            assert!(differing.iter().all(|s| s.step.starts_with(fault) && !s.step.contains("last")), "{backend:?}: {differing:#?}");
-            let first = report.first_difference().unwrap();
-            assert_eq!(first.block, Some(0));
-            assert!((first.max_abs_diff - 1.0).abs() < 0.1, "{first:?}");
-            // Every step ran and was compared: 3 blocks of 13 steps, then ln_f and the unembedding.
-            assert_eq!(report.steps.len(), 3 * 13 + 2);
-            let tol = common::tolerance(&backend).max(report.tolerance);
-            assert!(report.logits_max_abs_diff <= 10.0 * tol, "{backend:?}: logits off by {}", report.logits_max_abs_diff);
-            if backend.kind == BackendKind::Wgpu && !backend.fusion {
-                let product = report.steps.iter().find(|s| s.step.starts_with("attn.scores")).unwrap();
-                assert!(product.operands.len() == 2 && product.operands.iter().all(|o| o.contains("strides")), "{product:?}");
-            }
+    // One GPU backend in f32: each further one compiles every kernel again (lavapipe: about 0.6 s
+    // each), and what is tested here is doctor's localization, not the backend.
+    let backends = common::backends().into_iter().filter(|s| s.kind != BackendKind::Cpu && s.dtype == DType::F32).take(1);
+    for backend in backends {
+        let fault = "mlp.c_fc";
+        let spec = DoctorSpec { backend: backend.clone(), text: Some("Michelle Jones was a top-notch student. Michelle".into()), positions: 0, rows: 3, inject_fault: Some(fault.into()) };
+        let report = doctor(tiny().to_str().unwrap(), &spec, None).unwrap();
+        let differing: Vec<_> = report.steps.iter().filter(|s| s.differs).collect();
+        // The fault is injected in every block: exactly those steps differ, nothing else.
+        assert_eq!(differing.len(), 3, "{backend:?}: {differing:#?}");
+        assert!(differing.iter().all(|s| s.step.starts_with(fault) && !s.step.contains("last")), "{backend:?}: {differing:#?}");
+        let first = report.first_difference().unwrap();
+        assert_eq!(first.block, Some(0));
+        assert!((first.max_abs_diff - 1.0).abs() < 0.1, "{first:?}");
+        // Every step ran and was compared: 3 blocks of 13 steps, then ln_f and the unembedding.
+        assert_eq!(report.steps.len(), 3 * 13 + 2);
+        let tol = common::tolerance(&backend).max(report.tolerance);
+        assert!(report.logits_max_abs_diff <= 10.0 * tol, "{backend:?}: logits off by {}", report.logits_max_abs_diff);
+        if backend.kind == BackendKind::Wgpu && !backend.fusion {
+            let product = report.steps.iter().find(|s| s.step.starts_with("attn.scores")).unwrap();
+            assert!(product.operands.len() == 2 && product.operands.iter().all(|o| o.contains("strides")), "{product:?}");
         }
     }
 }
