@@ -15,6 +15,7 @@ named shape (no download), several ways, and prints seconds, runs/s and the rati
     logits at every position (the plain call), once as a careful user writes it, with the last
     position's logits only (`logits_to_keep=1`);
   * patchbay: `patchbay bench --json` with and without reuse.
+--quick keeps only the careful PyTorch stack, the loop and patchbay's default mode.
 Then the seed's own case: one pair of 11 tokens (132 runs), PyTorch one forward pass per patch
 (the seed's method) against patchbay. Every timing is the best of --repeat after a warm-up.
 fp32 runs with TF32 off on the PyTorch side, as the reference numbers were taken.
@@ -112,9 +113,11 @@ def random_pairs(n, tokens, vocab, device):
     return clean, corrupted, answer, distractor
 
 
-def patchbay_rows(args, pairs, tokens, extra=()):
+def patchbay_rows(args, pairs, tokens):
     cmd = [args.patchbay, "bench", "--shape", args.shape, "--pairs", str(pairs), "--tokens", str(tokens), "--sites", "resid_pre",
-           "--backend", args.backend, "--dtype", args.dtype, "--repeat", str(args.repeat), "--json", *extra]
+           "--backend", args.backend, "--dtype", args.dtype, "--repeat", str(args.repeat), "--json"]
+    if args.quick:
+        cmd.append("--reuse-only")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if torch.cuda.is_available():
@@ -166,6 +169,8 @@ def main():
     ap.add_argument("--tl-pairs", type=int, default=8, help="0 skips TransformerLens")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions, best reported")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch and patchbay [default: each's own]")
+    ap.add_argument("--quick", action="store_true",
+                    help="only the rows the ratio is taken from: PyTorch's careful stack and loop, patchbay's default mode")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = args.dtype == "tf32"
     torch.backends.cudnn.allow_tf32 = args.dtype == "tf32"
@@ -179,8 +184,8 @@ def main():
     runs = args.pairs * n_layer * args.tokens
     sweep = lambda keep: lambda: stacked_sweep(model, clean, corrupted, answer, distractor, args.chunk, args.device, keep)
 
-    rows = [("PyTorch, stacked, full logits at every position", best_of(args.repeat, args.device, sweep(0))),
-            ("PyTorch, stacked, last position's logits only", best_of(args.repeat, args.device, sweep(1)))]
+    rows = [] if args.quick else [("PyTorch, stacked, full logits at every position", best_of(args.repeat, args.device, sweep(0)))]
+    rows.append(("PyTorch, stacked, last position's logits only", best_of(args.repeat, args.device, sweep(1))))
     n_tl = min(args.tl_pairs, args.pairs)
     if n_tl > 0 and importlib.util.find_spec("transformer_lens") is None:
         print("transformer_lens is not installed: its row is skipped")

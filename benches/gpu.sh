@@ -32,10 +32,12 @@
 #
 # Environment (defaults): PATCHBAY (target/release/patchbay), BACKEND (cuda), DTYPES (f32 tf32
 # bf16; "f32 f16" for wgpu), SHAPE (gpt2; `tiny` uses the committed tiny fixture, benches
-# distilgpt2 and skips the PyTorch comparison), PAIRS (256), TOKENS (16), IOI_N (500), OUT (results/gpu), TESTS (a folder
+# the tiny fixture's shape and skips the PyTorch comparison), PAIRS (256), TOKENS (16), IOI_N (500), OUT (results/gpu), TESTS (a folder
 # holding the test binary `suite`; without it, fidelity is skipped), LIMIT (seconds a step may
 # take, scaled per step below: 60), DEADLINE (seconds after which no step starts and a running
-# one is cut: 540, so the script ends inside one 10-minute device call).
+# one is cut: 540, so the script ends inside one 10-minute device call), STEPS (the parts, in
+# order: doctor fidelity sweep ioi engine; a later run takes what an earlier one did not
+# measure), QUICK (non-empty: compare_torch.py --quick, only the rows its ratios come from).
 # Everything printed is also written to OUT/gpu.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +53,8 @@ LIMIT=${LIMIT:-60}
 DEADLINE=${DEADLINE:-540}
 # 20 single-byte tokens: inside every vocabulary (the shape fixtures have 512 ids).
 DOCTOR_TEXT=${DOCTOR_TEXT:-'x+y=z,p-q*r/s;t:u!v'}
+STEPS=${STEPS:-doctor fidelity sweep ioi engine}
+QUICK=${QUICK:-}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
 WORK=$(mktemp -d)
@@ -84,25 +88,31 @@ step "device"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PATCHBAY" --version
 
-if [ "$SHAPE" = tiny ]; then
-  MODEL=tests/fixtures/tiny
-else
-  step "random-weight $SHAPE-shape model and its HF references (tests/fixtures/make_fixtures.py --sites-only)"
-  check $((LIMIT)) python3 tests/fixtures/make_fixtures.py --shape "$SHAPE" --sites-only --out "$WORK/$SHAPE"
-  MODEL=$WORK/$SHAPE
-fi
+model() {
+  if [ "$SHAPE" = tiny ]; then
+    MODEL=tests/fixtures/tiny
+  elif [ -z "${MODEL:-}" ]; then
+    step "random-weight $SHAPE-shape model and its HF references (tests/fixtures/make_fixtures.py --sites-only)"
+    check $((LIMIT)) python3 tests/fixtures/make_fixtures.py --shape "$SHAPE" --sites-only --out "$WORK/$SHAPE"
+    MODEL=$WORK/$SHAPE
+  fi
+}
 
-step "1. doctor: $BACKEND against the cpu, step by step"
-for d in $DTYPES; do
-  for model in tests/fixtures/shapes/h1-dh64 "$MODEL"; do
-    # The small fixture in f32 only: half precision is judged at the real shape.
-    [ "$d" != f32 ] && [ "$model" != "$MODEL" ] && continue
-    echo "-- $BACKEND $d, $(basename "$model")"
-    check $((LIMIT)) "$PATCHBAY" doctor --model "$model" --backend "$BACKEND" --dtype "$d" --text "$DOCTOR_TEXT"
+doctor() {
+  model
+  step "1. doctor: $BACKEND against the cpu, step by step"
+  for d in $DTYPES; do
+    for m in tests/fixtures/shapes/h1-dh64 "$MODEL"; do
+      # The small fixture in f32 only: half precision is judged at the real shape.
+      [ "$d" != f32 ] && [ "$m" != "$MODEL" ] && continue
+      echo "-- $BACKEND $d, $(basename "$m")"
+      check $((LIMIT)) "$PATCHBAY" doctor --model "$m" --backend "$BACKEND" --dtype "$d" --text "$DOCTOR_TEXT"
+    done
   done
-done
+}
 
-if [ -n "${TESTS:-}" ]; then
+fidelity() {
+  [ -n "${TESTS:-}" ] || return 0
   step "2. fidelity on $(backends): logits and every site vs HF on every fixture shape; the exact tuner's self-check"
   # One process a backend: a failing one does not hide the others' rows.
   for b in $(backends | tr , ' '); do
@@ -110,38 +120,47 @@ if [ -n "${TESTS:-}" ]; then
   done
   check $((LIMIT / 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$(backends)" "$TESTS"/suite --nocapture kernels::the_exact_f32_tuner
   if [ "$SHAPE" != tiny ]; then
+    model
     step "2b. fidelity at the $SHAPE shape (logits and every site vs HF)"
     check $((LIMIT * 3 / 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_FIXTURE_DIR="$MODEL" PATCHBAY_TEST_BACKENDS="$(backends)" \
       "$TESTS"/suite --nocapture model_fidelity::logits_and_sites
   fi
-fi
+}
 
-if [ "$BACKEND" = cuda ] && [ "$SHAPE" != tiny ]; then
+sweep() {
+  # The bench shape: a released one by name, or the tiny fixture's folder (its small vocabulary
+  # fits lavapipe's 128 MiB buffers).
+  local shape=$([ "$SHAPE" = tiny ] && echo tests/fixtures/tiny || echo "$SHAPE")
   for d in $DTYPES; do
-    step "3-4. the reference sweep and the seed pair, $d: PyTorch side by side (patchbay bench default / --no-skip / --no-reuse)"
-    check $((LIMIT * 4)) python3 benches/compare_torch.py --patchbay "$PATCHBAY" --backend cuda --shape "$SHAPE" --pairs "$PAIRS" --tokens "$TOKENS" --dtype "$d" --tl-pairs 0
+    if [ "$BACKEND" = cuda ] && [ "$SHAPE" != tiny ]; then
+      step "3-4. the reference sweep and the seed pair, $d: PyTorch side by side (${QUICK:+--quick: }careful stack, loop, patchbay default)"
+      check $((LIMIT * 4)) python3 benches/compare_torch.py --patchbay "$PATCHBAY" --backend cuda --shape "$SHAPE" --pairs "$PAIRS" --tokens "$TOKENS" --dtype "$d" --tl-pairs 0 ${QUICK:+--quick}
+    else
+      step "3-4. bench $BACKEND $d: $PAIRS pairs x $TOKENS tokens, resid_pre; the seed pair's shape"
+      check $((LIMIT)) "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" --shape "$shape" --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre
+      check $((LIMIT)) "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" --shape "$shape" --pairs 1 --tokens 11 --sites resid_pre --repeat 3
+    fi
   done
-else
-  for d in $DTYPES; do
-    step "3-4. bench $BACKEND $d: $PAIRS pairs x $TOKENS tokens, resid_pre; the seed pair's shape"
-    shape=$([ "$SHAPE" = tiny ] && echo distilgpt2 || echo "$SHAPE") # bench takes the released shapes
-    check $((LIMIT)) "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" --shape "$shape" --pairs "$PAIRS" --tokens "$TOKENS" --sites resid_pre
-    check $((LIMIT)) "$PATCHBAY" bench --backend "$BACKEND" --dtype "$d" --shape "$shape" --pairs 1 --tokens 11 --sites resid_pre --repeat 3
-  done
-fi
+}
 
-step "5. IOI: $IOI_N prompts, configs/ioi.toml sites, $BACKEND f32"
-if check $((LIMIT / 2)) "$PATCHBAY" ioi --n "$IOI_N" --seed 0 --model "$MODEL" --out "$WORK/ioi.jsonl"; then
-  start=$(date +%s%N)
-  check $((LIMIT * 3 / 2)) "$PATCHBAY" run configs/ioi.toml --model "$MODEL" --pairs "$WORK/ioi.jsonl" --out "$WORK/ioi" --backend "$BACKEND" \
-    && echo "IOI sweep wall time: $((($(date +%s%N) - start) / 1000000)) ms (model load included)"
-  cp "$WORK/ioi/manifest.json" "$OUT/ioi-manifest.json" 2>/dev/null
-fi
+ioi() {
+  model
+  step "5. IOI: $IOI_N prompts, configs/ioi.toml sites, $BACKEND f32"
+  if check $((LIMIT / 2)) "$PATCHBAY" ioi --n "$IOI_N" --seed 0 --model "$MODEL" --out "$WORK/ioi.jsonl"; then
+    local start=$(date +%s%N)
+    check $((LIMIT * 3 / 2)) "$PATCHBAY" run configs/ioi.toml --model "$MODEL" --pairs "$WORK/ioi.jsonl" --out "$WORK/ioi" --backend "$BACKEND" \
+      && echo "IOI sweep wall time: $((($(date +%s%N) - start) / 1000000)) ms (model load included)"
+    cp "$WORK/ioi/manifest.json" "$OUT/ioi-manifest.json" 2>/dev/null
+  fi
+}
 
-if [ -n "${TESTS:-}" ]; then
+engine() {
+  [ -n "${TESTS:-}" ] || return 0
   step "6. patching fidelity (engine_fidelity) on $(backends), as time allows"
   check $((LIMIT * 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$(backends)" "$TESTS"/suite --nocapture engine_fidelity::
-fi
+}
+
+for s in $STEPS; do "$s"; done
 
 rm -rf "$WORK"
 echo

@@ -196,11 +196,24 @@ fn perplexity_equals_hf_per_text_and_per_token() {
     assert_eq!(shape, vec![3, texts[0].len() - 1]);
     assert!(tp[2 * shape[1] + 1].is_nan() && !tp[2 * shape[1]].is_nan(), "padding past the 2-token text's one loss");
     let (ok, log) = patchbay(&["perplexity", "--model", model.to_str().unwrap(), "Hi"]);
-    assert!(!ok && log.contains("text 1 has 1 token(s)"), "{log}");
+    assert!(!ok && log.contains("text 1 (\"Hi\") has 1 token(s): perplexity needs at least 2"), "{log}");
     let file = out.join("t.jsonl");
     std::fs::write(&file, "{\"text\": \"Hi there\"}\n{\"txt\": 1}\n").unwrap();
     let (ok, log) = patchbay(&["perplexity", "--model", model.to_str().unwrap(), "--texts", file.to_str().unwrap()]);
     assert!(!ok && log.contains("t.jsonl line 2: no \"prompt\" or \"text\" string"), "{log}");
+    // A text is named by its file's line (blank lines are skipped), the token or length at fault
+    // shown: the tiny model's context is 32 positions.
+    let long = "Michelle Jones was a top-notch student. ".repeat(4);
+    std::fs::write(&file, format!("{{\"text\": \"Hi there\"}}\n\n{{\"text\": \"{long}\"}}\n")).unwrap();
+    let (ok, log) = patchbay(&["perplexity", "--model", model.to_str().unwrap(), "--texts", file.to_str().unwrap()]);
+    let n = tok.encode(&long).unwrap().len();
+    let want = format!("t.jsonl line 3 (\"Michelle Jones was a top-notch student. M…\"): {n} tokens exceed the model's context of 32 positions");
+    assert!(!ok && log.contains(&want) && log.trim().lines().count() == 1, "{log}");
+    // The shape fixtures' vocabulary is 512 ids: GPT-2's BOS (50256) is outside it.
+    let small = fixtures().join("shapes/h4-dh16");
+    let (ok, log) = patchbay(&["perplexity", "--model", small.to_str().unwrap(), "x+y", "--prepend-bos"]);
+    let want = "text 1 (\"x+y\"): the BOS token added in front \"<|endoftext|>\" (id 50256, position 0) is outside the model's vocabulary of 512";
+    assert!(!ok && log.contains(want), "{log}");
 }
 
 #[test]

@@ -286,7 +286,7 @@ struct TextsIn {
 
 impl TextsIn {
     fn spec(self) -> TextsSpec {
-        TextsSpec { texts: self.texts, prepend_bos: self.prepend_bos, batch: self.batch, out: self.out, overwrite: self.overwrite }
+        TextsSpec { texts: self.texts, origins: Vec::new(), prepend_bos: self.prepend_bos, batch: self.batch, out: self.out, overwrite: self.overwrite }
     }
 }
 
@@ -405,7 +405,7 @@ impl PyModel {
             };
             let stop_at = if a.stop_at_eos { Some(self.0.tokenizer.bos()?) } else { None };
             let options = patchbay::generate::Options { max_new_tokens: a.max_new_tokens, sampling, num_sequences: a.num_sequences, seed: a.seed, stop_at, batch: a.batch, steer };
-            jobs::text::generate(&self.0, &GenerateSpec { prompts: a.prompts, prepend_bos: a.prepend_bos, options }, pr)
+            jobs::text::generate(&self.0, &GenerateSpec { prompts: a.prompts, origins: Vec::new(), prepend_bos: a.prepend_bos, options }, pr)
         })?;
         json(&seqs)
     }

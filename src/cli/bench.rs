@@ -7,7 +7,7 @@ use clap::Args;
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// gpt2, gpt2-medium, gpt2-large, gpt2-xl or distilgpt2.
+    /// gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or a folder whose config.json gives the shape.
     #[arg(long, default_value = "gpt2")]
     shape: String,
     #[arg(long, default_value_t = 4)]

@@ -130,16 +130,18 @@ struct TextArgs {
 
 impl TextArgs {
     fn spec(&self, texts: Vec<String>, file: Option<&Path>, out: Option<PathBuf>) -> Result<TextsSpec> {
-        Ok(TextsSpec { texts: texts_of(texts, file)?, prepend_bos: self.prepend_bos, batch: self.batch, out, overwrite: self.overwrite })
+        let (texts, origins) = texts_of(texts, file)?;
+        Ok(TextsSpec { texts, origins, prepend_bos: self.prepend_bos, batch: self.batch, out, overwrite: self.overwrite })
     }
 }
 
-/// Texts from the arguments or a file (exactly one of them).
-fn texts_of(args: Vec<String>, file: Option<&Path>) -> Result<Vec<String>> {
+/// Texts from the arguments or a file (exactly one of them), and where each came from (a file's
+/// `FILE line N`; none for arguments).
+fn texts_of(args: Vec<String>, file: Option<&Path>) -> Result<(Vec<String>, Vec<String>)> {
     match (file, args.is_empty()) {
         (Some(_), false) => bail!("give texts as arguments or in a file, not both"),
-        (Some(f), true) => data::read_texts(f),
-        (None, _) => Ok(args),
+        (Some(f), true) => Ok(data::read_texts(f)?.into_iter().unzip()),
+        (None, _) => Ok((args, Vec::new())),
     }
 }
 
@@ -152,11 +154,11 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         }
         _ => None,
     };
-    let prompts = texts_of(a.prompt.into_iter().collect(), a.prompts.as_deref())?;
+    let (prompts, origins) = texts_of(a.prompt.into_iter().collect(), a.prompts.as_deref())?;
     let model = a.backend.load(&a.model)?;
     let stop_at = if a.stop_at_eos { Some(model.tokenizer.bos()?) } else { None };
     let options = Options { max_new_tokens: a.max_new_tokens, sampling, num_sequences: a.num_sequences, seed: a.seed, stop_at, batch: a.batch, steer };
-    let spec = GenerateSpec { prompts, prepend_bos: a.prepend_bos, options };
+    let spec = GenerateSpec { prompts, origins, prepend_bos: a.prepend_bos, options };
     let seqs = text::generate(&model, &spec, &mut super::Bar::default())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&seqs)?);

@@ -15,7 +15,7 @@ use super::metric::Metric;
 use super::plan::{Layout, PatchSite, Row, Runs};
 use crate::data::TokenizedPair;
 use crate::backend::Prefix;
-use crate::model::{Batch, Cache, Gpt2, Hooks, Site, SiteKind};
+use crate::model::{hook_segments, Batch, Cache, Gpt2, Hooks, Site, SiteKind};
 use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
@@ -283,10 +283,8 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
     }
 
     fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
-        let rows = &self.segments[segment].rows;
-        let here = |r: &Row| r.layer == site.layer && r.site.kind() == site.kind;
-        let overwrites: Vec<(usize, &Row)> = rows.iter().enumerate().filter(|(_, r)| here(r) && !r.site.is_path()).collect();
-        let mut paths: Vec<(usize, &Row)> = rows.iter().enumerate().filter(|(_, r)| here(r) && r.site.is_path()).collect();
+        let overwrites = self.rows_at(site, segment, false);
+        let mut paths = self.rows_at(site, segment, true);
         let act = if overwrites.is_empty() { act } else { self.overwrite(site, &overwrites, act) };
         if paths.is_empty() {
             return act;
@@ -294,9 +292,31 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
         paths.sort_by_key(|(_, r)| r.sender);
         self.path(site, &paths, act)
     }
+
+    /// Every segment's overwrites of a residual-shaped site in one write (paths go segment by
+    /// segment).
+    fn hook_batch(&mut self, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2> {
+        if (0..shape.len()).any(|g| !self.rows_at(site, g, true).is_empty()) {
+            return hook_segments(self, site, x, shape);
+        }
+        let (mut to, mut from, mut offset) = (Vec::new(), Vec::new(), 0);
+        for (g, &[n, s]) in shape.iter().enumerate() {
+            let (t, f) = self.slices(site, &self.rows_at(site, g, false), [n, s, 1, x.dims()[1]]);
+            to.extend(t.into_iter().map(|t| t + offset));
+            from.extend(f);
+            offset += n * s;
+        }
+        self.write(site, to, from, x)
+    }
 }
 
 impl<B: Backend> Patch<'_, B> {
+    /// The rows of `segment` patched at `site`: (index in the segment, row), paths or overwrites.
+    fn rows_at(&self, site: Site, segment: usize, paths: bool) -> Vec<(usize, &Row)> {
+        let here = |r: &Row| r.layer == site.layer && r.site.kind() == site.kind && r.site.is_path() == paths;
+        self.segments[segment].rows.iter().enumerate().filter(|(_, r)| here(r)).collect()
+    }
+
     /// The rows' (index in the segment, row) slices of `act` at `site`, from the clean run.
     fn overwrite<const D: usize>(&self, site: Site, rows: &[(usize, &Row)], act: Tensor<B, D>) -> Tensor<B, D> {
         // Axes: [rows, positions, d] residual-shaped, [rows, positions, heads, d_head] per head,
@@ -308,13 +328,22 @@ impl<B: Backend> Patch<'_, B> {
             (_, false) => (dims[0], dims[1], dims[2], dims[3]),
             (_, true) => (dims[0], dims[2], dims[1], dims[3]),
         };
+        // A pattern entry is one value of its slice: where a row patches one, every index is a value's.
+        let width = if rows.iter().any(|(_, r)| r.src.is_some()) { 1 } else { e };
+        let (to, from) = self.slices(site, rows, [n, s, h, e]);
+        self.write(site, to, from, act.reshape([n * s * h * e / width, width])).reshape(dims)
+    }
+
+    /// Where the rows' slices go in an activation of axes [n, s, h, e] (see `overwrite`) and come
+    /// from in the clean run's, in units of a slice of e values, or of one value where a row
+    /// patches one pattern entry.
+    fn slices(&self, site: Site, rows: &[(usize, &Row)], [_, s, h, e]: [usize; 4]) -> (Vec<usize>, Vec<usize>) {
+        let pattern = site.kind == SiteKind::Pattern;
         let (len, first) = (self.len, self.len - s);
         // The slice (row or pair, position, head) of e values, in the batch and in the clean run.
         let to_slice = |i: usize, p: usize, hd: usize| if pattern { (i * h + hd) * s + p - first } else { (i * s + p - first) * h + hd };
         let from_slice = |pair: usize, p: usize, hd: usize| if pattern { (pair * h + hd) * len + p } else { (pair * len + p) * h + hd };
-        // A pattern entry is one value of its slice: where a row patches one, every index is a value's.
         let single = rows.iter().any(|(_, r)| r.src.is_some());
-        let width = if single { 1 } else { e };
         let (mut to, mut from) = (Vec::new(), Vec::new());
         for &(i, r) in rows {
             // A patch before the first computed position cannot reach the metric from here (the
@@ -345,16 +374,22 @@ impl<B: Backend> Patch<'_, B> {
                 }
             }
         }
+        (to, from)
+    }
+
+    /// `act` [units, width] with units `to` replaced by the clean run's units `from` at `site`.
+    fn write(&self, site: Site, to: Vec<usize>, from: Vec<usize>, act: Tensor<B, 2>) -> Tensor<B, 2> {
         if to.is_empty() {
             return act;
         }
         let device = act.device();
+        let width = act.dims()[1];
         let clean = self.clean.heads(site).expect("clean run caches every patched site");
         let clean_len = clean.dims().iter().product::<usize>();
         let values = clean.reshape([clean_len / width, width]).select(0, int_tensor::<B>(from, &device));
         let m = to.len();
         let to = int_tensor::<B>(to, &device).reshape([m, 1]);
-        act.reshape([n * s * h * e / width, width]).scatter_nd(to, values, IndexingUpdateOp::Assign).reshape(dims)
+        act.scatter_nd(to, values, IndexingUpdateOp::Assign)
     }
 
     /// Path rows, ordered by sender: at a receiver's q, k or v, the receiving head's input is

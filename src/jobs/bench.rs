@@ -14,7 +14,7 @@ use std::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct BenchSpec {
-    /// gpt2, gpt2-medium, gpt2-large, gpt2-xl or distilgpt2.
+    /// gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or a folder with a config.json.
     pub shape: String,
     pub pairs: usize,
     pub tokens: usize,

@@ -7,21 +7,60 @@ use crate::analysis::plot::{self, Grid};
 use crate::generate::{self, candidates, prepend, steer, Memory, Options};
 use crate::model::Site;
 use crate::results::{npy, outputs};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use burn::prelude::Backend;
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// Texts tokenized, an error naming the text (`text 2`).
-pub fn tokenize(model: &Model, texts: &[String], prepend_bos: bool) -> Result<Vec<Vec<u32>>> {
+/// Texts tokenized and checked against the model, an error naming the text by `origins[i]`
+/// (`FILE line 3`; without one, `text 2`) and its start.
+/// `need` is the fewest tokens a text may have, and what for.
+pub fn tokenize(model: &Model, texts: &[String], origins: &[String], prepend_bos: bool, need: (usize, &str)) -> Result<Vec<Vec<u32>>> {
     if texts.is_empty() {
         bail!("no text: give it as an argument, or a JSONL file");
     }
-    texts.iter().enumerate().map(|(i, t)| model.tokenizer.encode_with(t, prepend_bos).with_context(|| format!("text {}", i + 1))).collect()
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let name = format!("{} ({:?})", origins.get(i).cloned().unwrap_or_else(|| format!("text {}", i + 1)), preview(t));
+            let ids = model.tokenizer.encode_with(t, prepend_bos).with_context(|| name.clone())?;
+            fits(model, &name, &ids, prepend_bos, 0)?;
+            ensure!(ids.len() >= need.0, "{name} has {} token(s): {}", ids.len(), need.1);
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// A text's first 40 characters, for errors.
+fn preview(text: &str) -> String {
+    let mut s: String = text.chars().take(40).collect();
+    if text.chars().nth(40).is_some() {
+        s.push('…');
+    }
+    s
+}
+
+/// That `ids` (of the text `name`; with `bos`, the BOS in front) fit the model's vocabulary, and
+/// its context with `more` tokens still to come.
+fn fits(model: &Model, name: &str, ids: &[u32], bos: bool, more: usize) -> Result<()> {
+    let c = &model.config;
+    let bos_note = if bos { " (the BOS in front included)" } else { "" };
+    if ids.len() + more > c.n_positions {
+        let more = if more > 0 { format!(" and {more} to add") } else { String::new() };
+        bail!("{name}: {} tokens{bos_note}{more} exceed the model's context of {} positions", ids.len(), c.n_positions);
+    }
+    if let Some(at) = ids.iter().position(|&id| id as usize >= c.vocab_size) {
+        let which = if bos && at == 0 { "the BOS token added in front" } else { "token" };
+        bail!("{name}: {which} {:?} (id {}, position {at}) is outside the model's vocabulary of {}", model.tokenizer.token_str(ids[at]), ids[at], c.vocab_size);
+    }
+    Ok(())
 }
 
 pub struct GenerateSpec {
     pub prompts: Vec<String>,
+    /// Where each prompt came from, for errors (`FILE line 3`); empty: `text N`.
+    pub origins: Vec<String>,
     pub prepend_bos: bool,
     pub options: Options,
 }
@@ -63,7 +102,7 @@ pub fn generate(model: &Model, spec: &GenerateSpec, progress: &mut dyn Progress)
             bail!("--coef must be a finite number, not {}", v.coef);
         }
     }
-    let prompts = tokenize(model, &spec.prompts, spec.prepend_bos)?;
+    let prompts = tokenize(model, &spec.prompts, &spec.origins, spec.prepend_bos, (1, "generation needs at least 1"))?;
     progress.start((prompts.len() * o.num_sequences * o.max_new_tokens) as u64, "tokens");
     let out = model.with(Decode { prompts: &prompts, options: o, progress })?;
     let n = o.num_sequences;
@@ -99,6 +138,8 @@ fn memory(model: &Model) -> Memory {
 /// What `perplexity` and `candidates` share: the texts, how they are batched, the output.
 pub struct TextsSpec {
     pub texts: Vec<String>,
+    /// Where each text came from, for errors (`FILE line 3`); empty: `text N`.
+    pub origins: Vec<String>,
     pub prepend_bos: bool,
     /// Texts a forward pass.
     pub batch: usize,
@@ -128,7 +169,7 @@ pub struct Perplexities {
 
 /// Each text's perplexity, and its tokens' (`per_token` puts them in the report too).
 pub fn perplexity(model: &Model, spec: &TextsSpec, per_token: bool, progress: &mut dyn Progress) -> Result<Perplexities> {
-    let ids = tokenize(model, &spec.texts, spec.prepend_bos)?;
+    let ids = tokenize(model, &spec.texts, &spec.origins, spec.prepend_bos, (2, "perplexity needs at least 2 (a token to predict)"))?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PERPLEXITY_FILES, spec.overwrite)).transpose()?;
     progress.start(ids.len() as u64, "texts");
     let losses = model.with(Score { texts: &ids, batch: spec.batch, memory: memory(model), progress })?;
@@ -213,7 +254,7 @@ pub struct CandidatesReport {
 /// The `top_k` next tokens at each text's last position (every position with `all_positions`),
 /// and for several texts the pairwise Jaccard similarity of their last positions' pools.
 pub fn candidates(model: &Model, spec: &TextsSpec, top_k: usize, all_positions: bool) -> Result<CandidatesReport> {
-    let ids = tokenize(model, &spec.texts, spec.prepend_bos)?;
+    let ids = tokenize(model, &spec.texts, &spec.origins, spec.prepend_bos, (1, "candidates need at least 1"))?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &CANDIDATE_FILES, spec.overwrite)).transpose()?;
     let found = model.with(Candidates { texts: &ids, k: top_k, all_positions, batch: spec.batch, memory: memory(model) })?;
     let tok = &model.tokenizer;
@@ -293,9 +334,9 @@ pub fn steering_vector(model: &Model, spec: &SteerSpec) -> Result<(Vec<f32>, Vec
     if let Some(out) = &spec.out {
         outputs::prepare_file(out, spec.overwrite)?;
     }
-    let tok = &model.tokenizer;
-    let clean = tok.encode_with(&spec.clean, spec.prepend_bos).context("--clean")?;
-    let corrupted = tok.encode_with(&spec.corrupted, spec.prepend_bos).context("--corrupted")?;
+    let [clean, corrupted] = [("--clean", &spec.clean), ("--corrupted", &spec.corrupted)]
+        .map(|(flag, text)| tokenize(model, std::slice::from_ref(text), &[flag.into()], spec.prepend_bos, (1, "a steering vector needs at least 1")).map(|mut t| t.remove(0)));
+    let (clean, corrupted) = (clean?, corrupted?);
     let (values, shape) = model.with(MakeVector { clean: &clean, corrupted: &corrupted, site: spec.site, position: spec.position })?;
     if let Some(out) = &spec.out {
         outputs::write_file(out, &npy::encode(&shape, &values), spec.overwrite)?;
@@ -342,6 +383,8 @@ pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -
     let tok = &model.tokenizer;
     let text = tok.encode(&spec.text)?;
     let bos = tok.bos()?;
+    let name = format!("the text ({:?})", preview(&spec.text));
+    fits(model, &name, &[spec.score_bos.then_some(bos).as_slice(), &text].concat(), spec.score_bos, spec.n_tokens)?;
     progress.start(spec.n_tokens as u64, "steps");
     let steps = model.with(Prepend { text: &text, bos, memory: memory(model), spec, progress })?;
     Ok(steps

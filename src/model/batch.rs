@@ -1,6 +1,7 @@
 //! Ragged batches: rows of different lengths computed together, for the GPT-2 forward.
 use super::sites::{Hooks, Site};
 use burn::prelude::*;
+use std::sync::{Arc, OnceLock};
 
 /// One tensor from row blocks (no copy for a single block).
 fn cat_rows<B: Backend>(mut parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
@@ -20,9 +21,23 @@ fn cat_rows<B: Backend>(mut parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
 pub struct Batch<B: Backend> {
     pub x: Tensor<B, 2>,
     pub shape: Vec<[usize; 2]>,
+    /// Where the segments' rows and tokens sit when attention runs over all of them at once
+    /// (`Attention::padded`): made at the first layer that needs it, kept while the segments stay.
+    pub(super) padding: Arc<OnceLock<Padding<B>>>,
+}
+
+/// A batch's rows padded to the sequence's whole length: each row's prefix run, [rows], and each
+/// token's slot in [rows · length], [tokens, 1].
+pub(super) struct Padding<B: Backend> {
+    pub runs: Tensor<B, 1, Int>,
+    pub slots: Tensor<B, 2, Int>,
 }
 
 impl<B: Backend> Batch<B> {
+    pub fn new(x: Tensor<B, 2>, shape: Vec<[usize; 2]>) -> Self {
+        Self { x, shape, padding: Arc::default() }
+    }
+
     pub fn one(x: Tensor<B, 3>) -> Self {
         Self::from_parts(vec![vec![x]])
     }
@@ -42,11 +57,11 @@ impl<B: Backend> Batch<B> {
             }
             shape.push([rows, s]);
         }
-        Self { x: cat_rows(flat), shape }
+        Self::new(cat_rows(flat), shape)
     }
 
     pub(super) fn with(&self, x: Tensor<B, 2>) -> Self {
-        Self { x, shape: self.shape.clone() }
+        Self { x, shape: self.shape.clone(), padding: self.padding.clone() }
     }
 
     /// The segments as [rows, positions, width] tensors, in order (views, not copies).
@@ -80,11 +95,12 @@ impl<B: Backend> Batch<B> {
         }
     }
 
-    /// Every segment through `hooks` at `site`; nothing is split or copied where no hook wants it.
+    /// The batch through `hooks` at `site`; nothing is split or copied where no hook wants it.
     pub(super) fn hook(self, site: Site, hooks: &mut impl Hooks<B>) -> Self {
         if !hooks.wants(site) {
             return self;
         }
-        Self::from_parts(self.segments().into_iter().enumerate().map(|(g, t)| vec![hooks.hook(site, g, t)]).collect())
+        let x = hooks.hook_batch(site, self.x.clone(), &self.shape);
+        self.with(x)
     }
 }

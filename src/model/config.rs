@@ -88,15 +88,20 @@ impl Gpt2Config {
         })
     }
 
-    /// The released GPT-2 shapes, for benchmarks on random weights (no download).
+    /// The released GPT-2 shapes, for benchmarks on random weights (no download), or the shape of
+    /// a folder's config.json (a small one where a GPU's buffers are small: lavapipe's 128 MiB).
     pub fn named(name: &str) -> Result<Self> {
+        let folder = Path::new(name).join("config.json");
+        if folder.is_file() {
+            return Self::from_json_file(&folder);
+        }
         let (n_layer, n_head, n_embd) = match name {
             "gpt2" => (12, 12, 768),
             "gpt2-medium" => (24, 16, 1024),
             "gpt2-large" => (36, 20, 1280),
             "gpt2-xl" => (48, 25, 1600),
             "distilgpt2" => (6, 12, 768),
-            other => bail!("unknown shape {other:?}: expected gpt2, gpt2-medium, gpt2-large, gpt2-xl or distilgpt2"),
+            other => bail!("unknown shape {other:?}: expected gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 or a folder with a config.json"),
         };
         Ok(Self {
             n_layer,

@@ -1,13 +1,13 @@
 //! GPT-2: token + position embeddings, pre-LN blocks (causal self-attention, MLP), ln_f, logits
 //! tied to wte. Generic over the burn backend; every activation site passes through `Hooks`.
-use super::batch::Batch;
+use super::batch::{Batch, Padding};
 use super::config::{Activation, Gpt2Config};
 use super::sites::{Hooks, Site, SiteKind};
 use crate::backend::{cpu, float_options, matmul, Prefix};
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid, softmax};
-use burn::tensor::Distribution;
+use burn::tensor::{Distribution, IndexingUpdateOp};
 
 /// `x @ w + b` for token rows `x` [tokens, k]: one 2-D product. Not burn's `module::linear`: on a
 /// [batch, 1, k] input (a batched vector-matrix product against the broadcast weight) whose
@@ -95,14 +95,66 @@ impl<B: Backend> Attention<B> {
         let qkv = x.with(linear(x.x.clone(), &self.c_attn_w, &self.c_attn_b));
         let hooked = [SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::Pattern, SiteKind::Z].into_iter().any(|k| hooks.wants(Site::new(k, layer)));
         let fused = (!hooked).then(|| cpu::attention(&qkv.x, &qkv.shape, prefixes, keep, self.n_head)).flatten();
-        let z = match fused {
-            Some(z) => Batch { x: z, shape: qkv.shape.iter().map(|&[n, s]| [n, keep.unwrap_or(s).min(s)]).collect() },
+        let kept = || qkv.shape.iter().map(|&[n, s]| [n, keep.unwrap_or(s).min(s)]).collect();
+        let z = match fused.or_else(|| (!hooked).then(|| self.padded(&qkv, prefixes, keep)).flatten()) {
+            Some(z) => Batch::new(z, kept()),
             None => {
                 let z = qkv.segments().into_iter().zip(prefixes).enumerate();
                 Batch::from_parts(z.map(|(g, (qkv, prefix))| vec![self.heads(qkv, layer, g, prefix.as_ref(), keep, hooks)]).collect())
             }
         };
         z.with(linear(z.x.clone(), &self.c_proj_w, &self.c_proj_b))
+    }
+
+    /// Every segment's attention at once, [Σ rows·keep, d] as `forward` stacks it, when the batch
+    /// has several segments of one total length (prefix and own positions) and no hook inside
+    /// attention: each row padded to that length — keys and values from its prefix run, its own
+    /// positions written over them, queries zero before its first position (their outputs are
+    /// dropped) — so that one launch sequence serves every segment instead of one per segment.
+    /// Every prefix of a batch reads the same keys and values (one cached run per pair).
+    fn padded(&self, qkv: &Batch<B>, prefixes: &[Option<Prefix<B>>], keep: Option<usize>) -> Option<Tensor<B, 2>> {
+        let total = |g: usize| qkv.shape[g][1] + prefixes[g].as_ref().map_or(0, |p| p.len);
+        let len = total(0);
+        if qkv.shape.len() < 2 || (1..qkv.shape.len()).any(|g| total(g) != len) {
+            return None;
+        }
+        let device = qkv.x.device();
+        let [tokens, d3] = qkv.x.dims();
+        let (d, h) = (d3 / 3, self.n_head);
+        let rows: usize = qkv.shape.iter().map(|&[n, _]| n).sum();
+        let ints = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &device)
+        };
+        // Row i of segment g is row i + (rows of segments before g); a token at position p of row r
+        // sits at slot r · len + p.
+        let rows_of = || qkv.shape.iter().scan(0, |row, &[n, s]| Some((std::mem::replace(row, *row + n), n, s)));
+        let padding = qkv.padding.get_or_init(|| {
+            let runs = rows_of().zip(prefixes).flat_map(|((_, n, _), p)| (0..n).map(move |r| p.as_ref().map_or(0, |p| p.pairs[r]) as i64));
+            let slots = rows_of().flat_map(|(row, n, s)| (row..row + n).flat_map(move |r| (len - s..len).map(move |p| (r * len + p) as i64)));
+            Padding { runs: ints(runs.collect()), slots: ints(slots.collect()).reshape([tokens, 1]) }
+        });
+        // [rows, heads, len, d_head] of q (`i` 0), k (1) or v (2): the prefix run's, with the
+        // computed positions written in.
+        let padded = |i: usize, base: Option<&Tensor<B, 4>>| {
+            let own = qkv.x.clone().narrow(1, i * d, d);
+            let base = match base {
+                Some(t) => t.clone().select(0, padding.runs.clone()).narrow(1, 0, len).reshape([rows * len, d]),
+                None => Tensor::zeros([rows * len, d], float_options::<B>(&device)),
+            };
+            base.scatter_nd(padding.slots.clone(), own, IndexingUpdateOp::Assign).reshape([rows, len, h, d / h]).swap_dims(1, 2)
+        };
+        let queries = keep.unwrap_or(len).min(len);
+        let prefix = prefixes.iter().flatten().next();
+        let q = padded(0, None).narrow(2, len - queries, queries);
+        let (k, v) = (padded(1, prefix.map(|p| &p.k)), padded(2, prefix.map(|p| &p.v)));
+        let z = mix(causal_softmax(scores(q, k)), v).reshape([rows * queries, d]);
+        // Each row's last `keep` outputs (every output is a computed token's: the slots again).
+        let outputs = match keep {
+            None => padding.slots.clone().reshape([tokens]),
+            Some(_) => ints(rows_of().flat_map(|(row, n, s)| (row..row + n).flat_map(move |r| (queries - queries.min(s)..queries).map(move |p| (r * queries + p) as i64))).collect()),
+        };
+        Some(z.select(0, outputs))
     }
 
     /// Row r's head `heads[r]` writing `z` [rows, pos, d_head] into the residual stream through its

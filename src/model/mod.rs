@@ -9,4 +9,4 @@ pub mod weights;
 pub use batch::Batch;
 pub use config::Gpt2Config;
 pub use gpt2::Gpt2;
-pub use sites::{Cache, Hooks, NoHooks, Site, SiteKind};
+pub use sites::{hook_segments, Cache, Hooks, NoHooks, Site, SiteKind};

@@ -1,5 +1,6 @@
 //! Activation sites, named as TransformerLens names its hooks, and the hook mechanism the forward
 //! pass calls at each of them: a hook may read an activation (cache it) or return a replacement.
+use super::batch::Batch;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -103,6 +104,23 @@ pub trait Hooks<B: Backend> {
     /// Whether `hook` may read or replace `site`: residual-shaped sites are split into segments
     /// only for a hook that wants them.
     fn wants(&self, site: Site) -> bool;
+
+    /// A residual-shaped site over the whole batch: `x` [tokens, d] stacks the segments of `shape`
+    /// (`model::Batch`). By default each segment is hooked in turn; a hook that can change every
+    /// segment at once overrides this (one operation instead of a split, a hook per segment and a
+    /// concatenation of the whole batch).
+    fn hook_batch(&mut self, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2>
+    where
+        Self: Sized,
+    {
+        hook_segments(self, site, x, shape)
+    }
+}
+
+/// `Hooks::hook_batch`'s default: each segment hooked in turn, then stacked again.
+pub fn hook_segments<B: Backend>(hooks: &mut impl Hooks<B>, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2> {
+    let batch = Batch::new(x, shape.to_vec());
+    Batch::from_parts(batch.segments().into_iter().enumerate().map(|(g, t)| vec![hooks.hook(site, g, t)]).collect()).x
 }
 
 /// The plain forward pass.
@@ -173,6 +191,15 @@ impl<B: Backend, H1: Hooks<B>, H2: Hooks<B>> Hooks<B> for (H1, H2) {
     fn wants(&self, site: Site) -> bool {
         self.0.wants(site) || self.1.wants(site)
     }
+
+    fn hook_batch(&mut self, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2> {
+        let x = if self.0.wants(site) { self.0.hook_batch(site, x, shape) } else { x };
+        if self.1.wants(site) {
+            self.1.hook_batch(site, x, shape)
+        } else {
+            x
+        }
+    }
 }
 
 /// An optional hook: none is the plain forward pass.
@@ -187,6 +214,13 @@ impl<B: Backend, H: Hooks<B>> Hooks<B> for Option<H> {
     fn wants(&self, site: Site) -> bool {
         self.as_ref().is_some_and(|h| h.wants(site))
     }
+
+    fn hook_batch(&mut self, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2> {
+        match self {
+            Some(h) => h.hook_batch(site, x, shape),
+            None => x,
+        }
+    }
 }
 
 impl<B: Backend, H: Hooks<B>> Hooks<B> for &mut H {
@@ -196,5 +230,9 @@ impl<B: Backend, H: Hooks<B>> Hooks<B> for &mut H {
 
     fn wants(&self, site: Site) -> bool {
         (**self).wants(site)
+    }
+
+    fn hook_batch(&mut self, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2> {
+        (**self).hook_batch(site, x, shape)
     }
 }
