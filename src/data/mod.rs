@@ -95,7 +95,7 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// The texts of a JSONL file: each line's "prompt" or "text", with where it came from (`FILE line
+/// The texts of a JSONL file: each line's "prompt" or "text", then where it came from (`FILE line
 /// N`: blank lines are skipped, so a text's line is not its number); errors name the line.
 pub fn read_texts(path: &Path) -> Result<Vec<(String, String)>> {
     let body = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -104,7 +104,7 @@ pub fn read_texts(path: &Path) -> Result<Vec<(String, String)>> {
         let at = || format!("{} line {}", path.display(), i + 1);
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
         match v.get("prompt").or_else(|| v.get("text")).and_then(|t| t.as_str()) {
-            Some(t) => out.push((at(), t.to_string())),
+            Some(t) => out.push((t.to_string(), at())),
             None => bail!("{}: no \"prompt\" or \"text\" string", at()),
         }
     }
