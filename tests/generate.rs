@@ -207,7 +207,7 @@ fn perplexity_equals_hf_per_text_and_per_token() {
     std::fs::write(&file, format!("{{\"text\": \"Hi there\"}}\n\n{{\"text\": \"{long}\"}}\n")).unwrap();
     let (ok, log) = patchbay(&["perplexity", "--model", model.to_str().unwrap(), "--texts", file.to_str().unwrap()]);
     let n = tok.encode(&long).unwrap().len();
-    let want = format!("t.jsonl line 3 (\"Michelle Jones was a top-notch student. M…\"): {n} tokens exceed the model's context of 32 positions");
+    let want = format!("t.jsonl line 3 (\"Michelle Jones was a top-notch student. …\"): {n} tokens exceed the model's context of 32 positions");
     assert!(!ok && log.contains(&want) && log.trim().lines().count() == 1, "{log}");
     // The shape fixtures' vocabulary is 512 ids: GPT-2's BOS (50256) is outside it.
     let small = fixtures().join("shapes/h4-dh16");
