@@ -398,9 +398,19 @@ fn config_options_come_before_the_command_line_so_flags_and_their_negations_over
     // A flag given after the config's wins: another site, same directory.
     let (ok, _, stderr) = patchbay(&["run", c, "--sites", "attn_out"]);
     assert!(ok && out.join("attn_out.npy").exists() && !out.join("resid_pre.npy").exists(), "{stderr}");
-    std::fs::write(&config, text + "colour = \"blue\"\n").unwrap();
+    std::fs::write(&config, format!("{text}colour = \"blue\"\n")).unwrap();
     let (ok, _, stderr) = patchbay(&["run", c]);
-    assert!(!ok && stderr.contains("c.toml: unknown option `colour`"), "{stderr}");
+    assert!(!ok && stderr.contains("c.toml:8: `colour`: unknown option"), "{stderr}");
+    // A value of the wrong type names the file, line and key.
+    std::fs::write(&config, format!("{text}max_rows = \"many\"\n")).unwrap();
+    let (ok, _, stderr) = patchbay(&["run", c]);
+    assert!(!ok && stderr.contains("c.toml:8: `max_rows`: invalid value 'many' for '--max-rows") && stderr.trim().lines().count() == 1, "{stderr}");
+    std::fs::write(&config, format!("{text}max_rows = [[8]]\n")).unwrap();
+    let (ok, _, stderr) = patchbay(&["run", c]);
+    assert!(!ok && stderr.contains("c.toml:8: `max_rows`: must be a string or a number, not array"), "{stderr}");
+    std::fs::write(&config, format!("{text}[metric]\nkind = \"logit_diff\"\n")).unwrap();
+    let (ok, _, stderr) = patchbay(&["run", c]);
+    assert!(!ok && stderr.contains("c.toml:8: `metric`: must be a string, a number or a list, not a table"), "{stderr}");
     // A syntax error is one line naming the file, line and column.
     std::fs::write(&config, "max_rows = 8\nsites = = \"resid_pre\"\n").unwrap();
     let (ok, _, stderr) = patchbay(&["run", c]);

@@ -119,21 +119,44 @@ fn strace_works() -> bool {
 }
 
 /// `args` under strace, restricted to operations on `dir` and the files named (plus their
-/// partial and temporary names); SIGKILL at call `nth` of `syscall` when given. The trace's
-/// calls per syscall.
-fn traced(args: &[&str], dir: &Path, files: &[String], kill: Option<(&str, usize)>, trace: &Path) -> (Out, Vec<(String, usize)>) {
+/// partial and temporary names); with `fault` (syscall, n, action), strace's `action` at call n
+/// of the syscall (`signal=KILL`, `error=ENOSPC`). The trace's calls per syscall.
+fn traced(args: &[&str], dir: &Path, files: &[String], fault: Option<(&str, usize, &str)>, trace: &Path) -> (Out, Vec<(String, usize)>) {
+    // Temporary names carry the writer's pid, so the command starts stopped, strace attaches to
+    // it knowing the pid, and it continues into patchbay (exec keeps the pid).
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "kill -STOP $$; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_patchbay")]).args(args);
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        sh.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    let child = sh.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let pid = child.id();
+    let proc_field = |file: &str, key: &str| -> String {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+        text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_default().trim().to_string()
+    };
+    while !proc_field("status", "State:").starts_with('T') {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     let mut c = Command::new("strace");
-    c.args(["-f", "-qq", "-o", s(trace), "-e", &format!("trace={}", SYSCALLS.join(",")), "-P", s(dir)]);
+    c.args(["-f", "-qq", "-o", s(trace), "-e", &format!("trace={}", SYSCALLS.join(",")), "-p", &pid.to_string(), "-P", s(dir)]);
     for f in files {
-        for name in [f.clone(), format!("{f}.partial"), format!(".{f}.patchbay-tmp")] {
+        for name in [f.clone(), format!("{f}.partial"), format!(".{f}.{pid}.patchbay-tmp")] {
             c.args(["-P", s(&dir.join(name))]);
         }
     }
-    if let Some((syscall, nth)) = kill {
-        c.args(["-e", &format!("inject={syscall}:signal=KILL:when={nth}")]);
+    if let Some((syscall, nth, action)) = fault {
+        c.args(["-e", &format!("inject={syscall}:{action}:when={nth}")]);
     }
-    c.arg(env!("CARGO_BIN_EXE_patchbay")).args(args);
-    let out = run(c);
+    let mut strace = c.spawn().unwrap();
+    while proc_field("status", "TracerPid:").parse::<u32>().unwrap_or(0) == 0 {
+        assert!(strace.try_wait().unwrap().is_none(), "strace could not attach to pid {pid}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(Command::new("kill").args(["-CONT", &pid.to_string()]).status().unwrap().success());
+    let done = child.wait_with_output().unwrap();
+    assert!(strace.wait().unwrap().success() || fault.is_some());
+    let out = Out { code: done.status.code(), signal: done.status.signal(), stderr: String::from_utf8_lossy(&done.stderr).into_owned() };
     let text = std::fs::read_to_string(trace).unwrap_or_default();
     let counts = SYSCALLS
         .iter()
@@ -183,7 +206,7 @@ fn kill_everywhere(
         for nth in 1..=n {
             setup();
             let what = format!("{name}: killed at {syscall} #{nth}");
-            let (out, _) = traced(args, dir, files, Some((&syscall, nth)), &trace);
+            let (out, _) = traced(args, dir, files, Some((&syscall, nth, "signal=KILL")), &trace);
             assert_eq!(out.signal, Some(9), "{what}: not killed ({:?}): {}", out.code, out.stderr);
             points += 1;
             let copy = dir.with_extension("copy");
@@ -262,6 +285,74 @@ fn an_overwrite_killed_at_any_file_operation_never_mixes_runs() {
 // Overwrite, resume and merge without kills.
 
 #[test]
+fn an_overwrite_that_meets_a_full_disk_leaves_the_old_result_or_no_listing() {
+    if !strace_works() {
+        return;
+    }
+    let dir = tmp("enospc");
+    let tiny = tiny();
+    let pairs = three_pairs(&dir);
+    let first = dir.join("first.jsonl");
+    let lines = std::fs::read_to_string(&pairs).unwrap();
+    std::fs::write(&first, lines.lines().next().unwrap().to_string() + "\n").unwrap();
+    let out = dir.join("out");
+    let model = ["--model", s_static(&tiny)];
+    // (command, the old result's arguments, the new one's, its listing: present only beside a whole result)
+    let commands: [(&str, Vec<&str>, Vec<&str>, &str); 3] = [
+        ("patterns", [&["patterns"][..], &model, &[CLEAN, "--layers", "0"]].concat(), [&["patterns"][..], &model, &[CLEAN, "Hello there", "--layers", "1-2"]].concat(), "patterns.json"),
+        ("perplexity", [&["perplexity"][..], &model, &[CLEAN, "--per-token"]].concat(), [&["perplexity"][..], &model, &["Hello there", "A third text."]].concat(), "perplexity.json"),
+        ("attribute", [&["attribute"][..], &model, &["--pairs", s(&first)]].concat(), [&["attribute"][..], &model, &["--pairs", s(&pairs)]].concat(), "attribution.json"),
+    ];
+    let trace = dir.join("trace");
+    for (name, old, new, listing) in commands {
+        let with_out = |args: &[&str], overwrite: bool| -> Vec<String> {
+            let extra: &[&str] = if overwrite { &["--out", s(&out), "--overwrite"] } else { &["--out", s(&out)] };
+            args.iter().chain(extra).map(|a| a.to_string()).collect()
+        };
+        let call = |args: &[String]| patchbay(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let setup = || {
+            let _ = std::fs::remove_dir_all(&out);
+            let r = call(&with_out(&old, false));
+            assert!(r.ok(), "{name}: {}", r.stderr);
+            if name == "attribute" {
+                assert!(patchbay(&["analyze", s(&out)]).ok()); // its summary and plots must go too
+            }
+            files_of(&out)
+        };
+        let replaced = with_out(&new, true);
+        let replaced: Vec<&str> = replaced.iter().map(String::as_str).collect();
+        let before = setup();
+        let done = call(&with_out(&new, true));
+        assert!(done.ok(), "{name}: {}", done.stderr);
+        let after = files_of(&out);
+        let mut files: Vec<String> = names(&before).into_iter().chain(names(&after)).collect();
+        files.dedup();
+        setup();
+        let (clean, counts) = traced(&replaced, &out, &files, None, &trace);
+        assert!(clean.ok(), "{name}: {}", clean.stderr);
+        let mut points = 0;
+        for (syscall, n) in counts.into_iter().filter(|(sc, _)| ["write", "fsync", "rename"].contains(&sc.as_str())) {
+            for nth in 1..=n {
+                setup();
+                let what = format!("{name}: ENOSPC at {syscall} #{nth}");
+                let (r, _) = traced(&replaced, &out, &files, Some((&syscall, nth, "error=ENOSPC")), &trace);
+                assert!(r.refused() && r.stderr.contains("No space left on device"), "{what}: {:?} {}", r.code, r.stderr);
+                let left = files_of(&out);
+                assert!(!names(&left).iter().any(|f| f.ends_with(".patchbay-tmp")), "{what}: a temporary file was left: {:?}", names(&left));
+                if left.iter().any(|f| f.0 == listing) {
+                    assert!(left == before || left == after, "{what}: a listing beside a mix of results: {:?}", names(&left));
+                }
+                points += 1;
+                let retry = call(&with_out(&new, true));
+                assert!(retry.ok(), "{what}: the retry failed: {}", retry.stderr);
+                assert_same_files(&out, &after, &what);
+            }
+        }
+        assert!(points >= 6, "{name}: only {points} fault points were traced");
+    }
+}
+
+#[test]
 fn a_finished_overwrite_leaves_nothing_of_the_old_run() {
     let dir = tmp("replace");
     let pairs = three_pairs(&dir);
@@ -294,7 +385,7 @@ fn resume_refuses_damaged_or_foreign_state_with_a_way_out() {
         let traced_dir = dir.to_path_buf();
         let trace = dir.with_extension("trace");
         if strace_works() {
-            let (out, _) = traced(&run_args(&pairs, &traced_dir, "resid_pre"), &traced_dir, &result_files(&["resid_pre"]), Some(("pwrite64", 7)), &trace);
+            let (out, _) = traced(&run_args(&pairs, &traced_dir, "resid_pre"), &traced_dir, &result_files(&["resid_pre"]), Some(("pwrite64", 7, "signal=KILL")), &trace);
             assert_eq!(out.signal, Some(9), "{}", out.stderr);
             true
         } else {
@@ -455,6 +546,11 @@ fn bad_models_backends_and_flags_are_one_line_errors() {
     assert!(r.refused() && r.stderr.contains("JOB_COMPLETION_INDEX"), "{}", r.stderr);
     let r = patchbay(&[&base[..], &["--shards", "4", "--shard", "1/4", "--out", s(&dir.join("a"))]].concat());
     assert!(r.refused() && r.stderr.contains("not both"), "{}", r.stderr);
+    let r = patchbay(&[&base[..], &["--shard", "3/2", "--out", s(&dir.join("a"))]].concat());
+    assert!(r.refused() && r.stderr.contains("--shard 3/2: shard 3 does not exist among 2 shards"), "{}", r.stderr);
+    // A shard picked by the scheduler's environment is reported by its variables, not as a flag.
+    let r = run(command(&[&base[..], &["--out", s(&dir.join("a"))]].concat(), &[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_COUNT", "2")]));
+    assert!(r.refused() && r.stderr.contains("SLURM_ARRAY_TASK_ID=3") && r.stderr.contains("SLURM_ARRAY_TASK_COUNT=2") && !r.stderr.contains("--shard"), "{}", r.stderr);
 
     if cfg!(feature = "wgpu") {
         // No Vulkan driver at all: a clear error, not burn's panic.
@@ -501,7 +597,7 @@ fn pairs_files_name_lines_and_skip_what_the_model_cannot_run() {
     let out = dir.join("o");
     let r = patchbay(&["run", "--model", s(&tiny), "--pairs", s(&file), "--sites", "resid_pre", "--out", s(&out)]);
     assert!(r.ok(), "{}", r.stderr);
-    assert!(r.stderr.contains("skipped line 3: the prompt is 41 tokens, longer than the model's context of 32"), "{}", r.stderr);
+    assert!(r.stderr.contains("skipped line 3: the clean prompt \"Michelle Jones was a top-notch student.M…\" is 41 tokens, longer than the model's context of 32 positions"), "{}", r.stderr);
     assert!(r.stderr.contains("skipped line 4: clean and corrupted are the same tokens"), "{}", r.stderr);
     assert!(r.stderr.contains("skipped line 6: answer and distractor are the same token"), "{}", r.stderr);
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -522,7 +618,7 @@ fn pairs_files_name_lines_and_skip_what_the_model_cannot_run() {
     let small = fixtures().join("shapes/h4-dh16");
     std::fs::write(&file, format!("{good}\n")).unwrap();
     let r = patchbay(&["run", "--model", s(&small), "--pairs", s(&file), "--out", s(&dir.join("v"))]);
-    assert!(r.code == Some(1) && r.stderr.contains("skipped line 1: token 48736 \"Michelle\" is outside the model's vocabulary of 512"), "{}", r.stderr);
+    assert!(r.code == Some(1) && r.stderr.contains("skipped line 1: the clean prompt \"Michelle Jones was a top-notch student. …\": token \"Michelle\" (id 48736, position 0) is outside the model's vocabulary of 512"), "{}", r.stderr);
     assert!(r.stderr.contains("no pair passed the checks (1 skipped)"), "{}", r.stderr);
 
     // Not UTF-8, empty, header-only: named.

@@ -194,48 +194,61 @@ impl Progress for Bar {
     }
 }
 
+/// One option of a TOML config: where it was written (`FILE:LINE: \`key\``), its flag, and the
+/// command-line arguments it stands for.
+pub struct ConfigOption {
+    pub at: String,
+    pub flag: String,
+    pub args: Vec<String>,
+}
+
 /// A TOML config's options as command-line arguments, to be placed before the command line's
 /// (ripgrep's way: the command line overrides the file, every boolean has its `--no-` form).
 /// Keys are `command`'s long options with underscores for dashes; `columns` is a table.
-pub fn config_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
+pub fn config_args(path: &Path, command: &clap::Command) -> Result<Vec<ConfigOption>> {
+    use toml::Spanned;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| {
-        // FILE:LINE:COLUMN, as compilers write it.
+    // FILE:LINE or FILE:LINE:COLUMN, as compilers write it.
+    let line = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
+    let table: std::collections::BTreeMap<Spanned<String>, Spanned<toml::Value>> = toml::from_str(&text).map_err(|e| {
         let at = e.span().map_or(String::new(), |s| {
             let before = &text[..s.start.min(text.len())];
-            format!(":{}:{}", before.matches('\n').count() + 1, before.chars().rev().take_while(|&c| c != '\n').count() + 1)
+            format!(":{}:{}", line(s.start), before.chars().rev().take_while(|&c| c != '\n').count() + 1)
         });
         let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         anyhow::anyhow!("{}{at}: {}", path.display(), message.join("; "))
     })?;
     let known: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
-    let mut args = Vec::new();
+    let mut options = Vec::new();
     for (key, value) in table {
-        let flag = key.replace('_', "-");
+        let at = format!("{}:{}: `{}`", path.display(), line(key.span().start), key.get_ref());
+        let flag = key.get_ref().replace('_', "-");
         if !known.contains(&flag.as_str()) {
-            bail!("{}: unknown option `{key}` (the options are the command's flags, with underscores for dashes)", path.display());
+            bail!("{at}: unknown option (the options are the command's flags, with underscores for dashes)");
         }
         let scalar = |v: &toml::Value| match v {
             toml::Value::String(s) => Ok(s.clone()),
             toml::Value::Integer(i) => Ok(i.to_string()),
             toml::Value::Float(f) => Ok(f.to_string()),
-            other => bail!("{}: `{key}` must be a string or a number, not {}", path.display(), other.type_str()),
+            other => bail!("{at}: must be a string or a number, not {}", other.type_str()),
         };
-        match &value {
-            toml::Value::Boolean(true) => args.push(format!("--{flag}")),
-            toml::Value::Boolean(false) => args.push(match flag.strip_prefix("no-") {
+        let args = match value.get_ref() {
+            toml::Value::Boolean(true) => vec![format!("--{flag}")],
+            toml::Value::Boolean(false) => vec![match flag.strip_prefix("no-") {
                 Some(positive) => format!("--{positive}"),
                 None => format!("--no-{flag}"),
-            }),
-            toml::Value::Array(items) => args.extend([format!("--{flag}"), items.iter().map(scalar).collect::<Result<Vec<_>>>()?.join(",")]),
-            toml::Value::Table(t) => {
+            }],
+            toml::Value::Array(items) => vec![format!("--{flag}"), items.iter().map(scalar).collect::<Result<Vec<_>>>()?.join(",")],
+            toml::Value::Table(t) if flag == "columns" => {
                 let kv = t.iter().map(|(k, v)| Ok(format!("{k}={}", scalar(v)?))).collect::<Result<Vec<_>>>()?;
-                args.extend([format!("--{flag}"), kv.join(",")]);
+                vec![format!("--{flag}"), kv.join(",")]
             }
-            v => args.extend([format!("--{flag}"), scalar(v)?]),
-        }
+            toml::Value::Table(_) => bail!("{at}: must be a string, a number or a list, not a table (only `columns` is a table)"),
+            v => vec![format!("--{flag}"), scalar(v)?],
+        };
+        options.push(ConfigOption { at, flag, args });
     }
-    Ok(args)
+    Ok(options)
 }
 
 /// `run` or `path` arguments (without the program and command names) → the library's run, with
@@ -255,8 +268,16 @@ pub fn plan(command: &str, args: &[String]) -> Result<run::RunPlan> {
         None => first,
         Some(path) => {
             let sub = Cli::command().find_subcommand(command).cloned().expect("run and path are subcommands");
-            let all: Vec<String> = config_args(&path, &sub)?.into_iter().chain(args.iter().cloned()).collect();
-            parse(&all).with_context(|| format!("with the options of {}", path.display()))?
+            let options = config_args(&path, &sub)?;
+            let all: Vec<String> = options.iter().flat_map(|o| o.args.iter().cloned()).chain(args.iter().cloned()).collect();
+            // The command line parsed alone, so the file's options are at fault: name the one clap names.
+            parse(&all).map_err(|e| {
+                let text = e.to_string();
+                match options.iter().find(|o| text.contains(&format!("'--{}", o.flag)) || text.contains(&format!("'--no-{}", o.flag))) {
+                    Some(o) => anyhow::anyhow!("{}: {text}", o.at),
+                    None => e.context(format!("with the options of {}", path.display())),
+                }
+            })?
         }
     };
     match command_line {

@@ -380,15 +380,34 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
     if let Some((name, &pos)) = positions.iter().find(|(_, &pos)| pos >= clean.len()) {
         bail!("named position {name}={} is past the {} tokens {}", pos - shift, clean.len() - shift, tok.show_short(&clean[shift..]));
     }
+    let bos_note = if checks.prepend_bos { " (the BOS token added in front included)" } else { "" };
     if let Some(context) = checks.context.filter(|&c| clean.len() > c) {
-        bail!("the prompt is {} tokens, longer than the model's context of {context}", clean.len());
+        bail!("the clean prompt {:?} is {} tokens{bos_note}, longer than the model's context of {context} positions", preview(&p.clean), clean.len());
     }
     if let Some(vocab) = checks.vocab {
-        if let Some(&id) = clean.iter().chain(&corrupted).chain([&answer, &distractor]).find(|&&id| id as usize >= vocab) {
-            bail!("token {id} {:?} is outside the model's vocabulary of {vocab}", tok.token_str(id));
+        let texts = [("clean prompt", &p.clean, &clean[..]), ("corrupted prompt", &p.corrupted, &corrupted[..])];
+        for (what, text, ids) in texts {
+            if let Some(at) = ids.iter().position(|&id| id as usize >= vocab) {
+                let which = if checks.prepend_bos && at == 0 { "the BOS token added in front" } else { "token" };
+                bail!("the {what} {:?}: {which} {:?} (id {}, position {at}) is outside the model's vocabulary of {vocab}", preview(text), tok.token_str(ids[at]), ids[at]);
+            }
+        }
+        for (what, id) in [("answer", answer), ("distractor", distractor)] {
+            if id as usize >= vocab {
+                bail!("the {what} token {:?} (id {id}) is outside the model's vocabulary of {vocab}", tok.token_str(id));
+            }
         }
     }
     Ok(TokenizedPair { row: p.row, clean, corrupted, answer, distractor, positions })
+}
+
+/// A text's first 40 characters, for errors that name a prompt.
+pub fn preview(text: &str) -> String {
+    let mut s: String = text.chars().take(40).collect();
+    if text.chars().nth(40).is_some() {
+        s.push('…');
+    }
+    s
 }
 
 /// A small deterministic generator (SplitMix64): the same seed gives the same dataset everywhere.

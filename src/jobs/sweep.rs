@@ -85,25 +85,38 @@ impl Shard {
     /// `K/N`, K in 0..N.
     pub fn parse(s: &str) -> Result<Self> {
         let (k, n) = s.split_once('/').with_context(|| format!("--shard {s:?}: expected K/N, e.g. 0/8"))?;
-        let shard = Self { index: k.trim().parse().context("--shard K")?, count: n.trim().parse().context("--shard N")? };
-        if shard.count == 0 || shard.index >= shard.count {
-            bail!("--shard {s}: K must be in 0..N");
+        let number = |v: &str, what: &str| v.trim().parse().with_context(|| format!("--shard {s}: {what} {v:?} is not a number"));
+        Self::checked(number(k, "K")?, number(n, "N")?, || format!("--shard {s}"))
+    }
+
+    /// Shard `index` of `count`, or an error naming where the two came from (`source`).
+    fn checked(index: usize, count: usize, source: impl Fn() -> String) -> Result<Self> {
+        if count == 0 {
+            bail!("{}: the number of shards must be at least 1", source());
         }
-        Ok(shard)
+        if index >= count {
+            bail!("{}: shard {index} does not exist among {count} shards (0..{count})", source());
+        }
+        Ok(Self { index, count })
     }
 
     /// From a scheduler: a Slurm job array (SLURM_ARRAY_TASK_ID, _MIN, _COUNT) or a Kubernetes
-    /// Indexed Job (JOB_COMPLETION_INDEX, with `count` from --shards).
+    /// Indexed Job (JOB_COMPLETION_INDEX, with `count` from --shards). Errors name the variables.
     pub fn from_env(count: Option<usize>) -> Result<Option<Self>> {
         let var = |name: &str| -> Result<Option<usize>> {
             std::env::var(name).ok().map(|v| v.trim().parse().with_context(|| format!("{name}={v} is not a number"))).transpose()
         };
         if let (Some(id), Some(n)) = (var("SLURM_ARRAY_TASK_ID")?, var("SLURM_ARRAY_TASK_COUNT")?) {
             let min = var("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-            return Self::parse(&format!("{}/{}", id.saturating_sub(min), count.unwrap_or(n))).map(Some);
+            let count_from = count.map_or(format!("SLURM_ARRAY_TASK_COUNT={n}"), |c| format!("--shards {c}"));
+            let source = || format!("SLURM_ARRAY_TASK_ID={id} (SLURM_ARRAY_TASK_MIN={min}) with {count_from}");
+            if id < min {
+                bail!("{}: the task id is below the array's first id", source());
+            }
+            return Self::checked(id - min, count.unwrap_or(n), source).map(Some);
         }
         match (var("JOB_COMPLETION_INDEX")?, count) {
-            (Some(i), Some(n)) => Self::parse(&format!("{i}/{n}")).map(Some),
+            (Some(i), Some(n)) => Self::checked(i, n, || format!("JOB_COMPLETION_INDEX={i} with --shards {n}")).map(Some),
             (Some(_), None) => bail!("JOB_COMPLETION_INDEX is set: give the number of shards with --shards N"),
             (None, Some(n)) => bail!("--shards {n} needs JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) to pick this shard; by hand, give --shard K/{n}"),
             (None, None) => Ok(None),

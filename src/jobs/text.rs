@@ -5,6 +5,7 @@
 use super::{Model, ModelTask, On, Progress};
 use crate::analysis::plot::{self, Grid};
 use crate::generate::{self, candidates, prepend, steer, Memory, Options};
+use crate::data::preview;
 use crate::model::Site;
 use crate::results::{npy, outputs};
 use anyhow::{bail, ensure, Context, Result};
@@ -30,15 +31,6 @@ pub fn tokenize(model: &Model, texts: &[String], origins: &[String], prepend_bos
             Ok(ids)
         })
         .collect()
-}
-
-/// A text's first 40 characters, for errors.
-fn preview(text: &str) -> String {
-    let mut s: String = text.chars().take(40).collect();
-    if text.chars().nth(40).is_some() {
-        s.push('…');
-    }
-    s
 }
 
 /// That `ids` (of the text `name`; with `bos`, the BOS in front) fit the model's vocabulary, and

@@ -27,9 +27,12 @@ const TEMP_SUFFIX: &str = ".patchbay-tmp";
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.{}{TEMP_SUFFIX}", name.to_string_lossy(), std::process::id()));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all())).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // A full disk or a failed rename leaves nothing behind: the temporary file goes too.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
     match path.parent().filter(|p| !p.as_os_str().is_empty()) {
         Some(dir) => store::sync_dir(dir),
         None => store::sync_dir(Path::new(".")),
