@@ -296,12 +296,12 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
     /// Every segment's overwrites of a residual-shaped site in one write (paths go segment by
     /// segment).
     fn hook_batch(&mut self, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2> {
-        if (0..shape.len()).any(|g| !self.rows_at(site, g, true).is_empty()) {
+        if (0..shape.len()).any(|g| self.segments[g].rows.iter().any(|r| r.layer == site.layer && r.site.kind() == site.kind && r.site.is_path())) {
             return hook_segments(self, site, x, shape);
         }
         let (mut to, mut from, mut offset) = (Vec::new(), Vec::new(), 0);
         for (g, &[n, s]) in shape.iter().enumerate() {
-            let (t, f) = self.slices(site, &self.rows_at(site, g, false), [n, s, 1, x.dims()[1]]);
+            let (t, f, _) = self.slices(site, &self.rows_at(site, g, false), [n, s, 1, x.dims()[1]]);
             to.extend(t.into_iter().map(|t| t + offset));
             from.extend(f);
             offset += n * s;
@@ -328,21 +328,20 @@ impl<B: Backend> Patch<'_, B> {
             (_, false) => (dims[0], dims[1], dims[2], dims[3]),
             (_, true) => (dims[0], dims[2], dims[1], dims[3]),
         };
-        // A pattern entry is one value of its slice: where a row patches one, every index is a value's.
-        let width = if rows.iter().any(|(_, r)| r.src.is_some()) { 1 } else { e };
-        let (to, from) = self.slices(site, rows, [n, s, h, e]);
+        let (to, from, width) = self.slices(site, rows, [n, s, h, e]);
         self.write(site, to, from, act.reshape([n * s * h * e / width, width])).reshape(dims)
     }
 
     /// Where the rows' slices go in an activation of axes [n, s, h, e] (see `overwrite`) and come
     /// from in the clean run's, in units of a slice of e values, or of one value where a row
-    /// patches one pattern entry.
-    fn slices(&self, site: Site, rows: &[(usize, &Row)], [_, s, h, e]: [usize; 4]) -> (Vec<usize>, Vec<usize>) {
+    /// patches one pattern entry; with the unit's width (e or 1).
+    fn slices(&self, site: Site, rows: &[(usize, &Row)], [_, s, h, e]: [usize; 4]) -> (Vec<usize>, Vec<usize>, usize) {
         let pattern = site.kind == SiteKind::Pattern;
         let (len, first) = (self.len, self.len - s);
         // The slice (row or pair, position, head) of e values, in the batch and in the clean run.
         let to_slice = |i: usize, p: usize, hd: usize| if pattern { (i * h + hd) * s + p - first } else { (i * s + p - first) * h + hd };
         let from_slice = |pair: usize, p: usize, hd: usize| if pattern { (pair * h + hd) * len + p } else { (pair * len + p) * h + hd };
+        // A pattern entry is one value of its slice: where a row patches one, every index is a value's.
         let single = rows.iter().any(|(_, r)| r.src.is_some());
         let (mut to, mut from) = (Vec::new(), Vec::new());
         for &(i, r) in rows {
@@ -374,7 +373,7 @@ impl<B: Backend> Patch<'_, B> {
                 }
             }
         }
-        (to, from)
+        (to, from, if single { 1 } else { e })
     }
 
     /// `act` [units, width] with units `to` replaced by the clean run's units `from` at `site`.
