@@ -46,13 +46,19 @@ def load(model: str = "gpt2", backend: str = "cpu", dtype: str = "f32", fusion: 
 def open(path: PathLike) -> "Result":  # noqa: A001 - the name users expect (pb.open)
     """A finished results directory (``patchbay run``, ``Model.run``, ``Model.patch(out=...)``)."""
     path = os.fspath(path)
-    _native.open_finished(path)  # the run is finished and every array whole
-    with builtins_open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
-        manifest = json.load(f)
-    arrays = {s["name"]: np.load(os.path.join(path, s["file"])) for s in manifest["sites"]}
-    arrays["baseline_clean"] = np.load(os.path.join(path, manifest["baseline_clean"]))
-    arrays["baseline_corrupted"] = np.load(os.path.join(path, manifest["baseline_corrupted"]))
-    lengths = np.load(os.path.join(path, manifest["lengths"]))
+    # Read under the directory's shared lock: a writer in another process fails at once rather
+    # than replacing arrays between the check and the reads.
+    lock = _native.lock_shared(path)
+    try:
+        _native.open_finished(path)  # the run is finished and every array whole
+        with builtins_open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        arrays = {s["name"]: np.load(os.path.join(path, s["file"])) for s in manifest["sites"]}
+        arrays["baseline_clean"] = np.load(os.path.join(path, manifest["baseline_clean"]))
+        arrays["baseline_corrupted"] = np.load(os.path.join(path, manifest["baseline_corrupted"]))
+        lengths = np.load(os.path.join(path, manifest["lengths"]))
+    finally:
+        lock.release()
     return Result(manifest, arrays, manifest.get("skipped", []), path, lengths)
 
 

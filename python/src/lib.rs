@@ -497,6 +497,23 @@ fn open_finished(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
     json(&m)
 }
 
+/// A shared lock on a results directory, held while Python reads its files (`pb.open`): a writer
+/// (another process's run, `--overwrite`, merge) cannot replace them meanwhile.
+#[pyclass(module = "patchbay._native")]
+struct ReadLock(Option<patchbay::results::lock::Guard>);
+
+#[pymethods]
+impl ReadLock {
+    fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+#[pyfunction]
+fn lock_shared(py: Python<'_>, dir: PathBuf) -> PyResult<ReadLock> {
+    job(py, &mut PyProgress::new(None), |_| patchbay::results::lock::shared(&dir)).map(|g| ReadLock(Some(g)))
+}
+
 /// `patchbay verify`: rechecks `rows` random patched runs of a finished run on the simplest path
 /// (on `backend`/`dtype`, or the run's own); the verification as JSON.
 #[pyfunction]
@@ -535,6 +552,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(open_finished, m)?)?;
+    m.add_class::<ReadLock>()?;
+    m.add_function(wrap_pyfunction!(lock_shared, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(normalize, m)?)?;
     m.add_function(wrap_pyfunction!(heatmap, m)?)?;

@@ -124,6 +124,33 @@ def test_a_results_directory_from_python_is_the_cli_transaction(model, tmp_path)
         model.patch(pairs=PAIRS, sites=["attn_out"], out=out)
 
 
+def test_open_reads_under_the_directorys_shared_lock(model, tmp_path):
+    out = tmp_path / "run"
+    model.patch(pairs=PAIRS, sites=["resid_pre"], out=out, verify=0)
+    # While pb.open holds its lock, a writer in another process fails at once, naming this process.
+    lock = pb._native.lock_shared(str(out))
+    try:
+        p = subprocess.run([cli(), "run", "--model", TINY, "--clean", CLEAN, "--corrupted", CORRUPTED[0],
+                            "--answer", " Jones", "--distractor", " Smith", "--out", out, "--overwrite"], capture_output=True, text=True)
+        assert p.returncode == 1 and f"pid {os.getpid()}" in p.stderr, p.stderr
+        assert pb.open(out)["resid_pre"].shape[0] == len(PAIRS)  # readers share it
+    finally:
+        lock.release()
+    # While another process writes (holds it exclusively), pb.open fails at once naming it.
+    ready = tmp_path / "locked"
+    holder = subprocess.Popen(["flock", "--exclusive", "-o", str(out), "sh", "-c",
+                               f"touch {ready} && while [ -e {ready} ]; do sleep 0.02; done"])
+    try:
+        while not ready.exists():
+            pass
+        with pytest.raises(ValueError, match=f"is being written by another process \\(pid {holder.pid}\\)"):
+            pb.open(out)
+    finally:
+        ready.unlink()
+        holder.wait()
+    assert pb.open(out).manifest["sites"][0]["name"] == "resid_pre"
+
+
 def test_inspect_top_k_equals_the_softmax_of_hf_logits(model, refs):
     top = model.inspect(CLEAN, top_k=20)
     logits = refs["logits_last"][0].astype(np.float64)
