@@ -219,10 +219,20 @@ fn killed_run_resumes_to_byte_identical_results() {
     let dir = tmp("resume");
     let file = dir.join("ioi.jsonl");
     assert!(patchbay(&["ioi", "--n", "400", "--model", s(&tiny()), "--out", s(&file)]).0);
+    // As TransformerLens patches, and noising by mean ablation: its means are read back on resume.
+    for (name, how) in [("", &[][..]), ("noising-mean-", &["--direction", "noising", "--ablation", "mean"][..])] {
+        killed_and_resumed(&dir.join(name.to_string() + "x"), &file, how);
+    }
+}
+
+fn killed_and_resumed(dir: &Path, file: &Path, how: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
     let args = |out: &Path| -> Vec<String> {
-        ["run", "--model", s(&tiny()), "--pairs", s(&file), "--sites", "resid_pre,z_all_pos", "--max-rows", "64", "--out", s(out)]
-            .map(String::from)
-            .to_vec()
+        ["run", "--model", s(&tiny()), "--pairs", s(file), "--sites", "resid_pre,z_all_pos", "--max-rows", "64", "--out", s(out)]
+            .iter()
+            .chain(how)
+            .map(|a| a.to_string())
+            .collect()
     };
     let whole = dir.join("whole");
     assert!(patchbay(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>()).0);
@@ -244,6 +254,9 @@ fn killed_run_resumes_to_byte_identical_results() {
     child.wait().unwrap();
     assert!(progress.exists() && !cut.join("resid_pre.npy").exists(), "the run was cut before finishing");
     assert!(cut.join("resid_pre.npy.partial").exists());
+    if !how.is_empty() {
+        assert!(cut.join("resid_pre.ablation_means.npy.partial").exists() && cut.join("z.ablation_means.npy.partial").exists());
+    }
 
     let resume: Vec<String> = args(&cut).into_iter().chain(["--resume".to_string()]).collect();
     let (ok, log) = patchbay(&resume.iter().map(String::as_str).collect::<Vec<_>>());
@@ -262,6 +275,24 @@ fn shards_merge_into_the_unsharded_run() {
     assert!(patchbay(&["ioi", "--n", "50", "--model", s(&tiny()), "--out", s(&file)]).0);
     let model = tiny();
     let base = ["run", "--model", s(&model), "--pairs", s(&file), "--sites", "resid_pre,z_by_pos"];
+    sharded_and_merged(&dir, &base);
+    // Noising by mean ablation: each shard computes the whole run's means, and checks its rows with them.
+    let means = dir.join("means");
+    let base: Vec<&str> = base.iter().copied().chain(["--direction", "noising", "--ablation", "mean"]).collect();
+    sharded_and_merged(&means, &base);
+    // Shards with other means (here: a shard's listed hash edited) are not one run.
+    let shard = means.join("sharded").join("shard-0001-of-0003");
+    let m = std::fs::read_to_string(shard.join("manifest.json")).unwrap();
+    let listed = serde_json::from_str::<serde_json::Value>(&m).unwrap()["ablation_means"][0]["xxh3"].as_str().unwrap().to_string();
+    std::fs::write(shard.join("manifest.json"), m.replace(&listed, "0000000000000000")).unwrap();
+    let (ok, log) = patchbay(&["merge", s(&means.join("sharded")), "--out", s(&means.join("mixed"))]);
+    assert!(!ok && log.contains("ablation means differ"), "{log}");
+    let (ok, log) = patchbay(&["verify", s(&shard)]);
+    assert!(!ok && log.contains("resid_pre.ablation_means.npy does not hold the means the manifest lists"), "{log}");
+}
+
+fn sharded_and_merged(dir: &Path, base: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
     let whole = dir.join("whole");
     assert!(patchbay(&[&base[..], &["--out", s(&whole)]].concat()).0);
     let sharded = dir.join("sharded");
@@ -288,11 +319,95 @@ fn shards_merge_into_the_unsharded_run() {
     assert_eq!(merged["rows"], 24, "{merged}");
     assert_eq!(merged["failed"].as_array().unwrap().len(), 0, "{merged}");
     assert_eq!(check(&whole)["rows"], 8);
+}
 
+#[test]
+fn jobs_from_the_environment_and_partial_merges_are_refused() {
+    let dir = tmp("shard-env");
+    let file = dir.join("ioi.jsonl");
+    assert!(patchbay(&["ioi", "--n", "50", "--model", s(&tiny()), "--out", s(&file)]).0);
+    let model = tiny();
+    let base = ["run", "--model", s(&model), "--pairs", s(&file), "--sites", "resid_pre"];
+    let sharded = dir.join("sharded");
+    assert!(patchbay(&[&base[..], &["--shard", "0/3", "--out", s(&sharded)]].concat()).0);
     let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args([&base[..], &["--out", s(&dir.join("k8s"))]].concat()).env("JOB_COMPLETION_INDEX", "1").output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--shards N"));
     let (ok, log) = patchbay(&["merge", s(&sharded.join("shard-0000-of-0003")), "--out", s(&dir.join("m"))]);
     assert!(!ok && log.contains("shards [0] given") && log.contains("has shards 0..3"), "{log}");
+}
+
+/// Mean ablation over 100 IOI pairs of several lengths — each head's z replaced at every position by
+/// its mean over every position of every clean prompt — against PyTorch forward hooks on HF GPT-2
+/// (tests/fixtures/make_ablation_refs.py), with the means patchbay recorded.
+#[test]
+fn mean_ablation_over_100_ioi_pairs_matches_pytorch() {
+    let dir = tmp("ioi100");
+    let out = dir.join("out");
+    let (ok, log) = patchbay(&["run", "--model", s(&tiny()), "--pairs", s(&pairs_file("ioi100.jsonl")), "--sites", "z_all_pos", "--ablation", "mean", "--out", s(&out)]);
+    assert!(ok, "{log}");
+    let refs = Refs::load_file(&tiny(), "refs-ablation.safetensors");
+    for (file, reference) in [
+        ("z_all_pos.npy", "ioi100.denoising.mean.z_all_pos"),
+        ("z.ablation_means.npy", "ioi100.means.z"),
+        ("baseline_clean.npy", "ioi100.baseline_clean"),
+        ("baseline_corrupted.npy", "ioi100.baseline_corrupted"),
+    ] {
+        let (got, shape) = read_npy(&out.join(file)).unwrap();
+        let (want, want_shape) = refs.f32(reference);
+        assert_eq!(shape, want_shape, "{file}");
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 1e-4, "{file}: differs from PyTorch by {diff}");
+    }
+}
+
+/// Noising with resample ablation is, by definition, denoising of the pairs with clean and corrupted
+/// swapped (answer and distractor kept): on every site and path, the same arrays; the baselines
+/// are the same two runs under their own names, so analyze's normalization (clean = 1) holds.
+#[test]
+fn noising_by_resampling_is_denoising_with_the_prompts_swapped() {
+    let dir = tmp("noising");
+    let file = dir.join("ioi.jsonl");
+    assert!(patchbay(&["ioi", "--n", "4", "--model", s(&tiny()), "--out", s(&file)]).0);
+    let swapped: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let clean = v["clean"].take();
+            v["clean"] = v["corrupted"].take();
+            v["corrupted"] = clean;
+            v.to_string()
+        })
+        .collect();
+    let swapped_file = dir.join("swapped.jsonl");
+    std::fs::write(&swapped_file, swapped.join("\n")).unwrap();
+    let sites = patchbay::engine::PatchSite::ALL.iter().filter(|s| !s.is_path()).map(|s| s.name()).collect::<Vec<_>>().join(",");
+    for (command, what) in [("run", ["--sites", sites.as_str()]), ("path", ["--receivers", "q,k,v,resid_final"])] {
+        let run = |name: &str, pairs: &Path, extra: &[&str]| {
+            let out = dir.join(format!("{command}-{name}"));
+            let (ok, log) = patchbay(&[&[command, "--model", s(&tiny()), "--pairs", s(pairs), "--out", s(&out)], &what[..], extra].concat());
+            assert!(ok, "{log}");
+            files_of(&out).into_iter().filter(|f| f.0.ends_with(".npy")).collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let noising = run("noising", &file, &["--direction", "noising"]);
+        let denoising = run("swapped", &swapped_file, &[]);
+        assert_eq!(noising.keys().collect::<Vec<_>>(), denoising.keys().collect::<Vec<_>>());
+        for (name, bytes) in &noising {
+            let other = match name.as_str() {
+                "baseline_clean.npy" => "baseline_corrupted.npy",
+                "baseline_corrupted.npy" => "baseline_clean.npy",
+                n => n,
+            };
+            assert!(bytes == &denoising[other], "{command}: {name} of the noising run differs from {other} of the swapped pairs' denoising run");
+        }
+        let plain = run("denoising", &file, &[]);
+        assert!(plain["baseline_clean.npy"] == noising["baseline_clean.npy"], "{command}: the baselines are the same two runs");
+        assert!(plain.iter().any(|(n, b)| !n.starts_with("baseline") && n != "lengths.npy" && noising[n] != *b), "{command}: noising differs from denoising");
+    }
+    let (ok, log) = patchbay(&["analyze", s(&dir.join("run-noising"))]);
+    assert!(ok, "{log}");
+    let svg = std::fs::read_to_string(dir.join("run-noising").join("resid_pre.svg")).unwrap();
+    assert!(svg.contains("noising, resample ablation"), "the heatmap's title names the direction and ablation");
 }
 
 #[test]

@@ -5,7 +5,8 @@ use burn::prelude::*;
 use crate::common::*;
 use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::data::TokenizedPair;
-use patchbay::engine::{Attribution, Engine, Layout, Metric, PatchSite, Patcher, Row, Runs};
+use patchbay::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Metric, Noising, PatchSite, Patcher, Patching, Row, Runs};
+use patchbay::model::SiteKind;
 use patchbay::model::weights::Safetensors;
 use patchbay::model::{Gpt2, Gpt2Config};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,38 @@ struct AgainstTl {
     reuse: bool,
     max_rows: usize,
     skip: bool,
+    how: How,
+}
+
+/// A direction and an ablation; their references are ABLATION_REFS' `{direction}.{ablation}.{site}`
+/// (but for TransformerLens' own patching, denoising by resampling).
+type How = (Direction, Ablation);
+const ABLATION_REFS: &str = "refs-ablation.safetensors";
+
+/// The patcher of `how` over `m`, with the means of `pairs` where the ablation takes them; and
+/// those means, by kind.
+fn patcher<'m, B: Backend>(m: &'m Gpt2<B>, engine: impl FnOnce(Patching) -> Box<dyn Patcher + 'm>, (direction, ablation): How, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout) -> (Box<dyn Patcher + 'm>, Option<Means>) {
+    let means = ablation.needs_means().then(|| {
+        let prompts: Vec<&[u32]> = pairs.iter().map(|p| direction.source(p)).collect();
+        let mut kinds: Vec<SiteKind> = sites.iter().map(|s| s.clean_reads()).collect();
+        kinds.sort();
+        kinds.dedup();
+        Means::compute(m, &prompts, &kinds, ablation == Ablation::MeanPositional, layout, &mut |_| Ok(())).unwrap()
+    });
+    let denoising = engine(Patching { ablation, means: means.clone().map(std::sync::Arc::new) });
+    let patcher: Box<dyn Patcher + 'm> = match direction {
+        Direction::Denoising => denoising,
+        Direction::Noising => Box::new(Noising(denoising)),
+    };
+    (patcher, means)
+}
+
+/// The attribution references' key of a site's results under `how`.
+fn key(how: How, prefix: &str, site: &str) -> String {
+    match how {
+        (Direction::Denoising, Ablation::Resample) => format!("{prefix}.{site}"),
+        (d, a) => format!("{prefix}.{}.{}.{site}", d.name(), a.name()),
+    }
 }
 
 impl BackendTask for AgainstTl {
@@ -55,13 +88,17 @@ impl BackendTask for AgainstTl {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let refs = Refs::load_file(&self.dir, self.refs);
         let m = model::<B>(&self.dir, &device);
-        let mut pairs = fixture_pairs(&refs);
+        let mut pairs = fixture_pairs(&if self.refs == ABLATION_REFS { Refs::load(&self.dir) } else { Refs::load_file(&self.dir, self.refs) });
+        // Means are over every pair of the fixture, whichever are run.
+        let all = pairs.clone();
         // One row a batch is slow on lavapipe: the first pair only.
         if self.max_rows == 1 {
             pairs.truncate(1);
         }
         let layout = layout(&m.config, &pairs);
-        let engine = Engine { model: &m, reuse: self.reuse, max_rows: self.max_rows, skip: self.skip, metric: Metric::LogitDiff };
+        let (reuse, max_rows, skip) = (self.reuse, self.max_rows, self.skip);
+        let engine = |patching| -> Box<dyn Patcher + '_> { Box::new(Engine { model: &m, reuse, max_rows, skip, metric: Metric::LogitDiff, patching }) };
+        let (engine, means) = patcher(&m, engine, self.how, &all, &self.sites, &layout);
         let mut runs = Runs::default();
         let results = engine.run(&pairs, &self.sites, &layout, &mut |n| {
             runs += n;
@@ -71,7 +108,7 @@ impl BackendTask for AgainstTl {
         assert_eq!(runs.total(), pairs.len() * planned, "every planned run ran once");
         // Only by-position rows can be no-ops (all-position sites and paths are always computed).
         let by_pos = self.sites.iter().any(|&s| layout.rows(s, layout.positions).iter().any(|r| r.pos.is_some()));
-        assert_eq!(runs.skipped > 0, self.skip && by_pos, "the fixtures' pairs differ after position 0");
+        assert_eq!(runs.skipped > 0, self.skip && by_pos && self.how.1 == Ablation::Resample, "the fixtures' pairs differ after position 0; only resampling keeps no-ops");
         // The references of the pairs run (a prefix of the fixture's).
         let want = |name: &str| {
             let (v, shape) = refs.f32(name);
@@ -81,9 +118,17 @@ impl BackendTask for AgainstTl {
             ("baseline_clean".into(), max_abs_diff(&results.iter().map(|r| r.clean).collect::<Vec<_>>(), &want("baseline_clean"))),
             ("baseline_corrupted".into(), max_abs_diff(&results.iter().map(|r| r.corrupted).collect::<Vec<_>>(), &want("baseline_corrupted"))),
         ];
+        // The means against the references' (over every pair of the fixture, as they are run).
+        for (kind, (_, values)) in means.iter().flat_map(|m| &m.kinds) {
+            let (d, a) = self.how;
+            out.push((format!("means of {}", kind.name()), max_abs_diff(values, &refs.f32(&format!("means.{}.{}.{}", d.name(), a.name(), kind.name())).0)));
+        }
         for (si, site) in self.sites.iter().enumerate() {
             let got: Vec<f32> = results.iter().flat_map(|r| r.sites[si].clone()).collect();
-            let mut want = want(&reference(*site));
+            let mut want = match self.refs {
+                ABLATION_REFS => want(&format!("{}.{}.{}", self.how.0.name(), self.how.1.name(), site.name())),
+                _ => want(&reference(*site)),
+            };
             if site.is_path() {
                 // TransformerLens writes 0.0 where no edge is (receiver layer ≤ sender's); patchbay NaN.
                 let edges = got.iter().filter(|v| !v.is_nan()).count();
@@ -99,11 +144,15 @@ impl BackendTask for AgainstTl {
 /// Every site in `sites` against TransformerLens on `specs` × the fixtures each takes, in each of
 /// the configurations `configs` gives the backend (reuse, rows per batch, skip no-ops).
 fn check_against_tl(sites: &[PatchSite], cases: &[(BackendSpec, PathBuf)], configs: impl Fn(&BackendSpec) -> &'static [Config], refs: &'static str) {
+    check_how_against_tl(sites, cases, configs, refs, Default::default())
+}
+
+fn check_how_against_tl(sites: &[PatchSite], cases: &[(BackendSpec, PathBuf)], configs: impl Fn(&BackendSpec) -> &'static [Config], refs: &'static str, how: How) {
     for (spec, dir) in cases {
         for &(reuse, max_rows, skip) in configs(spec) {
-            let what = format!("{} {refs} {} {spec:?} reuse={reuse} max_rows={max_rows} skip={skip}", name(dir), sites[0].name());
+            let what = format!("{} {refs} {} {} {} {spec:?} reuse={reuse} max_rows={max_rows} skip={skip}", name(dir), how.0.name(), how.1.name(), sites[0].name());
             let started = std::time::Instant::now();
-            let diffs = dispatch(spec, AgainstTl { dir: dir.clone(), refs, sites: sites.to_vec(), reuse, max_rows, skip }).unwrap();
+            let diffs = dispatch(spec, AgainstTl { dir: dir.clone(), refs, sites: sites.to_vec(), reuse, max_rows, skip, how }).unwrap();
             let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
             eprintln!("{what}: max abs difference to TransformerLens {worst:.2e} ({:.1} s)", started.elapsed().as_secs_f64());
             let tol = tolerance(spec);
@@ -162,14 +211,40 @@ fn paths_match_transformer_lens_on_every_fixture_shape_with_and_without_reuse() 
     check_against_tl(&PATH_SITES, &cpu, configs, "refs.safetensors");
 }
 
-/// The head sites and paths together on every other f32 backend (wgpu, fused and not), with
+/// Pattern entries and paths together on every other f32 backend (wgpu, fused and not), with
 /// reuse and without, on the seed-pair fixture: one sweep a configuration, as lavapipe compiles
-/// kernels slowly (a pattern_dest_src sweep alone is thousands of rows).
+/// kernels slowly (a pattern_dest_src sweep alone is thousands of rows). The other head sites run
+/// there in `every_direction_and_ablation_matches_transformer_lens`.
 #[test]
 fn head_sites_and_paths_match_transformer_lens_on_every_backend() {
-    let sites: Vec<PatchSite> = head_sites().into_iter().chain(PATH_SITES).collect();
+    let sites: Vec<PatchSite> = [PatchSite::PatternDestSrc].into_iter().chain(PATH_SITES).collect();
     let others: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != BackendKind::Cpu).map(|s| (s, tiny())).collect();
     check_against_tl(&sites, &others, |_| &CONFIGS[..2], "refs.safetensors");
+}
+
+/// Every direction × ablation (tests/fixtures/make_ablation_refs.py: TransformerLens' patching
+/// functions run on the base prompts with the ablation's source in place of the clean cache), on
+/// the sites the IOI work patches: every configuration on the cpu; on the other f32 backends
+/// (lavapipe compiles slowly) TransformerLens' own patching with reuse and without, the others
+/// with reuse and without in turn.
+#[test]
+fn every_direction_and_ablation_matches_transformer_lens() {
+    use PatchSite::*;
+    let sites = [ResidPre, AttnOut, MlpOut, ZAllPos, ZByPos, QAllPos, QByPos, KAllPos, KByPos, VAllPos, VByPos, PatternAllPos, PatternByPos];
+    let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32).map(|s| (s, tiny())).collect();
+    let mut turn = 0;
+    for direction in [Direction::Denoising, Direction::Noising] {
+        for ablation in [Ablation::Resample, Ablation::Zero, Ablation::Mean, Ablation::MeanPositional] {
+            let elsewhere: &'static [Config] = match (direction, ablation, turn % 2) {
+                (Direction::Denoising, Ablation::Resample, _) => &CONFIGS[..2],
+                (_, _, 0) => &CONFIGS[..1],
+                _ => &CONFIGS[1..2],
+            };
+            let configs = |s: &BackendSpec| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { elsewhere };
+            check_how_against_tl(&sites, &cases, configs, ABLATION_REFS, (direction, ablation));
+            turn += 1;
+        }
+    }
 }
 
 /// TransformerLens prepends `<|endoftext|>` by default: the seed pairs with it in front, as
@@ -206,7 +281,7 @@ fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_resto
         let m = model::<B>(&dir, &device);
         let pairs = fixture_pairs(&Refs::load(&dir));
         // Computing the no-op runs too: the point is that they compute to the corrupted run.
-        let engine = Engine { model: &m, reuse, max_rows: 64, skip: false, metric: Metric::LogitDiff };
+        let engine = Engine { model: &m, reuse, max_rows: 64, skip: false, metric: Metric::LogitDiff, patching: Patching::default() };
         let layout = layout(&m.config, &pairs);
         let results = engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| Ok(())).unwrap();
         for (p, pair) in pairs.iter().enumerate() {
@@ -237,7 +312,7 @@ fn same_inputs_give_bit_identical_results() {
     let m = model::<B>(&tiny(), &device);
     let pairs = fixture_pairs(&Refs::load(&tiny()));
     let layout = layout(&m.config, &pairs);
-    let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true, metric: Metric::LogitDiff };
+    let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true, metric: Metric::LogitDiff, patching: Patching::default() };
     let a = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| Ok(())).unwrap();
     let b = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| Ok(())).unwrap();
     assert!(a.iter().all(|p| p.sites.iter().all(|s| s.iter().any(|v| v.is_finite()))), "every site computed");
@@ -259,7 +334,7 @@ impl BackendTask for EveryMetric {
         let mut out = Vec::new();
         for metric in METRICS {
             for reuse in [true, false] {
-                let engine = Engine { model: &m, reuse, max_rows: 64, skip: true, metric };
+                let engine = Engine { model: &m, reuse, max_rows: 64, skip: true, metric, patching: Patching::default() };
                 out.push((metric, reuse, engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| Ok(()))?));
             }
         }
@@ -323,6 +398,7 @@ struct AttributionAgainstTorch {
     metric: Metric,
     max_pairs: usize,
     skip: bool,
+    how: How,
 }
 
 impl BackendTask for AttributionAgainstTorch {
@@ -333,7 +409,9 @@ impl BackendTask for AttributionAgainstTorch {
         let refs = Refs::load_file(&tiny(), "refs-attribution.safetensors");
         let layout = layout(&m.config, &pairs);
         let sites: Vec<PatchSite> = PatchSite::ALL.into_iter().filter(|s| !s.is_path()).collect();
-        let attribution = Attribution { model: &m, max_pairs: self.max_pairs, skip: self.skip, metric: self.metric };
+        let (metric, max_pairs, skip) = (self.metric, self.max_pairs, self.skip);
+        let attribution = |patching| -> Box<dyn Patcher + '_> { Box::new(Attribution { model: &m, max_pairs, skip, metric, patching }) };
+        let (attribution, _) = patcher(&m, attribution, self.how, &pairs, &sites, &layout);
         let mut runs = Runs::default();
         let results = attribution.run(&pairs, &sites, &layout, &mut |n| {
             runs += n;
@@ -341,7 +419,7 @@ impl BackendTask for AttributionAgainstTorch {
         })?;
         let planned: usize = sites.iter().map(|&s| layout.run_count(s, layout.positions)).sum();
         assert_eq!(runs.total(), pairs.len() * planned, "every planned run reported once");
-        assert_eq!(runs.skipped > 0, self.skip);
+        assert_eq!(runs.skipped > 0, self.skip && self.how.1 == Ablation::Resample);
         let (prefix, baseline) = match self.metric {
             Metric::LogitDiff => ("attr", "baseline"),
             Metric::Logprob => ("attr_logprob", "baseline_logprob"),
@@ -353,7 +431,7 @@ impl BackendTask for AttributionAgainstTorch {
         ];
         for (si, site) in sites.iter().enumerate() {
             let got: Vec<f32> = results.iter().flat_map(|r| r.sites[si].clone()).collect();
-            out.push((site.name().to_string(), max_abs_diff(&got, &refs.f32(&format!("{prefix}.{}", site.name())).0)));
+            out.push((site.name().to_string(), max_abs_diff(&got, &refs.f32(&key(self.how, prefix, site.name())).0)));
         }
         Ok(out)
     }
@@ -373,11 +451,31 @@ fn attribution_matches_pytorch_autograd_on_every_backend() {
         for (metric, max_pairs, skip) in [(Metric::LogitDiff, 3, true), (Metric::LogitDiff, 1, false)].into_iter().chain(logprob) {
             let what = format!("{spec:?} {metric:?} max_pairs={max_pairs} skip={skip}");
             let started = std::time::Instant::now();
-            let diffs = dispatch(&spec, AttributionAgainstTorch { metric, max_pairs, skip }).unwrap();
+            let diffs = dispatch(&spec, AttributionAgainstTorch { metric, max_pairs, skip, how: Default::default() }).unwrap();
             let worst = diffs.iter().fold(("", 0.0), |w, (s, d)| if *d > w.1 { (s.as_str(), *d) } else { w });
             eprintln!("{what}: max abs difference to PyTorch autograd {:.2e} at {} ({:.1} s)", worst.1, worst.0, started.elapsed().as_secs_f64());
             let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d <= 1e-4)).collect();
             assert!(bad.is_empty(), "{what}: differs from PyTorch autograd by more than 1e-4: {bad:?}");
+        }
+    }
+}
+
+/// Attribution with every direction × ablation estimates (a_source − a_base) · ∂metric/∂a on the
+/// base run of the direction, against PyTorch autograd (make_attribution_refs.py): every pair in one
+/// pass on the cpu, and noising with means on the other f32 backends.
+#[test]
+fn attribution_with_every_direction_and_ablation_matches_pytorch_autograd() {
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32) {
+        for direction in [Direction::Denoising, Direction::Noising] {
+            for ablation in [Ablation::Resample, Ablation::Zero, Ablation::Mean, Ablation::MeanPositional] {
+                if spec.kind != BackendKind::Cpu && (direction, ablation) != (Direction::Noising, Ablation::Mean) {
+                    continue;
+                }
+                let what = format!("{spec:?} {} {}", direction.name(), ablation.name());
+                let diffs = dispatch(&spec, AttributionAgainstTorch { metric: Metric::LogitDiff, max_pairs: 3, skip: true, how: (direction, ablation) }).unwrap();
+                let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d <= 1e-4)).collect();
+                assert!(bad.is_empty(), "{what}: differs from PyTorch autograd by more than 1e-4: {bad:?}");
+            }
         }
     }
 }

@@ -28,6 +28,14 @@ __version__ = _native.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_SITES = ("resid_pre", "attn_out", "mlp_out")
+DIRECTIONS = ("denoising", "noising")
+ABLATIONS = ("resample", "zero", "mean", "mean-positional")
+
+
+def _choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 def load(model: str = "gpt2", backend: str = "cpu", dtype: str = "f32", fusion: bool = False,
@@ -176,8 +184,8 @@ class Model:
 
     def patch(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
               distractor: Optional[str] = None, *, pairs: Any = None, sites: Union[str, Iterable[str]] = DEFAULT_SITES,
-              metric: str = "logit_diff", prepend_bos: bool = False, method: str = "exact", strict: bool = False,
-              columns: Optional[Mapping[str, str]] = None, max_diff: Optional[int] = None, reuse: bool = True,
+              metric: str = "logit_diff", prepend_bos: bool = False, method: str = "exact",
+              direction: str = "denoising", ablation: str = "resample", strict: bool = False, columns: Optional[Mapping[str, str]] = None, max_diff: Optional[int] = None, reuse: bool = True,
               skip: bool = True, max_rows: Optional[int] = None, out: Optional[PathLike] = None, resume: bool = False,
               overwrite: bool = False, verify: Optional[int] = None, progress: Any = True) -> "Result":
         """Patches every (site, layer, position[, head]) of prompt pairs; the arrays of ``patchbay run``.
@@ -191,25 +199,31 @@ class Model:
         sites: TransformerLens' patching sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out;
         z/q/k/v/pattern _all_pos and _by_pos, pattern_dest_src; groups block, heads_all_pos,
         heads_by_pos). metric: logit_diff, logprob, prob, logprob_diff. method: exact or attribution.
+        direction: denoising (the corrupted run, patched from the clean one) or noising (the clean
+        run, patched from the corrupted one). ablation: what a patch writes: resample (the other
+        prompt's activation), zero, mean or mean-positional (means over the source prompts).
         out: a results directory written through the CLI's transaction (resume=, overwrite=;
         verify= rows rechecked afterwards, 8 by default); without it the arrays stay in memory.
         """
         spec = self._spec(_pairs_spec(clean, corrupted, answer, distractor, pairs, columns), metric, prepend_bos, method,
                           strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify)
+        spec.update(direction=_choice("direction", direction, DIRECTIONS), ablation=_choice("ablation", ablation, ABLATIONS))
         spec["sites"] = [sites] if isinstance(sites, str) else list(sites)
         return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))
 
     def path(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
              distractor: Optional[str] = None, *, receivers: Union[str, Iterable[str]] = ("q", "k", "v", "resid_final"),
              senders: Optional[Iterable[Sequence[int]]] = None, pairs: Any = None, metric: str = "logit_diff",
-             prepend_bos: bool = False, strict: bool = False, columns: Optional[Mapping[str, str]] = None,
+             direction: str = "denoising", ablation: str = "resample", prepend_bos: bool = False, strict: bool = False, columns: Optional[Mapping[str, str]] = None,
              max_diff: Optional[int] = None, reuse: bool = True, skip: bool = True, max_rows: Optional[int] = None,
              out: Optional[PathLike] = None, resume: bool = False, overwrite: bool = False, verify: Optional[int] = None,
              progress: Any = True) -> "Result":
         """Path patching (``patchbay path``): each sending head's write into later heads' q, k or v
-        input, or the final residual stream (resid_final). senders: [(layer, head), ...] (default all)."""
+        input, or the final residual stream (resid_final). senders: [(layer, head), ...] (default all).
+        direction and ablation as in ``patch``: the sender's source-minus-base write is what moves."""
         spec = self._spec(_pairs_spec(clean, corrupted, answer, distractor, pairs, columns), metric, prepend_bos, "exact",
                           strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify)
+        spec.update(direction=_choice("direction", direction, DIRECTIONS), ablation=_choice("ablation", ablation, ABLATIONS))
         spec["receivers"] = [receivers] if isinstance(receivers, str) else list(receivers)
         spec["senders"] = [list(map(int, s)) for s in senders] if senders is not None else None
         return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context};
 use patchbay::backend::{BackendKind, BackendSpec, DType};
 use patchbay::data::{Columns, Pair, PairSource};
-use patchbay::engine::{Method, Metric, PatchSite};
+use patchbay::engine::{Ablation, Direction, Method, Metric, PatchSite};
 use patchbay::generate::sampling::Sampling;
 use patchbay::generate::steer::SteeringVector;
 use patchbay::jobs::text::{GenerateSpec, PrependSpec, SteerSpec, TextsSpec};
@@ -179,6 +179,8 @@ struct PatchIn {
     senders: Option<Vec<[usize; 2]>>,
     method: Method,
     metric: Metric,
+    direction: Direction,
+    ablation: Ablation,
     prepend_bos: bool,
     max_diff: Option<usize>,
     strict: bool,
@@ -211,6 +213,8 @@ impl PatchIn {
                 reuse: self.reuse,
                 skip: self.skip,
                 metric: self.metric,
+                direction: self.direction,
+                ablation: self.ablation,
                 prepend_bos: self.prepend_bos,
                 max_rows: self.max_rows,
                 out: self.out,

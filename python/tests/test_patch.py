@@ -243,3 +243,18 @@ def test_config_values_are_overridden_by_keywords_booleans_included(model, tmp_p
     config.write_text(config.read_text().replace(f'model = "{TINY}"', 'model = "gpt2"'))
     with pytest.raises(ValueError, match="load it with patchbay.load"):
         model.run(config, progress=False)
+
+
+@pytest.mark.parametrize("direction,ablation", [("noising", "resample"), ("denoising", "zero"), ("noising", "mean"),
+                                                ("denoising", "mean-positional")])
+def test_directions_and_ablations_equal_transformer_lens(model, direction, ablation):
+    """The ablation references (tests/fixtures/make_ablation_refs.py) through the Python API."""
+    from conftest import read_safetensors
+    refs = read_safetensors(TINY / "refs-ablation.safetensors")
+    sites = ["resid_pre", "attn_out", "z_all_pos", "q_by_pos", "pattern_by_pos"]
+    r = model.patch(pairs=PAIRS, sites=sites, direction=direction, ablation=ablation, progress=False)
+    for site in sites:
+        np.testing.assert_allclose(r[site], refs[f"{direction}.{ablation}.{site}"], atol=1e-4, rtol=0, err_msg=site)
+    np.testing.assert_allclose(r.baseline_clean, refs["baseline_clean"], atol=1e-4)
+    with pytest.raises(ValueError, match="ablation"):
+        model.patch(pairs=PAIRS, sites=sites, ablation="average", progress=False)

@@ -238,7 +238,7 @@ fn grid(s: &SiteSummary, m: &Manifest, n: usize) -> Grid {
         crate::engine::Method::Exact => "normalized patching metric",
         crate::engine::Method::Attribution => "attribution patching estimate, normalized",
     };
-    let title = format!("{} — {what}, mean over {n} pair(s) — {}", s.name, m.model);
+    let title = format!("{} — {what} ({}, {} ablation), mean over {n} pair(s) — {}", s.name, m.direction.name(), m.ablation.name(), m.model);
     let heads = if has("head") { s.shape[s.axes.iter().position(|a| a == "head").expect("has a head axis")] } else { 1 };
     let by_head = || (0..layers).flat_map(|l| (0..heads).map(move |h| format!("{l}.{h}"))).collect::<Vec<_>>();
     let layer_rows = || (0..layers).map(|l| l.to_string()).collect::<Vec<_>>();

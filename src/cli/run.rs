@@ -1,7 +1,7 @@
 //! `patchbay run`: pairs from the command line, a TOML config or a pairs file, through the sweep.
 use super::BackendArgs;
 use crate::data::{Columns, Pair, PairSource};
-use crate::engine::{Method, Metric, PatchSite};
+use crate::engine::{Ablation, Direction, Method, Metric, PatchSite};
 use crate::jobs::patch::{parse_senders, patch, path_sites, PatchSpec, DEFAULT_SITES, DEFAULT_VERIFY_ROWS};
 use crate::jobs::Model;
 use crate::jobs::sweep::{Shard, SweepSpec};
@@ -71,6 +71,18 @@ pub struct RunArgs {
     /// two forward passes and one backward pass per group of pairs; same arrays [default: exact].
     #[arg(long, value_enum)]
     method: Option<Method>,
+    /// denoising: the corrupted run with the source's activation written in (what suffices to
+    /// restore the clean behaviour); noising: the clean run with the corrupted run's (or the
+    /// ablation's) written in (what the behaviour needs). Same metric, same baselines
+    /// [default: denoising].
+    #[arg(long, value_enum)]
+    direction: Option<Direction>,
+    /// What a patch writes: resample (the other prompt's activation), zero, mean (per site and
+    /// layer, over every position of every source prompt: the clean prompts when denoising, the
+    /// corrupted ones when noising) or mean-positional (per position; pairs of one length). Only
+    /// resample skips no-op runs [default: resample].
+    #[arg(long, value_enum)]
+    ablation: Option<Ablation>,
     /// Results directory [default: results/<config name>, or results/run].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -159,6 +171,8 @@ impl RunArgs {
                 reuse: !self.no_reuse,
                 skip: !self.no_skip,
                 metric: self.metric.unwrap_or_default(),
+                direction: self.direction.unwrap_or_default(),
+                ablation: self.ablation.unwrap_or_default(),
                 prepend_bos: self.prepend_bos,
                 max_rows: self.max_rows,
                 out: Some(self.out.unwrap_or(default_out)),

@@ -6,10 +6,14 @@
 //! metric(corrupted) + Σ_S (a_clean − a_corrupted) · ∂metric/∂a   (on the corrupted run)
 //! ```
 //!
+//! With another ablation a_clean is its source (zeros, means), and noising swaps the two runs
+//! (`ablation`), as for exact runs.
+//!
 //! From one clean forward pass, one corrupted forward pass and one backward pass per group of
 //! pairs (burn's Autodiff backend), whatever the number of sites: each activation site gets a zero
 //! leaf added to it (`a + δ`), so ∂metric/∂δ is the total derivative at that site with every later
 //! site still on the gradient's path. Same rows, same result layout as the exact engine.
+use super::ablation::Patching;
 use super::metric::Metric;
 use super::plan::{Layout, PatchSite, Row, Runs};
 use super::run::{last_position_metric, PairResult};
@@ -31,6 +35,8 @@ pub struct Attribution<'m, B: AutodiffBackend> {
     /// clean and corrupted activations are equal there).
     pub skip: bool,
     pub metric: Metric,
+    /// What the patched slices are written from (resample: the clean run).
+    pub patching: Patching,
 }
 
 /// Adds a zero leaf to each wanted activation of a plain forward pass and keeps both: the
@@ -81,6 +87,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         let mut clean = Cache::new(want.clone());
         let clean_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.clean.clone()).collect();
         let clean_metric = last_position_metric(m, self.metric, true, m.resid_final(m.tokens(&clean_rows)?, &mut clean), ids.clone());
+        let source = self.patching.source(&clean);
         let mut leaves = Leaves { want, acts: HashMap::new() };
         let corrupted_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.corrupted.clone()).collect();
         let corrupted_metric = last_position_metric(m, self.metric, true, m.resid_final(m.tokens(&corrupted_rows)?, &mut leaves), ids);
@@ -92,7 +99,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
                 .map(|l| {
                     let site = Site::new(kind, l);
                     let (corrupted, leaf) = &leaves.acts[&site];
-                    let delta = clean.heads(site).expect("the clean run caches every site").inner() - corrupted.clone();
+                    let delta = source.heads(site).expect("the source holds every site").inner() - corrupted.clone();
                     // No gradient: the site cannot reach the metric.
                     match leaf.grad(&grads) {
                         Some(g) => delta * g,
@@ -145,7 +152,7 @@ impl<B: AutodiffBackend> Patcher for Attribution<'_, B> {
         let kinds: Vec<SiteKind> = sites.iter().map(|s| s.kind()).collect::<BTreeSet<_>>().into_iter().collect();
         let mut results = Vec::with_capacity(pairs.len());
         for group in pairs.chunks(self.max_pairs.max(1)) {
-            let (rows, noops) = layout.batch_rows(group, sites, self.skip)?;
+            let (rows, noops) = layout.batch_rows(group, sites, self.patching.skips(self.skip))?;
             let mut blocks: Vec<Vec<Vec<f32>>> = vec![sites.iter().map(|&s| vec![f32::NAN; layout.per_pair_len(s)]).collect(); group.len()];
             progress(Runs { computed: 0, skipped: noops.len() })?;
             let batch: Vec<Row> = rows.iter().map(|(_, r)| *r).collect();

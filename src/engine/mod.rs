@@ -1,10 +1,13 @@
-//! The patching engine: which patched runs exist (`plan`), running them batched (`run`), and
-//! estimating them all at once by attribution patching (`attribution`).
+//! The patching engine: which patched runs exist (`plan`), running them batched (`run`),
+//! estimating them all at once by attribution patching (`attribution`), and what a patch writes
+//! into which run (`ablation`).
+pub mod ablation;
 pub mod attribution;
 pub mod metric;
 pub mod plan;
 pub mod run;
 
+pub use ablation::{Ablation, Direction, Means, Noising, Patching};
 pub use attribution::Attribution;
 pub use metric::Metric;
 pub use plan::{Layout, PatchSite, Row, Runs};

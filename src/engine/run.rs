@@ -10,7 +10,8 @@
 //!
 //! With `skip` (the default) a row that provably is the corrupted run (`Row::is_noop`: patched
 //! before the first differing token, or at equal embeddings) is not computed: its result is the
-//! corrupted baseline.
+//! corrupted baseline. Only a resample ablation keeps those rows no-ops (`ablation`).
+use super::ablation::Patching;
 use super::metric::Metric;
 use super::plan::{Layout, PatchSite, Row, Runs};
 use crate::data::TokenizedPair;
@@ -29,6 +30,8 @@ pub struct Engine<'m, B: Backend> {
     /// Write the corrupted baseline for the no-op rows instead of computing them.
     pub skip: bool,
     pub metric: Metric,
+    /// What the patched slices are written from (resample: the clean run).
+    pub patching: Patching,
 }
 
 /// One pair's results: the baselines, and per site its block of the site's array (NaN where a
@@ -43,6 +46,8 @@ pub struct PairResult {
 /// The clean and corrupted runs of a group of pairs, cached where patched rows need them.
 struct Baselines<B: Backend> {
     clean: Cache<B>,
+    /// What patched rows write: the clean run's activations, zeros or means.
+    source: Cache<B>,
     corrupted: Cache<B>,
     /// [pairs, 2]: answer and distractor ids.
     ids: Tensor<B, 2, Int>,
@@ -59,7 +64,7 @@ impl<B: Backend> Engine<'_, B> {
     /// Baselines and every patched run at `sites` for `pairs`, which must share one length.
     /// `progress` is told the skipped runs, then how many runs each finished batch held.
     pub fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> Result<()>) -> Result<Vec<PairResult>> {
-        let (rows, noops) = layout.batch_rows(pairs, sites, self.skip)?;
+        let (rows, noops) = layout.batch_rows(pairs, sites, self.patching.skips(self.skip))?;
         let base = self.baselines(pairs, sites)?;
         let clean = self.metric(base.clean.resid(Site::new(SiteKind::ResidPost, self.last_layer())).unwrap(), base.ids.clone());
         let corrupted = self.metric(base.corrupted.resid(Site::new(SiteKind::ResidPost, self.last_layer())).unwrap(), base.ids.clone());
@@ -148,7 +153,8 @@ impl<B: Backend> Engine<'_, B> {
         let corrupted_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.corrupted.clone()).collect();
         m.resid_final(m.tokens(&corrupted_rows)?, &mut corrupted);
         let ids = m.tokens(&pairs.iter().map(|p| vec![p.answer, p.distractor]).collect::<Vec<_>>())?;
-        Ok(Baselines { clean, corrupted, ids, len: pairs[0].len() })
+        let source = self.patching.source(&clean);
+        Ok(Baselines { clean, source, corrupted, ids, len: pairs[0].len() })
     }
 
     /// The metric of each row of `resid` [rows, pos, d] at the last position, on the host.
@@ -184,7 +190,7 @@ impl<B: Backend> Engine<'_, B> {
                 })
                 .collect();
             let keep = (self.reuse && layer == self.last_layer()).then_some(1);
-            let mut hook = Patch { segments: &segments, len: base.len, clean: &base.clean, corrupted: &base.corrupted, model: self.model };
+            let mut hook = Patch { segments: &segments, len: base.len, source: &base.source, corrupted: &base.corrupted, model: self.model };
             x = Some(block.forward(xl, layer, &prefixes, keep, &mut hook));
         }
         let last = x.expect("every row joins by the last layer").last(Some(1)).x;
@@ -265,14 +271,15 @@ struct Segment<B: Backend> {
 }
 
 /// Overwrites, for each batch row patched at a site, that site's activation at the row's position
-/// (and head, and pattern source) with the clean run's: only the patched slices are gathered from
-/// the clean cache and scattered into the batch, one index-based write per patched site. Path rows
-/// instead add their sender's clean-minus-corrupted write to what their receiver reads.
+/// (and head, and pattern source) with the source's (the clean run's, zeros or means): only the
+/// patched slices are gathered from the source and scattered into the batch, one index-based
+/// write per patched site. Path rows instead add their sender's source-minus-corrupted write to
+/// what their receiver reads.
 struct Patch<'a, B: Backend> {
     segments: &'a [Segment<B>],
     /// The pairs' length: an activation of s positions covers positions len − s.. .
     len: usize,
-    clean: &'a Cache<B>,
+    source: &'a Cache<B>,
     corrupted: &'a Cache<B>,
     model: &'a Gpt2<B>,
 }
@@ -317,7 +324,7 @@ impl<B: Backend> Patch<'_, B> {
         self.segments[segment].rows.iter().enumerate().filter(|(_, r)| here(r)).collect()
     }
 
-    /// The rows' (index in the segment, row) slices of `act` at `site`, from the clean run.
+    /// The rows' (index in the segment, row) slices of `act` at `site`, from the source.
     fn overwrite<const D: usize>(&self, site: Site, rows: &[(usize, &Row)], act: Tensor<B, D>) -> Tensor<B, D> {
         // Axes: [rows, positions, d] residual-shaped, [rows, positions, heads, d_head] per head,
         // [rows, heads, queries, keys] for the pattern (whose rows are keys long: the pair's length).
@@ -333,12 +340,12 @@ impl<B: Backend> Patch<'_, B> {
     }
 
     /// Where the rows' slices go in an activation of axes [n, s, h, e] (see `overwrite`) and come
-    /// from in the clean run's, in units of a slice of e values, or of one value where a row
+    /// from in the source's, in units of a slice of e values, or of one value where a row
     /// patches one pattern entry; with the unit's width (e or 1).
     fn slices(&self, site: Site, rows: &[(usize, &Row)], [_, s, h, e]: [usize; 4]) -> (Vec<usize>, Vec<usize>, usize) {
         let pattern = site.kind == SiteKind::Pattern;
         let (len, first) = (self.len, self.len - s);
-        // The slice (row or pair, position, head) of e values, in the batch and in the clean run.
+        // The slice (row or pair, position, head) of e values, in the batch and in the source.
         let to_slice = |i: usize, p: usize, hd: usize| if pattern { (i * h + hd) * s + p - first } else { (i * s + p - first) * h + hd };
         let from_slice = |pair: usize, p: usize, hd: usize| if pattern { (pair * h + hd) * len + p } else { (pair * len + p) * h + hd };
         // A pattern entry is one value of its slice: where a row patches one, every index is a value's.
@@ -376,16 +383,16 @@ impl<B: Backend> Patch<'_, B> {
         (to, from, if single { 1 } else { e })
     }
 
-    /// `act` [units, width] with units `to` replaced by the clean run's units `from` at `site`.
+    /// `act` [units, width] with units `to` replaced by the source's units `from` at `site`.
     fn write(&self, site: Site, to: Vec<usize>, from: Vec<usize>, act: Tensor<B, 2>) -> Tensor<B, 2> {
         if to.is_empty() {
             return act;
         }
         let device = act.device();
         let width = act.dims()[1];
-        let clean = self.clean.heads(site).expect("clean run caches every patched site");
-        let clean_len = clean.dims().iter().product::<usize>();
-        let values = clean.reshape([clean_len / width, width]).select(0, int_tensor::<B>(from, &device));
+        let source = self.source.heads(site).expect("the source holds every patched site");
+        let source_len = source.dims().iter().product::<usize>();
+        let values = source.reshape([source_len / width, width]).select(0, int_tensor::<B>(from, &device));
         let m = to.len();
         let to = int_tensor::<B>(to, &device).reshape([m, 1]);
         act.scatter_nd(to, values, IndexingUpdateOp::Assign)
@@ -401,14 +408,14 @@ impl<B: Backend> Patch<'_, B> {
         let first = self.len - s;
         let r = rows.len();
         let pairs = || int_tensor::<B>(rows.iter().map(|(_, row)| row.pair), &device);
-        // Each row's sender's clean-minus-corrupted write at the computed positions, [r, s, d],
+        // Each row's sender's source-minus-corrupted write at the computed positions, [r, s, d],
         // one product per sending layer.
         let mut writes = Vec::new();
         for group in rows.chunk_by(|a, b| a.1.sender.map(|x| x.0) == b.1.sender.map(|x| x.0)) {
             let (sl, _) = group[0].1.sender.expect("path rows have senders");
             let ids = int_tensor::<B>(group.iter().map(|(_, row)| row.pair), &device);
             let z = |c: &Cache<B>| c.heads(Site::new(SiteKind::Z, sl)).expect("both runs cache the senders' z").select(0, ids.clone()).narrow(1, first, s);
-            let delta = z(self.clean) - z(self.corrupted); // [g, s, h, dh]
+            let delta = z(self.source) - z(self.corrupted); // [g, s, h, dh]
             let [g, _, h, dh] = delta.dims();
             let own: Vec<usize> = group.iter().enumerate().flat_map(|(j, (_, row))| (0..s).map(move |p| (j * s + p) * h + row.sender.expect("sender").1)).collect();
             let delta = delta.reshape([g * s * h, dh]).select(0, int_tensor::<B>(own, &device)).reshape([g, s, dh]);

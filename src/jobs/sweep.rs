@@ -4,10 +4,11 @@
 use crate::backend::BackendSpec;
 use crate::data::{self, Skipped, TokenizedPair};
 use crate::engine::plan::{max_pairs_for_budget, max_rows_for_budget};
-use crate::engine::{Attribution, Engine, Layout, Method, Metric, PatchSite, Patcher, Runs};
+use crate::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Method, Metric, Noising, PatchSite, Patcher, Patching, Runs};
 use crate::model::{Gpt2, Gpt2Config};
 use super::{Model, On, Progress};
-use crate::results::{self, Array, Begin, Manifest, Mode, PairEntry, ShardInfo, SiteEntry, Writer};
+use crate::model::SiteKind;
+use crate::results::{self, Array, Begin, Manifest, MeansEntry, Mode, PairEntry, ShardInfo, SiteEntry, Writer};
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::prelude::Backend;
@@ -44,11 +45,24 @@ impl<'m, B: Backend> SweepModel<'m, B> {
         })
     }
 
-    /// Its patcher, batching `max_rows` patched runs (attribution: pairs) a pass.
-    pub fn patcher(&self, reuse: bool, skip: bool, metric: Metric, max_rows: usize) -> Box<dyn Patcher + 'm> {
-        match *self {
-            Self::Exact(model) => Box::new(Engine { model, reuse, max_rows, skip, metric }),
-            Self::Attribution(model) => Box::new(Attribution { model, max_pairs: max_rows, skip, metric }),
+    /// Its patcher, batching `max_rows` patched runs (attribution: pairs) a pass, writing
+    /// `patching`'s source in `direction`.
+    pub fn patcher(&self, reuse: bool, skip: bool, metric: Metric, max_rows: usize, direction: Direction, patching: Patching) -> Box<dyn Patcher + 'm> {
+        let denoising: Box<dyn Patcher + 'm> = match *self {
+            Self::Exact(model) => Box::new(Engine { model, reuse, max_rows, skip, metric, patching }),
+            Self::Attribution(model) => Box::new(Attribution { model, max_pairs: max_rows, skip, metric, patching }),
+        };
+        match direction {
+            Direction::Denoising => denoising,
+            Direction::Noising => Box::new(Noising(denoising)),
+        }
+    }
+
+    /// `Means::compute` on this model.
+    fn means(&self, prompts: &[&[u32]], kinds: &[SiteKind], positional: bool, layout: &Layout, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Means> {
+        match self {
+            Self::Exact(m) => Means::compute(*m, prompts, kinds, positional, layout, progress),
+            Self::Attribution(m) => Means::compute(*m, prompts, kinds, positional, layout, progress),
         }
     }
 }
@@ -62,6 +76,9 @@ pub struct SweepSpec {
     /// Write the corrupted baseline for provable no-op runs instead of computing them.
     pub skip: bool,
     pub metric: Metric,
+    /// Which run patches go into, and what they write.
+    pub direction: Direction,
+    pub ablation: Ablation,
     /// The prompts were tokenized with `<|endoftext|>` in front (recorded in the manifest).
     pub prepend_bos: bool,
     /// Patched runs per forward pass; None chooses from the memory budget.
@@ -213,6 +230,10 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
         Method::Exact => max_rows_for_budget(c, positions, budget, buffer, !spec.reuse),
         Method::Attribution => max_pairs_for_budget(c, positions, budget, buffer, spec.metric.needs_vocab()),
     });
+    let means = match spec.ablation.needs_means() {
+        true => Some(std::sync::Arc::new(ablation_means(&model, all, spec, &layout, progress)?)),
+        false => None,
+    };
     let all_units = units(all, &layout, &spec.sites);
     let units = match spec.shard {
         Some(s) => &all_units[s.units(all_units.len())],
@@ -227,7 +248,10 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     manifest.dataset = results::fingerprint(&(all, skipped));
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
-    let runs_of = |p: &TokenizedPair| Runs::of_pair(&layout, &spec.sites, &p.clean, &p.corrupted, spec.skip);
+    manifest.ablation_means = means.iter().flat_map(|m| m.kinds.iter()).map(|(k, (shape, v))| MeansEntry { kind: k.name().into(), file: Means::file(*k), shape: shape.clone(), xxh3: MeansEntry::hash(v) }).collect();
+    let patching = Patching { ablation: spec.ablation, means: means.clone() };
+    let skip = patching.skips(spec.skip);
+    let runs_of = |p: &TokenizedPair| Runs::of_pair(&layout, &spec.sites, &p.clean, &p.corrupted, skip);
     for p in &pairs {
         manifest.runs += runs_of(p);
     }
@@ -235,7 +259,13 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     let mut sink = match &spec.out {
         None => Sink::Memory(manifest.arrays().iter().take(manifest.sites.len() + 2).map(|a| vec![f32::NAN; a.shape.iter().product()]).collect()),
         Some(out) => match results::begin(out, &manifest, units.len(), Mode { resume: spec.resume, overwrite: spec.overwrite })? {
-            Begin::Write(writer) => Sink::Dir(writer),
+            Begin::Write(mut writer) => {
+                // Written again on every resume: the same values (the manifest holds their hash).
+                for (i, (_, (_, values))) in means.iter().flat_map(|m| m.kinds.iter()).enumerate() {
+                    writer.write(Array::Means(i), 0, values)?;
+                }
+                Sink::Dir(writer)
+            }
             Begin::Finished => {
                 eprintln!("{} is already complete: nothing to resume", out.display());
                 return Ok(SweepSummary { pairs: pairs.len(), runs: Runs::default(), seconds: 0.0, manifest, arrays: None });
@@ -253,7 +283,7 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
         }
         progress.advance(r.total() as u64)
     };
-    let patcher = model.patcher(spec.reuse, spec.skip, spec.metric, max_rows);
+    let patcher = model.patcher(spec.reuse, spec.skip, spec.metric, max_rows, spec.direction, patching);
     let started = std::time::Instant::now();
     let mut ran = Runs::default();
     for (u, unit) in units.iter().enumerate() {
@@ -293,6 +323,44 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     Ok(SweepSummary { pairs: pairs.len(), runs: ran, seconds: started.elapsed().as_secs_f64(), manifest, arrays })
 }
 
+/// The means a mean ablation writes, over every source prompt of the whole run (all shards'): read
+/// back from the run being resumed when it holds them whole, else computed in one pass.
+fn ablation_means<B: Backend>(model: &SweepModel<B>, all: &[TokenizedPair], spec: &SweepSpec, layout: &Layout, progress: &mut dyn Progress) -> Result<Means> {
+    let positional = spec.ablation == Ablation::MeanPositional;
+    if positional {
+        if let Some(other) = all.iter().find(|p| p.len() != all[0].len()) {
+            bail!(
+                "--ablation mean-positional needs pairs of one length: the pair of row {} has {} tokens, that of row {} {} (use --ablation mean, or one template's pairs)",
+                all[0].row,
+                all[0].len(),
+                other.row,
+                other.len()
+            );
+        }
+    }
+    let mut kinds: Vec<SiteKind> = spec.sites.iter().map(|s| s.clean_reads()).collect();
+    kinds.sort();
+    kinds.dedup();
+    if let Some(means) = spec.out.as_deref().filter(|_| spec.resume).and_then(|dir| stored_means(dir, spec, &kinds)) {
+        return Ok(means);
+    }
+    let prompts: Vec<&[u32]> = all.iter().map(|p| spec.direction.source(p)).collect();
+    progress.start(prompts.len() as u64, "prompts (ablation means)");
+    let means = model.means(&prompts, &kinds, positional, layout, &mut |n| progress.advance(n as u64))?;
+    progress.finish();
+    Ok(means)
+}
+
+/// The means of an earlier start of this run in `dir`, if they are there whole (the hashes listed).
+fn stored_means(dir: &std::path::Path, spec: &SweepSpec, kinds: &[SiteKind]) -> Option<Means> {
+    let m = results::run_in(dir)?;
+    let listed: Vec<&str> = m.ablation_means.iter().map(|e| e.kind.as_str()).collect();
+    if m.ablation != spec.ablation || m.direction != spec.direction || listed != kinds.iter().map(|k| k.name()).collect::<Vec<_>>() {
+        return None;
+    }
+    results::read_means(dir, &m, false).or_else(|_| results::read_means(dir, &m, true)).ok().flatten()
+}
+
 /// Where a sweep's values go: a results directory's transaction, or arrays in memory (the
 /// manifest's order: sites, then the clean and corrupted baselines).
 enum Sink {
@@ -314,6 +382,7 @@ impl Sink {
                     Array::Site(i) => i,
                     Array::BaselineClean => sites,
                     Array::BaselineCorrupted => sites + 1,
+                    Array::Means(_) => return Ok(()),
                 };
                 arrays[index][offset..offset + values.len()].copy_from_slice(values);
                 Ok(())
@@ -359,6 +428,9 @@ fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[Tokenize
         metric: spec.metric.describe().into(),
         metric_name: spec.metric,
         prepend_bos: spec.prepend_bos,
+        direction: spec.direction,
+        ablation: spec.ablation,
+        ablation_means: vec![],
         layout: layout.clone(),
         sites: spec
             .sites

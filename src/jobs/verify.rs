@@ -5,7 +5,7 @@
 //! past it in every array are checked too. Cheap insurance for every backend, GPU and driver.
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
-use crate::engine::{PatchSite, Row};
+use crate::engine::{PatchSite, Patching, Row};
 use super::{Model, ModelTask, On};
 use crate::results::{self, npy, FailedCell, Manifest, Verification};
 use super::sweep::SweepModel;
@@ -102,7 +102,8 @@ impl ModelTask for Check {
         let m = &self.manifest;
         // One row per pass without reuse; an attribution run's estimate of one pair alone, its
         // no-op rows estimated too.
-        let patcher = SweepModel::of(&on, m.method)?.patcher(false, false, m.metric_name, 1);
+        let patching = Patching { ablation: m.ablation, means: results::read_means(&self.dir, m, false)?.map(std::sync::Arc::new) };
+        let patcher = SweepModel::of(&on, m.method)?.patcher(false, false, m.metric_name, 1, m.direction, patching);
         let baselines = |pair: TokenizedPair| patcher.run(&[pair], &[], &m.layout, &mut |_| Ok(())).map(|r| (r[0].clean, r[0].corrupted));
         self.check(&|pair, row| patcher.one(pair, row, &m.layout), &baselines)
     }

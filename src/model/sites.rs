@@ -160,6 +160,11 @@ impl<B: Backend> Cache<B> {
     pub fn heads(&self, site: Site) -> Option<Tensor<B, 4>> {
         self.acts.get(&site).cloned()
     }
+
+    /// The same sites with each activation replaced by `f(site, activation)`.
+    pub fn map(&self, f: impl Fn(Site, Tensor<B, 4>) -> Tensor<B, 4>) -> Self {
+        Self { want: self.want.clone(), acts: self.acts.iter().map(|(&s, t)| (s, f(s, t.clone()))).collect() }
+    }
 }
 
 impl<B: Backend> Hooks<B> for Cache<B> {

@@ -3,7 +3,7 @@
 use super::npy::Dtype;
 use crate::backend::BackendSpec;
 use crate::data::Skipped;
-use crate::engine::{Layout, Method, Metric, Runs};
+use crate::engine::{Ablation, Direction, Layout, Method, Metric, Runs};
 use crate::model::Gpt2Config;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -170,6 +170,16 @@ pub struct Manifest {
     /// positions include it.
     #[serde(default)]
     pub prepend_bos: bool,
+    /// Which run patches are written into (`--direction`); runs before the choice denoised.
+    #[serde(default)]
+    pub direction: Direction,
+    /// What patches write (`--ablation`); runs before the choice resampled.
+    #[serde(default)]
+    pub ablation: Ablation,
+    /// A mean ablation's means, one array per site kind, with a hash of their values: part of the
+    /// run's identity, so a resume, a shard or a check with other means is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ablation_means: Vec<MeansEntry>,
     pub layout: Layout,
     pub sites: Vec<SiteEntry>,
     /// [pairs] f32 files of the two baselines, and [pairs] int32 token lengths.
@@ -190,6 +200,24 @@ pub struct Manifest {
     /// identity: added after it finishes, when there are any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernels_excluded: Vec<String>,
+}
+
+/// One site kind's ablation means (`engine::Means`): `[layers, ...]`, f32.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeansEntry {
+    /// The site kind (`resid_pre`, `z`, `pattern`, ...).
+    pub kind: String,
+    pub file: String,
+    pub shape: Vec<usize>,
+    /// xxh3 (64 bits, hex) of the values' little-endian bytes.
+    pub xxh3: String,
+}
+
+impl MeansEntry {
+    pub fn hash(values: &[f32]) -> String {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
+    }
 }
 
 /// An array of a run: file name, element type and shape.
@@ -228,6 +256,7 @@ impl Manifest {
             out.push(ArraySpec { file: file.clone(), dtype: Dtype::F32, shape: vec![pairs] });
         }
         out.push(ArraySpec { file: self.lengths.clone(), dtype: Dtype::I32, shape: vec![pairs] });
+        out.extend(self.ablation_means.iter().map(|m| ArraySpec { file: m.file.clone(), dtype: Dtype::F32, shape: m.shape.clone() }));
         out
     }
 

@@ -35,7 +35,13 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, verify: None, runs: Runs::default(), kernels_excluded: vec![], ..m.clone() };
     for (dir, m, info) in &parts[1..] {
         if same(m) != same(first) || info.pairs_total != first_info.pairs_total {
-            let why = if m.dataset != first.dataset { "made from other pairs" } else { "another model, sites or settings" };
+            let why = if m.dataset != first.dataset {
+                "made from other pairs"
+            } else if m.ablation_means != first.ablation_means {
+                "their ablation means differ: each shard computes them over the whole run, on its own backend"
+            } else {
+                "another model, sites or settings"
+            };
             bail!("{} and {} are shards of different runs ({why})", dir.display(), first_dir.display());
         }
     }
@@ -70,6 +76,10 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
                 writer.write(array, g * per_pair, &data[k * per_pair..][..per_pair])?;
             }
         }
+    }
+    // Every shard's means are the whole run's (their hashes compared above): the first one's.
+    for (i, e) in merged.ablation_means.iter().enumerate() {
+        writer.write(Array::Means(i), 0, &read_f32(&first_dir.join(&e.file))?.0)?;
     }
     writer.finish_unit(0)?;
     writer.commit()?;

@@ -10,7 +10,7 @@ pub mod npy;
 pub mod outputs;
 mod store;
 
-pub use manifest::{fingerprint, ArraySpec, FailedCell, Manifest, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST};
+pub use manifest::{fingerprint, ArraySpec, FailedCell, Manifest, MeansEntry, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST};
 pub use merge::merge;
 pub use npy::{read_f32, read_i32};
 pub use store::{begin, open_finished, run_in, update_finished, Array, Begin, Mode, Writer, PROGRESS};
@@ -50,4 +50,23 @@ pub fn remove_if_present(path: &Path) -> Result<()> {
 /// Writes a complete f32 or i32 array (write-then-rename).
 pub fn write_npy<T: npy::Element>(path: &Path, shape: &[usize], data: &[T]) -> Result<()> {
     write_atomic(path, &npy::encode(shape, data))
+}
+
+/// The ablation means `m` lists (None: its ablation has none), read from `dir` and checked against
+/// their hashes; with `unfinished`, from the staged files of a run being written.
+pub fn read_means(dir: &Path, m: &Manifest, unfinished: bool) -> Result<Option<crate::engine::Means>> {
+    if !m.ablation.needs_means() {
+        return Ok(None);
+    }
+    let mut means = crate::engine::Means { positional: m.ablation == crate::engine::Ablation::MeanPositional, kinds: Default::default() };
+    for e in &m.ablation_means {
+        let kind = crate::model::SiteKind::parse(&e.kind).with_context(|| format!("{}: ablation means", dir.join(MANIFEST).display()))?;
+        let path = dir.join(if unfinished { format!("{}.partial", e.file) } else { e.file.clone() });
+        let (values, shape) = read_f32(&path)?;
+        if shape != e.shape || MeansEntry::hash(&values) != e.xxh3 {
+            anyhow::bail!("{} does not hold the means the manifest lists (shape {shape:?}, hash {}; listed {:?}, {})", path.display(), MeansEntry::hash(&values), e.shape, e.xxh3);
+        }
+        means.kinds.insert(kind, (shape, values));
+    }
+    Ok(Some(means))
 }

@@ -95,6 +95,8 @@ pub enum Array {
     Site(usize),
     BaselineClean,
     BaselineCorrupted,
+    /// The manifest's n-th ablation means.
+    Means(usize),
 }
 
 /// Starts, continues or replaces the run `manifest` (of `units` units of work) in `dir`.
@@ -270,6 +272,9 @@ impl Writer {
             Array::Site(i) => bail!("the run has {sites} sites, not {}", i + 1),
             Array::BaselineClean => sites,
             Array::BaselineCorrupted => sites + 1,
+            // After the lengths.
+            Array::Means(i) if i < self.manifest.ablation_means.len() => sites + 3 + i,
+            Array::Means(i) => bail!("the run has {} ablation means, not {}", self.manifest.ablation_means.len(), i + 1),
         };
         let (spec, file) = &self.arrays[index];
         let bytes: Vec<[u8; 4]> = values.iter().map(|v| v.to_le_bytes()).collect();
