@@ -258,6 +258,12 @@ fn killed_and_resumed(dir: &Path, file: &Path, how: &[&str]) {
         assert!(cut.join("resid_pre.ablation_means.npy.partial").exists() && cut.join("z.ablation_means.npy.partial").exists());
     }
 
+    if !how.is_empty() {
+        // Another ablation is another run: never resumed into this one.
+        let other: Vec<String> = args(&cut).into_iter().map(|a| if a == "mean" { "zero".into() } else { a }).chain(["--resume".into()]).collect();
+        let (ok, log) = patchbay(&other.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!ok && log.contains("unfinished run of other inputs"), "{log}");
+    }
     let resume: Vec<String> = args(&cut).into_iter().chain(["--resume".to_string()]).collect();
     let (ok, log) = patchbay(&resume.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{log}");
