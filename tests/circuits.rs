@@ -251,3 +251,74 @@ fn attribute_command_writes_arrays_and_analyze_draws_them() {
         assert!(!out.join(f).exists(), "{f} of the replaced result is still there");
     }
 }
+
+/// `patchbay graph` on every fixture shape and on GPT-2 small's config.json, against the counts
+/// EAP-IG's `Graph.from_model` gives (its `prev_index`: a head of layer l reads the 1 + l·(H+1)
+/// nodes before its layer, q, k and v apart; an MLP those and its own layer's heads; the logits
+/// every one of the 1 + L·(H+1)); and the edge list, in EAP-IG's names.
+#[test]
+fn graph_counts_equal_eap_igs_on_every_fixture_shape_and_gpt2_small() {
+    let eap = |l: usize, h: usize| -> usize { (0..l).map(|i| 3 * h * (1 + i * (h + 1)) + 1 + i * (h + 1) + h).sum::<usize>() + 1 + l * (h + 1) };
+    let small = tmp("graph");
+    std::fs::write(
+        small.join("config.json"),
+        r#"{"activation_function": "gelu_new", "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024, "vocab_size": 50257, "layer_norm_epsilon": 1e-05}"#,
+    )
+    .unwrap();
+    for dir in fixture_dirs().into_iter().chain([small.clone()]) {
+        let c = Gpt2Config::from_json_file(&dir.join("config.json")).unwrap();
+        let (ok, out) = patchbay(&["graph", "--model", dir.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        let (nodes, edges) = (2 + c.n_layer * (c.n_head + 1), eap(c.n_layer, c.n_head));
+        assert!(out.contains(&format!("{nodes} nodes, {edges} edges")), "{}: {out}", dir.display());
+        let (ok, list) = patchbay(&["graph", "--model", dir.to_str().unwrap(), "--edges"]);
+        assert!(ok && list.lines().count() == edges, "{}", dir.display());
+    }
+    let (_, out) = patchbay(&["graph", "--model", small.to_str().unwrap()]);
+    assert!(out.contains("158 nodes, 32491 edges (31320 into heads' q, k and v inputs, 1014 into MLPs, 157 into the logits)"), "{out}");
+    let (_, list) = patchbay(&["graph", "--model", small.to_str().unwrap(), "--edges"]);
+    let list: Vec<&str> = list.lines().collect();
+    assert_eq!((list[0], list[36], list[list.len() - 1]), ("input->a0.h0<q>", "input->m0", "m11->logits"));
+    for name in ["a0.h1->a2.h3<q>", "m0->m4", "input->logits", "a3.h7->m3", "m2->a3.h0<v>"] {
+        assert!(list.contains(&name), "{name}");
+    }
+    let (ok, out) = patchbay(&["graph", "--model", tmp("no-config").to_str().unwrap()]);
+    assert!(!ok && out.contains("config.json") && out.lines().count() == 1, "{out}");
+}
+
+/// `patchbay edges`: edges.npy [pairs, edges] through the results transaction (checked by its
+/// default verify), equal to the PyTorch per-edge loop; the edge names in the manifest are
+/// `graph --edges`'; analyze draws EAP-IG's sender × receiver-input matrix.
+#[test]
+fn edges_command_writes_every_edge_named_and_analyze_draws_the_score_matrix() {
+    let dir = tmp("edges");
+    let tiny = tiny();
+    let refs = Refs::load_file(&tiny, "refs-edges.safetensors");
+    let pairs = dir.join("pairs.jsonl");
+    let seed = ["Michelle Smith was a top-notch student. Michelle", "Jessica Jones was a top-notch student. Michelle", "Michelle Smith was a top-notch student. Jessica"];
+    let lines: Vec<String> = seed.iter().map(|c| format!(r#"{{"clean": "Michelle Jones was a top-notch student. Michelle", "corrupted": "{c}", "answer": " Jones", "distractor": " Smith"}}"#)).collect();
+    std::fs::write(&pairs, lines.join("\n")).unwrap();
+    let out = dir.join("out");
+    let (ok, log) = patchbay(&["edges", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let (got, shape) = read_f32(&out.join("edges.npy")).unwrap();
+    let (want, want_shape) = refs.f32("edges");
+    assert_eq!(shape, want_shape);
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff < 1e-4, "edges.npy differs from the PyTorch loop by {diff}");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let (_, list) = patchbay(&["graph", "--model", tiny.to_str().unwrap(), "--edges"]);
+    let names: Vec<&str> = manifest["sites"][0]["edges"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(names, list.lines().collect::<Vec<_>>());
+    assert_eq!(manifest["sites"][0]["axes"], serde_json::json!(["pair", "edge"]));
+    let (ok, log) = patchbay(&["analyze", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let svg = std::fs::read_to_string(out.join("edges.svg")).unwrap();
+    assert!(svg.contains("receiver input") && (svg.contains("a1.h2&lt;k&gt;") || svg.contains("a1.h2<k>")), "the matrix names the receivers' inputs");
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(csv.contains("\"input->a0.h0<q>\""), "the summary names each edge");
+    for (extra, why) in [(["--sites", "resid_pre"], "takes no --sites"), (["--method", "attribution"], "EAP and EAP-IG")] {
+        let (ok, log) = patchbay(&[&["edges", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("x").to_str().unwrap()][..], &extra[..]].concat());
+        assert!(!ok && log.contains(why), "{log}");
+    }
+}

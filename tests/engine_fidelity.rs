@@ -56,13 +56,14 @@ struct AgainstTl {
 /// (but for TransformerLens' own patching, denoising by resampling).
 type How = (Direction, Ablation);
 const ABLATION_REFS: &str = "refs-ablation.safetensors";
+const EDGE_REFS: &str = "refs-edges.safetensors";
 
 /// The patcher of `how` over `m`, with the means of `pairs` where the ablation takes them; and
 /// those means, by kind.
 fn patcher<'m, B: Backend>(m: &'m Gpt2<B>, engine: impl FnOnce(Patching) -> Box<dyn Patcher + 'm>, (direction, ablation): How, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout) -> (Box<dyn Patcher + 'm>, Option<Means>) {
     let means = ablation.needs_means().then(|| {
         let prompts: Vec<&[u32]> = pairs.iter().map(|p| direction.source(p)).collect();
-        let mut kinds: Vec<SiteKind> = sites.iter().map(|s| s.clean_reads()).collect();
+        let mut kinds: Vec<SiteKind> = sites.iter().flat_map(|s| s.clean_reads()).collect();
         kinds.sort();
         kinds.dedup();
         Means::compute(m, &prompts, &kinds, ablation == Ablation::MeanPositional, layout, &mut |_| Ok(())).unwrap()
@@ -88,7 +89,9 @@ impl BackendTask for AgainstTl {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let refs = Refs::load_file(&self.dir, self.refs);
         let m = model::<B>(&self.dir, &device);
-        let mut pairs = fixture_pairs(&if self.refs == ABLATION_REFS { Refs::load(&self.dir) } else { Refs::load_file(&self.dir, self.refs) });
+        // The pairs and baselines: the BOS references' own, else the fixture's.
+        let base = Refs::load_file(&self.dir, if self.refs == BOS_REFS { BOS_REFS } else { "refs.safetensors" });
+        let mut pairs = fixture_pairs(&base);
         // Means are over every pair of the fixture, whichever are run.
         let all = pairs.clone();
         // One row a batch is slow on lavapipe: the first pair only.
@@ -110,13 +113,14 @@ impl BackendTask for AgainstTl {
         let by_pos = self.sites.iter().any(|&s| layout.rows(s, layout.positions).iter().any(|r| r.pos.is_some()));
         assert_eq!(runs.skipped > 0, self.skip && by_pos && self.how.1 == Ablation::Resample, "the fixtures' pairs differ after position 0; only resampling keeps no-ops");
         // The references of the pairs run (a prefix of the fixture's).
-        let want = |name: &str| {
+        let first = |refs: &Refs, name: &str| {
             let (v, shape) = refs.f32(name);
             v[..pairs.len() * v.len() / shape[0]].to_vec()
         };
+        let want = |name: &str| first(&refs, name);
         let mut out = vec![
-            ("baseline_clean".into(), max_abs_diff(&results.iter().map(|r| r.clean).collect::<Vec<_>>(), &want("baseline_clean"))),
-            ("baseline_corrupted".into(), max_abs_diff(&results.iter().map(|r| r.corrupted).collect::<Vec<_>>(), &want("baseline_corrupted"))),
+            ("baseline_clean".into(), max_abs_diff(&results.iter().map(|r| r.clean).collect::<Vec<_>>(), &first(&base, "baseline_clean"))),
+            ("baseline_corrupted".into(), max_abs_diff(&results.iter().map(|r| r.corrupted).collect::<Vec<_>>(), &first(&base, "baseline_corrupted"))),
         ];
         // The means against the references' (over every pair of the fixture, as they are run).
         for (kind, (_, values)) in means.iter().flat_map(|m| &m.kinds) {
@@ -127,9 +131,10 @@ impl BackendTask for AgainstTl {
             let got: Vec<f32> = results.iter().flat_map(|r| r.sites[si].clone()).collect();
             let mut want = match self.refs {
                 ABLATION_REFS => want(&format!("{}.{}.{}", self.how.0.name(), self.how.1.name(), site.name())),
+                EDGE_REFS => want("edges"),
                 _ => want(&reference(*site)),
             };
-            if site.is_path() {
+            if site.is_path() && *site != PatchSite::Edges {
                 // TransformerLens writes 0.0 where no edge is (receiver layer ≤ sender's); patchbay NaN.
                 let edges = got.iter().filter(|v| !v.is_nan()).count();
                 assert_eq!(edges, pairs.len() * layout.run_count(*site, layout.positions), "{site:?}: one value per edge");
@@ -154,7 +159,7 @@ fn check_how_against_tl(sites: &[PatchSite], cases: &[(BackendSpec, PathBuf)], c
             let started = std::time::Instant::now();
             let diffs = dispatch(spec, AgainstTl { dir: dir.clone(), refs, sites: sites.to_vec(), reuse, max_rows, skip, how }).unwrap();
             let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
-            eprintln!("{what}: max abs difference to TransformerLens {worst:.2e} ({:.1} s)", started.elapsed().as_secs_f64());
+            eprintln!("{what}: max abs difference to the reference {worst:.2e} ({:.1} s)", started.elapsed().as_secs_f64());
             let tol = tolerance(spec);
             let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
             assert!(bad.is_empty(), "{what}: differs from TransformerLens by more than {tol}: {bad:?}");
@@ -220,6 +225,53 @@ fn head_sites_and_paths_match_transformer_lens_on_every_backend() {
     let sites: Vec<PatchSite> = [PatchSite::PatternDestSrc].into_iter().chain(PATH_SITES).collect();
     let others: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != BackendKind::Cpu).map(|s| (s, tiny())).collect();
     check_against_tl(&sites, &others, |_| &CONFIGS[..2], "refs.safetensors");
+}
+
+/// Exact edge patching, every edge of the graph a row, against a PyTorch loop over the edges with HF
+/// forward hooks (tests/fixtures/make_edge_refs.py; its edge names are `Graph`'s): every
+/// configuration on the cpu, with reuse on the other f32 backends.
+#[test]
+fn edges_match_a_pytorch_per_edge_loop() {
+    let refs = Refs::load_file(&tiny(), EDGE_REFS);
+    let (bytes, _) = refs.u8("edge_names");
+    let c = Gpt2Config::from_json_file(&tiny().join("config.json")).unwrap();
+    let names: Vec<String> = patchbay::engine::Graph::new(c.n_layer, c.n_head).edges.iter().map(ToString::to_string).collect();
+    assert_eq!(String::from_utf8(bytes).unwrap(), names.join("\n"), "the references' edges are the graph's, in its order");
+    let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32).map(|s| (s, tiny())).collect();
+    let configs = |s: &BackendSpec| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { &CONFIGS[..1] };
+    check_against_tl(&[PatchSite::Edges], &cases, configs, EDGE_REFS);
+}
+
+/// The edges path patching also has (head → head's q, k, v; head → logits) give its values.
+#[test]
+fn edges_between_heads_equal_path_patching() {
+    type B = patchbay::backend::Cpu;
+    let m = model::<B>(&tiny(), &Default::default());
+    let pairs = fixture_pairs(&Refs::load(&tiny()));
+    let layout = layout(&m.config, &pairs);
+    let engine = Engine { model: &m, reuse: true, max_rows: 512, skip: true, metric: Metric::LogitDiff, patching: Patching::default() };
+    let sites = [PatchSite::Edges, PatchSite::PathQ, PatchSite::PathK, PatchSite::PathV, PatchSite::PathResidFinal];
+    let results = engine.run(&pairs, &sites, &layout, &mut |_| Ok(())).unwrap();
+    let g = patchbay::engine::Graph::new(layout.layers, layout.heads);
+    let (l, h) = (layout.layers, layout.heads);
+    let mut compared = 0;
+    for r in &results {
+        for (e, edge) in g.edges.iter().enumerate() {
+            use patchbay::engine::graph::{Node, Qkv};
+            let path = match (edge.from, edge.to, edge.qkv) {
+                (Node::Head { layer: sl, head: sh }, Node::Head { layer: rl, head: rh }, Some(x)) => {
+                    let site = 1 + Qkv::ALL.iter().position(|&q| q == x).unwrap();
+                    r.sites[site][((sl * h + sh) * l + rl) * h + rh]
+                }
+                (Node::Head { layer: sl, head: sh }, Node::Logits, _) => r.sites[4][sl * h + sh],
+                _ => continue,
+            };
+            assert!((r.sites[0][e] - path).abs() < 1e-5, "{edge}: edges {} vs path {path}", r.sites[0][e]);
+            compared += 1;
+        }
+    }
+    // Heads of every earlier layer into each head's three inputs, and every head into the logits.
+    assert_eq!(compared, pairs.len() * (3 * h * h * l * (l - 1) / 2 + l * h));
 }
 
 /// Every direction × ablation (tests/fixtures/make_ablation_refs.py: TransformerLens' patching
@@ -296,7 +348,7 @@ fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_resto
         }
         // resid_pre at layer 0, every position at once: the corrupted run becomes the clean one.
         let rows: Vec<Row> = (0..pairs.len())
-            .map(|pair| Row { pair, site: PatchSite::ResidPre, layer: 0, pos: None, src: None, head: None, sender: None, out: 0 })
+            .map(|pair| Row { pair, site: PatchSite::ResidPre, layer: 0, pos: None, src: None, head: None, sender: None, edge: None, out: 0 })
             .collect();
         let restored = engine.run_rows(&pairs, &rows).unwrap();
         for (p, r) in results.iter().enumerate() {

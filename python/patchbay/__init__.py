@@ -70,6 +70,14 @@ def open(path: PathLike) -> "Result":  # noqa: A001 - the name users expect (pb.
     return Result(manifest, arrays, manifest.get("skipped", []), path, lengths)
 
 
+def graph(model: str = "gpt2") -> Dict[str, List[str]]:
+    """The model's computational graph as circuit discovery scores it (``patchbay graph``), in
+    EAP-IG's names and order: {"nodes": ["input", "a0.h0", ..., "m0", ..., "logits"], "edges":
+    ["input->a0.h0<q>", ..., "m11->logits"]}. Only the model's config.json is read."""
+    nodes, edges = _native.graph(os.fspath(model))
+    return {"nodes": nodes, "edges": edges}
+
+
 def verify(path: PathLike, rows: int = 32, backend: Optional[str] = None, dtype: Optional[str] = None) -> Dict[str, Any]:
     """Rechecks ``rows`` random patched runs of a finished run on the simplest path (one row per
     forward pass, no reuse, no fusion), as ``patchbay verify`` does, and records the result in its

@@ -520,6 +520,13 @@ fn lock_shared(py: Python<'_>, dir: PathBuf) -> PyResult<ReadLock> {
 
 /// `patchbay verify`: rechecks `rows` random patched runs of a finished run on the simplest path
 /// (on `backend`/`dtype`, or the run's own); the verification as JSON.
+/// The circuit graph of `model` (`patchbay graph`): node and edge names in EAP-IG's order.
+#[pyfunction]
+fn graph(py: Python<'_>, model: String) -> PyResult<(Vec<String>, Vec<String>)> {
+    let g = job(py, &mut PyProgress::new(None), |_| patchbay::jobs::circuits::graph(&model))?;
+    Ok((g.nodes.iter().map(ToString::to_string).collect(), g.edges.iter().map(ToString::to_string).collect()))
+}
+
 #[pyfunction]
 #[pyo3(signature = (dir, rows, backend=None, dtype=None))]
 fn verify(py: Python<'_>, dir: PathBuf, rows: usize, backend: Option<&str>, dtype: Option<&str>) -> PyResult<String> {
@@ -558,6 +565,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open_finished, m)?)?;
     m.add_class::<ReadLock>()?;
     m.add_function(wrap_pyfunction!(lock_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(graph, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(normalize, m)?)?;
     m.add_function(wrap_pyfunction!(heatmap, m)?)?;

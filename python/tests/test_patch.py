@@ -258,3 +258,14 @@ def test_directions_and_ablations_equal_transformer_lens(model, direction, ablat
     np.testing.assert_allclose(r.baseline_clean, refs["baseline_clean"], atol=1e-4)
     with pytest.raises(ValueError, match="ablation"):
         model.patch(pairs=PAIRS, sites=sites, ablation="average", progress=False)
+
+
+def test_graph_names_every_edge_as_eap_ig():
+    """``pb.graph``: the tiny fixture's 3 layers of 4 heads, in EAP-IG's names and order."""
+    g = pb.graph(str(TINY))
+    assert len(g["nodes"]) == 2 + 3 * 5 and g["nodes"][:2] == ["input", "a0.h0"] and g["nodes"][-1] == "logits"
+    # Each head's q, k, v read the 1 + l·5 writers before its layer; an MLP also its layer's 4 heads; the logits all 16.
+    assert len(g["edges"]) == sum(12 * (1 + 5 * l) + 1 + 5 * l + 4 for l in range(3)) + 16 == 262
+    assert g["edges"][:2] == ["input->a0.h0<q>", "input->a0.h0<k>"] and g["edges"][-1] == "m2->logits"
+    with pytest.raises(ValueError, match="config.json"):
+        pb.graph(str(TINY / "no-such-model"))

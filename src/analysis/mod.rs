@@ -141,6 +141,7 @@ pub fn site_summary(m: &Manifest, site: &SiteEntry, normalized: &[f32]) -> SiteS
         Some(first) if site.axes.iter().any(|a| a == "position") => {
             first.clean_strs.iter().enumerate().map(|(i, t)| format!("{i} {t}")).chain((first.length..m.layout.positions).map(|i| format!("{i}"))).collect()
         }
+        _ if site.axes.iter().any(|a| a == "edge") => site.edges.clone(),
         _ => vec![],
     };
     SiteSummary { name: site.name.clone(), axes: site.axes[1..].to_vec(), shape: site.shape[1..].to_vec(), labels, mean, sem, n }
@@ -209,7 +210,7 @@ fn csv(s: &Summary) -> String {
         for (j, ((mean, sem), n)) in site.mean.iter().zip(&site.sem).zip(&site.n).enumerate() {
             let idx = unravel(j, &site.shape);
             let get = |a: &str| has(a).map_or(String::new(), |d| idx[d].to_string());
-            let label = has("position").and_then(|d| site.labels.get(idx[d])).cloned().unwrap_or_default();
+            let label = has("position").or(has("edge")).and_then(|d| site.labels.get(idx[d])).cloned().unwrap_or_default();
             out += &format!(
                 "{},{},{},{},{},\"{}\",{},{},{}\n",
                 site.name,
@@ -230,8 +231,10 @@ fn csv(s: &Summary) -> String {
 /// The heatmap of a site's mean: layers down and positions (or heads) across; a site by head and
 /// position has a row per head, named `layer.head` as the IOI paper names them (9.9), and a
 /// pattern's (destination, source) entries are its columns, the masked ones (source after
-/// destination, never patched) left out; a path site has a row per sender and a column per receiver.
+/// destination, never patched) left out; a path site has a row per sender and a column per receiver,
+/// and the edges site one per sender node and receiver input (EAP-IG's score matrix).
 fn grid(s: &SiteSummary, m: &Manifest, n: usize) -> Grid {
+    use crate::engine::graph::{Node, Qkv};
     let layers = s.shape[0];
     let has = |a: &str| s.axes.iter().any(|x| x == a);
     let what = match m.method {
@@ -242,6 +245,23 @@ fn grid(s: &SiteSummary, m: &Manifest, n: usize) -> Grid {
     let heads = if has("head") { s.shape[s.axes.iter().position(|a| a == "head").expect("has a head axis")] } else { 1 };
     let by_head = || (0..layers).flat_map(|l| (0..heads).map(move |h| format!("{l}.{h}"))).collect::<Vec<_>>();
     let layer_rows = || (0..layers).map(|l| l.to_string()).collect::<Vec<_>>();
+    if has("edge") {
+        // EAP-IG's score matrix: a row per sender, a column per receiver input, empty where no edge.
+        let g = crate::engine::Graph::new(m.config.n_layer, m.config.n_head);
+        let senders: Vec<Node> = g.nodes.iter().copied().filter(|n| *n != Node::Logits).collect();
+        let inputs: Vec<(Node, Option<Qkv>)> = (0..g.layers)
+            .flat_map(|l| Qkv::ALL.into_iter().flat_map(move |x| (0..g.heads).map(move |h| (Node::Head { layer: l, head: h }, Some(x)))).chain([(Node::Mlp(l), None)]))
+            .chain([(Node::Logits, None)])
+            .collect();
+        let mut values = vec![f32::NAN; senders.len() * inputs.len()];
+        for (e, &v) in g.edges.iter().zip(&s.mean) {
+            let row = senders.iter().position(|&n| n == e.from).expect("a sender of the graph");
+            let col = inputs.iter().position(|&i| i == (e.to, e.qkv)).expect("a receiver of the graph");
+            values[row * inputs.len() + col] = v;
+        }
+        let label = |(n, x): &(Node, Option<Qkv>)| x.map_or(n.to_string(), |x| format!("{n}<{}>", x.name()));
+        return Grid { title, row_title: "sender".into(), col_title: "receiver input".into(), rows: senders.iter().map(Node::to_string).collect(), cols: inputs.iter().map(label).collect(), values };
+    }
     if has("receiver_layer") {
         // A path's [sender layer, sender head, receiver layer, receiver head]: senders down.
         let heads = by_head();

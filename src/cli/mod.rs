@@ -32,6 +32,11 @@ enum Command {
     /// Path patching: each sending head's write into later heads' q, k or v input, or the logits.
     #[command(args_override_self = true)]
     Path(run::PathArgs),
+    /// Exact edge patching: every edge of the circuit graph (`patchbay graph`), the sender's
+    /// clean-minus-corrupted output added to the receiver's input alone, as one row of the batched
+    /// sweep; edges.npy [pairs, edges], the edge names in the manifest.
+    #[command(args_override_self = true)]
+    Edges(run::EdgesArgs),
     /// Normalize a run's results (clean = 1, corrupted = 0); summary and heatmaps. Of an
     /// `attribute` directory: mean and standard error, line plots and the heads' heatmap.
     Analyze {
@@ -72,6 +77,17 @@ enum Command {
         /// Where to recompute [default: the run's backend and dtype, without fusion; the CPU for a CUDA run].
         #[command(flatten)]
         backend: BackendArgs,
+    },
+    /// The model's computational graph as circuit discovery scores it (EAP-IG's convention): the
+    /// input, every head, every MLP and the logits; an edge from every earlier writer to each
+    /// head's q, k and v input, each MLP's input and the logits.
+    Graph {
+        /// Hub id or model directory (only its config.json is read).
+        #[arg(long, default_value = "gpt2")]
+        model: String,
+        /// Print every edge's name, one a line, in EAP-IG's order (`input->a0.h0<q>`, `a0.h1->m0`, …).
+        #[arg(long)]
+        edges: bool,
     },
     /// Benchmark a sweep on a random-weight model of a named shape: reuse vs --no-reuse.
     Bench(bench::BenchArgs),
@@ -262,12 +278,13 @@ pub fn plan(command: &str, args: &[String]) -> Result<run::RunPlan> {
     let config = match &first {
         Command::Run(a) => a.config.clone(),
         Command::Path(a) => a.run.config.clone(),
-        _ => bail!("{command} is not run or path"),
+        Command::Edges(a) => a.run.config.clone(),
+        _ => bail!("{command} is not run, path or edges"),
     };
     let command_line = match config {
         None => first,
         Some(path) => {
-            let sub = Cli::command().find_subcommand(command).cloned().expect("run and path are subcommands");
+            let sub = Cli::command().find_subcommand(command).cloned().expect("run, path and edges are subcommands");
             let options = config_args(&path, &sub)?;
             let all: Vec<String> = options.iter().flat_map(|o| o.args.iter().cloned()).chain(args.iter().cloned()).collect();
             // The command line parsed alone, so the file's options are at fault: name the one clap names.
@@ -283,6 +300,7 @@ pub fn plan(command: &str, args: &[String]) -> Result<run::RunPlan> {
     match command_line {
         Command::Run(a) => a.plan(None),
         Command::Path(a) => a.plan(),
+        Command::Edges(a) => a.plan(),
         _ => unreachable!("parsed as {command}"),
     }
 }
@@ -291,9 +309,24 @@ pub fn main() -> Result<()> {
     // Parsed once here for --help and usage errors; run and path again with their config's options.
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),
-        Command::Run(_) | Command::Path(_) => {
+        Command::Run(_) | Command::Path(_) | Command::Edges(_) => {
             let argv: Vec<String> = std::env::args().collect();
             run::run(plan(&argv[1], &argv[2..])?)
+        }
+        Command::Graph { model, edges } => {
+            let g = crate::jobs::circuits::graph(&model)?;
+            if edges {
+                for e in &g.edges {
+                    println!("{e}");
+                }
+            } else {
+                let c = g.counts();
+                println!(
+                    "{model} ({} layers × {} heads): {} nodes, {} edges ({} into heads' q, k and v inputs, {} into MLPs, {} into the logits)",
+                    g.layers, g.heads, c.nodes, c.edges, c.into_heads, c.into_mlps, c.into_logits
+                );
+            }
+            Ok(())
         }
         Command::Bench(args) => bench::bench(args),
         Command::Doctor(args) => doctor::run(args),

@@ -219,6 +219,25 @@ impl PathArgs {
     }
 }
 
+/// `patchbay edges`: every edge of the circuit graph (`patchbay graph`) as a row of the sweep.
+#[derive(Args, Debug)]
+pub struct EdgesArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl EdgesArgs {
+    pub fn plan(self) -> Result<RunPlan> {
+        if self.run.sites.is_some() {
+            bail!("edges scores every edge of the graph: it takes no --sites");
+        }
+        if self.run.method == Some(Method::Attribution) {
+            bail!("edges --method: exact is built (EAP and EAP-IG estimates are not yet)");
+        }
+        self.run.plan(Some((vec![PatchSite::Edges], None)))
+    }
+}
+
 pub fn run(plan: RunPlan) -> Result<()> {
     let backend = plan.backend.spec();
     let model = Model::load(&plan.model, backend, plan.backend.threads)?;

@@ -1,14 +1,16 @@
 //! The patching engine: which patched runs exist (`plan`), running them batched (`run`),
-//! estimating them all at once by attribution patching (`attribution`), and what a patch writes
-//! into which run (`ablation`).
+//! estimating them all at once by attribution patching (`attribution`), what a patch writes into
+//! which run (`ablation`), and the edge graph circuit discovery scores (`graph`).
 pub mod ablation;
 pub mod attribution;
+pub mod graph;
 pub mod metric;
 pub mod plan;
 pub mod run;
 
 pub use ablation::{Ablation, Direction, Means, Noising, Patching};
 pub use attribution::Attribution;
+pub use graph::{Edge, Graph, Node};
 pub use metric::Metric;
 pub use plan::{Layout, PatchSite, Row, Runs};
 pub use run::{Engine, PairResult};

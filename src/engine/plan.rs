@@ -1,5 +1,6 @@
 //! The patch list: one row per patched run, (site, layer, position and/or head), laid out as the
 //! result arrays are ([pairs, layers, positions(, heads)]), and chunked under a memory budget.
+use super::graph::{Edge, Graph, Node, Qkv};
 use crate::model::{Gpt2Config, SiteKind};
 use crate::data::TokenizedPair;
 use anyhow::{bail, ensure, Result};
@@ -41,6 +42,10 @@ pub enum PatchSite {
     /// A sending head's clean-minus-corrupted write added to the final residual stream only: its
     /// direct effect through ln_f and the unembedding.
     PathResidFinal,
+    /// Every edge of the circuit graph (`graph`, EAP-IG's): the sender's clean-minus-corrupted
+    /// output (embeddings, a head's z·W_O, an MLP's output) added to the receiver's input alone (a
+    /// head's q, k or v input, an MLP's input, the final residual stream).
+    Edges,
 }
 
 /// Which cells of the activation at its layer one patched run overwrites.
@@ -58,6 +63,8 @@ enum Scope {
     Path,
     /// A sender head to the logits.
     PathToLogits,
+    /// An edge of the circuit graph.
+    Edge,
 }
 
 /// Sites by the names of TransformerLens' functions that patch several at once: the
@@ -69,7 +76,7 @@ const GROUPS: [(&str, &[PatchSite]); 3] = [
 ];
 
 impl PatchSite {
-    pub const ALL: [PatchSite; 20] = [
+    pub const ALL: [PatchSite; 21] = [
         Self::ResidPre,
         Self::ResidMid,
         Self::ResidPost,
@@ -90,6 +97,7 @@ impl PatchSite {
         Self::PathK,
         Self::PathV,
         Self::PathResidFinal,
+        Self::Edges,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +117,7 @@ impl PatchSite {
             Self::PathK => "path_k",
             Self::PathV => "path_v",
             Self::PathResidFinal => "path_resid_final",
+            Self::Edges => "edges",
             other => other.kind().name(),
         }
     }
@@ -143,7 +152,7 @@ impl PatchSite {
     }
 
     /// The model activation the patch overwrites (a path: the receiver's q, k, v, or the final
-    /// residual stream).
+    /// residual stream; edges: the logits' receiver, other rows' differ: `Row::kind`).
     pub fn kind(self) -> SiteKind {
         match self {
             Self::ResidPre => SiteKind::ResidPre,
@@ -156,22 +165,23 @@ impl PatchSite {
             Self::KAllPos | Self::KByPos | Self::PathK => SiteKind::K,
             Self::VAllPos | Self::VByPos | Self::PathV => SiteKind::V,
             Self::PatternAllPos | Self::PatternByPos | Self::PatternDestSrc => SiteKind::Pattern,
-            Self::PathResidFinal => SiteKind::ResidPost,
+            Self::PathResidFinal | Self::Edges => SiteKind::ResidPost,
         }
     }
 
     /// Whether the site is a path (a sender's write to one receiver), not an overwrite.
     pub fn is_path(self) -> bool {
-        matches!(self.scope(), Scope::Path | Scope::PathToLogits)
+        matches!(self.scope(), Scope::Path | Scope::PathToLogits | Scope::Edge)
     }
 
-    /// The clean run's activation the patch reads, at every layer: the one it overwrites, or the
-    /// senders' outputs z.
-    pub fn clean_reads(self) -> SiteKind {
-        if self.is_path() {
-            SiteKind::Z
-        } else {
-            self.kind()
+    /// The clean run's activations the patch reads, at every layer: the one it overwrites, or the
+    /// senders' outputs (heads' z; for edges also the embeddings, resid_pre at layer 0, and the
+    /// MLPs' outputs).
+    pub fn clean_reads(self) -> Vec<SiteKind> {
+        match self.scope() {
+            Scope::Edge => vec![SiteKind::ResidPre, SiteKind::Z, SiteKind::MlpOut],
+            _ if self.is_path() => vec![SiteKind::Z],
+            _ => vec![self.kind()],
         }
     }
 
@@ -183,6 +193,7 @@ impl PatchSite {
             Self::PatternDestSrc => Scope::HeadDestSrc,
             Self::PathQ | Self::PathK | Self::PathV => Scope::Path,
             Self::PathResidFinal => Scope::PathToLogits,
+            Self::Edges => Scope::Edge,
         }
     }
 
@@ -195,12 +206,15 @@ impl PatchSite {
     }
 
     fn by_head(self) -> bool {
-        self.scope() != Scope::Position
+        !matches!(self.scope(), Scope::Position | Scope::Edge)
     }
 
     /// Axis names of the result array; `position` is the destination position of a pattern; a
     /// path's `layer` and `head` are its sender's.
     pub fn axes(self) -> Vec<&'static str> {
+        if self.scope() == Scope::Edge {
+            return vec!["pair", "edge"];
+        }
         let mut axes = vec!["pair", "layer"];
         if self.by_position() {
             axes.push("position");
@@ -237,6 +251,9 @@ impl Layout {
 
     /// The shape of one pair's block of results for `site` (the array shape without its pair axis).
     pub fn per_pair(&self, site: PatchSite) -> Vec<usize> {
+        if site.scope() == Scope::Edge {
+            return vec![Graph::edge_count(self.layers, self.heads)];
+        }
         let mut shape = vec![self.layers];
         if site.by_position() {
             shape.push(self.positions);
@@ -264,6 +281,9 @@ impl Layout {
     /// How many patched runs `rows(site, len)` gives.
     pub fn run_count(&self, site: PatchSite, len: usize) -> usize {
         let axis = |on: bool, n: usize| if on { n } else { 1 };
+        if site.scope() == Scope::Edge {
+            return Graph::edge_count(self.layers, self.heads);
+        }
         if site.is_path() {
             return self.path_rows(site).len();
         }
@@ -275,7 +295,7 @@ impl Layout {
     fn path_rows(&self, site: PatchSite) -> Vec<Row> {
         let (l, h) = (self.layers, self.heads);
         let senders = (0..l).flat_map(|sl| (0..h).map(move |sh| (sl, sh))).filter(|&(sl, sh)| self.sends(sl, sh));
-        let row = |sender: (usize, usize), layer, head, out| Row { pair: 0, site, layer, pos: None, src: None, head, sender: Some(sender), out };
+        let row = |sender: (usize, usize), layer, head, out| Row { pair: 0, site, layer, pos: None, src: None, head, sender: Some(sender), edge: None, out };
         match site.scope() {
             Scope::PathToLogits => senders.map(|(sl, sh)| row((sl, sh), l - 1, None, sl * h + sh)).collect(),
             _ => senders.flat_map(|(sl, sh)| (sl + 1..l).flat_map(move |dl| (0..h).map(move |dh| row((sl, sh), dl, Some(dh), ((sl * h + sh) * l + dl) * h + dh)))).collect(),
@@ -285,6 +305,9 @@ impl Layout {
     /// The patched runs of one pair of `len` tokens at `site`, each with its index in the pair's
     /// block. Positions at or past `len` (padding of shorter pairs) have no run.
     pub fn rows(&self, site: PatchSite, len: usize) -> Vec<Row> {
+        if site.scope() == Scope::Edge {
+            return self.edge_rows();
+        }
         if site.is_path() {
             return self.path_rows(site);
         }
@@ -298,12 +321,26 @@ impl Layout {
                         // Row-major over the block's axes, those the site has.
                         let index = [Some(layer), pos, src, head].into_iter().flatten();
                         let out = index.zip(&shape).fold(0, |acc, (i, &n)| acc * n + i);
-                        rows.push(Row { pair: 0, site, layer, pos, src, head, sender: None, out });
+                        rows.push(Row { pair: 0, site, layer, pos, src, head, sender: None, edge: None, out });
                     }
                 }
             }
         }
         rows
+    }
+
+    /// Every edge of the graph, in its order, joining at its receiver's layer (the logits': the last).
+    fn edge_rows(&self) -> Vec<Row> {
+        let graph = Graph::new(self.layers, self.heads);
+        let row = |(out, edge): (usize, &Edge)| {
+            let (layer, head) = match edge.to {
+                Node::Head { layer, head } => (layer, Some(head)),
+                Node::Mlp(layer) => (layer, None),
+                _ => (self.layers - 1, None),
+            };
+            Row { pair: 0, site: PatchSite::Edges, layer, pos: None, src: None, head, sender: None, edge: Some(*edge), out }
+        };
+        graph.edges.iter().enumerate().map(row).collect()
     }
 
     /// A pair's rows at `site` (`rows`), split into those to compute and, with `skip`, the
@@ -346,10 +383,29 @@ pub struct Row {
     pub head: Option<usize>,
     /// A path's sending head (layer, head).
     pub sender: Option<(usize, usize)>,
+    /// An edge row's edge (its receiver is also `layer` and `head`).
+    pub edge: Option<Edge>,
     pub out: usize,
 }
 
 impl Row {
+    /// The activation the row's patch is applied to: its site's, or an edge's receiver input.
+    pub fn kind(&self) -> SiteKind {
+        match self.edge.map(|e| (e.to, e.qkv)) {
+            Some((Node::Head { .. }, Some(Qkv::Q))) => SiteKind::Q,
+            Some((Node::Head { .. }, Some(Qkv::K))) => SiteKind::K,
+            Some((Node::Head { .. }, _)) => SiteKind::V,
+            Some((Node::Mlp(_), _)) => SiteKind::MlpIn,
+            Some(_) => SiteKind::ResidPost,
+            None => self.site.kind(),
+        }
+    }
+
+    /// The node whose output a path or edge row writes (a path's sending head).
+    pub fn sender(&self) -> Option<Node> {
+        self.edge.map(|e| e.from).or(self.sender.map(|(layer, head)| Node::Head { layer, head }))
+    }
+
     /// The first position the patch changes: positions before it equal the corrupted run.
     pub fn first_pos(&self) -> usize {
         self.pos.unwrap_or(0)
@@ -449,7 +505,7 @@ mod tests {
         // Tokens differ at positions 2 and 4.
         let (clean, corrupted) = ([1, 2, 3, 4, 5, 6], [1, 2, 9, 4, 8, 6]);
         assert_eq!(first_difference(&clean, &corrupted), 2);
-        let at = |site, layer, pos, src| Row { pair: 0, site, layer, pos, src, head: Some(0), sender: None, out: 0 }.is_noop(&clean, &corrupted);
+        let at = |site, layer, pos, src| Row { pair: 0, site, layer, pos, src, head: Some(0), sender: None, edge: None, out: 0 }.is_noop(&clean, &corrupted);
         let noop = |site, layer, pos| at(site, layer, pos, None);
         for site in PatchSite::ALL.into_iter().filter(|s| s.by_position() && !s.by_src()) {
             assert!(noop(site, 1, Some(1)) && !noop(site, 1, Some(2)) && !noop(site, 1, Some(3)), "{site:?}");
@@ -508,6 +564,7 @@ mod tests {
                 let strides: Vec<usize> = layout.per_pair(site).iter().rev().scan(1, |acc, &n| { let s = *acc; *acc *= n; Some(s) }).collect();
                 for r in &rows {
                     let index: Vec<usize> = match (r.sender, site.scope()) {
+                        (_, Scope::Edge) => vec![r.out],
                         (Some((sl, sh)), Scope::Path) => vec![sl, sh, r.layer, r.head.unwrap()],
                         (Some((sl, sh)), _) => vec![sl, sh],
                         (None, _) => [Some(r.layer), r.pos, r.src, r.head].into_iter().flatten().collect(),

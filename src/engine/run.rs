@@ -13,6 +13,7 @@
 //! corrupted baseline. Only a resample ablation keeps those rows no-ops (`ablation`).
 use super::ablation::Patching;
 use super::metric::Metric;
+use super::graph::Node;
 use super::plan::{Layout, PatchSite, Row, Runs};
 use crate::data::TokenizedPair;
 use crate::backend::Prefix;
@@ -141,14 +142,17 @@ impl<B: Backend> Engine<'_, B> {
         let m = self.model;
         let layers = 0..m.config.n_layer;
         let last = Site::new(SiteKind::ResidPost, self.last_layer());
-        let mut clean = Cache::new(layers.clone().flat_map(|l| sites.iter().map(move |s| Site::new(s.clean_reads(), l))).chain([last]));
+        let mut clean = Cache::new(layers.clone().flat_map(|l| sites.iter().flat_map(move |s| s.clean_reads().into_iter().map(move |k| Site::new(k, l)))).chain([last]));
         let clean_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.clean.clone()).collect();
         m.resid_final(m.tokens(&clean_rows)?, &mut clean);
-        // The prefixes' keys and values, the residual stream rows join from, and for paths the
-        // senders' outputs.
-        let paths = sites.iter().any(|s| s.is_path());
-        let corrupted_reads = [SiteKind::ResidPre, SiteKind::K, SiteKind::V].into_iter().chain(paths.then_some(SiteKind::Z));
-        let corrupted_reads: Vec<SiteKind> = corrupted_reads.collect();
+        // The prefixes' keys and values, the residual stream rows join from, and for paths and
+        // edges the senders' outputs.
+        let mut corrupted_reads = vec![SiteKind::ResidPre, SiteKind::K, SiteKind::V];
+        for kind in sites.iter().filter(|s| s.is_path()).flat_map(|s| s.clean_reads()) {
+            if !corrupted_reads.contains(&kind) {
+                corrupted_reads.push(kind);
+            }
+        }
         let mut corrupted = Cache::new(layers.flat_map(|l| corrupted_reads.iter().map(move |&k| Site::new(k, l))).chain([last]));
         let corrupted_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.corrupted.clone()).collect();
         m.resid_final(m.tokens(&corrupted_rows)?, &mut corrupted);
@@ -286,7 +290,7 @@ struct Patch<'a, B: Backend> {
 
 impl<B: Backend> Hooks<B> for Patch<'_, B> {
     fn wants(&self, site: Site) -> bool {
-        self.segments.iter().flat_map(|s| &s.rows).any(|r| r.layer == site.layer && r.site.kind() == site.kind)
+        self.segments.iter().flat_map(|s| &s.rows).any(|r| r.layer == site.layer && r.kind() == site.kind)
     }
 
     fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
@@ -296,14 +300,14 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
         if paths.is_empty() {
             return act;
         }
-        paths.sort_by_key(|(_, r)| r.sender);
+        paths.sort_by_key(|(_, r)| r.sender());
         self.path(site, &paths, act)
     }
 
     /// Every segment's overwrites of a residual-shaped site in one write (paths go segment by
     /// segment).
     fn hook_batch(&mut self, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2> {
-        if (0..shape.len()).any(|g| self.segments[g].rows.iter().any(|r| r.layer == site.layer && r.site.kind() == site.kind && r.site.is_path())) {
+        if (0..shape.len()).any(|g| self.segments[g].rows.iter().any(|r| r.layer == site.layer && r.kind() == site.kind && r.site.is_path())) {
             return hook_segments(self, site, x, shape);
         }
         let (mut to, mut from, mut offset) = (Vec::new(), Vec::new(), 0);
@@ -320,7 +324,7 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
 impl<B: Backend> Patch<'_, B> {
     /// The rows of `segment` patched at `site`: (index in the segment, row), paths or overwrites.
     fn rows_at(&self, site: Site, segment: usize, paths: bool) -> Vec<(usize, &Row)> {
-        let here = |r: &Row| r.layer == site.layer && r.site.kind() == site.kind && r.site.is_path() == paths;
+        let here = |r: &Row| r.layer == site.layer && r.kind() == site.kind && r.site.is_path() == paths;
         self.segments[segment].rows.iter().enumerate().filter(|(_, r)| here(r)).collect()
     }
 
@@ -398,9 +402,9 @@ impl<B: Backend> Patch<'_, B> {
         act.scatter_nd(to, values, IndexingUpdateOp::Assign)
     }
 
-    /// Path rows, ordered by sender: at a receiver's q, k or v, the receiving head's input is
-    /// computed from the corrupted residual stream plus the sender's write; at the final residual
-    /// stream the write is added to it.
+    /// Path and edge rows, ordered by sender: at a receiver's q, k or v, the receiving head's input
+    /// is computed from the corrupted residual stream plus the sender's write; at an MLP's input or
+    /// the final residual stream the write is added to it.
     fn path<const D: usize>(&self, site: Site, rows: &[(usize, &Row)], act: Tensor<B, D>) -> Tensor<B, D> {
         let dims = act.dims();
         let device = act.device();
@@ -409,18 +413,36 @@ impl<B: Backend> Patch<'_, B> {
         let r = rows.len();
         let pairs = || int_tensor::<B>(rows.iter().map(|(_, row)| row.pair), &device);
         // Each row's sender's source-minus-corrupted write at the computed positions, [r, s, d],
-        // one product per sending layer.
+        // one product per sending layer of heads; an MLP's or the embeddings' change as it is.
         let mut writes = Vec::new();
-        for group in rows.chunk_by(|a, b| a.1.sender.map(|x| x.0) == b.1.sender.map(|x| x.0)) {
-            let (sl, _) = group[0].1.sender.expect("path rows have senders");
+        let group_of = |row: &Row| match row.sender().expect("path and edge rows have senders") {
+            Node::Head { layer, .. } => (1, layer),
+            Node::Mlp(layer) => (2, layer),
+            _ => (0, 0),
+        };
+        for group in rows.chunk_by(|a, b| group_of(a.1) == group_of(b.1)) {
             let ids = int_tensor::<B>(group.iter().map(|(_, row)| row.pair), &device);
-            let z = |c: &Cache<B>| c.heads(Site::new(SiteKind::Z, sl)).expect("both runs cache the senders' z").select(0, ids.clone()).narrow(1, first, s);
-            let delta = z(self.source) - z(self.corrupted); // [g, s, h, dh]
-            let [g, _, h, dh] = delta.dims();
-            let own: Vec<usize> = group.iter().enumerate().flat_map(|(j, (_, row))| (0..s).map(move |p| (j * s + p) * h + row.sender.expect("sender").1)).collect();
-            let delta = delta.reshape([g * s * h, dh]).select(0, int_tensor::<B>(own, &device)).reshape([g, s, dh]);
-            let heads = int_tensor::<B>(group.iter().map(|(_, row)| row.sender.expect("sender").1), &device);
-            writes.push(self.model.blocks[sl].attn.head_write(delta, heads));
+            let delta = |kind, layer| {
+                let at = |c: &Cache<B>| c.resid(Site::new(kind, layer)).expect("both runs cache the senders' outputs").select(0, ids.clone()).narrow(1, first, s);
+                at(self.source) - at(self.corrupted)
+            };
+            match group[0].1.sender().expect("sender") {
+                Node::Head { layer: sl, .. } => {
+                    let z = |c: &Cache<B>| c.heads(Site::new(SiteKind::Z, sl)).expect("both runs cache the senders' z").select(0, ids.clone()).narrow(1, first, s);
+                    let delta = z(self.source) - z(self.corrupted); // [g, s, h, dh]
+                    let [g, _, h, dh] = delta.dims();
+                    let head = |row: &Row| match row.sender() {
+                        Some(Node::Head { head, .. }) => head,
+                        other => unreachable!("a head group holds heads, not {other:?}"),
+                    };
+                    let own: Vec<usize> = group.iter().enumerate().flat_map(|(j, (_, row))| (0..s).map(move |p| (j * s + p) * h + head(row))).collect();
+                    let delta = delta.reshape([g * s * h, dh]).select(0, int_tensor::<B>(own, &device)).reshape([g, s, dh]);
+                    let heads = int_tensor::<B>(group.iter().map(|(_, row)| head(row)), &device);
+                    writes.push(self.model.blocks[sl].attn.head_write(delta, heads));
+                }
+                Node::Mlp(layer) => writes.push(delta(SiteKind::MlpOut, layer)),
+                _ => writes.push(delta(SiteKind::ResidPre, 0)),
+            }
         }
         let writes = Tensor::cat(writes, 0);
         let d = writes.dims()[2];
@@ -428,11 +450,11 @@ impl<B: Backend> Patch<'_, B> {
             SiteKind::Q => 0,
             SiteKind::K => 1,
             SiteKind::V => 2,
-            SiteKind::ResidPost => {
+            SiteKind::ResidPost | SiteKind::MlpIn => {
                 let to = int_tensor::<B>(rows.iter().flat_map(|&(i, _)| (0..s).map(move |p| i * s + p)), &device).reshape([r * s, 1]);
                 return act.reshape([n * s, d]).scatter_nd(to, writes.reshape([r * s, d]), IndexingUpdateOp::Add).reshape(dims);
             }
-            other => unreachable!("paths end at q, k, v or the final residual stream, not {other:?}"),
+            other => unreachable!("paths and edges end at q, k, v, an MLP's input or the final residual stream, not {other:?}"),
         };
         let h = dims[2];
         let resid = self.corrupted.resid(Site::new(SiteKind::ResidPre, site.layer)).expect("cached").select(0, pairs()).narrow(1, first, s);

@@ -21,7 +21,7 @@ pub fn position_shape<B: Backend>(model: &Gpt2<B>, site: Site) -> Result<Vec<usi
     let c = &model.config;
     ensure!(site.layer < c.n_layer, "layer {} is outside the model's {} layers", site.layer, c.n_layer);
     Ok(match site.kind {
-        SiteKind::ResidPre | SiteKind::ResidMid | SiteKind::ResidPost | SiteKind::AttnOut | SiteKind::MlpOut => vec![c.n_embd],
+        SiteKind::ResidPre | SiteKind::ResidMid | SiteKind::ResidPost | SiteKind::AttnOut | SiteKind::MlpOut | SiteKind::MlpIn => vec![c.n_embd],
         SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Z => vec![c.n_head, c.n_embd / c.n_head],
         SiteKind::Pattern => bail!("pattern has no per-position vector to steer with: choose a residual-shaped site or q, k, v, z"),
     })

@@ -1,5 +1,6 @@
 //! Read-only passes over the model's insides: attention patterns (`patterns`) and the logit lens /
-//! direct logit attribution (`attribute`), in memory or written into an output directory.
+//! direct logit attribution (`attribute`), in memory or written into an output directory; the
+//! model's circuit graph (`graph`).
 use super::{Model, ModelTask, On, Progress};
 use crate::analysis::plot::{panels_png, panels_svg, Panels};
 use crate::circuits::logit_attribution::{self, accumulated_labels, component_labels, Attribution};
@@ -12,6 +13,15 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
 use serde::Serialize;
 use std::path::PathBuf;
+
+/// The circuit graph (EAP-IG's nodes and edges) of `model`, a hub id or directory: from its
+/// config alone.
+pub fn graph(model: &str) -> Result<crate::engine::Graph> {
+    let dir = std::path::Path::new(model);
+    let config = if dir.is_dir() { dir.join("config.json") } else { crate::model::weights::ModelFiles::locate(model)?.config };
+    let c = crate::model::Gpt2Config::from_json_file(&config)?;
+    Ok(crate::engine::Graph::new(c.n_layer, c.n_head))
+}
 
 /// What `patterns` writes into its output directory; the last is its listing (written last).
 pub const PATTERN_FILES: [&str; 6] = ["patterns.npy", "lengths.npy", "patterns.png", "patterns.svg", "patterns.html", "patterns.json"];

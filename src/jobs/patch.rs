@@ -67,7 +67,7 @@ pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> R
     // A head of the last layer sends to no later head: with only such senders, a path into q, k or
     // v would hold no run at all.
     if let Some(senders) = spec.senders.as_ref().filter(|s| s.iter().all(|[l, _]| l + 1 == c.n_layer)) {
-        if let Some(site) = spec.sites.iter().find(|s| s.is_path() && **s != PatchSite::PathResidFinal) {
+        if let Some(site) = spec.sites.iter().find(|s| matches!(s, PatchSite::PathQ | PatchSite::PathK | PatchSite::PathV)) {
             let names: Vec<String> = senders.iter().map(|[l, h]| format!("{l}.{h}")).collect();
             bail!("--senders {}: heads of the last layer send to no later head, so {} would hold no run (their paths to the logits are --receivers resid_final)", names.join(","), site.name());
         }

@@ -338,7 +338,7 @@ fn ablation_means<B: Backend>(model: &SweepModel<B>, all: &[TokenizedPair], spec
             );
         }
     }
-    let mut kinds: Vec<SiteKind> = spec.sites.iter().map(|s| s.clean_reads()).collect();
+    let mut kinds: Vec<SiteKind> = spec.sites.iter().flat_map(|s| s.clean_reads()).collect();
     kinds.sort();
     kinds.dedup();
     if let Some(means) = spec.out.as_deref().filter(|_| spec.resume).and_then(|dir| stored_means(dir, spec, &kinds)) {
@@ -440,7 +440,14 @@ fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[Tokenize
                 file: format!("{}.npy", s.name()),
                 axes: s.axes().into_iter().map(String::from).collect(),
                 shape: [vec![pairs.len()], layout.per_pair(s)].concat(),
-                hook: s.kind().hook_name("{layer}"),
+                hook: match s {
+                    PatchSite::Edges => "each edge's receiver input: blocks.{layer}.attn.hook_{q,k,v}_input (one head's), blocks.{layer}.hook_mlp_in, ln_final's input".into(),
+                    _ => s.kind().hook_name("{layer}"),
+                },
+                edges: match s {
+                    PatchSite::Edges => crate::engine::Graph::new(layout.layers, layout.heads).edges.iter().map(ToString::to_string).collect(),
+                    _ => vec![],
+                },
             })
             .collect(),
         baseline_clean: "baseline_clean.npy".into(),

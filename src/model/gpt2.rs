@@ -285,7 +285,8 @@ impl<B: Backend> Block<B> {
         let attn_out = attn_out.hook(site(SiteKind::AttnOut), hooks);
         let x = x.last(keep);
         let x = x.with(x.x.clone() + attn_out.x).hook(site(SiteKind::ResidMid), hooks);
-        let mlp_out = x.with(self.mlp.forward(self.ln_2.forward(x.x.clone()))).hook(site(SiteKind::MlpOut), hooks);
+        let mlp_in = x.with(x.x.clone()).hook(site(SiteKind::MlpIn), hooks);
+        let mlp_out = x.with(self.mlp.forward(self.ln_2.forward(mlp_in.x))).hook(site(SiteKind::MlpOut), hooks);
         x.with(x.x.clone() + mlp_out.x).hook(site(SiteKind::ResidPost), hooks)
     }
 }

@@ -21,6 +21,9 @@ pub enum SiteKind {
     Z,
     /// Attention probabilities, [batch, head, query_pos, key_pos].
     Pattern,
+    /// What the MLP alone reads (ln_2's input; TransformerLens' `hook_mlp_in`): the residual
+    /// stream resid_mid in a plain run, so not among `ALL`; edge patching writes into it.
+    MlpIn,
 }
 
 impl SiteKind {
@@ -49,6 +52,7 @@ impl SiteKind {
             Self::V => "v",
             Self::Z => "z",
             Self::Pattern => "pattern",
+            Self::MlpIn => "mlp_in",
         }
     }
 

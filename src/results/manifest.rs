@@ -72,6 +72,9 @@ pub struct SiteEntry {
     pub shape: Vec<usize>,
     /// TransformerLens hook patched, `{layer}` standing for the layer.
     pub hook: String,
+    /// The `edge` axis' names (EAP-IG's, in its order), for the edges site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<String>,
 }
 
 /// The check of a finished run against the simplest path (`run --verify`, `patchbay verify`).

@@ -68,6 +68,11 @@ impl Refs {
         (v.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect(), v.shape().to_vec())
     }
 
+    pub fn u8(&self, name: &str) -> (Vec<u8>, Vec<usize>) {
+        let v = self.view(name);
+        (v.data().to_vec(), v.shape().to_vec())
+    }
+
     /// Rows of a [rows, len] int array as token ids.
     pub fn token_rows(&self, name: &str) -> Vec<Vec<u32>> {
         let (v, shape) = self.i32(name);
