@@ -216,20 +216,22 @@ fn paths_match_transformer_lens_on_every_fixture_shape_with_and_without_reuse() 
     check_against_tl(&PATH_SITES, &cpu, configs, "refs.safetensors");
 }
 
-/// Pattern entries and paths together on every other f32 backend (wgpu, fused and not), with
-/// reuse and without, on the seed-pair fixture: one sweep a configuration, as lavapipe compiles
-/// kernels slowly (a pattern_dest_src sweep alone is thousands of rows). The other head sites run
-/// there in `every_direction_and_ablation_matches_transformer_lens`.
+/// The head sites and paths together on every other f32 backend, with reuse and without, on the
+/// seed-pair fixture: one sweep a configuration, as lavapipe compiles kernels slowly (a
+/// pattern_dest_src sweep alone is thousands of rows). Without fusion only pattern entries and
+/// paths: the other head sites run there in `every_direction_and_ablation_matches_transformer_lens`.
 #[test]
 fn head_sites_and_paths_match_transformer_lens_on_every_backend() {
-    let sites: Vec<PatchSite> = [PatchSite::PatternDestSrc].into_iter().chain(PATH_SITES).collect();
-    let others: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != BackendKind::Cpu).map(|s| (s, tiny())).collect();
-    check_against_tl(&sites, &others, |_| &CONFIGS[..2], "refs.safetensors");
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != BackendKind::Cpu) {
+        let heads = if spec.fusion { head_sites() } else { vec![PatchSite::PatternDestSrc] };
+        let sites: Vec<PatchSite> = heads.into_iter().chain(PATH_SITES).collect();
+        check_against_tl(&sites, &[(spec, tiny())], |_| &CONFIGS[..2], "refs.safetensors");
+    }
 }
 
 /// Exact edge patching, every edge of the graph a row, against a PyTorch loop over the edges with HF
 /// forward hooks (tests/fixtures/make_edge_refs.py; its edge names are `Graph`'s): every
-/// configuration on the cpu, with reuse on the other f32 backends.
+/// configuration on the cpu, with reuse on the other f32 backends without fusion (as above).
 #[test]
 fn edges_match_a_pytorch_per_edge_loop() {
     let refs = Refs::load_file(&tiny(), EDGE_REFS);
@@ -237,7 +239,7 @@ fn edges_match_a_pytorch_per_edge_loop() {
     let c = Gpt2Config::from_json_file(&tiny().join("config.json")).unwrap();
     let names: Vec<String> = patchbay::engine::Graph::new(c.n_layer, c.n_head).edges.iter().map(ToString::to_string).collect();
     assert_eq!(String::from_utf8(bytes).unwrap(), names.join("\n"), "the references' edges are the graph's, in its order");
-    let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32).map(|s| (s, tiny())).collect();
+    let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).map(|s| (s, tiny())).collect();
     let configs = |s: &BackendSpec| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { &CONFIGS[..1] };
     check_against_tl(&[PatchSite::Edges], &cases, configs, EDGE_REFS);
 }
@@ -277,13 +279,14 @@ fn edges_between_heads_equal_path_patching() {
 /// Every direction × ablation (tests/fixtures/make_ablation_refs.py: TransformerLens' patching
 /// functions run on the base prompts with the ablation's source in place of the clean cache), on
 /// the sites the IOI work patches: every configuration on the cpu; on the other f32 backends
-/// (lavapipe compiles slowly) TransformerLens' own patching with reuse and without, the others
-/// with reuse and without in turn.
+/// without fusion (lavapipe compiles slowly; fusion is the forward's, tested by the other
+/// tests) TransformerLens' own patching with reuse and without, the others with reuse and
+/// without in turn.
 #[test]
 fn every_direction_and_ablation_matches_transformer_lens() {
     use PatchSite::*;
     let sites = [ResidPre, AttnOut, MlpOut, ZAllPos, ZByPos, QAllPos, QByPos, KAllPos, KByPos, VAllPos, VByPos, PatternAllPos, PatternByPos];
-    let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32).map(|s| (s, tiny())).collect();
+    let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).map(|s| (s, tiny())).collect();
     let mut turn = 0;
     for direction in [Direction::Denoising, Direction::Noising] {
         for ablation in [Ablation::Resample, Ablation::Zero, Ablation::Mean, Ablation::MeanPositional] {
@@ -514,10 +517,10 @@ fn attribution_matches_pytorch_autograd_on_every_backend() {
 
 /// Attribution with every direction × ablation estimates (a_source − a_base) · ∂metric/∂a on the
 /// base run of the direction, against PyTorch autograd (make_attribution_refs.py): every pair in one
-/// pass on the cpu, and noising with means on the other f32 backends.
+/// pass on the cpu, and noising with means on the other f32 backends without fusion.
 #[test]
 fn attribution_with_every_direction_and_ablation_matches_pytorch_autograd() {
-    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32) {
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion) {
         for direction in [Direction::Denoising, Direction::Noising] {
             for ablation in [Ablation::Resample, Ablation::Zero, Ablation::Mean, Ablation::MeanPositional] {
                 if spec.kind != BackendKind::Cpu && (direction, ablation) != (Direction::Noising, Ablation::Mean) {
