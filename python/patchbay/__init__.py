@@ -236,6 +236,17 @@ class Model:
         spec["senders"] = [list(map(int, s)) for s in senders] if senders is not None else None
         return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))
 
+    def edges(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
+              distractor: Optional[str] = None, *, pairs: Any = None, **options: Any) -> "Result":
+        """Exact edge patching (``patchbay edges``): every edge of the circuit graph (``pb.graph``),
+        the sender's clean-minus-corrupted output added to the receiver's input alone.
+        ``result["edges"]`` is [pairs, edges], ``result.edge_names`` its names (EAP-IG's). Takes
+        ``patch``'s keywords but sites and method."""
+        for key in ("sites", "method"):
+            if key in options:
+                raise ValueError(f"edges scores every edge exactly: it takes no {key}=")
+        return self.patch(clean, corrupted, answer, distractor, pairs=pairs, sites=["edges"], **options)
+
     def run(self, config: PathLike, *, progress: Any = True, **options: Any) -> "Result":
         """The CLI's transactional run of a TOML config (``patchbay run CONFIG``); keywords are its
         flags (out="results/ioi", resume=True, overwrite=False, sites="resid_pre", ...) and override
@@ -420,6 +431,11 @@ class Result:
     @property
     def sites(self) -> List[str]:
         return [s["name"] for s in self.manifest["sites"]]
+
+    @property
+    def edge_names(self) -> List[str]:
+        """The names of the edges site's edge axis (EAP-IG's), or [] without one."""
+        return next((s.get("edges", []) for s in self.manifest["sites"] if s["name"] == "edges"), [])
 
     def axes(self, site: str) -> tuple:
         """The axis names of a site's array, e.g. ("pair", "layer", "position")."""

@@ -20,7 +20,7 @@ PAIRS = [{"clean": CLEAN, "corrupted": k, "answer": " Jones", "distractor": " Sm
 
 
 def read_safetensors(path):
-    """name -> numpy array of a .safetensors file (F32 and I32 only)."""
+    """name -> numpy array of a .safetensors file (F32, I32 and U8 only)."""
     raw = pathlib.Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
@@ -29,7 +29,7 @@ def read_safetensors(path):
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = {"F32": "<f4", "I32": "<i4"}[info["dtype"]]
+        dtype = {"F32": "<f4", "I32": "<i4", "U8": "u1"}[info["dtype"]]
         a, b = info["data_offsets"]
         out[name] = np.frombuffer(data[a:b], dtype=dtype).reshape(info["shape"])
     return out

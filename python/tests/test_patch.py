@@ -267,5 +267,17 @@ def test_graph_names_every_edge_as_eap_ig():
     # Each head's q, k, v read the 1 + l·5 writers before its layer; an MLP also its layer's 4 heads; the logits all 16.
     assert len(g["edges"]) == sum(12 * (1 + 5 * l) + 1 + 5 * l + 4 for l in range(3)) + 16 == 262
     assert g["edges"][:2] == ["input->a0.h0<q>", "input->a0.h0<k>"] and g["edges"][-1] == "m2->logits"
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="no-such-model does not exist"):
         pb.graph(str(TINY / "no-such-model"))
+
+
+def test_edges_equal_a_pytorch_per_edge_loop(model):
+    """``Model.edges`` against tests/fixtures/make_edge_refs.py, with the graph's edge names."""
+    from conftest import read_safetensors
+    refs = read_safetensors(TINY / "refs-edges.safetensors")
+    r = model.edges(pairs=PAIRS, progress=False)
+    assert r.axes("edges") == ("pair", "edge")
+    assert r.edge_names == pb.graph(str(TINY))["edges"] == bytes(refs["edge_names"]).decode().split("\n")
+    np.testing.assert_allclose(r["edges"], refs["edges"], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="no sites="):
+        model.edges(pairs=PAIRS, sites=["resid_pre"])
