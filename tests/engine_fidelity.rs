@@ -434,7 +434,9 @@ fn every_metric_matches_hf_logits_and_the_metrics_agree_on_patched_runs() {
             let close = |a: &[patchbay::engine::PairResult], b: &[patchbay::engine::PairResult], f: &dyn Fn(f32) -> f32, how: &str| {
                 for (x, y) in a.iter().zip(b) {
                     for (u, v) in x.sites[0].iter().zip(&y.sites[0]).chain([(&x.corrupted, &y.corrupted)]) {
-                        assert!(u.is_nan() && v.is_nan() || (f(*u) - v).abs() < 1e-5, "{what} reuse={reuse} {how}: {u} vs {v}");
+                        // Relative: a log-softmax over the whole vocabulary near -14 rounds to ~1e-5 in f32
+                        // (fused wgpu on lavapipe: -13.897751 vs -13.897761 with and without reuse).
+                        assert!(u.is_nan() && v.is_nan() || (f(*u) - v).abs() < 1e-5 * (1.0 + v.abs()), "{what} reuse={reuse} {how}: {u} vs {v}");
                     }
                 }
             };
