@@ -295,6 +295,12 @@ fn shards_merge_into_the_unsharded_run() {
     assert!(!ok && log.contains("ablation means differ"), "{log}");
     let (ok, log) = patchbay(&["verify", s(&shard)]);
     assert!(!ok && log.contains("resid_pre.ablation_means.npy does not hold the means the manifest lists"), "{log}");
+    // A manifest that lists no means for a kind its sites read is refused, not run as resample.
+    let mut v: serde_json::Value = serde_json::from_str(&m).unwrap();
+    v["ablation_means"].as_array_mut().unwrap().remove(0);
+    std::fs::write(shard.join("manifest.json"), v.to_string()).unwrap();
+    let (ok, log) = patchbay(&["verify", s(&shard)]);
+    assert!(!ok && log.contains("the mean ablation lists no means of resid_pre (site resid_pre)"), "{log}");
 }
 
 fn sharded_and_merged(dir: &Path, base: &[&str]) {

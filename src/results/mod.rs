@@ -68,5 +68,13 @@ pub fn read_means(dir: &Path, m: &Manifest, unfinished: bool) -> Result<Option<c
         }
         means.kinds.insert(kind, (shape, values));
     }
+    // Every kind the sites read needs its means: a missing one must not fall back to the clean run.
+    for site in &m.sites {
+        for kind in crate::engine::PatchSite::parse(&site.name)?.clean_reads() {
+            if !means.kinds.contains_key(&kind) {
+                anyhow::bail!("{}: the {} ablation lists no means of {} (site {})", dir.join(MANIFEST).display(), m.ablation.name(), kind.name(), site.name);
+            }
+        }
+    }
     Ok(Some(means))
 }
