@@ -317,8 +317,26 @@ fn edges_command_writes_every_edge_named_and_analyze_draws_the_score_matrix() {
     assert!(svg.contains("receiver input") && (svg.contains("a1.h2&lt;k&gt;") || svg.contains("a1.h2<k>")), "the matrix names the receivers' inputs");
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     assert!(csv.contains("\"input->a0.h0<q>\""), "the summary names each edge");
-    for (extra, why) in [(["--sites", "resid_pre"], "takes no --sites"), (["--method", "attribution"], "EAP and EAP-IG")] {
-        let (ok, log) = patchbay(&[&["edges", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("x").to_str().unwrap()][..], &extra[..]].concat());
+    // EAP-IG through the CLI (its default verify recomputes rows pair by pair): the arrays hold the
+    // corrupted baseline plus the estimate (make_eap_refs.py), and compare against the exact run.
+    let ig = dir.join("ig");
+    let (ok, log) = patchbay(&["edges", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--method", "eap-ig", "--ig-steps", "5", "--out", ig.to_str().unwrap()]);
+    assert!(ok && log.contains("estimated by integrated gradients"), "{log}");
+    let (got, _) = read_f32(&ig.join("edges.npy")).unwrap();
+    let (base, _) = read_f32(&ig.join("baseline_corrupted.npy")).unwrap();
+    let estimate: Vec<f32> = got.chunks(names.len()).zip(&base).flat_map(|(row, b)| row.iter().map(move |v| v - b)).collect();
+    let diff = max_abs_diff(&estimate, &Refs::load_file(&tiny, "refs-eap.safetensors").f32("eap_ig5.denoising").0);
+    assert!(diff < 1e-4, "EAP-IG through the CLI differs from PyTorch autograd by {diff}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(ig.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!((m["method"].as_str(), m["ig_steps"].as_u64()), (Some("eap-ig"), Some(5)));
+    let (ok, log) = patchbay(&["analyze", ig.to_str().unwrap(), "--compare", out.to_str().unwrap()]);
+    assert!(ok && log.contains("edges: r = "), "{log}");
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(ig.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(c["methods"], serde_json::json!(["eap-ig", "exact"]));
+    assert_eq!(c["sites"][0]["points"], 3 * names.len());
+    let refusals: [&[&str]; 3] = [&["--sites", "resid_pre"], &["--method", "eap", "--ig-steps", "3"], &["--method", "eap-ig", "--ig-steps", "0"]];
+    for (extra, why) in refusals.into_iter().zip(["takes no --sites", "--ig-steps is an option of --method eap-ig", "--ig-steps must be at least 1"]) {
+        let (ok, log) = patchbay(&[&["edges", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", dir.join("x").to_str().unwrap()][..], extra].concat());
         assert!(!ok && log.contains(why), "{log}");
     }
 }

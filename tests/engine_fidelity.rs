@@ -467,7 +467,7 @@ impl BackendTask for AttributionAgainstTorch {
         let layout = layout(&m.config, &pairs);
         let sites: Vec<PatchSite> = PatchSite::ALL.into_iter().filter(|s| !s.is_path()).collect();
         let (metric, max_pairs, skip) = (self.metric, self.max_pairs, self.skip);
-        let attribution = |patching| -> Box<dyn Patcher + '_> { Box::new(Attribution { model: &m, max_pairs, skip, metric, patching }) };
+        let attribution = |patching| -> Box<dyn Patcher + '_> { Box::new(Attribution { model: &m, max_pairs, skip, metric, patching, ig_steps: None }) };
         let (attribution, _) = patcher(&m, attribution, self.how, &pairs, &sites, &layout);
         let mut runs = Runs::default();
         let results = attribution.run(&pairs, &sites, &layout, &mut |n| {
@@ -533,6 +533,71 @@ fn attribution_with_every_direction_and_ablation_matches_pytorch_autograd() {
                 let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d <= 1e-4)).collect();
                 assert!(bad.is_empty(), "{what}: differs from PyTorch autograd by more than 1e-4: {bad:?}");
             }
+        }
+    }
+}
+
+/// EAP and EAP-IG: every edge's (source − base output of the sender) · gradient at the receiver's
+/// input, plain or averaged over EAP-IG's interpolation points, against PyTorch autograd through
+/// HF forward hooks in float64 (make_eap_refs.py; its noising variants are EAP-IG's own
+/// `get_scores_eap` and `get_scores_eap_ig`). The arrays hold the base run's metric plus the
+/// estimate, as attribution's do.
+struct EapAgainstTorch {
+    ig_steps: Option<usize>,
+    how: How,
+    max_pairs: usize,
+}
+
+impl BackendTask for EapAgainstTorch {
+    type Output = f32;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<f32> {
+        let m = model::<burn::backend::Autodiff<B>>(&tiny(), &device);
+        let pairs = fixture_pairs(&Refs::load(&tiny()));
+        let refs = Refs::load_file(&tiny(), "refs-eap.safetensors");
+        let layout = layout(&m.config, &pairs);
+        let sites = [PatchSite::Edges];
+        let (ig_steps, max_pairs) = (self.ig_steps, self.max_pairs);
+        let eap = |patching| -> Box<dyn Patcher + '_> { Box::new(Attribution { model: &m, max_pairs, skip: true, metric: Metric::LogitDiff, patching, ig_steps }) };
+        let (eap, _) = patcher(&m, eap, self.how, &pairs, &sites, &layout);
+        let results = eap.run(&pairs, &sites, &layout, &mut |_| Ok(()))?;
+        let variant = match self.ig_steps {
+            None => "eap".to_string(),
+            Some(n) => format!("eap_ig{n}"),
+        };
+        let key = match self.how {
+            (d, Ablation::Resample) => format!("{variant}.{}", d.name()),
+            (_, a) => format!("{variant}.{}", a.name()),
+        };
+        let base = |r: &patchbay::engine::PairResult| if self.how.0 == Direction::Noising { r.clean } else { r.corrupted };
+        let got: Vec<f32> = results.iter().flat_map(|r| r.sites[0].iter().map(move |v| v - base(r))).collect();
+        let want = refs.f32(&key).0;
+        assert!(want.iter().any(|v| v.abs() > 1e-2), "{key}: the references are not all zero");
+        Ok(max_abs_diff(&got, &want))
+    }
+}
+
+#[test]
+fn eap_and_eap_ig_match_pytorch_autograd() {
+    let refs = Refs::load_file(&tiny(), "refs-eap.safetensors");
+    let c = Gpt2Config::from_json_file(&tiny().join("config.json")).unwrap();
+    let names: Vec<String> = patchbay::engine::Graph::new(c.n_layer, c.n_head).edges.iter().map(ToString::to_string).collect();
+    assert_eq!(String::from_utf8(refs.u8("edge_names").0).unwrap(), names.join("\n"));
+    let (den, noi) = (Direction::Denoising, Direction::Noising);
+    let cases = [
+        (None, (den, Ablation::Resample), 3),
+        (None, (noi, Ablation::Resample), 2),
+        (None, (den, Ablation::Zero), 1),
+        (Some(5), (den, Ablation::Resample), 3),
+        (Some(5), (noi, Ablation::Resample), 1),
+        (Some(2), (den, Ablation::Resample), 2),
+    ];
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion) {
+        // Elsewhere than on the cpu, EAP-IG's noising (EAP-IG's own computation) alone.
+        for &(ig_steps, how, max_pairs) in cases.iter().filter(|c| spec.kind == BackendKind::Cpu || (c.0, c.1 .0) == (Some(5), noi)) {
+            let what = format!("{spec:?} ig_steps={ig_steps:?} {} {} max_pairs={max_pairs}", how.0.name(), how.1.name());
+            let diff = dispatch(&spec, EapAgainstTorch { ig_steps, how, max_pairs }).unwrap();
+            eprintln!("{what}: max abs difference to PyTorch autograd {diff:.2e}");
+            assert!(diff <= 1e-4, "{what}: differs from PyTorch autograd by {diff:.2e}");
         }
     }
 }

@@ -195,7 +195,8 @@ class Model:
               metric: str = "logit_diff", prepend_bos: bool = False, method: str = "exact",
               direction: str = "denoising", ablation: str = "resample", strict: bool = False, columns: Optional[Mapping[str, str]] = None, max_diff: Optional[int] = None, reuse: bool = True,
               skip: bool = True, max_rows: Optional[int] = None, out: Optional[PathLike] = None, resume: bool = False,
-              overwrite: bool = False, verify: Optional[int] = None, progress: Any = True) -> "Result":
+              overwrite: bool = False, verify: Optional[int] = None, ig_steps: Optional[int] = None,
+              progress: Any = True) -> "Result":
         """Patches every (site, layer, position[, head]) of prompt pairs; the arrays of ``patchbay run``.
 
         Pairs: one (clean=, corrupted=, and answer=/distractor= or neither: then the last token where
@@ -206,7 +207,8 @@ class Model:
 
         sites: TransformerLens' patching sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out;
         z/q/k/v/pattern _all_pos and _by_pos, pattern_dest_src; groups block, heads_all_pos,
-        heads_by_pos). metric: logit_diff, logprob, prob, logprob_diff. method: exact or attribution.
+        heads_by_pos). metric: logit_diff, logprob, prob, logprob_diff. method: exact, attribution or
+        eap-ig (attribution with integrated gradients over the input embeddings, ig_steps points).
         direction: denoising (the corrupted run, patched from the clean one) or noising (the clean
         run, patched from the corrupted one). ablation: what a patch writes: resample (the other
         prompt's activation), zero, mean or mean-positional (means over the source prompts).
@@ -216,6 +218,7 @@ class Model:
         spec = self._spec(_pairs_spec(clean, corrupted, answer, distractor, pairs, columns), metric, prepend_bos, method,
                           strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify)
         spec.update(direction=_choice("direction", direction, DIRECTIONS), ablation=_choice("ablation", ablation, ABLATIONS))
+        spec["ig_steps"] = ig_steps
         spec["sites"] = [sites] if isinstance(sites, str) else list(sites)
         return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))
 
@@ -237,15 +240,25 @@ class Model:
         return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))
 
     def edges(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
-              distractor: Optional[str] = None, *, pairs: Any = None, **options: Any) -> "Result":
-        """Exact edge patching (``patchbay edges``): every edge of the circuit graph (``pb.graph``),
-        the sender's clean-minus-corrupted output added to the receiver's input alone.
+              distractor: Optional[str] = None, *, pairs: Any = None, method: str = "exact",
+              ig_steps: Optional[int] = None, **options: Any) -> "Result":
+        """Edge scores (``patchbay edges``) of every edge of the circuit graph (``pb.graph``).
+        method: exact (the sender's clean-minus-corrupted output added to the receiver's input
+        alone, one patched run per edge), eap (its gradient estimate) or eap-ig (integrated
+        gradients over the input embeddings, ig_steps points, 5 by default).
         ``result["edges"]`` is [pairs, edges], ``result.edge_names`` its names (EAP-IG's). Takes
-        ``patch``'s keywords but sites and method."""
-        for key in ("sites", "method"):
-            if key in options:
-                raise ValueError(f"edges scores every edge exactly: it takes no {key}=")
-        return self.patch(clean, corrupted, answer, distractor, pairs=pairs, sites=["edges"], **options)
+        ``patch``'s other keywords but sites."""
+        if "sites" in options:
+            raise ValueError("edges scores every edge of the graph: it takes no sites=")
+        return self.patch(clean, corrupted, answer, distractor, pairs=pairs, sites=["edges"], **self._edge_method(method, ig_steps),
+                          **options)
+
+    @staticmethod
+    def _edge_method(method: str, ig_steps: Optional[int]) -> Dict[str, Any]:
+        method = _choice("method", method, ("exact", "eap", "eap-ig"))
+        if ig_steps is not None and method != "eap-ig":
+            raise ValueError("ig_steps= is an option of method='eap-ig'")
+        return {"method": method, "ig_steps": ig_steps}
 
     def run(self, config: PathLike, *, progress: Any = True, **options: Any) -> "Result":
         """The CLI's transactional run of a TOML config (``patchbay run CONFIG``); keywords are its

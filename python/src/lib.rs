@@ -178,6 +178,8 @@ struct PatchIn {
     receivers: Option<Vec<String>>,
     senders: Option<Vec<[usize; 2]>>,
     method: Method,
+    #[serde(default)]
+    ig_steps: Option<usize>,
     metric: Metric,
     direction: Direction,
     ablation: Ablation,
@@ -206,6 +208,7 @@ impl PatchIn {
             max_diff: self.max_diff,
             strict: self.strict,
             method: self.method,
+            ig_steps: self.ig_steps,
             verify: self.verify.unwrap_or(if self.out.is_some() { jobs::patch::DEFAULT_VERIFY_ROWS } else { 0 }),
             sweep: jobs::sweep::SweepSpec {
                 sites,

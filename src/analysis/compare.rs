@@ -34,13 +34,6 @@ pub struct Comparison {
     pub sites: Vec<SiteComparison>,
 }
 
-fn method_name(m: &Manifest) -> &'static str {
-    match m.method {
-        Method::Exact => "exact",
-        Method::Attribution => "attribution",
-    }
-}
-
 /// Pearson's r of (x, y) points, in f64; NaN for fewer than two points or no variance.
 pub fn pearson(points: &[(f32, f32)]) -> f64 {
     let n = points.len() as f64;
@@ -81,7 +74,7 @@ pub fn compare(dir: &Path, other: &Path) -> Result<Comparison> {
     }
     let (scale_a, _) = scales(dir, &a)?;
     let (scale_b, _) = scales(other, &b)?;
-    let label = |m: &Manifest, d: &Path| format!("{} ({}), normalized", method_name(m), d.display());
+    let label = |m: &Manifest, d: &Path| format!("{} ({}), normalized", m.method.name(), d.display());
     let mut sites = Vec::new();
     for (sa, sb) in shared {
         let (raw_a, shape) = read_f32(&dir.join(&sa.file))?;

@@ -240,6 +240,7 @@ fn grid(s: &SiteSummary, m: &Manifest, n: usize) -> Grid {
     let what = match m.method {
         crate::engine::Method::Exact => "normalized patching metric",
         crate::engine::Method::Attribution => "attribution patching estimate, normalized",
+        crate::engine::Method::EapIg => "integrated-gradients estimate, normalized",
     };
     let title = format!("{} — {what} ({}, {} ablation), mean over {n} pair(s) — {}", s.name, m.direction.name(), m.ablation.name(), m.model);
     let heads = if has("head") { s.shape[s.axes.iter().position(|a| a == "head").expect("has a head axis")] } else { 1 };

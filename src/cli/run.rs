@@ -66,11 +66,17 @@ pub struct RunArgs {
     /// [default: logit_diff].
     #[arg(long, value_enum)]
     metric: Option<Metric>,
-    /// exact: every patched run computed; attribution: each one's linear estimate (clean −
-    /// corrupted activation) · gradient of the metric on the corrupted run, for every site from
-    /// two forward passes and one backward pass per group of pairs; same arrays [default: exact].
+    /// exact: every patched run computed; attribution (on edges: eap): each one's linear
+    /// estimate (clean − corrupted activation) · gradient of the metric on the corrupted run, for
+    /// every site from two forward passes and one backward pass per group of pairs; eap-ig: that
+    /// gradient averaged over --ig-steps runs with interpolated input embeddings (EAP-IG); same
+    /// arrays [default: exact].
     #[arg(long, value_enum)]
     method: Option<Method>,
+    /// Integrated gradients' steps of --method eap-ig: gradients at the embeddings source +
+    /// (k/N)·(corrupted − source), k = 0..N−1, as EAP-IG evaluates them [default: 5].
+    #[arg(long)]
+    ig_steps: Option<usize>,
     /// denoising: the corrupted run with the source's activation written in (what suffices to
     /// restore the clean behaviour); noising: the clean run with the corrupted run's (or the
     /// ablation's) written in (what the behaviour needs). Same metric, same baselines
@@ -164,6 +170,7 @@ impl RunArgs {
             max_diff: self.max_diff,
             strict: self.strict,
             method: self.method.unwrap_or_default(),
+            ig_steps: self.ig_steps,
             verify: self.verify.unwrap_or(DEFAULT_VERIFY_ROWS),
             sweep: SweepSpec {
                 sites,
@@ -231,9 +238,6 @@ impl EdgesArgs {
         if self.run.sites.is_some() {
             bail!("edges scores every edge of the graph: it takes no --sites");
         }
-        if self.run.method == Some(Method::Attribution) {
-            bail!("edges --method: exact is built (EAP and EAP-IG estimates are not yet)");
-        }
         self.run.plan(Some((vec![PatchSite::Edges], None)))
     }
 }
@@ -259,6 +263,7 @@ pub fn run(plan: RunPlan) -> Result<()> {
     let what = match plan.spec.method {
         Method::Exact => "patched runs computed",
         Method::Attribution => "patched runs estimated by attribution",
+        Method::EapIg => "patched runs estimated by integrated gradients",
     };
     println!(
         "wrote {out}: {} pair(s), {} {what} in {:.2} s ({:.0} runs/s) on {:?}, {} skipped as no-ops; next: patchbay analyze {out}",

@@ -13,12 +13,19 @@
 //! pairs (burn's Autodiff backend), whatever the number of sites: each activation site gets a zero
 //! leaf added to it (`a + δ`), so ∂metric/∂δ is the total derivative at that site with every later
 //! site still on the gradient's path. Same rows, same result layout as the exact engine.
+//!
+//! Edges (EAP, Syed et al. 2023, as hannamw/EAP-IG computes it): an edge u → v's estimate is
+//! (source − corrupted output of u) · ∂metric/∂(v's input), summed over positions and the model
+//! dimension, for every edge from the same passes. Integrated gradients (`ig_steps`, EAP-IG's
+//! default variant, Hanna et al. 2024) average that gradient over runs with interpolated input
+//! embeddings; with noising its points, differences and gradients are EAP-IG's own.
 use super::ablation::Patching;
+use super::graph::{Edge, Node, Qkv};
 use super::metric::Metric;
 use super::plan::{Layout, PatchSite, Row, Runs};
 use super::run::{last_position_metric, PairResult};
 use super::Patcher;
-use crate::backend::float_options;
+use crate::backend::{float_options, matmul};
 use crate::data::TokenizedPair;
 use crate::model::sites::rank4;
 use crate::model::{Cache, Gpt2, Hooks, Site, SiteKind};
@@ -37,12 +44,18 @@ pub struct Attribution<'m, B: AutodiffBackend> {
     pub metric: Metric,
     /// What the patched slices are written from (resample: the clean run).
     pub patching: Patching,
+    /// Integrated gradients (EAP-IG's variant, over the input embeddings): the gradient averaged
+    /// over this many runs whose embeddings step from the source's towards the corrupted run's
+    /// (EAP-IG's points: source + (k/n)·(corrupted − source), k = 0..n−1). None: the corrupted run's.
+    pub ig_steps: Option<usize>,
 }
 
 /// Adds a zero leaf to each wanted activation of a plain forward pass and keeps both: the
-/// activation (corrupted) and the leaf, whose gradient is the metric's derivative there.
+/// activation (corrupted) and the leaf, whose gradient is the metric's derivative there. With
+/// `input`, the embeddings (resid_pre of layer 0) are replaced by it first.
 struct Leaves<B: AutodiffBackend> {
     want: Vec<Site>,
+    input: Option<Tensor<B, 4>>,
     /// Per site, rank 4 as `Cache` stores it: the activation (no graph) and the leaf.
     acts: HashMap<Site, (Tensor<B::InnerBackend, 4>, Tensor<B, 4>)>,
 }
@@ -51,13 +64,20 @@ impl<B: AutodiffBackend> Hooks<B> for Leaves<B> {
     fn hook<const D: usize>(&mut self, site: Site, segment: usize, act: Tensor<B, D>) -> Tensor<B, D> {
         assert_eq!(segment, 0, "attribution runs plain forward passes (one segment)");
         let dims = act.dims();
+        let act = match self.input.take() {
+            Some(input) if site == Site::new(SiteKind::ResidPre, 0) => input.reshape(dims),
+            other => {
+                self.input = other;
+                act
+            }
+        };
         let leaf = Tensor::<B, 4>::zeros(rank4(&dims), float_options::<B>(&act.device())).require_grad();
         self.acts.insert(site, (act.clone().reshape(rank4(&dims)).inner(), leaf.clone()));
         act + leaf.reshape(dims)
     }
 
     fn wants(&self, site: Site) -> bool {
-        self.want.contains(&site)
+        self.want.contains(&site) || (self.input.is_some() && site == Site::new(SiteKind::ResidPre, 0))
     }
 }
 
@@ -79,32 +99,69 @@ impl Terms {
 
 impl<B: AutodiffBackend> Attribution<'_, B> {
     /// Every computed row's estimate on one group of pairs of one length, and the baselines.
-    fn group(&self, pairs: &[TokenizedPair], kinds: &[SiteKind], rows: &[Row]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    fn group(&self, pairs: &[TokenizedPair], sites: &[PatchSite], rows: &[Row]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let m = self.model;
         let layers = m.config.n_layer;
-        let want: Vec<Site> = (0..layers).flat_map(|l| kinds.iter().map(move |&k| Site::new(k, l))).collect();
+        let all = |kinds: &[SiteKind]| -> Vec<Site> { (0..layers).flat_map(|l| kinds.iter().map(move |&k| Site::new(k, l))).collect() };
+        // The overwritten sites' kinds; edges read their senders' outputs and their receivers' gradients.
+        let kinds: Vec<SiteKind> = sites.iter().filter(|s| !s.is_path()).map(|s| s.kind()).collect::<BTreeSet<_>>().into_iter().collect();
+        let edges = sites.contains(&PatchSite::Edges);
+        let mut reads = all(&kinds);
+        let mut want = reads.clone();
+        if edges {
+            reads.extend(all(&PatchSite::Edges.clean_reads()));
+            want.extend(all(&[SiteKind::ResidPre, SiteKind::Z, SiteKind::MlpOut, SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::MlpIn]));
+            want.push(Site::new(SiteKind::ResidPost, layers - 1));
+        }
+        if self.ig_steps.is_some() {
+            reads.push(Site::new(SiteKind::ResidPre, 0));
+            want.push(Site::new(SiteKind::ResidPre, 0));
+        }
         let ids = m.tokens(&pairs.iter().map(|p| vec![p.answer, p.distractor]).collect::<Vec<_>>())?;
-        let mut clean = Cache::new(want.clone());
+        let mut clean = Cache::new(reads);
         let clean_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.clean.clone()).collect();
         let clean_metric = last_position_metric(m, self.metric, true, m.resid_final(m.tokens(&clean_rows)?, &mut clean), ids.clone());
         let source = self.patching.source(&clean);
-        let mut leaves = Leaves { want, acts: HashMap::new() };
         let corrupted_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.corrupted.clone()).collect();
-        let corrupted_metric = last_position_metric(m, self.metric, true, m.resid_final(m.tokens(&corrupted_rows)?, &mut leaves), ids);
-        // Pairs are independent rows of the batch: the gradient of the sum is each pair's own.
-        let grads = corrupted_metric.clone().sum().backward();
+        let corrupted_tokens = m.tokens(&corrupted_rows)?;
+        let mut leaves = Leaves { want: want.clone(), input: None, acts: HashMap::new() };
+        let corrupted_metric = last_position_metric(m, self.metric, true, m.resid_final(corrupted_tokens.clone(), &mut leaves), ids.clone());
+        let inner = |s: Site| source.heads(s).expect("the source holds every site").inner();
+        // ∂metric/∂(each wanted activation), and for edges ∂metric/∂(each receiver's input): on
+        // the corrupted run, or (integrated gradients) the mean over the runs whose input
+        // embeddings are source + (k/n)·(corrupted − source), k < n.
+        let (grads, receivers) = match self.ig_steps {
+            None => self.gradients(&leaves, corrupted_metric.clone(), edges),
+            Some(n) => {
+                let start = Site::new(SiteKind::ResidPre, 0);
+                let (from, to) = (inner(start), leaves.acts[&start].0.clone());
+                let mut sum: Option<Gradients<B>> = None;
+                for k in 0..n {
+                    let point = from.clone() + (to.clone() - from.clone()) * (k as f64 / n as f64);
+                    let mut step = Leaves { want: want.clone(), input: Some(Tensor::from_inner(point)), acts: HashMap::new() };
+                    let metric = last_position_metric(m, self.metric, true, m.resid_final(corrupted_tokens.clone(), &mut step), ids.clone());
+                    let (g, r) = self.gradients(&step, metric, edges);
+                    sum = Some(match sum {
+                        None => (g, r),
+                        Some((mut gs, rs)) => {
+                            for (site, t) in g {
+                                let total = gs.remove(&site).map_or(t.clone(), |s| s + t);
+                                gs.insert(site, total);
+                            }
+                            (gs, rs.zip(r).map(|(a, b)| a + b))
+                        }
+                    });
+                }
+                let (g, r) = sum.expect("at least one step");
+                (g.into_iter().map(|(s, t)| (s, t / n as f64)).collect(), r.map(|t| t / n as f64))
+            }
+        };
         let mut terms: HashMap<SiteKind, Terms> = HashMap::new();
-        for &kind in kinds {
+        for &kind in &kinds {
             let per_layer: Vec<Tensor<B::InnerBackend, 4>> = (0..layers)
                 .map(|l| {
                     let site = Site::new(kind, l);
-                    let (corrupted, leaf) = &leaves.acts[&site];
-                    let delta = source.heads(site).expect("the source holds every site").inner() - corrupted.clone();
-                    // No gradient: the site cannot reach the metric.
-                    match leaf.grad(&grads) {
-                        Some(g) => delta * g,
-                        None => delta.zeros_like(),
-                    }
+                    (inner(site) - leaves.acts[&site].0.clone()) * grads[&site].clone()
                 })
                 .collect();
             // [pairs, layers, ...] in one transfer per kind.
@@ -120,11 +177,120 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
             };
             terms.insert(kind, Terms { values, shape });
         }
+        let edge_terms = receivers.map(|r| self.edge_terms(&leaves, &inner, r)).transpose()?;
         let read = |t: &Tensor<B, 2>| t.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading the metric: {e:?}"));
         let (clean, corrupted) = (read(&clean_metric)?, read(&corrupted_metric)?);
         let len = pairs[0].len();
-        let estimates = rows.iter().map(|r| corrupted[r.pair] + estimate(&terms[&r.site.kind()], r, len) as f32).collect();
+        let estimates = rows
+            .iter()
+            .map(|r| {
+                let term = match (r.edge, &edge_terms) {
+                    (Some(e), Some(t)) => t.at(r.pair, &[sender_index(e.from, m.config.n_head), receiver_index(&e, m.config.n_head, layers)]),
+                    _ => estimate(&terms[&r.site.kind()], r, len),
+                };
+                corrupted[r.pair] + term as f32
+            })
+            .collect();
         Ok((clean, corrupted, estimates))
+    }
+
+    /// ∂metric/∂(each leaf) of one pass, zeros where the site cannot reach the metric; with
+    /// `edges`, also ∂metric/∂(each receiver's input) [pairs, receivers, positions·d] in
+    /// `receiver_index`'s order. A head's q (k, v) input is the residual stream before ln_1 as
+    /// that input alone reads it: its gradient is the q (k, v) site's taken back through the
+    /// head's slice of c_attn and through ln_1 at this pass's residual stream.
+    fn gradients(&self, leaves: &Leaves<B>, metric: Tensor<B, 2>, edges: bool) -> Gradients<B> {
+        // Pairs are independent rows of the batch: the gradient of the sum is each pair's own.
+        let grads = metric.sum().backward();
+        let grads: HashMap<Site, Tensor<B::InnerBackend, 4>> = leaves.acts.iter().map(|(&site, (act, leaf))| (site, leaf.grad(&grads).unwrap_or_else(|| act.zeros_like()))).collect();
+        if !edges {
+            return (grads, None);
+        }
+        let m = self.model;
+        let mut receivers = Vec::with_capacity(m.config.n_layer + 1);
+        for (l, block) in m.blocks.iter().enumerate() {
+            let [b, s, h, dh] = grads[&Site::new(SiteKind::Q, l)].dims();
+            let d = h * dh;
+            // Each head's q, k, v gradient taken back through its slice of c_attn: [b, h, 3, s, d].
+            let w = block.attn.c_attn_w.clone().inner();
+            let back: Vec<Tensor<B::InnerBackend, 4>> = [SiteKind::Q, SiteKind::K, SiteKind::V]
+                .iter()
+                .enumerate()
+                .map(|(i, &kind)| {
+                    let w_t = w.clone().narrow(1, i * d, d).reshape([d, h, dh]).permute([1, 2, 0]).unsqueeze::<4>(); // [1, h, dh, d]
+                    matmul(grads[&Site::new(kind, l)].clone().swap_dims(1, 2), w_t) // [b, h, s, d]
+                })
+                .collect();
+            let back = Tensor::stack::<5>(back, 2).reshape([b, 3 * h, s, d]);
+            let x = leaves.acts[&Site::new(SiteKind::ResidPre, l)].0.clone().reshape([b, 1, s, d]);
+            let ln = &block.ln_1;
+            receivers.push(layer_norm_vjp(x, back, ln.weight().clone().inner(), ln.eps()).reshape([b, 3 * h, s * d]));
+            receivers.push(flat(grads[&Site::new(SiteKind::MlpIn, l)].clone()));
+        }
+        receivers.push(flat(grads[&Site::new(SiteKind::ResidPost, m.config.n_layer - 1)].clone()));
+        (grads, Some(Tensor::cat(receivers, 1)))
+    }
+
+    /// Every (sender, receiver input) pair's (source − corrupted output) · ∂metric/∂input, summed
+    /// over positions and the model dimension: [pairs, senders, receivers] in `sender_index` and
+    /// `receiver_index`'s order. A sender's output: the embeddings, a head's z times its rows of
+    /// W_O, an MLP's output.
+    fn edge_terms(&self, leaves: &Leaves<B>, source: &dyn Fn(Site) -> Tensor<B::InnerBackend, 4>, receivers: Tensor<B::InnerBackend, 3>) -> Result<Terms> {
+        let m = self.model;
+        let (layers, heads) = (m.config.n_layer, m.config.n_head);
+        let delta = |s: Site| source(s) - leaves.acts[&s].0.clone();
+        let mut senders = vec![flat(delta(Site::new(SiteKind::ResidPre, 0)))];
+        for (l, block) in m.blocks.iter().enumerate() {
+            let dz = delta(Site::new(SiteKind::Z, l)); // [b, s, h, dh]
+            let [b, s, h, dh] = dz.dims();
+            let w_o = block.attn.c_proj_w.clone().inner().reshape([1, h, dh, h * dh]);
+            senders.push(matmul(dz.swap_dims(1, 2), w_o).reshape([b, h, s * h * dh])); // [b, h, s, d]
+            senders.push(flat(delta(Site::new(SiteKind::MlpOut, l))));
+        }
+        let t = matmul(Tensor::cat(senders, 1), receivers.swap_dims(1, 2)); // [b, U, V]
+        let dims = t.dims();
+        debug_assert_eq!(dims[1..], [1 + layers * (heads + 1), layers * (3 * heads + 1) + 1]);
+        let values = t.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading edge attribution terms: {e:?}"))?;
+        Ok(Terms { values, shape: dims[1..].to_vec() })
+    }
+}
+
+/// A pass's gradients: per wanted site, and (edges) per receiver input.
+type Gradients<B> = (HashMap<Site, Tensor<<B as AutodiffBackend>::InnerBackend, 4>>, Option<Tensor<<B as AutodiffBackend>::InnerBackend, 3>>);
+
+/// A residual-shaped activation [pairs, s, 1, d] as one sender or receiver: [pairs, 1, s·d].
+fn flat<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, s, _, d] = t.dims();
+    t.reshape([b, 1, s * d])
+}
+
+/// The gradient of a LayerNorm's input `x` [.., d] given its output's `gy` (broadcast against
+/// it): (ĝ − mean ĝ − x̂·mean(ĝ·x̂)) / σ with ĝ = gy ⊙ weight, x̂ = (x − μ)/σ, σ = √(var + eps).
+fn layer_norm_vjp<B: Backend>(x: Tensor<B, 4>, gy: Tensor<B, 4>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 4> {
+    let (var, mean) = x.clone().var_mean_bias(3);
+    let sigma = (var + eps).sqrt();
+    let xhat = (x - mean) / sigma.clone();
+    let g = gy * weight.unsqueeze::<4>();
+    let (g_mean, gx_mean) = (g.clone().mean_dim(3), (g.clone() * xhat.clone()).mean_dim(3));
+    (g - g_mean - xhat * gx_mean) / sigma
+}
+
+/// A sender's row in `edge_terms`: the input, then per layer its heads and its MLP.
+fn sender_index(node: Node, heads: usize) -> usize {
+    match node {
+        Node::Input => 0,
+        Node::Head { layer, head } => 1 + layer * (heads + 1) + head,
+        Node::Mlp(layer) => 1 + layer * (heads + 1) + heads,
+        Node::Logits => unreachable!("the logits send to nothing"),
+    }
+}
+
+/// A receiver input's column in `edge_terms`: per layer each head's q, k, v, then the MLP; last the logits.
+fn receiver_index(edge: &Edge, heads: usize, layers: usize) -> usize {
+    match (edge.to, edge.qkv) {
+        (Node::Head { layer, head }, Some(x)) => layer * (3 * heads + 1) + 3 * head + Qkv::ALL.iter().position(|&q| q == x).unwrap(),
+        (Node::Mlp(layer), _) => layer * (3 * heads + 1) + 3 * heads,
+        _ => layers * (3 * heads + 1),
     }
 }
 
@@ -146,17 +312,16 @@ fn estimate(t: &Terms, r: &Row, len: usize) -> f64 {
 impl<B: AutodiffBackend> Patcher for Attribution<'_, B> {
     fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> Result<()>) -> Result<Vec<PairResult>> {
         ensure!(!pairs.is_empty(), "no pairs to run");
-        if let Some(s) = sites.iter().find(|s| s.is_path()) {
-            bail!("--method attribution estimates overwrites of one activation; {} is a path (use --method exact)", s.name());
+        if let Some(s) = sites.iter().find(|&&s| s.is_path() && s != PatchSite::Edges) {
+            bail!("--method attribution estimates overwrites of one activation or edges; {} is a path (use --method exact)", s.name());
         }
-        let kinds: Vec<SiteKind> = sites.iter().map(|s| s.kind()).collect::<BTreeSet<_>>().into_iter().collect();
         let mut results = Vec::with_capacity(pairs.len());
         for group in pairs.chunks(self.max_pairs.max(1)) {
             let (rows, noops) = layout.batch_rows(group, sites, self.patching.skips(self.skip))?;
             let mut blocks: Vec<Vec<Vec<f32>>> = vec![sites.iter().map(|&s| vec![f32::NAN; layout.per_pair_len(s)]).collect(); group.len()];
             progress(Runs { computed: 0, skipped: noops.len() })?;
             let batch: Vec<Row> = rows.iter().map(|(_, r)| *r).collect();
-            let (clean, corrupted, estimates) = self.group(group, &kinds, &batch)?;
+            let (clean, corrupted, estimates) = self.group(group, sites, &batch)?;
             for (si, r) in noops {
                 blocks[r.pair][si][r.out] = corrupted[r.pair];
             }

@@ -26,9 +26,30 @@ pub enum Method {
     #[default]
     Exact,
     /// The linear estimate of every patched run from two forward passes and one backward pass
-    /// per group of pairs.
+    /// per group of pairs (attribution patching; on edges, EAP).
+    #[value(alias = "eap")]
+    #[serde(alias = "eap")]
     Attribution,
+    /// Attribution with integrated gradients over the input embeddings (EAP-IG's default
+    /// variant): the gradient averaged over `ig_steps` interpolated runs.
+    #[value(name = "eap-ig")]
+    #[serde(rename = "eap-ig")]
+    EapIg,
 }
+
+impl Method {
+    /// The name `--method` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Attribution => "attribution",
+            Self::EapIg => "eap-ig",
+        }
+    }
+}
+
+/// EAP-IG's step count when none is given (`--ig-steps`).
+pub const DEFAULT_IG_STEPS: usize = 5;
 
 /// Computes every row of `sites` for `pairs` (one length): exactly, or by attribution.
 pub trait Patcher {

@@ -22,6 +22,8 @@ pub struct PatchSpec {
     /// A pair failing a check is an error, not skipped.
     pub strict: bool,
     pub method: Method,
+    /// Integrated gradients' steps (`--method eap-ig`; None: `DEFAULT_IG_STEPS`).
+    pub ig_steps: Option<usize>,
     /// Patched runs of a directory run rechecked on the simplest path afterwards (0: none).
     pub verify: usize,
     /// What to patch and how, and where the results go (`out`: the run's directory; a shard's
@@ -49,12 +51,18 @@ pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> R
     if spec.sites.is_empty() {
         bail!("--sites names no site");
     }
-    if patch.method == Method::Attribution {
-        if let Some(s) = spec.sites.iter().find(|s| s.is_path()) {
-            bail!("--method attribution estimates overwrites of one activation, not paths ({}): use --method exact", s.name());
+    match (patch.method, patch.ig_steps) {
+        (Method::EapIg, Some(0)) => bail!("--ig-steps must be at least 1"),
+        (Method::EapIg, _) => {}
+        (_, Some(_)) => bail!("--ig-steps is an option of --method eap-ig"),
+        (_, None) => {}
+    }
+    if patch.method != Method::Exact {
+        if let Some(s) = spec.sites.iter().find(|&&s| s.is_path() && s != PatchSite::Edges) {
+            bail!("--method {} estimates overwrites of one activation or edges, not paths ({}): use --method exact", patch.method.name(), s.name());
         }
         if !spec.reuse {
-            bail!("--no-reuse is an option of --method exact (attribution runs no patched forward passes)");
+            bail!("--no-reuse is an option of --method exact ({} runs no patched forward passes)", patch.method.name());
         }
     }
     if spec.out.is_none() && (spec.resume || spec.overwrite || spec.shard.is_some()) {
@@ -81,7 +89,7 @@ pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> R
     // The whole command, the run and its verification, holds the directory.
     let _lock = out.as_deref().map(crate::results::lock::exclusive).transpose()?;
     let sweep_spec = SweepSpec { out: out.clone(), ..spec.clone() };
-    let task = Sweep { model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: patch.method, progress };
+    let task = Sweep { model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: patch.method, ig_steps: patch.ig_steps, progress };
     let summary = model.with(task)?;
     let verification = match &out {
         Some(dir) if patch.verify > 0 => Some(crate::jobs::verify::verify(dir, patch.verify, None, Some(model))?),
@@ -96,13 +104,14 @@ struct Sweep<'a> {
     skipped: &'a [Skipped],
     spec: &'a SweepSpec,
     method: Method,
+    ig_steps: Option<usize>,
     progress: &'a mut dyn Progress,
 }
 
 impl ModelTask for Sweep<'_> {
     type Output = SweepSummary;
     fn run<B: Backend>(self, on: On<'_, B>) -> Result<SweepSummary> {
-        let model = SweepModel::of(&on, self.method)?;
+        let model = SweepModel::of(&on, self.method, self.ig_steps)?;
         sweep(model, self.model, self.pairs, self.skipped, self.spec, self.progress)
     }
 }

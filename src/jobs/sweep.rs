@@ -19,29 +19,39 @@ use std::path::PathBuf;
 /// over the chosen one.
 pub enum SweepModel<'m, B: Backend> {
     Exact(&'m Gpt2<B>),
-    Attribution(&'m Gpt2<Autodiff<B>>),
+    /// With integrated gradients' step count (EAP-IG).
+    Attribution(&'m Gpt2<Autodiff<B>>, Option<usize>),
 }
 
 impl<'m, B: Backend> SweepModel<'m, B> {
     pub fn config(&self) -> &Gpt2Config {
         match self {
             Self::Exact(m) => &m.config,
-            Self::Attribution(m) => &m.config,
+            Self::Attribution(m, _) => &m.config,
         }
     }
 
     pub fn method(&self) -> Method {
         match self {
             Self::Exact(_) => Method::Exact,
-            Self::Attribution(_) => Method::Attribution,
+            Self::Attribution(_, None) => Method::Attribution,
+            Self::Attribution(_, Some(_)) => Method::EapIg,
         }
     }
 
-    /// The model `method` needs: the plain one, or its Autodiff twin.
-    pub fn of(on: &On<'m, B>, method: Method) -> Result<Self> {
+    pub fn ig_steps(&self) -> Option<usize> {
+        match self {
+            Self::Attribution(_, steps) => *steps,
+            Self::Exact(_) => None,
+        }
+    }
+
+    /// The model `method` needs: the plain one, or its Autodiff twin (EAP-IG: with `ig_steps`).
+    pub fn of(on: &On<'m, B>, method: Method, ig_steps: Option<usize>) -> Result<Self> {
         Ok(match method {
             Method::Exact => Self::Exact(on.model),
-            Method::Attribution => Self::Attribution(on.autodiff()?),
+            Method::Attribution => Self::Attribution(on.autodiff()?, None),
+            Method::EapIg => Self::Attribution(on.autodiff()?, Some(ig_steps.unwrap_or(crate::engine::DEFAULT_IG_STEPS))),
         })
     }
 
@@ -50,7 +60,7 @@ impl<'m, B: Backend> SweepModel<'m, B> {
     pub fn patcher(&self, reuse: bool, skip: bool, metric: Metric, max_rows: usize, direction: Direction, patching: Patching) -> Box<dyn Patcher + 'm> {
         let denoising: Box<dyn Patcher + 'm> = match *self {
             Self::Exact(model) => Box::new(Engine { model, reuse, max_rows, skip, metric, patching }),
-            Self::Attribution(model) => Box::new(Attribution { model, max_pairs: max_rows, skip, metric, patching }),
+            Self::Attribution(model, ig_steps) => Box::new(Attribution { model, max_pairs: max_rows, skip, metric, patching, ig_steps }),
         };
         match direction {
             Direction::Denoising => denoising,
@@ -62,7 +72,7 @@ impl<'m, B: Backend> SweepModel<'m, B> {
     fn means(&self, prompts: &[&[u32]], kinds: &[SiteKind], positional: bool, layout: &Layout, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Means> {
         match self {
             Self::Exact(m) => Means::compute(*m, prompts, kinds, positional, layout, progress),
-            Self::Attribution(m) => Means::compute(*m, prompts, kinds, positional, layout, progress),
+            Self::Attribution(m, _) => Means::compute(*m, prompts, kinds, positional, layout, progress),
         }
     }
 }
@@ -228,7 +238,7 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     let previous = spec.out.as_deref().filter(|_| spec.resume).and_then(results::run_in).map(|m| m.max_rows);
     let max_rows = spec.max_rows.or(previous).unwrap_or_else(|| match model.method() {
         Method::Exact => max_rows_for_budget(c, positions, budget, buffer, !spec.reuse),
-        Method::Attribution => max_pairs_for_budget(c, positions, budget, buffer, spec.metric.needs_vocab()),
+        Method::Attribution | Method::EapIg => max_pairs_for_budget(c, positions, budget, buffer, spec.metric.needs_vocab()),
     });
     let means = match spec.ablation.needs_means() {
         true => Some(std::sync::Arc::new(ablation_means(&model, all, spec, &layout, progress)?)),
@@ -421,6 +431,7 @@ fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[Tokenize
         config: model.config().clone(),
         backend: handle.backend.clone(),
         method: model.method(),
+        ig_steps: model.ig_steps(),
         reuse: spec.reuse,
         skip: spec.skip,
         runs: Runs::default(),

@@ -103,7 +103,7 @@ impl ModelTask for Check {
         // One row per pass without reuse; an attribution run's estimate of one pair alone, its
         // no-op rows estimated too.
         let patching = Patching { ablation: m.ablation, means: results::read_means(&self.dir, m, false)?.map(std::sync::Arc::new) };
-        let patcher = SweepModel::of(&on, m.method)?.patcher(false, false, m.metric_name, 1, m.direction, patching);
+        let patcher = SweepModel::of(&on, m.method, m.ig_steps)?.patcher(false, false, m.metric_name, 1, m.direction, patching);
         let baselines = |pair: TokenizedPair| patcher.run(&[pair], &[], &m.layout, &mut |_| Ok(())).map(|r| (r[0].clean, r[0].corrupted));
         self.check(&|pair, row| patcher.one(pair, row, &m.layout), &baselines)
     }

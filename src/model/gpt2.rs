@@ -64,6 +64,10 @@ impl<B: Backend> LayerNorm<B> {
         &self.weight
     }
 
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     pub fn bias(&self) -> &Tensor<B, 1> {
         &self.bias
     }

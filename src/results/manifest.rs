@@ -154,6 +154,9 @@ pub struct Manifest {
     /// patching's linear estimates of them. Runs written before there was a choice are exact.
     #[serde(default)]
     pub method: Method,
+    /// EAP-IG's step count (`--method eap-ig --ig-steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ig_steps: Option<usize>,
     /// Exact runs only: rows joined at their layer and position from the corrupted run.
     pub reuse: bool,
     /// Provable no-op runs written as the corrupted baseline, not computed (`run --no-skip`
