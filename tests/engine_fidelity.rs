@@ -601,3 +601,65 @@ fn eap_and_eap_ig_match_pytorch_autograd() {
         }
     }
 }
+
+/// Circuits evaluated as EAP-IG's `evaluate_graph` does (the clean run, each edge outside the
+/// circuit ablated): every edge in is the clean run and none the corrupted one (resample); every
+/// edge but one is that edge's exact noising patch, which `edges_match_a_pytorch_per_edge_loop`
+/// checks against PyTorch (the receiver reads the sender's source output instead of its own);
+/// circuits in one batch equal each alone.
+struct CircuitsAgainstEdges(Ablation);
+
+impl BackendTask for CircuitsAgainstEdges {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        use patchbay::engine::CircuitEval;
+        let m = model::<B>(&tiny(), &device);
+        let pairs = fixture_pairs(&Refs::load(&tiny()));
+        let layout = layout(&m.config, &pairs);
+        let edges = patchbay::engine::Graph::new(layout.layers, layout.heads).edges.len();
+        let how = (Direction::Noising, self.0);
+        let engine = |patching| -> Box<dyn Patcher + '_> { Box::new(Engine { model: &m, reuse: true, max_rows: 4096, skip: true, metric: Metric::LogitDiff, patching }) };
+        let (exact, means) = patcher(&m, engine, how, &pairs, &[PatchSite::Edges], &layout);
+        let exact = exact.run(&pairs, &[PatchSite::Edges], &layout, &mut |_| Ok(()))?;
+        let patching = Patching { ablation: self.0, means: means.map(std::sync::Arc::new) };
+        // Every 7th edge left out alone; the whole graph; nothing; and masks of every density.
+        let sample: Vec<usize> = (0..edges).step_by(7).collect();
+        let mut circuits: Vec<Vec<bool>> = sample.iter().map(|&e| (0..edges).map(|i| i != e).collect()).collect();
+        circuits.push(vec![true; edges]);
+        circuits.push(vec![false; edges]);
+        circuits.extend((1..6).map(|k| (0..edges).map(|i| (i * 31 + k) % 6 < k).collect::<Vec<bool>>()));
+        let eval = |max_rows| CircuitEval { model: &m, metric: Metric::LogitDiff, patching: patching.clone(), max_rows };
+        let batched = eval(64).run(&pairs, &circuits, &mut |_| Ok(()))?;
+        let mut worst = 0.0f32;
+        for (k, &e) in sample.iter().enumerate() {
+            for (p, r) in exact.iter().enumerate() {
+                let d = (batched[k][p] - r.sites[0][e]).abs();
+                worst = worst.max(d);
+                assert!(d < 1e-4, "{}: all edges but {e} on pair {p}: {} vs the exact noising patch {}", self.0.name(), batched[k][p], r.sites[0][e]);
+            }
+        }
+        let n = sample.len();
+        for (p, r) in exact.iter().enumerate() {
+            assert!((batched[n][p] - r.clean).abs() < 1e-4, "the whole graph on pair {p}: {} vs clean {}", batched[n][p], r.clean);
+            if self.0 == Ablation::Resample {
+                assert!((batched[n + 1][p] - r.corrupted).abs() < 1e-4, "the empty circuit on pair {p}: {} vs corrupted {}", batched[n + 1][p], r.corrupted);
+            }
+        }
+        for c in n + 1..circuits.len() {
+            let alone = eval(1).run(&pairs, &circuits[c..c + 1], &mut |_| Ok(()))?;
+            assert!(max_abs_diff(&alone[0], &batched[c]) < 1e-5, "circuit {c} alone {:?} vs in a batch {:?}", alone[0], batched[c]);
+        }
+        eprintln!("{}: all-but-one-edge circuits vs exact noising edges: max abs difference {worst:.2e}", self.0.name());
+        Ok(())
+    }
+}
+
+#[test]
+fn circuits_evaluate_as_eap_ig_and_alone_as_in_a_batch() {
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion) {
+        let ablations: &[Ablation] = if spec.kind == BackendKind::Cpu { &[Ablation::Resample, Ablation::Zero, Ablation::Mean] } else { &[Ablation::Resample] };
+        for &a in ablations {
+            dispatch(&spec, CircuitsAgainstEdges(a)).unwrap();
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! (clean − corrupted): clean = 1, corrupted = 0), mean and standard error over pairs, a summary
 //! (JSON and CSV), and a heatmap per site (PNG and SVG); by named position where pairs name them.
 pub mod attribution;
+pub mod circuit;
 pub mod compare;
 pub mod plot;
 

@@ -1,8 +1,10 @@
 //! The patching engine: which patched runs exist (`plan`), running them batched (`run`),
 //! estimating them all at once by attribution patching (`attribution`), what a patch writes into
-//! which run (`ablation`), and the edge graph circuit discovery scores (`graph`).
+//! which run (`ablation`), the edge graph circuit discovery scores (`graph`), and circuits of it
+//! evaluated (`circuit`).
 pub mod ablation;
 pub mod attribution;
+pub mod circuit;
 pub mod graph;
 pub mod metric;
 pub mod plan;
@@ -10,6 +12,7 @@ pub mod run;
 
 pub use ablation::{Ablation, Direction, Means, Noising, Patching};
 pub use attribution::Attribution;
+pub use circuit::CircuitEval;
 pub use graph::{Edge, Graph, Node};
 pub use metric::Metric;
 pub use plan::{Layout, PatchSite, Row, Runs};

@@ -244,7 +244,7 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         linear(self.activation(linear(x, &self.c_fc_w, &self.c_fc_b)), &self.c_proj_w, &self.c_proj_b)
     }
 

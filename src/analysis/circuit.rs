@@ -1,0 +1,276 @@
+//! Circuits: a subset of the edge graph chosen from an edges run's scores, as EAP-IG chooses them
+//! (hannamw/EAP-IG, `Graph.apply_topn`, `apply_threshold`, `apply_greedy`, `prune`), and EAP-IG's
+//! Graph JSON (`Graph.to_json` / `from_json`) to write and read them.
+//!
+//! An edge's score is its mean effect over the run's pairs: the patched (or estimated) metric
+//! minus the run's base metric (the corrupted run's when denoising, the clean run's when noising),
+//! EAP-IG's `score` up to its sign convention (EAP-IG's runs are noising runs).
+use crate::engine::graph::{Edge, Graph, Node};
+use crate::results::{self, read_f32, Manifest};
+use crate::engine::Direction;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::path::Path;
+
+/// How edges are chosen (`patchbay circuit`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Selection {
+    /// The n edges of highest score.
+    TopN(usize),
+    /// Every edge whose score is at least this.
+    Threshold(f32),
+    /// n edges, greedily from the logits backwards: the best edge into a node already in the circuit.
+    Greedy(usize),
+}
+
+/// A set of edges of a graph, with the graph's scores and the nodes the edges connect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Circuit {
+    pub graph: Graph,
+    /// Per edge, in the graph's order.
+    pub scores: Vec<f32>,
+    pub edges: Vec<bool>,
+    /// Per node, in the graph's order (the logits always in).
+    pub nodes: Vec<bool>,
+}
+
+impl Circuit {
+    /// Every edge's mean effect over the pairs of the finished edges run in `dir`.
+    pub fn scores_of_run(dir: &Path) -> Result<(Manifest, Vec<f32>)> {
+        let _lock = results::lock::shared(dir)?;
+        let m = results::open_finished(dir)?;
+        let Some(site) = m.sites.iter().find(|s| s.name == "edges") else {
+            bail!("{} is a run of {}: circuits are chosen from an edges run (`patchbay edges`)", dir.display(), m.sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "));
+        };
+        let (values, shape) = read_f32(&dir.join(&site.file))?;
+        let base_file = match m.direction {
+            Direction::Denoising => &m.baseline_corrupted,
+            Direction::Noising => &m.baseline_clean,
+        };
+        let (base, _) = read_f32(&dir.join(base_file))?;
+        let n = shape[1];
+        let mut scores = vec![0.0f64; n];
+        for (row, b) in values.chunks(n).zip(&base) {
+            for (s, v) in scores.iter_mut().zip(row) {
+                *s += (v - b) as f64;
+            }
+        }
+        let pairs = base.len().max(1) as f64;
+        Ok((m, scores.into_iter().map(|s| (s / pairs) as f32).collect()))
+    }
+
+    /// The circuit `selection` picks from `scores` (by absolute value with `absolute`, EAP-IG's
+    /// default), pruned with `prune` (EAP-IG's default) to the edges that connect the input to the
+    /// logits.
+    pub fn select(graph: Graph, scores: Vec<f32>, selection: Selection, absolute: bool, prune: bool) -> Result<Self> {
+        let total = graph.edges.len();
+        if scores.len() != total {
+            bail!("{} scores for a graph of {total} edges", scores.len());
+        }
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            bail!("edge {} has no finite score ({})", graph.edges[i], scores[i]);
+        }
+        let key = |i: usize| if absolute { scores[i].abs() } else { scores[i] };
+        let mut edges = vec![false; total];
+        match selection {
+            Selection::TopN(n) | Selection::Greedy(n) if n > total => bail!("{n} edges asked for, of a graph of {total}"),
+            Selection::TopN(n) => {
+                let mut order: Vec<usize> = (0..total).collect();
+                order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+                for &i in &order[..n] {
+                    edges[i] = true;
+                }
+            }
+            Selection::Threshold(t) => {
+                for (i, e) in edges.iter_mut().enumerate() {
+                    *e = key(i) >= t;
+                }
+            }
+            Selection::Greedy(n) => {
+                // A frontier of the edges into nodes already in, best first (ties: the graph's order).
+                let into: HashMap<Node, Vec<usize>> = graph.edges.iter().enumerate().fold(HashMap::new(), |mut m, (i, e)| {
+                    m.entry(e.to).or_default().push(i);
+                    m
+                });
+                #[derive(PartialEq, PartialOrd)]
+                struct Best(f32, std::cmp::Reverse<usize>);
+                impl Eq for Best {}
+                impl Ord for Best {
+                    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+                        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+                    }
+                }
+                let mut frontier: BinaryHeap<Best> = into[&Node::Logits].iter().map(|&i| Best(key(i), std::cmp::Reverse(i))).collect();
+                let mut reached = std::collections::HashSet::from([Node::Logits]);
+                for _ in 0..n {
+                    let Some(Best(_, std::cmp::Reverse(i))) = frontier.pop() else { break };
+                    edges[i] = true;
+                    let from = graph.edges[i].from;
+                    if reached.insert(from) {
+                        frontier.extend(into.get(&from).into_iter().flatten().map(|&j| Best(key(j), std::cmp::Reverse(j))));
+                    }
+                }
+            }
+        }
+        let mut c = Self { nodes: vec![false; graph.nodes.len()], graph, scores, edges };
+        c.connect(prune);
+        Ok(c)
+    }
+
+    /// The nodes with an incoming (the input: always) and an outgoing edge in; with `prune`,
+    /// repeatedly also the edges whose ends are both in (EAP-IG's `prune`).
+    fn connect(&mut self, prune: bool) {
+        let index: HashMap<Node, usize> = self.graph.nodes.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        loop {
+            let (mut out, mut inc) = (vec![false; self.nodes.len()], vec![false; self.nodes.len()]);
+            for (e, _) in self.graph.edges.iter().zip(&self.edges).filter(|(_, &on)| on) {
+                out[index[&e.from]] = true;
+                inc[index[&e.to]] = true;
+            }
+            let nodes: Vec<bool> = self.graph.nodes.iter().enumerate().map(|(i, &n)| n == Node::Logits || (out[i] && (inc[i] || n == Node::Input))).collect();
+            let changed = nodes != self.nodes;
+            self.nodes = nodes;
+            if !prune {
+                return;
+            }
+            for (e, on) in self.graph.edges.iter().zip(self.edges.iter_mut()) {
+                *on &= self.nodes[index[&e.from]] && self.nodes[index[&e.to]];
+            }
+            if !changed {
+                return;
+            }
+        }
+    }
+
+    pub fn edge_count(&self) -> usize {
+        self.edges.iter().filter(|&&e| e).count()
+    }
+
+    /// The chosen edges, in the graph's order.
+    pub fn chosen(&self) -> impl Iterator<Item = &Edge> {
+        self.graph.edges.iter().zip(&self.edges).filter(|(_, &on)| on).map(|(e, _)| e)
+    }
+
+    /// EAP-IG's Graph JSON: `cfg` (n_layers, n_heads, parallel_attn_mlp, d_model), `nodes`
+    /// {name: {in_graph}}, `edges` {name: {score, in_graph}}.
+    pub fn to_json(&self, d_model: usize) -> Result<Vec<u8>> {
+        let g = &self.graph;
+        let file = GraphJson {
+            cfg: GraphCfg { n_layers: g.layers, n_heads: g.heads, parallel_attn_mlp: false, d_model },
+            nodes: g.nodes.iter().zip(&self.nodes).map(|(n, &in_graph)| (n.to_string(), NodeJson { in_graph })).collect(),
+            edges: g.edges.iter().zip(&self.scores).zip(&self.edges).map(|((e, &score), &in_graph)| (e.to_string(), EdgeJson { score, in_graph })).collect(),
+        };
+        Ok(serde_json::to_vec(&file)?)
+    }
+
+    /// A circuit from EAP-IG's Graph JSON (`path` names the file in errors): every edge of its
+    /// graph listed, as EAP-IG writes them; node flags follow the edges.
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
+        let file: GraphJson = serde_json::from_slice(bytes).with_context(|| format!("{}: not EAP-IG's Graph JSON (cfg, nodes, edges)", path.display()))?;
+        if file.cfg.parallel_attn_mlp {
+            bail!("{}: a graph with parallel attention and MLP; GPT-2's are sequential", path.display());
+        }
+        let graph = Graph::new(file.cfg.n_layers, file.cfg.n_heads);
+        let mut scores = vec![0.0; graph.edges.len()];
+        let mut edges = vec![false; graph.edges.len()];
+        let index: HashMap<String, usize> = graph.edges.iter().enumerate().map(|(i, e)| (e.to_string(), i)).collect();
+        for (name, e) in &file.edges {
+            let Some(&i) = index.get(name) else {
+                bail!("{}: edge {name:?} is not in the graph of {} layers of {} heads", path.display(), file.cfg.n_layers, file.cfg.n_heads);
+            };
+            scores[i] = e.score;
+            edges[i] = e.in_graph;
+        }
+        if file.edges.len() != graph.edges.len() {
+            let missing = graph.edges.iter().find(|e| !file.edges.contains_key(&e.to_string())).expect("fewer edges listed than the graph has");
+            bail!("{}: edge {missing} is not listed ({} of the graph's {} are)", path.display(), file.edges.len(), graph.edges.len());
+        }
+        let mut c = Self { nodes: vec![false; graph.nodes.len()], graph, scores, edges };
+        c.connect(false);
+        Ok(c)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct GraphJson {
+    cfg: GraphCfg,
+    nodes: BTreeMap<String, NodeJson>,
+    edges: BTreeMap<String, EdgeJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GraphCfg {
+    n_layers: usize,
+    n_heads: usize,
+    #[serde(default)]
+    parallel_attn_mlp: bool,
+    d_model: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeJson {
+    in_graph: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EdgeJson {
+    score: f32,
+    in_graph: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(g: &Graph) -> Vec<f32> {
+        // Distinct, of both signs, in no particular order.
+        (0..g.edges.len()).map(|i| ((i * 7919) % 1009) as f32 / 100.0 * if i % 3 == 0 { -1.0 } else { 1.0 }).collect()
+    }
+
+    #[test]
+    fn top_n_threshold_and_greedy_choose_as_eap_ig_and_the_json_round_trips() {
+        let g = Graph::new(3, 4);
+        let s = scores(&g);
+        let mut by_abs: Vec<f32> = s.iter().map(|v| v.abs()).collect();
+        by_abs.sort_by(|a, b| b.total_cmp(a));
+        // Top-n without pruning: exactly the n largest |scores|.
+        let c = Circuit::select(g.clone(), s.clone(), Selection::TopN(20), true, false).unwrap();
+        assert_eq!(c.edge_count(), 20);
+        assert!(c.chosen().count() == 20 && (0..s.len()).filter(|&i| c.edges[i]).all(|i| s[i].abs() >= by_abs[19]));
+        // A threshold at the 20th |score| is the same set.
+        assert_eq!(Circuit::select(g.clone(), s.clone(), Selection::Threshold(by_abs[19]), true, false).unwrap().edges, c.edges);
+        // Pruned: every edge left lies on a path from the input to the logits.
+        let p = Circuit::select(g.clone(), s.clone(), Selection::TopN(60), true, true).unwrap();
+        let node = |n: Node| p.nodes[g.nodes.iter().position(|&m| m == n).unwrap()];
+        assert!(p.edge_count() <= 60 && p.chosen().all(|e| node(e.from) && node(e.to)));
+        for (i, &n) in g.nodes.iter().enumerate().filter(|(i, _)| p.nodes[*i]) {
+            let out = p.chosen().any(|e| e.from == n);
+            let inc = p.chosen().any(|e| e.to == n);
+            assert!(n == Node::Logits || (out && (inc || n == Node::Input)), "node {i} {n} dangles");
+        }
+        // Greedy: each chosen edge enters the logits or a node an earlier chosen edge left from,
+        // and is the best such edge at its turn.
+        let gr = Circuit::select(g.clone(), s.clone(), Selection::Greedy(25), true, false).unwrap();
+        assert_eq!(gr.edge_count(), 25);
+        let mut reached = vec![Node::Logits];
+        let mut left: Vec<usize> = (0..s.len()).collect();
+        for _ in 0..25 {
+            let best = *left.iter().filter(|&&i| reached.contains(&g.edges[i].to)).max_by(|&&a, &&b| s[a].abs().total_cmp(&s[b].abs()).then(b.cmp(&a))).unwrap();
+            assert!(gr.edges[best], "{} should be chosen", g.edges[best]);
+            left.retain(|&i| i != best);
+            reached.push(g.edges[best].from);
+        }
+        // EAP-IG's JSON, and back.
+        let json = p.to_json(32).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["cfg"], serde_json::json!({"n_layers": 3, "n_heads": 4, "parallel_attn_mlp": false, "d_model": 32}));
+        assert_eq!(v["nodes"]["logits"]["in_graph"], true);
+        assert_eq!(v["edges"]["input->a0.h0<q>"]["score"].as_f64().unwrap() as f32, s[0]);
+        assert_eq!(Circuit::from_json(&json, Path::new("c.json")).unwrap(), p);
+        for bad in [&b"{}"[..], br#"{"cfg": {"n_layers": 1, "n_heads": 1, "d_model": 4}, "nodes": {}, "edges": {"input->m0": {"score": 1, "in_graph": true}}}"#] {
+            assert!(Circuit::from_json(bad, Path::new("c.json")).unwrap_err().to_string().starts_with("c.json: "));
+        }
+        assert!(Circuit::select(g.clone(), s.clone(), Selection::TopN(s.len() + 1), true, true).is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Evaluating circuits (EAP-IG's `evaluate_graph`, MIB's faithfulness): the clean prompt's run in
+//! which every edge outside the circuit is ablated — its receiver's input reads the sender's
+//! source output (the corrupted prompt's, zeros or means: the run's ablation) in place of the
+//! sender's own output in this run — with many circuits, each row of the batch its own edge mask.
+//!
+//! A receiver's input is its residual stream plus Σ over its ablated edges of (source − this
+//! run's output of the sender); a head's q, k and v inputs are apart, each through ln_1 and its
+//! slice of c_attn. Every edge in: the clean run. None: every receiver reads the source run's
+//! residual stream (resample: the corrupted run).
+use super::ablation::Patching;
+use super::graph::{Graph, Node};
+use super::metric::Metric;
+use super::run::last_position_metric;
+use crate::backend::matmul;
+use crate::data::{self, TokenizedPair};
+use crate::model::gpt2::{causal_softmax, mix, scores};
+use crate::model::{Cache, Gpt2, Site, SiteKind};
+use anyhow::{ensure, Result};
+use burn::prelude::*;
+
+pub struct CircuitEval<'m, B: Backend> {
+    pub model: &'m Gpt2<B>,
+    pub metric: Metric,
+    /// What an ablated edge carries (resample: the corrupted prompt's sender output).
+    pub patching: Patching,
+    /// (circuit, pair) rows per forward pass, at most.
+    pub max_rows: usize,
+}
+
+/// The source run's sender outputs of a group of pairs: the embeddings [P, s, d], per layer the
+/// heads' writes [P, H, s, d] and the MLP's output [P, s, d].
+struct Sources<B: Backend> {
+    input: Tensor<B, 3>,
+    heads: Vec<Tensor<B, 4>>,
+    mlps: Vec<Tensor<B, 3>>,
+}
+
+impl<B: Backend> CircuitEval<'_, B> {
+    /// The metric of every circuit (an edge mask in `Graph`'s order) on every pair:
+    /// [circuits][pairs]. `progress` is told how many rows each batch held.
+    pub fn run(&self, pairs: &[TokenizedPair], circuits: &[Vec<bool>], progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<f32>>> {
+        let m = self.model;
+        let (layers, heads) = (m.config.n_layer, m.config.n_head);
+        let graph = Graph::new(layers, heads);
+        ensure!(circuits.iter().all(|c| c.len() == graph.edges.len()), "a circuit masks the graph's {} edges", graph.edges.len());
+        let masks = self.ablated(&graph, circuits);
+        let mut out = vec![vec![f32::NAN; pairs.len()]; circuits.len()];
+        for (_, group) in data::by_length(pairs.iter().map(TokenizedPair::len)) {
+            let group_pairs: Vec<TokenizedPair> = group.iter().map(|&i| pairs[i].clone()).collect();
+            let (clean, sources, ids) = self.sources(&group_pairs)?;
+            let rows: Vec<(usize, usize)> = (0..circuits.len()).flat_map(|c| (0..group.len()).map(move |p| (c, p))).collect();
+            for chunk in rows.chunks(self.max_rows.max(1)) {
+                let metrics = self.rows(chunk, &masks, &clean, &sources, &ids);
+                for (&(c, p), v) in chunk.iter().zip(metrics) {
+                    out[c][group[p]] = v;
+                }
+                progress(chunk.len())?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per circuit, 1 where an edge exists and is ablated: [circuits, senders, receiver inputs]
+    /// (senders: the input, then per layer its heads and MLP; receivers: per layer each head's q,
+    /// k, v, then the MLP; last the logits).
+    fn ablated(&self, graph: &Graph, circuits: &[Vec<bool>]) -> Tensor<B, 3> {
+        let (l, h) = (graph.layers, graph.heads);
+        let (u, v) = (1 + l * (h + 1), l * (3 * h + 1) + 1);
+        let sender = |n: Node| match n {
+            Node::Input => 0,
+            Node::Head { layer, head } => 1 + layer * (h + 1) + head,
+            Node::Mlp(layer) => 1 + layer * (h + 1) + h,
+            Node::Logits => unreachable!("the logits send to nothing"),
+        };
+        let receiver = |e: &super::graph::Edge| match (e.to, e.qkv) {
+            (Node::Head { layer, head }, Some(x)) => layer * (3 * h + 1) + 3 * head + super::graph::Qkv::ALL.iter().position(|&q| q == x).unwrap(),
+            (Node::Mlp(layer), _) => layer * (3 * h + 1) + 3 * h,
+            _ => v - 1,
+        };
+        let mut values = vec![0.0f32; circuits.len() * u * v];
+        for (c, circuit) in circuits.iter().enumerate() {
+            for (e, _) in graph.edges.iter().zip(circuit).filter(|(_, &kept)| !kept) {
+                values[(c * u + sender(e.from)) * v + receiver(e)] = 1.0;
+            }
+        }
+        Tensor::from_data(TensorData::new(values, [circuits.len(), u, v]), crate::backend::float_options::<B>(&self.model.device()))
+    }
+
+    /// The clean embeddings [P, s, d], the source run's sender outputs, and the answer and
+    /// distractor ids [P, 2] of pairs of one length.
+    fn sources(&self, pairs: &[TokenizedPair]) -> Result<(Tensor<B, 3>, Sources<B>, Tensor<B, 2, Int>)> {
+        let m = self.model;
+        let layers = m.config.n_layer;
+        let rows = |f: fn(&TokenizedPair) -> &Vec<u32>| m.tokens(&pairs.iter().map(|p| f(p).clone()).collect::<Vec<_>>());
+        let clean = m.embed(rows(|p| &p.clean)?, 0);
+        let want = (0..layers).flat_map(|l| [Site::new(SiteKind::Z, l), Site::new(SiteKind::MlpOut, l)]).chain([Site::new(SiteKind::ResidPre, 0)]);
+        let mut cache = Cache::new(want);
+        m.resid_final(rows(|p| &p.corrupted)?, &mut cache);
+        let source = self.patching.source(&cache);
+        let sources = Sources {
+            input: source.resid(Site::new(SiteKind::ResidPre, 0)).expect("cached"),
+            heads: (0..layers).map(|l| head_writes(m, l, source.heads(Site::new(SiteKind::Z, l)).expect("cached"))).collect(),
+            mlps: (0..layers).map(|l| source.resid(Site::new(SiteKind::MlpOut, l)).expect("cached")).collect(),
+        };
+        let ids = m.tokens(&pairs.iter().map(|p| vec![p.answer, p.distractor]).collect::<Vec<_>>())?;
+        Ok((clean, sources, ids))
+    }
+
+    /// The metric of each (circuit, pair) row, in one forward pass.
+    fn rows(&self, rows: &[(usize, usize)], masks: &Tensor<B, 3>, clean: &Tensor<B, 3>, src: &Sources<B>, ids: &Tensor<B, 2, Int>) -> Vec<f32> {
+        let m = self.model;
+        let device = m.device();
+        let ints = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &device)
+        };
+        let pairs = ints(rows.iter().map(|&(_, p)| p as i64).collect());
+        let ablated = masks.clone().select(0, ints(rows.iter().map(|&(c, _)| c as i64).collect())); // [R, U, V]
+        let [r, s, d] = [rows.len(), clean.dims()[1], clean.dims()[2]];
+        let h = m.config.n_head;
+        let dh = d / h;
+        let flat = |t: Tensor<B, 3>, k: usize| t.reshape([r, k, s * d]);
+        // Each receiver input's Σ over its ablated edges of the senders' (source − own) outputs,
+        // from `deltas` [R, senders so far, s·d], for receiver columns `cols`: [R, cols, s·d].
+        let ablation = |deltas: &Tensor<B, 3>, first_col: usize, cols: usize| {
+            let senders = deltas.dims()[1];
+            matmul(ablated.clone().narrow(1, 0, senders).narrow(2, first_col, cols).swap_dims(1, 2), deltas.clone())
+        };
+        let mut x = clean.clone().select(0, pairs.clone());
+        let mut deltas = flat(src.input.clone().select(0, pairs.clone()) - x.clone(), 1);
+        for (l, block) in m.blocks.iter().enumerate() {
+            let col = l * (3 * h + 1);
+            // Each head's q, k, v from its own input: [R, 3H, s, d] in (head, q/k/v) order.
+            let inputs = x.clone().unsqueeze_dim::<4>(1) + ablation(&deltas, col, 3 * h).reshape([r, 3 * h, s, d]);
+            let normed = block.ln_1.forward(inputs).reshape([r, h, 3, s, d]);
+            let attn = &block.attn;
+            let project = |i: usize| {
+                let w = attn.c_attn_w.clone().narrow(1, i * d, d).reshape([d, h, dh]).swap_dims(0, 1).unsqueeze::<4>(); // [1, H, d, dh]
+                let b = attn.c_attn_b.clone().narrow(0, i * d, d).reshape([1, h, 1, dh]);
+                matmul(normed.clone().narrow(2, i, 1).reshape([r, h, s, d]), w) + b // [R, H, s, dh]
+            };
+            let z = mix(causal_softmax(scores(project(0), project(1))), project(2)); // [R, s, H, dh]
+            let writes = matmul(z.swap_dims(1, 2), attn.c_proj_w.clone().reshape([1, h, dh, d])); // [R, H, s, d]
+            let attn_out = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.c_proj_b.clone().reshape([1, 1, d]);
+            let mid = x + attn_out;
+            deltas = Tensor::cat(vec![deltas, (src.heads[l].clone().select(0, pairs.clone()) - writes).reshape([r, h, s * d])], 1);
+            let mlp_in = mid.clone() + ablation(&deltas, col + 3 * h, 1).reshape([r, s, d]);
+            let mlp_out = block.mlp.forward(block.ln_2.forward(mlp_in.reshape([r * s, d]))).reshape([r, s, d]);
+            x = mid + mlp_out.clone();
+            deltas = Tensor::cat(vec![deltas, flat(src.mlps[l].clone().select(0, pairs.clone()) - mlp_out, 1)], 1);
+        }
+        let v = ablated.dims()[2];
+        let last = x + ablation(&deltas, v - 1, 1).reshape([r, s, d]);
+        let metric = last_position_metric(m, self.metric, true, last, ids.clone().select(0, pairs));
+        metric.into_data().convert::<f32>().to_vec().expect("f32 metric")
+    }
+}
+
+/// Layer `l`'s heads' writes of `z` [P, s, H, dh] into the residual stream (z times each head's
+/// rows of W_O, no bias): [P, H, s, d].
+fn head_writes<B: Backend>(m: &Gpt2<B>, l: usize, z: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, _, h, dh] = z.dims();
+    matmul(z.swap_dims(1, 2), m.blocks[l].attn.c_proj_w.clone().reshape([1, h, dh, h * dh]))
+}
