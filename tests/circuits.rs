@@ -340,3 +340,72 @@ fn edges_command_writes_every_edge_named_and_analyze_draws_the_score_matrix() {
         assert!(!ok && log.contains(why), "{log}");
     }
 }
+
+/// `patchbay circuit` and `patchbay faithfulness` on an exact edges run: the circuit's scores are
+/// each edge's mean effect, its JSON is EAP-IG's, and the faithfulness curve runs from the empty
+/// circuit (the corrupted run) to the whole graph (the clean run), the areas its trapezoids; a
+/// circuit written by `circuit` evaluates as the same size chosen by `faithfulness`.
+#[test]
+fn circuit_and_faithfulness_commands() {
+    let dir = tmp("faithfulness");
+    let tiny = tiny();
+    let pairs = dir.join("pairs.jsonl");
+    let seed = ["Michelle Smith was a top-notch student. Michelle", "Jessica Jones was a top-notch student. Michelle", "Michelle Smith was a top-notch student. Jessica"];
+    let lines: Vec<String> = seed.iter().map(|c| format!(r#"{{"clean": "Michelle Jones was a top-notch student. Michelle", "corrupted": "{c}", "answer": " Jones", "distractor": " Smith"}}"#)).collect();
+    std::fs::write(&pairs, lines.join("\n")).unwrap();
+    let run = dir.join("run");
+    let (ok, log) = patchbay(&["edges", "--model", tiny.to_str().unwrap(), "--pairs", pairs.to_str().unwrap(), "--out", run.to_str().unwrap(), "--verify", "0"]);
+    assert!(ok, "{log}");
+    let (edges, shape) = read_f32(&run.join("edges.npy")).unwrap();
+    let (corrupted, _) = read_f32(&run.join("baseline_corrupted.npy")).unwrap();
+    let (clean, _) = read_f32(&run.join("baseline_clean.npy")).unwrap();
+    let n = shape[1];
+    let score = |e: usize| (0..3).map(|p| edges[p * n + e] - corrupted[p]).sum::<f32>() / 3.0;
+
+    let (ok, log) = patchbay(&["circuit", run.to_str().unwrap(), "--top-n", "20"]);
+    assert!(ok && log.contains("circuit.json"), "{log}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("circuit.json")).unwrap()).unwrap();
+    let names: Vec<String> = json["edges"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(names.len(), n);
+    let (_, list) = patchbay(&["graph", "--model", tiny.to_str().unwrap(), "--edges"]);
+    for (e, name) in list.lines().enumerate() {
+        let got = json["edges"][name]["score"].as_f64().unwrap() as f32;
+        assert!((got - score(e)).abs() < 1e-5, "{name}: {got} vs {}", score(e));
+    }
+    let kept = json["edges"].as_object().unwrap().values().filter(|e| e["in_graph"] == true).count();
+    assert!(kept > 0 && kept <= 20, "{kept}");
+    assert_eq!(json["nodes"]["logits"]["in_graph"], true);
+    assert!(std::fs::read_to_string(run.join("circuit.svg")).unwrap().contains("logits"));
+    let greedy = dir.join("greedy.json");
+    let (ok, log) = patchbay(&["circuit", run.to_str().unwrap(), "--greedy", "12", "--no-prune", "--out", greedy.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let g: serde_json::Value = serde_json::from_slice(&std::fs::read(&greedy).unwrap()).unwrap();
+    assert_eq!(g["edges"].as_object().unwrap().values().filter(|e| e["in_graph"] == true).count(), 12);
+
+    let (ok, log) = patchbay(&["faithfulness", run.to_str().unwrap(), "--sizes", &format!("0,5,20,{n}"), "--max-rows", "5"]);
+    assert!(ok, "{log}");
+    let f: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("faithfulness.json")).unwrap()).unwrap();
+    let mean = |v: &[f32]| v.iter().sum::<f32>() as f64 / v.len() as f64;
+    assert!((f["whole_graph"].as_f64().unwrap() - mean(&clean)).abs() < 1e-4, "{}", f["whole_graph"]);
+    assert!((f["empty_circuit"].as_f64().unwrap() - mean(&corrupted)).abs() < 1e-4, "{}", f["empty_circuit"]);
+    let curve: Vec<f64> = f["faithfulness"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(curve[0].abs() < 1e-6 && (curve[3] - 1.0).abs() < 1e-5, "{curve:?}");
+    let x: Vec<f64> = [0.0, 5.0, 20.0, n as f64].iter().map(|s| s / n as f64).collect();
+    let area = |g: &dyn Fn(f64) -> f64| (0..3).map(|i| (x[i + 1] - x[i]) * (g(curve[i]) + g(curve[i + 1])) / 2.0).sum::<f64>();
+    assert!((f["cpr"].as_f64().unwrap() - area(&|y| y)).abs() < 1e-9 && (f["cmd"].as_f64().unwrap() - area(&|y| (1.0 - y).abs())).abs() < 1e-9);
+    let (per_pair, shape) = read_f32(&run.join("faithfulness.npy")).unwrap();
+    assert_eq!(shape, [4, 3]);
+    assert!(std::fs::read(run.join("faithfulness.png")).unwrap().starts_with(b"\x89PNG"));
+    // The top-20 circuit written by `circuit`, evaluated from its JSON: the same runs.
+    let out = dir.join("given");
+    let (ok, log) = patchbay(&["faithfulness", run.to_str().unwrap(), "--circuits", run.join("circuit.json").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let (given, _) = read_f32(&out.join("faithfulness.npy")).unwrap();
+    assert!(max_abs_diff(&given, &per_pair[6..9]) < 1e-5, "{given:?} vs {:?}", &per_pair[6..9]);
+    for (args, why) in [(vec!["--sizes", "100000"], "100000 edges asked for"), (vec!["--sizes", "5", "--circuits", "x.json"], "cannot be used with")] {
+        let (ok, log) = patchbay(&[&["faithfulness", run.to_str().unwrap()][..], &args].concat());
+        assert!(!ok && log.contains(why), "{log}");
+    }
+    let (ok, log) = patchbay(&["circuit", dir.to_str().unwrap(), "--top-n", "3"]);
+    assert!(!ok, "{log}");
+}

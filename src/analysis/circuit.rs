@@ -274,3 +274,59 @@ mod tests {
         assert!(Circuit::select(g.clone(), s.clone(), Selection::TopN(s.len() + 1), true, true).is_err());
     }
 }
+
+/// The circuit drawn by layer, the input at the bottom and the logits at the top (a row of heads,
+/// then the MLP, per layer); each chosen edge a line from its sender to its receiver (a head's
+/// q, k and v inputs at the left, middle and right of its box), blue for a positive score, red
+/// for a negative one, as wide as its |score| relative to the largest.
+pub fn svg(c: &Circuit, title: &str) -> String {
+    use std::fmt::Write;
+    let (l, h) = (c.graph.layers, c.graph.heads);
+    let (box_w, box_h, gap_x, gap_y, margin) = (64.0, 22.0, 14.0, 46.0, 30.0);
+    let grid = margin * 2.0 + h as f64 * (box_w + gap_x);
+    let width = grid.max(margin * 2.0 + 8.0 * title.chars().count() as f64);
+    let rows = 2 * l + 2;
+    let height = margin * 2.0 + 30.0 + rows as f64 * (box_h + gap_y);
+    // Row 0 the logits (top), the last row the input.
+    let place = |n: Node| -> (f64, f64) {
+        let (row, col, cols) = match n {
+            Node::Logits => (0, 0, 1),
+            Node::Mlp(layer) => (rows - 2 - 2 * layer - 1, 0, 1),
+            Node::Head { layer, head } => (rows - 2 - 2 * layer, head, h),
+            Node::Input => (rows - 1, 0, 1),
+        };
+        let span = grid - 2.0 * margin;
+        let x = margin + span * (col as f64 + 0.5) / cols as f64 - box_w / 2.0;
+        (x, margin + 30.0 + row as f64 * (box_h + gap_y))
+    };
+    let max = c.scores.iter().zip(&c.edges).filter(|(_, &on)| on).map(|(s, _)| s.abs()).fold(0.0f32, f32::max);
+    let mut s = String::new();
+    let _ = write!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="DejaVu Sans Mono, monospace" font-size="11"><rect width="100%" height="100%" fill="white"/>"#);
+    let _ = write!(s, r#"<text x="{margin}" y="20" font-size="13">{}</text>"#, escape(title));
+    for ((e, &score), _) in c.graph.edges.iter().zip(&c.scores).zip(&c.edges).filter(|(_, &on)| on) {
+        let (fx, fy) = place(e.from);
+        let (tx, ty) = place(e.to);
+        let end = match e.qkv {
+            Some(q) => [0.2, 0.5, 0.8][crate::engine::graph::Qkv::ALL.iter().position(|&x| x == q).unwrap()],
+            None => 0.5,
+        };
+        let w = if max > 0.0 { 0.5 + 3.5 * (score.abs() / max) as f64 } else { 1.0 };
+        let color = if score >= 0.0 { "#1f77b4" } else { "#d62728" };
+        let _ = write!(s, r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{color}" stroke-width="{w:.2}" stroke-opacity="0.7"><title>{} {score:.4}</title></line>"#, fx + box_w / 2.0, fy, tx + box_w * end, ty + box_h, escape(&e.to_string()));
+    }
+    for (&n, _) in c.graph.nodes.iter().zip(&c.nodes).filter(|(_, &on)| on) {
+        let (x, y) = place(n);
+        let fill = match n {
+            Node::Head { .. } => "#e8eef7",
+            Node::Mlp(_) => "#f7efe2",
+            _ => "#eeeeee",
+        };
+        let _ = write!(s, r#"<rect x="{x:.1}" y="{y:.1}" width="{box_w}" height="{box_h}" rx="4" fill="{fill}" stroke="black"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{n}</text>"#, x + box_w / 2.0, y + box_h / 2.0 + 4.0);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}

@@ -1,6 +1,7 @@
 //! The command line: argument parsing and printing over the library. No tensor math here.
 mod attribute;
 mod bench;
+mod circuit;
 mod doctor;
 mod generate;
 mod inspect;
@@ -37,6 +38,12 @@ enum Command {
     /// sweep; edges.npy [pairs, edges], the edge names in the manifest.
     #[command(args_override_self = true)]
     Edges(run::EdgesArgs),
+    /// Choose a circuit from an edges run's scores, as EAP-IG does; write it as EAP-IG's Graph JSON
+    /// (RUN/circuit.json) and draw it (circuit.svg).
+    Circuit(circuit::CircuitArgs),
+    /// The faithfulness curve of an edges run's circuits of growing size: each evaluated with only
+    /// its edges from the clean run (MIB's m(C)), many circuits a batch; CPR and CMD areas.
+    Faithfulness(circuit::FaithfulnessArgs),
     /// Normalize a run's results (clean = 1, corrupted = 0); summary and heatmaps. Of an
     /// `attribute` directory: mean and standard error, line plots and the heads' heatmap.
     Analyze {
@@ -163,6 +170,15 @@ impl BackendArgs {
             dtype: self.dtype.unwrap_or(DType::F32),
             fusion: self.fusion,
         }
+    }
+
+    /// The spec when one was given (else None: the run's own), with the CPU thread count set.
+    pub fn given(&self) -> Result<Option<BackendSpec>> {
+        if let Some(n) = self.threads {
+            crate::backend::set_cpu_threads(n)?;
+        }
+        let given = self.backend.is_some() || self.device.is_some() || self.dtype.is_some() || self.fusion;
+        Ok(given.then(|| self.spec()))
     }
 
     /// The spec, with the CPU thread count set: for work on no model file (`bench`).
@@ -328,6 +344,8 @@ pub fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Circuit(args) => circuit::circuit(args),
+        Command::Faithfulness(args) => circuit::faithfulness(args),
         Command::Bench(args) => bench::bench(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Patterns(args) => patterns::run(args),
@@ -352,11 +370,7 @@ pub fn main() -> Result<()> {
             Ok(())
         }
         Command::Verify { dir, rows, backend } => {
-            let given = backend.backend.is_some() || backend.device.is_some() || backend.dtype.is_some();
-            if let Some(n) = backend.threads {
-                crate::backend::set_cpu_threads(n)?;
-            }
-            let v = crate::jobs::verify::verify(&dir, rows, given.then(|| backend.spec()), None)?;
+            let v = crate::jobs::verify::verify(&dir, rows, backend.given()?, None)?;
             println!(
                 "verified {} patched runs of {} on {:?} {:?}: max |difference| {:.1e}, within the tolerance {:.0e}",
                 v.rows,

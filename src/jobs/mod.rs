@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod circuits;
 pub mod datasets;
+pub mod discovery;
 pub mod doctor;
 pub mod inspect;
 pub mod patch;
@@ -108,6 +109,25 @@ impl Model {
     /// What the user named the model: a hub id or a directory.
     pub fn id(&self) -> &str {
         &self.files.id
+    }
+
+    /// The model the run `m` in `dir` was computed with, on `backend`: `loaded` when it is that
+    /// one there, else loaded into `own`; refused when its files are not the run's (fingerprint).
+    pub fn of_run<'a>(dir: &std::path::Path, m: &crate::results::Manifest, backend: BackendSpec, loaded: Option<&'a Model>, own: &'a mut Option<Model>) -> Result<&'a Model> {
+        let model = match loaded.filter(|l| l.backend == backend && l.id() == m.model) {
+            Some(l) => l,
+            None => own.insert(Model::load(&m.model, backend, None).with_context(|| format!("the model of {}", dir.display()))?),
+        };
+        if !m.weights.is_empty() && model.fingerprint != m.weights {
+            anyhow::bail!(
+                "{} is not the model {} was run with: its files' fingerprint is {}, the run's {} (the weights, config or tokenizer changed)",
+                m.model,
+                dir.display(),
+                model.fingerprint,
+                m.weights
+            );
+        }
+        Ok(model)
     }
 }
 

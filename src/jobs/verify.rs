@@ -9,7 +9,7 @@ use crate::engine::{PatchSite, Patching, Row};
 use super::{Model, ModelTask, On};
 use crate::results::{self, npy, FailedCell, Manifest, Verification};
 use super::sweep::SweepModel;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::prelude::Backend;
 use std::path::{Path, PathBuf};
 
@@ -55,23 +55,8 @@ pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Opt
     let _lock = results::lock::shared(dir)?;
     let mut manifest = results::open_finished(dir)?;
     let spec = BackendSpec { fusion: false, ..backend.unwrap_or_else(|| checker(&manifest.backend)) };
-    let own;
-    let model = match loaded.filter(|m| m.backend == spec && m.id() == manifest.model) {
-        Some(m) => m,
-        None => {
-            own = Model::load(&manifest.model, spec.clone(), None).with_context(|| format!("the model of {}", dir.display()))?;
-            &own
-        }
-    };
-    if !manifest.weights.is_empty() && model.fingerprint != manifest.weights {
-        bail!(
-            "{} is not the model {} was run with: its files' fingerprint is {}, the run's {} (the weights, config or tokenizer changed)",
-            manifest.model,
-            dir.display(),
-            model.fingerprint,
-            manifest.weights
-        );
-    }
+    let mut own = None;
+    let model = Model::of_run(dir, &manifest, spec.clone(), loaded, &mut own)?;
     let mut v = model.with(Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() })?;
     v.failed.splice(0..0, layout_failures(dir, &manifest)?);
     manifest.verify = Some(v.clone());

@@ -1,0 +1,265 @@
+//! Circuit discovery after an edges run (`patchbay edges`): choosing a circuit from its scores
+//! (`circuit`: EAP-IG's top-n, threshold and greedy selections, its Graph JSON, a drawing), and
+//! the faithfulness curve of circuits of growing size (`faithfulness`: every circuit a row of
+//! one batched evaluation, MIB's CPR and CMD areas).
+use super::{Model, ModelTask, On, Progress};
+use crate::analysis::circuit::{self, Circuit, Selection};
+use crate::analysis::plot::{lines_png, lines_svg, Lines};
+use crate::backend::BackendSpec;
+use crate::data::TokenizedPair;
+use crate::engine::{CircuitEval, Graph, Metric, Patching};
+use crate::results::{self, npy, write_atomic, Manifest};
+use anyhow::{bail, Context, Result};
+use burn::prelude::Backend;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// MIB's circuit sizes, as fractions of the graph's edges.
+pub const MIB_FRACTIONS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+
+#[derive(Clone, Debug)]
+pub struct CircuitSpec {
+    /// A finished edges run.
+    pub run: PathBuf,
+    pub selection: Selection,
+    /// Rank edges by |score| (EAP-IG's default), not by signed score.
+    pub absolute: bool,
+    /// Keep only edges on a path from the input to the logits (EAP-IG's default).
+    pub prune: bool,
+    /// The Graph JSON written [default: RUN/circuit.json]; the drawing beside it (.svg).
+    pub out: Option<PathBuf>,
+}
+
+pub struct Chosen {
+    pub circuit: Circuit,
+    pub json: PathBuf,
+    pub svg: PathBuf,
+}
+
+impl Selection {
+    fn describe(self) -> String {
+        match self {
+            Selection::TopN(n) => format!("top {n}"),
+            Selection::Threshold(t) => format!("score ≥ {t}"),
+            Selection::Greedy(n) => format!("greedy {n}"),
+        }
+    }
+}
+
+/// The circuit `spec` picks from the run's edge scores, written as EAP-IG's Graph JSON and drawn.
+pub fn circuit(spec: &CircuitSpec) -> Result<Chosen> {
+    let (m, scores) = Circuit::scores_of_run(&spec.run)?;
+    let c = Circuit::select(Graph::new(m.config.n_layer, m.config.n_head), scores, spec.selection, spec.absolute, spec.prune)?;
+    let json = spec.out.clone().unwrap_or_else(|| spec.run.join("circuit.json"));
+    let svg = json.with_extension("svg");
+    let _lock = results::lock::shared(&spec.run)?;
+    if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    write_atomic(&json, &c.to_json(m.config.n_embd)?)?;
+    let title = format!("{} of {} edges ({}{}) — {} — {}", c.edge_count(), c.graph.edges.len(), spec.selection.describe(), if spec.absolute { ", by |score|" } else { "" }, m.metric, m.model);
+    write_atomic(&svg, circuit::svg(&c, &title).as_bytes())?;
+    Ok(Chosen { circuit: c, json, svg })
+}
+
+#[derive(Clone, Debug)]
+pub struct FaithfulnessSpec {
+    /// A finished edges run: its scores, pairs, metric and ablation.
+    pub run: PathBuf,
+    /// Circuit sizes in edges [default: MIB's, 0.1 % to 100 % of the graph].
+    pub sizes: Option<Vec<usize>>,
+    /// Circuits in EAP-IG's Graph JSON (from `circuit` or EAP-IG's tooling) evaluated instead of
+    /// chosen by size: the curve's points are their edge counts.
+    pub circuits: Vec<PathBuf>,
+    /// EAP-IG's greedy selection instead of the top n.
+    pub greedy: bool,
+    pub absolute: bool,
+    pub prune: bool,
+    /// (circuit, pair) rows per forward pass [default: from the memory budget].
+    pub max_rows: Option<usize>,
+    /// Where to evaluate [default: the run's backend].
+    pub backend: Option<BackendSpec>,
+    /// The directory faithfulness.{json,npy,png,svg} go into [default: the run's].
+    pub out: Option<PathBuf>,
+}
+
+/// A faithfulness curve: per circuit size, the metric with only the circuit's edges from the
+/// clean run (MIB: m(C)), normalized as (m(C) − m(∅)) / (m(N) − m(∅)), m(N) the whole graph's
+/// (the clean run) and m(∅) the empty circuit's (every edge ablated).
+#[derive(Clone, Debug, Serialize)]
+pub struct Faithfulness {
+    pub model: String,
+    pub run: String,
+    pub metric: String,
+    pub ablation: String,
+    pub selection: &'static str,
+    pub absolute: bool,
+    pub prune: bool,
+    /// Edges asked for, ascending.
+    pub sizes: Vec<usize>,
+    /// `sizes` over the graph's edge count: the curve's x (MIB's).
+    pub fractions: Vec<f64>,
+    /// Edges left after pruning.
+    pub edges: Vec<usize>,
+    /// m(C), the mean over pairs.
+    pub metric_mean: Vec<f64>,
+    pub faithfulness: Vec<f64>,
+    /// Standard error of `faithfulness` over pairs (of each pair's m(C) − m(∅), over the span).
+    pub faithfulness_sem: Vec<f64>,
+    pub whole_graph: f64,
+    pub empty_circuit: f64,
+    /// Area under the curve over `fractions` (trapezoids; MIB's circuit performance ratio).
+    pub cpr: f64,
+    /// Area between the curve and 1 (MIB's circuit–model difference).
+    pub cmd: f64,
+    /// [sizes][pairs]: m(C) per pair (faithfulness.npy).
+    #[serde(skip)]
+    pub per_pair: Vec<Vec<f32>>,
+    pub pairs: usize,
+}
+
+/// The faithfulness curve of the run in `spec.run`, on `loaded` where it is the run's model there.
+pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &mut dyn Progress) -> Result<Faithfulness> {
+    let (m, scores) = Circuit::scores_of_run(&spec.run)?;
+    let graph = Graph::new(m.config.n_layer, m.config.n_head);
+    let total = graph.edges.len();
+    let (sizes, circuits): (Vec<usize>, Vec<Circuit>) = if spec.circuits.is_empty() {
+        let mut sizes = spec.sizes.clone().unwrap_or_else(|| MIB_FRACTIONS.iter().map(|f| (f * total as f64) as usize).collect());
+        if sizes.is_empty() {
+            bail!("--sizes names no circuit size");
+        }
+        sizes.sort_unstable();
+        sizes.dedup();
+        let selection = |n| if spec.greedy { Selection::Greedy(n) } else { Selection::TopN(n) };
+        let circuits = sizes.iter().map(|&n| Circuit::select(graph.clone(), scores.clone(), selection(n), spec.absolute, spec.prune).map_err(|e| anyhow::anyhow!("--sizes: {e}"))).collect::<Result<_>>()?;
+        (sizes, circuits)
+    } else {
+        if spec.sizes.is_some() {
+            bail!("give --sizes or --circuits, not both");
+        }
+        let mut read: Vec<Circuit> = Vec::new();
+        for path in &spec.circuits {
+            let c = Circuit::from_json(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?, path)?;
+            if c.graph != graph {
+                bail!("{}: a circuit of a graph of {} layers × {} heads; {} ran a model of {} × {}", path.display(), c.graph.layers, c.graph.heads, spec.run.display(), graph.layers, graph.heads);
+            }
+            read.push(c);
+        }
+        read.sort_by_key(Circuit::edge_count);
+        (read.iter().map(Circuit::edge_count).collect(), read)
+    };
+    let backend = spec.backend.clone().or_else(|| loaded.map(|l| l.backend.clone())).unwrap_or_else(|| m.backend.clone());
+    let mut own = None;
+    let model = Model::of_run(&spec.run, &m, backend, loaded, &mut own)?;
+    let pairs: Vec<TokenizedPair> = m
+        .pairs
+        .iter()
+        .map(|p| TokenizedPair { row: p.row, clean: p.clean_tokens.clone(), corrupted: p.corrupted_tokens.clone(), answer: p.answer.id, distractor: p.distractor.id, positions: p.positions.clone() })
+        .collect();
+    let patching = Patching { ablation: m.ablation, means: results::read_means(&spec.run, &m, false)?.map(std::sync::Arc::new) };
+    // The whole graph and the empty circuit, then the sizes.
+    let mut masks = vec![vec![true; total], vec![false; total]];
+    masks.extend(circuits.iter().map(|c| c.edges.clone()));
+    let positions = pairs.iter().map(TokenizedPair::len).max().unwrap_or(1);
+    let max_rows = spec.max_rows.unwrap_or_else(|| max_rows_for_budget(&m, positions, &model.backend));
+    if max_rows == 0 {
+        bail!("--max-rows must be at least 1");
+    }
+    progress.start((masks.len() * pairs.len()) as u64, "circuit runs");
+    let task = Evaluate { pairs: &pairs, masks: &masks, metric: m.metric_name, patching, max_rows, progress };
+    let metrics = model.with(task)?;
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+    let (whole, empty) = (mean(&metrics[0]), mean(&metrics[1]));
+    let span = whole - empty;
+    let per_pair = metrics[2..].to_vec();
+    let metric_mean: Vec<f64> = per_pair.iter().map(|v| mean(v)).collect();
+    let faithfulness: Vec<f64> = metric_mean.iter().map(|&x| (x - empty) / span).collect();
+    // Over pairs, each pair's circuit metric less its own empty circuit's.
+    let faithfulness_sem = per_pair.iter().map(|v| sem(&v.iter().zip(&metrics[1]).map(|(c, e)| c - e).collect::<Vec<_>>()) / span.abs()).collect();
+    let fractions: Vec<f64> = sizes.iter().map(|&n| n as f64 / total as f64).collect();
+    let area = |f: &dyn Fn(f64) -> f64| fractions.windows(2).zip(faithfulness.windows(2)).map(|(x, y)| (x[1] - x[0]) * (f(y[0]) + f(y[1])) / 2.0).sum::<f64>();
+    let out = Faithfulness {
+        model: m.model.clone(),
+        run: spec.run.display().to_string(),
+        metric: m.metric.clone(),
+        ablation: m.ablation.name().into(),
+        selection: match (spec.circuits.is_empty(), spec.greedy) {
+            (false, _) => "given circuits",
+            (true, true) => "greedy",
+            (true, false) => "top-n",
+        },
+        absolute: spec.absolute,
+        prune: spec.prune,
+        edges: circuits.iter().map(Circuit::edge_count).collect(),
+        cpr: area(&|y| y),
+        cmd: area(&|y| (1.0 - y).abs()),
+        sizes,
+        fractions,
+        metric_mean,
+        faithfulness,
+        faithfulness_sem,
+        whole_graph: whole,
+        empty_circuit: empty,
+        pairs: pairs.len(),
+        per_pair,
+    };
+    write(&out, spec.out.as_deref().unwrap_or(&spec.run), &m)?;
+    Ok(out)
+}
+
+fn sem(v: &[f32]) -> f64 {
+    let n = v.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
+}
+
+/// Rows a pass may hold: per row the senders' differences (the largest tensor) and a block's
+/// working set, under the backend's budget and single-buffer limit.
+fn max_rows_for_budget(m: &Manifest, positions: usize, backend: &BackendSpec) -> usize {
+    let c = &m.config;
+    let senders = 1 + c.n_layer * (c.n_head + 1);
+    let deltas = 4 * positions * c.n_embd * senders;
+    let per_row = 3 * deltas + 4 * positions * (c.n_embd * (9 * c.n_head + 12) + 2 * c.n_inner + 3 * c.n_head * positions);
+    let (budget, buffer) = super::sweep::memory_limits(backend);
+    (budget / per_row).min(buffer / deltas.max(1)).clamp(1, 4096)
+}
+
+fn write(f: &Faithfulness, dir: &Path, m: &Manifest) -> Result<()> {
+    let _lock = results::lock::shared(&PathBuf::from(&f.run))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pairs = f.pairs;
+    let values: Vec<f32> = f.per_pair.iter().flatten().copied().collect();
+    write_atomic(&dir.join("faithfulness.npy"), &npy::encode(&[f.sizes.len(), pairs], &values))?;
+    let lines = Lines {
+        title: format!("faithfulness ({}, {} ablation) — CPR {:.3}, CMD {:.3} — {}", f.selection, f.ablation, f.cpr, f.cmd, m.model),
+        y_title: "(m(circuit) − m(empty)) / (m(whole graph) − m(empty)), by edges kept".into(),
+        labels: f.sizes.iter().zip(&f.edges).map(|(n, e)| if n == e { n.to_string() } else { format!("{n}→{e}") }).collect(),
+        series: vec![("faithfulness".into(), f.faithfulness.iter().map(|&v| v as f32).collect(), f.faithfulness_sem.iter().map(|&v| v as f32).collect())],
+    };
+    write_atomic(&dir.join("faithfulness.svg"), lines_svg(&lines).as_bytes())?;
+    write_atomic(&dir.join("faithfulness.png"), &lines_png(&lines)?)?;
+    write_atomic(&dir.join("faithfulness.json"), &serde_json::to_vec_pretty(f)?)
+}
+
+struct Evaluate<'a> {
+    pairs: &'a [TokenizedPair],
+    masks: &'a [Vec<bool>],
+    metric: Metric,
+    patching: Patching,
+    max_rows: usize,
+    progress: &'a mut dyn Progress,
+}
+
+impl ModelTask for Evaluate<'_> {
+    type Output = Vec<Vec<f32>>;
+    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<Vec<f32>>> {
+        let eval = CircuitEval { model: on.model, metric: self.metric, patching: self.patching, max_rows: self.max_rows };
+        let progress = self.progress;
+        let out = eval.run(self.pairs, self.masks, &mut |n| progress.advance(n as u64))?;
+        progress.finish();
+        Ok(out)
+    }
+}
