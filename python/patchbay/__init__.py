@@ -260,6 +260,24 @@ class Model:
             raise ValueError("ig_steps= is an option of method='eap-ig'")
         return {"method": method, "ig_steps": ig_steps}
 
+    def faithfulness(self, run: PathLike, *, sizes: Optional[Iterable[int]] = None,
+                     circuits: Optional[Iterable[PathLike]] = None, greedy: bool = False, absolute: bool = True,
+                     prune: bool = True, max_rows: Optional[int] = None, out: Optional[PathLike] = None,
+                     progress: Any = True) -> Dict[str, Any]:
+        """The faithfulness curve of an edges run's circuits (``patchbay faithfulness``): each
+        circuit evaluated on the run's pairs with only its edges from the clean run (every other
+        edge ablated as the run ablates), many circuits a batch. sizes: edge counts (default MIB's
+        0.1 % ... 100 % of the graph), chosen as top-n (greedy=True: EAP-IG's greedy); or circuits:
+        EAP-IG Graph JSON files. Returns the curve (``faithfulness``, ``cpr``, ``cmd``, ``sizes``,
+        ``edges``, ...) with ``per_pair``: m(C) [sizes, pairs]. Files go into out (default: run)."""
+        spec = {"run": os.fspath(run), "sizes": None if sizes is None else [int(n) for n in sizes],
+                "circuits": [os.fspath(c) for c in circuits or []], "greedy": bool(greedy), "absolute": bool(absolute),
+                "prune": bool(prune), "max_rows": max_rows, "out": os.fspath(out) if out is not None else None}
+        curve, per_pair = self._native.faithfulness(json.dumps(spec), _progress_callback(progress))
+        curve = json.loads(curve)
+        curve["per_pair"] = np.frombuffer(per_pair, dtype="<f4").reshape(len(curve["sizes"]), curve["pairs"]).copy()
+        return curve
+
     def run(self, config: PathLike, *, progress: Any = True, **options: Any) -> "Result":
         """The CLI's transactional run of a TOML config (``patchbay run CONFIG``); keywords are its
         flags (out="results/ioi", resume=True, overwrite=False, sites="resid_pre", ...) and override
@@ -450,6 +468,17 @@ class Result:
         """The names of the edges site's edge axis (EAP-IG's), or [] without one."""
         return next((s.get("edges", []) for s in self.manifest["sites"] if s["name"] == "edges"), [])
 
+    def circuit(self, *, top_n: Optional[int] = None, threshold: Optional[float] = None, greedy: Optional[int] = None,
+                absolute: bool = True, prune: bool = True, out: Optional[PathLike] = None) -> "Circuit":
+        """A circuit chosen from this edges run's scores (``patchbay circuit``), as EAP-IG chooses:
+        top_n edges, every edge with |score| >= threshold, or greedy= n edges from the logits
+        backwards; written as EAP-IG's Graph JSON (default: circuit.json in the run's directory)."""
+        if self.directory is None:
+            raise ValueError("circuits are chosen from a run in a results directory (patch(..., out=...))")
+        graph, svg, path = _native.circuit(self.directory, top_n, threshold, greedy, bool(absolute), bool(prune),
+                                           os.fspath(out) if out is not None else None)
+        return Circuit(json.loads(graph), svg, path)
+
     def axes(self, site: str) -> tuple:
         """The axis names of a site's array, e.g. ("pair", "layer", "position")."""
         self[site]
@@ -558,6 +587,34 @@ class Perplexity:
 
     def __repr__(self) -> str:
         return f"patchbay.Perplexity({self.perplexity.tolist()})"
+
+
+class Circuit:
+    """A circuit in EAP-IG's Graph JSON (``graph``: cfg, nodes, edges); shown inline as its drawing.
+    ``edges`` lists the chosen edges' names, ``scores`` every edge's score by name."""
+
+    def __init__(self, graph: Dict[str, Any], svg: str, path: str):
+        self.graph = graph
+        self.svg = svg
+        self.path = path
+
+    @property
+    def edges(self) -> List[str]:
+        return [name for name, e in self.graph["edges"].items() if e["in_graph"]]
+
+    @property
+    def nodes(self) -> List[str]:
+        return [name for name, n in self.graph["nodes"].items() if n["in_graph"]]
+
+    @property
+    def scores(self) -> Dict[str, float]:
+        return {name: e["score"] for name, e in self.graph["edges"].items()}
+
+    def __repr__(self) -> str:
+        return f"patchbay.Circuit({len(self.edges)} edges, {len(self.nodes)} nodes, path={self.path!r})"
+
+    def _repr_svg_(self) -> str:
+        return self.svg
 
 
 class Heatmap:

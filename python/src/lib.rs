@@ -347,6 +347,15 @@ impl PyModel {
         self.patched(py, p)
     }
 
+    /// `patchbay faithfulness` from JSON keywords: (the curve as JSON, m(C) per size and pair).
+    #[pyo3(signature = (spec, progress=None))]
+    fn faithfulness<'py>(&self, py: Python<'py>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>)> {
+        let input: FaithfulnessIn = parse(spec, "faithfulness")?;
+        let mut progress = PyProgress::new(progress);
+        let f = job(py, &mut progress, |pr| jobs::discovery::faithfulness(&input.spec(), Some(&self.0), pr))?;
+        Ok((json(&f)?, bytes(py, &f.per_pair.concat())))
+    }
+
     /// `patchbay run`'s arguments (a config file and flags): the CLI's transactional run.
     #[pyo3(signature = (args, progress=None))]
     fn run<'py>(&self, py: Python<'py>, args: Vec<String>, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
@@ -530,6 +539,44 @@ fn graph(py: Python<'_>, model: String) -> PyResult<(Vec<String>, Vec<String>)> 
     Ok((g.nodes.iter().map(ToString::to_string).collect(), g.edges.iter().map(ToString::to_string).collect()))
 }
 
+/// `Model.faithfulness`'s keywords.
+#[derive(Deserialize)]
+struct FaithfulnessIn {
+    run: PathBuf,
+    sizes: Option<Vec<usize>>,
+    circuits: Vec<PathBuf>,
+    greedy: bool,
+    absolute: bool,
+    prune: bool,
+    max_rows: Option<usize>,
+    out: Option<PathBuf>,
+}
+
+impl FaithfulnessIn {
+    fn spec(self) -> jobs::discovery::FaithfulnessSpec {
+        let Self { run, sizes, circuits, greedy, absolute, prune, max_rows, out } = self;
+        jobs::discovery::FaithfulnessSpec { run, sizes, circuits, greedy, absolute, prune, max_rows, backend: None, out }
+    }
+}
+
+/// `patchbay circuit`: the chosen circuit's EAP-IG Graph JSON, its drawing (SVG) and where both went.
+#[pyfunction]
+#[pyo3(signature = (dir, top_n=None, threshold=None, greedy=None, absolute=true, prune=true, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn circuit(py: Python<'_>, dir: PathBuf, top_n: Option<usize>, threshold: Option<f32>, greedy: Option<usize>, absolute: bool, prune: bool, out: Option<PathBuf>) -> PyResult<(String, String, String)> {
+    use patchbay::analysis::circuit::Selection;
+    let selection = match (top_n, threshold, greedy) {
+        (Some(n), None, None) => Selection::TopN(n),
+        (None, Some(t), None) => Selection::Threshold(t),
+        (None, None, Some(n)) => Selection::Greedy(n),
+        _ => return Err(PyValueError::new_err("give one of top_n=, threshold= or greedy=")),
+    };
+    let spec = jobs::discovery::CircuitSpec { run: dir, selection, absolute, prune, out };
+    let c = job(py, &mut PyProgress::new(None), |_| jobs::discovery::circuit(&spec))?;
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())).map_err(to_py);
+    Ok((read(&c.json)?, read(&c.svg)?, c.json.display().to_string()))
+}
+
 #[pyfunction]
 #[pyo3(signature = (dir, rows, backend=None, dtype=None))]
 fn verify(py: Python<'_>, dir: PathBuf, rows: usize, backend: Option<&str>, dtype: Option<&str>) -> PyResult<String> {
@@ -570,6 +617,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(lock_shared, m)?)?;
     m.add_function(wrap_pyfunction!(graph, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(circuit, m)?)?;
     m.add_function(wrap_pyfunction!(normalize, m)?)?;
     m.add_function(wrap_pyfunction!(heatmap, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

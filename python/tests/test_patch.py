@@ -281,3 +281,28 @@ def test_edges_equal_a_pytorch_per_edge_loop(model):
     np.testing.assert_allclose(r["edges"], refs["edges"], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="no sites="):
         model.edges(pairs=PAIRS, sites=["resid_pre"])
+
+
+def test_eap_ig_circuit_and_faithfulness(model, tmp_path):
+    """EAP-IG through ``Model.edges`` against make_eap_refs.py; a circuit of the run
+    (``Result.circuit``) and its faithfulness curve (``Model.faithfulness``): from the empty
+    circuit (0, the corrupted run) to the whole graph (1, the clean run)."""
+    from conftest import read_safetensors
+    refs = read_safetensors(TINY / "refs-eap.safetensors")
+    r = model.edges(pairs=PAIRS, method="eap-ig", ig_steps=5, out=tmp_path / "ig", progress=False)
+    np.testing.assert_allclose(r["edges"] - r.baseline_corrupted[:, None], refs["eap_ig5.denoising"], atol=1e-4, rtol=0)
+    assert r.manifest["method"] == "eap-ig" and r.manifest["ig_steps"] == 5
+    c = r.circuit(top_n=20)
+    assert 0 < len(c.edges) <= 20 and "logits" in c.nodes and c.path.endswith("circuit.json")
+    assert set(c.scores) == set(r.edge_names) and "<svg" in c._repr_svg_()
+    f = model.faithfulness(tmp_path / "ig", sizes=[0, 20, len(r.edge_names)], progress=False)
+    assert f["per_pair"].shape == (3, len(PAIRS))
+    np.testing.assert_allclose(f["whole_graph"], r.baseline_clean.mean(), atol=1e-4)
+    np.testing.assert_allclose(f["empty_circuit"], r.baseline_corrupted.mean(), atol=1e-4)
+    np.testing.assert_allclose([f["faithfulness"][0], f["faithfulness"][2]], [0.0, 1.0], atol=1e-5)
+    given = model.faithfulness(tmp_path / "ig", circuits=[c.path], out=tmp_path / "given", progress=False)
+    np.testing.assert_allclose(given["per_pair"][0], f["per_pair"][1], atol=1e-5)
+    with pytest.raises(ValueError, match="ig_steps= is an option"):
+        model.edges(pairs=PAIRS, method="eap", ig_steps=3)
+    with pytest.raises(ValueError, match="one of top_n="):
+        r.circuit(top_n=3, greedy=3)
