@@ -10,6 +10,8 @@
 #      precision (benches/compare_torch.py), whose second table is
 #   4. the seed pair (1 pair x 11 tokens, warm: the best of --repeat after a warm-up);
 #   5. IOI: IOI_N prompts, configs/ioi.toml's sites, exact, wall time with the model load;
+#   5b. edges: every edge of the graph exactly (32,491 at the gpt2 shape) on 8 of those pairs, then
+#      EAP on them (README, "EAP and EAP-IG, circuits and faithfulness");
 #   6. with time left: the patching fidelity (engine_fidelity) on the same backends.
 # burn's own autotune (tf32, bf16) runs at CUBECL_AUTOTUNE_LEVEL=minimal (coarser shape keys, so
 # fewer tunings) and caches under target/autotune; the exact-f32 tuner checks every kernel it
@@ -37,7 +39,7 @@
 # take, scaled per step below: 60 on cuda, 300 on wgpu), DEADLINE (seconds after which no step
 # starts and a running one is cut: 540 on cuda, so the script ends inside one 10-minute device
 # call; 3600 on wgpu), STEPS (the parts, in
-# order: doctor fidelity sweep ioi engine; a later run takes what an earlier one did not
+# order: doctor fidelity sweep ioi edges engine; a later run takes what an earlier one did not
 # measure), QUICK (non-empty: compare_torch.py --quick, only the rows its ratios come from).
 # Everything printed is also written to OUT/gpu.log.
 set -uo pipefail
@@ -54,7 +56,7 @@ OUT=${OUT:-results/gpu}
 if [ "$BACKEND" = cuda ]; then LIMIT=${LIMIT:-60} DEADLINE=${DEADLINE:-540}; else LIMIT=${LIMIT:-300} DEADLINE=${DEADLINE:-3600}; fi
 # 20 single-byte tokens: inside every vocabulary (the shape fixtures have 512 ids).
 DOCTOR_TEXT=${DOCTOR_TEXT:-'x+y=z,p-q*r/s;t:u!v'}
-STEPS=${STEPS:-doctor fidelity sweep ioi engine}
+STEPS=${STEPS:-doctor fidelity sweep ioi edges engine}
 QUICK=${QUICK:-}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
@@ -153,6 +155,17 @@ ioi() {
       && echo "IOI sweep wall time: $((($(date +%s%N) - start) / 1000000)) ms (model load included)"
     cp "$WORK/ioi/manifest.json" "$OUT/ioi-manifest.json" 2>/dev/null
   fi
+}
+
+edges() {
+  model
+  step "5b. edges: every edge exactly, then EAP, on 8 IOI pairs, $BACKEND f32"
+  [ -s "$WORK/ioi.jsonl" ] || check $((LIMIT / 2)) "$PATCHBAY" ioi --n 8 --seed 0 --model "$MODEL" --out "$WORK/ioi.jsonl"
+  head -n 8 "$WORK/ioi.jsonl" >"$WORK/ioi8.jsonl"
+  for method in exact eap; do
+    check $((LIMIT * 3)) "$PATCHBAY" edges --model "$MODEL" --pairs "$WORK/ioi8.jsonl" --prepend-bos --method "$method" --verify 0 \
+      --backend "$BACKEND" --out "$WORK/edges-$method"
+  done
 }
 
 engine() {
