@@ -93,14 +93,24 @@ impl Circuit {
                     m.entry(e.to).or_default().push(i);
                     m
                 });
-                #[derive(PartialEq, PartialOrd)]
+                // Ordered by total_cmp, so that a NaN score cannot break the heap.
                 struct Best(f32, std::cmp::Reverse<usize>);
-                impl Eq for Best {}
                 impl Ord for Best {
                     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
                         self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
                     }
                 }
+                impl PartialOrd for Best {
+                    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+                        Some(self.cmp(o))
+                    }
+                }
+                impl PartialEq for Best {
+                    fn eq(&self, o: &Self) -> bool {
+                        self.cmp(o).is_eq()
+                    }
+                }
+                impl Eq for Best {}
                 let mut frontier: BinaryHeap<Best> = into[&Node::Logits].iter().map(|&i| Best(key(i), std::cmp::Reverse(i))).collect();
                 let mut reached = std::collections::HashSet::from([Node::Logits]);
                 for _ in 0..n {
@@ -219,62 +229,6 @@ struct EdgeJson {
     in_graph: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scores(g: &Graph) -> Vec<f32> {
-        // Distinct, of both signs, in no particular order.
-        (0..g.edges.len()).map(|i| ((i * 7919) % 1009) as f32 / 100.0 * if i % 3 == 0 { -1.0 } else { 1.0 }).collect()
-    }
-
-    #[test]
-    fn top_n_threshold_and_greedy_choose_as_eap_ig_and_the_json_round_trips() {
-        let g = Graph::new(3, 4);
-        let s = scores(&g);
-        let mut by_abs: Vec<f32> = s.iter().map(|v| v.abs()).collect();
-        by_abs.sort_by(|a, b| b.total_cmp(a));
-        // Top-n without pruning: exactly the n largest |scores|.
-        let c = Circuit::select(g.clone(), s.clone(), Selection::TopN(20), true, false).unwrap();
-        assert_eq!(c.edge_count(), 20);
-        assert!(c.chosen().count() == 20 && (0..s.len()).filter(|&i| c.edges[i]).all(|i| s[i].abs() >= by_abs[19]));
-        // A threshold at the 20th |score| is the same set.
-        assert_eq!(Circuit::select(g.clone(), s.clone(), Selection::Threshold(by_abs[19]), true, false).unwrap().edges, c.edges);
-        // Pruned: every edge left lies on a path from the input to the logits.
-        let p = Circuit::select(g.clone(), s.clone(), Selection::TopN(60), true, true).unwrap();
-        let node = |n: Node| p.nodes[g.nodes.iter().position(|&m| m == n).unwrap()];
-        assert!(p.edge_count() <= 60 && p.chosen().all(|e| node(e.from) && node(e.to)));
-        for (i, &n) in g.nodes.iter().enumerate().filter(|(i, _)| p.nodes[*i]) {
-            let out = p.chosen().any(|e| e.from == n);
-            let inc = p.chosen().any(|e| e.to == n);
-            assert!(n == Node::Logits || (out && (inc || n == Node::Input)), "node {i} {n} dangles");
-        }
-        // Greedy: each chosen edge enters the logits or a node an earlier chosen edge left from,
-        // and is the best such edge at its turn.
-        let gr = Circuit::select(g.clone(), s.clone(), Selection::Greedy(25), true, false).unwrap();
-        assert_eq!(gr.edge_count(), 25);
-        let mut reached = vec![Node::Logits];
-        let mut left: Vec<usize> = (0..s.len()).collect();
-        for _ in 0..25 {
-            let best = *left.iter().filter(|&&i| reached.contains(&g.edges[i].to)).max_by(|&&a, &&b| s[a].abs().total_cmp(&s[b].abs()).then(b.cmp(&a))).unwrap();
-            assert!(gr.edges[best], "{} should be chosen", g.edges[best]);
-            left.retain(|&i| i != best);
-            reached.push(g.edges[best].from);
-        }
-        // EAP-IG's JSON, and back.
-        let json = p.to_json(32).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(v["cfg"], serde_json::json!({"n_layers": 3, "n_heads": 4, "parallel_attn_mlp": false, "d_model": 32}));
-        assert_eq!(v["nodes"]["logits"]["in_graph"], true);
-        assert_eq!(v["edges"]["input->a0.h0<q>"]["score"].as_f64().unwrap() as f32, s[0]);
-        assert_eq!(Circuit::from_json(&json, Path::new("c.json")).unwrap(), p);
-        for bad in [&b"{}"[..], br#"{"cfg": {"n_layers": 1, "n_heads": 1, "d_model": 4}, "nodes": {}, "edges": {"input->m0": {"score": 1, "in_graph": true}}}"#] {
-            assert!(Circuit::from_json(bad, Path::new("c.json")).unwrap_err().to_string().starts_with("c.json: "));
-        }
-        assert!(Circuit::select(g.clone(), s.clone(), Selection::TopN(s.len() + 1), true, true).is_err());
-    }
-}
-
 /// The circuit drawn by layer, the input at the bottom and the logits at the top (a row of heads,
 /// then the MLP, per layer); each chosen edge a line from its sender to its receiver (a head's
 /// q, k and v inputs at the left, middle and right of its box), blue for a positive score, red
@@ -329,4 +283,60 @@ pub fn svg(c: &Circuit, title: &str) -> String {
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(g: &Graph) -> Vec<f32> {
+        // Distinct, of both signs, in no particular order.
+        (0..g.edges.len()).map(|i| ((i * 7919) % 1009) as f32 / 100.0 * if i % 3 == 0 { -1.0 } else { 1.0 }).collect()
+    }
+
+    #[test]
+    fn top_n_threshold_and_greedy_choose_as_eap_ig_and_the_json_round_trips() {
+        let g = Graph::new(3, 4);
+        let s = scores(&g);
+        let mut by_abs: Vec<f32> = s.iter().map(|v| v.abs()).collect();
+        by_abs.sort_by(|a, b| b.total_cmp(a));
+        // Top-n without pruning: exactly the n largest |scores|.
+        let c = Circuit::select(g.clone(), s.clone(), Selection::TopN(20), true, false).unwrap();
+        assert_eq!(c.edge_count(), 20);
+        assert!(c.chosen().count() == 20 && (0..s.len()).filter(|&i| c.edges[i]).all(|i| s[i].abs() >= by_abs[19]));
+        // A threshold at the 20th |score| is the same set.
+        assert_eq!(Circuit::select(g.clone(), s.clone(), Selection::Threshold(by_abs[19]), true, false).unwrap().edges, c.edges);
+        // Pruned: every edge left lies on a path from the input to the logits.
+        let p = Circuit::select(g.clone(), s.clone(), Selection::TopN(60), true, true).unwrap();
+        let node = |n: Node| p.nodes[g.nodes.iter().position(|&m| m == n).unwrap()];
+        assert!(p.edge_count() <= 60 && p.chosen().all(|e| node(e.from) && node(e.to)));
+        for (i, &n) in g.nodes.iter().enumerate().filter(|(i, _)| p.nodes[*i]) {
+            let out = p.chosen().any(|e| e.from == n);
+            let inc = p.chosen().any(|e| e.to == n);
+            assert!(n == Node::Logits || (out && (inc || n == Node::Input)), "node {i} {n} dangles");
+        }
+        // Greedy: each chosen edge enters the logits or a node an earlier chosen edge left from,
+        // and is the best such edge at its turn.
+        let gr = Circuit::select(g.clone(), s.clone(), Selection::Greedy(25), true, false).unwrap();
+        assert_eq!(gr.edge_count(), 25);
+        let mut reached = vec![Node::Logits];
+        let mut left: Vec<usize> = (0..s.len()).collect();
+        for _ in 0..25 {
+            let best = *left.iter().filter(|&&i| reached.contains(&g.edges[i].to)).max_by(|&&a, &&b| s[a].abs().total_cmp(&s[b].abs()).then(b.cmp(&a))).unwrap();
+            assert!(gr.edges[best], "{} should be chosen", g.edges[best]);
+            left.retain(|&i| i != best);
+            reached.push(g.edges[best].from);
+        }
+        // EAP-IG's JSON, and back.
+        let json = p.to_json(32).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["cfg"], serde_json::json!({"n_layers": 3, "n_heads": 4, "parallel_attn_mlp": false, "d_model": 32}));
+        assert_eq!(v["nodes"]["logits"]["in_graph"], true);
+        assert_eq!(v["edges"]["input->a0.h0<q>"]["score"].as_f64().unwrap() as f32, s[0]);
+        assert_eq!(Circuit::from_json(&json, Path::new("c.json")).unwrap(), p);
+        for bad in [&b"{}"[..], br#"{"cfg": {"n_layers": 1, "n_heads": 1, "d_model": 4}, "nodes": {}, "edges": {"input->m0": {"score": 1, "in_graph": true}}}"#] {
+            assert!(Circuit::from_json(bad, Path::new("c.json")).unwrap_err().to_string().starts_with("c.json: "));
+        }
+        assert!(Circuit::select(g.clone(), s.clone(), Selection::TopN(s.len() + 1), true, true).is_err());
+    }
 }
