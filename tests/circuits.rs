@@ -396,13 +396,19 @@ fn circuit_and_faithfulness_commands() {
     let (per_pair, shape) = read_f32(&run.join("faithfulness.npy")).unwrap();
     assert_eq!(shape, [4, 3]);
     assert!(std::fs::read(run.join("faithfulness.png")).unwrap().starts_with(b"\x89PNG"));
+    // Drawn: the smallest circuit reaching --draw-at (0.8 by default), its JSON the circuit's.
+    let drawn = curve.iter().position(|&v| v >= 0.8).unwrap();
+    assert_eq!((f["drawn"]["index"].as_u64(), f["drawn"]["reached"].as_bool()), (Some(drawn as u64), Some(true)), "{}", f["drawn"]);
+    let d: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("faithfulness_circuit.json")).unwrap()).unwrap();
+    assert_eq!(d["edges"].as_object().unwrap().values().filter(|e| e["in_graph"] == true).count() as u64, f["edges"][drawn].as_u64().unwrap());
+    assert!(std::fs::read_to_string(run.join("faithfulness_circuit.svg")).unwrap().contains("logits"));
     // The top-20 circuit written by `circuit`, evaluated from its JSON: the same runs.
     let out = dir.join("given");
     let (ok, log) = patchbay(&["faithfulness", run.to_str().unwrap(), "--circuits", run.join("circuit.json").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(ok, "{log}");
     let (given, _) = read_f32(&out.join("faithfulness.npy")).unwrap();
     assert!(max_abs_diff(&given, &per_pair[6..9]) < 1e-5, "{given:?} vs {:?}", &per_pair[6..9]);
-    for (args, why) in [(vec!["--sizes", "100000"], "100000 edges asked for"), (vec!["--sizes", "5", "--circuits", "x.json"], "cannot be used with")] {
+    for (args, why) in [(vec!["--sizes", "100000"], "100000 edges asked for"), (vec!["--sizes", "5", "--circuits", "x.json"], "cannot be used with"), (vec!["--draw-at", "nan"], "--draw-at must be a number")] {
         let (ok, log) = patchbay(&[&["faithfulness", run.to_str().unwrap()][..], &args].concat());
         assert!(!ok && log.contains(why), "{log}");
     }

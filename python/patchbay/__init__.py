@@ -16,6 +16,7 @@ FileNotFoundError, KeyboardInterrupt) with the CLI's one-line message.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -262,17 +263,22 @@ class Model:
 
     def faithfulness(self, run: PathLike, *, sizes: Optional[Iterable[int]] = None,
                      circuits: Optional[Iterable[PathLike]] = None, greedy: bool = False, absolute: bool = True,
-                     prune: bool = True, max_rows: Optional[int] = None, out: Optional[PathLike] = None,
-                     progress: Any = True) -> Dict[str, Any]:
+                     prune: bool = True, max_rows: Optional[int] = None, draw_at: float = 0.8,
+                     out: Optional[PathLike] = None, progress: Any = True) -> Dict[str, Any]:
         """The faithfulness curve of an edges run's circuits (``patchbay faithfulness``): each
         circuit evaluated on the run's pairs with only its edges from the clean run (every other
         edge ablated as the run ablates), many circuits a batch. sizes: edge counts (default MIB's
         0.1 % ... 100 % of the graph), chosen as top-n (greedy=True: EAP-IG's greedy); or circuits:
         EAP-IG Graph JSON files. Returns the curve (``faithfulness``, ``cpr``, ``cmd``, ``sizes``,
-        ``edges``, ...) with ``per_pair``: m(C) [sizes, pairs]. Files go into out (default: run)."""
+        ``edges``, ...) with ``per_pair``: m(C) [sizes, pairs], and ``drawn``: the circuit written
+        as faithfulness_circuit.{json,svg}, the smallest whose faithfulness reaches draw_at (else
+        the most faithful). Files go into out (default: run)."""
+        draw_at = float(draw_at)
+        if not math.isfinite(draw_at):
+            raise ValueError(f"draw_at= must be a number, not {draw_at}")
         spec = {"run": os.fspath(run), "sizes": None if sizes is None else [int(n) for n in sizes],
                 "circuits": [os.fspath(c) for c in circuits or []], "greedy": bool(greedy), "absolute": bool(absolute),
-                "prune": bool(prune), "max_rows": max_rows, "out": os.fspath(out) if out is not None else None}
+                "prune": bool(prune), "max_rows": max_rows, "draw_at": draw_at, "out": os.fspath(out) if out is not None else None}
         curve, per_pair = self._native.faithfulness(json.dumps(spec), _progress_callback(progress))
         curve = json.loads(curve)
         curve["per_pair"] = np.frombuffer(per_pair, dtype="<f4").reshape(len(curve["sizes"]), curve["pairs"]).copy()

@@ -549,13 +549,14 @@ struct FaithfulnessIn {
     absolute: bool,
     prune: bool,
     max_rows: Option<usize>,
+    draw_at: f64,
     out: Option<PathBuf>,
 }
 
 impl FaithfulnessIn {
     fn spec(self) -> jobs::discovery::FaithfulnessSpec {
-        let Self { run, sizes, circuits, greedy, absolute, prune, max_rows, out } = self;
-        jobs::discovery::FaithfulnessSpec { run, sizes, circuits, greedy, absolute, prune, max_rows, backend: None, out }
+        let Self { run, sizes, circuits, greedy, absolute, prune, max_rows, draw_at, out } = self;
+        jobs::discovery::FaithfulnessSpec { run, sizes, circuits, greedy, absolute, prune, max_rows, backend: None, draw_at, out }
     }
 }
 

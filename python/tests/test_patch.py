@@ -300,8 +300,11 @@ def test_eap_ig_circuit_and_faithfulness(model, tmp_path):
     np.testing.assert_allclose(f["whole_graph"], r.baseline_clean.mean(), atol=1e-4)
     np.testing.assert_allclose(f["empty_circuit"], r.baseline_corrupted.mean(), atol=1e-4)
     np.testing.assert_allclose([f["faithfulness"][0], f["faithfulness"][2]], [0.0, 1.0], atol=1e-5)
-    given = model.faithfulness(tmp_path / "ig", circuits=[c.path], out=tmp_path / "given", progress=False)
+    given = model.faithfulness(tmp_path / "ig", circuits=[c.path], out=tmp_path / "given", draw_at=2.0, progress=False)
     np.testing.assert_allclose(given["per_pair"][0], f["per_pair"][1], atol=1e-5)
+    # No circuit reaches a faithfulness of 2: the most faithful (the only one) is drawn.
+    assert given["drawn"] == {"index": 0, "edges": len(c.edges), "faithfulness": given["faithfulness"][0], "reached": False}
+    assert (tmp_path / "given" / "faithfulness_circuit.svg").read_text().count("<svg") == 1
     with pytest.raises(ValueError, match="ig_steps= is an option"):
         model.edges(pairs=PAIRS, method="eap", ig_steps=3)
     with pytest.raises(ValueError, match="one of top_n="):

@@ -80,6 +80,10 @@ pub struct FaithfulnessArgs {
     /// (circuit, pair) rows per forward pass [default: from the device's memory].
     #[arg(long)]
     max_rows: Option<usize>,
+    /// Draw (faithfulness_circuit.svg, with its Graph JSON) the smallest circuit whose
+    /// faithfulness reaches F, else the most faithful.
+    #[arg(long, value_name = "F", default_value_t = discovery::DEFAULT_DRAW_AT)]
+    draw_at: f64,
     /// The directory faithfulness.{json,npy,png,svg} go into [default: RUN].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -98,6 +102,7 @@ pub fn faithfulness(a: FaithfulnessArgs) -> Result<()> {
         prune: !a.no_prune,
         max_rows: a.max_rows,
         backend: a.backend.given()?,
+        draw_at: a.draw_at,
         out: a.out,
     };
     let f = discovery::faithfulness(&spec, None, &mut super::Bar::default())?;
@@ -109,5 +114,8 @@ pub fn faithfulness(a: FaithfulnessArgs) -> Result<()> {
         "wrote {out}/faithfulness.json, .npy, .png, .svg: {} pair(s); whole graph {:.4}, empty circuit {:.4}; CPR {:.4}, CMD {:.4}",
         f.pairs, f.whole_graph, f.empty_circuit, f.cpr, f.cmd
     );
+    let d = &f.drawn;
+    let which = if d.reached { format!("the smallest reaching {}", f.draw_at) } else { format!("none reaches {}: the most faithful", f.draw_at) };
+    println!("wrote {out}/faithfulness_circuit.json and .svg: {} edges, faithfulness {:.4} ({which})", d.edges, d.faithfulness);
     Ok(())
 }

@@ -79,8 +79,26 @@ pub struct FaithfulnessSpec {
     pub max_rows: Option<usize>,
     /// Where to evaluate [default: the run's backend].
     pub backend: Option<BackendSpec>,
+    /// The circuit drawn (faithfulness_circuit.{json,svg}): the smallest whose faithfulness
+    /// reaches this, else the most faithful.
+    pub draw_at: f64,
     /// The directory faithfulness.{json,npy,png,svg} go into [default: the run's].
     pub out: Option<PathBuf>,
+}
+
+/// The faithfulness at which `faithfulness` draws a circuit, unless told: the share of the
+/// behaviour IOI-scale circuit papers ask a circuit to recover.
+pub const DEFAULT_DRAW_AT: f64 = 0.8;
+
+/// The circuit of the curve that `faithfulness` writes and draws.
+#[derive(Clone, Debug, Serialize)]
+pub struct Drawn {
+    /// Its index in `sizes`.
+    pub index: usize,
+    pub edges: usize,
+    pub faithfulness: f64,
+    /// Whether it reaches `draw_at` (else it is the most faithful circuit).
+    pub reached: bool,
 }
 
 /// A faithfulness curve: per circuit size, the metric with only the circuit's edges from the
@@ -112,6 +130,8 @@ pub struct Faithfulness {
     pub cpr: f64,
     /// Area between the curve and 1 (MIB's circuit–model difference).
     pub cmd: f64,
+    pub draw_at: f64,
+    pub drawn: Drawn,
     /// [sizes][pairs]: m(C) per pair (faithfulness.npy).
     #[serde(skip)]
     pub per_pair: Vec<Vec<f32>>,
@@ -120,6 +140,9 @@ pub struct Faithfulness {
 
 /// The faithfulness curve of the run in `spec.run`, on `loaded` where it is the run's model there.
 pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &mut dyn Progress) -> Result<Faithfulness> {
+    if !spec.draw_at.is_finite() {
+        bail!("--draw-at must be a number, not {}", spec.draw_at);
+    }
     let (m, scores) = Circuit::scores_of_run(&spec.run)?;
     let graph = Graph::new(m.config.n_layer, m.config.n_head);
     let total = graph.edges.len();
@@ -177,6 +200,11 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
     // Over pairs, each pair's circuit metric less its own empty circuit's.
     let faithfulness_sem = per_pair.iter().map(|v| sem(&v.iter().zip(&metrics[1]).map(|(c, e)| c - e).collect::<Vec<_>>()) / span.abs()).collect();
     let fractions: Vec<f64> = sizes.iter().map(|&n| n as f64 / total as f64).collect();
+    let drawn = match faithfulness.iter().position(|&v| v >= spec.draw_at) {
+        Some(index) => (index, true),
+        None => ((0..faithfulness.len()).max_by(|&a, &b| faithfulness[a].total_cmp(&faithfulness[b])).unwrap_or(0), false),
+    };
+    let drawn = Drawn { index: drawn.0, edges: circuits[drawn.0].edge_count(), faithfulness: faithfulness[drawn.0], reached: drawn.1 };
     let area = |f: &dyn Fn(f64) -> f64| fractions.windows(2).zip(faithfulness.windows(2)).map(|(x, y)| (x[1] - x[0]) * (f(y[0]) + f(y[1])) / 2.0).sum::<f64>();
     let out = Faithfulness {
         model: m.model.clone(),
@@ -200,10 +228,12 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
         faithfulness_sem,
         whole_graph: whole,
         empty_circuit: empty,
+        draw_at: spec.draw_at,
+        drawn,
         pairs: pairs.len(),
         per_pair,
     };
-    write(&out, spec.out.as_deref().unwrap_or(&spec.run), &m)?;
+    write(&out, &circuits[out.drawn.index], spec.out.as_deref().unwrap_or(&spec.run), &m)?;
     Ok(out)
 }
 
@@ -227,7 +257,7 @@ fn max_rows_for_budget(m: &Manifest, positions: usize, backend: &BackendSpec) ->
     (budget / per_row).min(buffer / deltas.max(1)).clamp(1, 4096)
 }
 
-fn write(f: &Faithfulness, dir: &Path, m: &Manifest) -> Result<()> {
+fn write(f: &Faithfulness, drawn: &Circuit, dir: &Path, m: &Manifest) -> Result<()> {
     let _lock = results::lock::shared(&PathBuf::from(&f.run))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pairs = f.pairs;
@@ -241,6 +271,11 @@ fn write(f: &Faithfulness, dir: &Path, m: &Manifest) -> Result<()> {
     };
     write_atomic(&dir.join("faithfulness.svg"), lines_svg(&lines).as_bytes())?;
     write_atomic(&dir.join("faithfulness.png"), &lines_png(&lines)?)?;
+    let d = &f.drawn;
+    let reached = if d.reached { format!("the smallest reaching {}", f.draw_at) } else { format!("none reaches {}: the most faithful", f.draw_at) };
+    let title = format!("{} of {} edges, faithfulness {:.3} ({}, {reached}) — {} — {}", d.edges, drawn.graph.edges.len(), d.faithfulness, f.selection, m.metric, m.model);
+    write_atomic(&dir.join("faithfulness_circuit.json"), &drawn.to_json(m.config.n_embd)?)?;
+    write_atomic(&dir.join("faithfulness_circuit.svg"), circuit::svg(drawn, &title).as_bytes())?;
     write_atomic(&dir.join("faithfulness.json"), &serde_json::to_vec_pretty(f)?)
 }
 
