@@ -286,6 +286,12 @@ fn hub_downloads_fill_the_cache_honour_hf_endpoint_and_fail_in_one_line_leaving_
     };
     let left: Vec<_> = walk(&repo).into_iter().filter(partial).collect();
     assert!(left.is_empty(), "partial files left in the cache: {left:?}");
+    // `graph` needs the config alone and `ioi` the tokenizer alone: they do not ask for the cut
+    // weights (which would fail as above).
+    for args in [vec!["graph", "--model", "test/cut"], vec!["ioi", "--model", "test/cut", "--n", "2", "--out", home.join("ioi.jsonl").to_str().unwrap()]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay")).args(&args).env("HF_HOME", &home).env("HF_ENDPOINT", &endpoint).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let _ = std::fs::remove_dir_all(&home);
 }
 

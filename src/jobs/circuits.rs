@@ -17,9 +17,7 @@ use std::path::PathBuf;
 /// The circuit graph (EAP-IG's nodes and edges) of `model`, a hub id or directory: from its
 /// config alone.
 pub fn graph(model: &str) -> Result<crate::engine::Graph> {
-    let dir = std::path::Path::new(model);
-    let config = if dir.is_dir() { dir.join("config.json") } else { crate::model::weights::ModelFiles::locate(model)?.config };
-    let c = crate::model::Gpt2Config::from_json_file(&config)?;
+    let c = crate::model::Gpt2Config::from_json_file(&crate::model::weights::locate_file(model, "config.json")?)?;
     Ok(crate::engine::Graph::new(c.n_layer, c.n_head))
 }
 

@@ -1,7 +1,7 @@
 //! Datasets made from a tokenizer: IOI prompt pairs, as a pairs file's records.
 use crate::data::ioi::{self, Corruption};
 use crate::data::Pair;
-use crate::model::weights::ModelFiles;
+use crate::model::weights::locate_file;
 use crate::results::outputs;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
@@ -18,7 +18,7 @@ pub struct IoiSpec {
 
 /// The tokenizer of `model` (a hub id or directory) alone, without its weights.
 pub fn tokenizer_of(model: &str) -> Result<Tokenizer> {
-    Tokenizer::from_file(&ModelFiles::locate(model)?.tokenizer)
+    Tokenizer::from_file(&locate_file(model, "tokenizer.json")?)
 }
 
 /// `n` IOI pairs (BABA and ABBA templates) with named positions; names are single tokens of `tok`.

@@ -25,26 +25,7 @@ impl ModelFiles {
     /// `openai-community/gpt2-medium`) fetched into the HF cache (HF_HOME). With HF_HUB_OFFLINE=1
     /// only the cache is read.
     pub fn locate(model: &str) -> Result<Self> {
-        let dir = Path::new(model);
-        let paths = if dir.is_dir() {
-            FILES
-                .iter()
-                .map(|f| {
-                    let p = dir.join(f);
-                    if p.is_file() {
-                        Ok(p)
-                    } else {
-                        Err(not_found(format!("{} is missing: a model directory needs {}", p.display(), FILES.join(", "))))
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?
-        } else if model.starts_with(['.', '/']) || model.matches('/').count() > 1 {
-            // Hub ids are `name` or `owner/name`: anything else was meant as a path.
-            return Err(not_found(format!("model directory {model} does not exist")));
-        } else {
-            hub_files(model)?
-        };
-        let [config, weights, tokenizer]: [PathBuf; 3] = paths.try_into().expect("three files");
+        let [config, weights, tokenizer]: [PathBuf; 3] = locate_files(model, &FILES)?.try_into().expect("three files");
         Ok(Self { id: model.to_string(), config, weights, tokenizer })
     }
 
@@ -71,6 +52,34 @@ impl ModelFiles {
     }
 }
 
+/// One of the model's files (`config.json` or `tokenizer.json` for what needs no weights), found
+/// as `ModelFiles::locate` finds the three, fetching only that one.
+pub fn locate_file(model: &str, file: &str) -> Result<PathBuf> {
+    Ok(locate_files(model, &[file])?.remove(0))
+}
+
+fn locate_files(model: &str, files: &[&str]) -> Result<Vec<PathBuf>> {
+    let dir = Path::new(model);
+    if dir.is_dir() {
+        files
+            .iter()
+            .map(|f| {
+                let p = dir.join(f);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(not_found(format!("{} is missing: a model directory needs {}", p.display(), FILES.join(", "))))
+                }
+            })
+            .collect()
+    } else if model.starts_with(['.', '/']) || model.matches('/').count() > 1 {
+        // Hub ids are `name` or `owner/name`: anything else was meant as a path.
+        Err(not_found(format!("model directory {model} does not exist")))
+    } else {
+        hub_files(model, files)
+    }
+}
+
 /// An error that says, to a caller who asks (Python's FileNotFoundError), that a file is not there.
 fn not_found(message: String) -> anyhow::Error {
     std::io::Error::new(std::io::ErrorKind::NotFound, message).into()
@@ -81,11 +90,11 @@ fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
-fn hub_files(id: &str) -> Result<Vec<PathBuf>> {
+fn hub_files(id: &str, files: &[&str]) -> Result<Vec<PathBuf>> {
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(id.to_string());
     if offline() {
-        return FILES
+        return files
             .iter()
             .map(|f| {
                 cached.get(f).with_context(|| {
@@ -103,9 +112,10 @@ fn hub_files(id: &str) -> Result<Vec<PathBuf>> {
     let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().context("starting the HF hub client")?;
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "the HF hub".into());
     let repo = api.model(id.to_string());
-    FILES
+    files
         .iter()
         .map(|f| {
+            let f = *f;
             if let Some(p) = cached.get(f) {
                 return Ok(p);
             }
