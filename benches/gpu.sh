@@ -15,7 +15,9 @@
 #   6. with time left: the patching fidelity (engine_fidelity) on the same backends.
 # burn's own autotune (tf32, bf16) runs at CUBECL_AUTOTUNE_LEVEL=minimal (coarser shape keys, so
 # fewer tunings) and caches under target/autotune; the exact-f32 tuner checks every kernel it
-# tries against the naive one (src/backend/exact.rs). Each CUDA process compiles its kernels
+# tries against the naive one (src/backend/exact.rs) and keeps its checked choices in
+# PATCHBAY_EXACT_TUNE_CACHE (target/gpu/exact-tune.json, copied to OUT at the end: carry it back
+# in target/gpu and a later run on that GPU model neither compiles nor checks the candidates). Each CUDA process compiles its kernels
 # (nvrtc): measured on an H200, doctor on h1-dh64 31 s, model fidelity in cuda f32 on the four
 # fixtures 62 s, compare_torch.py f32 --repeat 1 199 s, so the steps below do not all fit yet. A
 # cubecl.toml turning on cubecl's persistent PTX cache is written for the script's length (not yet
@@ -66,6 +68,7 @@ if [ ! -e cubecl.toml ]; then
   trap 'rm -f cubecl.toml' EXIT
 fi
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
+export PATCHBAY_EXACT_TUNE_CACHE=${PATCHBAY_EXACT_TUNE_CACHE:-target/gpu/exact-tune.json}
 START=$(date +%s)
 failed=0
 step() { echo; echo "== [$(($(date +%s) - START)) s] $*"; }
@@ -177,6 +180,8 @@ engine() {
 for s in $STEPS; do "$s"; done
 
 rm -rf "$WORK"
+# The exact tuner's checked choices come back with OUT: put them in target/gpu for the next carry.
+cp "$PATCHBAY_EXACT_TUNE_CACHE" "$OUT/" 2>/dev/null
 echo
 echo "== [$(($(date +%s) - START)) s] $([ $failed = 0 ] && echo "all steps passed" || echo "some steps FAILED or TIMED OUT")"
 exit $failed

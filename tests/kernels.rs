@@ -1,5 +1,5 @@
 //! The exact-f32 tuner's self-check (a wrong kernel injected into its candidates is excluded and
-//! the product stays right) and `doctor` (an injected fault is named as the first differing step).
+//! the product stays right; its checked choices kept in a cache file for later processes) and `doctor` (an injected fault is named as the first differing step).
 use crate::common::{self, tiny};
 use patchbay::backend::{BackendKind, DType};
 use patchbay::jobs::doctor::{doctor, DoctorSpec};
@@ -23,18 +23,38 @@ fn tuner_excludes_a_wrong_kernel<R: burn_cubecl::CubeRuntime>(device: R::Device,
         TensorPrimitive::Float(t) => t,
         _ => unreachable!("a float tensor"),
     };
-    let tuner = Tuner::<R>::default().with(Candidate::wrong_for_tests());
-    let out = tuner.matmul(on(&lhs), on(&rhs));
-    let got: Vec<f32> = Tensor::<B<R>, 2>::from_primitive(TensorPrimitive::Float(out)).into_data().to_vec().unwrap();
     let want = reference(&lhs, &rhs, n);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = common::max_abs_diff(&got, &want);
-    assert!(diff <= 1e-5 * scale, "{what}: the tuned product is off by {diff} (scale {scale})");
     // The wrong kernel computes rhs @ lhs, which is not lhs @ rhs here.
     assert!(common::max_abs_diff(&reference(&rhs, &lhs, n), &want) > 1.0);
+    // Each tuner's product, checked, and how many keys it tuned (rather than took from the cache).
+    let product = |tuner: &Tuner<R>, why: &str| {
+        let out = tuner.matmul(on(&lhs), on(&rhs));
+        let got: Vec<f32> = Tensor::<B<R>, 2>::from_primitive(TensorPrimitive::Float(out)).into_data().to_vec().unwrap();
+        let diff = common::max_abs_diff(&got, &want);
+        assert!(diff <= 1e-5 * scale, "{what}, {why}: the tuned product is off by {diff} (scale {scale})");
+        tuner.tuned()
+    };
+    let with_wrong = || Tuner::<R>::default().with(Candidate::wrong_for_tests());
+    let dir = std::env::temp_dir().join(format!("patchbay-tuner-{what}-{}", std::process::id()));
+    let cache = dir.join("exact-tune.json");
+    assert_eq!(product(&with_wrong().cached_at(cache.clone()), "tuned"), 1);
     let lines = excluded();
     let line = lines.iter().find(|l| l.contains("wrong-for-tests")).unwrap_or_else(|| panic!("{what}: the wrong kernel was not excluded: {lines:?}"));
     assert!(line.contains("[64, 64]") && line.contains("max |Δ|"), "{what}: the exclusion names the kernel, the shape and how far off it was: {line}");
+    // A later tuner (process) with the same kernels on the same hardware takes the checked choice
+    // from the cache without trying the candidates, and records the exclusion again.
+    assert!(std::fs::read_to_string(&cache).unwrap().contains("wrong-for-tests"));
+    assert_eq!(product(&with_wrong().cached_at(cache.clone()), "from the cache"), 0);
+    let again = excluded().into_iter().skip(lines.len()).collect::<Vec<_>>();
+    assert!(again.len() == 1 && again[0].starts_with(line.as_str()) && again[0].contains("checked by an earlier process"), "{what}: {again:?}");
+    // Other kernels (another identity) and an unreadable cache are tuned again; the latter is
+    // rewritten whole.
+    assert_eq!(product(&Tuner::<R>::default().cached_at(cache.clone()), "other kernels"), 1);
+    std::fs::write(&cache, "{ not json").unwrap();
+    assert_eq!(product(&with_wrong().cached_at(cache.clone()), "unreadable cache"), 1);
+    assert_eq!(product(&with_wrong().cached_at(cache.clone()), "rewritten cache"), 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //! candidate runs on the real inputs and is compared with the naive kernel's output; one that
 //! disagrees is excluded for that key (one warning line, and `excluded()` lists it for the run's
 //! manifest), and the fastest of the others is kept for the rest of the process.
+//!
+//! With a cache file (`PATCHBAY_EXACT_TUNE_CACHE` for CUDA), each key's checked choice and its
+//! exclusions are kept for later processes on the same hardware with the same kernels, so that
+//! a short GPU session neither compiles nor checks the candidates again.
 use burn_cubecl::{kernel::matmul::init_matmul_output, ops::into_data_sync, tensor::CubeTensor, CubeRuntime};
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems, MatmulKind};
 use cubek::matmul::launch::{launch_ref, MatmulAutotuneKey, Strategy};
@@ -16,7 +20,9 @@ use cubek::matmul::routines::double_unit::DoubleUnitSelectionArgs;
 use cubek::matmul::routines::simple_unit::SimpleUnitSelectionArgs;
 use cubek::matmul::routines::{BlueprintStrategy, TileSizeSelection};
 use cubek::std::InputBinding;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -61,10 +67,36 @@ pub fn excluded() -> Vec<String> {
     EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+fn record_exclusion(line: String) {
+    eprintln!("warning: {line}");
+    EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+}
+
 /// The self-checking tuner: candidates[0], the naive kernel, is the reference and the fallback.
 pub struct Tuner<R: CubeRuntime> {
     candidates: Vec<Candidate<R>>,
     chosen: Mutex<HashMap<MatmulAutotuneKey, usize>>,
+    /// The cache file, and its entries for this hardware and these candidates once read.
+    cache: Option<(PathBuf, Mutex<Option<Choices>>)>,
+    tuned: std::sync::atomic::AtomicUsize,
+}
+
+type Choices = HashMap<MatmulAutotuneKey, Choice>;
+
+/// A key's checked choice, as the cache file keeps it.
+#[derive(Clone, Serialize, Deserialize)]
+struct Choice {
+    key: MatmulAutotuneKey,
+    kernel: String,
+    excluded: Vec<String>,
+}
+
+/// The cache file: choices are valid only where the identity (hardware, candidates, patchbay's
+/// version) is this process's.
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    identity: String,
+    choices: Vec<Choice>,
 }
 
 impl<R: CubeRuntime> Default for Tuner<R> {
@@ -81,7 +113,7 @@ impl<R: CubeRuntime> Default for Tuner<R> {
             Candidate::cubek(Strategy::GemvPlaneParallel(BlueprintStrategy::Inferred(Default::default())), true),
             Candidate::cubek(Strategy::GemvUnitPerpendicular(BlueprintStrategy::Inferred(Default::default())), true),
         ]);
-        Self { candidates, chosen: Mutex::new(HashMap::new()) }
+        Self { candidates, chosen: Mutex::new(HashMap::new()), cache: None, tuned: Default::default() }
     }
 }
 
@@ -92,12 +124,32 @@ impl<R: CubeRuntime> Tuner<R> {
         self
     }
 
+    /// Keeps the checked choices in `path` (JSON) for later processes, and takes those an
+    /// earlier one made on the same hardware with the same candidates.
+    pub fn cached_at(mut self, path: PathBuf) -> Self {
+        self.cache = Some((path, Mutex::new(None)));
+        self
+    }
+
+    /// How many keys this tuner checked its candidates on (not those it found in its cache).
+    pub fn tuned(&self) -> usize {
+        self.tuned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `lhs @ rhs` in f32 by the kernel chosen for their key, choosing it on the first meeting.
     pub fn matmul(&self, lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> CubeTensor<R> {
         let key = MatmulAutotuneKey::generate(&lhs.client, lhs.meta.shape(), rhs.meta.shape(), lhs.meta.strides(), rhs.meta.strides(), lhs.dtype.into(), rhs.dtype.into(), lhs.dtype.into(), None, None);
         let known = self.chosen.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
         let index = known.unwrap_or_else(|| {
-            let index = self.choose(&key, &lhs, &rhs);
+            let index = match self.cached(&key, &lhs.client) {
+                Some(index) => index,
+                None => {
+                    let (index, excluded) = self.choose(&key, &lhs, &rhs);
+                    self.tuned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.keep(Choice { key: key.clone(), kernel: self.candidates[index].name.clone(), excluded }, &lhs.client);
+                    index
+                }
+            };
             self.chosen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, index);
             index
         });
@@ -110,9 +162,75 @@ impl<R: CubeRuntime> Tuner<R> {
         out
     }
 
+    /// What the cache files of this tuner are valid for.
+    fn identity(&self, client: &cubecl::client::ComputeClient<R>) -> String {
+        let names: Vec<&str> = self.candidates.iter().map(|c| c.name.as_str()).collect();
+        format!("patchbay {} on {} {:?}; kernels {names:?}", env!("CARGO_PKG_VERSION"), R::name(client), client.properties().hardware)
+    }
+
+    /// The cache file's choices for this identity; none (with a warning, if `warn`) when it is
+    /// unreadable.
+    fn read_cache(&self, path: &Path, identity: &str, warn: bool) -> Choices {
+        let file = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+            Err(e) => {
+                if warn {
+                    eprintln!("warning: the exact tuner's cache {} is not read ({e}): its kernels are checked again", path.display());
+                }
+                return HashMap::new();
+            }
+        };
+        match serde_json::from_slice::<CacheFile>(&file) {
+            Ok(c) if c.identity == identity => c.choices.into_iter().map(|c| (c.key.clone(), c)).collect(),
+            Ok(_) => HashMap::new(),
+            Err(e) => {
+                if warn {
+                    eprintln!("warning: the exact tuner's cache {} is not read ({e}): its kernels are checked again", path.display());
+                }
+                HashMap::new()
+            }
+        }
+    }
+
+    /// The cached choice for `key`, its exclusions recorded again for this process's manifest.
+    fn cached(&self, key: &MatmulAutotuneKey, client: &cubecl::client::ComputeClient<R>) -> Option<usize> {
+        let (path, entries) = self.cache.as_ref()?;
+        let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
+        let choice = entries.get_or_insert_with(|| self.read_cache(path, &self.identity(client), true)).get(key)?;
+        let index = self.candidates.iter().position(|c| c.name == choice.kernel)?;
+        for line in &choice.excluded {
+            record_exclusion(format!("{line} (checked by an earlier process: {})", path.display()));
+        }
+        Some(index)
+    }
+
+    /// Adds a checked choice to the cache file (read again first, so that choices another
+    /// process wrote meanwhile stay); a cache that cannot be written is only a warning.
+    fn keep(&self, choice: Choice, client: &cubecl::client::ComputeClient<R>) {
+        let Some((path, entries)) = &self.cache else { return };
+        let identity = self.identity(client);
+        let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.read_cache(path, &identity, false);
+        all.insert(choice.key.clone(), choice);
+        let mut choices: Vec<Choice> = all.values().cloned().collect();
+        choices.sort_by_key(|c| format!("{:?}", c.key));
+        let file = CacheFile { identity, choices };
+        let written = serde_json::to_vec_pretty(&file).map_err(anyhow::Error::from).and_then(|bytes| {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            crate::results::write_atomic(path, &bytes)
+        });
+        if let Err(e) = written {
+            eprintln!("warning: the exact tuner's choices are not kept in {}: {e:#}", path.display());
+        }
+        *entries = Some(all);
+    }
+
     /// Runs every candidate that applies on the real inputs, excludes those that disagree with
-    /// the naive kernel, and returns the fastest of the rest.
-    fn choose(&self, key: &MatmulAutotuneKey, lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> usize {
+    /// the naive kernel, and returns the fastest of the rest with the exclusion lines.
+    fn choose(&self, key: &MatmulAutotuneKey, lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> (usize, Vec<String>) {
         let matvec = matches!(key.analysis.kind, MatmulKind::MatVec | MatmulKind::VecMat);
         let run = |c: &Candidate<R>| -> Result<(CubeTensor<R>, Duration), String> {
             let out = init_matmul_output(lhs, rhs, lhs.dtype);
@@ -122,7 +240,7 @@ impl<R: CubeRuntime> Tuner<R> {
         };
         let (reference, mut best) = run(&self.candidates[0]).expect("the naive matmul launches on every shape");
         let reference = values(reference);
-        let mut chosen = 0;
+        let (mut chosen, mut excluded) = (0, Vec::new());
         for (i, c) in self.candidates.iter().enumerate().skip(1) {
             if c.matvec_only && !matvec {
                 continue;
@@ -137,15 +255,15 @@ impl<R: CubeRuntime> Tuner<R> {
                     lhs.meta.strides(),
                     rhs.meta.strides()
                 );
-                eprintln!("warning: {line}");
-                EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                record_exclusion(line.clone());
+                excluded.push(line);
                 continue;
             }
             if took < best {
                 (chosen, best) = (i, took);
             }
         }
-        chosen
+        (chosen, excluded)
     }
 }
 
@@ -183,7 +301,10 @@ pub fn cuda_matmul<B: burn::prelude::Backend, const D: usize>(lhs: &burn::prelud
     use std::any::Any;
     use std::sync::LazyLock;
     type Cuda = CubeTensor<CudaRuntime>;
-    static TUNER: LazyLock<Tuner<CudaRuntime>> = LazyLock::new(Tuner::default);
+    static TUNER: LazyLock<Tuner<CudaRuntime>> = LazyLock::new(|| match std::env::var_os("PATCHBAY_EXACT_TUNE_CACHE") {
+        Some(path) if !path.is_empty() => Tuner::default().cached_at(path.into()),
+        _ => Tuner::default(),
+    });
     let cuda = |t: &burn::prelude::Tensor<B, D>| (Box::new(t.clone().into_primitive().tensor()) as Box<dyn Any>).downcast::<Cuda>().ok();
     let (lhs, rhs) = (cuda(lhs)?, cuda(rhs)?);
     if lhs.dtype != DType::F32 {
