@@ -216,14 +216,19 @@ impl<R: CubeRuntime> Tuner<R> {
         let mut choices: Vec<Choice> = all.values().cloned().collect();
         choices.sort_by_key(|c| format!("{:?}", c.key));
         let file = CacheFile { identity, choices };
-        let written = serde_json::to_vec_pretty(&file).map_err(anyhow::Error::from).and_then(|bytes| {
+        // A temporary file and a rename, so that a reader never sees half a cache (the backend
+        // sits below `results`, whose write_atomic also syncs, which a cache need not).
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let written = serde_json::to_vec_pretty(&file).map_err(std::io::Error::from).and_then(|bytes| {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            crate::results::write_atomic(path, &bytes)
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, path)
         });
         if let Err(e) = written {
-            eprintln!("warning: the exact tuner's choices are not kept in {}: {e:#}", path.display());
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("warning: the exact tuner's choices are not kept in {}: {e}", path.display());
         }
         *entries = Some(all);
     }
