@@ -91,6 +91,19 @@ def _texts(texts: Union[str, Iterable[str]]) -> List[str]:
     return [texts] if isinstance(texts, str) else list(texts)
 
 
+def _spec_json(spec: Mapping[str, Any]) -> str:
+    """A job's spec as the native module reads it (JSON): a NaN or infinite option, which JSON
+    cannot carry, is refused naming the option."""
+    def check(options: Mapping[str, Any]) -> None:
+        for key, value in options.items():
+            if isinstance(value, Mapping):
+                check(value)
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key}= must be a number, not {value}")
+    check(spec)
+    return json.dumps(spec)
+
+
 def _progress_callback(progress: Any) -> Optional[Callable[..., None]]:
     """progress=True: a tqdm bar when tqdm is installed; a callable: called as
     (event, *values) with events start(total, unit), advance(n), note(text), finish()."""
@@ -221,7 +234,7 @@ class Model:
         spec.update(direction=_choice("direction", direction, DIRECTIONS), ablation=_choice("ablation", ablation, ABLATIONS))
         spec["ig_steps"] = ig_steps
         spec["sites"] = [sites] if isinstance(sites, str) else list(sites)
-        return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))
+        return self._result(self._native.patch(_spec_json(spec), _progress_callback(progress)))
 
     def path(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
              distractor: Optional[str] = None, *, receivers: Union[str, Iterable[str]] = ("q", "k", "v", "resid_final"),
@@ -238,7 +251,7 @@ class Model:
         spec.update(direction=_choice("direction", direction, DIRECTIONS), ablation=_choice("ablation", ablation, ABLATIONS))
         spec["receivers"] = [receivers] if isinstance(receivers, str) else list(receivers)
         spec["senders"] = [list(map(int, s)) for s in senders] if senders is not None else None
-        return self._result(self._native.patch(json.dumps(spec), _progress_callback(progress)))
+        return self._result(self._native.patch(_spec_json(spec), _progress_callback(progress)))
 
     def edges(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
               distractor: Optional[str] = None, *, pairs: Any = None, method: str = "exact",
@@ -273,13 +286,10 @@ class Model:
         ``edges``, ...) with ``per_pair``: m(C) [sizes, pairs], and ``drawn``: the circuit written
         as faithfulness_circuit.{json,svg}, the smallest whose faithfulness reaches draw_at (else
         the most faithful). Files go into out (default: run)."""
-        draw_at = float(draw_at)
-        if not math.isfinite(draw_at):
-            raise ValueError(f"draw_at= must be a number, not {draw_at}")
         spec = {"run": os.fspath(run), "sizes": None if sizes is None else [int(n) for n in sizes],
                 "circuits": [os.fspath(c) for c in circuits or []], "greedy": bool(greedy), "absolute": bool(absolute),
-                "prune": bool(prune), "max_rows": max_rows, "draw_at": draw_at, "out": os.fspath(out) if out is not None else None}
-        curve, per_pair = self._native.faithfulness(json.dumps(spec), _progress_callback(progress))
+                "prune": bool(prune), "max_rows": max_rows, "draw_at": float(draw_at), "out": os.fspath(out) if out is not None else None}
+        curve, per_pair = self._native.faithfulness(_spec_json(spec), _progress_callback(progress))
         curve = json.loads(curve)
         curve["per_pair"] = np.frombuffer(per_pair, dtype="<f4").reshape(len(curve["sizes"]), curve["pairs"]).copy()
         return curve
@@ -320,7 +330,7 @@ class Model:
                                 "html_prompts": int(html_prompts)}
         if pairs is not None:
             spec["pairs"] = _pairs_spec(None, None, None, None, pairs, columns)
-        listing, values, html = self._native.patterns(json.dumps(spec), _progress_callback(progress))
+        listing, values, html = self._native.patterns(_spec_json(spec), _progress_callback(progress))
         listing = json.loads(listing)
         return Patterns(np.frombuffer(values, dtype="<f4").reshape(listing["shape"]), listing, html)
 
@@ -333,7 +343,7 @@ class Model:
         spec = {"pairs": _pairs_spec(clean, corrupted, answer, distractor, pairs, columns), "prepend_bos": bool(prepend_bos),
                 "strict": bool(strict), "batch": int(batch), "out": os.fspath(out) if out is not None else None,
                 "overwrite": bool(overwrite)}
-        listing, arrays, skipped = self._native.attribute(json.dumps(spec), _progress_callback(progress))
+        listing, arrays, skipped = self._native.attribute(_spec_json(spec), _progress_callback(progress))
         listing = json.loads(listing)
         n, layers, heads = len(listing["pairs"]), listing["layers"], listing["heads"]
         shapes = {"accumulated": [n, len(listing["accumulated_labels"])],
@@ -363,7 +373,7 @@ class Model:
             v = np.ascontiguousarray(steer, dtype="<f4")
             spec["steer"] = {"shape": list(v.shape), "site": steer_site, "layer": int(steer_layer), "coef": float(coef)}
         values = None if steer is None else v.tobytes()
-        seqs = json.loads(self._native.generate(json.dumps(spec), values, _progress_callback(progress)))
+        seqs = json.loads(self._native.generate(_spec_json(spec), values, _progress_callback(progress)))
         if isinstance(prompt, str) and num_sequences == 1:
             return seqs[0]["prompt_text"] + seqs[0]["text"]
         return seqs
@@ -372,7 +382,7 @@ class Model:
                    batch: int = 64, out: Optional[PathLike] = None, overwrite: bool = False,
                    progress: Any = True) -> "Perplexity":
         """Perplexity of each text (``patchbay perplexity``), and of each of its tokens."""
-        listing, values, width = self._native.perplexity(json.dumps(self._texts_spec(texts, prepend_bos, batch, out, overwrite)),
+        listing, values, width = self._native.perplexity(_spec_json(self._texts_spec(texts, prepend_bos, batch, out, overwrite)),
                                                          bool(per_token), _progress_callback(progress))
         listing = json.loads(listing)
         return Perplexity(listing, np.frombuffer(values, dtype="<f4").reshape(len(listing), width))
@@ -385,7 +395,7 @@ class Model:
         "token", "candidates": [{"rank", "id", "token", "prob"}]}]}], "jaccard": array [texts,
         texts] of the last positions' pools (several texts)}."""
         spec = self._texts_spec(texts, prepend_bos, batch, out, overwrite)
-        report = json.loads(self._native.candidates(json.dumps(spec), int(top_k), bool(all_positions)))
+        report = json.loads(self._native.candidates(_spec_json(spec), int(top_k), bool(all_positions)))
         if "jaccard" in report:
             n = len(report["texts"])
             report["jaccard"] = np.asarray(report["jaccard"], dtype=np.float32).reshape(n, n)

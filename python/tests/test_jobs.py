@@ -87,6 +87,11 @@ def test_generation_equals_hf_greedy_steered_and_the_cli_samples(model, gen_refs
     assert len({tuple(s["tokens"]) for s in mine}) > 1
     with pytest.raises(ValueError, match="--temperature must be above 0"):
         model.generate(CLEAN, temperature=0.0)
+    # JSON cannot carry NaN: the option is named before the spec leaves Python, nested ones too.
+    with pytest.raises(ValueError, match="temperature= must be a number, not nan"):
+        model.generate(CLEAN, temperature=float("nan"))
+    with pytest.raises(ValueError, match="coef= must be a number, not inf"):
+        model.generate(CLEAN, 3, greedy=True, steer=np.ones(16, dtype=np.float32), steer_site="attn_out", steer_layer=1, coef=float("inf"))
     with pytest.raises(ValueError, match="unknown site"):
         model.steer(" love", " hate", "resid", 1)
     with pytest.raises(ValueError, match="steering vector holds NaN"):

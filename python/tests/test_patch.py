@@ -305,6 +305,8 @@ def test_eap_ig_circuit_and_faithfulness(model, tmp_path):
     # No circuit reaches a faithfulness of 2: the most faithful (the only one) is drawn.
     assert given["drawn"] == {"index": 0, "edges": len(c.edges), "faithfulness": given["faithfulness"][0], "reached": False}
     assert (tmp_path / "given" / "faithfulness_circuit.svg").read_text().count("<svg") == 1
+    with pytest.raises(ValueError, match="draw_at= must be a number, not nan"):
+        model.faithfulness(tmp_path / "ig", circuits=[c.path], draw_at=float("nan"), progress=False)
     with pytest.raises(ValueError, match="ig_steps= is an option"):
         model.edges(pairs=PAIRS, method="eap", ig_steps=3)
     with pytest.raises(ValueError, match="one of top_n="):

@@ -170,18 +170,12 @@ impl<R: CubeRuntime> Tuner<R> {
 
     /// The cache file's choices for this identity; none (with a warning, if `warn`) when it is
     /// unreadable.
-    fn read_cache(&self, path: &Path, identity: &str, warn: bool) -> Choices {
-        let file = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+    fn read_cache(path: &Path, identity: &str, warn: bool) -> Choices {
+        let parsed = match std::fs::read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
-            Err(e) => {
-                if warn {
-                    eprintln!("warning: the exact tuner's cache {} is not read ({e}): its kernels are checked again", path.display());
-                }
-                return HashMap::new();
-            }
+            read => read.map_err(|e| e.to_string()).and_then(|bytes| serde_json::from_slice::<CacheFile>(&bytes).map_err(|e| e.to_string())),
         };
-        match serde_json::from_slice::<CacheFile>(&file) {
+        match parsed {
             Ok(c) if c.identity == identity => c.choices.into_iter().map(|c| (c.key.clone(), c)).collect(),
             Ok(_) => HashMap::new(),
             Err(e) => {
@@ -197,7 +191,7 @@ impl<R: CubeRuntime> Tuner<R> {
     fn cached(&self, key: &MatmulAutotuneKey, client: &cubecl::client::ComputeClient<R>) -> Option<usize> {
         let (path, entries) = self.cache.as_ref()?;
         let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
-        let choice = entries.get_or_insert_with(|| self.read_cache(path, &self.identity(client), true)).get(key)?;
+        let choice = entries.get_or_insert_with(|| Self::read_cache(path, &self.identity(client), true)).get(key)?;
         let index = self.candidates.iter().position(|c| c.name == choice.kernel)?;
         for line in &choice.excluded {
             record_exclusion(format!("{line} (checked by an earlier process: {})", path.display()));
@@ -211,7 +205,7 @@ impl<R: CubeRuntime> Tuner<R> {
         let Some((path, entries)) = &self.cache else { return };
         let identity = self.identity(client);
         let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all = self.read_cache(path, &identity, false);
+        let mut all = Self::read_cache(path, &identity, false);
         all.insert(choice.key.clone(), choice);
         let mut choices: Vec<Choice> = all.values().cloned().collect();
         choices.sort_by_key(|c| format!("{:?}", c.key));

@@ -114,8 +114,6 @@ pub fn faithfulness(a: FaithfulnessArgs) -> Result<()> {
         "wrote {out}/faithfulness.json, .npy, .png, .svg: {} pair(s); whole graph {:.4}, empty circuit {:.4}; CPR {:.4}, CMD {:.4}",
         f.pairs, f.whole_graph, f.empty_circuit, f.cpr, f.cmd
     );
-    let d = &f.drawn;
-    let which = if d.reached { format!("the smallest reaching {}", f.draw_at) } else { format!("none reaches {}: the most faithful", f.draw_at) };
-    println!("wrote {out}/faithfulness_circuit.json and .svg: {} edges, faithfulness {:.4} ({which})", d.edges, d.faithfulness);
+    println!("wrote {out}/faithfulness_circuit.json and .svg: {} edges, faithfulness {:.4} ({})", f.drawn.edges, f.drawn.faithfulness, f.why_drawn());
     Ok(())
 }

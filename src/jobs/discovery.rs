@@ -138,6 +138,17 @@ pub struct Faithfulness {
     pub pairs: usize,
 }
 
+impl Faithfulness {
+    /// Why `drawn` is the circuit drawn, in words.
+    pub fn why_drawn(&self) -> String {
+        if self.drawn.reached {
+            format!("the smallest reaching {}", self.draw_at)
+        } else {
+            format!("none reaches {}: the most faithful", self.draw_at)
+        }
+    }
+}
+
 /// The faithfulness curve of the run in `spec.run`, on `loaded` where it is the run's model there.
 pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &mut dyn Progress) -> Result<Faithfulness> {
     if !spec.draw_at.is_finite() {
@@ -272,8 +283,7 @@ fn write(f: &Faithfulness, drawn: &Circuit, dir: &Path, m: &Manifest) -> Result<
     write_atomic(&dir.join("faithfulness.svg"), lines_svg(&lines).as_bytes())?;
     write_atomic(&dir.join("faithfulness.png"), &lines_png(&lines)?)?;
     let d = &f.drawn;
-    let reached = if d.reached { format!("the smallest reaching {}", f.draw_at) } else { format!("none reaches {}: the most faithful", f.draw_at) };
-    let title = format!("{} of {} edges, faithfulness {:.3} ({}, {reached}) — {} — {}", d.edges, drawn.graph.edges.len(), d.faithfulness, f.selection, m.metric, m.model);
+    let title = format!("{} of {} edges, faithfulness {:.3} ({}, {}) — {} — {}", d.edges, drawn.graph.edges.len(), d.faithfulness, f.selection, f.why_drawn(), m.metric, m.model);
     write_atomic(&dir.join("faithfulness_circuit.json"), &drawn.to_json(m.config.n_embd)?)?;
     write_atomic(&dir.join("faithfulness_circuit.svg"), circuit::svg(drawn, &title).as_bytes())?;
     write_atomic(&dir.join("faithfulness.json"), &serde_json::to_vec_pretty(f)?)
