@@ -21,8 +21,14 @@
 # (nvrtc): measured on an H200, doctor on h1-dh64 31 s, model fidelity in cuda f32 on the four
 # fixtures 62 s, compare_torch.py f32 --repeat 1 199 s, so the steps below do not all fit yet. A
 # cubecl.toml turning on cubecl's persistent PTX cache is written for the script's length (not yet
-# tried on a GPU: a config cubecl cannot read is ignored). Needs python3 with torch + transformers (the
-# random-weight gpt2-shape model and the comparison); nothing is downloaded.
+# tried on a GPU: a config cubecl cannot read is ignored). At the end the kernel caches cubecl
+# wrote under target/ (PTX in target/cuda, burn's autotune choices in target/autotune) are packed
+# into OUT/kernel-caches-<arch>.tar.xz (arch: sm90 for compute capability 9.0, the H100 and H200
+# alike); put it in target/gpu and the next run unpacks it first, so that it compiles and
+# autotunes only what no earlier run did. cubecl keys its PTX by kernel alone, not by GPU, hence
+# the architecture in the name: a cache of another architecture is not unpacked.
+# Needs python3 with torch + transformers (the random-weight gpt2-shape model and the
+# comparison); nothing is downloaded.
 #
 # On this machine (x86-64), then carry target/gpu (about 40 MB compressed with cuda; check the
 # total with the working tree stays under the carry limit):
@@ -30,7 +36,8 @@
 #   mkdir -p target/gpu && strip -o target/gpu/patchbay target/release/patchbay
 #   strip -o target/gpu/suite "$(ls -t target/release/deps/suite-* | grep -v '\.d$' | head -1)"
 #   xz -T0 -f target/gpu/patchbay target/gpu/suite
-# There:  xz -d -k -f target/gpu/*.xz && PATCHBAY=target/gpu/patchbay TESTS=target/gpu benches/gpu.sh
+#   cp <the last run's OUT>/exact-tune.json <…>/kernel-caches-*.tar.xz target/gpu/   # if there was one
+# There:  xz -d -k -f target/gpu/patchbay.xz target/gpu/suite.xz && PATCHBAY=target/gpu/patchbay TESTS=target/gpu benches/gpu.sh
 # Dry run here (wgpu on lavapipe, a small shape):
 #   BACKEND=wgpu DTYPES=f32 SHAPE=tiny PAIRS=4 TOKENS=8 IOI_N=20 PATCHBAY=target/debug/patchbay benches/gpu.sh
 #
@@ -71,6 +78,15 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 CUBECL_AUTOTUNE_LEVEL=
 export PATCHBAY_EXACT_TUNE_CACHE=${PATCHBAY_EXACT_TUNE_CACHE:-target/gpu/exact-tune.json}
 START=$(date +%s)
 failed=0
+if [ "$BACKEND" = cuda ]; then
+  ARCH=sm$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '. ')
+else
+  ARCH=$BACKEND
+fi
+CACHES=kernel-caches-$ARCH.tar.xz
+if [ -f "target/gpu/$CACHES" ]; then
+  tar -xJf "target/gpu/$CACHES" && echo "kernel caches of an earlier run unpacked: target/gpu/$CACHES"
+fi
 step() { echo; echo "== [$(($(date +%s) - START)) s] $*"; }
 # check SECONDS CMD...: runs CMD under a time limit (cut to what is left before DEADLINE); a
 # failure or a timeout is reported, not fatal.
@@ -180,8 +196,19 @@ engine() {
 for s in $STEPS; do "$s"; done
 
 rm -rf "$WORK"
-# The exact tuner's checked choices come back with OUT: put them in target/gpu for the next carry.
+# The exact tuner's checked choices and cubecl's kernel caches come back with OUT: put them in
+# target/gpu for the next carry. A file over 16 MiB would not come back.
 cp "$PATCHBAY_EXACT_TUNE_CACHE" "$OUT/" 2>/dev/null
+caches=$(ls -d target/cuda target/autotune 2>/dev/null)
+if [ -n "$caches" ] && XZ_OPT=-T0 tar -cJf "$OUT/$CACHES" $caches; then
+  size=$(stat -c %s "$OUT/$CACHES")
+  if [ "$size" -gt $((16 << 20)) ]; then
+    echo "kernel caches: $((size >> 20)) MiB compressed, over the 16 MiB a returned file may have: not returned"
+    rm -f "$OUT/$CACHES"
+  else
+    echo "kernel caches for the next run: $OUT/$CACHES ($((size >> 10)) KiB: $caches)"
+  fi
+fi
 echo
 echo "== [$(($(date +%s) - START)) s] $([ $failed = 0 ] && echo "all steps passed" || echo "some steps FAILED or TIMED OUT")"
 exit $failed
