@@ -48,9 +48,11 @@ fn tuner_excludes_a_wrong_kernel<R: burn_cubecl::CubeRuntime>(device: R::Device,
     assert_eq!(product(&with_wrong().cached_at(cache.clone()), "from the cache"), 0);
     let again = excluded().into_iter().skip(lines.len()).collect::<Vec<_>>();
     assert!(again.len() == 1 && again[0].starts_with(line.as_str()) && again[0].contains("checked by an earlier process"), "{what}: {again:?}");
-    // Other kernels (another identity) and an unreadable cache are tuned again; the latter is
-    // rewritten whole.
+    // Other kernels (another identity) are tuned again, their set kept beside the first one's;
+    // an unreadable cache is tuned again and rewritten whole.
     assert_eq!(product(&Tuner::<R>::default().cached_at(cache.clone()), "other kernels"), 1);
+    assert_eq!(product(&Tuner::<R>::default().cached_at(cache.clone()), "other kernels, cached"), 0);
+    assert_eq!(product(&with_wrong().cached_at(cache.clone()), "the first kernels, kept beside the others"), 0);
     std::fs::write(&cache, "{ not json").unwrap();
     assert_eq!(product(&with_wrong().cached_at(cache.clone()), "unreadable cache"), 1);
     assert_eq!(product(&with_wrong().cached_at(cache.clone()), "rewritten cache"), 0);

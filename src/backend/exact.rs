@@ -91,10 +91,11 @@ struct Choice {
     excluded: Vec<String>,
 }
 
-/// The cache file: choices are valid only where the identity (hardware, candidates, patchbay's
-/// version) is this process's.
+/// One identity's choices in the cache file, valid only where the identity (hardware, candidates,
+/// patchbay's version) is this process's. The file keeps every identity's set, so that runs on
+/// two kinds of GPU sharing one file (an H100's and an H200's) do not tune each other's away.
 #[derive(Serialize, Deserialize)]
-struct CacheFile {
+struct CacheSet {
     identity: String,
     choices: Vec<Choice>,
 }
@@ -168,30 +169,31 @@ impl<R: CubeRuntime> Tuner<R> {
         format!("patchbay {} on {} {:?}; kernels {names:?}", env!("CARGO_PKG_VERSION"), R::name(client), client.properties().hardware)
     }
 
-    /// The cache file's choices for this identity; none (with a warning, if `warn`) when it is
-    /// unreadable.
-    fn read_cache(path: &Path, identity: &str, warn: bool) -> Choices {
+    /// The cache file's sets; none (with a warning, if `warn`) when it is unreadable.
+    fn read_sets(path: &Path, warn: bool) -> Vec<CacheSet> {
         let parsed = match std::fs::read(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
-            read => read.map_err(|e| e.to_string()).and_then(|bytes| serde_json::from_slice::<CacheFile>(&bytes).map_err(|e| e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            read => read.map_err(|e| e.to_string()).and_then(|bytes| serde_json::from_slice::<Vec<CacheSet>>(&bytes).map_err(|e| e.to_string())),
         };
-        match parsed {
-            Ok(c) if c.identity == identity => c.choices.into_iter().map(|c| (c.key.clone(), c)).collect(),
-            Ok(_) => HashMap::new(),
-            Err(e) => {
-                if warn {
-                    eprintln!("warning: the exact tuner's cache {} is not read ({e}): its kernels are checked again", path.display());
-                }
-                HashMap::new()
+        parsed.unwrap_or_else(|e| {
+            if warn {
+                eprintln!("warning: the exact tuner's cache {} is not read ({e}): its kernels are checked again", path.display());
             }
-        }
+            Vec::new()
+        })
+    }
+
+    /// The choices of `identity`'s set, taken out of `sets`.
+    fn take_set(sets: &mut Vec<CacheSet>, identity: &str) -> Choices {
+        let own = sets.iter().position(|s| s.identity == identity).map(|i| sets.remove(i));
+        own.map(|s| s.choices.into_iter().map(|c| (c.key.clone(), c)).collect()).unwrap_or_default()
     }
 
     /// The cached choice for `key`, its exclusions recorded again for this process's manifest.
     fn cached(&self, key: &MatmulAutotuneKey, client: &cubecl::client::ComputeClient<R>) -> Option<usize> {
         let (path, entries) = self.cache.as_ref()?;
         let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
-        let choice = entries.get_or_insert_with(|| Self::read_cache(path, &self.identity(client), true)).get(key)?;
+        let choice = entries.get_or_insert_with(|| Self::take_set(&mut Self::read_sets(path, true), &self.identity(client))).get(key)?;
         let index = self.candidates.iter().position(|c| c.name == choice.kernel)?;
         for line in &choice.excluded {
             record_exclusion(format!("{line} (checked by an earlier process: {})", path.display()));
@@ -200,16 +202,19 @@ impl<R: CubeRuntime> Tuner<R> {
     }
 
     /// Adds a checked choice to the cache file (read again first, so that choices another
-    /// process wrote meanwhile stay); a cache that cannot be written is only a warning.
+    /// process wrote meanwhile stay, of this identity and of others); a cache that cannot be
+    /// written is only a warning.
     fn keep(&self, choice: Choice, client: &cubecl::client::ComputeClient<R>) {
         let Some((path, entries)) = &self.cache else { return };
         let identity = self.identity(client);
         let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all = Self::read_cache(path, &identity, false);
+        let mut sets = Self::read_sets(path, false);
+        let mut all = Self::take_set(&mut sets, &identity);
         all.insert(choice.key.clone(), choice);
         let mut choices: Vec<Choice> = all.values().cloned().collect();
         choices.sort_by_key(|c| format!("{:?}", c.key));
-        let file = CacheFile { identity, choices };
+        sets.push(CacheSet { identity, choices });
+        let file = sets;
         // A temporary file and a rename, so that a reader never sees half a cache (the backend
         // sits below `results`, whose write_atomic also syncs, which a cache need not).
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
