@@ -214,11 +214,10 @@ impl<R: CubeRuntime> Tuner<R> {
         let mut choices: Vec<Choice> = all.values().cloned().collect();
         choices.sort_by_key(|c| format!("{:?}", c.key));
         sets.push(CacheSet { identity, choices });
-        let file = sets;
         // A temporary file and a rename, so that a reader never sees half a cache (the backend
         // sits below `results`, whose write_atomic also syncs, which a cache need not).
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        let written = serde_json::to_vec_pretty(&file).map_err(std::io::Error::from).and_then(|bytes| {
+        let written = serde_json::to_vec_pretty(&sets).map_err(std::io::Error::from).and_then(|bytes| {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
