@@ -16,6 +16,12 @@ impl Tokenizer {
         Ok(Self { inner })
     }
 
+    /// The tokenizer.json read from `path` as `bytes`.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?;
+        Ok(Self { inner })
+    }
+
     /// Token ids of `text`, without special tokens added (GPT-2 adds none; no BOS is prepended).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;

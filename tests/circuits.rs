@@ -6,7 +6,7 @@ use patchbay::backend::{dispatch, BackendTask, DType};
 use patchbay::circuits::patterns::patterns;
 use patchbay::model::weights::Safetensors;
 use patchbay::model::{Gpt2, Gpt2Config};
-use patchbay::results::{read_f32, read_i32};
+use patchbay::results::{npy::read_own_i32 as read_i32, read_f32};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

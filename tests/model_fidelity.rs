@@ -183,54 +183,76 @@ fn random_init_has_gpt2_shapes() {
 /// A stand-in for the hub: answers `/{repo}/resolve/{revision}/{file}` with the tiny fixture's
 /// files as the hub does (ETag, X-Repo-Commit, ranges), for the repo `test/tiny`; 404 for other
 /// repos; for `test/cut`, model.safetensors' body stops halfway and the connection closes.
+/// Hostile repos: `test/etag` and `test/commit` send `../` in those headers, `test/hang` never
+/// answers, `test/stall` stops halfway through a body and keeps the connection open, `test/long`
+/// announces the file's size and sends bytes without end.
 fn hub_server() -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            let _ = reader.read_line(&mut request);
-            // hf-hub asks for `bytes=0-0` (the metadata), then `bytes=N-` (the file from N on).
-            let (mut start, mut last) = (0usize, None::<usize>);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                    break;
+            // One thread a connection: a hanging one must not hold up the others.
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                // A client may ask for a range (`bytes=0-0`: the metadata; `bytes=N-`: from N on).
+                let (mut start, mut last) = (0usize, None::<usize>);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(range) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        let (a, b) = range.trim().split_once('-').unwrap_or(("0", ""));
+                        (start, last) = (a.parse().unwrap_or(0), b.parse().ok());
+                    }
                 }
-                if let Some(range) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    let (a, b) = range.trim().split_once('-').unwrap_or(("0", ""));
-                    (start, last) = (a.parse().unwrap_or(0), b.parse().ok());
+                let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                let mut out = stream;
+                let (repo, file) = match parts.as_slice() {
+                    [org, name, "resolve", _, file] => (format!("{org}/{name}"), file.to_string()),
+                    _ => (String::new(), String::new()),
+                };
+                let bytes = match repo.as_str() {
+                    "test/tiny" | "test/cut" | "test/etag" | "test/commit" | "test/hang" | "test/stall" | "test/long" => std::fs::read(tiny().join(&file)).ok(),
+                    _ => None,
+                };
+                let Some(bytes) = bytes else {
+                    let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    return;
+                };
+                let forever = || std::thread::sleep(std::time::Duration::from_secs(600));
+                if repo == "test/hang" {
+                    forever();
                 }
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-            let mut out = stream;
-            let (repo, file) = match parts.as_slice() {
-                [org, name, "resolve", _, file] => (format!("{org}/{name}"), file.to_string()),
-                _ => (String::new(), String::new()),
-            };
-            let bytes = match repo.as_str() {
-                "test/tiny" | "test/cut" => std::fs::read(tiny().join(&file)).ok(),
-                _ => None,
-            };
-            let Some(bytes) = bytes else {
-                let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                continue;
-            };
-            let body = &bytes[start.min(bytes.len())..=last.unwrap_or(bytes.len() - 1).min(bytes.len() - 1)];
-            let head = format!(
-                "HTTP/1.1 206 Partial Content\r\nETag: \"{file}-{}\"\r\nX-Repo-Commit: {}\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                bytes.len(),
-                "0123456789abcdef0123456789abcdef01234567",
-                start + body.len() - 1,
-                bytes.len(),
-                body.len()
-            );
-            let _ = out.write_all(head.as_bytes());
-            let cut = repo == "test/cut" && file == "model.safetensors" && body.len() > 1;
-            let _ = out.write_all(if cut { &body[..body.len() / 2] } else { body });
+                let body = &bytes[start.min(bytes.len())..=last.unwrap_or(bytes.len() - 1).min(bytes.len() - 1)];
+                let etag = if repo == "test/etag" { "../../../../escaped-etag".to_string() } else { format!("{file}-{}", bytes.len()) };
+                let commit = if repo == "test/commit" { "../../../../escaped-commit" } else { "0123456789abcdef0123456789abcdef01234567" };
+                let length = if repo == "test/long" { String::new() } else { format!("Content-Length: {}\r\n", body.len()) };
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\nETag: \"{etag}\"\r\nX-Repo-Commit: {commit}\r\nContent-Range: bytes {start}-{}/{}\r\n{length}Connection: close\r\n\r\n",
+                    start + body.len() - 1,
+                    bytes.len(),
+                );
+                let _ = out.write_all(head.as_bytes());
+                match repo.as_str() {
+                    "test/cut" if file == "model.safetensors" && body.len() > 1 => drop(out.write_all(&body[..body.len() / 2])),
+                    "test/stall" if body.len() > 1 => {
+                        let _ = out.write_all(&body[..body.len() / 2]);
+                        forever();
+                    }
+                    // Up to 4 GiB, until the client hangs up.
+                    "test/long" => for _ in 0..(1 << 16) {
+                        if out.write_all(&[7u8; 1 << 16]).is_err() {
+                            break;
+                        }
+                    },
+                    _ => drop(out.write_all(body)),
+                }
+            });
         }
     });
     address
@@ -306,4 +328,47 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn a_hostile_hub_mirror_writes_nothing_outside_hf_home_and_never_hangs() {
+    let outer = std::env::temp_dir().join(format!("patchbay-test-hostile-hub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&outer);
+    let home = outer.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let endpoint = hub_server();
+    // (repo, what the one-line error says)
+    let cases = [
+        ("test/etag", "sent ETag: \"../../../../escaped-etag\", which is not a plain name"),
+        ("test/commit", "sent X-Repo-Commit: \"../../../../escaped-commit\", which is not a plain name"),
+        ("test/hang", "timed out"),
+        ("test/stall", "timed out"),
+        ("test/long", "longer than the"),
+    ];
+    for (repo, says) in cases {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"))
+            .args(["inspect", "--model", repo, "--top-k", "5", "Michelle Jones was a top-notch student. Michelle"])
+            .env("HF_HOME", &home)
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_HUB_ETAG_TIMEOUT", "1")
+            .env("HF_HUB_DOWNLOAD_TIMEOUT", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{repo}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{repo}: {stderr}");
+        assert!(stderr.contains(says) && stderr.contains(&endpoint), "{repo}: {stderr}");
+        // Within the timeouts (one second each), not the server's ten minutes.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{repo} took {:?}", started.elapsed());
+        let outside: Vec<_> = std::fs::read_dir(&outer).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(outside, vec![std::ffi::OsString::from("home")], "{repo}: written outside HF_HOME");
+        let left: Vec<_> = walk(&home).into_iter().filter(|p| p.is_file() && !p.is_symlink()).collect();
+        assert!(left.is_empty(), "{repo}: files left in the cache: {left:?}");
+    }
+    // A bad timeout is named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["graph", "--model", "test/tiny"]).env("HF_HOME", &home).env("HF_ENDPOINT", &endpoint).env("HF_HUB_DOWNLOAD_TIMEOUT", "-1").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("HF_HUB_DOWNLOAD_TIMEOUT=\"-1\""), "{stderr}");
+    let _ = std::fs::remove_dir_all(&outer);
 }

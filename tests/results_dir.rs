@@ -733,7 +733,7 @@ fn verify_finds_a_value_written_past_a_pairs_length() {
     let out = dir.join("run");
     assert!(patchbay(&run_args(&pairs, &out, "resid_pre")).ok());
     let (mut values, shape) = patchbay::results::read_f32(&out.join("resid_pre.npy")).unwrap();
-    let lengths = patchbay::results::read_i32(&out.join("lengths.npy")).unwrap().0;
+    let lengths = patchbay::results::npy::read_own_i32(&out.join("lengths.npy")).unwrap().0;
     let (short, positions) = (lengths.iter().enumerate().min_by_key(|l| *l.1).unwrap().0, shape[2]);
     let cell = short * shape[1] * positions + positions - 1; // layer 0, the last position: past the pair
     assert!(values[cell].is_nan());
@@ -782,4 +782,255 @@ fn a_run_of_other_weights_at_the_same_path_is_never_resumed_merged_or_verified()
     assert!(verified.refused() && verified.stderr.contains("is not the model") && verified.stderr.contains("fingerprint"), "{}", verified.stderr);
     let merged = patchbay(&["merge", s(&shards), "--out", s(&dir.join("merged"))]);
     assert!(merged.refused() && merged.stderr.contains("shards of different runs"), "{}", merged.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Untrusted directories: a results directory from elsewhere names no file outside itself.
+
+/// A manifest field set to `value` (a JSON pointer's last segment is the key or index).
+fn set_field(manifest: &Path, pointer: &str, value: serde_json::Value) {
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    match m.pointer_mut(pointer) {
+        Some(v) => *v = value,
+        // A field the manifest leaves out when empty (ablation_means).
+        None => m[pointer.trim_start_matches('/')] = value,
+    }
+    std::fs::write(manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Puts `want`'s files back into `dir` (and nothing else of patchbay's).
+fn restore(dir: &Path, want: &[(String, Vec<u8>)]) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in want {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn manifest_and_journal_paths_never_reach_outside_the_directory() {
+    let dir = tmp("untrusted");
+    let pairs = three_pairs(&dir);
+    let out = dir.join("run");
+    let args = run_args(&pairs, &out, "resid_pre");
+    assert!(patchbay(&args).ok());
+    let pristine = files_of(&out);
+    // Another run beside it, and a file outside both that nothing may read, write or delete.
+    let other = dir.join("other");
+    assert!(patchbay(&run_args(&pairs, &other, "resid_pre,mlp_out")).ok());
+    let outside = dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim.npy");
+    let precious = b"not patchbay's".to_vec();
+    std::fs::write(&victim, &precious).unwrap();
+    let untouched = || {
+        assert_eq!(std::fs::read(&victim).unwrap(), precious, "the file outside was written");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "a file was made outside");
+    };
+    let overwrite: Vec<&str> = args.iter().copied().chain(["--overwrite"]).collect();
+    let escapes = [s(&victim).to_string(), "../outside/victim.npy".to_string(), "../other/mlp_out.npy".to_string(), "../outside/evil".to_string()];
+    for pointer in ["/sites/0/file", "/sites/0/name", "/baseline_clean", "/baseline_corrupted", "/lengths", "/ablation_means"] {
+        for escape in &escapes {
+            restore(&out, &pristine);
+            let value = match pointer {
+                "/ablation_means" => serde_json::json!([{"kind": "resid_pre", "file": escape, "shape": [1], "xxh3": "0"}]),
+                _ => serde_json::json!(escape),
+            };
+            set_field(&out.join("manifest.json"), pointer, value);
+            for cmd in [vec!["analyze", s(&out)], vec!["verify", s(&out), "--rows", "1"], vec!["run"].into_iter().chain(args[1..].iter().copied()).chain(["--resume"]).collect()] {
+                let r = patchbay(&cmd);
+                assert!(r.refused() && r.stderr.contains(escape.as_str()) && r.stderr.contains("manifest.json"), "{pointer} = {escape}, {}: {}", cmd[0], r.stderr);
+            }
+            // --overwrite replaces the run and removes nothing but its own files.
+            let r = patchbay(&overwrite);
+            assert!(r.ok(), "{pointer} = {escape}: {}", r.stderr);
+            untouched();
+            assert!(!dir.join("escape").exists() && !dir.join("evil.png").exists());
+            assert_same_files(&out, &pristine, &format!("overwrite of a manifest with {pointer} = {escape}"));
+        }
+    }
+    // The journal's list of files to remove: only files patchbay writes, in the directory.
+    let id = patchbay::results::Manifest::read(&out).unwrap().identity();
+    for escape in escapes.iter().map(String::as_str).chain(["notes.txt"]) {
+        restore(&out, &pristine);
+        std::fs::write(out.join("notes.txt"), "the user's").unwrap();
+        std::fs::rename(out.join("manifest.json"), out.join("manifest.json.partial")).unwrap();
+        let journal = serde_json::json!({"identity": id, "phase": "preparing", "units": 3, "done": [], "remove": [escape]});
+        std::fs::write(out.join("progress.json"), journal.to_string()).unwrap();
+        let r = patchbay(&args.iter().copied().chain(["--resume"]).collect::<Vec<_>>());
+        assert!(r.refused() && r.stderr.contains(escape) && r.stderr.contains("progress.json") && r.stderr.contains("--overwrite"), "remove {escape}: {}", r.stderr);
+        assert!(patchbay(&overwrite).ok());
+        untouched();
+        assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"the user's");
+    }
+
+    // Links: an array, the manifest or the journal that is a link into another run is refused by
+    // every reader; a link planted as a staged array is replaced, its target never written.
+    for name in ["resid_pre.npy", "baseline_clean.npy", "lengths.npy", "manifest.json"] {
+        restore(&out, &pristine);
+        std::fs::remove_file(out.join(name)).unwrap();
+        std::os::unix::fs::symlink(other.join(name), out.join(name)).unwrap();
+        for cmd in [vec!["analyze", s(&out)], vec!["verify", s(&out), "--rows", "1"]] {
+            let r = patchbay(&cmd);
+            assert!(r.refused() && r.stderr.contains("symbolic link") && r.stderr.contains(name), "{name}, {}: {}", cmd[0], r.stderr);
+        }
+        assert!(patchbay(&overwrite).ok());
+        assert_same_files(&out, &pristine, &format!("overwrite of a linked {name}"));
+    }
+    let other_files = files_of(&other);
+    for staged in ["resid_pre.npy.partial", "baseline_clean.npy.partial", "lengths.npy.partial", ".manifest.json.0.patchbay-tmp"] {
+        restore(&out, &pristine);
+        std::os::unix::fs::symlink(&victim, out.join(staged)).unwrap();
+        assert!(patchbay(&overwrite).ok());
+        untouched();
+        assert_eq!(files_of(&other), other_files);
+        assert!(!out.join("resid_pre.npy").is_symlink() && !out.join("lengths.npy").is_symlink());
+    }
+    // merge writes its output the same way.
+    let sharded = dir.join("sharded");
+    for k in ["0/2", "1/2"] {
+        assert!(patchbay(&run_args(&pairs, &sharded, "resid_pre").into_iter().chain(["--shard", k]).collect::<Vec<_>>()).ok());
+    }
+    let merged = dir.join("merged");
+    std::fs::create_dir_all(&merged).unwrap();
+    std::os::unix::fs::symlink(&victim, merged.join("resid_pre.npy.partial")).unwrap();
+    let r = patchbay(&["merge", s(&sharded), "--out", s(&merged)]);
+    assert!(r.ok(), "{}", r.stderr);
+    untouched();
+    assert!(!merged.join("resid_pre.npy").is_symlink());
+}
+
+#[test]
+fn derived_outputs_belong_to_their_run_and_no_command_writes_another_commands_files() {
+    let dir = tmp("derived");
+    let pairs = three_pairs(&dir);
+    let run = dir.join("edges");
+    let tiny = s_static(&tiny());
+    let edges = |pairs: &Path| vec!["edges", "--model", tiny, "--pairs", s_static(pairs), "--out", s_static(&run), "--verify", "0"];
+    assert!(patchbay(&edges(&pairs)).ok());
+    assert!(patchbay(&["circuit", s(&run), "--top-n", "5"]).ok());
+    let r = patchbay(&["faithfulness", s(&run), "--sizes", "0,5", "--max-rows", "5"]);
+    assert!(r.ok(), "{}", r.stderr);
+    let derived = ["faithfulness.json", "faithfulness.npy", "faithfulness.svg", "faithfulness.png", "faithfulness_circuit.json", "faithfulness_circuit.svg", "circuit.json", "circuit.svg"];
+    for f in derived {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let identity = patchbay::results::Manifest::read(&run).unwrap().identity();
+    let curve: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("faithfulness.json")).unwrap()).unwrap();
+    assert_eq!(curve["run_identity"], serde_json::json!(identity));
+
+    // A NaN threshold selects nothing: refused by name.
+    let r = patchbay(&["circuit", s(&run), "--threshold", "NaN"]);
+    assert!(r.refused() && r.stderr.contains("--threshold"), "{}", r.stderr);
+    // `circuit --out` onto a file a run owns: refused, nothing changed.
+    let before = files_of(&run);
+    for name in ["edges.npy", "manifest.json", "lengths.npy", "summary.json", "edges.json", "faithfulness.json"] {
+        let r = patchbay(&["circuit", s(&run), "--top-n", "5", "--out", s(&run.join(name))]);
+        assert!(r.refused() && r.stderr.contains("is a file of a patchbay run"), "{name}: {}", r.stderr);
+    }
+    assert_same_files(&run, &before, "after refused circuits");
+    // Patterns into a run's directory, and a run into a patterns directory: refused, --overwrite or not.
+    let r = patchbay(&["patterns", "--model", tiny, CLEAN, "--out", s(&run), "--overwrite"]);
+    assert!(r.refused() && r.stderr.contains("holds a patchbay run"), "{}", r.stderr);
+    assert_same_files(&run, &before, "after refused patterns");
+    let patterns = dir.join("patterns");
+    assert!(patchbay(&["patterns", "--model", tiny, CLEAN, "--out", s(&patterns)]).ok());
+    let patterns_files = files_of(&patterns);
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let r = patchbay(&[&run_args(&pairs, &patterns, "resid_pre")[..], extra].concat());
+        assert!(r.refused() && r.stderr.contains("`patchbay patterns`"), "{}", r.stderr);
+    }
+    assert_same_files(&patterns, &patterns_files, "after refused runs");
+
+    // faithfulness holds the directory it writes for the whole command: an overwrite of the run,
+    // another curve or a circuit meanwhile fails at once naming it.
+    let mut child = command(&["faithfulness", s(&run), "--sizes", "0,1,2,3,4,5,6,7,8", "--max-rows", "1"], &[]).spawn().unwrap();
+    let pid = format!("pid {}", child.id());
+    let waited = std::time::Instant::now();
+    while !patchbay(&["analyze", s(&run)]).stderr.contains(&pid) {
+        assert!(waited.elapsed().as_secs() < 60, "faithfulness never held {}", run.display());
+    }
+    let stop = |sig: &str| assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    stop("-STOP");
+    let attempts = [edges(&pairs).into_iter().chain(["--overwrite"]).collect::<Vec<_>>(), vec!["faithfulness", s(&run), "--sizes", "0"], vec!["circuit", s(&run), "--top-n", "3"]];
+    let refused: Vec<Out> = attempts.iter().map(|a| patchbay(a)).collect();
+    stop("-CONT");
+    assert!(child.wait().unwrap().success());
+    for (a, r) in attempts.iter().zip(&refused) {
+        assert!(r.refused() && r.stderr.contains(&pid), "{}: {}", a[0], r.stderr);
+    }
+
+    // An overwrite of the run with one pair leaves nothing derived from the three-pair run.
+    let one = dir.join("one.jsonl");
+    std::fs::write(&one, std::fs::read_to_string(&pairs).unwrap().lines().next().unwrap().to_string() + "\n").unwrap();
+    assert!(patchbay(&edges(&one).into_iter().chain(["--overwrite"]).collect::<Vec<_>>()).ok());
+    for f in derived {
+        assert!(!run.join(f).exists(), "{f} of the replaced run is still there");
+    }
+}
+
+/// The fingerprint a run records is of the bytes its model was built from: each model file is
+/// opened once (before, the fingerprint read the files again after loading, so files replaced in
+/// between gave the old weights' results the new files' fingerprint).
+#[test]
+fn the_model_files_are_read_once_and_hashed_as_loaded() {
+    if !strace_works() {
+        eprintln!("strace does not run here: skipped");
+        return;
+    }
+    let dir = tmp("read-once");
+    let pairs = three_pairs(&dir);
+    let trace = dir.join("trace");
+    let out = dir.join("out");
+    let args = run_args(&pairs, &out, "resid_pre");
+    let status = Command::new("strace").args(["-f", "-e", "trace=openat", "-o", s(&trace), env!("CARGO_BIN_EXE_patchbay")]).args(&args).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let path = format!("\"{}\"", tiny().join(file).display());
+        let opens = text.lines().filter(|l| l.contains(&path) && !l.contains("= -1")).count();
+        assert_eq!(opens, 1, "{file} opened {opens} times:\n{}", text.lines().filter(|l| l.contains(&path)).collect::<Vec<_>>().join("\n"));
+    }
+    let m = patchbay::results::Manifest::read(&dir.join("out")).unwrap();
+    let files = patchbay::model::weights::ModelFiles::locate(s(&tiny())).unwrap();
+    assert_eq!(m.weights, files.read().unwrap().fingerprint);
+}
+
+#[test]
+fn merge_refuses_shards_of_other_sites_and_shards_that_misstate_their_pairs() {
+    let dir = tmp("merge-sites");
+    let pairs = three_pairs(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    assert!(patchbay(&run_args(&pairs, &a, "resid_pre").into_iter().chain(["--shard", "0/2"]).collect::<Vec<_>>()).ok());
+    assert!(patchbay(&run_args(&pairs, &b, "resid_pre,mlp_out").into_iter().chain(["--shard", "1/2"]).collect::<Vec<_>>()).ok());
+    let (a0, b1) = (a.join("shard-0000-of-0002"), b.join("shard-0001-of-0002"));
+    let r = patchbay(&["merge", s(&a0), s(&b1), "--out", s(&dir.join("m"))]);
+    assert!(r.refused() && r.stderr.contains("their sites differ"), "{}", r.stderr);
+    // A shard whose manifest claims one more pair than it holds: refused, no panic.
+    assert!(patchbay(&run_args(&pairs, &a, "resid_pre").into_iter().chain(["--shard", "1/2"]).collect::<Vec<_>>()).ok());
+    let a1 = a.join("shard-0001-of-0002");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(a1.join("manifest.json")).unwrap()).unwrap();
+    m["shard"]["pairs"].as_array_mut().unwrap().push(serde_json::json!(0));
+    std::fs::write(a1.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let r = patchbay(&["merge", s(&a0), s(&a1), "--out", s(&dir.join("m2"))]);
+    assert!(r.refused() && r.stderr.contains("shard lists"), "{}", r.stderr);
+}
+
+#[test]
+fn a_config_whose_layer_norm_epsilon_is_not_positive_is_refused_naming_it() {
+    let dir = tmp("epsilon");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny().join(f), model.join(f)).unwrap();
+    }
+    for eps in [0.0, -1e-5] {
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(tiny().join("config.json")).unwrap()).unwrap();
+        config["layer_norm_epsilon"] = serde_json::json!(eps);
+        std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+        for args in [vec!["inspect", "--model", s(&model), CLEAN], vec!["generate", "--model", s(&model), CLEAN]] {
+            let r = patchbay(&args);
+            assert!(r.refused() && r.stderr.contains("layer_norm_epsilon") && r.stderr.contains("config.json"), "{eps}, {}: {}", args[0], r.stderr);
+        }
+    }
 }

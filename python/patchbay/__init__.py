@@ -15,6 +15,7 @@ FileNotFoundError, KeyboardInterrupt) with the CLI's one-line message.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -59,9 +60,9 @@ def open(path: PathLike) -> "Result":  # noqa: A001 - the name users expect (pb.
     # than replacing arrays between the check and the reads.
     lock = _native.lock_shared(path)
     try:
-        _native.open_finished(path)  # the run is finished and every array whole
-        with builtins_open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
-            manifest = json.load(f)
+        # The run is finished, every array whole and no link, and the manifest names only the
+        # files patchbay derives from its sites: read through that manifest, not the file again.
+        manifest = json.loads(_native.open_finished(path))
         arrays = {s["name"]: np.load(os.path.join(path, s["file"])) for s in manifest["sites"]}
         arrays["baseline_clean"] = np.load(os.path.join(path, manifest["baseline_clean"]))
         arrays["baseline_corrupted"] = np.load(os.path.join(path, manifest["baseline_corrupted"]))
@@ -457,15 +458,22 @@ class Result:
 
     def __init__(self, manifest: Dict[str, Any], arrays: Dict[str, np.ndarray], skipped: List[Dict[str, Any]],
                  directory: Optional[str], lengths: np.ndarray):
-        self.manifest = manifest
+        # The manifest as read; native code is given this, never what a user edits.
+        self._manifest = manifest
+        self._manifest_json = json.dumps(manifest)
         self._arrays = arrays
         self.skipped = skipped
         self.directory = directory
         self.lengths = lengths
 
+    @property
+    def manifest(self) -> Dict[str, Any]:
+        """The run's manifest.json (a copy: editing it changes nothing of the result)."""
+        return copy.deepcopy(self._manifest)
+
     def __repr__(self) -> str:
         where = f", directory={self.directory!r}" if self.directory else ""
-        return f"patchbay.Result({len(self.manifest['pairs'])} pair(s), sites={self.sites}{where})"
+        return f"patchbay.Result({len(self._manifest['pairs'])} pair(s), sites={self.sites}{where})"
 
     def __getitem__(self, site: str) -> np.ndarray:
         if site not in self.sites:
@@ -477,12 +485,12 @@ class Result:
 
     @property
     def sites(self) -> List[str]:
-        return [s["name"] for s in self.manifest["sites"]]
+        return [s["name"] for s in self._manifest["sites"]]
 
     @property
     def edge_names(self) -> List[str]:
         """The names of the edges site's edge axis (EAP-IG's), or [] without one."""
-        return next((s.get("edges", []) for s in self.manifest["sites"] if s["name"] == "edges"), [])
+        return next((s.get("edges", []) for s in self._manifest["sites"] if s["name"] == "edges"), [])
 
     def circuit(self, *, top_n: Optional[int] = None, threshold: Optional[float] = None, greedy: Optional[int] = None,
                 absolute: bool = True, prune: bool = True, out: Optional[PathLike] = None) -> "Circuit":
@@ -498,7 +506,7 @@ class Result:
     def axes(self, site: str) -> tuple:
         """The axis names of a site's array, e.g. ("pair", "layer", "position")."""
         self[site]
-        return tuple(next(s["axes"] for s in self.manifest["sites"] if s["name"] == site))
+        return tuple(next(s["axes"] for s in self._manifest["sites"] if s["name"] == site))
 
     @property
     def baseline_clean(self) -> np.ndarray:
@@ -514,11 +522,11 @@ class Result:
         """Each pair's clean and corrupted token strings, its answer and distractor, and its row."""
         return [{"row": p["row"], "clean": p["clean_strs"], "corrupted": p["corrupted_strs"],
                  "answer": p["answer"]["token"], "distractor": p["distractor"]["token"], "positions": p["positions"]}
-                for p in self.manifest["pairs"]]
+                for p in self._manifest["pairs"]]
 
     def _normalized(self, site: str):
         raw = np.ascontiguousarray(self[site], dtype="<f4")
-        values, included = _native.normalize(json.dumps(self.manifest), site, raw.tobytes(),
+        values, included = _native.normalize(self._manifest_json, site, raw.tobytes(),
                                               np.ascontiguousarray(self.baseline_clean, "<f4").tobytes(),
                                               np.ascontiguousarray(self.baseline_corrupted, "<f4").tobytes())
         return np.frombuffer(values, dtype="<f4").reshape(raw.shape), included
@@ -531,7 +539,7 @@ class Result:
     def heatmap(self, site: str) -> "Heatmap":
         """``analyze``'s heatmap of the site's normalized mean over pairs (inline in Jupyter)."""
         values, included = self._normalized(site)
-        svg, png = _native.heatmap(json.dumps(self.manifest), site, values.tobytes(), included)
+        svg, png = _native.heatmap(self._manifest_json, site, values.tobytes(), included)
         return Heatmap(svg, png)
 
 

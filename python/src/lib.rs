@@ -313,7 +313,8 @@ fn enum_arg<T: clap::ValueEnum>(value: &str, what: &str) -> PyResult<T> {
 fn load(py: Python<'_>, model: String, backend: &str, dtype: &str, fusion: bool, threads: Option<usize>, device: usize) -> PyResult<PyModel> {
     let spec = BackendSpec { kind: enum_arg::<BackendKind>(backend, "backend")?, device, dtype: enum_arg::<DType>(dtype, "dtype")?, fusion };
     let mut quiet = PyProgress::new(None);
-    job(py, &mut quiet, |_| Model::load(&model, spec, threads)).map(PyModel)
+    // A download checks for Ctrl-C after every chunk (and each read times out: HF_HUB_DOWNLOAD_TIMEOUT).
+    job(py, &mut quiet, |p| Model::load_watched(&model, spec, threads, &mut |_, _| p.advance(0))).map(PyModel)
 }
 
 /// The arrays of a sweep (sites, then the clean and corrupted baselines) as (name, bytes).
@@ -588,25 +589,49 @@ fn verify(py: Python<'_>, dir: PathBuf, rows: usize, backend: Option<&str>, dtyp
     json(&v)
 }
 
+/// A result's manifest (its JSON as the library wrote it) and the site `site` of it, checked
+/// against `values` floats of the site's array: what Python passes back is never trusted.
+fn site_of<'a>(m: &'a Manifest, site: &str, values: usize) -> anyhow::Result<&'a patchbay::results::SiteEntry> {
+    m.check_files()?;
+    let entry = m.sites.iter().find(|s| s.name == site).with_context(|| format!("no site {site:?} in the manifest"))?;
+    let cells = entry.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if entry.shape.first() != Some(&m.pairs.len()) || cells != Some(values) || entry.axes.len() != entry.shape.len() {
+        bail!("the manifest's site {site} has shape {:?} and axes {:?} for {} pairs and {values} values: not a whole array", entry.shape, entry.axes, m.pairs.len());
+    }
+    Ok(entry)
+}
+
 /// `analyze`'s normalization of a site's raw values: (normalized bytes, pairs included).
 #[pyfunction]
 fn normalize<'py>(py: Python<'py>, manifest: &str, site: &str, raw: &[u8], clean: &[u8], corrupted: &[u8]) -> PyResult<(Bound<'py, PyBytes>, usize)> {
     let m: Manifest = parse(manifest, "manifest")?;
-    let entry = m.sites.iter().find(|s| s.name == site).with_context(|| format!("no site {site}")).map_err(to_py)?;
-    let (scale, excluded) = patchbay::analysis::scales_of(&m, &floats(clean), &floats(corrupted));
-    let cells: usize = entry.shape[1..].iter().product();
-    let normalized = patchbay::analysis::normalize(&floats(raw), cells, &scale);
-    Ok((bytes(py, &normalized), m.pairs.len() - excluded.len()))
+    let (normalized, included) = job(py, &mut PyProgress::new(None), |_| {
+        let (raw, clean, corrupted) = (floats(raw), floats(clean), floats(corrupted));
+        let entry = site_of(&m, site, raw.len())?;
+        if clean.len() != m.pairs.len() || corrupted.len() != m.pairs.len() {
+            bail!("{} clean and {} corrupted baselines for {} pairs", clean.len(), corrupted.len(), m.pairs.len());
+        }
+        let (scale, excluded) = patchbay::analysis::scales_of(&m, &clean, &corrupted);
+        let cells: usize = entry.shape[1..].iter().product();
+        Ok((patchbay::analysis::normalize(&raw, cells, &scale), m.pairs.len() - excluded.len()))
+    })?;
+    Ok((bytes(py, &normalized), included))
 }
 
 /// The heatmap `analyze` draws of a site, from its normalized values: (SVG, PNG bytes).
 #[pyfunction]
 fn heatmap<'py>(py: Python<'py>, manifest: &str, site: &str, normalized: &[u8], included: usize) -> PyResult<(String, Bound<'py, PyBytes>)> {
     let m: Manifest = parse(manifest, "manifest")?;
-    let entry = m.sites.iter().find(|s| s.name == site).with_context(|| format!("no site {site}")).map_err(to_py)?;
-    let grid = patchbay::analysis::site_heatmap(&m, entry, &floats(normalized), included);
-    let png = patchbay::analysis::plot::png(&grid).map_err(to_py)?;
-    Ok((patchbay::analysis::plot::svg(&grid), PyBytes::new(py, &png)))
+    let (svg, png) = job(py, &mut PyProgress::new(None), |_| {
+        let values = floats(normalized);
+        let entry = site_of(&m, site, values.len())?;
+        if included > m.pairs.len() {
+            bail!("{included} pairs included of {}", m.pairs.len());
+        }
+        let grid = patchbay::analysis::site_heatmap(&m, entry, &values, included);
+        Ok((patchbay::analysis::plot::svg(&grid), patchbay::analysis::plot::png(&grid)?))
+    })?;
+    Ok((svg, PyBytes::new(py, &png)))
 }
 
 #[pymodule]

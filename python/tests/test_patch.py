@@ -311,3 +311,58 @@ def test_eap_ig_circuit_and_faithfulness(model, tmp_path):
         model.edges(pairs=PAIRS, method="eap", ig_steps=3)
     with pytest.raises(ValueError, match="one of top_n="):
         r.circuit(top_n=3, greedy=3)
+
+
+def test_open_reads_only_the_directorys_own_files(model, tmp_path):
+    out, other = tmp_path / "run", tmp_path / "other"
+    model.patch(pairs=PAIRS, sites=["resid_pre"], out=out, verify=0)
+    model.patch(pairs=PAIRS[:1] * 3, sites=["resid_pre", "mlp_out"], out=other, verify=0)
+    pristine = (out / "manifest.json").read_text()
+    # Manifest paths into another run, absolute paths, unknown site names: refused naming them.
+    for field, value in [("file", "../other/mlp_out.npy"), ("file", str(other / "resid_pre.npy")), ("name", "../other/x")]:
+        manifest = json.loads(pristine)
+        manifest["sites"][0][field] = value
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=value.replace(".", r"\.")):
+            pb.open(out)
+    for field in ["baseline_clean", "lengths"]:
+        manifest = json.loads(pristine)
+        manifest[field] = f"../other/{field}.npy"
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=field):
+            pb.open(out)
+    # An array that is a link into another run.
+    (out / "manifest.json").write_text(pristine)
+    (out / "resid_pre.npy").unlink()
+    (out / "resid_pre.npy").symlink_to(other / "resid_pre.npy")
+    with pytest.raises(ValueError, match="symbolic link"):
+        pb.open(out)
+
+
+def test_every_native_entry_point_survives_an_edited_manifest(model):
+    r = model.patch(pairs=PAIRS, sites=["resid_pre"])
+    edits = [
+        lambda m: m["sites"][0].update(shape=[]),
+        lambda m: m["sites"][0].update(shape=[3, 10**12]),
+        lambda m: m["sites"][0].update(axes=[]),
+        lambda m: m.update(pairs=m["pairs"][:1]),
+        lambda m: m["sites"][0].update(name="../x"),
+        lambda m: m.pop("sites"),
+        lambda m: m["pairs"][0].update(length=-1),
+    ]
+    want_norm = r.normalized("resid_pre")
+    for edit in edits:
+        edit(r.manifest)  # a copy: the result is unchanged
+        np.testing.assert_array_equal(r.normalized("resid_pre"), want_norm)
+        assert r.heatmap("resid_pre")._repr_png_()[:4] == b"\x89PNG"
+    # Edited where it is kept, the native calls refuse it as an Exception: a PanicException (a
+    # BaseException) would escape `except Exception` and fail the test.
+    for edit in edits:
+        edited = json.loads(r._manifest_json)
+        edit(edited)
+        broken = pb.Result(edited, r._arrays, [], None, r.lengths)
+        for fn in (broken.normalized, broken.heatmap):
+            try:
+                fn("resid_pre")
+            except Exception:
+                pass

@@ -6,7 +6,7 @@
 //! minus the run's base metric (the corrupted run's when denoising, the clean run's when noising),
 //! EAP-IG's `score` up to its sign convention (EAP-IG's runs are noising runs).
 use crate::engine::graph::{Edge, Graph, Node};
-use crate::results::{self, read_f32, Manifest};
+use crate::results::{self, npy::read_own_f32, Manifest};
 use crate::engine::Direction;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -43,12 +43,12 @@ impl Circuit {
         let Some(site) = m.sites.iter().find(|s| s.name == "edges") else {
             bail!("{} is a run of {}: circuits are chosen from an edges run (`patchbay edges`)", dir.display(), m.sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "));
         };
-        let (values, shape) = read_f32(&dir.join(&site.file))?;
+        let (values, shape) = read_own_f32(&dir.join(&site.file))?;
         let base_file = match m.direction {
             Direction::Denoising => &m.baseline_corrupted,
             Direction::Noising => &m.baseline_clean,
         };
-        let (base, _) = read_f32(&dir.join(base_file))?;
+        let (base, _) = read_own_f32(&dir.join(base_file))?;
         let n = shape[1];
         let mut scores = vec![0.0f64; n];
         for (row, b) in values.chunks(n).zip(&base) {
@@ -70,6 +70,11 @@ impl Circuit {
         }
         if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
             bail!("edge {} has no finite score ({})", graph.edges[i], scores[i]);
+        }
+        if let Selection::Threshold(t) = selection {
+            if t.is_nan() {
+                bail!("--threshold must be a number, not NaN (it would select no edge)");
+            }
         }
         let key = |i: usize| if absolute { scores[i].abs() } else { scores[i] };
         let mut edges = vec![false; total];

@@ -8,7 +8,7 @@ use super::plot::{self, Scatter};
 use super::{mean_sem, normalize, scales};
 use crate::engine::Method;
 use crate::results::manifest::{compare_files, COMPARE_JSON};
-use crate::results::{open_finished, read_f32, write_atomic, Manifest};
+use crate::results::{npy::read_own_f32, open_finished, write_atomic, Manifest};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -77,8 +77,8 @@ pub fn compare(dir: &Path, other: &Path) -> Result<Comparison> {
     let label = |m: &Manifest, d: &Path| format!("{} ({}), normalized", m.method.name(), d.display());
     let mut sites = Vec::new();
     for (sa, sb) in shared {
-        let (raw_a, shape) = read_f32(&dir.join(&sa.file))?;
-        let (raw_b, _) = read_f32(&other.join(&sb.file))?;
+        let (raw_a, shape) = read_own_f32(&dir.join(&sa.file))?;
+        let (raw_b, _) = read_own_f32(&other.join(&sb.file))?;
         let cells: usize = shape[1..].iter().product();
         let (na, nb) = (normalize(&raw_a, cells, &scale_a), normalize(&raw_b, cells, &scale_b));
         // Other across, this run up.

@@ -7,7 +7,7 @@ pub mod compare;
 pub mod plot;
 
 use crate::results::manifest::{heatmap_files, normalized_file, SUMMARY_CSV, SUMMARY_JSON};
-use crate::results::{open_finished, read_f32, write_atomic, write_npy, Manifest, PairEntry, SiteEntry};
+use crate::results::{npy::read_own_f32, open_finished, write_atomic, write_npy, Manifest, PairEntry, SiteEntry};
 use anyhow::{bail, Result};
 use plot::Grid;
 use serde::Serialize;
@@ -67,8 +67,8 @@ pub(crate) fn mean_sem(values: &[f32], cells: usize) -> (Vec<f32>, Vec<f32>, Vec
 
 /// Each pair's (corrupted, clean − corrupted) baselines, None for a pair left out (listed).
 pub(crate) fn scales(dir: &Path, m: &Manifest) -> Result<(Vec<Option<(f32, f32)>>, Vec<Excluded>)> {
-    let (clean, _) = read_f32(&dir.join(&m.baseline_clean))?;
-    let (corrupted, _) = read_f32(&dir.join(&m.baseline_corrupted))?;
+    let (clean, _) = read_own_f32(&dir.join(&m.baseline_clean))?;
+    let (corrupted, _) = read_own_f32(&dir.join(&m.baseline_corrupted))?;
     Ok(scales_of(m, &clean, &corrupted))
 }
 
@@ -112,7 +112,7 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
     let mut by_name = Vec::new();
     let named = named_positions(&m.pairs);
     for site in &m.sites {
-        let (raw, shape) = read_f32(&dir.join(&site.file))?;
+        let (raw, shape) = read_own_f32(&dir.join(&site.file))?;
         let cells: usize = shape[1..].iter().product();
         let normalized = normalize(&raw, cells, &scale);
         write_npy(&dir.join(normalized_file(&site.name)), &shape, &normalized)?;

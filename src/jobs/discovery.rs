@@ -8,6 +8,7 @@ use crate::analysis::plot::{lines_png, lines_svg, Lines};
 use crate::backend::BackendSpec;
 use crate::data::TokenizedPair;
 use crate::engine::{CircuitEval, Graph, Metric, Patching};
+use crate::results::manifest::{is_own_file, CIRCUIT_FILES, FAITHFULNESS_FILES};
 use crate::results::{self, npy, write_atomic, Manifest};
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
@@ -48,14 +49,20 @@ impl Selection {
 
 /// The circuit `spec` picks from the run's edge scores, written as EAP-IG's Graph JSON and drawn.
 pub fn circuit(spec: &CircuitSpec) -> Result<Chosen> {
+    let json = spec.out.clone().unwrap_or_else(|| spec.run.join(CIRCUIT_FILES[0]));
+    let svg = json.with_extension("svg");
+    // No file another command writes (a run's array or manifest, its analysis) is replaced.
+    for path in [&json, &svg] {
+        let name = path.file_name().and_then(|n| n.to_str()).with_context(|| format!("--out {} is not a file name", json.display()))?;
+        if is_own_file(name) && !CIRCUIT_FILES.contains(&name) {
+            bail!("--out {}: {name} is a file of a patchbay run, not a circuit's; choose another name (circuit.json by default)", json.display());
+        }
+    }
+    let parent = json.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // The directory written is held for the whole command, as every writer holds its output.
+    let _lock = results::lock::exclusive(parent)?;
     let (m, scores) = Circuit::scores_of_run(&spec.run)?;
     let c = Circuit::select(Graph::new(m.config.n_layer, m.config.n_head), scores, spec.selection, spec.absolute, spec.prune)?;
-    let json = spec.out.clone().unwrap_or_else(|| spec.run.join("circuit.json"));
-    let svg = json.with_extension("svg");
-    let _lock = results::lock::shared(&spec.run)?;
-    if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
     write_atomic(&json, &c.to_json(m.config.n_embd)?)?;
     let title = format!("{} of {} edges ({}{}) — {} — {}", c.edge_count(), c.graph.edges.len(), spec.selection.describe(), if spec.absolute { ", by |score|" } else { "" }, m.metric, m.model);
     write_atomic(&svg, circuit::svg(&c, &title).as_bytes())?;
@@ -108,6 +115,8 @@ pub struct Drawn {
 pub struct Faithfulness {
     pub model: String,
     pub run: String,
+    /// `Manifest::identity` of the run the curve is of: a curve beside another run is not its.
+    pub run_identity: String,
     pub metric: String,
     pub ablation: String,
     pub selection: &'static str,
@@ -154,6 +163,10 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
     if !spec.draw_at.is_finite() {
         bail!("--draw-at must be a number, not {}", spec.draw_at);
     }
+    // The directory written is held from the start, so the curve written is of the run read, and
+    // no other writer of it (an --overwrite, another faithfulness) runs meanwhile.
+    let out_dir = spec.out.clone().unwrap_or_else(|| spec.run.clone());
+    let _lock = results::lock::exclusive(&out_dir)?;
     let (m, scores) = Circuit::scores_of_run(&spec.run)?;
     let graph = Graph::new(m.config.n_layer, m.config.n_head);
     let total = graph.edges.len();
@@ -220,6 +233,7 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
     let out = Faithfulness {
         model: m.model.clone(),
         run: spec.run.display().to_string(),
+        run_identity: m.identity(),
         metric: m.metric.clone(),
         ablation: m.ablation.name().into(),
         selection: match (spec.circuits.is_empty(), spec.greedy) {
@@ -244,7 +258,7 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
         pairs: pairs.len(),
         per_pair,
     };
-    write(&out, &circuits[out.drawn.index], spec.out.as_deref().unwrap_or(&spec.run), &m)?;
+    write(&out, &circuits[out.drawn.index], &out_dir, &m)?;
     Ok(out)
 }
 
@@ -268,25 +282,28 @@ fn max_rows_for_budget(m: &Manifest, positions: usize, backend: &BackendSpec) ->
     (budget / per_row).min(buffer / deltas.max(1)).clamp(1, 4096)
 }
 
+/// The curve's files as one set (`outputs::write_set`: faithfulness.json, which names the run's
+/// identity, last), in `dir`, whose lock the caller holds.
 fn write(f: &Faithfulness, drawn: &Circuit, dir: &Path, m: &Manifest) -> Result<()> {
-    let _lock = results::lock::shared(&PathBuf::from(&f.run))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pairs = f.pairs;
     let values: Vec<f32> = f.per_pair.iter().flatten().copied().collect();
-    write_atomic(&dir.join("faithfulness.npy"), &npy::encode(&[f.sizes.len(), pairs], &values))?;
     let lines = Lines {
         title: format!("faithfulness ({}, {} ablation) — CPR {:.3}, CMD {:.3} — {}", f.selection, f.ablation, f.cpr, f.cmd, m.model),
         y_title: "(m(circuit) − m(empty)) / (m(whole graph) − m(empty)), by edges kept".into(),
         labels: f.sizes.iter().zip(&f.edges).map(|(n, e)| if n == e { n.to_string() } else { format!("{n}→{e}") }).collect(),
         series: vec![("faithfulness".into(), f.faithfulness.iter().map(|&v| v as f32).collect(), f.faithfulness_sem.iter().map(|&v| v as f32).collect())],
     };
-    write_atomic(&dir.join("faithfulness.svg"), lines_svg(&lines).as_bytes())?;
-    write_atomic(&dir.join("faithfulness.png"), &lines_png(&lines)?)?;
     let d = &f.drawn;
     let title = format!("{} of {} edges, faithfulness {:.3} ({}, {}) — {} — {}", d.edges, drawn.graph.edges.len(), d.faithfulness, f.selection, f.why_drawn(), m.metric, m.model);
-    write_atomic(&dir.join("faithfulness_circuit.json"), &drawn.to_json(m.config.n_embd)?)?;
-    write_atomic(&dir.join("faithfulness_circuit.svg"), circuit::svg(drawn, &title).as_bytes())?;
-    write_atomic(&dir.join("faithfulness.json"), &serde_json::to_vec_pretty(f)?)
+    let [npy_file, svg, png, circuit_json, circuit_svg, listing] = FAITHFULNESS_FILES;
+    let files = vec![
+        (npy_file.to_string(), npy::encode(&[f.sizes.len(), pairs], &values)),
+        (svg.to_string(), lines_svg(&lines).into_bytes()),
+        (png.to_string(), lines_png(&lines)?),
+        (circuit_json.to_string(), drawn.to_json(m.config.n_embd)?),
+        (circuit_svg.to_string(), circuit::svg(drawn, &title).into_bytes()),
+    ];
+    results::outputs::write_set(dir, (listing, serde_json::to_vec_pretty(f)?), files, &FAITHFULNESS_FILES[..5])
 }
 
 struct Evaluate<'a> {

@@ -56,19 +56,25 @@ impl<'m, B: Backend> On<'m, B> {
     pub fn autodiff(&self) -> Result<&'m Gpt2<Autodiff<B>>> {
         let h = self.handle;
         if h.autodiff.get().is_none() {
-            let model: Erased = Box::new(load_model::<Autodiff<B>>(&h.files, &self.model.device())?);
+            // Read again, and held to the fingerprint of the model loaded first.
+            let read = h.files.read()?;
+            if read.fingerprint != h.fingerprint {
+                anyhow::bail!("the files of {} changed since it was loaded (fingerprint {}, now {}): load it again", h.id(), h.fingerprint, read.fingerprint);
+            }
+            let model: Erased = Box::new(load_model::<Autodiff<B>>(&h.files, h.config.clone(), read.weights, &self.model.device())?);
             let _ = h.autodiff.set(model);
         }
         h.autodiff.get().and_then(|m| m.downcast_ref()).context("internal error: the Autodiff model is of another backend")
     }
 }
 
-struct Load<'a>(&'a ModelFiles);
+/// Builds the model from the files' bytes as read once (`ModelFiles::read`).
+struct Load<'a>(&'a ModelFiles, Gpt2Config, Vec<u8>);
 
 impl BackendTask for Load<'_> {
     type Output = Erased;
     fn run<B: Backend>(self, device: B::Device) -> Result<Erased> {
-        Ok(Box::new(load_model::<B>(self.0, &device)?))
+        Ok(Box::new(load_model::<B>(self.0, self.1, self.2, &device)?))
     }
 }
 
@@ -90,14 +96,21 @@ impl Model {
     /// `model` is a hub id or a directory (`ModelFiles::locate`); `threads` sets the cpu backend's
     /// worker threads, once per process.
     pub fn load(model: &str, backend: BackendSpec, threads: Option<usize>) -> Result<Self> {
+        Self::load_watched(model, backend, threads, &mut crate::model::weights::terminal_bar())
+    }
+
+    /// `load`, with `watch(bytes_done, bytes_total)` following any download instead of a bar on
+    /// the terminal (an error it returns stops the download: how Python's Ctrl-C does).
+    pub fn load_watched(model: &str, backend: BackendSpec, threads: Option<usize>, watch: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<Self> {
         if let Some(n) = threads {
             crate::backend::set_cpu_threads(n)?;
         }
-        let files = ModelFiles::locate(model)?;
-        let config = Gpt2Config::from_json_file(&files.config)?;
-        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
-        let plain = dispatch(&backend, Load(&files))?;
-        let fingerprint = files.fingerprint()?;
+        let files = ModelFiles::locate_with(model, watch)?;
+        let read = files.read()?;
+        let config = files.config_of(&read)?;
+        let tokenizer = Tokenizer::from_bytes(&read.tokenizer, &files.tokenizer)?;
+        let fingerprint = read.fingerprint;
+        let plain = dispatch(&backend, Load(&files, config.clone(), read.weights))?;
         Ok(Self { files, config, tokenizer, backend, fingerprint, plain, autodiff: OnceLock::new() })
     }
 

@@ -448,7 +448,7 @@ fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[Tokenize
             .iter()
             .map(|&s| SiteEntry {
                 name: s.name().into(),
-                file: format!("{}.npy", s.name()),
+                file: crate::results::manifest::site_file(s.name()),
                 axes: s.axes().into_iter().map(String::from).collect(),
                 shape: [vec![pairs.len()], layout.per_pair(s)].concat(),
                 hook: match s {
@@ -461,9 +461,9 @@ fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[Tokenize
                 },
             })
             .collect(),
-        baseline_clean: "baseline_clean.npy".into(),
-        baseline_corrupted: "baseline_corrupted.npy".into(),
-        lengths: "lengths.npy".into(),
+        baseline_clean: crate::results::manifest::BASELINE_CLEAN.into(),
+        baseline_corrupted: crate::results::manifest::BASELINE_CORRUPTED.into(),
+        lengths: crate::results::manifest::LENGTHS.into(),
         dataset: String::new(),
         skipped: Vec::new(),
         shard: None,

@@ -52,7 +52,9 @@ pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Opt
     if rows == 0 {
         bail!("--rows must be at least 1: a check of no rows shows nothing");
     }
-    let _lock = results::lock::shared(dir)?;
+    // Exclusive: a check writes its record into the manifest, and two checks at once would each
+    // write over the other's (a one-row pass erasing a full check's failure).
+    let _lock = if dir.is_dir() { Some(results::lock::exclusive(dir)?) } else { None };
     let mut manifest = results::open_finished(dir)?;
     let spec = BackendSpec { fusion: false, ..backend.unwrap_or_else(|| checker(&manifest.backend)) };
     let mut own = None;
@@ -166,7 +168,7 @@ impl Check {
 /// site's cells past a pair's length are NaN (a value there would be read as a result).
 fn layout_failures(dir: &Path, m: &Manifest) -> Result<Vec<String>> {
     let mut failed = Vec::new();
-    let (lengths, _) = npy::read_i32(&dir.join(&m.lengths))?;
+    let (lengths, _) = npy::read_own_i32(&dir.join(&m.lengths))?;
     for (p, (&l, pair)) in lengths.iter().zip(&m.pairs).enumerate() {
         if l as usize != pair.length {
             failed.push(format!("{}[pair {p}]: {l} written, the pair is {} tokens", m.lengths, pair.length));
@@ -174,7 +176,7 @@ fn layout_failures(dir: &Path, m: &Manifest) -> Result<Vec<String>> {
     }
     for entry in &m.sites {
         let site = PatchSite::parse(&entry.name)?;
-        let (values, _) = npy::read_f32(&dir.join(&entry.file))?;
+        let (values, _) = npy::read_own_f32(&dir.join(&entry.file))?;
         let per_pair: usize = entry.shape[1..].iter().product();
         for (p, pair) in m.pairs.iter().enumerate() {
             let mut real = vec![false; per_pair];

@@ -76,6 +76,10 @@ impl Gpt2Config {
         if let Some((name, _)) = sizes.iter().chain(&[("n_inner", hf.n_inner.unwrap_or(1))]).find(|(_, v)| *v == 0) {
             bail!("{name} is 0: a GPT-2 needs at least one of each");
         }
+        // A zero, negative or non-finite epsilon makes every layer norm NaN or infinite, silently.
+        if !(hf.layer_norm_epsilon.is_finite() && hf.layer_norm_epsilon > 0.0) {
+            bail!("layer_norm_epsilon is {}: it must be a positive number", hf.layer_norm_epsilon);
+        }
         Ok(Self {
             n_layer: hf.n_layer,
             n_head: hf.n_head,

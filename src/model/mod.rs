@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod config;
 pub mod gpt2;
+pub mod hub;
 pub mod sites;
 pub mod weights;
 

@@ -25,40 +25,68 @@ impl ModelFiles {
     /// `openai-community/gpt2-medium`) fetched into the HF cache (HF_HOME). With HF_HUB_OFFLINE=1
     /// only the cache is read.
     pub fn locate(model: &str) -> Result<Self> {
-        let [config, weights, tokenizer]: [PathBuf; 3] = locate_files(model, &FILES)?.try_into().expect("three files");
+        Self::locate_with(model, &mut terminal_bar())
+    }
+
+    /// `locate`, with `watch(bytes_done, bytes_total)` following each download (an error it
+    /// returns stops the download: how Python's Ctrl-C does).
+    pub fn locate_with(model: &str, watch: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<Self> {
+        let [config, weights, tokenizer]: [PathBuf; 3] = locate_files(model, &FILES, watch)?.try_into().expect("three files");
         Ok(Self { id: model.to_string(), config, weights, tokenizer })
     }
 
-    /// A hash of the three files' contents (xxh3, 64 bits, hex): a run records it, and resume,
-    /// merge and verify refuse a model that is not the one it was made with.
-    pub fn fingerprint(&self) -> Result<String> {
-        use std::io::Read;
-        let mut hash = xxhash_rust::xxh3::Xxh3::new();
-        let mut buf = vec![0u8; 1 << 20];
-        for path in [&self.config, &self.weights, &self.tokenizer] {
-            let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let mut len = 0u64;
-            loop {
-                let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-                if n == 0 {
-                    break;
-                }
-                hash.update(&buf[..n]);
-                len += n as u64;
-            }
-            hash.update(&len.to_le_bytes()); // where one file ends and the next begins
-        }
-        Ok(format!("{:016x}", hash.digest()))
+    /// The config.json read (`read`), as a config.
+    pub fn config_of(&self, read: &ModelBytes) -> Result<super::Gpt2Config> {
+        let text = std::str::from_utf8(&read.config).with_context(|| format!("{} is not UTF-8", self.config.display()))?;
+        super::Gpt2Config::from_json(text).with_context(|| format!("in {}", self.config.display()))
     }
+
+    /// The three files' bytes, each read once: the model is built from these bytes and their
+    /// fingerprint hashes these bytes, so a file replaced while loading cannot give a run the
+    /// fingerprint of other weights than it computed with.
+    pub fn read(&self) -> Result<ModelBytes> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let (config, weights, tokenizer) = (read(&self.config)?, read(&self.weights)?, read(&self.tokenizer)?);
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        for bytes in [&config, &weights, &tokenizer] {
+            hash.update(bytes);
+            hash.update(&(bytes.len() as u64).to_le_bytes()); // where one file ends and the next begins
+        }
+        Ok(ModelBytes { config, weights, tokenizer, fingerprint: format!("{:016x}", hash.digest()) })
+    }
+}
+
+/// A model's three files as read once (`ModelFiles::read`).
+pub struct ModelBytes {
+    pub config: Vec<u8>,
+    pub weights: Vec<u8>,
+    pub tokenizer: Vec<u8>,
+    /// A hash of the three (xxh3, 64 bits, hex): a run records it, and resume, merge and verify
+    /// refuse a model that is not the one it was made with.
+    pub fingerprint: String,
 }
 
 /// One of the model's files (`config.json` or `tokenizer.json` for what needs no weights), found
 /// as `ModelFiles::locate` finds the three, fetching only that one.
 pub fn locate_file(model: &str, file: &str) -> Result<PathBuf> {
-    Ok(locate_files(model, &[file])?.remove(0))
+    Ok(locate_files(model, &[file], &mut terminal_bar())?.remove(0))
 }
 
-fn locate_files(model: &str, files: &[&str]) -> Result<Vec<PathBuf>> {
+/// A download's progress as a bar on the terminal (none when stderr is not one).
+pub fn terminal_bar() -> impl FnMut(u64, u64) -> Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+        if total > 0 && done == total {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+}
+
+fn locate_files(model: &str, files: &[&str], watch: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<Vec<PathBuf>> {
     let dir = Path::new(model);
     if dir.is_dir() {
         files
@@ -76,7 +104,8 @@ fn locate_files(model: &str, files: &[&str]) -> Result<Vec<PathBuf>> {
         // Hub ids are `name` or `owner/name`: anything else was meant as a path.
         Err(not_found(format!("model directory {model} does not exist")))
     } else {
-        hub_files(model, files)
+        super::hub::check_id(model)?;
+        hub_files(model, files, watch)
     }
 }
 
@@ -90,7 +119,7 @@ fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
-fn hub_files(id: &str, files: &[&str]) -> Result<Vec<PathBuf>> {
+fn hub_files(id: &str, files: &[&str], watch: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<Vec<PathBuf>> {
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(id.to_string());
     if offline() {
@@ -108,10 +137,7 @@ fn hub_files(id: &str, files: &[&str]) -> Result<Vec<PathBuf>> {
             })
             .collect();
     }
-    // from_env: the cache of HF_HOME, and HF_ENDPOINT (a mirror) where it is set.
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().context("starting the HF hub client")?;
-    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "the HF hub".into());
-    let repo = api.model(id.to_string());
+    let endpoint = super::hub::endpoint();
     files
         .iter()
         .map(|f| {
@@ -119,11 +145,10 @@ fn hub_files(id: &str, files: &[&str]) -> Result<Vec<PathBuf>> {
             if let Some(p) = cached.get(f) {
                 return Ok(p);
             }
-            let fetched = repo.get(f).map_err(|e| anyhow::anyhow!("{e}")).and_then(|p| complete(&p).map(|()| p));
+            let fetched = super::hub::download(&cache, id, f, watch).and_then(|p| complete(&p).map(|()| p));
             fetched.map_err(|e| {
-                remove_partial_downloads(&cache, id);
                 anyhow::anyhow!(
-                    "could not fetch {f} of {id} from {endpoint} ({e}); without network, fill the cache at {} \
+                    "could not fetch {f} of {id} from {endpoint} ({e:#}); without network, fill the cache at {} \
                      (HF_HOME) or pass --model DIR with {}",
                     cache.path().display(),
                     FILES.join(", ")
@@ -152,15 +177,6 @@ fn complete(path: &Path) -> Result<()> {
     anyhow::bail!("the download ended after {} bytes, short of a whole file", bytes.len())
 }
 
-/// Removes what failed downloads of `id` left in the cache (hf-hub's `.part` files).
-fn remove_partial_downloads(cache: &hf_hub::Cache, id: &str) {
-    let blobs = cache.path().join(format!("models--{}", id.replace('/', "--"))).join("blobs");
-    for entry in std::fs::read_dir(blobs).into_iter().flatten().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "part") {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
 
 /// Parameters read from a model.safetensors file. Accepts the hub's bare names (`h.0.attn...`)
 /// and the `transformer.`-prefixed ones `save_pretrained` writes; F32, F16 and BF16 tensors.
@@ -175,6 +191,11 @@ pub struct Safetensors<B: Backend> {
 impl<B: Backend> Safetensors<B> {
     pub fn open(path: &Path, device: &B::Device) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_bytes(path, bytes, device)
+    }
+
+    /// The parameters in `bytes`, read from `path` (named in errors).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>, device: &B::Device) -> Result<Self> {
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
         let tensors = meta
@@ -208,10 +229,9 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
     }
 }
 
-/// The model of `files` on `device`.
-pub fn load_model<B: Backend>(files: &ModelFiles, device: &B::Device) -> Result<super::Gpt2<B>> {
-    let config = super::Gpt2Config::from_json_file(&files.config)?;
-    let mut weights = Safetensors::open(&files.weights, device)?;
+/// The model of `files` on `device`, from `config` and the weights' bytes as read (`ModelFiles::read`).
+pub fn load_model<B: Backend>(files: &ModelFiles, config: super::Gpt2Config, weights: Vec<u8>, device: &B::Device) -> Result<super::Gpt2<B>> {
+    let mut weights = Safetensors::from_bytes(&files.weights, weights, device)?;
     // Layers beyond config.json's would be ignored without a word: a config of another model.
     let extra = format!("h.{}.", config.n_layer);
     if weights.tensors.keys().any(|k| k.starts_with(&extra)) {

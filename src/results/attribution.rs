@@ -1,7 +1,7 @@
 //! A direct-logit-attribution directory (`patchbay attribute`): `attribution.json` (what was
 //! computed, on which pairs, the labels of each axis) and its arrays. Written whole, each file
 //! write-then-rename, the listing last: a directory with a listing holds all of it.
-use super::{read_f32, write_atomic, write_npy, PairEntry};
+use super::{npy::read_own_f32, write_atomic, write_npy, PairEntry};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -64,11 +64,11 @@ pub fn write(dir: &Path, listing: &Listing, a: &Arrays, overwrite: bool) -> Resu
 
 pub fn read(dir: &Path) -> Result<(Listing, Arrays)> {
     let path = dir.join(LISTING);
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = super::read_own(&path).with_context(|| format!("reading {}", path.display()))?;
     let listing: Listing = serde_json::from_slice(&text).with_context(|| format!("{} is not an attribution listing", path.display()))?;
     let p = listing.pairs.len();
     let array = |name: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
-        let (v, s) = read_f32(&dir.join(name))?;
+        let (v, s) = read_own_f32(&dir.join(name))?;
         if s != shape {
             bail!("{} has shape {s:?}, {LISTING} says {shape:?}", dir.join(name).display());
         }

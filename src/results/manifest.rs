@@ -3,8 +3,8 @@
 use super::npy::Dtype;
 use crate::backend::BackendSpec;
 use crate::data::Skipped;
-use crate::engine::{Ablation, Direction, Layout, Method, Metric, Runs};
-use crate::model::Gpt2Config;
+use crate::engine::{Ablation, Direction, Layout, Means, Method, Metric, PatchSite, Runs};
+use crate::model::{Gpt2Config, SiteKind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,6 +15,19 @@ pub const SUMMARY_JSON: &str = "summary.json";
 pub const SUMMARY_CSV: &str = "summary.csv";
 /// `analyze --compare`'s correlations with another run.
 pub const COMPARE_JSON: &str = "compare.json";
+/// The two baselines' metrics and the pairs' token lengths.
+pub const BASELINE_CLEAN: &str = "baseline_clean.npy";
+pub const BASELINE_CORRUPTED: &str = "baseline_corrupted.npy";
+pub const LENGTHS: &str = "lengths.npy";
+/// What `faithfulness` and `circuit` (by default) derive from an edges run, written into its directory.
+pub const FAITHFULNESS_FILES: [&str; 6] =
+    ["faithfulness.npy", "faithfulness.svg", "faithfulness.png", "faithfulness_circuit.json", "faithfulness_circuit.svg", "faithfulness.json"];
+pub const CIRCUIT_FILES: [&str; 2] = ["circuit.json", "circuit.svg"];
+/// The journal and the staged manifest of an unfinished run.
+pub const PROGRESS: &str = "progress.json";
+pub const STAGED_MANIFEST: &str = "manifest.json.partial";
+/// What staged arrays end with until the run commits.
+pub const PARTIAL: &str = ".partial";
 
 /// Which of the whole run's pairs a shard holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -244,8 +257,50 @@ pub fn fingerprint(value: &impl Serialize) -> String {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a patchbay results directory (no {MANIFEST})", dir.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+        let bytes = super::read_own(&path).with_context(|| format!("{} is not a patchbay results directory (no {MANIFEST})", dir.display()))?;
+        Self::parse(&bytes, &path)
+    }
+
+    /// A manifest from the bytes of `path`, refused when it names a file patchbay would not
+    /// write: a results directory is untrusted input, and its manifest must not make patchbay
+    /// read, write or delete anything but the run's own files.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let m: Self = serde_json::from_slice(bytes).with_context(|| format!("reading {}", path.display()))?;
+        m.check_files().with_context(|| format!("{}", path.display()))?;
+        Ok(m)
+    }
+
+    /// Every file the manifest names is the one patchbay derives from a site it knows.
+    pub fn check_files(&self) -> Result<()> {
+        let mismatch = |field: &str, got: &str, want: &str| {
+            anyhow::anyhow!("{field} is {got:?}, not {want:?}: a results directory's files are named by patchbay, not by its manifest")
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.sites {
+            let site = PatchSite::parse(&s.name).map_err(|_| anyhow::anyhow!("site {:?} is not a site patchbay knows", s.name))?;
+            if !seen.insert(site.name()) {
+                anyhow::bail!("site {} is listed twice", s.name);
+            }
+            if s.file != site_file(site.name()) {
+                return Err(mismatch(&format!("site {}'s file", s.name), &s.file, &site_file(site.name())));
+            }
+        }
+        for (field, got, want) in [("baseline_clean", &self.baseline_clean, BASELINE_CLEAN), ("baseline_corrupted", &self.baseline_corrupted, BASELINE_CORRUPTED), ("lengths", &self.lengths, LENGTHS)] {
+            if got != want {
+                return Err(mismatch(field, got, want));
+            }
+        }
+        let mut kinds = std::collections::BTreeSet::new();
+        for e in &self.ablation_means {
+            let kind = SiteKind::parse(&e.kind).map_err(|_| anyhow::anyhow!("ablation means of {:?}: not a site kind patchbay knows", e.kind))?;
+            if !kinds.insert(kind) {
+                anyhow::bail!("ablation means of {} are listed twice", e.kind);
+            }
+            if e.file != Means::file(kind) {
+                return Err(mismatch(&format!("ablation means {}'s file", e.kind), &e.file, &Means::file(kind)));
+            }
+        }
+        Ok(())
     }
 
     /// What makes two runs the same run: everything but the verification record and the
@@ -278,6 +333,37 @@ impl Manifest {
         }
         out
     }
+}
+
+/// A site's array.
+pub fn site_file(site: &str) -> String {
+    format!("{site}.npy")
+}
+
+/// Whether `name` is a file some patchbay command writes into a results directory (a run's, its
+/// analysis', its staged files, what is derived from it): the only files `--overwrite` removes
+/// and a journal may list for removal. Names come from the sites patchbay knows, never from a file.
+pub fn is_own_file(name: &str) -> bool {
+    use std::sync::OnceLock;
+    static OWN: OnceLock<std::collections::BTreeSet<String>> = OnceLock::new();
+    let own = OWN.get_or_init(|| {
+        let mut out: std::collections::BTreeSet<String> = [MANIFEST, STAGED_MANIFEST, PROGRESS, SUMMARY_JSON, SUMMARY_CSV, COMPARE_JSON, BASELINE_CLEAN, BASELINE_CORRUPTED, LENGTHS]
+            .into_iter()
+            .chain(FAITHFULNESS_FILES)
+            .chain(CIRCUIT_FILES)
+            .map(String::from)
+            .collect();
+        for site in PatchSite::ALL.map(PatchSite::name) {
+            out.insert(site_file(site));
+            out.insert(normalized_file(site));
+            out.extend(compare_files(site));
+            out.extend(heatmap_files(site));
+            out.extend(heatmap_files(&format!("{site}.by_name")));
+        }
+        out.extend(SiteKind::ALL.into_iter().map(Means::file));
+        out
+    });
+    own.contains(name.strip_suffix(PARTIAL).unwrap_or(name))
 }
 
 /// `analyze`'s normalized array of a site.

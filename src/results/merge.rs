@@ -1,7 +1,7 @@
 //! Combining the finished shards of one run into one results directory, equal to the unsharded
 //! run's, written by the same transaction as a run.
-use super::manifest::{FailedCell, Manifest, PairEntry, ShardInfo, Verification};
-use super::npy::read_f32;
+use super::manifest::{FailedCell, Manifest, PairEntry, ShardInfo, SiteEntry, Verification};
+use super::npy::read_own_f32;
 use super::store::{begin, open_finished, Array, Begin, Mode};
 use crate::engine::Runs;
 use anyhow::{bail, Context, Result};
@@ -32,13 +32,22 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     // Everything but the shard, its pairs and its batch size must be the same run: model,
     // settings, sites and the whole run's dataset. (Shards batched alike, e.g. with one
     // --max-rows, merge byte-identical to the unsharded run; otherwise equal to float rounding.)
-    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: vec![], max_rows: 0, verify: None, runs: Runs::default(), kernels_excluded: vec![], ..m.clone() };
+    // Sites are compared but for their pair count (a shard's own).
+    let sites = |m: &Manifest| m.sites.iter().map(|s| SiteEntry { shape: s.shape[1..].to_vec(), ..s.clone() }).collect();
+    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: sites(m), max_rows: 0, verify: None, runs: Runs::default(), kernels_excluded: vec![], ..m.clone() };
+    for (dir, m, info) in &parts {
+        if info.pairs.len() != m.pairs.len() || info.count != count {
+            bail!("{}: its manifest's shard lists {} pairs of {} shards, but it holds {} pairs of the {count} shards of {}", dir.display(), info.pairs.len(), info.count, m.pairs.len(), first_dir.display());
+        }
+    }
     for (dir, m, info) in &parts[1..] {
         if same(m) != same(first) || info.pairs_total != first_info.pairs_total {
             let why = if m.dataset != first.dataset {
                 "made from other pairs"
             } else if m.ablation_means != first.ablation_means {
                 "their ablation means differ: each shard computes them over the whole run, on its own backend"
+            } else if sites(m) != sites(first) {
+                "their sites differ"
             } else {
                 "another model, sites or settings"
             };
@@ -70,7 +79,7 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     let files = merged.sites.iter().map(|s| &s.file).chain([&merged.baseline_clean, &merged.baseline_corrupted]);
     for (array, file) in arrays.zip(files) {
         for (dir, _, info) in &parts {
-            let (data, shape) = read_f32(&dir.join(file))?;
+            let (data, shape) = read_own_f32(&dir.join(file))?;
             let per_pair: usize = shape[1..].iter().product();
             for (k, &g) in info.pairs.iter().enumerate() {
                 writer.write(array, g * per_pair, &data[k * per_pair..][..per_pair])?;
@@ -79,7 +88,7 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     }
     // Every shard's means are the whole run's (their hashes compared above): the first one's.
     for (i, e) in merged.ablation_means.iter().enumerate() {
-        writer.write(Array::Means(i), 0, &read_f32(&first_dir.join(&e.file))?.0)?;
+        writer.write(Array::Means(i), 0, &read_own_f32(&first_dir.join(&e.file))?.0)?;
     }
     writer.finish_unit(0)?;
     writer.commit()?;

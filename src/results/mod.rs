@@ -10,10 +10,10 @@ pub mod npy;
 pub mod outputs;
 mod store;
 
-pub use manifest::{fingerprint, ArraySpec, FailedCell, Manifest, MeansEntry, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST};
+pub use manifest::{fingerprint, ArraySpec, FailedCell, Manifest, MeansEntry, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST, PROGRESS};
 pub use merge::merge;
-pub use npy::{read_f32, read_i32};
-pub use store::{begin, open_finished, run_in, update_finished, Array, Begin, Mode, Writer, PROGRESS};
+pub use npy::read_f32;
+pub use store::{begin, open_finished, run_in, update_finished, Array, Begin, Mode, Writer};
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -27,7 +27,9 @@ const TEMP_SUFFIX: &str = ".patchbay-tmp";
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.{}{TEMP_SUFFIX}", name.to_string_lossy(), std::process::id()));
-    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all())).and_then(|_| std::fs::rename(&tmp, path));
+    // Created new: a link planted under the temporary name is removed, never written through.
+    remove_if_present(&tmp)?;
+    let written = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all())).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         // A full disk or a failed rename leaves nothing behind: the temporary file goes too.
         let _ = std::fs::remove_file(&tmp);
@@ -37,6 +39,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(dir) => store::sync_dir(dir),
         None => store::sync_dir(Path::new(".")),
     }
+}
+
+/// Opens a file of a results directory, for reading (and writing with `write`), refusing a
+/// symbolic link or anything but a regular file: a directory that came from elsewhere must not
+/// make patchbay read or write another run's files, or any other, through its names.
+pub fn open_own(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO planted under an array's name is refused below instead of blocking the open.
+    let file = std::fs::OpenOptions::new().read(true).write(write).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::other(format!("{} is a symbolic link: the files of a results directory must be its own", path.display()))
+        } else {
+            e
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!("{} is not a regular file", path.display())));
+    }
+    Ok(file)
+}
+
+/// The whole of a results directory's file (`open_own`).
+pub fn read_own(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_own(path, false)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Removes a file; one that is not there is no error.
@@ -62,7 +91,7 @@ pub fn read_means(dir: &Path, m: &Manifest, unfinished: bool) -> Result<Option<c
     for e in &m.ablation_means {
         let kind = crate::model::SiteKind::parse(&e.kind).with_context(|| format!("{}: ablation means", dir.join(MANIFEST).display()))?;
         let path = dir.join(if unfinished { format!("{}.partial", e.file) } else { e.file.clone() });
-        let (values, shape) = read_f32(&path)?;
+        let (values, shape) = npy::read_own_f32(&path)?;
         if shape != e.shape || MeansEntry::hash(&values) != e.xxh3 {
             anyhow::bail!("{} does not hold the means the manifest lists (shape {shape:?}, hash {}; listed {:?}, {})", path.display(), MeansEntry::hash(&values), e.shape, e.xxh3);
         }

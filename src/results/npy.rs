@@ -50,9 +50,11 @@ pub struct ArrayFile {
 }
 
 impl ArrayFile {
-    /// Creates (or truncates) `path` holding `shape` filled with NaN (f32) or 0 (i32).
+    /// Creates `path` anew (whatever was there, a link included, is removed first, never written
+    /// through) holding `shape` filled with NaN (f32) or 0 (i32).
     pub fn create(path: &Path, dtype: Dtype, shape: &[usize]) -> Result<Self> {
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)
+        super::remove_if_present(path)?;
+        let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(path)
             .with_context(|| format!("creating {}", path.display()))?;
         let head = header(dtype, shape);
         let len: usize = shape.iter().product();
@@ -72,7 +74,7 @@ impl ArrayFile {
 
     /// Opens an existing file for more writes, after checking it is exactly the array expected.
     pub fn open(path: &Path, dtype: Dtype, shape: &[usize]) -> Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = super::open_own(path, true).with_context(|| format!("opening {}", path.display()))?;
         let data_offset = check(&file, path, dtype, shape)?;
         Ok(Self { file, data_offset, len: shape.iter().product() })
     }
@@ -118,14 +120,14 @@ fn check(file: &File, path: &Path, dtype: Dtype, shape: &[usize]) -> Result<u64>
 
 /// Checks `path` is exactly the complete array the manifest says.
 pub fn validate(path: &Path, dtype: Dtype, shape: &[usize]) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = super::open_own(path, false).with_context(|| format!("opening {}", path.display()))?;
     check(&file, path, dtype, shape).map(|_| ())
 }
 
 /// Chosen elements (flat indices) of the f32 array `path`, which must be exactly of `shape`:
 /// read in place, not the whole array.
 pub fn read_cells(path: &Path, shape: &[usize], cells: &[usize]) -> Result<Vec<f32>> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = super::open_own(path, false).with_context(|| format!("opening {}", path.display()))?;
     let offset = check(&file, path, Dtype::F32, shape)?;
     let len: usize = shape.iter().product();
     cells
@@ -143,24 +145,30 @@ pub fn read_cells(path: &Path, shape: &[usize], cells: &[usize]) -> Result<Vec<f
 
 /// The dtype and shape in any .npy file's header (written by numpy or by us).
 fn read_shape(path: &Path) -> Result<(String, Vec<usize>)> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = super::open_own(path, false).with_context(|| format!("opening {}", path.display()))?;
     let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).with_context(|| format!("{} has no .npy header", path.display()))?;
     Ok((npy.dtype().descr(), npy.shape().iter().map(|&d| d as usize).collect()))
 }
 
-/// An f32 array from a .npy file (any writer's), with its shape.
+/// An f32 array from a .npy file (any writer's: a user's file, followed if it is a link), with its shape.
 pub fn read_f32(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
-    read(path)
+    read(path, false)
 }
 
-/// An i32 array from a .npy file, with its shape.
-pub fn read_i32(path: &Path) -> Result<(Vec<i32>, Vec<usize>)> {
-    read(path)
+/// An i32 array of a results directory (`open_own`).
+pub fn read_own_i32(path: &Path) -> Result<(Vec<i32>, Vec<usize>)> {
+    read(path, true)
 }
 
-fn read<T: npyz::Deserialize + Copy>(path: &Path) -> Result<(Vec<T>, Vec<usize>)> {
+/// An f32 array of a results directory (`open_own`: never through a link).
+pub fn read_own_f32(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
+    read(path, true)
+}
+
+fn read<T: npyz::Deserialize + Copy>(path: &Path, own: bool) -> Result<(Vec<T>, Vec<usize>)> {
     let mut bytes = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).with_context(|| format!("opening {}", path.display()))?;
+    let file = if own { super::open_own(path, false) } else { File::open(path) };
+    file.and_then(|mut f| f.read_to_end(&mut bytes)).with_context(|| format!("opening {}", path.display()))?;
     let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| format!("{} is not a .npy file", path.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let fortran = npy.order() == npyz::Order::Fortran;

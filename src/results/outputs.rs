@@ -3,6 +3,7 @@
 //! written then renamed; a directory's listing (the file whose presence says it holds a result) is
 //! removed first and written last, so no listing ever sits beside another result's arrays.
 use super::lock::{self, Guard};
+use super::manifest::{MANIFEST, PROGRESS, STAGED_MANIFEST};
 use super::{remove_if_present, write_atomic};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -12,6 +13,11 @@ use std::path::Path;
 /// nothing, and keep the guard until their files are written.
 pub fn prepare_dir(dir: &Path, files: &[&str], overwrite: bool) -> Result<Guard> {
     let guard = lock::exclusive(dir)?;
+    // One kind of result a directory: these files would sit among a run's (whose lengths.npy
+    // the patterns' would replace), and its --overwrite would remove them.
+    if let Some(f) = [MANIFEST, STAGED_MANIFEST, PROGRESS].iter().find(|f| dir.join(f).exists()) {
+        bail!("{} holds a patchbay run ({f}): choose another --out (this command's files go in a directory of their own)", dir.display());
+    }
     if !overwrite {
         if let Some(f) = files.iter().find(|f| dir.join(f).exists()) {
             bail!("{} already holds {f}: pass --overwrite to replace it, or choose another --out", dir.display());
@@ -27,6 +33,12 @@ pub fn write_dir(dir: &Path, listing: (&str, Vec<u8>), files: Vec<(String, Vec<u
     let mut names: Vec<&str> = known.to_vec();
     names.push(listing.0);
     let _lock = prepare_dir(dir, &names, overwrite)?;
+    write_set(dir, listing, files, known)
+}
+
+/// `write_dir`'s writing alone, for a caller that holds `dir`'s lock: the listing removed first
+/// and written last, so a set cut short has no listing.
+pub fn write_set(dir: &Path, listing: (&str, Vec<u8>), files: Vec<(String, Vec<u8>)>, known: &[&str]) -> Result<()> {
     remove_if_present(&dir.join(listing.0))?;
     for stale in known.iter().filter(|k| !files.iter().any(|(f, _)| f == *k)) {
         remove_if_present(&dir.join(stale))?;
@@ -52,4 +64,16 @@ pub fn prepare_file(path: &Path, overwrite: bool) -> Result<()> {
 pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     prepare_file(path, overwrite)?;
     write_atomic(path, bytes)
+}
+
+/// The listing (the file whose presence says a directory holds a result) of each command that
+/// writes a directory of its own, and the command: a run is not written among them.
+pub const LISTINGS: [(&str, &str); 4] = [("patterns.json", "patterns"), ("perplexity.json", "perplexity"), ("candidates.json", "candidates"), (super::attribution::LISTING, "attribute")];
+
+/// Refuses `dir` for a run when it holds another command's result.
+pub fn refuse_other_results(dir: &Path) -> Result<()> {
+    match LISTINGS.iter().find(|(listing, _)| dir.join(listing).exists()) {
+        Some((listing, command)) => bail!("{} holds the result of `patchbay {command}` ({listing}): a run goes in a directory of its own; choose another --out", dir.display()),
+        None => Ok(()),
+    }
 }

@@ -12,7 +12,7 @@
 //! Every step of a phase can be repeated, so a run killed anywhere is finished by `--resume` with
 //! the same inputs, byte-identical to an uninterrupted run. `manifest.json` without
 //! `progress.json` is a finished run, the only state `analyze`, `merge` and `verify` read.
-use super::manifest::{ArraySpec, Manifest, MANIFEST};
+use super::manifest::{is_own_file, ArraySpec, Manifest, MANIFEST, PARTIAL, PROGRESS, STAGED_MANIFEST};
 use super::lock::{self, Guard};
 use super::npy::{self, ArrayFile, Dtype};
 use super::write_atomic;
@@ -21,13 +21,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// The journal of an unfinished run.
-pub const PROGRESS: &str = "progress.json";
-/// The manifest of an unfinished run.
-const STAGED_MANIFEST: &str = "manifest.json.partial";
-
 fn partial(file: &str) -> String {
-    format!("{file}.partial")
+    format!("{file}{PARTIAL}")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,12 +54,17 @@ enum State {
 }
 
 fn state(dir: &Path) -> State {
-    let read = |name: &str| std::fs::read(dir.join(name));
-    match read(PROGRESS) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(journal) => State::Unfinished(journal),
-            Err(e) => State::Damaged(format!("{} is damaged ({e})", dir.join(PROGRESS).display())),
+    let path = dir.join(PROGRESS);
+    match super::read_own(&path) {
+        Ok(bytes) => match serde_json::from_slice::<Journal>(&bytes) {
+            // A journal lists files to remove: only ones patchbay itself names.
+            Ok(journal) => match journal.remove.iter().find(|f| !is_own_file(f)) {
+                Some(f) => State::Damaged(format!("{} lists {f:?} to remove, which is not a file patchbay writes", path.display())),
+                None => State::Unfinished(journal),
+            },
+            Err(e) => State::Damaged(format!("{} is damaged ({e})", path.display())),
         },
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => State::Damaged(format!("{} cannot be read ({e})", path.display())),
         Err(_) if dir.join(MANIFEST).exists() => match Manifest::read(dir) {
             Ok(m) => State::Finished(m),
             Err(e) => State::Damaged(format!("{e:#}")),
@@ -102,6 +102,7 @@ pub enum Array {
 /// Starts, continues or replaces the run `manifest` (of `units` units of work) in `dir`.
 pub fn begin(dir: &Path, manifest: &Manifest, units: usize, mode: Mode) -> Result<Begin> {
     let guard = lock::exclusive(dir)?;
+    super::outputs::refuse_other_results(dir)?;
     // Held exclusively, the directory's temporary files are of processes that died.
     remove_stale_temporaries(dir)?;
     let id = manifest.identity();
@@ -117,24 +118,18 @@ pub fn begin(dir: &Path, manifest: &Manifest, units: usize, mode: Mode) -> Resul
             check_arrays(dir, &old).with_context(|| format!("{here} holds this run, finished but damaged; --overwrite runs it again"))?;
             Ok(Begin::Finished)
         }
-        State::Finished(old) if mode.overwrite => start(dir, manifest, units, files_of(&old, false), guard),
+        State::Finished(_) if mode.overwrite => start(dir, manifest, units, own_files_in(dir), guard),
         State::Finished(old) => {
             let what = if old.identity() == id { "this very run (--resume accepts it as done)" } else { "a different run" };
             bail!("{here} already holds a finished run, {what} of {} on {} pair(s): --overwrite replaces it, or choose another --out", old.model, old.pairs.len())
         }
         State::Unfinished(j) if mode.resume && j.identity == id => resume(dir, manifest, j, guard),
-        State::Unfinished(j) if mode.overwrite => {
-            let mut remove = j.remove.clone();
-            if let Ok(staged) = read_staged(dir) {
-                remove.extend(files_of(&staged, true));
-            }
-            start(dir, manifest, units, remove, guard)
-        }
+        State::Unfinished(_) if mode.overwrite => start(dir, manifest, units, own_files_in(dir), guard),
         State::Unfinished(_) if mode.resume => {
             bail!("{here} holds an unfinished run of other inputs (model, pairs, sites or settings differ): rerun with its inputs, or --overwrite to replace it")
         }
         State::Unfinished(j) => bail!("{here} holds an unfinished run ({} of {} units done): --resume continues it, --overwrite replaces it", j.done.len(), j.units),
-        State::Damaged(_) if mode.overwrite => start(dir, manifest, units, files_of_damaged(dir), guard),
+        State::Damaged(_) if mode.overwrite => start(dir, manifest, units, own_files_in(dir), guard),
         State::Damaged(why) => bail!("{why}: the run in {here} cannot be continued; --overwrite starts it again"),
     }
 }
@@ -150,35 +145,25 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every file `m`'s run and its analysis wrote (with `partials`, its staged arrays too).
-fn files_of(m: &Manifest, partials: bool) -> Vec<String> {
-    let mut out: Vec<String> = m.arrays().into_iter().map(|a| a.file).collect();
-    if partials {
-        out.extend(m.arrays().iter().map(|a| partial(&a.file)));
-    }
-    out.extend(m.analysis_files());
-    out
-}
-
-/// What a directory with an unreadable journal or manifest may hold of ours.
-fn files_of_damaged(dir: &Path) -> Vec<String> {
+/// What `--overwrite` removes: every file in `dir` that some patchbay command writes there (the
+/// replaced run's arrays, staged files, analysis and everything derived from it), found by
+/// name, never by what a manifest or journal says. The transaction's own files are handled by
+/// `start` and `prepare`.
+fn own_files_in(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".npy.partial"))
+        .filter(|n| is_own_file(n) && ![MANIFEST, STAGED_MANIFEST, PROGRESS].contains(&n.as_str()))
         .collect();
-    for m in [Manifest::read(dir), read_staged(dir)].into_iter().flatten() {
-        out.extend(files_of(&m, true));
-    }
-    out.push(PROGRESS.into());
+    out.sort();
     out
 }
 
 fn read_staged(dir: &Path) -> Result<Manifest> {
     let path = dir.join(STAGED_MANIFEST);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
+    let bytes = super::read_own(&path).with_context(|| format!("reading {}", path.display()))?;
+    Manifest::parse(&bytes, &path).with_context(|| format!("{} is damaged", path.display()))
 }
 
 fn start(dir: &Path, manifest: &Manifest, units: usize, remove: Vec<String>, guard: Guard) -> Result<Begin> {
