@@ -511,7 +511,8 @@ impl PyModel {
 #[pyfunction]
 fn open_finished(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
     let m = job(py, &mut PyProgress::new(None), |_| patchbay::results::open_finished(&dir))?;
-    json(&m)
+    // Through a Value, as manifest.json is written: its floats read back as the file's.
+    serde_json::to_value(&m).map(|v| v.to_string()).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
 /// A shared lock on a results directory, held while Python reads its files (`pb.open`): a writer

@@ -366,3 +366,41 @@ def test_every_native_entry_point_survives_an_edited_manifest(model):
                 fn("resid_pre")
             except Exception:
                 pass
+
+
+def test_ctrl_c_stops_a_download_from_a_mirror_that_never_answers(tmp_path):
+    import socket
+    import sys
+    import threading
+    import time
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+
+    def accept():  # takes every connection and never answers
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    env = dict(os.environ, HF_HOME=str(tmp_path / "home"), HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}",
+               HF_HUB_ETAG_TIMEOUT="300", HF_HUB_DOWNLOAD_TIMEOUT="300")
+    code = "import patchbay as pb, sys\nprint('loading', flush=True)\ntry:\n    pb.load('test/hang')\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True)\n"
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "loading"
+        deadline = time.time() + 60
+        while not held and time.time() < deadline:
+            time.sleep(0.05)
+        assert held, "the download never connected"
+        time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=20)  # not the 300 s timeouts
+        assert "interrupted" in out, err
+        assert not [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    finally:
+        child.kill()
+        server.close()
