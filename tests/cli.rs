@@ -224,7 +224,7 @@ fn verify_rechecks_rows_records_them_and_names_the_rows_that_differ() {
     values[11 + 3] += 0.01; // layer 1, position 3 (not the row `--rows 1` draws)
     patchbay::results::write_npy(&out.join("resid_pre.npy"), &shape, &values).unwrap();
     let (ok, _, stderr) = patchbay(&["verify", out.to_str().unwrap(), "--rows", "1000"]);
-    assert!(!ok && stderr.contains("verification failed: 1 of 33 rows") && stderr.contains("resid_pre[layer 1, position 3]"), "{stderr}");
+    assert!(!ok && stderr.contains("verification failed (33 rows rechecked") && stderr.contains("resid_pre[layer 1, position 3]"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let v = &manifest(&out)["verify"];
     assert_eq!(v["failed"].as_array().unwrap().len(), 1, "{v}");

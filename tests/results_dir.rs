@@ -947,8 +947,11 @@ fn derived_outputs_belong_to_their_run_and_no_command_writes_another_commands_fi
     let mut child = command(&["faithfulness", s(&run), "--sizes", "0,1,2,3,4,5,6,7,8", "--max-rows", "1"], &[]).spawn().unwrap();
     let pid = format!("pid {}", child.id());
     let waited = std::time::Instant::now();
-    while !patchbay(&["analyze", s(&run)]).stderr.contains(&pid) {
+    // Its exclusive flock, as the kernel lists it (a reader polling would take the lock itself).
+    let holds = || std::fs::read_to_string("/proc/locks").unwrap().lines().any(|l| l.contains("FLOCK") && l.contains("WRITE") && l.split_whitespace().any(|w| w == child.id().to_string()));
+    while !holds() {
         assert!(waited.elapsed().as_secs() < 60, "faithfulness never held {}", run.display());
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let stop = |sig: &str| assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
     stop("-STOP");
@@ -1032,5 +1035,43 @@ fn a_config_whose_layer_norm_epsilon_is_not_positive_is_refused_naming_it() {
             let r = patchbay(&args);
             assert!(r.refused() && r.stderr.contains("layer_norm_epsilon") && r.stderr.contains("config.json"), "{eps}, {}: {}", args[0], r.stderr);
         }
+    }
+}
+
+/// verify (and every reader, for what patchbay derives itself) refuses a manifest edited in any
+/// field the results depend on.
+#[test]
+fn verify_refuses_a_manifest_edited_in_any_field_the_results_depend_on() {
+    let dir = tmp("verify-fields");
+    let pairs = three_pairs(&dir);
+    let pair = |clean: &str| serde_json::json!({"clean": clean, "corrupted": CLEAN.replace("Jones", "Smith"), "answer": " Jones", "distractor": " Smith", "positions": {"name": 1}}).to_string();
+    std::fs::write(&pairs, [pair(CLEAN), pair(CLEAN)].join("\n") + "\n").unwrap();
+    let (run, edges) = (dir.join("run"), dir.join("edges"));
+    assert!(patchbay(&run_args(&pairs, &run, "resid_pre").into_iter().chain(["--verify", "0"]).collect::<Vec<_>>()).ok());
+    assert!(patchbay(&["edges", "--model", s_static(&tiny()), "--pairs", s(&pairs), "--out", s(&edges), "--verify", "0"]).ok());
+    let (run_files, edges_files) = (files_of(&run), files_of(&edges));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(edges.join("manifest.json")).unwrap()).unwrap();
+    let names = m["sites"][0]["edges"].clone();
+    let (a, b) = (names[0].clone(), names[1].clone());
+    // (directory, field, value, what the one-line refusal says)
+    let cases: Vec<(&Path, &str, serde_json::Value, &str)> = vec![
+        (&edges, "/sites/0/edges/0", b.clone(), "names edge 0"),
+        (&edges, "/sites/0/edges/1", a, "names edge 1"),
+        (&edges, "/sites/0/edges/0", serde_json::json!("input->a9.h9<q>"), "names edge 0"),
+        (&edges, "/sites/0/edges", serde_json::json!(names.as_array().unwrap()[1..]), "the graph of"),
+        (&run, "/pairs/0/positions/name", serde_json::json!(2), "dataset"),
+        (&run, "/pairs/1/clean_tokens/1", serde_json::json!(11), "dataset"),
+        (&run, "/prepend_bos", serde_json::json!(true), "prepend_bos"),
+        (&run, "/config/layer_norm_epsilon", serde_json::json!(0.5), "config"),
+        (&run, "/config/n_layer", serde_json::json!(2), "config"),
+        (&run, "/weights", serde_json::json!(""), "no fingerprint"),
+        (&run, "/shard", serde_json::json!({"index": 0, "count": 2, "pairs": [0], "pairs_total": 3}), "shard"),
+    ];
+    for (at, pointer, value, says) in cases {
+        restore(&run, &run_files);
+        restore(&edges, &edges_files);
+        set_field(&at.join("manifest.json"), pointer, value.clone());
+        let r = patchbay(&["verify", s(at), "--rows", "2"]);
+        assert!(r.refused() && r.stderr.contains(says), "{pointer} = {value}: {}", r.stderr);
     }
 }

@@ -593,7 +593,7 @@ fn verify(py: Python<'_>, dir: PathBuf, rows: usize, backend: Option<&str>, dtyp
 /// A result's manifest (its JSON as the library wrote it) and the site `site` of it, checked
 /// against `values` floats of the site's array: what Python passes back is never trusted.
 fn site_of<'a>(m: &'a Manifest, site: &str, values: usize) -> anyhow::Result<&'a patchbay::results::SiteEntry> {
-    m.check_files()?;
+    m.check()?;
     let entry = m.sites.iter().find(|s| s.name == site).with_context(|| format!("no site {site:?} in the manifest"))?;
     let cells = entry.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if entry.shape.first() != Some(&m.pairs.len()) || cells != Some(values) || entry.axes.len() != entry.shape.len() {

@@ -201,7 +201,7 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
     let pairs: Vec<TokenizedPair> = m
         .pairs
         .iter()
-        .map(|p| TokenizedPair { row: p.row, clean: p.clean_tokens.clone(), corrupted: p.corrupted_tokens.clone(), answer: p.answer.id, distractor: p.distractor.id, positions: p.positions.clone() })
+        .map(results::PairEntry::tokenized)
         .collect();
     let patching = Patching { ablation: m.ablation, means: results::read_means(&spec.run, &m, false)?.map(std::sync::Arc::new) };
     // The whole graph and the empty circuit, then the sizes.

@@ -131,7 +131,14 @@ impl Model {
             Some(l) => l,
             None => own.insert(Model::load(&m.model, backend, None).with_context(|| format!("the model of {}", dir.display()))?),
         };
-        if !m.weights.is_empty() && model.fingerprint != m.weights {
+        // A run without a fingerprint could be checked against any model: refused, not trusted.
+        if m.weights.is_empty() {
+            anyhow::bail!("{}: the manifest records no fingerprint of the model files (weights): the run cannot be held to a model", dir.display());
+        }
+        if model.config != m.config {
+            anyhow::bail!("{}: the manifest's config is not the one of {} (config.json): {:?} against {:?}", dir.display(), m.model, m.config, model.config);
+        }
+        if model.fingerprint != m.weights {
             anyhow::bail!(
                 "{} is not the model {} was run with: its files' fingerprint is {}, the run's {} (the weights, config or tokenizer changed)",
                 m.model,

@@ -61,17 +61,11 @@ pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Opt
     let model = Model::of_run(dir, &manifest, spec.clone(), loaded, &mut own)?;
     let mut v = model.with(Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() })?;
     v.failed.splice(0..0, layout_failures(dir, &manifest)?);
+    v.failed.splice(0..0, manifest_failures(&manifest, model)?);
     manifest.verify = Some(v.clone());
     results::update_finished(dir, &manifest)?;
     if !v.failed.is_empty() {
-        bail!(
-            "verification failed: {} of {} rows differ from the simplest path (one row per forward pass, no reuse, no fusion, {:?} {:?}) by more than the tolerance: {}",
-            v.failed.len(),
-            v.rows,
-            spec.kind,
-            spec.dtype,
-            v.failed.join("; ")
-        );
+        bail!("verification failed ({} rows rechecked on the simplest path: one row per forward pass, no reuse, no fusion, {:?} {:?}): {}", v.rows, spec.kind, spec.dtype, summary(&v.failed));
     }
     Ok(v)
 }
@@ -127,14 +121,7 @@ impl Check {
                 failed_cells.push(at);
             }
         };
-        let token_pair = |p: &crate::results::PairEntry| TokenizedPair {
-            row: p.row,
-            clean: p.clean_tokens.clone(),
-            corrupted: p.corrupted_tokens.clone(),
-            answer: p.answer.id,
-            distractor: p.distractor.id,
-            positions: p.positions.clone(),
-        };
+        let token_pair = crate::results::PairEntry::tokenized;
         for (si, entry) in m.sites.iter().enumerate() {
             let mine: Vec<&Sample> = samples.iter().filter(|s| s.site == si).collect();
             if mine.is_empty() {
@@ -166,6 +153,44 @@ impl Check {
 
 /// What no forward pass is needed to check: lengths.npy holds every pair's length, and every
 /// site's cells past a pair's length are NaN (a value there would be read as a result).
+/// A check's findings for one line: the first few, and how many more the manifest records.
+pub fn summary(failed: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let more = match failed.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!("; and {n} more (manifest.json's verify.failed lists all {})", failed.len()),
+    };
+    failed.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join("; ") + &more
+}
+
+/// What the manifest says of the run that the model and the pairs' tokens contradict: the
+/// dataset's fingerprint (when the run holds every pair of it), the shard's pairs, the BOS the
+/// pairs start with under `prepend_bos`.
+fn manifest_failures(m: &Manifest, model: &Model) -> Result<Vec<String>> {
+    let mut failed = Vec::new();
+    let all = match &m.shard {
+        None => true,
+        Some(s) => {
+            let consistent = s.index < s.count && s.pairs.len() == m.pairs.len() && s.pairs.windows(2).all(|w| w[0] < w[1]) && s.pairs.iter().all(|&p| p < s.pairs_total);
+            if !consistent {
+                failed.push(format!("shard: {} of {} shards, {} pairs listed of {} for {} pairs held: not a shard's description", s.index, s.count, s.pairs.len(), s.pairs_total, m.pairs.len()));
+            }
+            s.pairs_total == m.pairs.len()
+        }
+    };
+    let pairs: Vec<TokenizedPair> = m.pairs.iter().map(crate::results::PairEntry::tokenized).collect();
+    if all && crate::results::fingerprint(&(&pairs, &m.skipped)) != m.dataset {
+        failed.push("dataset: the pairs' tokens, rows and named positions are not the ones the run was made from (their fingerprint differs)".into());
+    }
+    if m.prepend_bos {
+        let bos = model.tokenizer.bos()?;
+        if let Some((i, _)) = pairs.iter().enumerate().find(|(_, p)| p.clean.first() != Some(&bos) || p.corrupted.first() != Some(&bos)) {
+            failed.push(format!("prepend_bos: pair {i}'s prompts do not start with the BOS token {bos}"));
+        }
+    }
+    Ok(failed)
+}
+
 fn layout_failures(dir: &Path, m: &Manifest) -> Result<Vec<String>> {
     let mut failed = Vec::new();
     let (lengths, _) = npy::read_own_i32(&dir.join(&m.lengths))?;

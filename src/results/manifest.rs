@@ -61,6 +61,11 @@ pub struct PairEntry {
 }
 
 impl PairEntry {
+    /// The pair as the engine runs it.
+    pub fn tokenized(&self) -> crate::data::TokenizedPair {
+        crate::data::TokenizedPair { row: self.row, clean: self.clean_tokens.clone(), corrupted: self.corrupted_tokens.clone(), answer: self.answer.id, distractor: self.distractor.id, positions: self.positions.clone() }
+    }
+
     pub fn new(p: &crate::data::TokenizedPair, tok: &crate::tokenizer::Tokenizer) -> Self {
         let token = |id| TokenRef { id, token: tok.token_str(id) };
         Self {
@@ -266,12 +271,13 @@ impl Manifest {
     /// read, write or delete anything but the run's own files.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
         let m: Self = serde_json::from_slice(bytes).with_context(|| format!("reading {}", path.display()))?;
-        m.check_files().with_context(|| format!("{}", path.display()))?;
+        m.check().with_context(|| format!("{}", path.display()))?;
         Ok(m)
     }
 
-    /// Every file the manifest names is the one patchbay derives from a site it knows.
-    pub fn check_files(&self) -> Result<()> {
+    /// What the manifest says that patchbay derives itself: every file it names is the one of a
+    /// site patchbay knows, and the edges site's names are the graph's, in its order.
+    pub fn check(&self) -> Result<()> {
         let mismatch = |field: &str, got: &str, want: &str| {
             anyhow::anyhow!("{field} is {got:?}, not {want:?}: a results directory's files are named by patchbay, not by its manifest")
         };
@@ -283,6 +289,9 @@ impl Manifest {
             }
             if s.file != site_file(site.name()) {
                 return Err(mismatch(&format!("site {}'s file", s.name), &s.file, &site_file(site.name())));
+            }
+            if site == PatchSite::Edges {
+                self.check_edge_names(s)?;
             }
         }
         for (field, got, want) in [("baseline_clean", &self.baseline_clean, BASELINE_CLEAN), ("baseline_corrupted", &self.baseline_corrupted, BASELINE_CORRUPTED), ("lengths", &self.lengths, LENGTHS)] {
@@ -299,6 +308,25 @@ impl Manifest {
             if e.file != Means::file(kind) {
                 return Err(mismatch(&format!("ablation means {}'s file", e.kind), &e.file, &Means::file(kind)));
             }
+        }
+        Ok(())
+    }
+
+    /// The edges site names every edge of the model's graph, in EAP-IG's order (a list renamed,
+    /// swapped or cut would label the scores wrongly).
+    fn check_edge_names(&self, s: &SiteEntry) -> Result<()> {
+        let (layers, heads) = (self.config.n_layer, self.config.n_head);
+        // Bounds before the count: a crafted config must not make a graph fill the memory.
+        if layers > 4096 || heads > 4096 {
+            anyhow::bail!("config: {layers} layers × {heads} heads is no model patchbay runs");
+        }
+        let total = crate::engine::Graph::edge_count(layers, heads);
+        if s.edges.len() != total || s.shape.get(1) != Some(&total) {
+            anyhow::bail!("site edges names {} edges and has shape {:?}; the graph of {layers} layers × {heads} heads has {total}", s.edges.len(), s.shape);
+        }
+        let graph = crate::engine::Graph::new(layers, heads);
+        if let Some((i, (name, edge))) = s.edges.iter().zip(&graph.edges).enumerate().find(|(_, (n, e))| **n != e.to_string()) {
+            anyhow::bail!("site edges names edge {i} {name:?}, but the graph's edge {i} is {edge}: the names are not the graph's");
         }
         Ok(())
     }
