@@ -6,7 +6,8 @@
 //! orchestrates a whole run, `jobs::verify` rechecks some of its rows) → `analysis`. Beside it,
 //! `circuits` reads the model's insides directly (attention patterns, logit attribution), and `generate` decodes
 //! text and scores its perplexity. `jobs` is the front door: a model loaded once and one job
-//! function per capability, which the CLI (`cli`) and the Python package call.
+//! function per capability, which the CLI (`cli`) and the Python package call. `limits` bounds the
+//! counts users and files give, for every layer.
 pub mod analysis;
 pub mod backend;
 pub mod circuits;
@@ -15,6 +16,7 @@ pub mod data;
 pub mod engine;
 pub mod generate;
 pub mod jobs;
+pub mod limits;
 pub mod model;
 pub mod results;
 pub mod tokenizer;

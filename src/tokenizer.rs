@@ -7,24 +7,40 @@ pub const BOS: &str = "<|endoftext|>";
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The most bytes a text may have that the model's context can hold (`with_context`): a
+    /// longer one is refused before it is tokenized (a 50 MB line would exhaust the memory).
+    max_bytes: Option<usize>,
 }
 
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?;
-        Ok(Self { inner })
+        Ok(Self { inner, max_bytes: None })
     }
 
     /// The tokenizer.json read from `path` as `bytes`.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?;
-        Ok(Self { inner })
+        Ok(Self { inner, max_bytes: None })
+    }
+
+    /// Refuses texts longer than a model's context of `context` tokens could hold, before they
+    /// are tokenized: a token covers at most its longest vocabulary entry's characters, each at
+    /// most 4 bytes of text.
+    pub fn with_context(mut self, context: usize) -> Self {
+        let longest = self.inner.get_vocab(true).keys().map(|t| t.chars().count()).max().unwrap_or(1).max(1);
+        self.max_bytes = Some(context.saturating_mul(longest).saturating_mul(4));
+        self
     }
 
     /// Token ids of `text`, without special tokens added (GPT-2 adds none; no BOS is prepended).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        if let Some(max) = self.max_bytes.filter(|&m| text.len() > m) {
+            bail!("a text of {} bytes ({:?}…) is longer than the model's context can hold (at most {max} bytes)", text.len(), text.chars().take(40).collect::<String>());
+        }
+        let shown = || text.chars().take(80).collect::<String>() + if text.chars().nth(80).is_some() { "…" } else { "" };
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {:?}: {e}", shown()))?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -1075,3 +1075,78 @@ fn verify_refuses_a_manifest_edited_in_any_field_the_results_depend_on() {
         assert!(r.refused() && r.stderr.contains(says), "{pointer} = {value}: {}", r.stderr);
     }
 }
+
+/// Every count option at 2^64−1 and 10^12 is one line naming it, checked before anything is
+/// allocated (before, several aborted the process); so are a Graph JSON of 100000 layers, a
+/// 50 MB prompt, a named position of 2^64−1 with a BOS in front, and a shape whose product wraps.
+#[test]
+fn every_count_is_bounded_before_anything_is_allocated() {
+    let dir = tmp("counts");
+    let tiny = s_static(&tiny());
+    let pairs = three_pairs(&dir);
+    let run = dir.join("edges");
+    assert!(patchbay(&["edges", "--model", tiny, "--pairs", s(&pairs), "--out", s(&run), "--verify", "0"]).ok());
+    let out = s_static(&dir.join("out"));
+    for huge in [u64::MAX.to_string(), 1_000_000_000_000u64.to_string()] {
+        let h = huge.as_str();
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (vec!["generate", "--model", tiny, CLEAN, "--max-new-tokens", "2", "--num-sequences", h], "--num-sequences"),
+            (vec!["generate", "--model", tiny, CLEAN, "--max-new-tokens", h], "--max-new-tokens"),
+            (vec!["doctor", "--model", tiny, "--rows", h], "--rows"),
+            (vec!["doctor", "--model", tiny, "--positions", h], "--positions"),
+            (vec!["bench", "--shape", tiny, "--pairs", h], "--pairs"),
+            (vec!["prepend", "--model", tiny, CLEAN, "--samples", h], "--samples"),
+            (vec!["edges", "--model", tiny, "--pairs", s(&pairs), "--method", "eap-ig", "--ig-steps", h, "--out", out], "--ig-steps"),
+            (vec!["ioi", "--model", tiny, "--n", h, "--out", out], "--n"),
+        ];
+        for (args, names) in cases {
+            let r = patchbay(&args);
+            assert!(r.refused() && r.stderr.contains(names) && r.stderr.contains(h), "{args:?}: {:?} {}", r.code, r.stderr);
+        }
+    }
+    // A Graph JSON of 100000 layers.
+    let graph = dir.join("graph.json");
+    let mut g: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("circuit.json")).unwrap_or_default()).unwrap_or(serde_json::json!({}));
+    if g.get("cfg").is_none() {
+        assert!(patchbay(&["circuit", s(&run), "--top-n", "3"]).ok());
+        g = serde_json::from_slice(&std::fs::read(run.join("circuit.json")).unwrap()).unwrap();
+    }
+    g["cfg"]["n_layers"] = serde_json::json!(100_000);
+    std::fs::write(&graph, g.to_string()).unwrap();
+    let r = patchbay(&["faithfulness", s(&run), "--circuits", s(&graph)]);
+    assert!(r.refused() && r.stderr.contains("100000 layers"), "{}", r.stderr);
+    // A 50 MB single-line prompt.
+    let long = dir.join("long.jsonl");
+    let text = "Michelle Jones ".repeat(50 << 20 >> 4);
+    std::fs::write(&long, serde_json::json!({"clean": text, "corrupted": text, "answer": " Jones", "distractor": " Smith"}).to_string() + "\n").unwrap();
+    let r = patchbay(&run_args(&long, &dir.join("long"), "resid_pre"));
+    assert!(r.code == Some(1) && r.stderr.contains("longer than the model's context can hold"), "{:?} {}", r.code, r.stderr.chars().take(500).collect::<String>());
+    assert!(r.stderr.len() < 1000, "a {}-byte message", r.stderr.len());
+    // A named position of 2^64−1 with --prepend-bos does not wrap to position 0.
+    let named = dir.join("named.jsonl");
+    std::fs::write(&named, serde_json::json!({"clean": CLEAN, "corrupted": CLEAN.replace("Jones", "Smith"), "answer": " Jones", "distractor": " Smith", "positions": {"end": u64::MAX}}).to_string() + "\n").unwrap();
+    let r = patchbay(&[&run_args(&named, &dir.join("named"), "resid_pre")[..], &["--prepend-bos", "--strict"]].concat());
+    assert!(r.refused() && r.stderr.contains(&format!("end={}", u64::MAX)), "{}", r.stderr);
+    // A manifest shape whose product wraps to 0.
+    let wrapped = dir.join("wrapped");
+    assert!(patchbay(&run_args(&pairs, &wrapped, "resid_pre")).ok());
+    set_field(&wrapped.join("manifest.json"), "/sites/0/shape", serde_json::json!([3, 1u64 << 32, 1u64 << 32]));
+    let r = patchbay(&["analyze", s(&wrapped)]);
+    assert!(r.refused() && r.stderr.contains("multiply past"), "{}", r.stderr);
+    // An infinite value is not dropped from the mean (NaN, "no value", is).
+    assert!(patchbay(&run_args(&pairs, &wrapped, "resid_pre").into_iter().chain(["--overwrite"]).collect::<Vec<_>>()).ok());
+    let (mut values, shape) = patchbay::results::read_f32(&wrapped.join("resid_pre.npy")).unwrap();
+    values[0] = f32::INFINITY; // pair 0, layer 0, position 0
+    patchbay::results::write_npy(&wrapped.join("resid_pre.npy"), &shape, &values).unwrap();
+    assert!(patchbay(&["analyze", s(&wrapped)]).ok());
+    let summary = std::fs::read_to_string(wrapped.join("summary.csv")).unwrap();
+    let first = summary.lines().nth(1).unwrap();
+    assert!(first.starts_with("resid_pre,0,0,") && first.contains("inf,NaN,3"), "{first}");
+    // A finite but huge steering vector makes the logits overflow: refused, not garbage.
+    let vector = dir.join("huge.npy");
+    let width = serde_json::from_slice::<serde_json::Value>(&std::fs::read(Path::new(tiny).join("config.json")).unwrap()).unwrap()["n_embd"].as_u64().unwrap() as usize;
+    patchbay::results::write_npy(&vector, &[width], &vec![3e38f32; width]).unwrap();
+    let r = patchbay(&["generate", "--model", tiny, CLEAN, "--max-new-tokens", "2", "--steer", s(&vector), "--steer-site", "attn_out", "--steer-layer", "1", "--coef", "10"]);
+    assert!(r.refused() && r.stderr.contains("not finite"), "{}", r.stderr);
+}
+

@@ -186,7 +186,7 @@ impl Circuit {
         if file.cfg.parallel_attn_mlp {
             bail!("{}: a graph with parallel attention and MLP; GPT-2's are sequential", path.display());
         }
-        let graph = Graph::new(file.cfg.n_layers, file.cfg.n_heads);
+        let graph = Graph::bounded(file.cfg.n_layers, file.cfg.n_heads, &format!("{}: cfg", path.display()))?;
         let mut scores = vec![0.0; graph.edges.len()];
         let mut edges = vec![false; graph.edges.len()];
         let index: HashMap<String, usize> = graph.edges.iter().enumerate().map(|(i, e)| (e.to_string(), i)).collect();

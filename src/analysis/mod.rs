@@ -44,12 +44,14 @@ pub struct Summary {
     pub by_name: Vec<SiteSummary>,
 }
 
-/// Mean, standard error (sample std / √n) and n of the finite values of each column of a
+/// Mean, standard error (sample std / √n) and n of the values (all but NaN) of each column of a
 /// [pairs, cells] array.
 pub(crate) fn mean_sem(values: &[f32], cells: usize) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
     let mut out = (vec![f32::NAN; cells], vec![f32::NAN; cells], vec![0; cells]);
     for j in 0..cells {
-        let col: Vec<f64> = values.iter().skip(j).step_by(cells).filter(|v| v.is_finite()).map(|&v| v as f64).collect();
+        // NaN is "no value" (past a pair's length, a pair left out); an infinity is a value, and
+        // makes the mean infinite rather than being dropped from it.
+        let col: Vec<f64> = values.iter().skip(j).step_by(cells).filter(|v| !v.is_nan()).map(|&v| v as f64).collect();
         let n = col.len();
         out.2[j] = n;
         if n == 0 {

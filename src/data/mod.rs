@@ -376,10 +376,11 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
         bail!("answer and distractor are the same token {answer} {:?}: the metric would be 0", tok.token_str(answer));
     }
     let shift = usize::from(checks.prepend_bos);
-    let positions: BTreeMap<String, usize> = p.positions.iter().map(|(name, &pos)| (name.clone(), pos + shift)).collect();
-    if let Some((name, &pos)) = positions.iter().find(|(_, &pos)| pos >= clean.len()) {
-        bail!("named position {name}={} is past the {} tokens {}", pos - shift, clean.len() - shift, tok.show_short(&clean[shift..]));
+    // Compared before the BOS shift, which must not wrap a huge position around to 0.
+    if let Some((name, &pos)) = p.positions.iter().find(|(_, &pos)| pos >= clean.len() - shift) {
+        bail!("named position {name}={pos} is past the {} tokens {}", clean.len() - shift, tok.show_short(&clean[shift..]));
     }
+    let positions: BTreeMap<String, usize> = p.positions.iter().map(|(name, &pos)| (name.clone(), pos + shift)).collect();
     let bos_note = if checks.prepend_bos { " (the BOS token added in front included)" } else { "" };
     if let Some(context) = checks.context.filter(|&c| clean.len() > c) {
         bail!("the clean prompt {:?} is {} tokens{bos_note}, longer than the model's context of {context} positions", preview(&p.clean), clean.len());

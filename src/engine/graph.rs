@@ -133,6 +133,15 @@ impl Graph {
 
     /// The edge count in closed form: each head's three inputs read the input and every head and
     /// MLP of earlier layers; an MLP also reads its own layer's heads; the logits read every writer.
+    /// The graph of `layers` × `heads`, refused (one line, naming `what`) when its edges would not
+    /// fit this machine's memory: a config or Graph JSON from elsewhere must not abort the process.
+    pub fn bounded(layers: usize, heads: usize, what: &str) -> Result<Self> {
+        // At most the heads' q/k/v inputs from every head before them, and a name of some 24 bytes each.
+        let edges = crate::limits::product(what, &[3, layers, layers, heads.saturating_add(1), heads.max(1)])?;
+        crate::limits::fits_memory(&format!("{what}: the graph of {layers} layers × {heads} heads, its edge count"), edges, 64)?;
+        Ok(Self::new(layers, heads))
+    }
+
     pub fn edge_count(layers: usize, heads: usize) -> usize {
         let (l, h) = (layers, heads);
         let into_heads: usize = (0..l).map(|i| 3 * h * (1 + i * (h + 1))).sum();

@@ -110,7 +110,7 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
     let ctx = model.config.n_positions;
     for (i, p) in prompts.iter().enumerate() {
         ensure!(!p.is_empty(), "prompt {} is empty", i + 1);
-        ensure!(p.len() + o.max_new_tokens <= ctx, "prompt {} has {} tokens: with {} new ones it exceeds the model's context of {ctx}", i + 1, p.len(), o.max_new_tokens);
+        ensure!(p.len().checked_add(o.max_new_tokens).is_some_and(|n| n <= ctx), "prompt {} has {} tokens: with {} new ones it exceeds the model's context of {ctx}", i + 1, p.len(), o.max_new_tokens);
     }
     let n = o.num_sequences.max(1);
     let mut out = vec![Vec::new(); prompts.len() * n];
@@ -126,6 +126,7 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
             for _ in 0..o.max_new_tokens {
                 let v = model.config.vocab_size;
                 let rows = host(logits);
+                crate::limits::ensure_finite("the logits", &rows, |_| false)?;
                 let mut next = Vec::with_capacity(active.len());
                 for (r, &a) in active.iter().enumerate() {
                     let t = next_token(&rows[r * v..(r + 1) * v], &seen[a], &o.sampling, &mut rngs[a]);

@@ -90,6 +90,8 @@ impl BackendTask for Bench<'_> {
         anyhow::ensure!(a.pairs >= 1, "--pairs must be at least 1");
         anyhow::ensure!(a.tokens >= 2 && a.tokens <= config.n_positions, "--tokens must be in 2..={}", config.n_positions);
         anyhow::ensure!(a.corrupt_at < a.tokens, "--corrupt-at must be below --tokens");
+        // Each pair's tokens and its results: a few values a layer and position.
+        crate::limits::fits_memory("--pairs", a.pairs, a.tokens * (config.n_layer * (config.n_head + 3) + 4) * 8)?;
         let model = Gpt2::<B>::random(config.clone(), 0, &device);
         let sites = PatchSite::parse_list(&a.sites)?;
         let pairs = crate::data::random_pairs(a.pairs, a.tokens, config.vocab_size, 1, a.corrupt_at);

@@ -136,6 +136,14 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PATTERN_FILES, spec.overwrite)).transpose()?;
     progress.start(prompts.len() as u64, "prompts");
     let p = model.with(PatternsTask { prompts: &prompts, layers, heads, batch: spec.batch, progress })?;
+    // NaN stands past a prompt's length: [prompt, layer, head, dest, src].
+    let per_prompt = p.layers.len() * p.heads.len() * p.positions * p.positions;
+    let past = |i: usize| {
+        let (prompt, within) = (i / per_prompt.max(1), i % per_prompt.max(1));
+        let (dest, src) = (within / p.positions % p.positions, within % p.positions);
+        dest >= p.lengths[prompt] || src > dest
+    };
+    crate::limits::ensure_finite("the attention patterns", &p.values, past)?;
     let strs: Vec<Vec<String>> = prompts.iter().map(|ids| tok.token_strs(ids)).collect();
     let html = viewer::html(&p, &strs, model.id(), spec.html_prompts);
     if let Some(out) = &spec.out {
@@ -213,6 +221,9 @@ pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progres
     let (pairs, skipped) = data::load_pairs(&spec.pairs, &model.tokenizer, checks, spec.strict)?;
     progress.start(pairs.len() as u64, "pairs");
     let r = model.with(AttributeTask { pairs: &pairs, batch: spec.batch, progress })?;
+    for (what, values) in [("accumulated", &r.accumulated), ("components", &r.components), ("heads", &r.heads)] {
+        crate::limits::ensure_finite(&format!("the attribution's {what}"), values, |_| false)?;
+    }
     let listing = Listing {
         patchbay_version: env!("CARGO_PKG_VERSION").into(),
         model: model.id().into(),

@@ -23,6 +23,8 @@ pub fn tokenizer_of(model: &str) -> Result<Tokenizer> {
 
 /// `n` IOI pairs (BABA and ABBA templates) with named positions; names are single tokens of `tok`.
 pub fn ioi(tok: &Tokenizer, spec: &IoiSpec) -> Result<Vec<Pair>> {
+    // A pair is some 300 bytes as a Pair and as its JSON line.
+    crate::limits::fits_memory("--n", spec.n, 1024)?;
     if let Some(out) = &spec.out {
         outputs::prepare_file(out, spec.overwrite)?;
     }

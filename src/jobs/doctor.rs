@@ -71,6 +71,11 @@ fn tolerance(spec: &BackendSpec) -> f32 {
 pub fn doctor(model: &str, spec: &DoctorSpec, threads: Option<usize>) -> Result<Doctor> {
     ensure!(spec.rows > 0, "--rows must be at least 1");
     let cpu = Model::load(model, BackendSpec::default(), threads)?;
+    let c = &cpu.config;
+    crate::limits::at_most("--positions", spec.positions, c.n_positions, "the model's context")?;
+    // Every step's output of every row is kept: some 16 widths a layer, and the logits.
+    let row_bytes = crate::limits::product("--rows", &[c.n_positions.min(spec.positions.max(64)), c.n_layer * 16 * c.n_embd + c.vocab_size, 4])?;
+    crate::limits::fits_memory("--rows", spec.rows, row_bytes)?;
     let ids = match &spec.text {
         Some(text) => cpu.tokenizer.encode_with(text, false)?,
         None => (0..spec.positions).map(|i| ((i * 7919 + 104_729) % cpu.config.vocab_size) as u32).collect(),

@@ -33,6 +33,7 @@ pub fn inspect(model: &Model, text: &str, top_k: usize, prepend_bos: bool) -> Re
     let tok = &model.tokenizer;
     let ids = tok.encode_with(text, prepend_bos)?;
     let probs = model.with(NextToken(ids.clone()))?;
+    crate::limits::ensure_finite("the next token's probabilities", &probs, |_| false)?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     Ok(Inspection {

@@ -108,7 +108,7 @@ impl Model {
         let files = ModelFiles::locate_with(model, watch)?;
         let read = files.read()?;
         let config = files.config_of(&read)?;
-        let tokenizer = Tokenizer::from_bytes(&read.tokenizer, &files.tokenizer)?;
+        let tokenizer = Tokenizer::from_bytes(&read.tokenizer, &files.tokenizer)?.with_context(config.n_positions);
         let fingerprint = read.fingerprint;
         let plain = dispatch(&backend, Load(&files, config.clone(), read.weights))?;
         Ok(Self { files, config, tokenizer, backend, fingerprint, plain, autodiff: OnceLock::new() })

@@ -51,8 +51,11 @@ pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> R
     if spec.sites.is_empty() {
         bail!("--sites names no site");
     }
+    const MAX_IG_STEPS: usize = 10_000;
     match (patch.method, patch.ig_steps) {
         (Method::EapIg, Some(0)) => bail!("--ig-steps must be at least 1"),
+        // Each step is a forward and backward pass of every pair: EAP-IG uses 5 to 100.
+        (Method::EapIg, Some(n)) if n > MAX_IG_STEPS => bail!("--ig-steps {n} is more than {MAX_IG_STEPS}: each step is a forward and backward pass of every pair (EAP-IG uses 5 to 100)"),
         (Method::EapIg, _) => {}
         (_, Some(_)) => bail!("--ig-steps is an option of --method eap-ig"),
         (_, None) => {}

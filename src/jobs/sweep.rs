@@ -212,18 +212,12 @@ pub(super) fn memory_limits(backend: &BackendSpec) -> (usize, usize) {
     use crate::backend::BackendKind::*;
     const GIB: usize = 1 << 30;
     match backend.kind {
-        Cpu => (available_memory().map_or(2 * GIB, |b| b / 4), usize::MAX),
+        Cpu => (crate::limits::available_memory().map_or(2 * GIB, |b| b / 4), usize::MAX),
         Wgpu => (4 * GIB, 128 << 20),
         Cuda => (16 * GIB, usize::MAX),
     }
 }
 
-/// MemAvailable from /proc/meminfo, in bytes.
-fn available_memory() -> Option<usize> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: usize = info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 /// Runs `all` pairs (or the spec's shard of them); `skipped` is reported in the manifest.
 pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedPair], skipped: &[Skipped], spec: &SweepSpec, progress: &mut dyn Progress) -> Result<SweepSummary> {

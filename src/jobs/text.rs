@@ -94,8 +94,12 @@ pub fn generate(model: &Model, spec: &GenerateSpec, progress: &mut dyn Progress)
             bail!("--coef must be a finite number, not {}", v.coef);
         }
     }
+    let context = model.config.n_positions;
+    crate::limits::at_most("--max-new-tokens", o.max_new_tokens, context, "the model's context")?;
+    let sequences = crate::limits::product("--num-sequences × prompts", &[spec.prompts.len(), o.num_sequences])?;
+    crate::limits::fits_memory("--num-sequences × prompts", sequences, 4 * (o.max_new_tokens + 1) + 256)?;
     let prompts = tokenize(model, &spec.prompts, &spec.origins, spec.prepend_bos, (1, "generation needs at least 1"))?;
-    progress.start((prompts.len() * o.num_sequences * o.max_new_tokens) as u64, "tokens");
+    progress.start((sequences * o.max_new_tokens) as u64, "tokens");
     let out = model.with(Decode { prompts: &prompts, options: o, progress })?;
     let n = o.num_sequences;
     Ok(out
@@ -165,6 +169,9 @@ pub fn perplexity(model: &Model, spec: &TextsSpec, per_token: bool, progress: &m
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PERPLEXITY_FILES, spec.overwrite)).transpose()?;
     progress.start(ids.len() as u64, "texts");
     let losses = model.with(Score { texts: &ids, batch: spec.batch, memory: memory(model), progress })?;
+    for (i, l) in losses.iter().enumerate() {
+        crate::limits::ensure_finite(&format!("the loss of text {}", i + 1), l, |_| false)?;
+    }
     let tok = &model.tokenizer;
     let texts: Vec<Scored> = spec
         .texts
@@ -373,6 +380,9 @@ pub struct PrependStep {
 
 pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -> Result<Vec<PrependStep>> {
     let tok = &model.tokenizer;
+    // Each candidate is a draw from the whole vocabulary and a forward pass: more candidates than
+    // tokens draw nothing new.
+    crate::limits::at_most("--samples", spec.samples, model.config.vocab_size, "the model's vocabulary size")?;
     let text = tok.encode(&spec.text)?;
     let bos = tok.bos()?;
     let name = format!("the text ({:?})", preview(&spec.text));

@@ -294,6 +294,9 @@ impl Manifest {
                 self.check_edge_names(s)?;
             }
         }
+        for s in &self.sites {
+            crate::limits::product(&format!("site {}'s shape", s.name), &s.shape)?;
+        }
         for (field, got, want) in [("baseline_clean", &self.baseline_clean, BASELINE_CLEAN), ("baseline_corrupted", &self.baseline_corrupted, BASELINE_CORRUPTED), ("lengths", &self.lengths, LENGTHS)] {
             if got != want {
                 return Err(mismatch(field, got, want));
@@ -316,15 +319,11 @@ impl Manifest {
     /// swapped or cut would label the scores wrongly).
     fn check_edge_names(&self, s: &SiteEntry) -> Result<()> {
         let (layers, heads) = (self.config.n_layer, self.config.n_head);
-        // Bounds before the count: a crafted config must not make a graph fill the memory.
-        if layers > 4096 || heads > 4096 {
-            anyhow::bail!("config: {layers} layers × {heads} heads is no model patchbay runs");
-        }
-        let total = crate::engine::Graph::edge_count(layers, heads);
+        let graph = crate::engine::Graph::bounded(layers, heads, "config")?;
+        let total = graph.edges.len();
         if s.edges.len() != total || s.shape.get(1) != Some(&total) {
             anyhow::bail!("site edges names {} edges and has shape {:?}; the graph of {layers} layers × {heads} heads has {total}", s.edges.len(), s.shape);
         }
-        let graph = crate::engine::Graph::new(layers, heads);
         if let Some((i, (name, edge))) = s.edges.iter().zip(&graph.edges).enumerate().find(|(_, (n, e))| **n != e.to_string()) {
             anyhow::bail!("site edges names edge {i} {name:?}, but the graph's edge {i} is {edge}: the names are not the graph's");
         }

@@ -53,6 +53,7 @@ impl ArrayFile {
     /// Creates `path` anew (whatever was there, a link included, is removed first, never written
     /// through) holding `shape` filled with NaN (f32) or 0 (i32).
     pub fn create(path: &Path, dtype: Dtype, shape: &[usize]) -> Result<Self> {
+        crate::limits::product(&format!("{}: shape", path.display()), shape)?;
         super::remove_if_present(path)?;
         let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(path)
             .with_context(|| format!("creating {}", path.display()))?;
@@ -105,7 +106,9 @@ impl ArrayFile {
 fn check(file: &File, path: &Path, dtype: Dtype, shape: &[usize]) -> Result<u64> {
     let want = header(dtype, shape);
     let size = file.metadata()?.len();
-    let expected = want.len() as u64 + 4 * shape.iter().product::<usize>() as u64;
+    // Checked: a shape whose product wraps to 0 must not pass for an empty array.
+    let cells = crate::limits::product(&format!("{}: shape", path.display()), shape)?;
+    let expected = (cells as u64).checked_mul(4).and_then(|b| b.checked_add(want.len() as u64)).with_context(|| format!("{}: shape {shape:?} is larger than any file", path.display()))?;
     let mut got = vec![0; want.len().min(size as usize)];
     file.read_exact_at(&mut got, 0).with_context(|| format!("reading {}", path.display()))?;
     if got != want {
