@@ -416,3 +416,34 @@ fn config_options_come_before_the_command_line_so_flags_and_their_negations_over
     let (ok, _, stderr) = patchbay(&["run", c]);
     assert!(!ok && stderr.contains("c.toml:2:") && stderr.trim().lines().count() == 1, "{stderr}");
 }
+
+/// Negative numbers are values, not flags; a TOML value of the wrong kind is named by its file,
+/// line and key; every such error is one line.
+#[test]
+fn negative_numbers_and_bad_config_values_are_named_in_one_line() {
+    let dir = tmp("messages");
+    let tiny = tiny();
+    let m = tiny.to_str().unwrap();
+    let prompt = "Michelle Jones was a top-notch student. Michelle";
+    // Meaningful negatives are taken: a frequency penalty below 0 rewards repeats.
+    let (ok, _, stderr) = patchbay(&["generate", "--model", m, prompt, "--max-new-tokens", "2", "--freq-penalty", "-0.5"]);
+    assert!(ok, "{stderr}");
+    // Meaningless ones are refused by the option's own rule, not clap's "to pass '-0'" tip.
+    let (ok, _, stderr) = patchbay(&["generate", "--model", m, prompt, "--max-new-tokens", "2", "--temperature", "-1"]);
+    assert!(!ok && stderr.contains("--temperature must be above 0") && stderr.trim().lines().count() == 1, "{stderr}");
+    let pairs = write_pairs(&dir, &[serde_json::json!({"clean": prompt, "corrupted": prompt.replace("Jones", "Smith"), "answer": " Jones", "distractor": " Smith"})]);
+    let run = dir.join("edges");
+    assert!(patchbay(&["edges", "--model", m, "--pairs", pairs.to_str().unwrap(), "--out", run.to_str().unwrap(), "--verify", "0"]).0);
+    let (ok, _, stderr) = patchbay(&["circuit", run.to_str().unwrap(), "--threshold", "-inf"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = patchbay(&["faithfulness", run.to_str().unwrap(), "--sizes", "0,3", "--draw-at", "-1"]);
+    assert!(ok, "{stderr}");
+    // TOML: a negative count, a string for a boolean.
+    for (line, says) in [("max_rows = -1", "'-1'"), ("overwrite = \"yes\"", "'yes'")] {
+        let config = dir.join("run.toml");
+        std::fs::write(&config, format!("model = \"{m}\"\npairs = \"{}\"\nsites = \"resid_pre\"\n{line}\n", pairs.display())).unwrap();
+        let (ok, _, stderr) = patchbay(&["run", config.to_str().unwrap(), "--out", dir.join("out").to_str().unwrap()]);
+        let key = line.split(' ').next().unwrap();
+        assert!(!ok && stderr.contains(&format!("run.toml:4: `{key}`")) && stderr.contains(says) && stderr.trim().lines().count() == 1, "{line}: {stderr}");
+    }
+}

@@ -775,13 +775,14 @@ fn a_run_of_other_weights_at_the_same_path_is_never_resumed_merged_or_verified()
         assert!(run(args(&shards, &["--shard", k])).ok());
     }
     let resumed = run(args(&cut, &["--resume"]));
-    assert!(resumed.refused() && resumed.stderr.contains("unfinished run of other inputs"), "{}", resumed.stderr);
+    // Each refusal says what differs: the weights.
+    assert!(resumed.refused() && resumed.stderr.contains("unfinished run of other inputs (its weights (the model files' fingerprint) differ)"), "{}", resumed.stderr);
     let again = run(args(&finished, &["--resume"]));
-    assert!(again.refused() && again.stderr.contains("a different run"), "{}", again.stderr);
+    assert!(again.refused() && again.stderr.contains("a different run (its weights (the model files' fingerprint) differ)"), "{}", again.stderr);
     let verified = patchbay(&["verify", s(&finished)]);
     assert!(verified.refused() && verified.stderr.contains("is not the model") && verified.stderr.contains("fingerprint"), "{}", verified.stderr);
     let merged = patchbay(&["merge", s(&shards), "--out", s(&dir.join("merged"))]);
-    assert!(merged.refused() && merged.stderr.contains("shards of different runs"), "{}", merged.stderr);
+    assert!(merged.refused() && merged.stderr.contains("shards of different runs (made with other model files"), "{}", merged.stderr);
 }
 
 // ---------------------------------------------------------------------------------------------

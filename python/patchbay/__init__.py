@@ -102,7 +102,16 @@ def _spec_json(spec: Mapping[str, Any]) -> str:
             elif isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{key}= must be a number, not {value}")
     check(spec)
-    return json.dumps(spec)
+    return json.dumps(spec, default=_json_scalar)
+
+
+def _json_scalar(value: Any) -> Any:
+    """numpy scalars and arrays (an np.int64 position, a np.float32 threshold) as JSON's numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{value!r} (a {type(value).__name__}) is not a number, string or list a job takes")
 
 
 def _progress_callback(progress: Any) -> Optional[Callable[..., None]]:
@@ -131,7 +140,16 @@ def _progress_callback(progress: Any) -> Optional[Callable[..., None]]:
     return callback
 
 
-def _pair_dict(p: Mapping[str, Any], columns: Mapping[str, str]) -> Dict[str, Any]:
+def _pair_dict(p: Any, columns: Mapping[str, str], index: int = 0) -> Dict[str, Any]:
+    if isinstance(p, (tuple, list)):
+        # (clean, corrupted) or (clean, corrupted, answer, distractor), as TransformerLens users write them.
+        if len(p) not in (2, 4) or not all(isinstance(x, str) for x in p):
+            raise TypeError(f"pairs[{index}] = {p!r}: a pair is a dict, or a tuple of 2 or 4 strings "
+                            "(clean, corrupted[, answer, distractor])")
+        p = dict(zip(("clean", "corrupted", "answer", "distractor"), p))
+    if not isinstance(p, Mapping):
+        raise TypeError(f"pairs[{index}] is a {type(p).__name__}: a pair is a dict or a tuple of strings")
+
     def get(field: str) -> Any:
         value = p.get(columns.get(field, field))
         if value is None or (isinstance(value, float) and value != value):  # None or NaN (pandas)
@@ -167,7 +185,7 @@ def _pairs_spec(clean, corrupted, answer, distractor, pairs, columns) -> Dict[st
         records = pairs.to_dicts()
     else:
         records = list(pairs)
-    return {"records": [_pair_dict(p, columns) for p in records]}
+    return {"records": [_pair_dict(p, columns, i) for i, p in enumerate(records)]}
 
 
 class Model:

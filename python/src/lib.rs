@@ -123,8 +123,27 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
     serde_json::to_string(value).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
+/// A job's spec (JSON Python built from keywords): an error names the keyword at fault, not a
+/// column of the JSON (`max_rows=-1: invalid value: integer `-1`, expected usize`).
 fn parse<'a, T: Deserialize<'a>>(text: &'a str, what: &str) -> PyResult<T> {
-    serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message);
+        match key_at(text, e.line(), e.column()) {
+            Some(key) => PyValueError::new_err(format!("{what}: {key}=: {message}")),
+            None => PyValueError::new_err(format!("{what}: {message}")),
+        }
+    })
+}
+
+/// The last JSON key before line `line`, column `column` of `text` (serde_json's position of an
+/// error): the keyword whose value is at fault.
+fn key_at(text: &str, line: usize, column: usize) -> Option<String> {
+    let offset = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>() + column;
+    let before = text.get(..offset.min(text.len()))?;
+    let colon = before.rfind("\":")?;
+    let start = before[..colon].rfind('"')?;
+    Some(before[start + 1..colon].to_string())
 }
 
 /// A pair as Python gives it (a dict, a DataFrame row).

@@ -404,3 +404,17 @@ def test_ctrl_c_stops_a_download_from_a_mirror_that_never_answers(tmp_path):
     finally:
         child.kill()
         server.close()
+
+
+def test_keywords_are_named_and_pairs_come_as_tuples_and_numpy_numbers(model):
+    with pytest.raises(ValueError, match="max_rows="):
+        model.patch(pairs=PAIRS, sites=["resid_pre"], max_rows=-1)
+    # Tuples as TransformerLens users write them, numpy integers where a number goes.
+    as_tuples = [(p["clean"], p["corrupted"], p["answer"], p["distractor"]) for p in PAIRS]
+    with_dicts = model.patch(pairs=PAIRS, sites=["resid_pre"], max_rows=np.int64(7))
+    with_tuples = model.patch(pairs=as_tuples, sites=["resid_pre"], max_rows=7)
+    assert with_tuples["resid_pre"].tobytes() == with_dicts["resid_pre"].tobytes()
+    named = [dict(p, positions={"end": np.int64(10)}) for p in PAIRS]
+    assert model.patch(pairs=named, sites=["resid_pre"]).tokens[0]["positions"] == {"end": 10}
+    with pytest.raises(TypeError, match=r"pairs\[1\]"):
+        model.patch(pairs=[as_tuples[0], ("only one",)], sites=["resid_pre"])

@@ -15,7 +15,8 @@ pub struct CircuitArgs {
     #[arg(long, value_name = "N")]
     top_n: Option<usize>,
     /// Every edge whose |score| is at least T (EAP-IG's apply_threshold).
-    #[arg(long, value_name = "T")]
+    // (Values may start with '-': `--threshold -inf` is a number, not a flag.)
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
     threshold: Option<f32>,
     /// N edges chosen greedily from the logits backwards: at each step the best edge into a node
     /// already in the circuit (EAP-IG's apply_greedy).
@@ -82,7 +83,7 @@ pub struct FaithfulnessArgs {
     max_rows: Option<usize>,
     /// Draw (faithfulness_circuit.svg, with its Graph JSON) the smallest circuit whose
     /// faithfulness reaches F, else the most faithful.
-    #[arg(long, value_name = "F", default_value_t = discovery::DEFAULT_DRAW_AT)]
+    #[arg(long, value_name = "F", default_value_t = discovery::DEFAULT_DRAW_AT, allow_hyphen_values = true)]
     draw_at: f64,
     /// The directory faithfulness.{json,npy,png,svg} go into [default: RUN].
     #[arg(long)]

@@ -30,16 +30,17 @@ pub struct GenerateArgs {
     greedy: bool,
     #[arg(long, overrides_with = "greedy", hide = true)]
     no_greedy: bool,
-    #[arg(long, default_value_t = 1.0)]
+    // Floats may start with '-' (`--freq-penalty -0.5`), read as numbers, not flags.
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     temperature: f32,
     /// Sample from the k most likely tokens only.
     #[arg(long)]
     top_k: Option<usize>,
     /// Sample from the most likely tokens that together reach this probability.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     top_p: Option<f32>,
     /// Subtracted from a token's logit once for every time it is in the sequence so far.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     freq_penalty: f32,
     /// Sequences per prompt.
     #[arg(long, default_value_t = 1)]
@@ -74,7 +75,7 @@ pub struct GenerateArgs {
     #[arg(long, requires = "steer")]
     steer_layer: Option<usize>,
     /// The steering vector's coefficient.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, requires = "steer")]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, requires = "steer")]
     coef: f32,
     #[command(flatten)]
     backend: BackendArgs,

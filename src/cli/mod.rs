@@ -270,13 +270,15 @@ pub fn config_args(path: &Path, command: &clap::Command) -> Result<Vec<ConfigOpt
                 Some(positive) => format!("--{positive}"),
                 None => format!("--no-{flag}"),
             }],
-            toml::Value::Array(items) => vec![format!("--{flag}"), items.iter().map(scalar).collect::<Result<Vec<_>>>()?.join(",")],
+            // `--flag=value`, one argument: a value starting with '-' stays a value, and a value a
+            // boolean flag does not take is an error clap names by its flag (and so by this key).
+            toml::Value::Array(items) => vec![format!("--{flag}={}", items.iter().map(scalar).collect::<Result<Vec<_>>>()?.join(","))],
             toml::Value::Table(t) if flag == "columns" => {
                 let kv = t.iter().map(|(k, v)| Ok(format!("{k}={}", scalar(v)?))).collect::<Result<Vec<_>>>()?;
-                vec![format!("--{flag}"), kv.join(",")]
+                vec![format!("--{flag}={}", kv.join(","))]
             }
             toml::Value::Table(_) => bail!("{at}: must be a string, a number or a list, not a table (only `columns` is a table)"),
-            v => vec![format!("--{flag}"), scalar(v)?],
+            v => vec![format!("--{flag}={}", scalar(v)?)],
         };
         options.push(ConfigOption { at, flag, args });
     }

@@ -330,6 +330,19 @@ impl Manifest {
         Ok(())
     }
 
+    /// The fields in which `other` is another run than this one (`weights`, `pairs`, `sites`,
+    /// `config`, ...), as a list for a message.
+    pub fn differences(&self, other: &Manifest) -> String {
+        let (a, b) = (serde_json::to_value(self).unwrap_or_default(), serde_json::to_value(other).unwrap_or_default());
+        let empty = serde_json::Map::new();
+        let (a, b) = (a.as_object().unwrap_or(&empty), b.as_object().unwrap_or(&empty));
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !["verify", "kernels_excluded"].contains(&k.as_str()) && a.get(*k) != b.get(*k)).collect();
+        keys.sort();
+        keys.dedup();
+        let named: Vec<String> = keys.iter().map(|k| if k.as_str() == "weights" { "weights (the model files' fingerprint)".to_string() } else { k.to_string() }).collect();
+        named.join(", ")
+    }
+
     /// What makes two runs the same run: everything but the verification record and the
     /// kernels excluded on the way.
     pub fn identity(&self) -> String {

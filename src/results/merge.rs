@@ -44,6 +44,8 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
         if same(m) != same(first) || info.pairs_total != first_info.pairs_total {
             let why = if m.dataset != first.dataset {
                 "made from other pairs"
+            } else if m.weights != first.weights {
+                "made with other model files: their weights fingerprints differ"
             } else if m.ablation_means != first.ablation_means {
                 "their ablation means differ: each shard computes them over the whole run, on its own backend"
             } else if sites(m) != sites(first) {

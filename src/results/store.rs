@@ -120,13 +120,14 @@ pub fn begin(dir: &Path, manifest: &Manifest, units: usize, mode: Mode) -> Resul
         }
         State::Finished(_) if mode.overwrite => start(dir, manifest, units, own_files_in(dir), guard),
         State::Finished(old) => {
-            let what = if old.identity() == id { "this very run (--resume accepts it as done)" } else { "a different run" };
+            let what = if old.identity() == id { "this very run (--resume accepts it as done)".to_string() } else { format!("a different run (its {} differ)", old.differences(manifest)) };
             bail!("{here} already holds a finished run, {what} of {} on {} pair(s): --overwrite replaces it, or choose another --out", old.model, old.pairs.len())
         }
         State::Unfinished(j) if mode.resume && j.identity == id => resume(dir, manifest, j, guard),
         State::Unfinished(_) if mode.overwrite => start(dir, manifest, units, own_files_in(dir), guard),
         State::Unfinished(_) if mode.resume => {
-            bail!("{here} holds an unfinished run of other inputs (model, pairs, sites or settings differ): rerun with its inputs, or --overwrite to replace it")
+            let differ = read_staged(dir).map_or_else(|_| "model, pairs, sites or settings".to_string(), |staged| staged.differences(manifest));
+            bail!("{here} holds an unfinished run of other inputs (its {differ} differ): rerun with its inputs, or --overwrite to replace it")
         }
         State::Unfinished(j) => bail!("{here} holds an unfinished run ({} of {} units done): --resume continues it, --overwrite replaces it", j.done.len(), j.units),
         State::Damaged(_) if mode.overwrite => start(dir, manifest, units, own_files_in(dir), guard),
