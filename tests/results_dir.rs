@@ -612,7 +612,8 @@ fn pairs_files_name_lines_and_skip_what_the_model_cannot_run() {
     std::fs::write(&file, format!("{good}\n{longer}\n")).unwrap();
     let r = patchbay(&["run", "--model", s(&tiny), "--pairs", s(&file), "--sites", "resid_pre", "--out", s(&dir.join("short"))]);
     let line = r.stderr.lines().find(|l| l.starts_with("skipped line 2")).unwrap_or_default();
-    assert!(r.ok() && line.contains("different lengths") && line.len() < 1000, "{}", &r.stderr[..r.stderr.len().min(2000)]);
+    // (Refused before it is tokenized: longer than the context can hold.)
+    assert!(r.ok() && line.contains("longer than the model's context can hold") && line.len() < 1000, "{}", &r.stderr[..r.stderr.len().min(2000)]);
 
     // Token ids past a model's vocabulary (a 512-token model under GPT-2's tokenizer).
     let small = fixtures().join("shapes/h4-dh16");
@@ -912,13 +913,16 @@ fn derived_outputs_belong_to_their_run_and_no_command_writes_another_commands_fi
     assert!(patchbay(&["circuit", s(&run), "--top-n", "5"]).ok());
     let r = patchbay(&["faithfulness", s(&run), "--sizes", "0,5", "--max-rows", "5"]);
     assert!(r.ok(), "{}", r.stderr);
-    let derived = ["faithfulness.json", "faithfulness.npy", "faithfulness.svg", "faithfulness.png", "faithfulness_circuit.json", "faithfulness_circuit.svg", "circuit.json", "circuit.svg"];
+    assert!(patchbay(&["analyze", s(&run)]).ok());
+    let derived = ["faithfulness.json", "faithfulness.npy", "faithfulness.svg", "faithfulness.png", "faithfulness_circuit.json", "faithfulness_circuit.svg", "circuit.json", "circuit.svg", "summary.json", "summary.csv", "edges.normalized.npy", "edges.png", "edges.svg"];
     for f in derived {
         assert!(run.join(f).is_file(), "{f}");
     }
     let identity = patchbay::results::Manifest::read(&run).unwrap().identity();
-    let curve: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("faithfulness.json")).unwrap()).unwrap();
-    assert_eq!(curve["run_identity"], serde_json::json!(identity));
+    for listing in ["faithfulness.json", "summary.json"] {
+        let set: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join(listing)).unwrap()).unwrap();
+        assert_eq!(set["run_identity"], serde_json::json!(identity), "{listing}");
+    }
 
     // A NaN threshold selects nothing: refused by name.
     let r = patchbay(&["circuit", s(&run), "--threshold", "NaN"]);
@@ -956,7 +960,7 @@ fn derived_outputs_belong_to_their_run_and_no_command_writes_another_commands_fi
     }
     let stop = |sig: &str| assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
     stop("-STOP");
-    let attempts = [edges(&pairs).into_iter().chain(["--overwrite"]).collect::<Vec<_>>(), vec!["faithfulness", s(&run), "--sizes", "0"], vec!["circuit", s(&run), "--top-n", "3"]];
+    let attempts = [edges(&pairs).into_iter().chain(["--overwrite"]).collect::<Vec<_>>(), vec!["faithfulness", s(&run), "--sizes", "0"], vec!["circuit", s(&run), "--top-n", "3"], vec!["analyze", s(&run)]];
     let refused: Vec<Out> = attempts.iter().map(|a| patchbay(a)).collect();
     stop("-CONT");
     assert!(child.wait().unwrap().success());
@@ -1097,8 +1101,12 @@ fn every_count_is_bounded_before_anything_is_allocated() {
             (vec!["doctor", "--model", tiny, "--positions", h], "--positions"),
             (vec!["bench", "--shape", tiny, "--pairs", h], "--pairs"),
             (vec!["prepend", "--model", tiny, CLEAN, "--samples", h], "--samples"),
+            (vec!["prepend", "--model", tiny, CLEAN, "--n-tokens", h], "--n-tokens"),
+            (vec!["circuit", s(&run), "--top-n", h], "edges asked for"),
+            (vec!["faithfulness", s(&run), "--sizes", h], "--sizes"),
             (vec!["edges", "--model", tiny, "--pairs", s(&pairs), "--method", "eap-ig", "--ig-steps", h, "--out", out], "--ig-steps"),
             (vec!["ioi", "--model", tiny, "--n", h, "--out", out], "--n"),
+            (vec!["candidates", "--model", tiny, CLEAN, "--top-k", h], "--top-k"),
         ];
         for (args, names) in cases {
             let r = patchbay(&args);

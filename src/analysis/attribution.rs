@@ -38,7 +38,8 @@ fn part(values: &[f32], labels: Vec<String>) -> Part {
 
 /// Writes the summary and the plots; returns the files written.
 pub fn analyze(dir: &Path) -> Result<Vec<String>> {
-    let _lock = crate::results::lock::shared(dir)?;
+    // Its outputs are written into the directory: held exclusively.
+    let _lock = crate::results::lock::exclusive(dir)?;
     let (l, a) = attribution::read(dir)?;
     let n = l.pairs.len();
     let nc = l.component_labels.len();

@@ -59,7 +59,8 @@ fn both_finite(x: &[f32], y: &[f32]) -> Vec<(f32, f32)> {
 /// Compares the runs in `dir` and `other`; writes compare.json and a scatter plot per shared site
 /// into `dir`.
 pub fn compare(dir: &Path, other: &Path) -> Result<Comparison> {
-    let _locks = (crate::results::lock::shared(dir)?, crate::results::lock::shared(other)?);
+    // This run's directory is written (exclusively held), the other only read.
+    let _locks = (crate::results::lock::exclusive(dir)?, crate::results::lock::shared(other)?);
     let (a, b) = (open_finished(dir)?, open_finished(other)?);
     let (da, db) = (dir.display(), other.display());
     let same = |what: &str, equal: bool| if equal { Ok(()) } else { bail!("{da} and {db} are runs of different {what}: compare two runs of one model, pair set and metric") };

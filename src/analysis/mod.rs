@@ -6,8 +6,8 @@ pub mod circuit;
 pub mod compare;
 pub mod plot;
 
-use crate::results::manifest::{heatmap_files, normalized_file, SUMMARY_CSV, SUMMARY_JSON};
-use crate::results::{npy::read_own_f32, open_finished, write_atomic, write_npy, Manifest, PairEntry, SiteEntry};
+use crate::results::manifest::{compare_files, heatmap_files, normalized_file, COMPARE_JSON, SUMMARY_CSV, SUMMARY_JSON};
+use crate::results::{npy::read_own_f32, open_finished, Manifest, PairEntry, SiteEntry};
 use anyhow::{bail, Result};
 use plot::Grid;
 use serde::Serialize;
@@ -37,6 +37,8 @@ pub struct SiteSummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub model: String,
+    /// `Manifest::identity` of the run analyzed: an analysis beside another run is not its.
+    pub run_identity: String,
     pub pairs: usize,
     pub excluded: Vec<Excluded>,
     pub sites: Vec<SiteSummary>,
@@ -103,8 +105,11 @@ pub fn normalize(raw: &[f32], cells: usize, scale: &[Option<(f32, f32)>]) -> Vec
     raw.iter().enumerate().map(|(i, &v)| scale[i / cells].map_or(f32::NAN, |(k, d)| (v - k) / d)).collect()
 }
 
+/// Normalizes, summarizes and draws the finished run in `dir`, written as one set
+/// (`outputs::write_set`: summary.json, with the run's identity, last) under the directory's
+/// exclusive lock: two analyses at once cannot mix their files.
 pub fn analyze(dir: &Path) -> Result<Summary> {
-    let _lock = crate::results::lock::shared(dir)?;
+    let _lock = crate::results::lock::exclusive(dir)?;
     let m = open_finished(dir)?;
     if m.pairs.is_empty() {
         bail!("{} holds no pairs (an empty shard? merge the shards, then analyze the merged run)", dir.display());
@@ -112,27 +117,32 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
     let (scale, excluded) = scales(dir, &m)?;
     let mut sites = Vec::new();
     let mut by_name = Vec::new();
+    let mut files = Vec::new();
     let named = named_positions(&m.pairs);
     for site in &m.sites {
         let (raw, shape) = read_own_f32(&dir.join(&site.file))?;
         let cells: usize = shape[1..].iter().product();
         let normalized = normalize(&raw, cells, &scale);
-        write_npy(&dir.join(normalized_file(&site.name)), &shape, &normalized)?;
+        files.push((normalized_file(&site.name), crate::results::npy::encode(&shape, &normalized)));
         let summary = site_summary(&m, site, &normalized);
         if let (Some(names), true) = (&named, site.axes.iter().any(|a| a == "position")) {
             by_name.push(aggregate_by_name(site, &summary, &normalized, &m.pairs, names));
         }
         sites.push(summary);
     }
-    let summary = Summary { model: m.model.clone(), pairs: m.pairs.len(), excluded, sites, by_name };
-    write_atomic(&dir.join(SUMMARY_JSON), &serde_json::to_vec_pretty(&summary)?)?;
-    write_atomic(&dir.join(SUMMARY_CSV), csv(&summary).as_bytes())?;
+    let summary = Summary { model: m.model.clone(), run_identity: m.identity(), pairs: m.pairs.len(), excluded, sites, by_name };
+    files.push((SUMMARY_CSV.to_string(), csv(&summary).into_bytes()));
     for s in summary.sites.iter().chain(&summary.by_name) {
         let grid = grid(s, &m, summary.pairs - summary.excluded.len());
         let [png, svg] = heatmap_files(&s.name);
-        write_atomic(&dir.join(svg), plot::svg(&grid).as_bytes())?;
-        write_atomic(&dir.join(png), &plot::png(&grid)?)?;
+        files.push((svg, plot::svg(&grid).into_bytes()));
+        files.push((png, plot::png(&grid)?));
     }
+    // Every file an analysis of this run may write (not `--compare`'s, a command of its own).
+    let compare: Vec<String> = m.sites.iter().flat_map(|s| compare_files(&s.name)).chain([COMPARE_JSON.to_string(), SUMMARY_JSON.to_string()]).collect();
+    let known: Vec<String> = m.analysis_files().into_iter().filter(|f| !compare.contains(f)).collect();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    crate::results::outputs::write_set(dir, (SUMMARY_JSON, serde_json::to_vec_pretty(&summary)?), files, &known)?;
     Ok(summary)
 }
 

@@ -26,8 +26,8 @@ pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: us
     ensure!(!text.is_empty(), "the text is empty");
     ensure!(samples > 0, "--samples must be at least 1");
     ensure!(
-        text.len() + n_tokens + score_bos as usize <= model.config.n_positions,
-        "the text has {} tokens: with {n_tokens} more it exceeds the model's context of {}",
+        text.len().checked_add(n_tokens).and_then(|n| n.checked_add(score_bos as usize)).is_some_and(|n| n <= model.config.n_positions),
+        "--n-tokens {n_tokens}: the text has {} tokens, and with {n_tokens} more it exceeds the model's context of {}",
         text.len(),
         model.config.n_positions
     );

@@ -151,7 +151,9 @@ impl Shard {
     }
 
     pub fn units(&self, total: usize) -> std::ops::Range<usize> {
-        self.index * total / self.count..(self.index + 1) * total / self.count
+        // In u128: index × total overflows usize for a huge --shards.
+        let at = |k: usize| (k as u128 * total as u128 / self.count as u128) as usize;
+        at(self.index)..at(self.index + 1)
     }
 
     /// The shard's results directory inside the run's.

@@ -38,7 +38,7 @@ pub fn tokenize(model: &Model, texts: &[String], origins: &[String], prepend_bos
 fn fits(model: &Model, name: &str, ids: &[u32], bos: bool, more: usize) -> Result<()> {
     let c = &model.config;
     let bos_note = if bos { " (the BOS in front included)" } else { "" };
-    if ids.len() + more > c.n_positions {
+    if ids.len().checked_add(more).is_none_or(|n| n > c.n_positions) {
         let more = if more > 0 { format!(" and {more} to add") } else { String::new() };
         bail!("{name}: {} tokens{bos_note}{more} exceed the model's context of {} positions", ids.len(), c.n_positions);
     }
@@ -253,9 +253,12 @@ pub struct CandidatesReport {
 /// The `top_k` next tokens at each text's last position (every position with `all_positions`),
 /// and for several texts the pairwise Jaccard similarity of their last positions' pools.
 pub fn candidates(model: &Model, spec: &TextsSpec, top_k: usize, all_positions: bool) -> Result<CandidatesReport> {
+    crate::limits::at_most("--top-k", top_k, model.config.vocab_size, "the model's vocabulary size")?;
     let ids = tokenize(model, &spec.texts, &spec.origins, spec.prepend_bos, (1, "candidates need at least 1"))?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &CANDIDATE_FILES, spec.overwrite)).transpose()?;
     let found = model.with(Candidates { texts: &ids, k: top_k, all_positions, batch: spec.batch, memory: memory(model) })?;
+    let probs: Vec<f32> = found.iter().flatten().flatten().map(|c| c.1).collect();
+    crate::limits::ensure_finite("the candidates' probabilities", &probs, |_| false)?;
     let tok = &model.tokenizer;
     let texts = spec
         .texts
@@ -337,6 +340,7 @@ pub fn steering_vector(model: &Model, spec: &SteerSpec) -> Result<(Vec<f32>, Vec
         .map(|(flag, text)| tokenize(model, std::slice::from_ref(text), &[flag.into()], spec.prepend_bos, (1, "a steering vector needs at least 1")).map(|mut t| t.remove(0)));
     let (clean, corrupted) = (clean?, corrupted?);
     let (values, shape) = model.with(MakeVector { clean: &clean, corrupted: &corrupted, site: spec.site, position: spec.position })?;
+    crate::limits::ensure_finite("the steering vector", &values, |_| false)?;
     if let Some(out) = &spec.out {
         outputs::write_file(out, &npy::encode(&shape, &values), spec.overwrite)?;
     }
@@ -383,12 +387,17 @@ pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -
     // Each candidate is a draw from the whole vocabulary and a forward pass: more candidates than
     // tokens draw nothing new.
     crate::limits::at_most("--samples", spec.samples, model.config.vocab_size, "the model's vocabulary size")?;
+    crate::limits::at_most("--n-tokens", spec.n_tokens, model.config.n_positions, "the model's context")?;
     let text = tok.encode(&spec.text)?;
     let bos = tok.bos()?;
     let name = format!("the text ({:?})", preview(&spec.text));
     fits(model, &name, &[spec.score_bos.then_some(bos).as_slice(), &text].concat(), spec.score_bos, spec.n_tokens)?;
     progress.start(spec.n_tokens as u64, "steps");
     let steps = model.with(Prepend { text: &text, bos, memory: memory(model), spec, progress })?;
+    for (i, step) in steps.iter().enumerate() {
+        let scores: Vec<f32> = step.candidates.iter().map(|c| c.1).chain([step.perplexity]).collect();
+        crate::limits::ensure_finite(&format!("step {}'s perplexities", i + 1), &scores, |_| false)?;
+    }
     Ok(steps
         .into_iter()
         .enumerate()
