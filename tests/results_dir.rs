@@ -669,17 +669,18 @@ fn a_second_process_on_a_results_directory_fails_at_once_naming_the_holder() {
     let out = dir.join("run");
     let first = patchbay(&run_args(&pairs, &out, "resid_pre"));
     assert!(first.ok(), "{}", first.stderr);
-    // A reader (analyze, verify, merge's shards, --compare) holds it shared: a writer fails.
+    // A reader (merge's shards, --compare's other run, pb.open) holds it shared: a writer fails.
     let reader = Holder::take(&out, true);
     let pid = reader.pid();
     for args in [[&run_args(&pairs, &out, "attn_out")[..], &["--overwrite"]].concat(), run_args(&pairs, &out, "resid_pre").into_iter().chain(["--resume"]).collect()] {
         let second = patchbay(&args);
         assert!(second.refused() && second.stderr.contains("is in use by another process") && second.stderr.contains(&pid), "{}", second.stderr);
     }
-    // Readers share it.
+    // analyze writes its outputs there, so it fails too; released, it runs.
     let analyzed = patchbay(&["analyze", s(&out)]);
-    assert!(analyzed.ok(), "{}", analyzed.stderr);
+    assert!(analyzed.refused() && analyzed.stderr.contains(&pid), "{}", analyzed.stderr);
     reader.release();
+    assert!(patchbay(&["analyze", s(&out)]).ok());
     // A writer holds it exclusively: readers and writers fail, and nothing of the run changed.
     let after_analyze = files_of(&out);
     let writer = Holder::take(&out, false);
