@@ -14,9 +14,8 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?;
-        Ok(Self { inner, max_bytes: None })
+        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?;
+        Self::from_bytes(&bytes, path)
     }
 
     /// The tokenizer.json read from `path` as `bytes`.
@@ -36,10 +35,10 @@ impl Tokenizer {
 
     /// Token ids of `text`, without special tokens added (GPT-2 adds none; no BOS is prepended).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        if let Some(max) = self.max_bytes.filter(|&m| text.len() > m) {
-            bail!("a text of {} bytes ({:?}…) is longer than the model's context can hold (at most {max} bytes)", text.len(), text.chars().take(40).collect::<String>());
-        }
         let shown = || text.chars().take(80).collect::<String>() + if text.chars().nth(80).is_some() { "…" } else { "" };
+        if let Some(max) = self.max_bytes.filter(|&m| text.len() > m) {
+            bail!("a text of {} bytes ({:?}) is longer than the model's context can hold (at most {max} bytes)", text.len(), shown());
+        }
         let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {:?}: {e}", shown()))?;
         Ok(enc.get_ids().to_vec())
     }

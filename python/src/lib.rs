@@ -614,8 +614,9 @@ fn verify(py: Python<'_>, dir: PathBuf, rows: usize, backend: Option<&str>, dtyp
 fn site_of<'a>(m: &'a Manifest, site: &str, values: usize) -> anyhow::Result<&'a patchbay::results::SiteEntry> {
     m.check()?;
     let entry = m.sites.iter().find(|s| s.name == site).with_context(|| format!("no site {site:?} in the manifest"))?;
-    let cells = entry.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    if entry.shape.first() != Some(&m.pairs.len()) || cells != Some(values) || entry.axes.len() != entry.shape.len() {
+    // (`check` has refused a shape whose product overflows.)
+    let cells: usize = entry.shape.iter().product();
+    if entry.shape.first() != Some(&m.pairs.len()) || cells != values || entry.axes.len() != entry.shape.len() {
         bail!("the manifest's site {site} has shape {:?} and axes {:?} for {} pairs and {values} values: not a whole array", entry.shape, entry.axes, m.pairs.len());
     }
     Ok(entry)

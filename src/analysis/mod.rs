@@ -6,7 +6,7 @@ pub mod circuit;
 pub mod compare;
 pub mod plot;
 
-use crate::results::manifest::{compare_files, heatmap_files, normalized_file, COMPARE_JSON, SUMMARY_CSV, SUMMARY_JSON};
+use crate::results::manifest::{heatmap_files, normalized_file, SUMMARY_CSV, SUMMARY_JSON};
 use crate::results::{npy::read_own_f32, open_finished, Manifest, PairEntry, SiteEntry};
 use anyhow::{bail, Result};
 use plot::Grid;
@@ -138,9 +138,7 @@ pub fn analyze(dir: &Path) -> Result<Summary> {
         files.push((svg, plot::svg(&grid).into_bytes()));
         files.push((png, plot::png(&grid)?));
     }
-    // Every file an analysis of this run may write (not `--compare`'s, a command of its own).
-    let compare: Vec<String> = m.sites.iter().flat_map(|s| compare_files(&s.name)).chain([COMPARE_JSON.to_string(), SUMMARY_JSON.to_string()]).collect();
-    let known: Vec<String> = m.analysis_files().into_iter().filter(|f| !compare.contains(f)).collect();
+    let known = m.analysis_files();
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     crate::results::outputs::write_set(dir, (SUMMARY_JSON, serde_json::to_vec_pretty(&summary)?), files, &known)?;
     Ok(summary)

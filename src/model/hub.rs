@@ -30,20 +30,23 @@ fn timeout(var: &str, default: u64) -> Result<Duration> {
     }
 }
 
-/// A header that becomes a file name in the cache: one plain name of letters, digits, `-`, `_`
-/// and `.`, not starting with `.`, at most 255 bytes.
+/// One plain file name: letters, digits, `-`, `_` and `.`, not starting with `.` (so neither `.`
+/// nor `..`), at most 255 bytes.
+fn is_plain(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && !name.starts_with('.') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// A header that becomes a file name in the cache must be a plain name.
 fn plain_name<'a>(value: &'a str, header: &str, endpoint: &str) -> Result<&'a str> {
-    let ok = !value.is_empty() && value.len() <= 255 && !value.starts_with('.') && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !ok {
+    if !is_plain(value) {
         bail!("{endpoint} sent {header}: {value:?}, which is not a plain name (it would become a path in the HF cache)");
     }
     Ok(value)
 }
 
-/// A hub id is `name` or `owner/name`, each of letters, digits, `-`, `_` and `.`, neither `..`.
+/// A hub id is `name` or `owner/name`, each part a plain name.
 pub fn check_id(id: &str) -> Result<()> {
-    let ok = |part: &str| !part.is_empty() && part != "." && part != ".." && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if id.split('/').count() > 2 || !id.split('/').all(ok) {
+    if id.split('/').count() > 2 || !id.split('/').all(is_plain) {
         bail!("{id:?} is not a hub id (`name` or `owner/name`) nor a directory");
     }
     Ok(())
@@ -125,11 +128,11 @@ fn transfer(cache: &hf_hub::Cache, id: &str, file: &str, watch: &mut dyn FnMut(u
     let etag = etag.trim().trim_start_matches("W/").replace('"', "");
     let commit = header("x-repo-commit").with_context(|| format!("{url}: the server sent no X-Repo-Commit"))?;
     let (etag, commit) = (plain_name(&etag, "ETag", &endpoint)?.to_string(), plain_name(commit.trim(), "X-Repo-Commit", &endpoint)?.to_string());
-    let announced = |r: &ureq::Response| -> Option<u64> {
-        let total = r.header("content-range").and_then(|c| c.rsplit('/').next()?.trim().parse().ok());
-        r.header("x-linked-size").and_then(|s| s.trim().parse().ok()).or(total).or_else(|| r.header("content-length")?.trim().parse().ok())
-    };
+    // The size: the metadata's X-Linked-Size (an LFS file), else the body's range total or length.
     let linked_size = response.header("x-linked-size").and_then(|s| s.trim().parse::<u64>().ok());
+    let announced = |r: &ureq::Response| -> Option<u64> {
+        r.header("content-range").and_then(|c| c.rsplit('/').next()?.trim().parse().ok()).or_else(|| r.header("content-length")?.trim().parse().ok())
+    };
     let body = match response.header("location").filter(|_| (300..400).contains(&response.status())) {
         // The bytes elsewhere (a CDN): no credentials sent there.
         Some(location) => get(&agent(5), &location.to_string(), false)?,

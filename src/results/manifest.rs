@@ -290,12 +290,10 @@ impl Manifest {
             if s.file != site_file(site.name()) {
                 return Err(mismatch(&format!("site {}'s file", s.name), &s.file, &site_file(site.name())));
             }
+            crate::limits::product(&format!("site {}'s shape", s.name), &s.shape)?;
             if site == PatchSite::Edges {
                 self.check_edge_names(s)?;
             }
-        }
-        for s in &self.sites {
-            crate::limits::product(&format!("site {}'s shape", s.name), &s.shape)?;
         }
         for (field, got, want) in [("baseline_clean", &self.baseline_clean, BASELINE_CLEAN), ("baseline_corrupted", &self.baseline_corrupted, BASELINE_CORRUPTED), ("lengths", &self.lengths, LENGTHS)] {
             if got != want {
@@ -361,12 +359,12 @@ impl Manifest {
         out
     }
 
-    /// Everything `analyze` writes for this run.
+    /// What `analyze` writes for this run besides its listing, summary.json (`--compare`'s files
+    /// are its own).
     pub fn analysis_files(&self) -> Vec<String> {
-        let mut out = vec![SUMMARY_JSON.to_string(), SUMMARY_CSV.to_string(), COMPARE_JSON.to_string()];
+        let mut out = vec![SUMMARY_CSV.to_string()];
         for s in &self.sites {
             out.push(normalized_file(&s.name));
-            out.extend(compare_files(&s.name));
             for name in [s.name.clone(), format!("{}.by_name", s.name)] {
                 out.extend(heatmap_files(&name));
             }
