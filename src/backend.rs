@@ -56,6 +56,9 @@ pub fn set_cpu_threads(threads: usize) -> Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
+    // Each worker is an OS thread with its own stack: a count far past the cores only costs.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    crate::limits::at_most("--threads", threads, 8 * cores, &format!("eight workers for each of this machine's {cores} cores"))?;
     match rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
         Ok(()) => Ok(()),
         // A second model in the same process (a notebook) may ask for the same count again.

@@ -920,10 +920,29 @@ fn derived_outputs_belong_to_their_run_and_no_command_writes_another_commands_fi
         assert!(run.join(f).is_file(), "{f}");
     }
     let identity = patchbay::results::Manifest::read(&run).unwrap().identity();
-    for listing in ["faithfulness.json", "summary.json"] {
+    for listing in ["faithfulness.json", "summary.json", "circuit.json", "faithfulness_circuit.json"] {
         let set: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join(listing)).unwrap()).unwrap();
         assert_eq!(set["run_identity"], serde_json::json!(identity), "{listing}");
     }
+    let r = patchbay(&["verify", s(&run), "--rows", "1"]);
+    assert!(r.ok(), "{}", r.stderr);
+    // The sets copied beside another run are not its: verify names each (and refuses a set
+    // whose listing is gone, its files left).
+    let other = dir.join("other");
+    let first = dir.join("first.jsonl");
+    std::fs::write(&first, std::fs::read_to_string(&pairs).unwrap().lines().next().unwrap().to_string() + "\n").unwrap();
+    assert!(patchbay(&["edges", "--model", tiny, "--pairs", s(&first), "--out", s(&other), "--verify", "0"]).ok());
+    for f in derived {
+        std::fs::copy(run.join(f), other.join(f)).unwrap();
+    }
+    let r = patchbay(&["verify", s(&other), "--rows", "1"]);
+    let stale = std::fs::read_to_string(other.join("manifest.json")).unwrap();
+    for listing in ["summary.json", "faithfulness.json", "circuit.json"] {
+        assert!(r.refused() && stale.contains(&format!("{listing}: written for another run")), "{listing}: {}", r.stderr);
+    }
+    std::fs::remove_file(other.join("faithfulness.json")).unwrap();
+    let r = patchbay(&["verify", s(&other), "--rows", "1"]);
+    assert!(r.refused() && std::fs::read_to_string(other.join("manifest.json")).unwrap().contains("without its faithfulness.json"), "{}", r.stderr);
 
     // A NaN threshold selects nothing: refused by name.
     let r = patchbay(&["circuit", s(&run), "--threshold", "NaN"]);
@@ -1109,9 +1128,37 @@ fn every_count_is_bounded_before_anything_is_allocated() {
             (vec!["ioi", "--model", tiny, "--n", h, "--out", out], "--n"),
             (vec!["candidates", "--model", tiny, CLEAN, "--top-k", h], "--top-k"),
         ];
-        for (args, names) in cases {
+        let run = s_static(&run);
+        let more: Vec<(Vec<&str>, &str)> = vec![
+            (vec!["bench", "--shape", tiny, "--pairs", "1", "--repeat", h], "--repeat"),
+            (vec!["bench", "--shape", tiny, "--tokens", h], "--tokens"),
+            (vec!["bench", "--shape", tiny, "--pairs", "1", "--corrupt-at", h], "--corrupt-at"),
+            (vec!["inspect", "--model", tiny, "--threads", h, CLEAN], "--threads"),
+            (vec!["circuit", run, "--greedy", h], "edges asked for"),
+            (vec!["steer", "make", "--model", tiny, "--clean", CLEAN, "--corrupted", CLEAN, "--site", "resid_pre", "--layer", h, "--out", out], "layer"),
+            (vec!["run", "--model", tiny, "--pairs", s(&pairs), "--sites", "resid_pre", "--shards", h, "--out", out], "--shards"),
+        ];
+        for (args, names) in cases.into_iter().chain(more) {
             let r = patchbay(&args);
             assert!(r.refused() && r.stderr.contains(names) && r.stderr.contains(h), "{args:?}: {:?} {}", r.code, r.stderr);
+        }
+        // Caps (at most this many per pass, per batch, to check): a huge one is no cap, and
+        // nothing is sized by it.
+        let caps: Vec<Vec<&str>> = vec![
+            vec!["run", "--model", tiny, "--pairs", s(&pairs), "--sites", "resid_pre", "--out", out, "--overwrite", "--max-rows", h, "--max-diff", h, "--verify", h],
+            vec!["verify", run, "--rows", h],
+            vec!["faithfulness", run, "--sizes", "1", "--max-rows", h],
+            vec!["attribute", "--model", tiny, "--pairs", s(&pairs), "--out", out, "--overwrite", "--batch", h],
+            vec!["patterns", "--model", tiny, "--out", out, "--overwrite", "--batch", h, "--html-prompts", h, CLEAN],
+            vec!["perplexity", "--model", tiny, "--batch", h, CLEAN],
+            vec!["inspect", "--model", tiny, "--top-k", h, CLEAN],
+            vec!["generate", "--model", tiny, "--max-new-tokens", "2", "--batch", h, "--top-k", h, CLEAN],
+            vec!["bench", "--shape", tiny, "--pairs", "1", "--repeat", "1", "--max-rows", h],
+        ];
+        for args in caps {
+            let r = patchbay(&args);
+            assert!(r.ok(), "{args:?}: {:?} {}", r.code, r.stderr);
+            let _ = std::fs::remove_dir_all(out);
         }
     }
     // A Graph JSON of 100000 layers.

@@ -169,12 +169,13 @@ impl Circuit {
 
     /// EAP-IG's Graph JSON: `cfg` (n_layers, n_heads, parallel_attn_mlp, d_model), `nodes`
     /// {name: {in_graph}}, `edges` {name: {score, in_graph}}.
-    pub fn to_json(&self, d_model: usize) -> Result<Vec<u8>> {
+    pub fn to_json(&self, d_model: usize, run_identity: Option<String>) -> Result<Vec<u8>> {
         let g = &self.graph;
         let file = GraphJson {
             cfg: GraphCfg { n_layers: g.layers, n_heads: g.heads, parallel_attn_mlp: false, d_model },
             nodes: g.nodes.iter().zip(&self.nodes).map(|(n, &in_graph)| (n.to_string(), NodeJson { in_graph })).collect(),
             edges: g.edges.iter().zip(&self.scores).zip(&self.edges).map(|((e, &score), &in_graph)| (e.to_string(), EdgeJson { score, in_graph })).collect(),
+            run_identity,
         };
         Ok(serde_json::to_vec(&file)?)
     }
@@ -212,6 +213,15 @@ struct GraphJson {
     cfg: GraphCfg,
     nodes: BTreeMap<String, NodeJson>,
     edges: BTreeMap<String, EdgeJson>,
+    /// `Manifest::identity` of the run the circuit was chosen from (patchbay's addition, which
+    /// EAP-IG's reader ignores): `verify` tells a circuit left beside another run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_identity: Option<String>,
+}
+
+/// The `run_identity` a Graph JSON names, if any (a derived set's check in `verify`).
+pub fn run_identity_of(bytes: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(bytes).ok()?.get("run_identity")?.as_str().map(str::to_string)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -333,7 +343,7 @@ mod tests {
             reached.push(g.edges[best].from);
         }
         // EAP-IG's JSON, and back.
-        let json = p.to_json(32).unwrap();
+        let json = p.to_json(32, None).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["cfg"], serde_json::json!({"n_layers": 3, "n_heads": 4, "parallel_attn_mlp": false, "d_model": 32}));
         assert_eq!(v["nodes"]["logits"]["in_graph"], true);

@@ -88,10 +88,11 @@ impl BackendTask for Bench<'_> {
         let (a, spec) = (self.0, self.1);
         let config = Gpt2Config::named(&a.shape)?;
         anyhow::ensure!(a.pairs >= 1, "--pairs must be at least 1");
-        anyhow::ensure!(a.tokens >= 2 && a.tokens <= config.n_positions, "--tokens must be in 2..={}", config.n_positions);
-        anyhow::ensure!(a.corrupt_at < a.tokens, "--corrupt-at must be below --tokens");
+        anyhow::ensure!(a.tokens >= 2 && a.tokens <= config.n_positions, "--tokens {} must be in 2..={} (the model's context)", a.tokens, config.n_positions);
+        anyhow::ensure!(a.corrupt_at < a.tokens, "--corrupt-at {} must be below --tokens {}", a.corrupt_at, a.tokens);
         // Each pair's tokens and its results: a few values a layer and position.
         crate::limits::fits_memory("--pairs", a.pairs, a.tokens * (config.n_layer * (config.n_head + 3) + 4) * 8)?;
+        crate::limits::at_most("--repeat", a.repeat, 1000, "more timed repeats than any median needs")?;
         let model = Gpt2::<B>::random(config.clone(), 0, &device);
         let sites = PatchSite::parse_list(&a.sites)?;
         let pairs = crate::data::random_pairs(a.pairs, a.tokens, config.vocab_size, 1, a.corrupt_at);

@@ -63,7 +63,7 @@ pub fn circuit(spec: &CircuitSpec) -> Result<Chosen> {
     let _lock = results::lock::exclusive(parent)?;
     let (m, scores) = Circuit::scores_of_run(&spec.run)?;
     let c = Circuit::select(Graph::new(m.config.n_layer, m.config.n_head), scores, spec.selection, spec.absolute, spec.prune)?;
-    write_atomic(&json, &c.to_json(m.config.n_embd)?)?;
+    write_atomic(&json, &c.to_json(m.config.n_embd, Some(m.identity()))?)?;
     let title = format!("{} of {} edges ({}{}) — {} — {}", c.edge_count(), c.graph.edges.len(), spec.selection.describe(), if spec.absolute { ", by |score|" } else { "" }, m.metric, m.model);
     write_atomic(&svg, circuit::svg(&c, &title).as_bytes())?;
     Ok(Chosen { circuit: c, json, svg })
@@ -300,7 +300,7 @@ fn write(f: &Faithfulness, drawn: &Circuit, dir: &Path, m: &Manifest) -> Result<
         (npy_file.to_string(), npy::encode(&[f.sizes.len(), pairs], &values)),
         (svg.to_string(), lines_svg(&lines).into_bytes()),
         (png.to_string(), lines_png(&lines)?),
-        (circuit_json.to_string(), drawn.to_json(m.config.n_embd)?),
+        (circuit_json.to_string(), drawn.to_json(m.config.n_embd, Some(m.identity()))?),
         (circuit_svg.to_string(), circuit::svg(drawn, &title).into_bytes()),
     ];
     results::outputs::write_set(dir, (listing, serde_json::to_vec_pretty(f)?), files, &FAITHFULNESS_FILES[..5])

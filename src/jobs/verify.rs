@@ -2,7 +2,8 @@
 //! (seeded), recomputed one row per forward pass, without reuse and without kernel fusion (an
 //! attribution run: one pair per pass, no-op rows estimated too), and compared with what the run
 //! wrote; so are the baselines of their pairs. Every pair's length in lengths.npy and the NaN
-//! past it in every array are checked too. Cheap insurance for every backend, GPU and driver.
+//! past it in every array are checked too, and that the derived sets beside the run (analysis,
+//! faithfulness, circuit) are of this run. Cheap insurance for every backend, GPU and driver.
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
 use crate::engine::{PatchSite, Patching, Row};
@@ -60,6 +61,7 @@ pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Opt
     let mut own = None;
     let model = Model::of_run(dir, &manifest, spec.clone(), loaded, &mut own)?;
     let mut v = model.with(Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() })?;
+    v.failed.splice(0..0, derived_failures(dir, &manifest)?);
     v.failed.splice(0..0, layout_failures(dir, &manifest)?);
     v.failed.splice(0..0, manifest_failures(&manifest, model)?);
     manifest.verify = Some(v.clone());
@@ -212,6 +214,35 @@ fn layout_failures(dir: &Path, m: &Manifest) -> Result<Vec<String>> {
             if let Some(cell) = (0..per_pair).find(|&c| !real[c] && !cells[c].is_nan()) {
                 failed.push(format!("{}[pair {p}]: cell {cell} lies past the pair's {} tokens but holds {}, not NaN", entry.name, pair.length, cells[cell]));
             }
+        }
+    }
+    Ok(failed)
+}
+
+/// What beside the run is not of it: a derived set (analyze's, faithfulness', circuit's) whose
+/// listing names another run's identity (a directory put together by hand), or whose files sit
+/// without their listing (a set cut short). Both are reported, not removed: they are the user's.
+fn derived_failures(dir: &Path, m: &Manifest) -> Result<Vec<String>> {
+    use crate::results::manifest::{CIRCUIT_FILES, FAITHFULNESS_FILES, SUMMARY_JSON};
+    let analysis = m.analysis_files();
+    let (faithfulness, circuit) = (FAITHFULNESS_FILES.split_last().expect("a listing"), CIRCUIT_FILES.split_first().expect("a listing"));
+    let sets: [(&str, Vec<&str>, &str); 3] = [
+        (SUMMARY_JSON, analysis.iter().map(String::as_str).collect(), "analyze"),
+        (faithfulness.0, faithfulness.1.to_vec(), "faithfulness"),
+        (circuit.0, circuit.1.to_vec(), "circuit"),
+    ];
+    let identity = m.identity();
+    let mut failed = Vec::new();
+    for (listing, files, command) in sets {
+        let path = dir.join(listing);
+        if path.exists() {
+            let bytes = results::read_own(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            // A listing without an identity predates it (or is EAP-IG's own circuit): not judged.
+            if let Some(other) = crate::analysis::circuit::run_identity_of(&bytes).filter(|id| *id != identity) {
+                failed.push(format!("{listing}: written for another run (run_identity {other}, this run's {identity}): rerun `patchbay {command}` or remove its files"));
+            }
+        } else if let Some(f) = files.iter().find(|f| dir.join(f).exists()) {
+            failed.push(format!("{f}: a file of `patchbay {command}`'s set without its {listing} (cut short, or left by another run): rerun `patchbay {command}` or remove it"));
         }
     }
     Ok(failed)
