@@ -50,7 +50,7 @@ def load(model: str = "gpt2", backend: str = "cpu", dtype: str = "f32", fusion: 
     it); dtype: ``f32``, ``f16``, ``bf16``, ``tf32``; fusion: burn's kernel fusion on GPU backends;
     threads: the cpu backend's worker threads (once per process; every core by default).
     """
-    return Model(_native.load(os.fspath(model), backend, dtype, bool(fusion), threads, int(device)))
+    return Model(_native.load(os.fspath(model), backend, dtype, bool(fusion), _count("threads", threads), _count("device", device)))
 
 
 def open(path: PathLike) -> "Result":  # noqa: A001 - the name users expect (pb.open)
@@ -85,7 +85,7 @@ def verify(path: PathLike, rows: int = 32, backend: Optional[str] = None, dtype:
     forward pass, no reuse, no fusion), as ``patchbay verify`` does, and records the result in its
     manifest. backend/dtype: where to recompute (default: the run's own, the cpu for a cuda run).
     A difference beyond the tolerance raises ValueError naming the rows."""
-    return json.loads(_native.verify(os.fspath(path), int(rows), backend, dtype))
+    return json.loads(_native.verify(os.fspath(path), _count("rows", rows), backend, dtype))
 
 
 def _texts(texts: Union[str, Iterable[str]]) -> List[str]:
@@ -103,6 +103,17 @@ def _spec_json(spec: Mapping[str, Any]) -> str:
                 raise ValueError(f"{key}= must be a number, not {value}")
     check(spec)
     return json.dumps(spec, default=_json_scalar)
+
+
+def _count(keyword: str, value: Any) -> Optional[int]:
+    """A count or index a native function takes as an unsigned integer: a negative one (which pyo3
+    would refuse as an unnamed OverflowError) is a ValueError naming the keyword; None stays None."""
+    if value is None:
+        return None
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{keyword}={value}: it must be a whole number, 0 or more")
+    return number
 
 
 def _json_scalar(value: Any) -> Any:
@@ -332,7 +343,7 @@ class Model:
 
     def inspect(self, text: str, top_k: int = 20, prepend_bos: bool = False) -> List[Dict[str, Any]]:
         """The top_k most likely next tokens after text: [{"rank", "id", "token", "prob"}, ...]."""
-        return json.loads(self._native.inspect(text, int(top_k), bool(prepend_bos)))["top_k"]
+        return json.loads(self._native.inspect(text, _count("top_k", top_k), bool(prepend_bos)))["top_k"]
 
     def patterns(self, prompts: Union[str, Iterable[str], None] = None, *, pairs: Any = None,
                  layers: Optional[Iterable[int]] = None, heads: Optional[Iterable[int]] = None, prepend_bos: bool = False,
@@ -414,7 +425,7 @@ class Model:
         "token", "candidates": [{"rank", "id", "token", "prob"}]}]}], "jaccard": array [texts,
         texts] of the last positions' pools (several texts)}."""
         spec = self._texts_spec(texts, prepend_bos, batch, out, overwrite)
-        report = json.loads(self._native.candidates(_spec_json(spec), int(top_k), bool(all_positions)))
+        report = json.loads(self._native.candidates(_spec_json(spec), _count("top_k", top_k), bool(all_positions)))
         if "jaccard" in report:
             n = len(report["texts"])
             report["jaccard"] = np.asarray(report["jaccard"], dtype=np.float32).reshape(n, n)
@@ -425,7 +436,7 @@ class Model:
         """A steering vector (``patchbay steer make``): the clean prompt's activation at site (resid_pre,
         resid_mid, resid_post, attn_out, mlp_out: [d_model]; q, k, v, z: [heads, d_head]) of layer, at
         position (negative: from the end), minus the corrupted one's. out: also write it as .npy."""
-        values, shape = self._native.steer(clean, corrupted, site, int(layer), int(position), bool(prepend_bos),
+        values, shape = self._native.steer(clean, corrupted, site, _count("layer", layer), int(position), bool(prepend_bos),
                                            os.fspath(out) if out is not None else None, bool(overwrite))
         return np.frombuffer(values, dtype="<f4").reshape(shape)
 
@@ -434,7 +445,7 @@ class Model:
         """Going backwards (``patchbay prepend``): n_tokens tokens put in front of text, one a step,
         each the least perplexing of samples drawn candidates: [{"step", "text", "tokens",
         "perplexity", "candidates"}]."""
-        return json.loads(self._native.prepend(text, int(n_tokens), int(samples), int(seed), bool(prepend_bos),
+        return json.loads(self._native.prepend(text, _count("n_tokens", n_tokens), _count("samples", samples), _count("seed", seed), bool(prepend_bos),
                                                _progress_callback(progress)))
 
     def ioi(self, n: int = 500, *, seed: int = 0, corruption: str = "abc", out: Optional[PathLike] = None,
@@ -442,7 +453,7 @@ class Model:
         """IOI prompt pairs (``patchbay ioi``; BABA and ABBA templates, names single tokens of this
         model's tokenizer) as records with named positions, ready for ``patch(pairs=...)``.
         corruption: abc (all three names replaced) or s-flip. out: also write them as JSONL."""
-        return json.loads(self._native.ioi(int(n), int(seed), corruption, os.fspath(out) if out is not None else None,
+        return json.loads(self._native.ioi(_count("n", n), _count("seed", seed), corruption, os.fspath(out) if out is not None else None,
                                            bool(overwrite)))
 
     @staticmethod
@@ -517,7 +528,7 @@ class Result:
         backwards; written as EAP-IG's Graph JSON (default: circuit.json in the run's directory)."""
         if self.directory is None:
             raise ValueError("circuits are chosen from a run in a results directory (patch(..., out=...))")
-        graph, svg, path = _native.circuit(self.directory, top_n, threshold, greedy, bool(absolute), bool(prune),
+        graph, svg, path = _native.circuit(self.directory, _count("top_n", top_n), threshold, _count("greedy", greedy), bool(absolute), bool(prune),
                                            os.fspath(out) if out is not None else None)
         return Circuit(json.loads(graph), svg, path)
 

@@ -418,3 +418,60 @@ def test_keywords_are_named_and_pairs_come_as_tuples_and_numpy_numbers(model):
     assert model.patch(pairs=named, sites=["resid_pre"]).tokens[0]["positions"] == {"end": 10}
     with pytest.raises(TypeError, match=r"pairs\[1\]"):
         model.patch(pairs=[as_tuples[0], ("only one",)], sites=["resid_pre"])
+
+
+def test_every_count_keyword_is_named_when_refused(model, tmp_path):
+    """A negative count, at every entry point that takes one, is a ValueError naming its keyword
+    (not pyo3's unnamed OverflowError, nor a serde position)."""
+    run = tmp_path / "edges"
+    edges = model.edges(pairs=PAIRS[:1], out=run, verify=0)
+    opened = pb.open(run)
+    calls = {
+        "patch": lambda **kw: model.patch(pairs=PAIRS[:1], sites=["resid_pre"], **kw),
+        "path": lambda **kw: model.path(pairs=PAIRS[:1], receivers=["resid_final"], **kw),
+        "edges": lambda **kw: model.edges(pairs=PAIRS[:1], **kw),
+        "faithfulness": lambda **kw: model.faithfulness(run, **kw),
+        "inspect": lambda **kw: model.inspect(CLEAN, **kw),
+        "patterns": lambda **kw: model.patterns(CLEAN, **kw),
+        "attribute": lambda **kw: model.attribute(pairs=PAIRS[:1], **kw),
+        "generate": lambda **kw: model.generate(CLEAN, **{"max_new_tokens": 2, **kw}),
+        "perplexity": lambda **kw: model.perplexity(CLEAN, **kw),
+        "candidates": lambda **kw: model.candidates(CLEAN, **kw),
+        "steer": lambda **kw: model.steer(CLEAN, CORRUPTED[0], "resid_pre", **{"layer": 0, **kw}),
+        "prepend": lambda **kw: model.prepend(CLEAN, **{"samples": 1, **kw}),
+        "ioi": lambda **kw: model.ioi(**{"n": 1, **kw}),
+        "circuit": lambda **kw: opened.circuit(**kw),
+        "verify": lambda **kw: pb.verify(run, **kw),
+        "load": lambda **kw: pb.load(str(TINY), **kw),
+    }
+    counts = {
+        "patch": ["max_rows", "max_diff", "verify"],
+        "path": ["max_rows", "max_diff", "verify"],
+        "edges": ["ig_steps", "max_rows", "verify"],
+        "faithfulness": ["max_rows"],
+        "inspect": ["top_k"],
+        "patterns": ["batch", "html_prompts"],
+        "attribute": ["batch"],
+        "generate": ["max_new_tokens", "top_k", "num_sequences", "seed", "batch"],
+        "perplexity": ["batch"],
+        "candidates": ["top_k", "batch"],
+        "steer": ["layer"],
+        "prepend": ["n_tokens", "samples", "seed"],
+        "ioi": ["n", "seed"],
+        "circuit": ["top_n", "greedy"],
+        "verify": ["rows"],
+        "load": ["threads", "device"],
+    }
+    unnamed = []
+    for entry, keywords in counts.items():
+        for kw in keywords:
+            try:
+                calls[entry](**{kw: -1})
+                unnamed.append(f"{entry}({kw}=-1): accepted")
+            except ValueError as e:
+                if f"{kw}=" not in str(e) or len(str(e).splitlines()) != 1:
+                    unnamed.append(f"{entry}({kw}=-1): {e}")
+            except Exception as e:  # noqa: BLE001 - any other kind is the failure reported
+                unnamed.append(f"{entry}({kw}=-1): {type(e).__name__}: {e}")
+    assert not unnamed, "\n".join(unnamed)
+    assert edges.edge_names
