@@ -4,16 +4,16 @@ use patchbay::backend::Cpu;
 use criterion::{criterion_group, criterion_main, Criterion};
 use patchbay::data::random_pairs;
 use patchbay::engine::{Engine, Layout, Metric, PatchSite};
-use patchbay::model::{Gpt2, Gpt2Config};
+use patchbay::model::{Transformer, ModelConfig};
 
 fn sweep(c: &mut Criterion) {
     type B = Cpu;
     let device = Default::default();
-    let config = Gpt2Config { n_layer: 6, n_head: 4, n_embd: 256, n_inner: 1024, n_positions: 64, vocab_size: 4096, ..Gpt2Config::named("gpt2").unwrap() };
-    let model = Gpt2::<B>::random(config.clone(), 0, &device);
+    let config = ModelConfig { layers: 6, heads: 4, kv_heads: 4, d_model: 256, d_head: 64, d_mlp: 1024, context: 64, vocab: 4096, ..ModelConfig::named("gpt2").unwrap() };
+    let model = Transformer::<B>::random(config.clone(), 0, &device);
     let (pairs, tokens) = (2, 16);
-    let pairs = random_pairs(pairs, tokens, config.vocab_size, 1, 1);
-    let layout = Layout::new(config.n_layer, config.n_head, tokens);
+    let pairs = random_pairs(pairs, tokens, config.vocab, 1, 1);
+    let layout = Layout::new(config.layers, config.heads, tokens);
     let sites = [PatchSite::ResidPre, PatchSite::ZAllPos];
     let mut group = c.benchmark_group("6 layers d256, 2 pairs x 16 tokens, resid_pre + z_all_pos");
     group.sample_size(10);

@@ -1,8 +1,10 @@
-//! GPT-2's byte-level BPE tokenizer (tokenizer.json), with the checks patching needs.
+//! A checkpoint's tokenizer (tokenizer.json), tokenizing as HF's `tokenizer(text)` does (its
+//! post-processor's BOS included: Llama 3's, Gemma's), with the checks patching needs.
 use anyhow::{bail, Result};
 use std::path::Path;
 
-/// GPT-2's beginning (and end) of text token.
+/// GPT-2's (and Qwen's, Pythia's) beginning and end of text token, the BOS of a tokenizer whose
+/// post-processor adds none.
 pub const BOS: &str = "<|endoftext|>";
 
 pub struct Tokenizer {
@@ -10,6 +12,11 @@ pub struct Tokenizer {
     /// The most bytes a text may have that the model's context can hold (`with_context`): a
     /// longer one is refused before it is tokenized (a 50 MB line would exhaust the memory).
     max_bytes: Option<usize>,
+    /// The tokens the post-processor puts before a text's own (Llama 3's BOS).
+    lead: Vec<u32>,
+    /// config.json's `bos_token_id` and `eos_token_id` (`with_special_tokens`).
+    bos: Option<u32>,
+    eos: Vec<u32>,
 }
 
 impl Tokenizer {
@@ -21,7 +28,15 @@ impl Tokenizer {
     /// The tokenizer.json read from `path` as `bytes`.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?;
-        Ok(Self { inner, max_bytes: None })
+        let lead = inner.encode("", true).map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?.get_ids().to_vec();
+        Ok(Self { inner, max_bytes: None, lead, bos: None, eos: Vec::new() })
+    }
+
+    /// The BOS and EOS tokens config.json names (`bos_token_id`, `eos_token_id`).
+    pub fn with_special_tokens(mut self, bos: Option<u32>, eos: Vec<u32>) -> Self {
+        self.bos = bos;
+        self.eos = eos;
+        self
     }
 
     /// Refuses texts longer than a model's context of `context` tokens could hold, before they
@@ -33,25 +48,59 @@ impl Tokenizer {
         self
     }
 
-    /// Token ids of `text`, without special tokens added (GPT-2 adds none; no BOS is prepended).
+    /// Token ids of `text` as HF's `tokenizer(text)` gives them: the post-processor's tokens
+    /// included (Llama 3's BOS; GPT-2 and Qwen add none).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_special(text, true)
+    }
+
+    /// Token ids of `text` alone, nothing added (`tokenizer(text, add_special_tokens=False)`).
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_special(text, false)
+    }
+
+    fn encode_special(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let shown = || text.chars().take(80).collect::<String>() + if text.chars().nth(80).is_some() { "…" } else { "" };
         if let Some(max) = self.max_bytes.filter(|&m| text.len() > m) {
             bail!("a text of {} bytes ({:?}) is longer than the model's context can hold (at most {max} bytes)", text.len(), shown());
         }
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {:?}: {e}", shown()))?;
+        let enc = self.inner.encode(text, special).map_err(|e| anyhow::anyhow!("tokenizing {:?}: {e}", shown()))?;
         Ok(enc.get_ids().to_vec())
     }
 
-    /// `<|endoftext|>` (50256 in GPT-2), which TransformerLens prepends to every prompt by default.
+    /// The BOS token, which TransformerLens prepends to every prompt by default: the one the
+    /// post-processor adds, else config.json's, else `<|endoftext|>` (50256 in GPT-2).
     pub fn bos(&self) -> Result<u32> {
-        self.inner.token_to_id(BOS).ok_or_else(|| anyhow::anyhow!("the tokenizer has no {BOS} token to prepend"))
+        match self.lead.first().copied().or(self.bos) {
+            Some(id) => Ok(id),
+            None => self.inner.token_to_id(BOS).ok_or_else(|| anyhow::anyhow!("the tokenizer has no {BOS} token to prepend, and config.json names no bos_token_id")),
+        }
     }
 
-    /// `encode`, with `bos` in front when `prepend_bos`.
+    /// Where generation stops (`stop_at_eos`): config.json's EOS tokens, else the BOS (GPT-2's
+    /// `<|endoftext|>` is both).
+    pub fn eos(&self) -> Result<Vec<u32>> {
+        if self.eos.is_empty() {
+            return Ok(vec![self.bos()?]);
+        }
+        Ok(self.eos.clone())
+    }
+
+    /// How many tokens come before a text's own in `encode_with(_, prepend_bos)`: what named
+    /// positions (counted in the text's own tokens) shift by.
+    pub fn lead(&self, prepend_bos: bool) -> usize {
+        if self.lead.is_empty() {
+            usize::from(prepend_bos)
+        } else {
+            self.lead.len()
+        }
+    }
+
+    /// `encode`, with the BOS in front when `prepend_bos` and the tokenizer puts none there
+    /// itself (TransformerLens' `prepend_bos=True`: Llama 3's prompts have theirs already).
     pub fn encode_with(&self, text: &str, prepend_bos: bool) -> Result<Vec<u32>> {
         let ids = self.encode(text)?;
-        Ok(if prepend_bos { [vec![self.bos()?], ids].concat() } else { ids })
+        Ok(if prepend_bos && self.lead.is_empty() { [vec![self.bos()?], ids].concat() } else { ids })
     }
 
     /// The text of one token, e.g. " Jones".
@@ -81,7 +130,7 @@ impl Tokenizer {
 
     /// The id of `text` when it is exactly one token; otherwise an error showing its tokens.
     pub fn single_token(&self, text: &str) -> Result<u32> {
-        let ids = self.encode(text)?;
+        let ids = self.encode_text(text)?;
         match ids.as_slice() {
             [id] => Ok(*id),
             _ => bail!("{text:?} is not a single token: it is {}", self.show(&ids)),

@@ -73,11 +73,34 @@ fn the_command_line_loads_no_model_computes_no_tensor_and_writes_no_file() {
     let mut files = Vec::new();
     sources(&dir, &mut files);
     assert!(files.len() >= 5);
-    let forbidden = ["load_model", "Gpt2::", "burn::", "Tensor", "dispatch(", "write_atomic", "write_npy", "fs::write", "File::create", "create_dir", "remove_file"];
+    let forbidden = ["load_model", "Transformer::", "burn::", "Tensor", "dispatch(", "write_atomic", "write_npy", "fs::write", "File::create", "create_dir", "remove_file"];
     for f in files {
         let text = code(&f);
         for word in forbidden {
             assert!(!text.contains(word), "{} uses {word}: that belongs in the library (jobs/, results/)", f.display());
         }
     }
+}
+
+/// The model seam: outside `src/model/` (and in the Python front end) no code names a family, its
+/// config or its weights; they talk to `ModelConfig` and `Transformer` only. (Comments and
+/// strings meant for users may name the field's models; the words below are code's.)
+#[test]
+fn nothing_outside_the_model_names_a_family_or_its_weights() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    sources(&root.join("python/src"), &mut files);
+    let model = root.join("src/model");
+    let outside: Vec<PathBuf> = files.into_iter().filter(|f| !f.starts_with(&model)).collect();
+    assert!(outside.len() >= 40, "the scan found the sources: {}", outside.len());
+    let forbidden = ["Gpt2", "gpt2::", "families::", "c_attn", "c_proj", "c_fc", ".wte", ".wpe", ".ln_1", ".ln_2", "ln_f(", ".n_layer", ".n_head", ".n_embd", ".n_positions"];
+    let mut found = Vec::new();
+    for f in outside {
+        let text: String = code(&f).lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        // Whole words: `.n_layers` (EAP-IG's Graph JSON) is not `.n_layer`.
+        let named = |w: &str| text.match_indices(w).any(|(i, _)| !text[i + w.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'));
+        found.extend(forbidden.iter().filter(|w| named(w)).map(|w| format!("{}: {w}", f.strip_prefix(root).unwrap().display())));
+    }
+    assert!(found.is_empty(), "family names outside src/model/: {found:?}");
 }

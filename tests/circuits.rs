@@ -4,15 +4,14 @@ use burn::prelude::*;
 use crate::common::*;
 use patchbay::backend::{dispatch, BackendTask, DType};
 use patchbay::circuits::patterns::patterns;
-use patchbay::model::weights::Safetensors;
-use patchbay::model::{Gpt2, Gpt2Config};
+use patchbay::model::weights::load_located;
+use patchbay::model::{Transformer, ModelConfig};
 use patchbay::results::{npy::read_own_i32 as read_i32, read_f32};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn model<B: Backend>(dir: &Path, device: &B::Device) -> Gpt2<B> {
-    let config = Gpt2Config::from_json_file(&dir.join("config.json")).unwrap();
-    Gpt2::load(config, &mut Safetensors::open(&dir.join("model.safetensors"), device).unwrap()).unwrap()
+fn model<B: Backend>(dir: &Path, device: &B::Device) -> Transformer<B> {
+    load_located(dir.to_str().unwrap(), device).unwrap()
 }
 
 /// Max |patchbay − TL| over the fixture's clean prompts and, for batching by length and padding,
@@ -25,7 +24,7 @@ impl BackendTask for AgainstTl {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<f32> {
         let refs = Refs::load(&self.0);
         let m = model::<B>(&self.0, &device);
-        let (l, h) = (m.config.n_layer, m.config.n_head);
+        let (l, h) = (m.config.layers, m.config.heads);
         let full = refs.token_rows("tokens");
         let t = full[0].len();
         let mut prompts = full.clone();
@@ -189,7 +188,7 @@ impl BackendTask for Attribution {
         // One pair a pass and all at once.
         let one = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 1, &mut |_| Ok(()))?;
         let a = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 64, &mut |_| Ok(()))?;
-        let nc = 2 * m.config.n_layer + 2;
+        let nc = 2 * m.config.layers + 2;
         let sums: Vec<f32> = (0..pairs.len()).map(|p| a.components[p * nc..(p + 1) * nc].iter().sum::<f32>() + a.bias_term[p]).collect();
         Ok(vec![
             ("accumulated", max_abs_diff(&a.accumulated, &refs.f32("dla.accumulated").0)),
@@ -266,10 +265,10 @@ fn graph_counts_equal_eap_igs_on_every_fixture_shape_and_gpt2_small() {
     )
     .unwrap();
     for dir in fixture_dirs().into_iter().chain([small.clone()]) {
-        let c = Gpt2Config::from_json_file(&dir.join("config.json")).unwrap();
+        let c = ModelConfig::from_json_file(&dir.join("config.json")).unwrap();
         let (ok, out) = patchbay(&["graph", "--model", dir.to_str().unwrap()]);
         assert!(ok, "{out}");
-        let (nodes, edges) = (2 + c.n_layer * (c.n_head + 1), eap(c.n_layer, c.n_head));
+        let (nodes, edges) = (2 + c.layers * (c.heads + 1), eap(c.layers, c.heads));
         assert!(out.contains(&format!("{nodes} nodes, {edges} edges")), "{}: {out}", dir.display());
         let (ok, list) = patchbay(&["graph", "--model", dir.to_str().unwrap(), "--edges"]);
         assert!(ok && list.lines().count() == edges, "{}", dir.display());

@@ -7,17 +7,16 @@ use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::data::TokenizedPair;
 use patchbay::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Metric, Noising, PatchSite, Patcher, Patching, Row, Runs};
 use patchbay::model::SiteKind;
-use patchbay::model::weights::Safetensors;
-use patchbay::model::{Gpt2, Gpt2Config};
+use patchbay::model::weights::load_located;
+use patchbay::model::{Transformer, ModelConfig};
 use std::path::{Path, PathBuf};
 
-fn model<B: Backend>(dir: &Path, device: &B::Device) -> Gpt2<B> {
-    let config = Gpt2Config::from_json_file(&dir.join("config.json")).unwrap();
-    Gpt2::load(config, &mut Safetensors::open(&dir.join("model.safetensors"), device).unwrap()).unwrap()
+fn model<B: Backend>(dir: &Path, device: &B::Device) -> Transformer<B> {
+    load_located(dir.to_str().unwrap(), device).unwrap()
 }
 
-fn layout(c: &Gpt2Config, pairs: &[TokenizedPair]) -> Layout {
-    Layout::new(c.n_layer, c.n_head, pairs[0].len())
+fn layout(c: &ModelConfig, pairs: &[TokenizedPair]) -> Layout {
+    Layout::new(c.layers, c.heads, pairs[0].len())
 }
 
 /// The sites patchbay had first: the residual stream, attention and MLP outputs, head outputs.
@@ -60,7 +59,7 @@ const EDGE_REFS: &str = "refs-edges.safetensors";
 
 /// The patcher of `how` over `m`, with the means of `pairs` where the ablation takes them; and
 /// those means, by kind.
-fn patcher<'m, B: Backend>(m: &'m Gpt2<B>, engine: impl FnOnce(Patching) -> Box<dyn Patcher + 'm>, (direction, ablation): How, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout) -> (Box<dyn Patcher + 'm>, Option<Means>) {
+fn patcher<'m, B: Backend>(m: &'m Transformer<B>, engine: impl FnOnce(Patching) -> Box<dyn Patcher + 'm>, (direction, ablation): How, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout) -> (Box<dyn Patcher + 'm>, Option<Means>) {
     let means = ablation.needs_means().then(|| {
         let prompts: Vec<&[u32]> = pairs.iter().map(|p| direction.source(p)).collect();
         let mut kinds: Vec<SiteKind> = sites.iter().flat_map(|s| s.clean_reads()).collect();
@@ -236,8 +235,8 @@ fn head_sites_and_paths_match_transformer_lens_on_every_backend() {
 fn edges_match_a_pytorch_per_edge_loop() {
     let refs = Refs::load_file(&tiny(), EDGE_REFS);
     let (bytes, _) = refs.u8("edge_names");
-    let c = Gpt2Config::from_json_file(&tiny().join("config.json")).unwrap();
-    let names: Vec<String> = patchbay::engine::Graph::new(c.n_layer, c.n_head).edges.iter().map(ToString::to_string).collect();
+    let c = ModelConfig::from_json_file(&tiny().join("config.json")).unwrap();
+    let names: Vec<String> = patchbay::engine::Graph::new(c.layers, c.heads).edges.iter().map(ToString::to_string).collect();
     assert_eq!(String::from_utf8(bytes).unwrap(), names.join("\n"), "the references' edges are the graph's, in its order");
     let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).map(|s| (s, tiny())).collect();
     let configs = |s: &BackendSpec| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { &CONFIGS[..1] };
@@ -581,8 +580,8 @@ impl BackendTask for EapAgainstTorch {
 #[test]
 fn eap_and_eap_ig_match_pytorch_autograd() {
     let refs = Refs::load_file(&tiny(), "refs-eap.safetensors");
-    let c = Gpt2Config::from_json_file(&tiny().join("config.json")).unwrap();
-    let names: Vec<String> = patchbay::engine::Graph::new(c.n_layer, c.n_head).edges.iter().map(ToString::to_string).collect();
+    let c = ModelConfig::from_json_file(&tiny().join("config.json")).unwrap();
+    let names: Vec<String> = patchbay::engine::Graph::new(c.layers, c.heads).edges.iter().map(ToString::to_string).collect();
     assert_eq!(String::from_utf8(refs.u8("edge_names").0).unwrap(), names.join("\n"));
     let (den, noi) = (Direction::Denoising, Direction::Noising);
     let cases = [

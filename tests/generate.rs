@@ -7,8 +7,8 @@ use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::generate::sampling::Sampling;
 use patchbay::generate::steer::{self, SteeringVector};
 use patchbay::generate::{generate, perplexity, token_losses, KvCache, Memory, Options};
-use patchbay::model::weights::Safetensors;
-use patchbay::model::{Gpt2, Gpt2Config, NoHooks, Site, SiteKind};
+use patchbay::model::weights::load_located;
+use patchbay::model::{NoHooks, Site, SiteKind, Transformer};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -18,10 +18,8 @@ const PROMPTS: [&str; 2] = ["Michelle Jones was a top-notch student. Michelle", 
 const TEXTS: [&str; 3] = ["Michelle Jones was a top-notch student. Michelle", "The cat sat on the mat.", "Hi there"];
 const NEW_TOKENS: usize = 10;
 
-fn model<B: Backend>(device: &B::Device) -> Gpt2<B> {
-    let dir = tiny();
-    let config = Gpt2Config::from_json_file(&dir.join("config.json")).unwrap();
-    Gpt2::load(config, &mut Safetensors::open(&dir.join("model.safetensors"), device).unwrap()).unwrap()
+fn model<B: Backend>(device: &B::Device) -> Transformer<B> {
+    load_located(tiny().to_str().unwrap(), device).unwrap()
 }
 
 fn ids(refs: &Refs, name: &str) -> Vec<u32> {
@@ -33,7 +31,7 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 fn options(sampling: Sampling, num_sequences: usize, seed: u64, stop_at: Option<u32>, batch: usize) -> Options {
-    Options { max_new_tokens: NEW_TOKENS, sampling, num_sequences, seed, stop_at, batch, steer: None }
+    Options { max_new_tokens: NEW_TOKENS, sampling, num_sequences, seed, stop_at: stop_at.into_iter().collect(), batch, steer: None }
 }
 
 /// Step by step, the KV cache's logits against the whole sequence's forward pass (greedy).

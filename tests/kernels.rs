@@ -93,7 +93,7 @@ fn doctor_names_the_faulty_step_and_passes_every_other() {
         let first = report.first_difference().unwrap();
         assert_eq!(first.block, Some(0));
         assert!((first.max_abs_diff - 1.0).abs() < 0.1, "{first:?}");
-        // Every step ran and was compared: 3 blocks of 13 steps, then ln_f and the unembedding.
+        // Every step ran and was compared: 3 blocks of 13 steps, then the final norm and the unembedding.
         assert_eq!(report.steps.len(), 3 * 13 + 2);
         let tol = common::tolerance(&backend).max(report.tolerance);
         assert!(report.logits_max_abs_diff <= 10.0 * tol, "{backend:?}: logits off by {}", report.logits_max_abs_diff);
@@ -113,11 +113,11 @@ fn doctor_command_prints_the_steps_and_fails_in_one_line_on_a_difference() {
     let (ok, stdout, stderr) = run(&[]);
     assert!(ok, "{stdout}{stderr}");
     assert_eq!(stdout.matches("  ok ").count(), 4, "3 blocks and the final steps: {stdout}");
-    let (ok, stdout, stderr) = run(&["--inject-fault", "attn.c_proj"]);
+    let (ok, stdout, stderr) = run(&["--inject-fault", "attn.out"]);
     assert!(!ok);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("block 0, step attn.c_proj (linear)"), "{stderr}");
-    assert!(stdout.contains("block 0, step by step") && stdout.contains("<- differs") && stdout.contains("mlp.c_fc (linear)"), "{stdout}");
+    assert!(stderr.contains("block 0, step attn.out (linear)"), "{stderr}");
+    assert!(stdout.contains("block 0, step by step") && stdout.contains("<- differs") && stdout.contains("mlp.in (linear)"), "{stdout}");
     let (ok, _, stderr) = run(&["--rows", "0"]);
     assert!(!ok && stderr.contains("--rows"), "{stderr}");
     // The default prompt is token ids within any vocabulary; a text's token outside it is named.

@@ -3,13 +3,12 @@
 use burn::prelude::*;
 use crate::common::*;
 use patchbay::backend::{dispatch, BackendTask};
-use patchbay::model::weights::{ModelFiles, Safetensors};
-use patchbay::model::{Cache, Gpt2, Gpt2Config, Site, SiteKind};
+use patchbay::model::weights::{load_located, ModelFiles};
+use patchbay::model::{Cache, Transformer, ModelConfig, Site, SiteKind};
 use std::path::Path;
 
-fn load<B: Backend>(dir: &Path, device: &B::Device) -> anyhow::Result<Gpt2<B>> {
-    let files = ModelFiles::locate(dir.to_str().unwrap())?;
-    Gpt2::load(Gpt2Config::from_json_file(&files.config)?, &mut Safetensors::open(&files.weights, device)?)
+fn load<B: Backend>(dir: &Path, device: &B::Device) -> anyhow::Result<Transformer<B>> {
+    load_located(dir.to_str().unwrap(), device)
 }
 
 fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -26,7 +25,7 @@ impl BackendTask for Fidelity {
         let refs = Refs::load(&self.0);
         let model = load::<B>(&self.0, &device)?;
         let rows = refs.token_rows("tokens");
-        let n_layer = model.config.n_layer;
+        let n_layer = model.config.layers;
         let sites: Vec<Site> = (0..n_layer).flat_map(|l| SiteKind::ALL.map(|k| Site::new(k, l))).collect();
         let mut cache = Cache::new(sites.clone());
         let logits = model.forward(model.tokens(&rows)?, &mut cache);
@@ -172,10 +171,10 @@ fn offline_hub_miss_says_which_file_and_how_to_provide_it() {
 #[test]
 fn random_init_has_gpt2_shapes() {
     type B = patchbay::backend::Cpu;
-    let mut c = Gpt2Config::named("distilgpt2").unwrap();
-    c.vocab_size = 100;
-    c.n_positions = 8;
-    let m = Gpt2::<B>::random(c, 0, &Default::default());
+    let mut c = ModelConfig::named("distilgpt2").unwrap();
+    c.vocab = 100;
+    c.context = 8;
+    let m = Transformer::<B>::random(c, 0, &Default::default());
     let logits = m.forward(m.tokens(&[vec![1, 2, 3]]).unwrap(), &mut patchbay::model::NoHooks);
     assert_eq!(logits.dims(), [1, 3, 100]);
 }

@@ -525,7 +525,7 @@ fn bad_models_backends_and_flags_are_one_line_errors() {
     let config = std::fs::read_to_string(tiny.join("config.json")).unwrap().replace("\"n_layer\": 3", "\"n_layer\": 2");
     std::fs::write(model.join("config.json"), config).unwrap();
     let r = patchbay(&["inspect", "--model", s(&model), "Hello"]);
-    assert!(r.refused() && r.stderr.contains("holds 3 layers but") && r.stderr.contains("n_layer = 2"), "{}", r.stderr);
+    assert!(r.refused() && r.stderr.contains("holds 3 layers but") && r.stderr.contains("says 2 layers"), "{}", r.stderr);
     // A NaN weight: refused at load, naming the tensor.
     std::fs::copy(tiny.join("config.json"), model.join("config.json")).unwrap();
     let mut w = std::fs::read(tiny.join("model.safetensors")).unwrap();
@@ -1087,8 +1087,8 @@ fn verify_refuses_a_manifest_edited_in_any_field_the_results_depend_on() {
         (&run, "/pairs/0/positions/name", serde_json::json!(2), "dataset"),
         (&run, "/pairs/1/clean_tokens/1", serde_json::json!(11), "dataset"),
         (&run, "/prepend_bos", serde_json::json!(true), "prepend_bos"),
-        (&run, "/config/layer_norm_epsilon", serde_json::json!(0.5), "config"),
-        (&run, "/config/n_layer", serde_json::json!(2), "config"),
+        (&run, "/config/eps", serde_json::json!(0.5), "config"),
+        (&run, "/config/layers", serde_json::json!(2), "config"),
         (&run, "/weights", serde_json::json!(""), "no fingerprint"),
         (&run, "/shard", serde_json::json!({"index": 0, "count": 2, "pairs": [0], "pairs_total": 3}), "shard"),
     ];
@@ -1207,3 +1207,23 @@ fn every_count_is_bounded_before_anything_is_allocated() {
     assert!(r.refused() && r.stderr.contains("not finite"), "{}", r.stderr);
 }
 
+
+/// A manifest written before the model seam stores GPT-2's own config fields (`n_layer`, `n_head`,
+/// `n_embd`, …): it still reads, verifies and analyzes, as the same config.
+#[test]
+fn a_manifest_with_gpt2s_config_fields_still_reads() {
+    let dir = tmp("legacy-config");
+    let pairs = three_pairs(&dir);
+    let run = dir.join("run");
+    assert!(patchbay(&run_args(&pairs, &run, "resid_pre")).ok());
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
+    let c = &m["config"];
+    let legacy = serde_json::json!({"n_layer": c["layers"], "n_head": c["heads"], "n_embd": c["d_model"], "n_inner": c["d_mlp"],
+        "n_positions": c["context"], "vocab_size": c["vocab"], "layer_norm_epsilon": c["eps"], "activation": c["activation"]});
+    set_field(&run.join("manifest.json"), "/config", legacy);
+    assert_eq!(patchbay::results::Manifest::read(&run).unwrap().config, patchbay::model::ModelConfig::from_json_file(&tiny().join("config.json")).unwrap());
+    for args in [vec!["verify", s(&run), "--rows", "2"], vec!["analyze", s(&run)]] {
+        let r = patchbay(&args);
+        assert!(r.ok(), "{args:?}: {}", r.stderr);
+    }
+}

@@ -9,6 +9,7 @@ mod circuits;
 mod cli;
 mod datasets;
 mod engine_fidelity;
+mod families;
 mod generate;
 mod kernels;
 mod model_fidelity;

@@ -217,7 +217,7 @@ class Model:
 
     @property
     def config(self) -> Dict[str, Any]:
-        """config.json as patchbay read it (n_layer, n_head, n_embd, …)."""
+        """config.json as patchbay read it, described without its family (family, layers, heads, kv_heads, d_model, d_head, …)."""
         return json.loads(self._native.config)
 
     @property

@@ -347,7 +347,7 @@ impl PyModel {
         self.0.id().to_string()
     }
 
-    /// config.json as patchbay read it, and the backend, as JSON.
+    /// config.json as patchbay read it (`ModelConfig`), and the backend, as JSON.
     #[getter]
     fn config(&self) -> PyResult<String> {
         json(&self.0.config)
@@ -439,7 +439,7 @@ impl PyModel {
                 (None, None) => None,
                 _ => bail!("a steering vector needs both its values and its site"),
             };
-            let stop_at = if a.stop_at_eos { Some(self.0.tokenizer.bos()?) } else { None };
+            let stop_at = if a.stop_at_eos { self.0.tokenizer.eos()? } else { Vec::new() };
             let options = patchbay::generate::Options { max_new_tokens: a.max_new_tokens, sampling, num_sequences: a.num_sequences, seed: a.seed, stop_at, batch: a.batch, steer };
             jobs::text::generate(&self.0, &GenerateSpec { prompts: a.prompts, origins: Vec::new(), prepend_bos: a.prepend_bos, options }, pr)
         })?;

@@ -60,7 +60,7 @@ pub fn analyze(dir: &Path) -> Result<Vec<String>> {
     write_atomic(&dir.join(SUMMARY), &serde_json::to_vec_pretty(&s)?)?;
     let what = format!("mean over {n} pair(s) — {}", l.model);
     for (name, title, p) in [
-        ("accumulated", "logit lens: ln_f(residual stream)·(W_U[answer] − W_U[distractor])", &s.accumulated),
+        ("accumulated", "logit lens: norm_final(residual stream)·(W_U[answer] − W_U[distractor])", &s.accumulated),
         ("components", "direct logit attribution of each component", &s.components),
     ] {
         let lines = Lines {

@@ -72,7 +72,7 @@ fn unit_last(t: FlexTensor) -> FlexTensor {
 const PARALLEL_GEMM: usize = 192 * 192 * 192;
 
 /// `x @ w (+ b)`: one gemm into an output that starts as the bias rows. `w` may be a strided view
-/// (the tied unembedding reads wte's transpose in place).
+/// (the tied unembedding reads the embeddings' transpose in place).
 pub fn linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>, b: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
     let (x, w) = (flex(x.clone()).ok()?, flex(w.clone()).ok()?);
     let ([m, k], [_, n]) = (dims(&x), dims(&w));
@@ -158,11 +158,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Causal self-attention of a ragged batch (`model::Batch`), from `qkv` [tokens, 3d] (c_attn's
+/// Causal self-attention of a ragged batch (`model::Batch`), from `qkv` [tokens, 3d] (the qkv projection's
 /// output, segment after segment) to the heads' outputs `z` [Σ rows·keep, d]: segment g's rows
 /// of `shape[g][1]` positions, of which the last `keep` (all for None) are queries, attending to
 /// their own positions and to `prefixes[g]`'s keys and values before them.
-pub fn attention<B: Backend>(qkv: &Tensor<B, 2>, shape: &[[usize; 2]], prefixes: &[Option<Prefix<B>>], keep: Option<usize>, n_head: usize) -> Option<Tensor<B, 2>> {
+pub fn attention<B: Backend>(qkv: &Tensor<B, 2>, shape: &[[usize; 2]], prefixes: &[Option<Prefix<B>>], keep: Option<usize>, heads: usize) -> Option<Tensor<B, 2>> {
     let qkv = flex(qkv.clone()).ok()?;
     let qkv = if qkv.layout().contiguous_offsets().is_some() { qkv } else { qkv.to_contiguous() };
     let mut kv = Vec::with_capacity(prefixes.len());
@@ -173,7 +173,7 @@ pub fn attention<B: Backend>(qkv: &Tensor<B, 2>, shape: &[[usize; 2]], prefixes:
         });
     }
     let d = qkv.layout().shape()[1] / 3;
-    let dh = d / n_head;
+    let dh = d / heads;
     let scale = 1.0 / (dh as f32).sqrt();
     let (start, end) = qkv.layout().contiguous_offsets().expect("contiguous");
     let qkv = &qkv.storage::<f32>()[start..end];
@@ -203,7 +203,7 @@ pub fn attention<B: Backend>(qkv: &Tensor<B, 2>, shape: &[[usize; 2]], prefixes:
         let before = prefix.map_or(0, |p| p.3);
         let token = |j: usize| &qkv[(first + j) * 3 * d..(first + j + 1) * 3 * d];
         let mut scores = vec![0.0f32; before + s];
-        for h in 0..n_head {
+        for h in 0..heads {
             let key = |j: usize, which: usize| -> &[f32] {
                 match prefix {
                     Some((kp, vp, pairs, _)) if j < before => (if which == 1 { kp } else { vp }).row(&[pairs[r], j, h, 0], dh),

@@ -2,20 +2,20 @@
 //! projected on the answer − distractor unembedding direction u = W_U[:, answer] − W_U[:, distractor],
 //! as TransformerLens' `ActivationCache` computes them:
 //! - `accumulated`: the residual stream before each block, halfway through it and after the last
-//!   one (`accumulated_resid(incl_mid=True, apply_ln=True)`), each through ln_f with its own
-//!   statistics (the logit lens): ln_f(x)·u; the last is the logit difference;
+//!   one (`accumulated_resid(incl_mid=True, apply_ln=True)`), each through the final norm with its own
+//!   statistics (the logit lens): norm_final(x)·u; the last is the logit difference;
 //! - `components`: the token and position embeddings, then each layer's attn_out and mlp_out
 //!   (`decompose_resid`), and `heads`: each head's write z·W_O (`stack_head_results`), each
-//!   centred and divided by ln_f's scale of the final residual stream (`apply_ln_to_stack`), then
-//!   projected through ln_f's weight: ((c − mean c)/scale)·(w ⊙ u). Summed over the components,
-//!   with ln_f's bias term b·u, they give the logit difference exactly.
+//!   centred (a LayerNorm's; an RMSNorm centres nothing) and divided by the final norm's scale of the final residual stream (`apply_ln_to_stack`), then
+//!   projected through its weight: ((c − mean c)/scale)·(w ⊙ u). Summed over the components,
+//!   with the norm's bias term b·u, they give the logit difference exactly.
 use crate::data::{self, TokenizedPair};
-use crate::model::{Cache, Gpt2, Site, SiteKind};
+use crate::model::{Cache, Transformer, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 
 /// Per pair, row-major: `accumulated` [pairs, 2·layers + 1], `components` [pairs, 2·layers + 2],
-/// `heads` [pairs, layers, heads]; the logit difference and ln_f's bias term b·u.
+/// `heads` [pairs, layers, heads]; the logit difference and the final norm's bias term b·u.
 pub struct Attribution {
     pub layers: usize,
     pub heads_per_layer: usize,
@@ -42,10 +42,10 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 /// The attribution of every pair's clean run, at most `batch` pairs (of one length) a forward
 /// pass; `progress` is told how many pairs each pass finished.
-pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: usize, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Attribution> {
+pub fn attribute<B: Backend>(model: &Transformer<B>, pairs: &[TokenizedPair], batch: usize, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Attribution> {
     ensure!(!pairs.is_empty(), "no pairs");
     let c = &model.config;
-    let (nl, nh) = (c.n_layer, c.n_head);
+    let (nl, nh) = (c.layers, c.heads);
     let (na, nc) = (2 * nl + 1, 2 * nl + 2);
     let mut out = Attribution {
         layers: nl,
@@ -58,7 +58,7 @@ pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: us
     };
     let kinds = [SiteKind::ResidPre, SiteKind::ResidMid, SiteKind::AttnOut, SiteKind::MlpOut, SiteKind::Z];
     let last_post = Site::new(SiteKind::ResidPost, nl - 1);
-    let ln_f = model.ln_f();
+    let ln_f = model.norm_final();
     for (len, idx) in data::by_length(pairs.iter().map(TokenizedPair::len)) {
         for chunk in idx.chunks(batch.max(1)) {
             let b = chunk.len();
@@ -72,14 +72,14 @@ pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: us
             };
             let ids = model.tokens(&chunk.iter().map(|&i| vec![pairs[i].answer, pairs[i].distractor]).collect::<Vec<_>>())?;
             let w_u = model.unembedding(ids); // [b, 2, d]
-            let u = (w_u.clone().narrow(1, 0, 1) - w_u.narrow(1, 1, 1)).reshape([b, c.n_embd]);
+            let u = (w_u.clone().narrow(1, 0, 1) - w_u.narrow(1, 1, 1)).reshape([b, c.d_model]);
             let wu = u.clone() * ln_f.weight().clone().unsqueeze::<2>();
             let final_resid = last(cache.resid(last_post).expect("cached"));
             let scale = ln_f.scale(final_resid.clone()); // [b, 1]
-            // ((x − mean x) / scale) · (w ⊙ u), for x [b, k, d] → [b, k].
+            // ((x − mean x) / scale) · (w ⊙ u), for x [b, k, d] → [b, k] (an RMSNorm centres nothing).
             let direct = |x: Tensor<B, 3>| -> Tensor<B, 2> {
                 let k = x.dims()[1];
-                let centred = x.clone() - x.mean_dim(2);
+                let centred = if ln_f.centres() { x.clone() - x.mean_dim(2) } else { x };
                 (centred / scale.clone().unsqueeze_dim::<3>(1) * wu.clone().unsqueeze_dim::<3>(1)).sum_dim(2).reshape([b, k])
             };
             let lens = |x: Tensor<B, 2>| -> Tensor<B, 2> { (ln_f.forward(x) * u.clone()).sum_dim(1) };
@@ -92,8 +92,10 @@ pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: us
             accumulated.push(lens(final_resid));
             let accumulated = host(Tensor::cat(accumulated, 1)); // [b, na]
 
-            let [tok, pos] = model.embed_parts(tokens, 0);
-            let mut parts = vec![last(tok), last(pos.expand([b, len, c.n_embd]))];
+            // Under rotary positions nothing is added for the position: its component is 0.
+            let (tok, pos) = model.embed_parts(tokens, 0);
+            let pos = pos.map_or_else(|| tok.zeros_like(), |p| p.expand([b, len, c.d_model]));
+            let mut parts = vec![last(tok), last(pos)];
             for l in 0..nl {
                 parts.push(last(cache.resid(Site::new(SiteKind::AttnOut, l)).expect("cached")));
                 parts.push(last(cache.resid(Site::new(SiteKind::MlpOut, l)).expect("cached")));
@@ -106,11 +108,14 @@ pub fn attribute<B: Backend>(model: &Gpt2<B>, pairs: &[TokenizedPair], batch: us
                     let [_, _, h, dh] = z.dims();
                     let each = Tensor::<B, 1, Int>::arange(0..h as i64, &model.device()).repeat_dim(0, b); // (pair, head) rows
                     let z = z.narrow(1, len - 1, 1).reshape([b * h, 1, dh]);
-                    model.blocks[l].attn.head_write(z, each).reshape([b, h, c.n_embd])
+                    model.blocks[l].attn.head_write(z, each).reshape([b, h, c.d_model])
                 })
                 .collect();
             let heads = host(direct(Tensor::cat(heads, 1))); // [b, nl·nh]
-            let bias = host((ln_f.bias().clone().unsqueeze::<2>() * u).sum_dim(1)); // [b, 1]
+            let bias = match ln_f.bias() {
+                Some(bias) => host((bias.clone().unsqueeze::<2>() * u).sum_dim(1)), // [b, 1]
+                None => vec![0.0; b],
+            };
 
             for (j, &i) in chunk.iter().enumerate() {
                 out.accumulated[i * na..(i + 1) * na].copy_from_slice(&accumulated[j * na..(j + 1) * na]);

@@ -1,7 +1,7 @@
 //! Attention patterns of many prompts, as TransformerLens' `cache["pattern", layer]`: one plain
 //! forward pass per batch of prompts of one length, the chosen layers' patterns cached.
 use crate::data;
-use crate::model::{Cache, Gpt2, Site, SiteKind};
+use crate::model::{Cache, Transformer, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 
@@ -31,14 +31,14 @@ impl Patterns {
 
 /// The patterns of `prompts` (token ids), at most `batch` prompts a forward pass; `progress` is
 /// told how many prompts each pass finished.
-pub fn patterns<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], layers: &[usize], heads: &[usize], batch: usize, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Patterns> {
+pub fn patterns<B: Backend>(model: &Transformer<B>, prompts: &[Vec<u32>], layers: &[usize], heads: &[usize], batch: usize, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Patterns> {
     let c = &model.config;
     ensure!(!prompts.is_empty(), "no prompts");
-    if let Some(l) = layers.iter().find(|&&l| l >= c.n_layer) {
-        anyhow::bail!("layer {l} does not exist: the model has layers 0..{}", c.n_layer - 1);
+    if let Some(l) = layers.iter().find(|&&l| l >= c.layers) {
+        anyhow::bail!("layer {l} does not exist: the model has layers 0..{}", c.layers - 1);
     }
-    if let Some(h) = heads.iter().find(|&&h| h >= c.n_head) {
-        anyhow::bail!("head {h} does not exist: the model has heads 0..{}", c.n_head - 1);
+    if let Some(h) = heads.iter().find(|&&h| h >= c.heads) {
+        anyhow::bail!("head {h} does not exist: the model has heads 0..{}", c.heads - 1);
     }
     let positions = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();

@@ -157,7 +157,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     };
     let (prompts, origins) = texts_of(a.prompt.into_iter().collect(), a.prompts.as_deref())?;
     let model = a.backend.load(&a.model)?;
-    let stop_at = if a.stop_at_eos { Some(model.tokenizer.bos()?) } else { None };
+    let stop_at = if a.stop_at_eos { model.tokenizer.eos()? } else { Vec::new() };
     let options = Options { max_new_tokens: a.max_new_tokens, sampling, num_sequences: a.num_sequences, seed: a.seed, stop_at, batch: a.batch, steer };
     let spec = GenerateSpec { prompts, origins, prepend_bos: a.prepend_bos, options };
     let seqs = text::generate(&model, &spec, &mut super::Bar::default())?;

@@ -55,8 +55,8 @@ pub fn run(a: PatternsArgs) -> Result<()> {
     let c = &model.config;
     let spec = PatternsSpec {
         prompts,
-        layers: a.layers.as_deref().map(|l| indices(l, c.n_layer, "layer")).transpose()?,
-        heads: a.heads.as_deref().map(|h| indices(h, c.n_head, "head")).transpose()?,
+        layers: a.layers.as_deref().map(|l| indices(l, c.layers, "layer")).transpose()?,
+        heads: a.heads.as_deref().map(|h| indices(h, c.heads, "head")).transpose()?,
         prepend_bos: a.prepend_bos,
         batch: a.batch,
         out: Some(a.out.clone()),

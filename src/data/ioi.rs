@@ -89,10 +89,10 @@ pub fn generate(n: usize, seed: u64, corruption: Corruption, tok: &Tokenizer) ->
                 Corruption::Abc => fill(template, &slots(people[2], people[3], people[4])).0,
                 Corruption::SFlip => fill(template, &slots(first, second, io)).0,
             };
-            let tokens = tok.encode(&clean)?;
+            let tokens = tok.encode_text(&clean)?;
             // A name's token is the one after the tokens of the text before its leading space.
             let at = |slot: &str, name: &str| -> Result<usize> {
-                let pos = tok.encode(&clean[..offsets[slot] - 1])?.len();
+                let pos = tok.encode_text(&clean[..offsets[slot] - 1])?.len();
                 if tokens.get(pos) != Some(&tok.single_token(&format!(" {name}"))?) {
                     bail!("IOI template {template:?}: {name} is not token {pos} of {clean:?}");
                 }

@@ -375,13 +375,13 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
     if answer == distractor {
         bail!("answer and distractor are the same token {answer} {:?}: the metric would be 0", tok.token_str(answer));
     }
-    let shift = usize::from(checks.prepend_bos);
+    let shift = tok.lead(checks.prepend_bos);
     // Compared before the BOS shift, which must not wrap a huge position around to 0.
     if let Some((name, &pos)) = p.positions.iter().find(|(_, &pos)| pos >= clean.len() - shift) {
         bail!("named position {name}={pos} is past the {} tokens {}", clean.len() - shift, tok.show_short(&clean[shift..]));
     }
     let positions: BTreeMap<String, usize> = p.positions.iter().map(|(name, &pos)| (name.clone(), pos + shift)).collect();
-    let bos_note = if checks.prepend_bos { " (the BOS token added in front included)" } else { "" };
+    let bos_note = if shift > 0 { " (the BOS token in front included)" } else { "" };
     if let Some(context) = checks.context.filter(|&c| clean.len() > c) {
         bail!("the clean prompt {:?} is {} tokens{bos_note}, longer than the model's context of {context} positions", preview(&p.clean), clean.len());
     }
@@ -389,7 +389,7 @@ fn tokenize_pair(p: &Pair, tok: &Tokenizer, checks: Checks) -> Result<TokenizedP
         let texts = [("clean prompt", &p.clean, &clean[..]), ("corrupted prompt", &p.corrupted, &corrupted[..])];
         for (what, text, ids) in texts {
             if let Some(at) = ids.iter().position(|&id| id as usize >= vocab) {
-                let which = if checks.prepend_bos && at == 0 { "the BOS token added in front" } else { "token" };
+                let which = if shift > 0 && at == 0 { "the BOS token in front" } else { "token" };
                 bail!("the {what} {:?}: {which} {:?} (id {}, position {at}) is outside the model's vocabulary of {vocab}", preview(text), tok.token_str(ids[at]), ids[at]);
             }
         }

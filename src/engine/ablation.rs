@@ -22,7 +22,7 @@ use super::run::PairResult;
 use super::Patcher;
 use crate::data::TokenizedPair;
 use crate::model::sites::rank4;
-use crate::model::{Cache, Gpt2, Hooks, Site, SiteKind};
+use crate::model::{Cache, Hooks, ModelConfig, Site, SiteKind, Transformer};
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -136,29 +136,29 @@ impl Means {
         format!("{}.ablation_means.npy", kind.name())
     }
 
-    /// A kind's means file shape for `layout` (positional means: pairs of `layout.positions`).
-    pub fn shape(kind: SiteKind, positional: bool, layout: &Layout, d_model: usize) -> Vec<usize> {
-        let (l, h, t) = (layout.layers, layout.heads, layout.positions);
-        let dh = d_model / h;
+    /// A kind's means file shape for `layout` (positional means: pairs of `layout.positions`);
+    /// k and v have the model's key/value heads.
+    fn shape(kind: SiteKind, positional: bool, layout: &Layout, c: &ModelConfig) -> Vec<usize> {
+        let (l, t, dh, d) = (layout.layers, layout.positions, c.d_head, c.d_model);
+        let h = if matches!(kind, SiteKind::K | SiteKind::V) { c.kv_heads } else { c.heads };
         match (kind, positional) {
             (SiteKind::Pattern, false) => vec![l, h, t],
             (SiteKind::Pattern, true) => vec![l, h, t, t],
             (k, false) if k.in_attention() => vec![l, h, dh],
             (k, true) if k.in_attention() => vec![l, t, h, dh],
-            (_, false) => vec![l, d_model],
-            (_, true) => vec![l, t, d_model],
+            (_, false) => vec![l, d],
+            (_, true) => vec![l, t, d],
         }
     }
 
     /// The means of `kinds` over `prompts` (positional: all of `layout.positions` tokens), in
     /// forward passes of a fixed size; `progress` is told the prompts each pass covered.
-    pub fn compute<B: Backend>(model: &Gpt2<B>, prompts: &[&[u32]], kinds: &[SiteKind], positional: bool, layout: &Layout, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Self> {
-        let d = model.config.n_embd;
+    pub fn compute<B: Backend>(model: &Transformer<B>, prompts: &[&[u32]], kinds: &[SiteKind], positional: bool, layout: &Layout, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Self> {
         if positional && prompts.iter().any(|p| p.len() != layout.positions) {
             bail!("mean-positional means need prompts of one length");
         }
         let mut sums: BTreeMap<SiteKind, (Vec<usize>, Vec<f64>)> =
-            kinds.iter().map(|&k| (k, { let s = Self::shape(k, positional, layout, d); let n = s.iter().product(); (s, vec![0.0; n]) })).collect();
+            kinds.iter().map(|&k| (k, { let s = Self::shape(k, positional, layout, &model.config); let n = s.iter().product(); (s, vec![0.0; n]) })).collect();
         let mut count = 0usize;
         for (len, idx) in crate::data::by_length(prompts.iter().map(|p| p.len())) {
             for chunk in idx.chunks((MEAN_PASS_TOKENS / len).max(1)) {

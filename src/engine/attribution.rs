@@ -28,14 +28,14 @@ use super::Patcher;
 use crate::backend::{float_options, matmul};
 use crate::data::TokenizedPair;
 use crate::model::sites::rank4;
-use crate::model::{Cache, Gpt2, Hooks, Site, SiteKind};
+use crate::model::{Cache, Transformer, Hooks, Site, SiteKind};
 use anyhow::{bail, ensure, Result};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use std::collections::{BTreeSet, HashMap};
 
 pub struct Attribution<'m, B: AutodiffBackend> {
-    pub model: &'m Gpt2<B>,
+    pub model: &'m Transformer<B>,
     /// Pairs per forward and backward pass, at most.
     pub max_pairs: usize,
     /// Write the corrupted baseline for the provable no-op rows (their estimate is it too: the
@@ -101,7 +101,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
     /// Every computed row's estimate on one group of pairs of one length, and the baselines.
     fn group(&self, pairs: &[TokenizedPair], sites: &[PatchSite], rows: &[Row]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let m = self.model;
-        let layers = m.config.n_layer;
+        let layers = m.config.layers;
         let all = |kinds: &[SiteKind]| -> Vec<Site> { (0..layers).flat_map(|l| kinds.iter().map(move |&k| Site::new(k, l))).collect() };
         // The overwritten sites' kinds; edges read their senders' outputs and their receivers' gradients.
         let kinds: Vec<SiteKind> = sites.iter().filter(|s| !s.is_path()).map(|s| s.kind()).collect::<BTreeSet<_>>().into_iter().collect();
@@ -131,7 +131,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         // the corrupted run, or (integrated gradients) the mean over the runs whose input
         // embeddings are source + (k/n)·(corrupted − source), k < n.
         let (grads, receivers) = match self.ig_steps {
-            None => self.gradients(&leaves, corrupted_metric.clone(), edges),
+            None => self.gradients(&leaves, corrupted_metric.clone(), edges)?,
             Some(n) => {
                 let start = Site::new(SiteKind::ResidPre, 0);
                 let (from, to) = (inner(start), leaves.acts[&start].0.clone());
@@ -140,7 +140,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
                     let point = from.clone() + (to.clone() - from.clone()) * (k as f64 / n as f64);
                     let mut step = Leaves { want: want.clone(), input: Some(Tensor::from_inner(point)), acts: HashMap::new() };
                     let metric = last_position_metric(m, self.metric, true, m.resid_final(corrupted_tokens.clone(), &mut step), ids.clone());
-                    let (g, r) = self.gradients(&step, metric, edges);
+                    let (g, r) = self.gradients(&step, metric, edges)?;
                     sum = Some(match sum {
                         None => (g, r),
                         Some((mut gs, rs)) => {
@@ -185,7 +185,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
             .iter()
             .map(|r| {
                 let term = match (r.edge, &edge_terms) {
-                    (Some(e), Some(t)) => t.at(r.pair, &[sender_index(e.from, m.config.n_head), receiver_index(&e, m.config.n_head, layers)]),
+                    (Some(e), Some(t)) => t.at(r.pair, &[sender_index(e.from, m.config.heads), receiver_index(&e, m.config.heads, layers)]),
                     _ => estimate(&terms[&r.site.kind()], r, len),
                 };
                 corrupted[r.pair] + term as f32
@@ -196,39 +196,28 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
 
     /// ∂metric/∂(each leaf) of one pass, zeros where the site cannot reach the metric; with
     /// `edges`, also ∂metric/∂(each receiver's input) [pairs, receivers, positions·d] in
-    /// `receiver_index`'s order. A head's q (k, v) input is the residual stream before ln_1 as
-    /// that input alone reads it: its gradient is the q (k, v) site's taken back through the
-    /// head's slice of c_attn and through ln_1 at this pass's residual stream.
-    fn gradients(&self, leaves: &Leaves<B>, metric: Tensor<B, 2>, edges: bool) -> Gradients<B> {
+    /// `receiver_index`'s order. A head's q (k, v) input is the residual stream before the block's
+    /// norm as that input alone reads it (`Block::head_inputs_vjp`).
+    fn gradients(&self, leaves: &Leaves<B>, metric: Tensor<B, 2>, edges: bool) -> Result<Gradients<B>> {
         // Pairs are independent rows of the batch: the gradient of the sum is each pair's own.
         let grads = metric.sum().backward();
         let grads: HashMap<Site, Tensor<B::InnerBackend, 4>> = leaves.acts.iter().map(|(&site, (act, leaf))| (site, leaf.grad(&grads).unwrap_or_else(|| act.zeros_like()))).collect();
         if !edges {
-            return (grads, None);
+            return Ok((grads, None));
         }
         let m = self.model;
-        let mut receivers = Vec::with_capacity(m.config.n_layer + 1);
+        let mut receivers = Vec::with_capacity(m.config.layers + 1);
         for (l, block) in m.blocks.iter().enumerate() {
-            let [b, s, h, dh] = grads[&Site::new(SiteKind::Q, l)].dims();
-            let d = h * dh;
-            // Each head's q, k, v gradient taken back through its slice of c_attn: [b, h, 3, s, d].
-            let w = block.attn.c_attn_w.clone().inner();
-            let back: Vec<Tensor<B::InnerBackend, 4>> = [SiteKind::Q, SiteKind::K, SiteKind::V]
-                .iter()
-                .enumerate()
-                .map(|(i, &kind)| {
-                    let w_t = w.clone().narrow(1, i * d, d).reshape([d, h, dh]).permute([1, 2, 0]).unsqueeze::<4>(); // [1, h, dh, d]
-                    matmul(grads[&Site::new(kind, l)].clone().swap_dims(1, 2), w_t) // [b, h, s, d]
-                })
-                .collect();
-            let back = Tensor::stack::<5>(back, 2).reshape([b, 3 * h, s, d]);
-            let x = leaves.acts[&Site::new(SiteKind::ResidPre, l)].0.clone().reshape([b, 1, s, d]);
-            let ln = &block.ln_1;
-            receivers.push(layer_norm_vjp(x, back, ln.weight().clone().inner(), ln.eps()).reshape([b, 3 * h, s * d]));
+            let [b, s, h, _] = grads[&Site::new(SiteKind::Q, l)].dims();
+            let d = leaves.acts[&Site::new(SiteKind::ResidPre, l)].0.dims()[3];
+            // On the autodiff model's weights, untracked: the gradients are plain values.
+            let site = |kind| Tensor::<B, 4>::from_inner(grads[&Site::new(kind, l)].clone());
+            let x = Tensor::<B, 3>::from_inner(leaves.acts[&Site::new(SiteKind::ResidPre, l)].0.clone().reshape([b, s, d]));
+            receivers.push(block.head_inputs_vjp(x, [site(SiteKind::Q), site(SiteKind::K), site(SiteKind::V)])?.inner().reshape([b, 3 * h, s * d]));
             receivers.push(flat(grads[&Site::new(SiteKind::MlpIn, l)].clone()));
         }
-        receivers.push(flat(grads[&Site::new(SiteKind::ResidPost, m.config.n_layer - 1)].clone()));
-        (grads, Some(Tensor::cat(receivers, 1)))
+        receivers.push(flat(grads[&Site::new(SiteKind::ResidPost, m.config.layers - 1)].clone()));
+        Ok((grads, Some(Tensor::cat(receivers, 1))))
     }
 
     /// Every (sender, receiver input) pair's (source − corrupted output) · ∂metric/∂input, summed
@@ -237,14 +226,15 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
     /// W_O, an MLP's output.
     fn edge_terms(&self, leaves: &Leaves<B>, source: &dyn Fn(Site) -> Tensor<B::InnerBackend, 4>, receivers: Tensor<B::InnerBackend, 3>) -> Result<Terms> {
         let m = self.model;
-        let (layers, heads) = (m.config.n_layer, m.config.n_head);
+        let (layers, heads) = (m.config.layers, m.config.heads);
         let delta = |s: Site| source(s) - leaves.acts[&s].0.clone();
         let mut senders = vec![flat(delta(Site::new(SiteKind::ResidPre, 0)))];
         for (l, block) in m.blocks.iter().enumerate() {
             let dz = delta(Site::new(SiteKind::Z, l)); // [b, s, h, dh]
-            let [b, s, h, dh] = dz.dims();
-            let w_o = block.attn.c_proj_w.clone().inner().reshape([1, h, dh, h * dh]);
-            senders.push(matmul(dz.swap_dims(1, 2), w_o).reshape([b, h, s * h * dh])); // [b, h, s, d]
+            let [b, s, h, _] = dz.dims();
+            let writes = block.attn.head_writes(Tensor::<B, 4>::from_inner(dz)).inner(); // [b, h, s, d]
+            let d = writes.dims()[3];
+            senders.push(writes.reshape([b, h, s * d]));
             senders.push(flat(delta(Site::new(SiteKind::MlpOut, l))));
         }
         let t = matmul(Tensor::cat(senders, 1), receivers.swap_dims(1, 2)); // [b, U, V]
@@ -262,17 +252,6 @@ type Gradients<B> = (HashMap<Site, Tensor<<B as AutodiffBackend>::InnerBackend, 
 fn flat<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
     let [b, s, _, d] = t.dims();
     t.reshape([b, 1, s * d])
-}
-
-/// The gradient of a LayerNorm's input `x` [.., d] given its output's `gy` (broadcast against
-/// it): (ĝ − mean ĝ − x̂·mean(ĝ·x̂)) / σ with ĝ = gy ⊙ weight, x̂ = (x − μ)/σ, σ = √(var + eps).
-fn layer_norm_vjp<B: Backend>(x: Tensor<B, 4>, gy: Tensor<B, 4>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 4> {
-    let (var, mean) = x.clone().var_mean_bias(3);
-    let sigma = (var + eps).sqrt();
-    let xhat = (x - mean) / sigma.clone();
-    let g = gy * weight.unsqueeze::<4>();
-    let (g_mean, gx_mean) = (g.clone().mean_dim(3), (g.clone() * xhat.clone()).mean_dim(3));
-    (g - g_mean - xhat * gx_mean) / sigma
 }
 
 /// A sender's row in `edge_terms`: the input, then per layer its heads and its MLP.

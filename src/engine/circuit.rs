@@ -4,8 +4,8 @@
 //! sender's own output in this run — with many circuits, each row of the batch its own edge mask.
 //!
 //! A receiver's input is its residual stream plus Σ over its ablated edges of (source − this
-//! run's output of the sender); a head's q, k and v inputs are apart, each through ln_1 and its
-//! slice of c_attn. Every edge in: the clean run. None: every receiver reads the source run's
+//! run's output of the sender); a head's q, k and v inputs are apart, each through the block's
+//! first norm and the head's W_Q, W_K, W_V. Every edge in: the clean run. None: every receiver reads the source run's
 //! residual stream (resample: the corrupted run).
 use super::ablation::Patching;
 use super::graph::{Graph, Node};
@@ -13,13 +13,12 @@ use super::metric::Metric;
 use super::run::last_position_metric;
 use crate::backend::matmul;
 use crate::data::{self, TokenizedPair};
-use crate::model::gpt2::{causal_softmax, mix, scores};
-use crate::model::{Cache, Gpt2, Site, SiteKind};
+use crate::model::{Cache, Transformer, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 
 pub struct CircuitEval<'m, B: Backend> {
-    pub model: &'m Gpt2<B>,
+    pub model: &'m Transformer<B>,
     pub metric: Metric,
     /// What an ablated edge carries (resample: the corrupted prompt's sender output).
     pub patching: Patching,
@@ -40,7 +39,7 @@ impl<B: Backend> CircuitEval<'_, B> {
     /// [circuits][pairs]. `progress` is told how many rows each batch held.
     pub fn run(&self, pairs: &[TokenizedPair], circuits: &[Vec<bool>], progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<f32>>> {
         let m = self.model;
-        let (layers, heads) = (m.config.n_layer, m.config.n_head);
+        let (layers, heads) = (m.config.layers, m.config.heads);
         let graph = Graph::new(layers, heads);
         ensure!(circuits.iter().all(|c| c.len() == graph.edges.len()), "a circuit masks the graph's {} edges", graph.edges.len());
         let masks = self.ablated(&graph, circuits);
@@ -90,7 +89,7 @@ impl<B: Backend> CircuitEval<'_, B> {
     /// distractor ids [P, 2] of pairs of one length.
     fn sources(&self, pairs: &[TokenizedPair]) -> Result<(Tensor<B, 3>, Sources<B>, Tensor<B, 2, Int>)> {
         let m = self.model;
-        let layers = m.config.n_layer;
+        let layers = m.config.layers;
         let rows = |f: fn(&TokenizedPair) -> &Vec<u32>| m.tokens(&pairs.iter().map(|p| f(p).clone()).collect::<Vec<_>>());
         let clean = m.embed(rows(|p| &p.clean)?, 0);
         let want = (0..layers).flat_map(|l| [Site::new(SiteKind::Z, l), Site::new(SiteKind::MlpOut, l)]).chain([Site::new(SiteKind::ResidPre, 0)]);
@@ -117,8 +116,7 @@ impl<B: Backend> CircuitEval<'_, B> {
         let pairs = ints(rows.iter().map(|&(_, p)| p as i64).collect());
         let ablated = masks.clone().select(0, ints(rows.iter().map(|&(c, _)| c as i64).collect())); // [R, U, V]
         let [r, s, d] = [rows.len(), clean.dims()[1], clean.dims()[2]];
-        let h = m.config.n_head;
-        let dh = d / h;
+        let (h, dh) = (m.config.heads, m.config.d_head);
         let flat = |t: Tensor<B, 3>, k: usize| t.reshape([r, k, s * d]);
         // Each receiver input's Σ over its ablated edges of the senders' (source − own) outputs,
         // from `deltas` [R, senders so far, s·d], for receiver columns `cols`: [R, cols, s·d].
@@ -132,20 +130,20 @@ impl<B: Backend> CircuitEval<'_, B> {
             let col = l * (3 * h + 1);
             // Each head's q, k, v from its own input: [R, 3H, s, d] in (head, q/k/v) order.
             let inputs = x.clone().unsqueeze_dim::<4>(1) + ablation(&deltas, col, 3 * h).reshape([r, 3 * h, s, d]);
-            let normed = block.ln_1.forward(inputs).reshape([r, h, 3, s, d]);
+            let normed = block.norm_attn.forward(inputs).reshape([r, h, 3, s, d]);
             let attn = &block.attn;
             let project = |i: usize| {
-                let w = attn.c_attn_w.clone().narrow(1, i * d, d).reshape([d, h, dh]).swap_dims(0, 1).unsqueeze::<4>(); // [1, H, d, dh]
-                let b = attn.c_attn_b.clone().narrow(0, i * d, d).reshape([1, h, 1, dh]);
-                matmul(normed.clone().narrow(2, i, 1).reshape([r, h, s, d]), w) + b // [R, H, s, dh]
+                let (w, b) = attn.head_weights(i); // [H, d, dh], [H, dh]
+                matmul(normed.clone().narrow(2, i, 1).reshape([r, h, s, d]), w.unsqueeze::<4>()) + b.reshape([1, h, 1, dh]) // [R, H, s, dh]
             };
-            let z = mix(causal_softmax(scores(project(0), project(1))), project(2)); // [R, s, H, dh]
-            let writes = matmul(z.swap_dims(1, 2), attn.c_proj_w.clone().reshape([1, h, dh, d])); // [R, H, s, d]
-            let attn_out = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.c_proj_b.clone().reshape([1, 1, d]);
+            // Every head its own k and v input: H of them, grouped heads or not.
+            let z = attn.attend(project(0), project(1), project(2), |pattern| pattern); // [R, s, H, dh]
+            let writes = attn.head_writes(z); // [R, H, s, d]
+            let attn_out = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.out_bias().reshape([1, 1, d]);
             let mid = x + attn_out;
             deltas = Tensor::cat(vec![deltas, (src.heads[l].clone().select(0, pairs.clone()) - writes).reshape([r, h, s * d])], 1);
             let mlp_in = mid.clone() + ablation(&deltas, col + 3 * h, 1).reshape([r, s, d]);
-            let mlp_out = block.mlp.forward(block.ln_2.forward(mlp_in.reshape([r * s, d]))).reshape([r, s, d]);
+            let mlp_out = block.mlp.forward(block.norm_mlp.forward(mlp_in.reshape([r * s, d]))).reshape([r, s, d]);
             x = mid + mlp_out.clone();
             deltas = Tensor::cat(vec![deltas, flat(src.mlps[l].clone().select(0, pairs.clone()) - mlp_out, 1)], 1);
         }
@@ -158,7 +156,6 @@ impl<B: Backend> CircuitEval<'_, B> {
 
 /// Layer `l`'s heads' writes of `z` [P, s, H, dh] into the residual stream (z times each head's
 /// rows of W_O, no bias): [P, H, s, d].
-fn head_writes<B: Backend>(m: &Gpt2<B>, l: usize, z: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [_, _, h, dh] = z.dims();
-    matmul(z.swap_dims(1, 2), m.blocks[l].attn.c_proj_w.clone().reshape([1, h, dh, h * dh]))
+fn head_writes<B: Backend>(m: &Transformer<B>, l: usize, z: Tensor<B, 4>) -> Tensor<B, 4> {
+    m.blocks[l].attn.head_writes(z)
 }

@@ -1,7 +1,7 @@
 //! The patch list: one row per patched run, (site, layer, position and/or head), laid out as the
 //! result arrays are ([pairs, layers, positions(, heads)]), and chunked under a memory budget.
 use super::graph::{Edge, Graph, Node, Qkv};
-use crate::model::{Gpt2Config, SiteKind};
+use crate::model::{ModelConfig, SiteKind};
 use crate::data::TokenizedPair;
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,7 @@ pub enum PatchSite {
     PathK,
     PathV,
     /// A sending head's clean-minus-corrupted write added to the final residual stream only: its
-    /// direct effect through ln_f and the unembedding.
+    /// direct effect through the final norm and the unembedding.
     PathResidFinal,
     /// Every edge of the circuit graph (`graph`, EAP-IG's): the sender's clean-minus-corrupted
     /// output (embeddings, a head's z·W_O, an MLP's output) added to the receiver's input alone (a
@@ -167,6 +167,12 @@ impl PatchSite {
             Self::PatternAllPos | Self::PatternByPos | Self::PatternDestSrc => SiteKind::Pattern,
             Self::PathResidFinal | Self::Edges => SiteKind::ResidPost,
         }
+    }
+
+    /// Whether the patch replaces one head's own k or v (its input, for paths and edges): what a
+    /// model whose heads share keys and values has no place for.
+    pub fn reads_own_key_or_value(self) -> bool {
+        matches!(self.kind(), SiteKind::K | SiteKind::V) || self == Self::Edges
     }
 
     /// Whether the site is a path (a sender's write to one receiver), not an overwrite.
@@ -462,36 +468,36 @@ impl std::ops::AddAssign for Runs {
 /// Rows that fit a memory budget and a single-buffer limit (wgpu caps one buffer, at 128 MiB on
 /// lavapipe). Per row: the residual-sized tensors of one block, its MLP hidden layer and attention
 /// pattern, and (without reuse) the last position's full logits, the largest single tensor.
-pub fn max_rows_for_budget(config: &Gpt2Config, positions: usize, budget_bytes: usize, max_buffer_bytes: usize, full_logits: bool) -> usize {
-    let logits = if full_logits { 4 * config.vocab_size } else { 0 };
-    let mlp = 4 * positions * config.n_inner;
-    let pattern = 4 * config.n_head * positions * positions;
-    let per_row = 4 * positions * 8 * config.n_embd + 2 * mlp + 3 * pattern + logits;
+pub fn max_rows_for_budget(config: &ModelConfig, positions: usize, budget_bytes: usize, max_buffer_bytes: usize, full_logits: bool) -> usize {
+    let logits = if full_logits { 4 * config.vocab } else { 0 };
+    let mlp = 4 * positions * config.d_mlp;
+    let pattern = 4 * config.heads * positions * positions;
+    let per_row = 4 * positions * 8 * config.d_model + 2 * mlp + 3 * pattern + logits;
     let largest = logits.max(mlp).max(pattern);
     (budget_bytes / per_row).min(max_buffer_bytes / largest).clamp(1, 1 << 16)
 }
 
 /// Pairs one attribution pass may hold: its backward pass keeps every layer's activations, and
 /// their gradients, alive — about three times a block's working set per layer and pair.
-pub fn max_pairs_for_budget(config: &Gpt2Config, positions: usize, budget_bytes: usize, max_buffer_bytes: usize, full_logits: bool) -> usize {
-    max_rows_for_budget(config, positions, budget_bytes / (3 * config.n_layer).max(1), max_buffer_bytes, full_logits)
+pub fn max_pairs_for_budget(config: &ModelConfig, positions: usize, budget_bytes: usize, max_buffer_bytes: usize, full_logits: bool) -> usize {
+    max_rows_for_budget(config, positions, budget_bytes / (3 * config.layers).max(1), max_buffer_bytes, full_logits)
 }
 
 /// Floating-point operations of one run of a pair of `len` tokens computed from layer
 /// `first_layer` and position `start` on. With `reuse`, the last block carries only the last
 /// position past its keys and values and two logits are read; without, every block computes every
 /// position and the last position is unembedded over the whole vocabulary. Multiply-adds count 2.
-pub fn run_flops(config: &Gpt2Config, len: usize, start: usize, first_layer: usize, reuse: bool) -> f64 {
-    let (d, inner) = (config.n_embd as f64, config.n_inner as f64);
+pub fn run_flops(config: &ModelConfig, len: usize, start: usize, first_layer: usize, reuse: bool) -> f64 {
+    let (d, inner) = (config.d_model as f64, config.d_mlp as f64);
     let s = (len - start) as f64;
-    let blocks = (config.n_layer - first_layer) as f64;
-    // Per computed position: c_attn (q, k, v), then attention over `len` keys, c_proj and the MLP.
+    let blocks = (config.layers - first_layer) as f64;
+    // Per computed position: the q, k, v projections, attention over `len` keys, W_O and the MLP.
     let qkv = 2.0 * d * 3.0 * d;
     let rest = 4.0 * len as f64 * d + 2.0 * d * (d + 2.0 * inner);
     if reuse {
         (blocks - 1.0) * s * (qkv + rest) + s * qkv + rest + 4.0 * d
     } else {
-        blocks * s * (qkv + rest) + 2.0 * d * config.vocab_size as f64
+        blocks * s * (qkv + rest) + 2.0 * d * config.vocab as f64
     }
 }
 

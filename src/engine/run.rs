@@ -17,14 +17,14 @@ use super::graph::Node;
 use super::plan::{Layout, PatchSite, Row, Runs};
 use crate::data::TokenizedPair;
 use crate::backend::Prefix;
-use crate::model::{hook_segments, Batch, Cache, Gpt2, Hooks, Site, SiteKind};
+use crate::model::{hook_segments, Batch, Cache, Transformer, Hooks, Site, SiteKind};
 use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use std::collections::BTreeMap;
 
 pub struct Engine<'m, B: Backend> {
-    pub model: &'m Gpt2<B>,
+    pub model: &'m Transformer<B>,
     pub reuse: bool,
     /// Patched runs stacked in one forward pass, at most.
     pub max_rows: usize,
@@ -118,7 +118,7 @@ impl<B: Backend> Engine<'_, B> {
     }
 
     fn last_layer(&self) -> usize {
-        self.model.config.n_layer - 1
+        self.model.config.layers - 1
     }
 
     fn join_layer(&self, row: &Row) -> usize {
@@ -140,7 +140,7 @@ impl<B: Backend> Engine<'_, B> {
 
     fn baselines(&self, pairs: &[TokenizedPair], sites: &[PatchSite]) -> Result<Baselines<B>> {
         let m = self.model;
-        let layers = 0..m.config.n_layer;
+        let layers = 0..m.config.layers;
         let last = Site::new(SiteKind::ResidPost, self.last_layer());
         let mut clean = Cache::new(layers.clone().flat_map(|l| sites.iter().flat_map(move |s| s.clean_reads().into_iter().map(move |k| Site::new(k, l)))).chain([last]));
         let clean_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.clean.clone()).collect();
@@ -241,13 +241,13 @@ impl<B: Backend> Engine<'_, B> {
 
 /// The metric at the last position of `resid` [rows, pos, d], [rows, 1]. With `two_logits`,
 /// logit_diff unembeds the two tokens only; the others need the whole vocabulary's softmax.
-pub(super) fn last_position_metric<B: Backend>(model: &Gpt2<B>, metric: Metric, two_logits: bool, resid: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+pub(super) fn last_position_metric<B: Backend>(model: &Transformer<B>, metric: Metric, two_logits: bool, resid: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
     let [rows, pos, d] = resid.dims();
     let last = resid.narrow(1, pos - 1, 1).reshape([rows, d]);
     let chosen = if two_logits && !metric.needs_vocab() {
         model.logits_of(last, ids)
     } else {
-        let logits = model.unembed(last.unsqueeze_dim(1)).reshape([rows, model.config.vocab_size]);
+        let logits = model.unembed(last.unsqueeze_dim(1)).reshape([rows, model.config.vocab]);
         metric.scores(logits).gather(1, ids)
     };
     metric.of(chosen)
@@ -285,7 +285,7 @@ struct Patch<'a, B: Backend> {
     len: usize,
     source: &'a Cache<B>,
     corrupted: &'a Cache<B>,
-    model: &'a Gpt2<B>,
+    model: &'a Transformer<B>,
 }
 
 impl<B: Backend> Hooks<B> for Patch<'_, B> {

@@ -2,7 +2,7 @@
 //! several prompts overlap (pairwise Jaccard similarity of their top-k sets).
 use super::Memory;
 use crate::data;
-use crate::model::{Gpt2, NoHooks};
+use crate::model::{Transformer, NoHooks};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -11,9 +11,9 @@ use std::collections::HashSet;
 /// Per text, per position (every one, or the last only), the `k` most likely next tokens with
 /// their probabilities, most likely first (ties by id); texts of one length `batch` a pass, fewer
 /// where their logits would not fit in `memory`.
-pub fn top_k<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], k: usize, all_positions: bool, batch: usize, memory: Memory) -> Result<Vec<Vec<Vec<(u32, f32)>>>> {
+pub fn top_k<B: Backend>(model: &Transformer<B>, texts: &[Vec<u32>], k: usize, all_positions: bool, batch: usize, memory: Memory) -> Result<Vec<Vec<Vec<(u32, f32)>>>> {
     ensure!(k > 0, "--top-k must be at least 1");
-    let v = model.config.vocab_size;
+    let v = model.config.vocab;
     let mut out = vec![Vec::new(); texts.len()];
     for (i, t) in texts.iter().enumerate() {
         ensure!(!t.is_empty(), "text {} is empty", i + 1);

@@ -9,7 +9,7 @@ pub mod steer;
 
 use crate::data::{self, Rng};
 use crate::backend::Prefix;
-use crate::model::{Batch, Cache, Gpt2, Hooks, NoHooks, Site, SiteKind};
+use crate::model::{Batch, Cache, Transformer, Hooks, NoHooks, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -44,7 +44,7 @@ impl<B: Backend> KvCache<B> {
     /// Runs `tokens` [rows, s] at positions len.. on top of the cache through `hooks` (e.g.
     /// steering), adds their keys and values (as the hooks left them) to it, and returns the
     /// logits of the last position, [rows, vocab].
-    pub fn step(&mut self, model: &Gpt2<B>, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 2> {
+    pub fn step(&mut self, model: &Transformer<B>, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 2> {
         let [rows, s] = tokens.dims();
         let device = model.device();
         let ids = Tensor::<B, 1, Int>::arange(0..rows as i64, &device);
@@ -64,7 +64,7 @@ impl<B: Backend> KvCache<B> {
             }
         }
         self.len += s;
-        model.unembed(x.into_one().narrow(1, s - 1, 1)).reshape([rows, model.config.vocab_size])
+        model.unembed(x.into_one().narrow(1, s - 1, 1)).reshape([rows, model.config.vocab])
     }
 
     /// Keeps only `rows` (indices into the current rows) in the cache.
@@ -88,8 +88,8 @@ pub struct Options {
     /// Sequences per prompt.
     pub num_sequences: usize,
     pub seed: u64,
-    /// Stop a sequence after it emits this token (it is kept in the output).
-    pub stop_at: Option<u32>,
+    /// Stop a sequence after it emits one of these tokens (it is kept in the output).
+    pub stop_at: Vec<u32>,
     /// Sequences decoded together.
     pub batch: usize,
     /// Added at its site at every position of every step.
@@ -106,8 +106,8 @@ fn stream(seed: u64, prompt: usize, seq: usize) -> Rng {
 /// The new tokens of `num_sequences` sequences per prompt (prompt-major), decoded with a KV
 /// cache, sequences of one length together, each finishing on its own; `progress` is told how
 /// many tokens each step produced.
-pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<u32>>> {
-    let ctx = model.config.n_positions;
+pub fn generate<B: Backend>(model: &Transformer<B>, prompts: &[Vec<u32>], o: &Options, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<u32>>> {
+    let ctx = model.config.context;
     for (i, p) in prompts.iter().enumerate() {
         ensure!(!p.is_empty(), "prompt {} is empty", i + 1);
         ensure!(p.len().checked_add(o.max_new_tokens).is_some_and(|n| n <= ctx), "prompt {} has {} tokens: with {} new ones it exceeds the model's context of {ctx}", i + 1, p.len(), o.max_new_tokens);
@@ -124,7 +124,7 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
             let mut cache = KvCache::new();
             let mut logits = cache.step(model, model.tokens(&seen)?, &mut hooks);
             for _ in 0..o.max_new_tokens {
-                let v = model.config.vocab_size;
+                let v = model.config.vocab;
                 let rows = host(logits);
                 crate::limits::ensure_finite("the logits", &rows, |_| false)?;
                 let mut next = Vec::with_capacity(active.len());
@@ -135,7 +135,7 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
                     next.push(t);
                 }
                 progress(active.len())?;
-                let still: Vec<usize> = (0..active.len()).filter(|&r| Some(next[r]) != o.stop_at).collect();
+                let still: Vec<usize> = (0..active.len()).filter(|&r| !o.stop_at.contains(&next[r])).collect();
                 if still.is_empty() || out[chunk[active[0]]].len() == o.max_new_tokens {
                     break;
                 }
@@ -153,13 +153,13 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, prompts: &[Vec<u32>], o: &Options, 
 
 /// Each text's per-token loss: entry t is −log p(token t+1 | tokens ..=t), texts of one length
 /// `batch` a forward pass; `progress` is told how many texts each pass finished.
-pub fn token_losses<B: Backend>(model: &Gpt2<B>, texts: &[Vec<u32>], batch: usize, memory: Memory, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<f32>>> {
+pub fn token_losses<B: Backend>(model: &Transformer<B>, texts: &[Vec<u32>], batch: usize, memory: Memory, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<f32>>> {
     for (i, t) in texts.iter().enumerate() {
         ensure!(t.len() >= 2, "text {} has {} token(s): perplexity needs at least 2 (a token to predict)", i + 1, t.len());
     }
     let mut out = vec![Vec::new(); texts.len()];
     for (len, idx) in data::by_length(texts.iter().map(Vec::len)) {
-        for chunk in idx.chunks(memory.rows(batch, len, model.config.vocab_size)) {
+        for chunk in idx.chunks(memory.rows(batch, len, model.config.vocab)) {
             let b = chunk.len();
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| texts[i].clone()).collect();
             let logits = model.forward(model.tokens(&rows)?, &mut NoHooks).narrow(1, 0, len - 1);

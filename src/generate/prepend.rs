@@ -6,7 +6,7 @@
 use super::sampling::{Draws, Sampling};
 use super::{perplexity, token_losses, Memory};
 use crate::data::Rng;
-use crate::model::{Gpt2, NoHooks};
+use crate::model::{Transformer, NoHooks};
 use anyhow::{ensure, Result};
 use std::collections::HashSet;
 use burn::prelude::*;
@@ -22,14 +22,14 @@ pub struct Step {
 
 /// `n_tokens` steps back from `text`. `bos` is `<|endoftext|>`; with `score_bos` every text is
 /// scored with it in front, so the new first token's own probability counts too.
-pub fn prepend<B: Backend>(model: &Gpt2<B>, text: &[u32], bos: u32, n_tokens: usize, samples: usize, seed: u64, score_bos: bool, memory: Memory, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Step>> {
+pub fn prepend<B: Backend>(model: &Transformer<B>, text: &[u32], bos: u32, n_tokens: usize, samples: usize, seed: u64, score_bos: bool, memory: Memory, progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Step>> {
     ensure!(!text.is_empty(), "the text is empty");
     ensure!(samples > 0, "--samples must be at least 1");
     ensure!(
-        text.len().checked_add(n_tokens).and_then(|n| n.checked_add(score_bos as usize)).is_some_and(|n| n <= model.config.n_positions),
+        text.len().checked_add(n_tokens).and_then(|n| n.checked_add(score_bos as usize)).is_some_and(|n| n <= model.config.context),
         "--n-tokens {n_tokens}: the text has {} tokens, and with {n_tokens} more it exceeds the model's context of {}",
         text.len(),
-        model.config.n_positions
+        model.config.context
     );
     let first = model.forward(model.tokens(&[vec![bos]])?, &mut NoHooks).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
     let draws = Draws::new(&first, &[], &Sampling::GREEDY, 1.0);

@@ -2,7 +2,7 @@
 //! coef × that vector to the site's activation at every position of every decoding step (the
 //! chapter's TransformerLens hook, `activation += coef * vector` on e.g. `blocks.10.hook_attn_out`).
 use crate::backend::float_options;
-use crate::model::{Cache, Gpt2, Hooks, Site, SiteKind};
+use crate::model::{Cache, Transformer, Hooks, Site, SiteKind};
 use anyhow::{bail, ensure, Result};
 use burn::prelude::*;
 
@@ -17,19 +17,20 @@ pub struct SteeringVector {
 }
 
 /// The shape of one position's activation at `site`; an error for a site without one.
-pub fn position_shape<B: Backend>(model: &Gpt2<B>, site: Site) -> Result<Vec<usize>> {
+pub fn position_shape<B: Backend>(model: &Transformer<B>, site: Site) -> Result<Vec<usize>> {
     let c = &model.config;
-    ensure!(site.layer < c.n_layer, "layer {} is outside the model's {} layers", site.layer, c.n_layer);
+    ensure!(site.layer < c.layers, "layer {} is outside the model's {} layers", site.layer, c.layers);
     Ok(match site.kind {
-        SiteKind::ResidPre | SiteKind::ResidMid | SiteKind::ResidPost | SiteKind::AttnOut | SiteKind::MlpOut | SiteKind::MlpIn => vec![c.n_embd],
-        SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Z => vec![c.n_head, c.n_embd / c.n_head],
+        SiteKind::ResidPre | SiteKind::ResidMid | SiteKind::ResidPost | SiteKind::AttnOut | SiteKind::MlpOut | SiteKind::MlpIn => vec![c.d_model],
+        SiteKind::Q | SiteKind::Z => vec![c.heads, c.d_head],
+        SiteKind::K | SiteKind::V => vec![c.kv_heads, c.d_head],
         SiteKind::Pattern => bail!("pattern has no per-position vector to steer with: choose a residual-shaped site or q, k, v, z"),
     })
 }
 
 /// `clean`'s activation at `site` and `position` minus `corrupted`'s (a negative position counts
 /// from each prompt's end, so prompts of different lengths compare their last tokens).
-pub fn make<B: Backend>(model: &Gpt2<B>, clean: &[u32], corrupted: &[u32], site: Site, position: i64) -> Result<(Vec<f32>, Vec<usize>)> {
+pub fn make<B: Backend>(model: &Transformer<B>, clean: &[u32], corrupted: &[u32], site: Site, position: i64) -> Result<(Vec<f32>, Vec<usize>)> {
     let shape = position_shape(model, site)?;
     let at = |tokens: &[u32], which: &str| -> Result<Vec<f32>> {
         let len = tokens.len() as i64;
@@ -53,7 +54,7 @@ pub struct Steer<B: Backend> {
 }
 
 impl<B: Backend> Steer<B> {
-    pub fn new(model: &Gpt2<B>, v: &SteeringVector) -> Result<Self> {
+    pub fn new(model: &Transformer<B>, v: &SteeringVector) -> Result<Self> {
         let want = position_shape(model, v.site)?;
         ensure!(
             v.shape == want,
@@ -84,6 +85,6 @@ impl<B: Backend> Hooks<B> for Steer<B> {
 }
 
 /// The steering hook of an optional vector (none: the plain forward pass).
-pub fn hooks<B: Backend>(model: &Gpt2<B>, v: Option<&SteeringVector>) -> Result<Option<Steer<B>>> {
+pub fn hooks<B: Backend>(model: &Transformer<B>, v: Option<&SteeringVector>) -> Result<Option<Steer<B>>> {
     v.map(|v| Steer::new(model, v)).transpose()
 }

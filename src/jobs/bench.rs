@@ -6,7 +6,7 @@
 use crate::backend::{dispatch, float_options, matmul, BackendSpec, BackendTask};
 use crate::engine::plan::run_flops;
 use crate::engine::{Engine, Layout, Metric, PatchSite, Row};
-use crate::model::{Gpt2, Gpt2Config};
+use crate::model::{Transformer, ModelConfig};
 use anyhow::Result;
 use burn::prelude::*;
 use serde::Serialize;
@@ -86,17 +86,17 @@ impl BackendTask for Bench<'_> {
     type Output = BenchReport;
     fn run<B: Backend>(self, device: B::Device) -> Result<BenchReport> {
         let (a, spec) = (self.0, self.1);
-        let config = Gpt2Config::named(&a.shape)?;
+        let config = ModelConfig::named(&a.shape)?;
         anyhow::ensure!(a.pairs >= 1, "--pairs must be at least 1");
-        anyhow::ensure!(a.tokens >= 2 && a.tokens <= config.n_positions, "--tokens {} must be in 2..={} (the model's context)", a.tokens, config.n_positions);
+        anyhow::ensure!(a.tokens >= 2 && a.tokens <= config.context, "--tokens {} must be in 2..={} (the model's context)", a.tokens, config.context);
         anyhow::ensure!(a.corrupt_at < a.tokens, "--corrupt-at {} must be below --tokens {}", a.corrupt_at, a.tokens);
         // Each pair's tokens and its results: a few values a layer and position.
-        crate::limits::fits_memory("--pairs", a.pairs, a.tokens * (config.n_layer * (config.n_head + 3) + 4) * 8)?;
+        crate::limits::fits_memory("--pairs", a.pairs, a.tokens * (config.layers * (config.heads + 3) + 4) * 8)?;
         crate::limits::at_most("--repeat", a.repeat, 1000, "more timed repeats than any median needs")?;
-        let model = Gpt2::<B>::random(config.clone(), 0, &device);
+        let model = Transformer::<B>::random(config.clone(), 0, &device);
         let sites = PatchSite::parse_list(&a.sites)?;
-        let pairs = crate::data::random_pairs(a.pairs, a.tokens, config.vocab_size, 1, a.corrupt_at);
-        let layout = Layout::new(config.n_layer, config.n_head, a.tokens);
+        let pairs = crate::data::random_pairs(a.pairs, a.tokens, config.vocab, 1, a.corrupt_at);
+        let layout = Layout::new(config.layers, config.heads, a.tokens);
         let t = a.tokens;
         // Every pair's rows (pairs differ only in tokens at `corrupt_at`: the same rows are no-ops).
         let rows: Vec<Row> = sites.iter().flat_map(|&s| layout.rows(s, t)).collect();
@@ -114,7 +114,7 @@ impl BackendTask for Bench<'_> {
         };
         let minimal = n * needed.iter().map(|r| run_flops(&config, t, r.first_pos(), r.layer, true)).sum::<f64>();
         let cpu = matches!(spec.kind, crate::backend::BackendKind::Cpu);
-        let matmul = matmul_rate::<B>(&device, [if cpu { 4096 } else { 16384 }, config.n_embd, config.n_inner]);
+        let matmul = matmul_rate::<B>(&device, [if cpu { 4096 } else { 16384 }, config.d_model, config.d_mlp]);
         let max_rows = a.max_rows.unwrap_or(runs.min(4096));
         // (name, reuse, skip): the fast path first, then what it is compared with.
         let mut modes = vec![if a.no_skip { ("reuse --no-skip", true, false) } else { ("reuse", true, true) }];

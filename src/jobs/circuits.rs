@@ -17,8 +17,8 @@ use std::path::PathBuf;
 /// The circuit graph (EAP-IG's nodes and edges) of `model`, a hub id or directory: from its
 /// config alone.
 pub fn graph(model: &str) -> Result<crate::engine::Graph> {
-    let c = crate::model::Gpt2Config::from_json_file(&crate::model::weights::locate_file(model, "config.json")?)?;
-    Ok(crate::engine::Graph::new(c.n_layer, c.n_head))
+    let c = crate::model::ModelConfig::from_json_file(&crate::model::weights::locate_file(model, "config.json")?)?;
+    Ok(crate::engine::Graph::new(c.layers, c.heads))
 }
 
 /// What `patterns` writes into its output directory; the last is its listing (written last).
@@ -126,13 +126,13 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
         if ids.is_empty() {
             bail!("{what} is empty");
         }
-        if ids.len() > config.n_positions {
-            bail!("{what} is {} tokens, over the model's context of {}", ids.len(), config.n_positions);
+        if ids.len() > config.context {
+            bail!("{what} is {} tokens, over the model's context of {}", ids.len(), config.context);
         }
         prompts.push(ids);
     }
-    let layers = check_indices(&spec.layers, config.n_layer, "layer")?;
-    let heads = check_indices(&spec.heads, config.n_head, "head")?;
+    let layers = check_indices(&spec.layers, config.layers, "layer")?;
+    let heads = check_indices(&spec.heads, config.heads, "head")?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PATTERN_FILES, spec.overwrite)).transpose()?;
     progress.start(prompts.len() as u64, "prompts");
     let p = model.with(PatternsTask { prompts: &prompts, layers, heads, batch: spec.batch, progress })?;
@@ -217,7 +217,7 @@ pub struct Attributed {
 /// The logit lens and direct logit attribution of each pair's clean run.
 pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progress) -> Result<Attributed> {
     let c = &model.config;
-    let checks = Checks { max_diff: None, context: Some(c.n_positions), vocab: Some(c.vocab_size), prepend_bos: spec.prepend_bos };
+    let checks = Checks { max_diff: None, context: Some(c.context), vocab: Some(c.vocab), prepend_bos: spec.prepend_bos };
     let (pairs, skipped) = data::load_pairs(&spec.pairs, &model.tokenizer, checks, spec.strict)?;
     progress.start(pairs.len() as u64, "pairs");
     let r = model.with(AttributeTask { pairs: &pairs, batch: spec.batch, progress })?;
@@ -228,8 +228,8 @@ pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progres
         patchbay_version: env!("CARGO_PKG_VERSION").into(),
         model: model.id().into(),
         prepend_bos: spec.prepend_bos,
-        direction: "the clean run's last position on u = W_U[:, answer] - W_U[:, distractor]: accumulated = ln_f(resid)·u (logit lens); \
-                    components and heads = ((c - mean c) / ln_f scale of the final residual)·(ln_f.weight ⊙ u)"
+        direction: "the clean run's last position on u = W_U[:, answer] - W_U[:, distractor]: accumulated = norm_final(resid)·u (logit lens); \
+                    components and heads = ((c - mean c) / norm_final's scale of the final residual)·(norm_final.weight ⊙ u), uncentred under an RMSNorm"
             .into(),
         layers: r.layers,
         heads: r.heads_per_layer,

@@ -62,8 +62,8 @@ pub fn circuit(spec: &CircuitSpec) -> Result<Chosen> {
     // The directory written is held for the whole command, as every writer holds its output.
     let _lock = results::lock::exclusive(parent)?;
     let (m, scores) = Circuit::scores_of_run(&spec.run)?;
-    let c = Circuit::select(Graph::new(m.config.n_layer, m.config.n_head), scores, spec.selection, spec.absolute, spec.prune)?;
-    write_atomic(&json, &c.to_json(m.config.n_embd, Some(m.identity()))?)?;
+    let c = Circuit::select(Graph::new(m.config.layers, m.config.heads), scores, spec.selection, spec.absolute, spec.prune)?;
+    write_atomic(&json, &c.to_json(m.config.d_model, Some(m.identity()))?)?;
     let title = format!("{} of {} edges ({}{}) — {} — {}", c.edge_count(), c.graph.edges.len(), spec.selection.describe(), if spec.absolute { ", by |score|" } else { "" }, m.metric, m.model);
     write_atomic(&svg, circuit::svg(&c, &title).as_bytes())?;
     Ok(Chosen { circuit: c, json, svg })
@@ -168,7 +168,7 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
     let out_dir = spec.out.clone().unwrap_or_else(|| spec.run.clone());
     let _lock = results::lock::exclusive(&out_dir)?;
     let (m, scores) = Circuit::scores_of_run(&spec.run)?;
-    let graph = Graph::new(m.config.n_layer, m.config.n_head);
+    let graph = Graph::new(m.config.layers, m.config.heads);
     let total = graph.edges.len();
     let (sizes, circuits): (Vec<usize>, Vec<Circuit>) = if spec.circuits.is_empty() {
         let mut sizes = spec.sizes.clone().unwrap_or_else(|| MIB_FRACTIONS.iter().map(|f| (f * total as f64) as usize).collect());
@@ -275,9 +275,9 @@ fn sem(v: &[f32]) -> f64 {
 /// working set, under the backend's budget and single-buffer limit.
 fn max_rows_for_budget(m: &Manifest, positions: usize, backend: &BackendSpec) -> usize {
     let c = &m.config;
-    let senders = 1 + c.n_layer * (c.n_head + 1);
-    let deltas = 4 * positions * c.n_embd * senders;
-    let per_row = 3 * deltas + 4 * positions * (c.n_embd * (9 * c.n_head + 12) + 2 * c.n_inner + 3 * c.n_head * positions);
+    let senders = 1 + c.layers * (c.heads + 1);
+    let deltas = 4 * positions * c.d_model * senders;
+    let per_row = 3 * deltas + 4 * positions * (c.d_model * (9 * c.heads + 12) + 2 * c.d_mlp + 3 * c.heads * positions);
     let (budget, buffer) = super::sweep::memory_limits(backend);
     (budget / per_row).min(buffer / deltas.max(1)).clamp(1, 4096)
 }
@@ -300,7 +300,7 @@ fn write(f: &Faithfulness, drawn: &Circuit, dir: &Path, m: &Manifest) -> Result<
         (npy_file.to_string(), npy::encode(&[f.sizes.len(), pairs], &values)),
         (svg.to_string(), lines_svg(&lines).into_bytes()),
         (png.to_string(), lines_png(&lines)?),
-        (circuit_json.to_string(), drawn.to_json(m.config.n_embd, Some(m.identity()))?),
+        (circuit_json.to_string(), drawn.to_json(m.config.d_model, Some(m.identity()))?),
         (circuit_svg.to_string(), circuit::svg(drawn, &title).into_bytes()),
     ];
     results::outputs::write_set(dir, (listing, serde_json::to_vec_pretty(f)?), files, &FAITHFULNESS_FILES[..5])

@@ -6,8 +6,8 @@
 //! steps passed on: the first step beyond the dtype's tolerance is the faulty operation.
 use super::{Model, ModelTask, On};
 use crate::backend::{layout, matmul, BackendSpec, DType};
-use crate::model::gpt2::{causal_softmax, linear, mix, scores};
-use crate::model::{Gpt2, NoHooks};
+use crate::model::transformer::{causal_softmax, linear, mix, scores};
+use crate::model::{Transformer, NoHooks};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use serde::Serialize;
@@ -29,7 +29,7 @@ pub struct DoctorSpec {
 /// One step as the backend under test ran it.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepReport {
-    /// The block, or None for the steps after the last one (ln_f, the unembedding).
+    /// The block, or None for the steps after the last one (the final norm, the unembedding).
     pub block: Option<usize>,
     pub step: &'static str,
     /// The operands of a matrix product as the backend's kernel reads them: shape and strides.
@@ -72,13 +72,13 @@ pub fn doctor(model: &str, spec: &DoctorSpec, threads: Option<usize>) -> Result<
     ensure!(spec.rows > 0, "--rows must be at least 1");
     let cpu = Model::load(model, BackendSpec::default(), threads)?;
     let c = &cpu.config;
-    crate::limits::at_most("--positions", spec.positions, c.n_positions, "the model's context")?;
+    crate::limits::at_most("--positions", spec.positions, c.context, "the model's context")?;
     // Every step's output of every row is kept: some 16 widths a layer, and the logits.
-    let row_bytes = crate::limits::product("--rows", &[c.n_positions.min(spec.positions.max(64)), c.n_layer * 16 * c.n_embd + c.vocab_size, 4])?;
+    let row_bytes = crate::limits::product("--rows", &[c.context.min(spec.positions.max(64)), c.layers * 16 * c.d_model + c.vocab, 4])?;
     crate::limits::fits_memory("--rows", spec.rows, row_bytes)?;
     let ids = match &spec.text {
         Some(text) => cpu.tokenizer.encode_with(text, false)?,
-        None => (0..spec.positions).map(|i| ((i * 7919 + 104_729) % cpu.config.vocab_size) as u32).collect(),
+        None => (0..spec.positions).map(|i| ((i * 7919 + 104_729) % cpu.config.vocab) as u32).collect(),
     };
     ensure!(ids.len() >= 2, "doctor needs a prompt of at least 2 tokens, not {} (--text, --positions)", ids.len());
     let tokens: Vec<Vec<u32>> = (0..spec.rows).map(|r| (0..ids.len()).map(|i| ids[(i + r) % ids.len()]).collect()).collect();
@@ -107,37 +107,37 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Step {
-    Ln1,
-    CAttn,
+    NormAttn,
+    Qkv,
     Scores { last: bool },
     Softmax { last: bool },
     Mix { last: bool },
-    AttnProj,
-    Ln2,
-    CFc,
+    AttnOut,
+    NormMlp,
+    MlpIn,
     Activation,
-    MlpProj,
-    LnF,
+    MlpOut,
+    NormFinal,
     Unembed,
 }
 
 impl Step {
     fn name(self) -> &'static str {
         match self {
-            Step::Ln1 => "ln_1",
-            Step::CAttn => "attn.c_attn (linear)",
+            Step::NormAttn => "norm_attn",
+            Step::Qkv => "attn.qkv (linear)",
             Step::Scores { last: false } => "attn.scores (q·kᵀ)",
             Step::Softmax { last: false } => "attn.softmax",
             Step::Mix { last: false } => "attn.z (pattern·v)",
             Step::Scores { last: true } => "attn.scores (q·kᵀ), last position",
             Step::Softmax { last: true } => "attn.softmax, last position",
             Step::Mix { last: true } => "attn.z (pattern·v), last position",
-            Step::AttnProj => "attn.c_proj (linear)",
-            Step::Ln2 => "ln_2",
-            Step::CFc => "mlp.c_fc (linear)",
+            Step::AttnOut => "attn.out (linear)",
+            Step::NormMlp => "norm_mlp",
+            Step::MlpIn => "mlp.in (linear)",
             Step::Activation => "mlp.act",
-            Step::MlpProj => "mlp.c_proj (linear)",
-            Step::LnF => "ln_f",
+            Step::MlpOut => "mlp.out (linear)",
+            Step::NormFinal => "norm_final",
             Step::Unembed => "unembed (linear)",
         }
     }
@@ -209,8 +209,8 @@ impl ModelTask for TraceTask {
         let mut resid = 0;
         for l in 0..m.blocks.len() {
             let b = Some(l);
-            let x = step(&mut t, b, Step::Ln1, vec![resid]);
-            let qkv = step(&mut t, b, Step::CAttn, vec![x]);
+            let x = step(&mut t, b, Step::NormAttn, vec![resid]);
+            let qkv = step(&mut t, b, Step::Qkv, vec![x]);
             let mut z = 0;
             for last in [false, true] {
                 let s = step(&mut t, b, Step::Scores { last }, vec![qkv]);
@@ -220,19 +220,19 @@ impl ModelTask for TraceTask {
                     z = zz;
                 }
             }
-            let attn_out = step(&mut t, b, Step::AttnProj, vec![z]);
+            let attn_out = step(&mut t, b, Step::AttnOut, vec![z]);
             let mid = t.values[resid].add(&t.values[attn_out]);
             t.values.push(mid);
             let mid = t.values.len() - 1;
-            let x = step(&mut t, b, Step::Ln2, vec![mid]);
-            let h = step(&mut t, b, Step::CFc, vec![x]);
+            let x = step(&mut t, b, Step::NormMlp, vec![mid]);
+            let h = step(&mut t, b, Step::MlpIn, vec![x]);
             let h = step(&mut t, b, Step::Activation, vec![h]);
-            let mlp_out = step(&mut t, b, Step::MlpProj, vec![h]);
+            let mlp_out = step(&mut t, b, Step::MlpOut, vec![h]);
             let post = t.values[mid].add(&t.values[mlp_out]);
             t.values.push(post);
             resid = t.values.len() - 1;
         }
-        let x = step(&mut t, None, Step::LnF, vec![resid]);
+        let x = step(&mut t, None, Step::NormFinal, vec![resid]);
         step(&mut t, None, Step::Unembed, vec![x]);
         Ok(t)
     }
@@ -270,11 +270,11 @@ impl ModelTask for Replay<'_> {
 
 /// One step of `block` (None: after the last block) on inputs from the host: its output, and its
 /// matrix product's operands as the backend holds them.
-fn run_step<B: Backend>(m: &Gpt2<B>, block: Option<usize>, step: Step, ins: &[&Host], device: &B::Device) -> (Host, Vec<String>) {
+fn run_step<B: Backend>(m: &Transformer<B>, block: Option<usize>, step: Step, ins: &[&Host], device: &B::Device) -> (Host, Vec<String>) {
     let blk = block.map(|l| &m.blocks[l]);
     let blk = || blk.expect("a block's step");
     let t3 = |i: usize| ins[i].on::<B, 3>(device);
-    let linear3 = |x: Tensor<B, 3>, w: &Tensor<B, 2>, b: &Tensor<B, 1>| {
+    let linear3 = |x: Tensor<B, 3>, w: &Tensor<B, 2>, b: Option<&Tensor<B, 1>>| {
         let [rows, s, k] = x.dims();
         let x = x.reshape([rows * s, k]);
         let operands = vec![layout(&x), layout(w)];
@@ -282,29 +282,32 @@ fn run_step<B: Backend>(m: &Gpt2<B>, block: Option<usize>, step: Step, ins: &[&H
     };
     let last_from = |qkv: &Tensor<B, 3>, last: bool| if last { qkv.dims()[1] - 1 } else { 0 };
     match step {
-        Step::Ln1 => (Host::of(blk().ln_1.forward(t3(0))), vec![]),
-        Step::Ln2 => (Host::of(blk().ln_2.forward(t3(0))), vec![]),
-        Step::LnF => (Host::of(m.ln_f().forward(t3(0))), vec![]),
-        Step::CAttn => linear3(t3(0), &blk().attn.c_attn_w, &blk().attn.c_attn_b),
-        Step::AttnProj => linear3(t3(0), &blk().attn.c_proj_w, &blk().attn.c_proj_b),
-        Step::CFc => linear3(t3(0), &blk().mlp.c_fc_w, &blk().mlp.c_fc_b),
-        Step::MlpProj => linear3(t3(0), &blk().mlp.c_proj_w, &blk().mlp.c_proj_b),
+        Step::NormAttn => (Host::of(blk().norm_attn.forward(t3(0))), vec![]),
+        Step::NormMlp => (Host::of(blk().norm_mlp.forward(t3(0))), vec![]),
+        Step::NormFinal => (Host::of(m.norm_final().forward(t3(0))), vec![]),
+        Step::Qkv => linear3(t3(0), &blk().attn.w_qkv, blk().attn.b_qkv.as_ref()),
+        Step::AttnOut => linear3(t3(0), &blk().attn.w_o, blk().attn.b_o.as_ref()),
+        Step::MlpIn => linear3(t3(0), &blk().mlp.w_in, blk().mlp.b_in.as_ref()),
+        Step::MlpOut => linear3(t3(0), &blk().mlp.w_out, blk().mlp.b_out.as_ref()),
         Step::Activation => {
             let x = t3(0);
             let [rows, s, k] = x.dims();
-            (Host::of(blk().mlp.activation(x.reshape([rows * s, k])).reshape([rows, s, k])), vec![])
+            let y = blk().mlp.activation(x.reshape([rows * s, k]));
+            let width = y.dims()[1];
+            (Host::of(y.reshape([rows, s, width])), vec![])
         }
         Step::Scores { last } => {
             let qkv = t3(0);
-            let q = blk().attn.split(&qkv, 0, last_from(&qkv, last)).swap_dims(1, 2);
-            let k = blk().attn.split(&qkv, 1, 0).swap_dims(1, 2);
+            let attn = &blk().attn;
+            let (q, k) = attn.positioned(attn.split(&qkv, 0, last_from(&qkv, last)).swap_dims(1, 2), attn.split(&qkv, 1, 0).swap_dims(1, 2));
+            let k = attn.grouped(k);
             let operands = vec![layout(&q), layout(&k.clone().swap_dims(2, 3))];
             (Host::of(scores(q, k)), operands)
         }
         Step::Softmax { .. } => (Host::of(causal_softmax(ins[0].on::<B, 4>(device))), vec![]),
         Step::Mix { .. } => {
             let (pattern, qkv) = (ins[0].on::<B, 4>(device), t3(1));
-            let v = blk().attn.split(&qkv, 2, 0).swap_dims(1, 2);
+            let v = blk().attn.grouped(blk().attn.split(&qkv, 2, 0).swap_dims(1, 2));
             let operands = vec![layout(&pattern), layout(&v)];
             let z = mix(pattern, v);
             let [b, keep, h, dh] = z.dims();
@@ -313,9 +316,9 @@ fn run_step<B: Backend>(m: &Gpt2<B>, block: Option<usize>, step: Step, ins: &[&H
         Step::Unembed => {
             let x = t3(0);
             let [rows, s, d] = x.dims();
-            let (x, w) = (x.reshape([rows * s, d]), m.wte.clone().transpose());
+            let (x, w) = (x.reshape([rows * s, d]), m.w_u().clone().transpose());
             let operands = vec![layout(&x), layout(&w)];
-            (Host::of(matmul(x, w).reshape([rows, s, m.config.vocab_size])), operands)
+            (Host::of(matmul(x, w).reshape([rows, s, m.config.vocab])), operands)
         }
     }
 }

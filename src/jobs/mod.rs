@@ -15,7 +15,7 @@ pub mod verify;
 
 use crate::backend::{dispatch, BackendSpec, BackendTask};
 use crate::model::weights::{load_model, ModelFiles};
-use crate::model::{Gpt2, Gpt2Config};
+use crate::model::{Transformer, ModelConfig};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use burn::backend::Autodiff;
@@ -29,14 +29,14 @@ type Erased = Box<dyn Any + Send + Sync>;
 /// patching) it is loaded a second time, on first use, and kept.
 pub struct Model {
     pub files: ModelFiles,
-    pub config: Gpt2Config,
+    pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     pub backend: BackendSpec,
     /// `ModelFiles::fingerprint`: which weights (and config, tokenizer) these are.
     pub fingerprint: String,
-    /// A `Gpt2<B>` of the backend type `backend` dispatches to.
+    /// A `Transformer<B>` of the backend type `backend` dispatches to.
     plain: Erased,
-    /// A `Gpt2<Autodiff<B>>`, when a job needed one.
+    /// A `Transformer<Autodiff<B>>`, when a job needed one.
     autodiff: OnceLock<Erased>,
 }
 
@@ -46,14 +46,14 @@ pub trait ModelTask {
     fn run<B: Backend>(self, model: On<'_, B>) -> Result<Self::Output>;
 }
 
-/// A task's view of the model: the backend's `Gpt2`, and its Autodiff twin on request.
+/// A task's view of the model: the backend's `Transformer`, and its Autodiff twin on request.
 pub struct On<'m, B: Backend> {
-    pub model: &'m Gpt2<B>,
+    pub model: &'m Transformer<B>,
     handle: &'m Model,
 }
 
 impl<'m, B: Backend> On<'m, B> {
-    pub fn autodiff(&self) -> Result<&'m Gpt2<Autodiff<B>>> {
+    pub fn autodiff(&self) -> Result<&'m Transformer<Autodiff<B>>> {
         let h = self.handle;
         if h.autodiff.get().is_none() {
             // Read again, and held to the fingerprint of the model loaded first.
@@ -69,7 +69,7 @@ impl<'m, B: Backend> On<'m, B> {
 }
 
 /// Builds the model from the files' bytes as read once (`ModelFiles::read`).
-struct Load<'a>(&'a ModelFiles, Gpt2Config, Vec<u8>);
+struct Load<'a>(&'a ModelFiles, ModelConfig, Vec<Vec<u8>>);
 
 impl BackendTask for Load<'_> {
     type Output = Erased;
@@ -87,7 +87,7 @@ impl<T: ModelTask> BackendTask for With<'_, T> {
     type Output = T::Output;
     fn run<B: Backend>(self, _: B::Device) -> Result<T::Output> {
         // `dispatch` picks the backend type from the same spec it was loaded with.
-        let model = self.handle.plain.downcast_ref::<Gpt2<B>>().context("internal error: the model is of another backend")?;
+        let model = self.handle.plain.downcast_ref::<Transformer<B>>().context("internal error: the model is of another backend")?;
         self.task.run(On { model, handle: self.handle })
     }
 }
@@ -108,7 +108,8 @@ impl Model {
         let files = ModelFiles::locate_with(model, watch)?;
         let read = files.read()?;
         let config = files.config_of(&read)?;
-        let tokenizer = Tokenizer::from_bytes(&read.tokenizer, &files.tokenizer)?.with_context(config.n_positions);
+        let (bos, eos) = files.special_tokens(&read);
+        let tokenizer = Tokenizer::from_bytes(&read.tokenizer, &files.tokenizer)?.with_context(config.context).with_special_tokens(bos, eos);
         let fingerprint = read.fingerprint;
         let plain = dispatch(&backend, Load(&files, config.clone(), read.weights))?;
         Ok(Self { files, config, tokenizer, backend, fingerprint, plain, autodiff: OnceLock::new() })

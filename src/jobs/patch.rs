@@ -72,18 +72,18 @@ pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> R
         bail!("--resume, --overwrite and --shard are options of a run into a results directory (--out)");
     }
     let c = &model.config;
-    if let Some([l, h]) = spec.senders.iter().flatten().find(|[l, h]| *l >= c.n_layer || *h >= c.n_head) {
-        bail!("--senders: head {l}.{h} does not exist (the model has {} layers of {} heads)", c.n_layer, c.n_head);
+    if let Some([l, h]) = spec.senders.iter().flatten().find(|[l, h]| *l >= c.layers || *h >= c.heads) {
+        bail!("--senders: head {l}.{h} does not exist (the model has {} layers of {} heads)", c.layers, c.heads);
     }
     // A head of the last layer sends to no later head: with only such senders, a path into q, k or
     // v would hold no run at all.
-    if let Some(senders) = spec.senders.as_ref().filter(|s| s.iter().all(|[l, _]| l + 1 == c.n_layer)) {
+    if let Some(senders) = spec.senders.as_ref().filter(|s| s.iter().all(|[l, _]| l + 1 == c.layers)) {
         if let Some(site) = spec.sites.iter().find(|s| matches!(s, PatchSite::PathQ | PatchSite::PathK | PatchSite::PathV)) {
             let names: Vec<String> = senders.iter().map(|[l, h]| format!("{l}.{h}")).collect();
             bail!("--senders {}: heads of the last layer send to no later head, so {} would hold no run (their paths to the logits are --receivers resid_final)", names.join(","), site.name());
         }
     }
-    let checks = Checks { max_diff: patch.max_diff, context: Some(c.n_positions), vocab: Some(c.vocab_size), prepend_bos: spec.prepend_bos };
+    let checks = Checks { max_diff: patch.max_diff, context: Some(c.context), vocab: Some(c.vocab), prepend_bos: spec.prepend_bos };
     let (pairs, skipped) = data::load_pairs(&patch.pairs, &model.tokenizer, checks, patch.strict)?;
     let out = match (&spec.out, spec.shard) {
         (Some(dir), Some(s)) => Some(dir.join(s.dir_name())),

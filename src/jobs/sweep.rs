@@ -5,7 +5,7 @@ use crate::backend::BackendSpec;
 use crate::data::{self, Skipped, TokenizedPair};
 use crate::engine::plan::{max_pairs_for_budget, max_rows_for_budget};
 use crate::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Method, Metric, Noising, PatchSite, Patcher, Patching, Runs};
-use crate::model::{Gpt2, Gpt2Config};
+use crate::model::{Transformer, ModelConfig};
 use super::{Model, On, Progress};
 use crate::model::SiteKind;
 use crate::results::{self, Array, Begin, Manifest, MeansEntry, Mode, PairEntry, ShardInfo, SiteEntry, Writer};
@@ -18,13 +18,13 @@ use std::path::PathBuf;
 /// The model a sweep runs, which fixes its method: attribution needs burn's Autodiff backend
 /// over the chosen one.
 pub enum SweepModel<'m, B: Backend> {
-    Exact(&'m Gpt2<B>),
+    Exact(&'m Transformer<B>),
     /// With integrated gradients' step count (EAP-IG).
-    Attribution(&'m Gpt2<Autodiff<B>>, Option<usize>),
+    Attribution(&'m Transformer<Autodiff<B>>, Option<usize>),
 }
 
 impl<'m, B: Backend> SweepModel<'m, B> {
-    pub fn config(&self) -> &Gpt2Config {
+    pub fn config(&self) -> &ModelConfig {
         match self {
             Self::Exact(m) => &m.config,
             Self::Attribution(m, _) => &m.config,
@@ -228,7 +228,14 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     let c = model.config();
     // Laid out by the whole run's longest pair, so shards merge into the unsharded arrays.
     let positions = all.iter().map(TokenizedPair::len).max().unwrap();
-    let layout = Layout { senders: spec.senders.clone(), ..Layout::new(c.n_layer, c.n_head, positions) };
+    let layout = Layout { senders: spec.senders.clone(), ..Layout::new(c.layers, c.heads, positions) };
+    // A query head's own k or v has no place in a grouped model's forward (its group's k and v are
+    // shared): such sites are refused, not computed as the group's.
+    if c.kv_heads != c.heads {
+        if let Some(site) = spec.sites.iter().find(|s| s.reads_own_key_or_value()) {
+            anyhow::bail!("{}: patching one head's k or v is not implemented for grouped key/value heads ({} heads share {}); q, z, pattern and the residual sites are", site.name(), c.heads, c.kv_heads);
+        }
+    }
     let (budget, buffer) = memory_limits(backend);
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
     let previous = spec.out.as_deref().filter(|_| spec.resume).and_then(results::run_in).map(|m| m.max_rows);

@@ -38,13 +38,13 @@ pub fn tokenize(model: &Model, texts: &[String], origins: &[String], prepend_bos
 fn fits(model: &Model, name: &str, ids: &[u32], bos: bool, more: usize) -> Result<()> {
     let c = &model.config;
     let bos_note = if bos { " (the BOS in front included)" } else { "" };
-    if ids.len().checked_add(more).is_none_or(|n| n > c.n_positions) {
+    if ids.len().checked_add(more).is_none_or(|n| n > c.context) {
         let more = if more > 0 { format!(" and {more} to add") } else { String::new() };
-        bail!("{name}: {} tokens{bos_note}{more} exceed the model's context of {} positions", ids.len(), c.n_positions);
+        bail!("{name}: {} tokens{bos_note}{more} exceed the model's context of {} positions", ids.len(), c.context);
     }
-    if let Some(at) = ids.iter().position(|&id| id as usize >= c.vocab_size) {
+    if let Some(at) = ids.iter().position(|&id| id as usize >= c.vocab) {
         let which = if bos && at == 0 { "the BOS token added in front" } else { "token" };
-        bail!("{name}: {which} {:?} (id {}, position {at}) is outside the model's vocabulary of {}", model.tokenizer.token_str(ids[at]), ids[at], c.vocab_size);
+        bail!("{name}: {which} {:?} (id {}, position {at}) is outside the model's vocabulary of {}", model.tokenizer.token_str(ids[at]), ids[at], c.vocab);
     }
     Ok(())
 }
@@ -94,7 +94,7 @@ pub fn generate(model: &Model, spec: &GenerateSpec, progress: &mut dyn Progress)
             bail!("--coef must be a finite number, not {}", v.coef);
         }
     }
-    let context = model.config.n_positions;
+    let context = model.config.context;
     crate::limits::at_most("--max-new-tokens", o.max_new_tokens, context, "the model's context")?;
     let sequences = crate::limits::product("--num-sequences × prompts", &[spec.prompts.len(), o.num_sequences])?;
     crate::limits::fits_memory("--num-sequences × prompts", sequences, 4 * (o.max_new_tokens + 1) + 256)?;
@@ -253,7 +253,7 @@ pub struct CandidatesReport {
 /// The `top_k` next tokens at each text's last position (every position with `all_positions`),
 /// and for several texts the pairwise Jaccard similarity of their last positions' pools.
 pub fn candidates(model: &Model, spec: &TextsSpec, top_k: usize, all_positions: bool) -> Result<CandidatesReport> {
-    crate::limits::at_most("--top-k", top_k, model.config.vocab_size, "the model's vocabulary size")?;
+    crate::limits::at_most("--top-k", top_k, model.config.vocab, "the model's vocabulary size")?;
     let ids = tokenize(model, &spec.texts, &spec.origins, spec.prepend_bos, (1, "candidates need at least 1"))?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &CANDIDATE_FILES, spec.overwrite)).transpose()?;
     let found = model.with(Candidates { texts: &ids, k: top_k, all_positions, batch: spec.batch, memory: memory(model) })?;
@@ -386,8 +386,8 @@ pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -
     let tok = &model.tokenizer;
     // Each candidate is a draw from the whole vocabulary and a forward pass: more candidates than
     // tokens draw nothing new.
-    crate::limits::at_most("--samples", spec.samples, model.config.vocab_size, "the model's vocabulary size")?;
-    crate::limits::at_most("--n-tokens", spec.n_tokens, model.config.n_positions, "the model's context")?;
+    crate::limits::at_most("--samples", spec.samples, model.config.vocab, "the model's vocabulary size")?;
+    crate::limits::at_most("--n-tokens", spec.n_tokens, model.config.context, "the model's context")?;
     let text = tok.encode(&spec.text)?;
     let bos = tok.bos()?;
     let name = format!("the text ({:?})", preview(&spec.text));

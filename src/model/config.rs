@@ -1,149 +1,193 @@
-//! GPT-2 configuration as HF's `config.json` states it, and the named shapes of the family.
+//! A decoder-only model described without its family: the dims and the component choices of one
+//! generic pre-norm block (TransformerLens' `HookedTransformerConfig` in spirit). Each family's file
+//! under `families/` maps HF's `config.json` onto it; the rest of patchbay reads only this.
+use super::families;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The MLP nonlinearity. HF GPT-2 uses `gelu_new` (tanh approximation).
+/// The MLP's nonlinearity: `act(x W_in) W_out`, or gated, `(act(x W_gate) ⊙ x W_up) W_out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
+    /// The tanh approximation (HF's `gelu_new`, `gelu_pytorch_tanh`).
     GeluNew,
+    /// The exact (erf) GELU.
     Gelu,
+    /// x·sigmoid(x) (Llama's, Qwen's gated MLP).
+    Silu,
+}
+
+/// The norm before each sublayer and at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Norm {
+    /// (x − mean) / √(var + eps) · w + b (GPT-2).
+    LayerNorm,
+    /// x / √(mean(x²) + eps) · w (Llama, Qwen).
+    RmsNorm,
+}
+
+/// Rotary position embeddings (instead of learned ones), rotated as Llama's `rotate_half` does:
+/// the first half of the rotated dims against the second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rotary {
+    pub theta: f64,
+    /// The dims of each head rotated, from the first (all of d_head but for GPT-NeoX).
+    pub dims: usize,
+    /// Llama 3's frequency scaling (`rope_type: llama3`).
+    pub llama3: Option<Llama3Scaling>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gpt2Config {
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_embd: usize,
-    pub n_inner: usize,
-    pub n_positions: usize,
-    pub vocab_size: usize,
-    pub layer_norm_epsilon: f64,
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_context: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Stored")]
+pub struct ModelConfig {
+    /// HF's `model_type` of the checkpoint (`gpt2`, ...).
+    pub family: String,
+    pub layers: usize,
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    pub d_model: usize,
+    /// Each head's width; need not be d_model / heads.
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub vocab: usize,
+    /// The most positions a prompt may have.
+    pub context: usize,
+    pub norm: Norm,
+    /// The norms' epsilon.
+    pub eps: f64,
+    /// None: learned position embeddings.
+    pub rotary: Option<Rotary>,
+    /// Biases on q, k, v; on the attention's output; on the MLP's layers.
+    pub qkv_bias: bool,
+    pub out_bias: bool,
+    pub mlp_bias: bool,
+    /// An RMSNorm over each head's q and k before the rotation (Qwen3).
+    pub qk_norm: bool,
     pub activation: Activation,
+    pub gated_mlp: bool,
+    /// The unembedding is the token embeddings' transpose.
+    pub tied: bool,
 }
 
-/// `config.json` as written by HF; older checkpoints carry `n_ctx` beside or instead of `n_positions`.
+/// What manifests hold: this struct's fields, or (written before the model seam) GPT-2's
+/// `n_layer`, `n_head`, `n_embd`, `n_inner`, `n_positions`, `vocab_size`, `layer_norm_epsilon`;
+/// what those lack is GPT-2's.
 #[derive(Deserialize)]
-struct HfConfig {
-    n_layer: usize,
-    n_head: usize,
-    n_embd: usize,
-    n_inner: Option<usize>,
-    n_positions: Option<usize>,
-    n_ctx: Option<usize>,
-    vocab_size: usize,
-    #[serde(default = "default_eps")]
-    layer_norm_epsilon: f64,
-    #[serde(default = "default_act")]
-    activation_function: String,
-    #[serde(default = "yes")]
-    scale_attn_weights: bool,
+struct Stored {
+    #[serde(default = "gpt2")]
+    family: String,
+    #[serde(alias = "n_layer")]
+    layers: usize,
+    #[serde(alias = "n_head")]
+    heads: usize,
+    kv_heads: Option<usize>,
+    #[serde(alias = "n_embd")]
+    d_model: usize,
+    d_head: Option<usize>,
+    #[serde(alias = "n_inner")]
+    d_mlp: usize,
+    #[serde(alias = "vocab_size")]
+    vocab: usize,
+    #[serde(alias = "n_positions")]
+    context: usize,
+    norm: Option<Norm>,
+    #[serde(alias = "layer_norm_epsilon")]
+    eps: f64,
     #[serde(default)]
-    scale_attn_by_inverse_layer_idx: bool,
-}
-fn default_eps() -> f64 {
-    1e-5
-}
-fn default_act() -> String {
-    "gelu_new".into()
-}
-fn yes() -> bool {
-    true
+    rotary: Option<Rotary>,
+    qkv_bias: Option<bool>,
+    out_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    qk_norm: bool,
+    activation: Activation,
+    #[serde(default)]
+    gated_mlp: bool,
+    tied: Option<bool>,
 }
 
-impl Gpt2Config {
+fn gpt2() -> String {
+    "gpt2".into()
+}
+
+impl From<Stored> for ModelConfig {
+    fn from(s: Stored) -> Self {
+        Self {
+            family: s.family,
+            layers: s.layers,
+            heads: s.heads,
+            kv_heads: s.kv_heads.unwrap_or(s.heads),
+            d_model: s.d_model,
+            d_head: s.d_head.unwrap_or(s.d_model / s.heads.max(1)),
+            d_mlp: s.d_mlp,
+            vocab: s.vocab,
+            context: s.context,
+            norm: s.norm.unwrap_or(Norm::LayerNorm),
+            eps: s.eps,
+            rotary: s.rotary,
+            qkv_bias: s.qkv_bias.unwrap_or(true),
+            out_bias: s.out_bias.unwrap_or(true),
+            mlp_bias: s.mlp_bias.unwrap_or(true),
+            qk_norm: s.qk_norm,
+            activation: s.activation,
+            gated_mlp: s.gated_mlp,
+            tied: s.tied.unwrap_or(true),
+        }
+    }
+}
+
+impl ModelConfig {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("in {}", path.display()))
     }
 
+    /// HF's `config.json`, by its `model_type`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let hf: HfConfig = serde_json::from_str(text).context("not a GPT-2 config.json")?;
-        let activation = match hf.activation_function.as_str() {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluNew,
-            "gelu" => Activation::Gelu,
-            other => bail!("activation_function {other:?} is not supported (gelu_new, gelu_pytorch_tanh, gelu)"),
-        };
-        if !hf.scale_attn_weights || hf.scale_attn_by_inverse_layer_idx {
-            bail!("scale_attn_weights=false and scale_attn_by_inverse_layer_idx=true are not supported");
-        }
-        if hf.n_head == 0 || hf.n_embd % hf.n_head != 0 {
-            bail!("n_embd {} is not a multiple of n_head {}", hf.n_embd, hf.n_head);
-        }
-        let n_positions = hf.n_positions.or(hf.n_ctx).context("config.json has neither n_positions nor n_ctx")?;
-        let sizes = [("n_layer", hf.n_layer), ("n_embd", hf.n_embd), ("n_positions", n_positions), ("vocab_size", hf.vocab_size)];
-        if let Some((name, _)) = sizes.iter().chain(&[("n_inner", hf.n_inner.unwrap_or(1))]).find(|(_, v)| *v == 0) {
-            bail!("{name} is 0: a GPT-2 needs at least one of each");
-        }
-        // A zero, negative or non-finite epsilon makes every layer norm NaN or infinite, silently.
-        if !(hf.layer_norm_epsilon.is_finite() && hf.layer_norm_epsilon > 0.0) {
-            bail!("layer_norm_epsilon is {}: it must be a positive number", hf.layer_norm_epsilon);
-        }
-        Ok(Self {
-            n_layer: hf.n_layer,
-            n_head: hf.n_head,
-            n_embd: hf.n_embd,
-            n_inner: hf.n_inner.unwrap_or(4 * hf.n_embd),
-            n_positions,
-            vocab_size: hf.vocab_size,
-            layer_norm_epsilon: hf.layer_norm_epsilon,
-            activation,
-        })
+        let value: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+        let family = value.get("model_type").and_then(|t| t.as_str()).context("no model_type: not a HF config.json")?;
+        let config = families::config(family, value.clone())?;
+        config.check()?;
+        Ok(config)
     }
 
-    /// The released GPT-2 shapes, for benchmarks on random weights (no download), or the shape of
-    /// a folder's config.json (a small one where a GPU's buffers are small: lavapipe's 128 MiB).
+    /// The shape of a folder's config.json, or a released model's by name, for benchmarks on
+    /// random weights (no download; a small one where a GPU's buffers are small: lavapipe's 128 MiB).
     pub fn named(name: &str) -> Result<Self> {
         let folder = Path::new(name).join("config.json");
         if folder.is_file() {
             return Self::from_json_file(&folder);
         }
-        let (n_layer, n_head, n_embd) = match name {
-            "gpt2" => (12, 12, 768),
-            "gpt2-medium" => (24, 16, 1024),
-            "gpt2-large" => (36, 20, 1280),
-            "gpt2-xl" => (48, 25, 1600),
-            "distilgpt2" => (6, 12, 768),
-            other => bail!("unknown shape {other:?}: expected gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 or a folder with a config.json"),
-        };
-        Ok(Self {
-            n_layer,
-            n_head,
-            n_embd,
-            n_inner: 4 * n_embd,
-            n_positions: 1024,
-            vocab_size: 50257,
-            layer_norm_epsilon: 1e-5,
-            activation: Activation::GeluNew,
-        })
+        families::named(name)
     }
 
-    pub fn d_head(&self) -> usize {
-        self.n_embd / self.n_head
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_hub_config_with_n_ctx_and_n_positions() {
-        // The hub's gpt2 config.json carries both names.
-        let c = Gpt2Config::from_json(
-            r#"{"n_layer":12,"n_head":12,"n_embd":768,"n_ctx":1024,"n_positions":1024,"vocab_size":50257,
-               "activation_function":"gelu_new","layer_norm_epsilon":1e-05}"#,
-        )
-        .unwrap();
-        assert_eq!(c, Gpt2Config::named("gpt2").unwrap());
-        assert_eq!(c.d_head(), 64);
-    }
-
-    #[test]
-    fn rejects_unsupported_activation() {
-        let err = Gpt2Config::from_json(r#"{"n_layer":1,"n_head":1,"n_embd":4,"n_positions":8,"vocab_size":9,"activation_function":"swish"}"#)
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("swish"));
+    /// What any family's config must hold for the model to compute finite values.
+    fn check(&self) -> Result<()> {
+        let sizes = [("layers", self.layers), ("heads", self.heads), ("kv_heads", self.kv_heads), ("d_model", self.d_model), ("d_head", self.d_head), ("d_mlp", self.d_mlp), ("vocab", self.vocab), ("context", self.context)];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            bail!("{name} is 0: a model needs at least one of each");
+        }
+        if let Some(r) = self.rotary.as_ref().filter(|r| r.dims == 0 || r.dims % 2 != 0 || r.dims > self.d_head) {
+            bail!("{} rotary dims of a {}-wide head: they must be even and at most the head", r.dims, self.d_head);
+        }
+        if self.heads % self.kv_heads != 0 {
+            bail!("{} heads do not divide into {} key/value heads", self.heads, self.kv_heads);
+        }
+        // A zero, negative or non-finite epsilon makes every norm NaN or infinite, silently.
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            bail!("the norms' epsilon is {}: it must be a positive number", self.eps);
+        }
+        Ok(())
     }
 }

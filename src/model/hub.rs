@@ -32,7 +32,7 @@ fn timeout(var: &str, default: u64) -> Result<Duration> {
 
 /// One plain file name: letters, digits, `-`, `_` and `.`, not starting with `.` (so neither `.`
 /// nor `..`), at most 255 bytes.
-fn is_plain(name: &str) -> bool {
+pub(super) fn is_plain(name: &str) -> bool {
     !name.is_empty() && name.len() <= 255 && !name.starts_with('.') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 

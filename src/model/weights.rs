@@ -1,6 +1,8 @@
-//! Checkpoint files: where a model's config.json, model.safetensors and tokenizer.json are (a local
-//! directory, or the HF hub cache through hf-hub), and safetensors → burn parameters.
-use super::gpt2::ParamSource;
+//! Checkpoint files: where a model's config.json, weights (model.safetensors, or the shards
+//! model.safetensors.index.json lists) and tokenizer.json are (a local directory, or the HF hub
+//! cache), and safetensors → burn parameters under the family's names.
+use super::families::{Family, Source};
+use super::transformer::ParamSource;
 use crate::backend::float_options;
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
@@ -9,14 +11,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+/// What a sharded checkpoint has instead of model.safetensors.
+pub const INDEX: &str = "model.safetensors.index.json";
 
-/// The three files a model needs.
+/// The files a model needs.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     /// What the user named: a hub id or a directory.
     pub id: String,
     pub config: PathBuf,
-    pub weights: PathBuf,
+    /// model.safetensors, or the shards its index lists (in name order).
+    pub weights: Vec<PathBuf>,
     pub tokenizer: PathBuf,
 }
 
@@ -31,14 +36,32 @@ impl ModelFiles {
     /// `locate`, with `watch(bytes_done, bytes_total)` following each download (an error it
     /// returns stops the download: how Python's Ctrl-C does).
     pub fn locate_with(model: &str, watch: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<Self> {
-        let [config, weights, tokenizer]: [PathBuf; 3] = locate_files(model, &FILES, watch)?.try_into().expect("three files");
+        let [config, tokenizer]: [PathBuf; 2] = locate_files(model, &[FILES[0], FILES[2]], watch)?.try_into().expect("two files");
+        let weights = match locate_files(model, &[FILES[1]], watch) {
+            Ok(one) => one,
+            Err(whole) => match locate_files(model, &[INDEX], watch) {
+                Ok(index) => locate_files(model, &shards(&index[0])?.iter().map(String::as_str).collect::<Vec<_>>(), watch)?,
+                Err(_) => return Err(whole),
+            },
+        };
         Ok(Self { id: model.to_string(), config, weights, tokenizer })
     }
 
     /// The config.json read (`read`), as a config.
-    pub fn config_of(&self, read: &ModelBytes) -> Result<super::Gpt2Config> {
+    pub fn config_of(&self, read: &ModelBytes) -> Result<super::ModelConfig> {
         let text = std::str::from_utf8(&read.config).with_context(|| format!("{} is not UTF-8", self.config.display()))?;
-        super::Gpt2Config::from_json(text).with_context(|| format!("in {}", self.config.display()))
+        super::ModelConfig::from_json(text).with_context(|| format!("in {}", self.config.display()))
+    }
+
+    /// config.json's `bos_token_id` and `eos_token_id` (one id or a list; either may be absent).
+    pub fn special_tokens(&self, read: &ModelBytes) -> (Option<u32>, Vec<u32>) {
+        let json: serde_json::Value = serde_json::from_slice(&read.config).unwrap_or_default();
+        let id = |v: &serde_json::Value| v.as_u64().and_then(|i| u32::try_from(i).ok());
+        let eos = match &json["eos_token_id"] {
+            serde_json::Value::Array(ids) => ids.iter().filter_map(id).collect(),
+            one => id(one).into_iter().collect(),
+        };
+        (id(&json["bos_token_id"]), eos)
     }
 
     /// The three files' bytes, each read once: the model is built from these bytes and their
@@ -46,9 +69,10 @@ impl ModelFiles {
     /// fingerprint of other weights than it computed with.
     pub fn read(&self) -> Result<ModelBytes> {
         let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let (config, weights, tokenizer) = (read(&self.config)?, read(&self.weights)?, read(&self.tokenizer)?);
+        let (config, tokenizer) = (read(&self.config)?, read(&self.tokenizer)?);
+        let weights = self.weights.iter().map(read).collect::<Result<Vec<_>>>()?;
         let mut hash = xxhash_rust::xxh3::Xxh3::new();
-        for bytes in [&config, &weights, &tokenizer] {
+        for bytes in [&config].into_iter().chain(&weights).chain([&tokenizer]) {
             hash.update(bytes);
             hash.update(&(bytes.len() as u64).to_le_bytes()); // where one file ends and the next begins
         }
@@ -56,14 +80,36 @@ impl ModelFiles {
     }
 }
 
-/// A model's three files as read once (`ModelFiles::read`).
+/// A model's files as read once (`ModelFiles::read`).
 pub struct ModelBytes {
     pub config: Vec<u8>,
-    pub weights: Vec<u8>,
+    /// Each weights file's (one, or each shard's).
+    pub weights: Vec<Vec<u8>>,
     pub tokenizer: Vec<u8>,
     /// A hash of the three (xxh3, 64 bits, hex): a run records it, and resume, merge and verify
     /// refuse a model that is not the one it was made with.
     pub fingerprint: String,
+}
+
+/// The shard files a model.safetensors.index.json names (its `weight_map`'s values), each a plain
+/// file name beside it: the index is a file from the hub, not a list of paths to trust.
+fn shards(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", index.display()))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).with_context(|| format!("{} has no weight_map", index.display()))?;
+    let mut files: Vec<String> = Vec::new();
+    for (tensor, file) in map {
+        match file.as_str().filter(|f| super::hub::is_plain(f) && f.ends_with(".safetensors")) {
+            Some(f) if !files.iter().any(|g| g == f) => files.push(f.to_string()),
+            Some(_) => {}
+            None => bail!("{}: tensor {tensor} is in {file}, which is not a .safetensors file beside the index", index.display()),
+        }
+    }
+    if files.is_empty() {
+        bail!("{}: its weight_map lists no tensor", index.display());
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// One of the model's files (`config.json` or `tokenizer.json` for what needs no weights), found
@@ -178,43 +224,51 @@ fn complete(path: &Path) -> Result<()> {
 }
 
 
-/// Parameters read from a model.safetensors file. Accepts the hub's bare names (`h.0.attn...`)
-/// and the `transformer.`-prefixed ones `save_pretrained` writes; F32, F16 and BF16 tensors.
+/// Parameters read from a model.safetensors file under their family's names (`Family::source`).
+/// Accepts the hub's bare names (`h.0.attn...`) and the `transformer.`-prefixed ones
+/// `save_pretrained` writes; F32, F16 and BF16 tensors.
 pub struct Safetensors<B: Backend> {
-    path: PathBuf,
-    bytes: Vec<u8>,
-    data_start: usize,
-    tensors: HashMap<String, TensorInfo>,
+    family: &'static dyn Family,
+    /// Each file's path (named in errors), bytes and where its data starts.
+    files: Vec<(PathBuf, Vec<u8>, usize)>,
+    /// Each tensor's file and place in it.
+    tensors: HashMap<String, (usize, TensorInfo)>,
     device: B::Device,
 }
 
 impl<B: Backend> Safetensors<B> {
-    pub fn open(path: &Path, device: &B::Device) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::from_bytes(path, bytes, device)
-    }
-
-    /// The parameters in `bytes`, read from `path` (named in errors).
-    pub fn from_bytes(path: &Path, bytes: Vec<u8>, device: &B::Device) -> Result<Self> {
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
-        let tensors = meta
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| (name.strip_prefix("transformer.").unwrap_or(&name).to_string(), info.clone()))
-            .collect();
-        Ok(Self { path: path.to_path_buf(), bytes, data_start: 8 + header_len, tensors, device: device.clone() })
-    }
-}
-
-impl<B: Backend> ParamSource<B> for Safetensors<B> {
-    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        let file = self.path.display();
-        let info = self.tensors.get(name).with_context(|| format!("{file} has no tensor {name} (nor transformer.{name})"))?;
-        if info.shape != shape {
-            bail!("tensor {name} in {file} has shape {:?}, but config.json implies {:?}", info.shape, shape);
+    /// The parameters of a model of `family` in `files` (path, bytes): model.safetensors, or
+    /// its shards.
+    pub fn from_bytes(family: &'static dyn Family, files: Vec<(PathBuf, Vec<u8>)>, device: &B::Device) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        let mut held = Vec::with_capacity(files.len());
+        for (i, (path, bytes)) in files.into_iter().enumerate() {
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
+            for (name, info) in meta.tensors() {
+                let name = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
+                if tensors.insert(name.clone(), (i, info.clone())).is_some() {
+                    bail!("{} holds tensor {name} a second time (another shard has it)", path.display());
+                }
+            }
+            held.push((path, bytes, 8 + header_len));
         }
-        let raw = &self.bytes[self.data_start + info.data_offsets.0..self.data_start + info.data_offsets.1];
+        Ok(Self { family, files: held, tensors, device: device.clone() })
+    }
+
+    /// The file named in an error: the one file, or the shards' folder.
+    fn where_(&self) -> String {
+        match self.files.as_slice() {
+            [(one, ..)] => one.display().to_string(),
+            all => format!("the {} shards in {}", all.len(), all[0].0.parent().unwrap_or(Path::new(".")).display()),
+        }
+    }
+
+    /// The values of tensor `name`, as f32, and its shape.
+    fn values(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (f, info) = self.tensors.get(name).with_context(|| format!("{} has no tensor {name} (nor transformer.{name})", self.where_()))?;
+        let (path, bytes, start) = &self.files[*f];
+        let file = path.display();
+        let raw = &bytes[start + info.data_offsets.0..start + info.data_offsets.1];
         let values: Vec<f32> = match info.dtype {
             Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -225,18 +279,69 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             bail!("tensor {name} in {file} holds {} at flat index {i}: a model's weights must be finite", values[i]);
         }
+        Ok((values, info.shape.clone()))
+    }
+}
+
+impl<B: Backend> ParamSource<B> for Safetensors<B> {
+    fn param<const D: usize>(&mut self, generic: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        let file = self.where_();
+        let values = match self.family.source(generic) {
+            Source::Same(name) => {
+                let (values, stored) = self.values(&name)?;
+                if stored != shape {
+                    bail!("tensor {name} in {file} has shape {stored:?}, but config.json implies {shape:?}");
+                }
+                values
+            }
+            // Each part [out_i, in] written transposed into its columns of [in, Σ out_i] (a bias:
+            // its stretch of [Σ out_i]): one part decoded at a time beside the result.
+            Source::Parts(names) => {
+                let (width, total) = if D == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
+                let mut out = vec![0f32; width * total];
+                let mut col = 0;
+                for name in &names {
+                    let (values, stored) = self.values(name)?;
+                    let rows = stored[0];
+                    let expected: Vec<usize> = if D == 2 { vec![rows, width] } else { vec![rows] };
+                    if stored != expected || col + rows > total {
+                        bail!("tensor {name} in {file} has shape {stored:?}, which does not fit the {shape:?} that config.json implies for {}", names.join(" | "));
+                    }
+                    for (r, row) in values.chunks_exact(width).enumerate() {
+                        for (i, &v) in row.iter().enumerate() {
+                            out[i * total + col + r] = v;
+                        }
+                    }
+                    col += rows;
+                }
+                if col != total {
+                    bail!("tensors {} in {file} hold {col} outputs, but config.json implies {total}", names.join(" | "));
+                }
+                out
+            }
+        };
         Ok(Tensor::from_data(TensorData::new(values, shape), float_options::<B>(&self.device)))
     }
 }
 
 /// The model of `files` on `device`, from `config` and the weights' bytes as read (`ModelFiles::read`).
-pub fn load_model<B: Backend>(files: &ModelFiles, config: super::Gpt2Config, weights: Vec<u8>, device: &B::Device) -> Result<super::Gpt2<B>> {
-    let mut weights = Safetensors::from_bytes(&files.weights, weights, device)?;
+pub fn load_model<B: Backend>(files: &ModelFiles, config: super::ModelConfig, weights: Vec<Vec<u8>>, device: &B::Device) -> Result<super::Transformer<B>> {
+    let family = super::families::of(&config.family)?;
+    let mut weights = Safetensors::from_bytes(family, files.weights.iter().cloned().zip(weights).collect(), device)?;
     // Layers beyond config.json's would be ignored without a word: a config of another model.
-    let extra = format!("h.{}.", config.n_layer);
-    if weights.tensors.keys().any(|k| k.starts_with(&extra)) {
-        let layers = (config.n_layer..).take_while(|l| weights.tensors.keys().any(|k| k.starts_with(&format!("h.{l}.")))).count() + config.n_layer;
-        bail!("{} holds {layers} layers but {} says n_layer = {}: they are not one model", files.weights.display(), files.config.display(), config.n_layer);
+    let holds = |l: usize| weights.tensors.keys().any(|k| k.starts_with(&family.layer_prefix(l)));
+    if holds(config.layers) {
+        let layers = (config.layers..).take_while(|&l| holds(l)).count() + config.layers;
+        bail!("{} holds {layers} layers but {} says {} layers: they are not one model", weights.where_(), files.config.display(), config.layers);
     }
-    super::Gpt2::load(config, &mut weights)
+    super::Transformer::load(config, &mut weights)
+}
+
+/// The model `model` (a directory or hub id) on `device`, its files read once: `load_model` of
+/// `ModelFiles::locate`'s files.
+pub fn load_located<B: Backend>(model: &str, device: &B::Device) -> Result<super::Transformer<B>> {
+    let files = ModelFiles::locate(model)?;
+    let read = files.read()?;
+    let config = files.config_of(&read)?;
+    load_model(&files, config, read.weights, device)
 }

@@ -26,7 +26,7 @@ pub struct Listing {
     /// ([pairs, 2·layers + 2]); heads.npy is [pairs, layers, heads].
     pub accumulated_labels: Vec<String>,
     pub component_labels: Vec<String>,
-    /// Per pair: logit(answer) − logit(distractor) at the last position, and ln_f's bias term b·u,
+    /// Per pair: logit(answer) − logit(distractor) at the last position, and the final norm's bias term b·u (0 for an RMSNorm),
     /// which with the components sums to it.
     pub logit_diff: Vec<f32>,
     pub bias_term: Vec<f32>,

@@ -4,7 +4,7 @@ use super::npy::Dtype;
 use crate::backend::BackendSpec;
 use crate::data::Skipped;
 use crate::engine::{Ablation, Direction, Layout, Means, Method, Metric, PatchSite, Runs};
-use crate::model::{Gpt2Config, SiteKind};
+use crate::model::{ModelConfig, SiteKind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -166,7 +166,7 @@ pub struct Manifest {
     /// The model files' fingerprint (`ModelFiles::fingerprint`; empty in runs written before it).
     #[serde(default)]
     pub weights: String,
-    pub config: Gpt2Config,
+    pub config: ModelConfig,
     pub backend: BackendSpec,
     /// How the site arrays were computed (`run --method`): exact patched runs, or attribution
     /// patching's linear estimates of them. Runs written before there was a choice are exact.
@@ -316,7 +316,7 @@ impl Manifest {
     /// The edges site names every edge of the model's graph, in EAP-IG's order (a list renamed,
     /// swapped or cut would label the scores wrongly).
     fn check_edge_names(&self, s: &SiteEntry) -> Result<()> {
-        let (layers, heads) = (self.config.n_layer, self.config.n_head);
+        let (layers, heads) = (self.config.layers, self.config.heads);
         let graph = crate::engine::Graph::bounded(layers, heads, "config")?;
         let total = graph.edges.len();
         if s.edges.len() != total || s.shape.get(1) != Some(&total) {

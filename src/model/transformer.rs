@@ -1,0 +1,631 @@
+//! The generic decoder every family loads into (`ModelConfig`): token (+ learned position)
+//! embeddings, pre-norm blocks (causal self-attention with rotary or no positions, grouped keys
+//! and values, an MLP plain or gated), a final norm, the unembedding (tied or its own).
+//! Parameters have generic names (`blocks.{l}.attn.qkv.weight`, ...) that each family's file maps
+//! onto its checkpoint's. Generic over the burn backend; every activation site passes through `Hooks`.
+use super::batch::{Batch, Padding};
+use super::config::{Activation, ModelConfig, Norm as NormKind, Rotary};
+use super::sites::{Hooks, Site, SiteKind};
+use crate::backend::{cpu, float_options, matmul, Prefix};
+use anyhow::{bail, Result};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, sigmoid, silu, softmax};
+use burn::tensor::{Distribution, IndexingUpdateOp};
+
+/// `x @ w + b` for token rows `x` [tokens, k]: one 2-D product. Not burn's `module::linear`: on a
+/// [batch, 1, k] input (a batched vector-matrix product against the broadcast weight) whose
+/// producer is fused, burn 0.21's fused matmul gives wrong results — the last block's single
+/// position and one-token suffixes hit it.
+pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: Option<&Tensor<B, 1>>) -> Tensor<B, 2> {
+    cpu::linear(&x, w, b).unwrap_or_else(|| match b {
+        Some(b) => matmul(x, w.clone()) + b.clone().unsqueeze(),
+        None => matmul(x, w.clone()),
+    })
+}
+
+/// GPT-2's tanh GELU, 0.5·x·(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), written as
+/// x·sigmoid(2u): equal in exact arithmetic, and on the CPU one exp instead of burn's
+/// `gelu_approximate` (a powf and a tanh, 9 passes over the MLP's widest tensor: 18 % of a sweep).
+fn gelu_new<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const C: f64 = 2.0 * 0.797_884_560_802_865_4; // 2·√(2/π)
+    cpu::gelu_new(x).unwrap_or_else(|x| sigmoid(x.clone() * (x.clone() * x.clone() * (C * 0.044715) + C)) * x)
+}
+
+/// Where parameters come from: a checkpoint (through its family's names), or a random
+/// initialisation. Names are generic; shapes are what the config implies (weights are [in, out]).
+pub trait ParamSource<B: Backend> {
+    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>>;
+}
+
+/// A LayerNorm or an RMSNorm over the last axis.
+pub struct Norm<B: Backend> {
+    kind: NormKind,
+    weight: Tensor<B, 1>,
+    /// LayerNorm's.
+    bias: Option<Tensor<B, 1>>,
+    eps: f64,
+}
+
+impl<B: Backend> Norm<B> {
+    fn load(src: &mut impl ParamSource<B>, name: &str, width: usize, c: &ModelConfig) -> Result<Self> {
+        let bias = match c.norm {
+            NormKind::LayerNorm => Some(src.param(&format!("{name}.bias"), [width])?),
+            NormKind::RmsNorm => None,
+        };
+        Ok(Self { kind: c.norm, weight: src.param(&format!("{name}.weight"), [width])?, bias, eps: c.eps })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let w = self.weight.clone().unsqueeze();
+        match &self.bias {
+            Some(bias) => {
+                if let Some(y) = cpu::layer_norm(&x, &self.weight, bias, self.eps) {
+                    return y;
+                }
+                let (var, mean) = x.clone().var_mean_bias(D - 1);
+                (x - mean) / (var + self.eps).sqrt() * w + bias.clone().unsqueeze()
+            }
+            None => x.clone() / self.scale(x) * w,
+        }
+    }
+
+    /// The divisor of `x`'s normalization over the last axis: √(var + eps) (biased variance), or
+    /// RMSNorm's √(mean(x²) + eps).
+    pub fn scale<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self.kind {
+            NormKind::LayerNorm => (x.var_bias(D - 1) + self.eps).sqrt(),
+            NormKind::RmsNorm => ((x.clone() * x).mean_dim(D - 1) + self.eps).sqrt(),
+        }
+    }
+
+    /// The gradient of the input `x` [.., d] given the output's `gy` (broadcast against it):
+    /// LayerNorm (ĝ − mean ĝ − x̂·mean(ĝ·x̂)) / σ with ĝ = gy ⊙ w, x̂ = (x − μ)/σ, σ = √(var + eps);
+    /// RMSNorm (ĝ − x̂·mean(ĝ·x̂)) / σ with x̂ = x/σ, σ = √(mean(x²) + eps).
+    pub fn vjp<const D: usize>(&self, x: Tensor<B, D>, gy: Tensor<B, D>) -> Tensor<B, D> {
+        let sigma = self.scale(x.clone());
+        let xhat = if self.centres() { (x.clone() - x.mean_dim(D - 1)) / sigma.clone() } else { x / sigma.clone() };
+        let g = gy * self.weight.clone().unsqueeze();
+        let gx_mean = (g.clone() * xhat.clone()).mean_dim(D - 1);
+        let g = if self.centres() { g.clone() - g.mean_dim(D - 1) } else { g };
+        (g - xhat * gx_mean) / sigma
+    }
+
+    /// Whether it subtracts the mean first (a LayerNorm): what TransformerLens' `apply_ln` centres.
+    pub fn centres(&self) -> bool {
+        self.kind == NormKind::LayerNorm
+    }
+
+    pub fn weight(&self) -> &Tensor<B, 1> {
+        &self.weight
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    pub fn bias(&self) -> Option<&Tensor<B, 1>> {
+        self.bias.as_ref()
+    }
+}
+
+/// Rotary position embeddings' cos and sin of every position, [context, rotated dims], each
+/// frequency twice (as HF's `cat((freqs, freqs))`), computed in f32 as HF computes them.
+pub struct Rope<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    dims: usize,
+}
+
+impl<B: Backend> Rope<B> {
+    fn new(r: &Rotary, context: usize, device: &B::Device) -> Self {
+        let half = r.dims / 2;
+        let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / (r.theta as f32).powf((2 * i) as f32 / r.dims as f32)).collect();
+        // Llama 3 (transformers' `_compute_llama3_parameters`): long wavelengths divided by the
+        // factor, short ones kept, the band between interpolated.
+        let inv_freq: Vec<f32> = match &r.llama3 {
+            None => inv_freq,
+            Some(l) => {
+                let (factor, low, high, old) = (l.factor as f32, l.low_freq_factor as f32, l.high_freq_factor as f32, l.original_context as f32);
+                let (low_wavelen, high_wavelen) = (old / low, old / high);
+                inv_freq
+                    .into_iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        let smooth = (old / wavelen - low) / (high - low);
+                        let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                        if medium { (1.0 - smooth) * scaled / factor + smooth * scaled } else { scaled }
+                    })
+                    .collect()
+            }
+        };
+        let angles: Vec<f32> = (0..context).flat_map(|p| (0..r.dims).map(move |j| (p as f32, j % half))).map(|(p, j)| p * inv_freq[j]).collect();
+        let table = |f: fn(f32) -> f32| Tensor::<B, 2>::from_data(TensorData::new(angles.iter().map(|&a| f(a)).collect::<Vec<f32>>(), [context, r.dims]), float_options::<B>(device));
+        Self { cos: table(f32::cos), sin: table(f32::sin), dims: r.dims }
+    }
+
+    /// `x` [b, heads, s, d_head] at positions start.., its first `dims` rotated (x·cos +
+    /// rotate_half(x)·sin).
+    fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+        let [_, _, s, dh] = x.dims();
+        let (cos, sin) = (self.cos.clone().narrow(0, start, s).unsqueeze::<4>(), self.sin.clone().narrow(0, start, s).unsqueeze::<4>());
+        let half = self.dims / 2;
+        let rot = x.clone().narrow(3, 0, self.dims);
+        let turned = Tensor::cat(vec![-rot.clone().narrow(3, half, half), rot.clone().narrow(3, 0, half)], 3);
+        let rotated = rot * cos + turned * sin;
+        if self.dims == dh {
+            rotated
+        } else {
+            Tensor::cat(vec![rotated, x.narrow(3, self.dims, dh - self.dims)], 3)
+        }
+    }
+}
+
+/// Causal self-attention: q|k|v from one product (`w_qkv` [d, (heads + 2·kv_heads)·d_head]),
+/// an optional RMSNorm over each head's q and k, rotary or no positions, grouped key/value heads.
+pub struct Attention<B: Backend> {
+    pub(crate) w_qkv: Tensor<B, 2>,
+    pub(crate) b_qkv: Option<Tensor<B, 1>>,
+    pub(crate) w_o: Tensor<B, 2>,
+    pub(crate) b_o: Option<Tensor<B, 1>>,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) d_head: usize,
+    qk_norm: Option<[Norm<B>; 2]>,
+    rope: Option<std::sync::Arc<Rope<B>>>,
+}
+
+impl<B: Backend> Attention<B> {
+    fn load(src: &mut impl ParamSource<B>, name: &str, c: &ModelConfig, rope: Option<std::sync::Arc<Rope<B>>>) -> Result<Self> {
+        let (d, inner, qkv) = (c.d_model, c.heads * c.d_head, (c.heads + 2 * c.kv_heads) * c.d_head);
+        let qk_norm = match c.qk_norm {
+            true => Some([Norm::load(src, &format!("{name}.q_norm"), c.d_head, c)?, Norm::load(src, &format!("{name}.k_norm"), c.d_head, c)?]),
+            false => None,
+        };
+        Ok(Self {
+            w_qkv: src.param(&format!("{name}.qkv.weight"), [d, qkv])?,
+            b_qkv: c.qkv_bias.then(|| src.param(&format!("{name}.qkv.bias"), [qkv])).transpose()?,
+            w_o: src.param(&format!("{name}.out.weight"), [inner, d])?,
+            b_o: c.out_bias.then(|| src.param(&format!("{name}.out.bias"), [d])).transpose()?,
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            d_head: c.d_head,
+            qk_norm,
+            rope,
+        })
+    }
+
+    /// GPT-2's attention (every head its own keys and values, no positions inside, no norm): what
+    /// the CPU kernel and the padded batch compute.
+    fn plain(&self) -> bool {
+        self.kv_heads == self.heads && self.qk_norm.is_none() && self.rope.is_none()
+    }
+
+    /// Where q (`i` 0), k (1) or v (2) starts in q|k|v, and its heads.
+    fn part(&self, i: usize) -> (usize, usize) {
+        match i {
+            0 => (0, self.heads),
+            _ => ((self.heads + (i - 1) * self.kv_heads) * self.d_head, self.kv_heads),
+        }
+    }
+
+    /// The scores' inputs from hooked q [b, h, queries, dh] and k [b, kv, keys, dh] (the queries
+    /// the last of the keys' positions): each head's norm, then the rotation at its positions.
+    pub fn positioned(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let (q, k) = match &self.qk_norm {
+            Some([nq, nk]) => (nq.forward(q), nk.forward(k)),
+            None => (q, k),
+        };
+        match &self.rope {
+            Some(rope) => {
+                let (queries, keys) = (q.dims()[2], k.dims()[2]);
+                (rope.apply(q, keys - queries), rope.apply(k, 0))
+            }
+            None => (q, k),
+        }
+    }
+
+    /// Keys or values [b, kv, pos, dh] for every query head, [b, h, pos, dh] (head i reads group
+    /// i / (heads / kv_heads), as HF's `repeat_kv`).
+    pub fn grouped(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, kv, s, dh] = t.dims();
+        if kv == self.heads {
+            return t;
+        }
+        let n = self.heads / kv;
+        t.unsqueeze_dim::<5>(2).expand([b, kv, n, s, dh]).reshape([b, kv * n, s, dh])
+    }
+
+    /// The heads' outputs (TransformerLens' `z`) [b, queries, h, dh] of hooked q [b, h,
+    /// queries, dh], k and v [b, kv, keys, dh], and the pattern [b, h, queries, keys] on its way
+    /// (through `pattern`, the hook that may read or replace it).
+    pub fn attend(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, pattern: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>) -> Tensor<B, 4> {
+        let (q, k) = self.positioned(q, k);
+        mix(pattern(causal_softmax(scores(q, self.grouped(k)))), self.grouped(v))
+    }
+
+    /// Attention output of each segment's last `keep` positions (all for None); keys and values
+    /// come from all of them and the segment's prefix. `x` is norm_attn's output.
+    fn forward(&self, x: Batch<B>, layer: usize, prefixes: &[Option<Prefix<B>>], keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Batch<B> {
+        let qkv = x.with(linear(x.x.clone(), &self.w_qkv, self.b_qkv.as_ref()));
+        let hooked = [SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::Pattern, SiteKind::Z].into_iter().any(|k| hooks.wants(Site::new(k, layer)));
+        let fast = !hooked && self.plain();
+        let fused = fast.then(|| cpu::attention(&qkv.x, &qkv.shape, prefixes, keep, self.heads)).flatten();
+        let kept = || qkv.shape.iter().map(|&[n, s]| [n, keep.unwrap_or(s).min(s)]).collect();
+        let z = match fused.or_else(|| fast.then(|| self.padded(&qkv, prefixes, keep)).flatten()) {
+            Some(z) => Batch::new(z, kept()),
+            None => {
+                let z = qkv.segments().into_iter().zip(prefixes).enumerate();
+                Batch::from_parts(z.map(|(g, (qkv, prefix))| vec![self.heads(qkv, layer, g, prefix.as_ref(), keep, hooks)]).collect())
+            }
+        };
+        z.with(linear(z.x.clone(), &self.w_o, self.b_o.as_ref()))
+    }
+
+    /// Every segment's attention at once, [Σ rows·keep, d] as `forward` stacks it, when the batch
+    /// has several segments of one total length (prefix and own positions) and no hook inside
+    /// attention: each row padded to that length — keys and values from its prefix run, its own
+    /// positions written over them, queries zero before its first position (their outputs are
+    /// dropped) — so that one launch sequence serves every segment instead of one per segment.
+    /// Every prefix of a batch reads the same keys and values (one cached run per pair).
+    fn padded(&self, qkv: &Batch<B>, prefixes: &[Option<Prefix<B>>], keep: Option<usize>) -> Option<Tensor<B, 2>> {
+        let total = |g: usize| qkv.shape[g][1] + prefixes[g].as_ref().map_or(0, |p| p.len);
+        let len = total(0);
+        if qkv.shape.len() < 2 || (1..qkv.shape.len()).any(|g| total(g) != len) {
+            return None;
+        }
+        let device = qkv.x.device();
+        let [tokens, d3] = qkv.x.dims();
+        let (d, h) = (d3 / 3, self.heads);
+        let rows: usize = qkv.shape.iter().map(|&[n, _]| n).sum();
+        let ints = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &device)
+        };
+        // Row i of segment g is row i + (rows of segments before g); a token at position p of row r
+        // sits at slot r · len + p.
+        let rows_of = || qkv.shape.iter().scan(0, |row, &[n, s]| Some((std::mem::replace(row, *row + n), n, s)));
+        let padding = qkv.padding.get_or_init(|| {
+            let runs = rows_of().zip(prefixes).flat_map(|((_, n, _), p)| (0..n).map(move |r| p.as_ref().map_or(0, |p| p.pairs[r]) as i64));
+            let slots = rows_of().flat_map(|(row, n, s)| (row..row + n).flat_map(move |r| (len - s..len).map(move |p| (r * len + p) as i64)));
+            Padding { runs: ints(runs.collect()), slots: ints(slots.collect()).reshape([tokens, 1]) }
+        });
+        // [rows, heads, len, d_head] of q (`i` 0), k (1) or v (2): the prefix run's, with the
+        // computed positions written in.
+        let padded = |i: usize, base: Option<&Tensor<B, 4>>| {
+            let own = qkv.x.clone().narrow(1, i * d, d);
+            let base = match base {
+                Some(t) => t.clone().select(0, padding.runs.clone()).narrow(1, 0, len).reshape([rows * len, d]),
+                None => Tensor::zeros([rows * len, d], float_options::<B>(&device)),
+            };
+            base.scatter_nd(padding.slots.clone(), own, IndexingUpdateOp::Assign).reshape([rows, len, h, d / h]).swap_dims(1, 2)
+        };
+        let queries = keep.unwrap_or(len).min(len);
+        let prefix = prefixes.iter().flatten().next();
+        let q = padded(0, None).narrow(2, len - queries, queries);
+        let (k, v) = (padded(1, prefix.map(|p| &p.k)), padded(2, prefix.map(|p| &p.v)));
+        let z = mix(causal_softmax(scores(q, k)), v).reshape([rows * queries, d]);
+        // Each row's last `keep` outputs (every output is a computed token's: the slots again).
+        let outputs = match keep {
+            None => padding.slots.clone().reshape([tokens]),
+            Some(_) => ints(rows_of().flat_map(|(row, n, s)| (row..row + n).flat_map(move |r| (queries - queries.min(s)..queries).map(move |p| (r * queries + p) as i64))).collect()),
+        };
+        Some(z.select(0, outputs))
+    }
+
+    /// Row r's head `heads[r]` writing `z` [rows, pos, d_head] into the residual stream through its
+    /// rows of W_O: [rows, pos, d] (TransformerLens' `result`; W_O's bias is in none).
+    pub fn head_write(&self, z: Tensor<B, 3>, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+        let d = self.w_o.dims()[1];
+        matmul(z, self.w_o.clone().reshape([self.heads, self.d_head, d]).select(0, heads)) // [rows, pos, dh] @ [rows, dh, d]
+    }
+
+    /// Every head's write of `z` [P, s, H, dh] into the residual stream (W_O's rows, no bias):
+    /// [P, H, s, d].
+    pub fn head_writes(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
+        let d = self.w_o.dims()[1];
+        matmul(z.swap_dims(1, 2), self.w_o.clone().reshape([1, self.heads, self.d_head, d]))
+    }
+
+    /// W_O's bias, [d] (zeros when the family has none).
+    pub fn out_bias(&self) -> Tensor<B, 1> {
+        self.b_o.clone().unwrap_or_else(|| Tensor::zeros([self.w_o.dims()[1]], float_options::<B>(&self.w_o.device())))
+    }
+
+    /// q (`which` 0), k (1) or v (2) weights of every head, [H, d, dh], and biases [H, dh]: a
+    /// key/value head's repeated for each query head of its group.
+    pub fn head_weights(&self, which: usize) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let (start, n) = self.part(which);
+        let (d, dh) = (self.w_qkv.dims()[0], self.d_head);
+        let groups = |t: Tensor<B, 3>| Tensor::<B, 1, Int>::arange(0..self.heads as i64, &t.device()).div_scalar((self.heads / n) as i64);
+        let w = self.w_qkv.clone().narrow(1, start, n * dh).reshape([d, n, dh]).swap_dims(0, 1);
+        let b = match &self.b_qkv {
+            Some(b) => b.clone().narrow(0, start, n * dh).reshape([n, dh]),
+            None => Tensor::zeros([n, dh], float_options::<B>(&w.device())),
+        };
+        let ids = groups(w.clone());
+        (w.select(0, ids.clone()), b.select(0, ids))
+    }
+
+    /// Row r's head `heads[r]`'s query (`which` 0), key (1) or value (2) of norm_attn's output `x`
+    /// [rows, pos, d] (before its norm and rotation, as the q/k/v sites hold them): [rows, pos, d_head].
+    fn head_input(&self, x: Tensor<B, 3>, which: usize, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+        let (w, b) = self.head_weights(which);
+        matmul(x, w.select(0, heads.clone())) + b.select(0, heads).unsqueeze_dim::<3>(1) // [rows, pos, d] @ [rows, d, dh]
+    }
+
+    /// One segment's heads, their outputs concatenated: [batch, keep, h·dh] from `qkv` [batch, pos, q|k|v].
+    fn heads(&self, qkv: Tensor<B, 3>, layer: usize, segment: usize, prefix: Option<&Prefix<B>>, keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        let [b, s, _] = qkv.dims();
+        let keep = keep.unwrap_or(s);
+        let mut split = |i: usize, kind: SiteKind, from: usize| hooks.hook(Site::new(kind, layer), segment, self.split(&qkv, i, from)).swap_dims(1, 2); // [b, h, pos, dh]
+        let (q, mut k, mut v) = (split(0, SiteKind::Q, s - keep), split(1, SiteKind::K, 0), split(2, SiteKind::V, 0));
+        if let Some(p) = prefix {
+            k = Tensor::cat(vec![p.rows(&p.k), k], 2);
+            v = Tensor::cat(vec![p.rows(&p.v), v], 2);
+        }
+        let z = self.attend(q, k, v, |pattern| hooks.hook(Site::new(SiteKind::Pattern, layer), segment, pattern));
+        let z = hooks.hook(Site::new(SiteKind::Z, layer), segment, z); // [b, keep, h, dh]
+        z.reshape([b, keep, self.heads * self.d_head])
+    }
+
+    /// The queries (`i` 0), keys (1) or values (2) of positions `from`.. in `qkv` [b, pos, q|k|v]:
+    /// [b, pos - from, heads (or kv_heads), d_head] (TransformerLens' layout).
+    pub(crate) fn split(&self, qkv: &Tensor<B, 3>, i: usize, from: usize) -> Tensor<B, 4> {
+        let [b, s, _] = qkv.dims();
+        let (start, n) = self.part(i);
+        qkv.clone().narrow(2, start, n * self.d_head).narrow(1, from, s - from).reshape([b, s - from, n, self.d_head])
+    }
+}
+
+/// Attention scores q·kᵀ/√d_head, [b, h, queries, keys], of `q` [b, h, queries, dh] and `k`
+/// [b, h, keys, dh].
+pub(crate) fn scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dh = q.dims()[3];
+    matmul(q, k.swap_dims(2, 3)) / (dh as f64).sqrt()
+}
+
+/// The attention pattern of `scores` [b, h, keep, total]: the queries are the last `keep` of
+/// `total` positions, query i at position total - keep + i seeing keys 0..=total - keep + i.
+pub(crate) fn causal_softmax<B: Backend>(scores: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, keep, total] = scores.dims();
+    let future = Tensor::<B, 2, Bool>::tril_mask([keep, total], (total - keep) as i64, &scores.device()).unsqueeze::<4>().expand([b, h, keep, total]);
+    softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3)
+}
+
+/// The heads' outputs (TransformerLens' `z`) [b, keep, h, dh] of `pattern` [b, h, keep, total] and
+/// values `v` [b, h, total, dh].
+pub(crate) fn mix<B: Backend>(pattern: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    matmul(pattern, v).swap_dims(1, 2)
+}
+
+/// `act(x W_in) W_out`, or gated: `W_in` holds gate|up, [d, 2·d_mlp], and the product is
+/// `(act(x W_gate) ⊙ x W_up) W_out`.
+pub struct Mlp<B: Backend> {
+    pub(crate) w_in: Tensor<B, 2>,
+    pub(crate) b_in: Option<Tensor<B, 1>>,
+    pub(crate) w_out: Tensor<B, 2>,
+    pub(crate) b_out: Option<Tensor<B, 1>>,
+    activation: Activation,
+    gated: bool,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn load(src: &mut impl ParamSource<B>, name: &str, c: &ModelConfig) -> Result<Self> {
+        let (d, inner) = (c.d_model, c.d_mlp);
+        let width = if c.gated_mlp { 2 * inner } else { inner };
+        Ok(Self {
+            w_in: src.param(&format!("{name}.in.weight"), [d, width])?,
+            b_in: c.mlp_bias.then(|| src.param(&format!("{name}.in.bias"), [width])).transpose()?,
+            w_out: src.param(&format!("{name}.out.weight"), [inner, d])?,
+            b_out: c.mlp_bias.then(|| src.param(&format!("{name}.out.bias"), [d])).transpose()?,
+            activation: c.activation,
+            gated: c.gated_mlp,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        linear(self.activation(linear(x, &self.w_in, self.b_in.as_ref())), &self.w_out, self.b_out.as_ref())
+    }
+
+    /// The nonlinearity on `x W_in` [tokens, width]: [tokens, d_mlp].
+    pub(crate) fn activation(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let act = |x: Tensor<B, 2>| match self.activation {
+            Activation::GeluNew => gelu_new(x),
+            Activation::Gelu => gelu(x),
+            Activation::Silu => silu(x),
+        };
+        if !self.gated {
+            return act(x);
+        }
+        let [tokens, width] = x.dims();
+        act(x.clone().narrow(1, 0, width / 2)) * x.narrow(1, width / 2, width / 2).reshape([tokens, width / 2])
+    }
+}
+
+pub struct Block<B: Backend> {
+    pub(crate) norm_attn: Norm<B>,
+    pub attn: Attention<B>,
+    pub(crate) norm_mlp: Norm<B>,
+    pub(crate) mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn load(src: &mut impl ParamSource<B>, layer: usize, c: &ModelConfig, rope: Option<std::sync::Arc<Rope<B>>>) -> Result<Self> {
+        Ok(Self {
+            norm_attn: Norm::load(src, &format!("blocks.{layer}.norm_attn"), c.d_model, c)?,
+            attn: Attention::load(src, &format!("blocks.{layer}.attn"), c, rope)?,
+            norm_mlp: Norm::load(src, &format!("blocks.{layer}.norm_mlp"), c.d_model, c)?,
+            mlp: Mlp::load(src, &format!("blocks.{layer}.mlp"), c)?,
+        })
+    }
+
+    /// Row r's head `heads[r]`'s query (`which` 0), key (1) or value (2) when it alone reads the
+    /// residual stream `resid` [rows, pos, d] (TransformerLens' split q/k/v input): [rows, pos, d_head].
+    pub fn head_input(&self, resid: Tensor<B, 3>, which: usize, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+        self.attn.head_input(self.norm_attn.forward(resid), which, heads)
+    }
+
+    /// The gradient at the residual stream `resid` [b, s, d] of each head's q, k and v input
+    /// alone (each through norm_attn and its rows of W_Q, W_K, W_V), given the q, k and v
+    /// sites' gradients [b, s, H, dh]: [b, 3H, s, d] in (head, q/k/v) order. Under grouped
+    /// key/value heads a query head's own k and v input has no gradient of its own: refused.
+    pub fn head_inputs_vjp(&self, resid: Tensor<B, 3>, grads: [Tensor<B, 4>; 3]) -> Result<Tensor<B, 4>> {
+        let a = &self.attn;
+        if a.kv_heads != a.heads {
+            bail!("gradients at each head's own k and v input are not implemented for grouped key/value heads ({} heads share {} key/value heads)", a.heads, a.kv_heads);
+        }
+        let [b, s, d] = resid.dims();
+        let back: Vec<Tensor<B, 4>> = grads
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| matmul(g.swap_dims(1, 2), a.head_weights(i).0.swap_dims(1, 2).unsqueeze::<4>())) // [b, H, s, dh] @ [1, H, dh, d]
+            .collect();
+        let back = Tensor::stack::<5>(back, 2).reshape([b, 3 * a.heads, s, d]);
+        Ok(self.norm_attn.vjp(resid.reshape([b, 1, s, d]), back))
+    }
+
+    /// One block on `x`. A segment's `prefix` holds the keys and values of the positions before
+    /// it. Only the last `keep` positions (all for None) go on past the keys and values: the last
+    /// block's when only the last position's logits are read.
+    pub fn forward(&self, x: Batch<B>, layer: usize, prefixes: &[Option<Prefix<B>>], keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Batch<B> {
+        let site = |kind| Site::new(kind, layer);
+        let x = x.hook(site(SiteKind::ResidPre), hooks);
+        let attn_out = self.attn.forward(x.with(self.norm_attn.forward(x.x.clone())), layer, prefixes, keep, hooks);
+        let attn_out = attn_out.hook(site(SiteKind::AttnOut), hooks);
+        let x = x.last(keep);
+        let x = x.with(x.x.clone() + attn_out.x).hook(site(SiteKind::ResidMid), hooks);
+        let mlp_in = x.with(x.x.clone()).hook(site(SiteKind::MlpIn), hooks);
+        let mlp_out = x.with(self.mlp.forward(self.norm_mlp.forward(mlp_in.x))).hook(site(SiteKind::MlpOut), hooks);
+        x.with(x.x.clone() + mlp_out.x).hook(site(SiteKind::ResidPost), hooks)
+    }
+}
+
+pub struct Transformer<B: Backend> {
+    pub config: ModelConfig,
+    /// The token embeddings, [vocab, d] (TransformerLens' W_E); the unembedding when tied.
+    pub(crate) w_e: Tensor<B, 2>,
+    /// Learned position embeddings, [context, d] (none under rotary ones).
+    w_pos: Option<Tensor<B, 2>>,
+    /// An untied unembedding, [vocab, d] (HF's `lm_head.weight`).
+    w_u: Option<Tensor<B, 2>>,
+    pub blocks: Vec<Block<B>>,
+    norm_final: Norm<B>,
+}
+
+impl<B: Backend> Transformer<B> {
+    pub fn load(config: ModelConfig, src: &mut impl ParamSource<B>) -> Result<Self> {
+        let c = &config;
+        let w_e = src.param("embed", [c.vocab, c.d_model])?;
+        let rope = c.rotary.as_ref().map(|r| std::sync::Arc::new(Rope::new(r, c.context, &w_e.device())));
+        Ok(Self {
+            w_pos: c.rotary.is_none().then(|| src.param("pos_embed", [c.context, c.d_model])).transpose()?,
+            w_u: (!c.tied).then(|| src.param("unembed", [c.vocab, c.d_model])).transpose()?,
+            w_e,
+            blocks: (0..c.layers).map(|l| Block::load(src, l, c, rope.clone())).collect::<Result<_>>()?,
+            norm_final: Norm::load(src, "norm_final", c.d_model, c)?,
+            config,
+        })
+    }
+
+    /// GPT-2's initialisation (normal, std 0.02; norms at identity), for benchmarks.
+    pub fn random(config: ModelConfig, seed: u64, device: &B::Device) -> Self {
+        B::seed(device, seed);
+        Self::load(config, &mut RandomInit { device: device.clone() }).expect("random init cannot fail")
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.w_e.device()
+    }
+
+    /// Token ids [batch, pos] as a tensor; ids and lengths are checked against the config.
+    pub fn tokens(&self, rows: &[Vec<u32>]) -> Result<Tensor<B, 2, Int>> {
+        let s = rows.first().map_or(0, Vec::len);
+        if s == 0 || rows.iter().any(|r| r.len() != s) {
+            bail!("a batch needs non-empty token rows of one length");
+        }
+        if s > self.config.context {
+            bail!("{s} tokens exceed the model's context of {} positions", self.config.context);
+        }
+        if let Some(&id) = rows.iter().flatten().find(|&&id| id as usize >= self.config.vocab) {
+            bail!("token id {id} is outside the model's vocabulary of {}", self.config.vocab);
+        }
+        let flat: Vec<i64> = rows.iter().flatten().map(|&id| id as i64).collect();
+        Ok(Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [rows.len() * s]), &self.device()).reshape([rows.len(), s]))
+    }
+
+    /// Embeddings of `tokens` placed at positions start.. (start > 0 for a suffix).
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
+        match self.embed_parts(tokens, start) {
+            (tok, Some(pos)) => tok + pos,
+            (tok, None) => tok,
+        }
+    }
+
+    /// The token embeddings [batch, pos, d] and the learned position embeddings [1, pos, d] that
+    /// `embed` adds (TransformerLens' `hook_embed` and `hook_pos_embed`; none under rotary ones).
+    pub fn embed_parts(&self, tokens: Tensor<B, 2, Int>, start: usize) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
+        let [b, s] = tokens.dims();
+        let tok = self.w_e.clone().select(0, tokens.reshape([b * s])).reshape([b, s, self.config.d_model]);
+        (tok, self.w_pos.as_ref().map(|w| w.clone().narrow(0, start, s).unsqueeze::<3>()))
+    }
+
+    /// The unembedding's rows, [vocab, d]: its own, or the token embeddings (tied).
+    pub fn w_u(&self) -> &Tensor<B, 2> {
+        self.w_u.as_ref().unwrap_or(&self.w_e)
+    }
+
+    pub fn norm_final(&self) -> &Norm<B> {
+        &self.norm_final
+    }
+
+    /// The unembedding's columns of `ids` [rows, k], [rows, k, d].
+    pub fn unembedding(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [rows, k] = ids.dims();
+        self.w_u().clone().select(0, ids.reshape([rows * k])).reshape([rows, k, self.config.d_model])
+    }
+
+    /// Logits [batch, pos, vocab] of the final residual stream.
+    pub fn unembed(&self, resid: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, d] = resid.dims();
+        let x = self.norm_final.forward(resid).reshape([b * s, d]);
+        // On the CPU, one gemm reading the unembedding's transpose in place (burn-flex's matmul
+        // would copy it: 154 MB on GPT-2 small, half of a decoding step).
+        let w = self.w_u().clone().transpose();
+        cpu::linear(&x, &w, None).unwrap_or_else(|| matmul(x, w)).reshape([b, s, self.config.vocab])
+    }
+
+    /// The logits of chosen tokens only: `resid` [rows, d] (one position per row), `ids` [rows, k]
+    /// gives [rows, k]. Equal to gathering `unembed`'s output, at a fraction of its cost.
+    pub fn logits_of(&self, resid: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [rows, k] = ids.dims();
+        (self.norm_final.forward(resid).unsqueeze_dim::<3>(1) * self.unembedding(ids)).sum_dim(2).reshape([rows, k])
+    }
+
+    /// The whole forward pass: logits [batch, pos, vocab].
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        self.unembed(self.resid_final(tokens, hooks))
+    }
+
+    /// The residual stream after the last block, [batch, pos, d].
+    pub fn resid_final(&self, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
+        let x = Batch::one(self.embed(tokens, 0));
+        self.blocks.iter().enumerate().fold(x, |x, (l, block)| block.forward(x, l, &[None], None, hooks)).into_one()
+    }
+}
+
+struct RandomInit<B: Backend> {
+    device: B::Device,
+}
+
+impl<B: Backend> ParamSource<B> for RandomInit<B> {
+    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        let is_ln = name.contains("norm");
+        let float = float_options::<B>(&self.device);
+        Ok(match (is_ln, name.ends_with("weight")) {
+            (true, true) => Tensor::ones(shape, float),
+            (_, false) => Tensor::zeros(shape, float),
+            (false, true) => Tensor::random(shape, Distribution::Normal(0.0, 0.02), float),
+        })
+    }
+}

@@ -1,0 +1,142 @@
+//! The Llama 3, Qwen2 (2.5) and Qwen3 families against HF transformers, on the checkpoints of
+//! tests/fixtures/families (make_family_fixtures.py: random weights, tiny shapes, stored as the hub
+//! stores them: hub and transformers-5 rope configs, F32 / BF16 / F16, one file or shards):
+//! tokenization, logits and every TransformerLens site, activation patching through the CLI, and
+//! greedy generation with the KV cache.
+use crate::common::*;
+use burn::prelude::*;
+use patchbay::backend::{dispatch, BackendSpec, BackendTask, DType};
+use patchbay::generate::sampling::Sampling;
+use patchbay::generate::{generate, Options};
+use patchbay::model::weights::load_located;
+use patchbay::model::{Cache, Site, SiteKind};
+use std::path::{Path, PathBuf};
+
+const FAMILIES: [&str; 5] = ["llama", "llama-rope-parameters", "llama-tied", "qwen2", "qwen3"];
+/// As in make_family_fixtures.py.
+const PAIRS: [(&str, &str, &str, &str); 3] = [
+    ("Michelle Jones was a top-notch student. Michelle", "Michelle Smith was a top-notch student. Michelle", " Jones", " Smith"),
+    ("Jessica Smith was a top-notch student. Jessica", "Jessica Jones was a top-notch student. Jessica", " Smith", " Jones"),
+    ("John Jones was a top-notch student. John", "Mary Jones was a top-notch student. John", " Jones", " Smith"),
+];
+
+fn dir(name: &str) -> PathBuf {
+    fixtures().join("families").join(name)
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// The backends to check on: the CPU, and wgpu in f32 without fusion (lavapipe on CI).
+fn f32_backends() -> Vec<BackendSpec> {
+    backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).collect()
+}
+
+/// (what, max |patchbay − HF|, max |HF|) for the logits and every site of every layer.
+struct Forward(PathBuf);
+
+impl BackendTask for Forward {
+    type Output = Vec<(String, f32, f32)>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let refs = Refs::load(&self.0);
+        let model = load_located::<B>(self.0.to_str().unwrap(), &device)?;
+        let layers = model.config.layers;
+        let mut cache = Cache::new((0..layers).flat_map(|l| SiteKind::ALL.map(|k| Site::new(k, l))));
+        let logits = model.forward(model.tokens(&refs.token_rows("tokens"))?, &mut cache);
+        let compare = |what: String, got: Vec<f32>, want: Vec<f32>| {
+            assert_eq!(got.len(), want.len(), "{what}: {} values, HF has {}", got.len(), want.len());
+            (what, max_abs_diff(&got, &want), want.iter().fold(0f32, |m, v| m.max(v.abs())))
+        };
+        let mut out = vec![compare("logits".into(), values(logits), refs.f32("logits").0)];
+        for l in 0..layers {
+            for kind in SiteKind::ALL {
+                let name = kind.hook_name(l);
+                out.push(compare(name.clone(), values(cache.heads(Site::new(kind, l)).expect("cached")), refs.f32(&name).0));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn logits_and_every_site_equal_hf_transformers() {
+    for spec in f32_backends() {
+        for family in FAMILIES {
+            for (what, diff, scale) in dispatch(&spec, Forward(dir(family))).unwrap() {
+                assert!(diff <= 1e-4 * scale.max(1.0), "{family} on {spec:?}: {what} differs by {diff} (values up to {scale})");
+            }
+        }
+    }
+}
+
+#[test]
+fn prompts_tokenize_as_hf_tokenizer_does_bos_included_for_llama() {
+    for family in ["llama", "qwen2"] {
+        let model = patchbay::jobs::Model::load(dir(family).to_str().unwrap(), BackendSpec::default(), None).unwrap();
+        let refs = Refs::load(&dir(family));
+        for (i, (clean, corrupted, ..)) in PAIRS.iter().enumerate() {
+            assert_eq!(model.tokenizer.encode(clean).unwrap(), refs.token_rows("tokens")[i], "{family}: {clean}");
+            assert_eq!(model.tokenizer.encode(corrupted).unwrap(), refs.token_rows("corrupted")[i], "{family}: {corrupted}");
+            // TransformerLens' prepend_bos adds the BOS a tokenizer does not put there itself.
+            let bos = model.tokenizer.encode_with(clean, true).unwrap();
+            let want = if family == "llama" { refs.token_rows("tokens")[i].clone() } else { [vec![510], refs.token_rows("tokens")[i].clone()].concat() };
+            assert_eq!(bos, want, "{family}: prepend_bos");
+        }
+        assert_eq!(model.tokenizer.eos().unwrap(), vec![if family == "llama" { 511 } else { 510 }]);
+    }
+}
+
+fn pairs_file(out: &Path) -> PathBuf {
+    let path = out.join("pairs.jsonl");
+    let lines: Vec<String> = PAIRS.iter().map(|(c, k, a, d)| serde_json::json!({"clean": c, "corrupted": k, "answer": a, "distractor": d}).to_string()).collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn activation_patching_equals_patching_in_hf() {
+    for family in FAMILIES {
+        let tmp = std::env::temp_dir().join(format!("patchbay-families-{family}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let out = tmp.join("run");
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"))
+            .args(["run", "--model", dir(family).to_str().unwrap(), "--pairs", pairs_file(&tmp).to_str().unwrap(), "--sites", "resid_pre,z_all_pos", "--out", out.to_str().unwrap(), "--verify", "4"])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{family}: {}", String::from_utf8_lossy(&status.stderr));
+        let refs = Refs::load(&dir(family));
+        for (file, reference) in [("resid_pre.npy", "patch.resid_pre"), ("z_all_pos.npy", "patch.z_all_pos"), ("baseline_clean.npy", "baseline_clean"), ("baseline_corrupted.npy", "baseline_corrupted")] {
+            let (got, shape) = patchbay::results::read_f32(&out.join(file)).unwrap();
+            let (want, want_shape) = refs.f32(reference);
+            assert_eq!(shape, want_shape, "{family}: {file}");
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff <= 1e-4, "{family}: {file} differs from HF's {reference} by {diff}");
+        }
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
+
+struct Greedy(PathBuf, Vec<Vec<u32>>);
+
+impl BackendTask for Greedy {
+    type Output = Vec<Vec<u32>>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let model = load_located::<B>(self.0.to_str().unwrap(), &device)?;
+        let options = Options { max_new_tokens: 8, sampling: Sampling::GREEDY, num_sequences: 1, seed: 0, stop_at: Vec::new(), batch: 2, steer: None };
+        generate(&model, &self.1, &options, &mut |_| Ok(()))
+    }
+}
+
+#[test]
+fn greedy_generation_with_the_kv_cache_equals_hf_generate() {
+    for spec in f32_backends() {
+        for family in FAMILIES {
+            let refs = Refs::load(&dir(family));
+            let want: Vec<Vec<u32>> = refs.token_rows("generate.greedy");
+            let got = dispatch(&spec, Greedy(dir(family), refs.token_rows("tokens"))).unwrap();
+            assert_eq!(got, want, "{family} on {spec:?}");
+        }
+    }
+}
