@@ -1,7 +1,8 @@
 //! The Llama 3, Qwen2 (2.5) and Qwen3 families against HF transformers, on the checkpoints of
 //! tests/fixtures/families (make_family_fixtures.py: random weights, tiny shapes, stored as the hub
 //! stores them: hub and transformers-5 rope configs, F32 / BF16 / F16, one file or shards):
-//! tokenization, logits and every TransformerLens site, activation patching through the CLI, and
+//! tokenization, logits and every TransformerLens site, activation patching through the CLI (k and v
+//! per key/value head), and
 //! greedy generation with the KV cache.
 use crate::common::*;
 use burn::prelude::*;
@@ -102,13 +103,17 @@ fn activation_patching_equals_patching_in_hf() {
         std::fs::create_dir_all(&tmp).unwrap();
         let out = tmp.join("run");
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"))
-            .args(["run", "--model", dir(family).to_str().unwrap(), "--pairs", pairs_file(&tmp).to_str().unwrap(), "--sites", "resid_pre,z_all_pos", "--out", out.to_str().unwrap(), "--verify", "4"])
+            .args(["run", "--model", dir(family).to_str().unwrap(), "--pairs", pairs_file(&tmp).to_str().unwrap(), "--sites", "resid_pre,z_all_pos,q_all_pos,k_all_pos,v_all_pos", "--out", out.to_str().unwrap(), "--verify", "4"])
             .output()
             .unwrap();
         assert!(status.status.success(), "{family}: {}", String::from_utf8_lossy(&status.stderr));
         let refs = Refs::load(&dir(family));
-        for (file, reference) in [("resid_pre.npy", "patch.resid_pre"), ("z_all_pos.npy", "patch.z_all_pos"), ("baseline_clean.npy", "baseline_clean"), ("baseline_corrupted.npy", "baseline_corrupted")] {
+        // k and v per key/value head, as TransformerLens' hook_k and hook_v hold them.
+        let sites = ["resid_pre", "z_all_pos", "q_all_pos", "k_all_pos", "v_all_pos"].map(|s| (format!("{s}.npy"), format!("patch.{s}")));
+        let baselines = ["baseline_clean", "baseline_corrupted"].map(|s| (format!("{s}.npy"), s.to_string()));
+        for (file, reference) in sites.iter().chain(&baselines) {
             let (got, shape) = patchbay::results::read_f32(&out.join(file)).unwrap();
+            let reference = reference.as_str();
             let (want, want_shape) = refs.f32(reference);
             assert_eq!(shape, want_shape, "{family}: {file}");
             let diff = max_abs_diff(&got, &want);

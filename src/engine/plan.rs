@@ -169,10 +169,10 @@ impl PatchSite {
         }
     }
 
-    /// Whether the patch replaces one head's own k or v (its input, for paths and edges): what a
-    /// model whose heads share keys and values has no place for.
+    /// Whether the patch replaces one query head's own k or v input (paths to k and v, edges):
+    /// what a model whose heads share keys and values has no place for.
     pub fn reads_own_key_or_value(self) -> bool {
-        matches!(self.kind(), SiteKind::K | SiteKind::V) || self == Self::Edges
+        matches!(self, Self::PathK | Self::PathV | Self::Edges)
     }
 
     /// Whether the site is a path (a sender's write to one receiver), not an overwrite.
@@ -243,6 +243,10 @@ impl PatchSite {
 pub struct Layout {
     pub layers: usize,
     pub heads: usize,
+    /// Key/value heads, where fewer than `heads` (grouped attention): the k and v sites' head
+    /// axis, as TransformerLens' `hook_k` / `hook_v` have them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
     pub positions: usize,
     /// The sending heads [layer, head] of path sites that run (`path --senders`); None: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,7 +256,20 @@ pub struct Layout {
 impl Layout {
     /// Every head sends (path sites).
     pub fn new(layers: usize, heads: usize, positions: usize) -> Self {
-        Self { layers, heads, positions, senders: None }
+        Self { layers, heads, kv_heads: None, positions, senders: None }
+    }
+
+    /// `model`'s layout for pairs of at most `positions` tokens.
+    pub fn of(model: &ModelConfig, positions: usize) -> Self {
+        Self { kv_heads: (model.kv_heads != model.heads).then_some(model.kv_heads), ..Self::new(model.layers, model.heads, positions) }
+    }
+
+    /// The head axis of `site`: the key/value heads for k and v, else every head.
+    fn heads_of(&self, site: PatchSite) -> usize {
+        match site.kind() {
+            SiteKind::K | SiteKind::V if !site.is_path() => self.kv_heads.unwrap_or(self.heads),
+            _ => self.heads,
+        }
     }
 
     /// The shape of one pair's block of results for `site` (the array shape without its pair axis).
@@ -268,7 +285,7 @@ impl Layout {
             shape.push(self.positions);
         }
         if site.by_head() {
-            shape.push(self.heads);
+            shape.push(self.heads_of(site));
         }
         if site.scope() == Scope::Path {
             shape.extend([self.layers, self.heads]);
@@ -293,7 +310,7 @@ impl Layout {
         if site.is_path() {
             return self.path_rows(site).len();
         }
-        self.layers * axis(site.by_position(), len) * axis(site.by_src(), len) * axis(site.by_head(), self.heads)
+        self.layers * axis(site.by_position(), len) * axis(site.by_src(), len) * axis(site.by_head(), self.heads_of(site))
     }
 
     /// A path site's rows, whatever the pair: each sender's to every head of a later layer (to
@@ -323,7 +340,7 @@ impl Layout {
         for layer in 0..self.layers {
             for &pos in &axis(site.by_position(), len) {
                 for &src in &axis(site.by_src(), len) {
-                    for &head in &axis(site.by_head(), self.heads) {
+                    for &head in &axis(site.by_head(), self.heads_of(site)) {
                         // Row-major over the block's axes, those the site has.
                         let index = [Some(layer), pos, src, head].into_iter().flatten();
                         let out = index.zip(&shape).fold(0, |acc, (i, &n)| acc * n + i);

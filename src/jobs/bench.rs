@@ -96,7 +96,7 @@ impl BackendTask for Bench<'_> {
         let model = Transformer::<B>::random(config.clone(), 0, &device);
         let sites = PatchSite::parse_list(&a.sites)?;
         let pairs = crate::data::random_pairs(a.pairs, a.tokens, config.vocab, 1, a.corrupt_at);
-        let layout = Layout::new(config.layers, config.heads, a.tokens);
+        let layout = Layout::of(&config, a.tokens);
         let t = a.tokens;
         // Every pair's rows (pairs differ only in tokens at `corrupt_at`: the same rows are no-ops).
         let rows: Vec<Row> = sites.iter().flat_map(|&s| layout.rows(s, t)).collect();
