@@ -16,7 +16,7 @@ fn model<B: Backend>(dir: &Path, device: &B::Device) -> Transformer<B> {
 }
 
 fn layout(c: &ModelConfig, pairs: &[TokenizedPair]) -> Layout {
-    Layout::new(c.layers, c.heads, pairs[0].len())
+    Layout::of(c, pairs[0].len())
 }
 
 /// The sites patchbay had first: the residual stream, attention and MLP outputs, head outputs.
@@ -608,22 +608,22 @@ fn eap_and_eap_ig_match_pytorch_autograd() {
 /// edge but one is that edge's exact noising patch, which `edges_match_a_pytorch_per_edge_loop`
 /// checks against PyTorch (the receiver reads the sender's source output instead of its own);
 /// circuits in one batch equal each alone.
-/// The ablation, and whether circuits are also evaluated alone.
-struct CircuitsAgainstEdges(Ablation, bool);
+/// The model, the ablation, and whether circuits are also evaluated alone.
+struct CircuitsAgainstEdges(PathBuf, Ablation, bool);
 
 impl BackendTask for CircuitsAgainstEdges {
     type Output = ();
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
         use patchbay::engine::CircuitEval;
-        let m = model::<B>(&tiny(), &device);
-        let pairs = fixture_pairs(&Refs::load(&tiny()));
+        let m = model::<B>(&self.0, &device);
+        let pairs = fixture_pairs(&Refs::load(&self.0));
         let layout = layout(&m.config, &pairs);
         let edges = patchbay::engine::Graph::new(layout.layers, layout.heads).edges.len();
-        let how = (Direction::Noising, self.0);
+        let how = (Direction::Noising, self.1);
         let engine = |patching| -> Box<dyn Patcher + '_> { Box::new(Engine { model: &m, reuse: true, max_rows: 4096, skip: true, metric: Metric::LogitDiff, patching }) };
         let (exact, means) = patcher(&m, engine, how, &pairs, &[PatchSite::Edges], &layout);
         let exact = exact.run(&pairs, &[PatchSite::Edges], &layout, &mut |_| Ok(()))?;
-        let patching = Patching { ablation: self.0, means: means.map(std::sync::Arc::new) };
+        let patching = Patching { ablation: self.1, means: means.map(std::sync::Arc::new) };
         // Every 7th edge left out alone; the whole graph; nothing; and masks of every density.
         let sample: Vec<usize> = (0..edges).step_by(7).collect();
         let mut circuits: Vec<Vec<bool>> = sample.iter().map(|&e| (0..edges).map(|i| i != e).collect()).collect();
@@ -637,22 +637,22 @@ impl BackendTask for CircuitsAgainstEdges {
             for (p, r) in exact.iter().enumerate() {
                 let d = (batched[k][p] - r.sites[0][e]).abs();
                 worst = worst.max(d);
-                assert!(d < 1e-4, "{}: all edges but {e} on pair {p}: {} vs the exact noising patch {}", self.0.name(), batched[k][p], r.sites[0][e]);
+                assert!(d < 1e-4, "{} {}: all edges but {e} on pair {p}: {} vs the exact noising patch {}", name(&self.0), self.1.name(), batched[k][p], r.sites[0][e]);
             }
         }
         let n = sample.len();
         for (p, r) in exact.iter().enumerate() {
             assert!((batched[n][p] - r.clean).abs() < 1e-4, "the whole graph on pair {p}: {} vs clean {}", batched[n][p], r.clean);
-            if self.0 == Ablation::Resample {
+            if self.1 == Ablation::Resample {
                 assert!((batched[n + 1][p] - r.corrupted).abs() < 1e-4, "the empty circuit on pair {p}: {} vs corrupted {}", batched[n + 1][p], r.corrupted);
             }
         }
         // Batching is the same on every backend (and each new batch shape costs lavapipe compiles).
-        for c in (n + 1..circuits.len()).filter(|_| self.1) {
+        for c in (n + 1..circuits.len()).filter(|_| self.2) {
             let alone = eval(1).run(&pairs, &circuits[c..c + 1], &mut |_| Ok(()))?;
             assert!(max_abs_diff(&alone[0], &batched[c]) < 1e-5, "circuit {c} alone {:?} vs in a batch {:?}", alone[0], batched[c]);
         }
-        eprintln!("{}: all-but-one-edge circuits vs exact noising edges: max abs difference {worst:.2e}", self.0.name());
+        eprintln!("{} {}: all-but-one-edge circuits vs exact noising edges: max abs difference {worst:.2e}", name(&self.0), self.1.name());
         Ok(())
     }
 }
@@ -662,7 +662,19 @@ fn circuits_evaluate_as_eap_ig_and_alone_as_in_a_batch() {
     for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion) {
         let ablations: &[Ablation] = if spec.kind == BackendKind::Cpu { &[Ablation::Resample, Ablation::Zero, Ablation::Mean] } else { &[Ablation::Resample] };
         for &a in ablations {
-            dispatch(&spec, CircuitsAgainstEdges(a, spec.kind == BackendKind::Cpu)).unwrap();
+            dispatch(&spec, CircuitsAgainstEdges(tiny(), a, spec.kind == BackendKind::Cpu)).unwrap();
+        }
+    }
+}
+
+/// The same on the grouped-attention families (each query head its own k and v input, as EAP-IG
+/// ungroups them): the batched edge path (`engine::run`) against the circuit evaluator, which
+/// computes each head's q, k, v from its own input apart.
+#[test]
+fn circuits_evaluate_as_exact_edges_on_grouped_attention_families() {
+    for family in ["llama", "qwen2", "qwen3"] {
+        for a in [Ablation::Resample, Ablation::Mean] {
+            dispatch(&BackendSpec::default(), CircuitsAgainstEdges(fixtures().join("families").join(family), a, false)).unwrap();
         }
     }
 }

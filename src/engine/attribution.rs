@@ -110,7 +110,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         let mut want = reads.clone();
         if edges {
             reads.extend(all(&PatchSite::Edges.clean_reads()));
-            want.extend(all(&[SiteKind::ResidPre, SiteKind::Z, SiteKind::MlpOut, SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::MlpIn]));
+            want.extend(all(&[SiteKind::ResidPre, SiteKind::Z, SiteKind::MlpOut, SiteKind::Q, SiteKind::KHead, SiteKind::VHead, SiteKind::MlpIn]));
             want.push(Site::new(SiteKind::ResidPost, layers - 1));
         }
         if self.ig_steps.is_some() {
@@ -213,7 +213,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
             // On the autodiff model's weights, untracked: the gradients are plain values.
             let site = |kind| Tensor::<B, 4>::from_inner(grads[&Site::new(kind, l)].clone());
             let x = Tensor::<B, 3>::from_inner(leaves.acts[&Site::new(SiteKind::ResidPre, l)].0.clone().reshape([b, s, d]));
-            receivers.push(block.head_inputs_vjp(x, [site(SiteKind::Q), site(SiteKind::K), site(SiteKind::V)])?.inner().reshape([b, 3 * h, s * d]));
+            receivers.push(block.head_inputs_vjp(x, [site(SiteKind::Q), site(SiteKind::KHead), site(SiteKind::VHead)]).inner().reshape([b, 3 * h, s * d]));
             receivers.push(flat(grads[&Site::new(SiteKind::MlpIn, l)].clone()));
         }
         receivers.push(flat(grads[&Site::new(SiteKind::ResidPost, m.config.layers - 1)].clone()));

@@ -162,17 +162,13 @@ impl PatchSite {
             Self::MlpOut => SiteKind::MlpOut,
             Self::ZAllPos | Self::ZByPos => SiteKind::Z,
             Self::QAllPos | Self::QByPos | Self::PathQ => SiteKind::Q,
-            Self::KAllPos | Self::KByPos | Self::PathK => SiteKind::K,
-            Self::VAllPos | Self::VByPos | Self::PathV => SiteKind::V,
+            Self::KAllPos | Self::KByPos => SiteKind::K,
+            Self::VAllPos | Self::VByPos => SiteKind::V,
+            Self::PathK => SiteKind::KHead,
+            Self::PathV => SiteKind::VHead,
             Self::PatternAllPos | Self::PatternByPos | Self::PatternDestSrc => SiteKind::Pattern,
             Self::PathResidFinal | Self::Edges => SiteKind::ResidPost,
         }
-    }
-
-    /// Whether the patch replaces one query head's own k or v input (paths to k and v, edges):
-    /// what a model whose heads share keys and values has no place for.
-    pub fn reads_own_key_or_value(self) -> bool {
-        matches!(self, Self::PathK | Self::PathV | Self::Edges)
     }
 
     /// Whether the site is a path (a sender's write to one receiver), not an overwrite.
@@ -267,7 +263,7 @@ impl Layout {
     /// The head axis of `site`: the key/value heads for k and v, else every head.
     fn heads_of(&self, site: PatchSite) -> usize {
         match site.kind() {
-            SiteKind::K | SiteKind::V if !site.is_path() => self.kv_heads.unwrap_or(self.heads),
+            SiteKind::K | SiteKind::V => self.kv_heads.unwrap_or(self.heads),
             _ => self.heads,
         }
     }
@@ -416,8 +412,8 @@ impl Row {
     pub fn kind(&self) -> SiteKind {
         match self.edge.map(|e| (e.to, e.qkv)) {
             Some((Node::Head { .. }, Some(Qkv::Q))) => SiteKind::Q,
-            Some((Node::Head { .. }, Some(Qkv::K))) => SiteKind::K,
-            Some((Node::Head { .. }, _)) => SiteKind::V,
+            Some((Node::Head { .. }, Some(Qkv::K))) => SiteKind::KHead,
+            Some((Node::Head { .. }, _)) => SiteKind::VHead,
             Some((Node::Mlp(_), _)) => SiteKind::MlpIn,
             Some(_) => SiteKind::ResidPost,
             None => self.site.kind(),

@@ -448,8 +448,8 @@ impl<B: Backend> Patch<'_, B> {
         let d = writes.dims()[2];
         let which = match site.kind {
             SiteKind::Q => 0,
-            SiteKind::K => 1,
-            SiteKind::V => 2,
+            SiteKind::KHead => 1,
+            SiteKind::VHead => 2,
             SiteKind::ResidPost | SiteKind::MlpIn => {
                 let to = int_tensor::<B>(rows.iter().flat_map(|&(i, _)| (0..s).map(move |p| i * s + p)), &device).reshape([r * s, 1]);
                 return act.reshape([n * s, d]).scatter_nd(to, writes.reshape([r * s, d]), IndexingUpdateOp::Add).reshape(dims);

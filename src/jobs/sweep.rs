@@ -229,13 +229,6 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     // Laid out by the whole run's longest pair, so shards merge into the unsharded arrays.
     let positions = all.iter().map(TokenizedPair::len).max().unwrap();
     let layout = Layout { senders: spec.senders.clone(), ..Layout::of(c, positions) };
-    // A query head's own k or v has no place in a grouped model's forward (its group's k and v are
-    // shared): such sites are refused, not computed as the group's.
-    if c.kv_heads != c.heads {
-        if let Some(site) = spec.sites.iter().find(|s| s.reads_own_key_or_value()) {
-            anyhow::bail!("{}: a query head's own k or v input (paths to k and v, edges) is not implemented for grouped key/value heads ({} heads share {}); the sites, k and v per key/value head included, and paths to q and resid_final are", site.name(), c.heads, c.kv_heads);
-        }
-    }
     let (budget, buffer) = memory_limits(backend);
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
     let previous = spec.out.as_deref().filter(|_| spec.resume).and_then(results::run_in).map(|m| m.max_rows);

@@ -24,6 +24,11 @@ pub enum SiteKind {
     /// What the MLP alone reads (ln_2's input; TransformerLens' `hook_mlp_in`): the residual
     /// stream resid_mid in a plain run, so not among `ALL`; edge patching writes into it.
     MlpIn,
+    /// Each query head's own k and v, [batch, pos, head, d_head]: under grouped attention its
+    /// group's repeated (EAP-IG's `ungroup_grouped_query_attention`), else k and v themselves.
+    /// Not among `ALL`: paths and edges write a receiving head's own k or v input here.
+    KHead,
+    VHead,
 }
 
 impl SiteKind {
@@ -53,6 +58,8 @@ impl SiteKind {
             Self::Z => "z",
             Self::Pattern => "pattern",
             Self::MlpIn => "mlp_in",
+            Self::KHead => "k_head",
+            Self::VHead => "v_head",
         }
     }
 
@@ -74,7 +81,7 @@ impl SiteKind {
 
     /// Whether the site is inside attention, per head (q, k, v, z, pattern), not residual-shaped.
     pub fn in_attention(self) -> bool {
-        matches!(self, Self::Q | Self::K | Self::V | Self::Z | Self::Pattern)
+        matches!(self, Self::Q | Self::K | Self::V | Self::Z | Self::Pattern | Self::KHead | Self::VHead)
     }
 }
 

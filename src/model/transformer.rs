@@ -248,7 +248,7 @@ impl<B: Backend> Attention<B> {
     /// come from all of them and the segment's prefix. `x` is norm_attn's output.
     fn forward(&self, x: Batch<B>, layer: usize, prefixes: &[Option<Prefix<B>>], keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Batch<B> {
         let qkv = x.with(linear(x.x.clone(), &self.w_qkv, self.b_qkv.as_ref()));
-        let hooked = [SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::Pattern, SiteKind::Z].into_iter().any(|k| hooks.wants(Site::new(k, layer)));
+        let hooked = [SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::Pattern, SiteKind::Z, SiteKind::KHead, SiteKind::VHead].into_iter().any(|k| hooks.wants(Site::new(k, layer)));
         let fast = !hooked && self.plain();
         let fused = fast.then(|| cpu::attention(&qkv.x, &qkv.shape, prefixes, keep, self.heads)).flatten();
         let kept = || qkv.shape.iter().map(|&[n, s]| [n, keep.unwrap_or(s).min(s)]).collect();
@@ -359,10 +359,17 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = qkv.dims();
         let keep = keep.unwrap_or(s);
         let mut split = |i: usize, kind: SiteKind, from: usize| hooks.hook(Site::new(kind, layer), segment, self.split(&qkv, i, from)).swap_dims(1, 2); // [b, h, pos, dh]
-        let (q, mut k, mut v) = (split(0, SiteKind::Q, s - keep), split(1, SiteKind::K, 0), split(2, SiteKind::V, 0));
+        let (q, k, v) = (split(0, SiteKind::Q, s - keep), split(1, SiteKind::K, 0), split(2, SiteKind::V, 0));
+        // Each query head's own k and v, for a hook that writes one head's (paths, edges).
+        let mut own = |t: Tensor<B, 4>, kind: SiteKind| match hooks.wants(Site::new(kind, layer)) {
+            true => hooks.hook(Site::new(kind, layer), segment, self.grouped(t).swap_dims(1, 2)).swap_dims(1, 2),
+            false => t,
+        };
+        let (mut k, mut v) = (own(k, SiteKind::KHead), own(v, SiteKind::VHead));
         if let Some(p) = prefix {
-            k = Tensor::cat(vec![p.rows(&p.k), k], 2);
-            v = Tensor::cat(vec![p.rows(&p.v), v], 2);
+            let rows = |t: &Tensor<B, 4>, like: &Tensor<B, 4>| if like.dims()[1] == self.heads { self.grouped(p.rows(t)) } else { p.rows(t) };
+            k = Tensor::cat(vec![rows(&p.k, &k), k], 2);
+            v = Tensor::cat(vec![rows(&p.v, &v), v], 2);
         }
         let z = self.attend(q, k, v, |pattern| hooks.hook(Site::new(SiteKind::Pattern, layer), segment, pattern));
         let z = hooks.hook(Site::new(SiteKind::Z, layer), segment, z); // [b, keep, h, dh]
@@ -467,14 +474,11 @@ impl<B: Backend> Block<B> {
     }
 
     /// The gradient at the residual stream `resid` [b, s, d] of each head's q, k and v input
-    /// alone (each through norm_attn and its rows of W_Q, W_K, W_V), given the q, k and v
-    /// sites' gradients [b, s, H, dh]: [b, 3H, s, d] in (head, q/k/v) order. Under grouped
-    /// key/value heads a query head's own k and v input has no gradient of its own: refused.
-    pub fn head_inputs_vjp(&self, resid: Tensor<B, 3>, grads: [Tensor<B, 4>; 3]) -> Result<Tensor<B, 4>> {
+    /// alone (each through norm_attn and its rows of W_Q, W_K, W_V), given the gradients of the
+    /// q, k_head and v_head sites (each query head's own) [b, s, H, dh]: [b, 3H, s, d] in
+    /// (head, q/k/v) order.
+    pub fn head_inputs_vjp(&self, resid: Tensor<B, 3>, grads: [Tensor<B, 4>; 3]) -> Tensor<B, 4> {
         let a = &self.attn;
-        if a.kv_heads != a.heads {
-            bail!("gradients at each head's own k and v input are not implemented for grouped key/value heads ({} heads share {} key/value heads)", a.heads, a.kv_heads);
-        }
         let [b, s, d] = resid.dims();
         let back: Vec<Tensor<B, 4>> = grads
             .into_iter()
@@ -482,7 +486,7 @@ impl<B: Backend> Block<B> {
             .map(|(i, g)| matmul(g.swap_dims(1, 2), a.head_weights(i).0.swap_dims(1, 2).unsqueeze::<4>())) // [b, H, s, dh] @ [1, H, dh, d]
             .collect();
         let back = Tensor::stack::<5>(back, 2).reshape([b, 3 * a.heads, s, d]);
-        Ok(self.norm_attn.vjp(resid.reshape([b, 1, s, d]), back))
+        self.norm_attn.vjp(resid.reshape([b, 1, s, d]), back)
     }
 
     /// One block on `x`. A segment's `prefix` holds the keys and values of the positions before
