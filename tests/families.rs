@@ -108,6 +108,10 @@ fn activation_patching_equals_patching_in_hf() {
             .unwrap();
         assert!(status.status.success(), "{family}: {}", String::from_utf8_lossy(&status.stderr));
         let refs = Refs::load(&dir(family));
+        // The manifest names the BOS in front of every prompt: Llama 3's tokenizer puts one there.
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        let bos = if family.starts_with("llama") { serde_json::json!(510) } else { serde_json::Value::Null };
+        assert_eq!(manifest["bos"], bos, "{family}");
         // k and v per key/value head, as TransformerLens' hook_k and hook_v hold them.
         let sites = ["resid_pre", "z_all_pos", "q_all_pos", "k_all_pos", "v_all_pos"].map(|s| (format!("{s}.npy"), format!("patch.{s}")));
         let baselines = ["baseline_clean", "baseline_corrupted"].map(|s| (format!("{s}.npy"), s.to_string()));

@@ -435,6 +435,7 @@ fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[Tokenize
         metric: spec.metric.describe().into(),
         metric_name: spec.metric,
         prepend_bos: spec.prepend_bos,
+        bos: (handle.tokenizer.lead(spec.prepend_bos) > 0).then(|| handle.tokenizer.bos().ok()).flatten(),
         direction: spec.direction,
         ablation: spec.ablation,
         ablation_means: vec![],

@@ -184,10 +184,13 @@ fn manifest_failures(m: &Manifest, model: &Model) -> Result<Vec<String>> {
     if all && crate::results::fingerprint(&(&pairs, &m.skipped)) != m.dataset {
         failed.push("dataset: the pairs' tokens, rows and named positions are not the ones the run was made from (their fingerprint differs)".into());
     }
-    if m.prepend_bos {
-        let bos = model.tokenizer.bos()?;
+    if m.prepend_bos || m.bos.is_some() {
+        let bos = match m.bos {
+            Some(id) => id,
+            None => model.tokenizer.bos()?,
+        };
         if let Some((i, _)) = pairs.iter().enumerate().find(|(_, p)| p.clean.first() != Some(&bos) || p.corrupted.first() != Some(&bos)) {
-            failed.push(format!("prepend_bos: pair {i}'s prompts do not start with the BOS token {bos}"));
+            failed.push(format!("bos: pair {i}'s prompts do not start with the BOS token {bos}"));
         }
     }
     Ok(failed)

@@ -190,10 +190,14 @@ pub struct Manifest {
     /// Which metric the arrays hold (`--metric`); runs written before there was a choice hold logit_diff.
     #[serde(default)]
     pub metric_name: Metric,
-    /// Every prompt starts with `<|endoftext|>` (`run --prepend-bos`): pairs' tokens and named
+    /// `run --prepend-bos`: every prompt starts with the BOS token; pairs' tokens and named
     /// positions include it.
     #[serde(default)]
     pub prepend_bos: bool,
+    /// The BOS token in front of every prompt, whoever put it there (`--prepend-bos`, or the
+    /// tokenizer's post-processor: Llama 3's); none when none is. Absent in runs before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos: Option<u32>,
     /// Which run patches are written into (`--direction`); runs before the choice denoised.
     #[serde(default)]
     pub direction: Direction,
