@@ -69,7 +69,7 @@ impl<'m, B: Backend> On<'m, B> {
 }
 
 /// Builds the model from the files' bytes as read once (`ModelFiles::read`).
-struct Load<'a>(&'a ModelFiles, ModelConfig, Vec<Vec<u8>>);
+struct Load<'a>(&'a ModelFiles, ModelConfig, crate::model::weights::Weights);
 
 impl BackendTask for Load<'_> {
     type Output = Erased;

@@ -6,7 +6,6 @@ use super::transformer::ParamSource;
 use crate::backend::float_options;
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
-use safetensors::tensor::{Dtype, TensorInfo};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -64,18 +63,27 @@ impl ModelFiles {
         (id(&json["bos_token_id"]), eos)
     }
 
-    /// The three files' bytes, each read once: the model is built from these bytes and their
-    /// fingerprint hashes these bytes, so a file replaced while loading cannot give a run the
-    /// fingerprint of other weights than it computed with.
+    /// The files, each read once: the model is built from what was read and the fingerprint
+    /// hashes those same bytes, so a file replaced while loading cannot give a run the
+    /// fingerprint of other weights than it computed with. The weights are read tensor by tensor
+    /// into their f32 values (through one reused buffer), never whole: no second copy of the
+    /// model in memory.
     pub fn read(&self) -> Result<ModelBytes> {
         let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         let (config, tokenizer) = (read(&self.config)?, read(&self.tokenizer)?);
-        let weights = self.weights.iter().map(read).collect::<Result<Vec<_>>>()?;
         let mut hash = xxhash_rust::xxh3::Xxh3::new();
-        for bytes in [&config].into_iter().chain(&weights).chain([&tokenizer]) {
+        // Each file's bytes, then its length: where one file ends and the next begins.
+        let whole = |bytes: &[u8], hash: &mut xxhash_rust::xxh3::Xxh3| {
             hash.update(bytes);
-            hash.update(&(bytes.len() as u64).to_le_bytes()); // where one file ends and the next begins
+            hash.update(&(bytes.len() as u64).to_le_bytes());
+        };
+        whole(&config, &mut hash);
+        let mut weights = Weights { files: self.weights.clone(), tensors: HashMap::new() };
+        for path in &self.weights {
+            let length = read_tensors(path, &mut weights.tensors, &mut hash).with_context(|| format!("reading {}", path.display()))?;
+            hash.update(&length.to_le_bytes());
         }
+        whole(&tokenizer, &mut hash);
         Ok(ModelBytes { config, weights, tokenizer, fingerprint: format!("{:016x}", hash.digest()) })
     }
 }
@@ -83,12 +91,117 @@ impl ModelFiles {
 /// A model's files as read once (`ModelFiles::read`).
 pub struct ModelBytes {
     pub config: Vec<u8>,
-    /// Each weights file's (one, or each shard's).
-    pub weights: Vec<Vec<u8>>,
+    /// Every tensor of the weights files (one, or each shard), as f32.
+    pub weights: Weights,
     pub tokenizer: Vec<u8>,
     /// A hash of the three (xxh3, 64 bits, hex): a run records it, and resume, merge and verify
     /// refuse a model that is not the one it was made with.
     pub fingerprint: String,
+}
+
+/// The tensors of a model's weights files, decoded to f32, by name (without `transformer.`).
+pub struct Weights {
+    files: Vec<PathBuf>,
+    tensors: HashMap<String, Decoded>,
+}
+
+struct Decoded {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+/// A safetensors header entry.
+#[derive(serde::Deserialize)]
+struct HeaderEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+/// Reads safetensors file `path` in order — the header, then each
+/// tensor, gaps included — into `tensors`, hashing every byte as read: its length in bytes.
+fn read_tensors(path: &Path, tensors: &mut HashMap<String, Decoded>, hash: &mut xxhash_rust::xxh3::Xxh3) -> Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).context("not a safetensors file: shorter than its header's length")?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > length.saturating_sub(8) || header_len > 100 << 20 {
+        bail!("not a safetensors file: a header of {header_len} bytes in a file of {length}");
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    hash.update(&n);
+    hash.update(&header);
+    let mut entries: Vec<(String, HeaderEntry)> = serde_json::from_slice::<HashMap<String, serde_json::Value>>(&header)
+        .context("not a safetensors file: its header is not JSON")?
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, v)| serde_json::from_value::<HeaderEntry>(v).map(|e| (name.clone(), e)).with_context(|| format!("tensor {name}: not a safetensors header entry")))
+        .collect::<Result<_>>()?;
+    entries.sort_by_key(|(_, e)| e.data_offsets[0]);
+    let data = length - 8 - header_len;
+    let mut at = 0u64;
+    let mut buffer: Vec<u8> = Vec::new();
+    // `bytes` more of the file through the buffer (grown, never shrunk: no memset per tensor).
+    let chunk = |file: &mut std::fs::File, bytes: u64, buffer: &mut Vec<u8>, hash: &mut xxhash_rust::xxh3::Xxh3| -> Result<()> {
+        let bytes = bytes as usize;
+        if buffer.len() < bytes {
+            buffer.resize(bytes, 0);
+        }
+        file.read_exact(&mut buffer[..bytes])?;
+        hash.update(&buffer[..bytes]);
+        Ok(())
+    };
+    for (name, e) in entries {
+        let [begin, end] = e.data_offsets;
+        let size = match e.dtype.as_str() {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
+            other => bail!("tensor {name} has dtype {other}; expected F32, F16 or BF16"),
+        };
+        let count = crate::limits::product(&format!("tensor {name}'s shape"), &e.shape)?;
+        if begin < at || end > data || end - begin != count as u64 * size {
+            bail!("tensor {name}: data_offsets {begin}..{end} do not fit its shape {:?} of {} in the file's {data} data bytes", e.shape, e.dtype);
+        }
+        if begin > at {
+            chunk(&mut file, begin - at, &mut buffer, hash)?; // alignment padding, hashed as read
+        }
+        at = end;
+        // F32 (little-endian, as safetensors stores it and this machine holds it) is read straight
+        // into the tensor's values; half precision through the buffer, converted.
+        let mut values = vec![0f32; count];
+        match e.dtype.as_str() {
+            // A piece at a time, hashed while it is in the cache.
+            "F32" => {
+                for piece in bytemuck::cast_slice_mut::<f32, u8>(&mut values).chunks_mut(1 << 20) {
+                    file.read_exact(piece)?;
+                    hash.update(piece);
+                }
+            }
+            half_precision => {
+                chunk(&mut file, end - begin, &mut buffer, hash)?;
+                let pairs = buffer[..(end - begin) as usize].chunks_exact(2).map(|b| [b[0], b[1]]);
+                match half_precision {
+                    "F16" => values.iter_mut().zip(pairs).for_each(|(v, b)| *v = half::f16::from_le_bytes(b).to_f32()),
+                    _ => values.iter_mut().zip(pairs).for_each(|(v, b)| *v = half::bf16::from_le_bytes(b).to_f32()),
+                }
+            }
+        }
+        // A NaN or infinite weight makes every result NaN or meaningless, silently.
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!("tensor {name} holds {} at flat index {i}: a model's weights must be finite", values[i]);
+        }
+        let name = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
+        if tensors.insert(name.clone(), Decoded { shape: e.shape, values }).is_some() {
+            bail!("tensor {name} is held a second time (another shard has it)");
+        }
+    }
+    if at < data {
+        chunk(&mut file, data - at, &mut buffer, hash)?;
+    }
+    Ok(length)
 }
 
 /// The shard files a model.safetensors.index.json names (its `weight_map`'s values), each a plain
@@ -224,62 +337,33 @@ fn complete(path: &Path) -> Result<()> {
 }
 
 
-/// Parameters read from a model.safetensors file under their family's names (`Family::source`).
-/// Accepts the hub's bare names (`h.0.attn...`) and the `transformer.`-prefixed ones
-/// `save_pretrained` writes; F32, F16 and BF16 tensors.
+/// Parameters under their family's names (`Family::source`), from the weights as read: each
+/// tensor taken once (its values move into the model). Accepts the hub's bare names
+/// (`h.0.attn...`) and the `transformer.`-prefixed ones `save_pretrained` writes.
 pub struct Safetensors<B: Backend> {
     family: &'static dyn Family,
-    /// Each file's path (named in errors), bytes and where its data starts.
-    files: Vec<(PathBuf, Vec<u8>, usize)>,
-    /// Each tensor's file and place in it.
-    tensors: HashMap<String, (usize, TensorInfo)>,
+    weights: Weights,
     device: B::Device,
 }
 
 impl<B: Backend> Safetensors<B> {
-    /// The parameters of a model of `family` in `files` (path, bytes): model.safetensors, or
-    /// its shards.
-    pub fn from_bytes(family: &'static dyn Family, files: Vec<(PathBuf, Vec<u8>)>, device: &B::Device) -> Result<Self> {
-        let mut tensors = HashMap::new();
-        let mut held = Vec::with_capacity(files.len());
-        for (i, (path, bytes)) in files.into_iter().enumerate() {
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
-            for (name, info) in meta.tensors() {
-                let name = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
-                if tensors.insert(name.clone(), (i, info.clone())).is_some() {
-                    bail!("{} holds tensor {name} a second time (another shard has it)", path.display());
-                }
-            }
-            held.push((path, bytes, 8 + header_len));
-        }
-        Ok(Self { family, files: held, tensors, device: device.clone() })
+    pub fn new(family: &'static dyn Family, weights: Weights, device: &B::Device) -> Self {
+        Self { family, weights, device: device.clone() }
     }
 
     /// The file named in an error: the one file, or the shards' folder.
     fn where_(&self) -> String {
-        match self.files.as_slice() {
-            [(one, ..)] => one.display().to_string(),
-            all => format!("the {} shards in {}", all.len(), all[0].0.parent().unwrap_or(Path::new(".")).display()),
+        match self.weights.files.as_slice() {
+            [one] => one.display().to_string(),
+            all => format!("the {} shards in {}", all.len(), all.first().and_then(|f| f.parent()).unwrap_or(Path::new(".")).display()),
         }
     }
 
-    /// The values of tensor `name`, as f32, and its shape.
-    fn values(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let (f, info) = self.tensors.get(name).with_context(|| format!("{} has no tensor {name} (nor transformer.{name})", self.where_()))?;
-        let (path, bytes, start) = &self.files[*f];
-        let file = path.display();
-        let raw = &bytes[start + info.data_offsets.0..start + info.data_offsets.1];
-        let values: Vec<f32> = match info.dtype {
-            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => bail!("tensor {name} in {file} has dtype {other:?}; expected F32, F16 or BF16"),
-        };
-        // A NaN or infinite weight makes every result NaN or meaningless, silently.
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            bail!("tensor {name} in {file} holds {} at flat index {i}: a model's weights must be finite", values[i]);
-        }
-        Ok((values, info.shape.clone()))
+    /// Tensor `name`'s values and shape, taken out.
+    fn values(&mut self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let place = self.where_();
+        let d = self.weights.tensors.remove(name).with_context(|| format!("{place} has no tensor {name} (nor transformer.{name})"))?;
+        Ok((d.values, d.shape))
     }
 }
 
@@ -295,14 +379,14 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
                 values
             }
             // Each part [out_i, in] written transposed into its columns of [in, Σ out_i] (a bias:
-            // its stretch of [Σ out_i]): one part decoded at a time beside the result.
+            // its stretch of [Σ out_i]).
             Source::Parts(names) => {
                 let (width, total) = if D == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
                 let mut out = vec![0f32; width * total];
                 let mut col = 0;
                 for name in &names {
                     let (values, stored) = self.values(name)?;
-                    let rows = stored[0];
+                    let rows = stored.first().copied().unwrap_or(0);
                     let expected: Vec<usize> = if D == 2 { vec![rows, width] } else { vec![rows] };
                     if stored != expected || col + rows > total {
                         bail!("tensor {name} in {file} has shape {stored:?}, which does not fit the {shape:?} that config.json implies for {}", names.join(" | "));
@@ -325,11 +409,11 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
 }
 
 /// The model of `files` on `device`, from `config` and the weights' bytes as read (`ModelFiles::read`).
-pub fn load_model<B: Backend>(files: &ModelFiles, config: super::ModelConfig, weights: Vec<Vec<u8>>, device: &B::Device) -> Result<super::Transformer<B>> {
+pub fn load_model<B: Backend>(files: &ModelFiles, config: super::ModelConfig, weights: Weights, device: &B::Device) -> Result<super::Transformer<B>> {
     let family = super::families::of(&config.family)?;
-    let mut weights = Safetensors::from_bytes(family, files.weights.iter().cloned().zip(weights).collect(), device)?;
+    let mut weights = Safetensors::new(family, weights, device);
     // Layers beyond config.json's would be ignored without a word: a config of another model.
-    let holds = |l: usize| weights.tensors.keys().any(|k| k.starts_with(&family.layer_prefix(l)));
+    let holds = |l: usize| weights.weights.tensors.keys().any(|k| k.starts_with(&family.layer_prefix(l)));
     if holds(config.layers) {
         let layers = (config.layers..).take_while(|&l| holds(l)).count() + config.layers;
         bail!("{} holds {layers} layers but {} says {} layers: they are not one model", weights.where_(), files.config.display(), config.layers);
