@@ -83,7 +83,7 @@ fn doctor_names_the_faulty_step_and_passes_every_other() {
     // each), and what is tested here is doctor's localization, not the backend.
     let backends = common::backends().into_iter().filter(|s| s.kind != BackendKind::Cpu && s.dtype == DType::F32).take(1);
     for backend in backends {
-        let fault = "mlp.c_fc";
+        let fault = "mlp.in";
         let spec = DoctorSpec { backend: backend.clone(), text: Some("Michelle Jones was a top-notch student. Michelle".into()), positions: 0, rows: 3, inject_fault: Some(fault.into()) };
         let report = doctor(tiny().to_str().unwrap(), &spec, None).unwrap();
         let differing: Vec<_> = report.steps.iter().filter(|s| s.differs).collect();
