@@ -140,7 +140,7 @@ impl Means {
     /// k and v have the model's key/value heads.
     fn shape(kind: SiteKind, positional: bool, layout: &Layout, c: &ModelConfig) -> Vec<usize> {
         let (l, t, dh, d) = (layout.layers, layout.positions, c.d_head, c.d_model);
-        let h = if matches!(kind, SiteKind::K | SiteKind::V) { c.kv_heads } else { c.heads };
+        let h = c.heads_of(kind);
         match (kind, positional) {
             (SiteKind::Pattern, false) => vec![l, h, t],
             (SiteKind::Pattern, true) => vec![l, h, t, t],

@@ -22,8 +22,7 @@ pub fn position_shape<B: Backend>(model: &Transformer<B>, site: Site) -> Result<
     ensure!(site.layer < c.layers, "layer {} is outside the model's {} layers", site.layer, c.layers);
     Ok(match site.kind {
         SiteKind::ResidPre | SiteKind::ResidMid | SiteKind::ResidPost | SiteKind::AttnOut | SiteKind::MlpOut | SiteKind::MlpIn => vec![c.d_model],
-        SiteKind::Q | SiteKind::Z | SiteKind::KHead | SiteKind::VHead => vec![c.heads, c.d_head],
-        SiteKind::K | SiteKind::V => vec![c.kv_heads, c.d_head],
+        SiteKind::Q | SiteKind::Z | SiteKind::K | SiteKind::V | SiteKind::KHead | SiteKind::VHead => vec![c.heads_of(site.kind), c.d_head],
         SiteKind::Pattern => bail!("pattern has no per-position vector to steer with: choose a residual-shaped site or q, k, v, z"),
     })
 }

@@ -172,6 +172,15 @@ impl ModelConfig {
         families::named(name)
     }
 
+    /// The head axis of a per-head site: the key/value heads for k and v (as TransformerLens'
+    /// `hook_k` / `hook_v` hold them), every head for the others.
+    pub fn heads_of(&self, kind: super::SiteKind) -> usize {
+        match kind {
+            super::SiteKind::K | super::SiteKind::V => self.kv_heads,
+            _ => self.heads,
+        }
+    }
+
     /// What any family's config must hold for the model to compute finite values.
     fn check(&self) -> Result<()> {
         let sizes = [("layers", self.layers), ("heads", self.heads), ("kv_heads", self.kv_heads), ("d_model", self.d_model), ("d_head", self.d_head), ("d_mlp", self.d_mlp), ("vocab", self.vocab), ("context", self.context)];

@@ -35,6 +35,14 @@ fn gelu_new<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// initialisation. Names are generic; shapes are what the config implies (weights are [in, out]).
 pub trait ParamSource<B: Backend> {
     fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>>;
+
+    /// A linear layer's `{name}.weight` [inputs, outputs], and its `{name}.bias` when it has one.
+    fn linear(&mut self, name: &str, [inputs, outputs]: [usize; 2], bias: bool) -> Result<(Tensor<B, 2>, Option<Tensor<B, 1>>)>
+    where
+        Self: Sized,
+    {
+        Ok((self.param(&format!("{name}.weight"), [inputs, outputs])?, bias.then(|| self.param(&format!("{name}.bias"), [outputs])).transpose()?))
+    }
 }
 
 /// A LayerNorm or an RMSNorm over the last axis.
@@ -182,11 +190,13 @@ impl<B: Backend> Attention<B> {
             true => Some([Norm::load(src, &format!("{name}.q_norm"), c.d_head, c)?, Norm::load(src, &format!("{name}.k_norm"), c.d_head, c)?]),
             false => None,
         };
+        let (w_qkv, b_qkv) = src.linear(&format!("{name}.qkv"), [d, qkv], c.qkv_bias)?;
+        let (w_o, b_o) = src.linear(&format!("{name}.out"), [inner, d], c.out_bias)?;
         Ok(Self {
-            w_qkv: src.param(&format!("{name}.qkv.weight"), [d, qkv])?,
-            b_qkv: c.qkv_bias.then(|| src.param(&format!("{name}.qkv.bias"), [qkv])).transpose()?,
-            w_o: src.param(&format!("{name}.out.weight"), [inner, d])?,
-            b_o: c.out_bias.then(|| src.param(&format!("{name}.out.bias"), [d])).transpose()?,
+            w_qkv,
+            b_qkv,
+            w_o,
+            b_o,
             heads: c.heads,
             kv_heads: c.kv_heads,
             d_head: c.d_head,
@@ -421,11 +431,13 @@ impl<B: Backend> Mlp<B> {
     fn load(src: &mut impl ParamSource<B>, name: &str, c: &ModelConfig) -> Result<Self> {
         let (d, inner) = (c.d_model, c.d_mlp);
         let width = if c.gated_mlp { 2 * inner } else { inner };
+        let (w_in, b_in) = src.linear(&format!("{name}.in"), [d, width], c.mlp_bias)?;
+        let (w_out, b_out) = src.linear(&format!("{name}.out"), [inner, d], c.mlp_bias)?;
         Ok(Self {
-            w_in: src.param(&format!("{name}.in.weight"), [d, width])?,
-            b_in: c.mlp_bias.then(|| src.param(&format!("{name}.in.bias"), [width])).transpose()?,
-            w_out: src.param(&format!("{name}.out.weight"), [inner, d])?,
-            b_out: c.mlp_bias.then(|| src.param(&format!("{name}.out.bias"), [d])).transpose()?,
+            w_in,
+            b_in,
+            w_out,
+            b_out,
             activation: c.activation,
             gated: c.gated_mlp,
         })
