@@ -130,6 +130,7 @@ impl BackendTask for AgainstTl {
             let got: Vec<f32> = results.iter().flat_map(|r| r.sites[si].clone()).collect();
             let mut want = match self.refs {
                 ABLATION_REFS => want(&format!("{}.{}.{}", self.how.0.name(), self.how.1.name(), site.name())),
+                EDGE_REFS if self.how.1 == Ablation::Zero => want("edges.zero"),
                 EDGE_REFS => want("edges"),
                 _ => want(&reference(*site)),
             };
@@ -230,7 +231,8 @@ fn head_sites_and_paths_match_transformer_lens_on_every_backend() {
 
 /// Exact edge patching, every edge of the graph a row, against a PyTorch loop over the edges with HF
 /// forward hooks (tests/fixtures/make_edge_refs.py; its edge names are `Graph`'s): every
-/// configuration on the cpu, with reuse on the other f32 backends without fusion (as above).
+/// configuration on the cpu, with reuse on the other f32 backends without fusion (as above); and
+/// zero ablation on the cpu, where the input node's edges are EAP-IG's (token embeddings alone).
 #[test]
 fn edges_match_a_pytorch_per_edge_loop() {
     let refs = Refs::load_file(&tiny(), EDGE_REFS);
@@ -241,6 +243,8 @@ fn edges_match_a_pytorch_per_edge_loop() {
     let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).map(|s| (s, tiny())).collect();
     let configs = |s: &BackendSpec| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { &CONFIGS[..1] };
     check_against_tl(&[PatchSite::Edges], &cases, configs, EDGE_REFS);
+    let cpu = [(BackendSpec::default(), tiny())];
+    check_how_against_tl(&[PatchSite::Edges], &cpu, |_| &CONFIGS[..2], EDGE_REFS, (Direction::Denoising, Ablation::Zero));
 }
 
 /// The edges path patching also has (head → head's q, k, v; head → logits) give its values.
@@ -591,6 +595,7 @@ fn eap_and_eap_ig_match_pytorch_autograd() {
         (Some(5), (den, Ablation::Resample), 3),
         (Some(5), (noi, Ablation::Resample), 1),
         (Some(2), (den, Ablation::Resample), 2),
+        (Some(5), (den, Ablation::Zero), 2),
     ];
     for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion) {
         // Elsewhere than on the cpu, EAP-IG's noising (EAP-IG's own computation) alone.

@@ -252,7 +252,7 @@ class Model:
         sites: TransformerLens' patching sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out;
         z/q/k/v/pattern _all_pos and _by_pos, pattern_dest_src; groups block, heads_all_pos,
         heads_by_pos). metric: logit_diff, logprob, prob, logprob_diff. method: exact, attribution or
-        eap-ig (attribution with integrated gradients over the input embeddings, ig_steps points).
+        eap-ig (attribution with integrated gradients over the token embeddings, ig_steps points).
         direction: denoising (the corrupted run, patched from the clean one) or noising (the clean
         run, patched from the corrupted one). ablation: what a patch writes: resample (the other
         prompt's activation), zero, mean or mean-positional (means over the source prompts).
@@ -289,7 +289,7 @@ class Model:
         """Edge scores (``patchbay edges``) of every edge of the circuit graph (``pb.graph``).
         method: exact (the sender's clean-minus-corrupted output added to the receiver's input
         alone, one patched run per edge), eap (its gradient estimate) or eap-ig (integrated
-        gradients over the input embeddings, ig_steps points, 5 by default).
+        gradients over the token embeddings, ig_steps points, 5 by default).
         ``result["edges"]`` is [pairs, edges], ``result.edge_names`` its names (EAP-IG's). Takes
         ``patch``'s other keywords but sites."""
         if "sites" in options:

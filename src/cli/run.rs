@@ -69,7 +69,7 @@ pub struct RunArgs {
     /// exact: every patched run computed; attribution (on edges: eap): each one's linear
     /// estimate (clean − corrupted activation) · gradient of the metric on the corrupted run, for
     /// every site from two forward passes and one backward pass per group of pairs; eap-ig: that
-    /// gradient averaged over --ig-steps runs with interpolated input embeddings (EAP-IG); same
+    /// gradient averaged over --ig-steps runs with interpolated token embeddings (EAP-IG); same
     /// arrays [default: exact].
     #[arg(long, value_enum)]
     method: Option<Method>,

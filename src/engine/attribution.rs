@@ -44,7 +44,7 @@ pub struct Attribution<'m, B: AutodiffBackend> {
     pub metric: Metric,
     /// What the patched slices are written from (resample: the clean run).
     pub patching: Patching,
-    /// Integrated gradients (EAP-IG's variant, over the input embeddings): the gradient averaged
+    /// Integrated gradients (EAP-IG's variant, over the token embeddings): the gradient averaged
     /// over this many runs whose embeddings step from the source's towards the corrupted run's
     /// (EAP-IG's points: source + (k/n)·(corrupted − source), k = 0..n−1). None: the corrupted run's.
     pub ig_steps: Option<usize>,
@@ -52,7 +52,7 @@ pub struct Attribution<'m, B: AutodiffBackend> {
 
 /// Adds a zero leaf to each wanted activation of a plain forward pass and keeps both: the
 /// activation (corrupted) and the leaf, whose gradient is the metric's derivative there. With
-/// `input`, the embeddings (resid_pre of layer 0) are replaced by it first.
+/// `input`, the token embeddings (`hook_embed`) are replaced by it first.
 struct Leaves<B: AutodiffBackend> {
     want: Vec<Site>,
     input: Option<Tensor<B, 4>>,
@@ -65,7 +65,7 @@ impl<B: AutodiffBackend> Hooks<B> for Leaves<B> {
         assert_eq!(segment, 0, "attribution runs plain forward passes (one segment)");
         let dims = act.dims();
         let act = match self.input.take() {
-            Some(input) if site == Site::new(SiteKind::ResidPre, 0) => input.reshape(dims),
+            Some(input) if site == Site::new(SiteKind::Embed, 0) => input.reshape(dims),
             other => {
                 self.input = other;
                 act
@@ -77,7 +77,7 @@ impl<B: AutodiffBackend> Hooks<B> for Leaves<B> {
     }
 
     fn wants(&self, site: Site) -> bool {
-        self.want.contains(&site) || (self.input.is_some() && site == Site::new(SiteKind::ResidPre, 0))
+        self.want.contains(&site) || (self.input.is_some() && site == Site::new(SiteKind::Embed, 0))
     }
 }
 
@@ -110,12 +110,12 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         let mut want = reads.clone();
         if edges {
             reads.extend(all(&PatchSite::Edges.clean_reads()));
-            want.extend(all(&[SiteKind::ResidPre, SiteKind::Z, SiteKind::MlpOut, SiteKind::Q, SiteKind::KHead, SiteKind::VHead, SiteKind::MlpIn]));
+            want.extend(all(&[SiteKind::Embed, SiteKind::ResidPre, SiteKind::Z, SiteKind::MlpOut, SiteKind::Q, SiteKind::KHead, SiteKind::VHead, SiteKind::MlpIn]));
             want.push(Site::new(SiteKind::ResidPost, layers - 1));
         }
         if self.ig_steps.is_some() {
-            reads.push(Site::new(SiteKind::ResidPre, 0));
-            want.push(Site::new(SiteKind::ResidPre, 0));
+            reads.push(Site::new(SiteKind::Embed, 0));
+            want.push(Site::new(SiteKind::Embed, 0));
         }
         let ids = m.tokens(&pairs.iter().map(|p| vec![p.answer, p.distractor]).collect::<Vec<_>>())?;
         let mut clean = Cache::new(reads);
@@ -128,12 +128,13 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         let corrupted_metric = last_position_metric(m, self.metric, true, m.resid_final(corrupted_tokens.clone(), &mut leaves), ids.clone());
         let inner = |s: Site| source.heads(s).expect("the source holds every site").inner();
         // ∂metric/∂(each wanted activation), and for edges ∂metric/∂(each receiver's input): on
-        // the corrupted run, or (integrated gradients) the mean over the runs whose input
-        // embeddings are source + (k/n)·(corrupted − source), k < n.
+        // the corrupted run, or (integrated gradients) the mean over the runs whose token
+        // embeddings are source + (k/n)·(corrupted − source), k < n (EAP-IG's points, at its
+        // input node).
         let (grads, receivers) = match self.ig_steps {
             None => self.gradients(&leaves, corrupted_metric.clone(), edges)?,
             Some(n) => {
-                let start = Site::new(SiteKind::ResidPre, 0);
+                let start = Site::new(SiteKind::Embed, 0);
                 let (from, to) = (inner(start), leaves.acts[&start].0.clone());
                 let mut sum: Option<Gradients<B>> = None;
                 for k in 0..n {
@@ -222,13 +223,13 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
 
     /// Every (sender, receiver input) pair's (source − corrupted output) · ∂metric/∂input, summed
     /// over positions and the model dimension: [pairs, senders, receivers] in `sender_index` and
-    /// `receiver_index`'s order. A sender's output: the embeddings, a head's z times its rows of
+    /// `receiver_index`'s order. A sender's output: the token embeddings, a head's z times its rows of
     /// W_O, an MLP's output.
     fn edge_terms(&self, leaves: &Leaves<B>, source: &dyn Fn(Site) -> Tensor<B::InnerBackend, 4>, receivers: Tensor<B::InnerBackend, 3>) -> Result<Terms> {
         let m = self.model;
         let (layers, heads) = (m.config.layers, m.config.heads);
         let delta = |s: Site| source(s) - leaves.acts[&s].0.clone();
-        let mut senders = vec![flat(delta(Site::new(SiteKind::ResidPre, 0)))];
+        let mut senders = vec![flat(delta(Site::new(SiteKind::Embed, 0)))];
         for (l, block) in m.blocks.iter().enumerate() {
             let dz = delta(Site::new(SiteKind::Z, l)); // [b, s, h, dh]
             let [b, s, h, _] = dz.dims();

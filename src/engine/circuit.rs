@@ -26,7 +26,13 @@ pub struct CircuitEval<'m, B: Backend> {
     pub max_rows: usize,
 }
 
-/// The source run's sender outputs of a group of pairs: the embeddings [P, s, d], per layer the
+/// The clean run's embeddings [P, s, d] (position embeddings included) and token embeddings.
+struct Clean<B: Backend> {
+    embed: Tensor<B, 3>,
+    tok: Tensor<B, 3>,
+}
+
+/// The source run's sender outputs of a group of pairs: the token embeddings [P, s, d], per layer the
 /// heads' writes [P, H, s, d] and the MLP's output [P, s, d].
 struct Sources<B: Backend> {
     input: Tensor<B, 3>,
@@ -85,19 +91,22 @@ impl<B: Backend> CircuitEval<'_, B> {
         Tensor::from_data(TensorData::new(values, [circuits.len(), u, v]), crate::backend::float_options::<B>(&self.model.device()))
     }
 
-    /// The clean embeddings [P, s, d], the source run's sender outputs, and the answer and
-    /// distractor ids [P, 2] of pairs of one length.
-    fn sources(&self, pairs: &[TokenizedPair]) -> Result<(Tensor<B, 3>, Sources<B>, Tensor<B, 2, Int>)> {
+    /// The clean embeddings [P, s, d] and token embeddings (the input node's output), the source
+    /// run's sender outputs, and the answer and distractor ids [P, 2] of pairs of one length.
+    fn sources(&self, pairs: &[TokenizedPair]) -> Result<(Clean<B>, Sources<B>, Tensor<B, 2, Int>)> {
         let m = self.model;
         let layers = m.config.layers;
         let rows = |f: fn(&TokenizedPair) -> &Vec<u32>| m.tokens(&pairs.iter().map(|p| f(p).clone()).collect::<Vec<_>>());
-        let clean = m.embed(rows(|p| &p.clean)?, 0);
-        let want = (0..layers).flat_map(|l| [Site::new(SiteKind::Z, l), Site::new(SiteKind::MlpOut, l)]).chain([Site::new(SiteKind::ResidPre, 0)]);
+        let clean = match m.embed_parts(rows(|p| &p.clean)?, 0) {
+            (tok, Some(pos)) => Clean { embed: tok.clone() + pos, tok },
+            (tok, None) => Clean { embed: tok.clone(), tok },
+        };
+        let want = (0..layers).flat_map(|l| [Site::new(SiteKind::Z, l), Site::new(SiteKind::MlpOut, l)]).chain([Site::new(SiteKind::Embed, 0)]);
         let mut cache = Cache::new(want);
         m.resid_final(rows(|p| &p.corrupted)?, &mut cache);
         let source = self.patching.source(&cache);
         let sources = Sources {
-            input: source.resid(Site::new(SiteKind::ResidPre, 0)).expect("cached"),
+            input: source.resid(Site::new(SiteKind::Embed, 0)).expect("cached"),
             heads: (0..layers).map(|l| head_writes(m, l, source.heads(Site::new(SiteKind::Z, l)).expect("cached"))).collect(),
             mlps: (0..layers).map(|l| source.resid(Site::new(SiteKind::MlpOut, l)).expect("cached")).collect(),
         };
@@ -106,7 +115,7 @@ impl<B: Backend> CircuitEval<'_, B> {
     }
 
     /// The metric of each (circuit, pair) row, in one forward pass.
-    fn rows(&self, rows: &[(usize, usize)], masks: &Tensor<B, 3>, clean: &Tensor<B, 3>, src: &Sources<B>, ids: &Tensor<B, 2, Int>) -> Vec<f32> {
+    fn rows(&self, rows: &[(usize, usize)], masks: &Tensor<B, 3>, clean: &Clean<B>, src: &Sources<B>, ids: &Tensor<B, 2, Int>) -> Vec<f32> {
         let m = self.model;
         let device = m.device();
         let ints = |v: Vec<i64>| {
@@ -115,7 +124,7 @@ impl<B: Backend> CircuitEval<'_, B> {
         };
         let pairs = ints(rows.iter().map(|&(_, p)| p as i64).collect());
         let ablated = masks.clone().select(0, ints(rows.iter().map(|&(c, _)| c as i64).collect())); // [R, U, V]
-        let [r, s, d] = [rows.len(), clean.dims()[1], clean.dims()[2]];
+        let [r, s, d] = [rows.len(), clean.embed.dims()[1], clean.embed.dims()[2]];
         let (h, dh) = (m.config.heads, m.config.d_head);
         let flat = |t: Tensor<B, 3>, k: usize| t.reshape([r, k, s * d]);
         // Each receiver input's Σ over its ablated edges of the senders' (source − own) outputs,
@@ -124,8 +133,8 @@ impl<B: Backend> CircuitEval<'_, B> {
             let senders = deltas.dims()[1];
             matmul(ablated.clone().narrow(1, 0, senders).narrow(2, first_col, cols).swap_dims(1, 2), deltas.clone())
         };
-        let mut x = clean.clone().select(0, pairs.clone());
-        let mut deltas = flat(src.input.clone().select(0, pairs.clone()) - x.clone(), 1);
+        let mut x = clean.embed.clone().select(0, pairs.clone());
+        let mut deltas = flat(src.input.clone().select(0, pairs.clone()) - clean.tok.clone().select(0, pairs.clone()), 1);
         for (l, block) in m.blocks.iter().enumerate() {
             let col = l * (3 * h + 1);
             // Each head's q, k, v from its own input: [R, 3H, s, d] in (head, q/k/v) order.

@@ -1,6 +1,6 @@
 //! The computational graph circuit discovery scores, in EAP-IG's convention (hannamw/EAP-IG,
-//! `Graph.from_model`, sequential attention and MLP): nodes are the input (token + position
-//! embeddings), every attention head, every MLP and the logits; an edge goes from every node that
+//! `Graph.from_model`, sequential attention and MLP): nodes are the input (the token embeddings,
+//! `hook_embed`, as EAP-IG's input node: learned position embeddings are no node's output), every attention head, every MLP and the logits; an edge goes from every node that
 //! writes to the residual stream before a reader to that reader's input, a head's query, key and
 //! value inputs counted apart. Names are EAP-IG's: nodes `input`, `a3.h7`, `m5`, `logits`; edges
 //! `a0.h1->a2.h3<q>`, `m0->m4`, `input->logits`; edges in EAP-IG's order (by receiver layer: the

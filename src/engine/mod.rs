@@ -33,7 +33,7 @@ pub enum Method {
     #[value(alias = "eap")]
     #[serde(alias = "eap")]
     Attribution,
-    /// Attribution with integrated gradients over the input embeddings (EAP-IG's default
+    /// Attribution with integrated gradients over the token embeddings (EAP-IG's default
     /// variant): the gradient averaged over `ig_steps` interpolated runs.
     #[value(name = "eap-ig")]
     #[serde(rename = "eap-ig")]

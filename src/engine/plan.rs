@@ -43,7 +43,7 @@ pub enum PatchSite {
     /// direct effect through the final norm and the unembedding.
     PathResidFinal,
     /// Every edge of the circuit graph (`graph`, EAP-IG's): the sender's clean-minus-corrupted
-    /// output (embeddings, a head's z·W_O, an MLP's output) added to the receiver's input alone (a
+    /// output (the token embeddings, a head's z·W_O, an MLP's output) added to the receiver's input alone (a
     /// head's q, k or v input, an MLP's input, the final residual stream).
     Edges,
 }
@@ -177,11 +177,11 @@ impl PatchSite {
     }
 
     /// The clean run's activations the patch reads, at every layer: the one it overwrites, or the
-    /// senders' outputs (heads' z; for edges also the embeddings, resid_pre at layer 0, and the
+    /// senders' outputs (heads' z; for edges also the input node's, the token embeddings, and the
     /// MLPs' outputs).
     pub fn clean_reads(self) -> Vec<SiteKind> {
         match self.scope() {
-            Scope::Edge => vec![SiteKind::ResidPre, SiteKind::Z, SiteKind::MlpOut],
+            Scope::Edge => vec![SiteKind::Embed, SiteKind::Z, SiteKind::MlpOut],
             _ if self.is_path() => vec![SiteKind::Z],
             _ => vec![self.kind()],
         }

@@ -441,7 +441,7 @@ impl<B: Backend> Patch<'_, B> {
                     writes.push(self.model.blocks[sl].attn.head_write(delta, heads));
                 }
                 Node::Mlp(layer) => writes.push(delta(SiteKind::MlpOut, layer)),
-                _ => writes.push(delta(SiteKind::ResidPre, 0)),
+                _ => writes.push(delta(SiteKind::Embed, 0)),
             }
         }
         let writes = Tensor::cat(writes, 0);

@@ -21,7 +21,7 @@ pub fn position_shape<B: Backend>(model: &Transformer<B>, site: Site) -> Result<
     let c = &model.config;
     ensure!(site.layer < c.layers, "layer {} is outside the model's {} layers", site.layer, c.layers);
     Ok(match site.kind {
-        SiteKind::ResidPre | SiteKind::ResidMid | SiteKind::ResidPost | SiteKind::AttnOut | SiteKind::MlpOut | SiteKind::MlpIn => vec![c.d_model],
+        SiteKind::ResidPre | SiteKind::ResidMid | SiteKind::ResidPost | SiteKind::AttnOut | SiteKind::MlpOut | SiteKind::MlpIn | SiteKind::Embed => vec![c.d_model],
         SiteKind::Q | SiteKind::Z | SiteKind::K | SiteKind::V | SiteKind::KHead | SiteKind::VHead => vec![c.heads_of(site.kind), c.d_head],
         SiteKind::Pattern => bail!("pattern has no per-position vector to steer with: choose a residual-shaped site or q, k, v, z"),
     })

@@ -29,6 +29,10 @@ pub enum SiteKind {
     /// Not among `ALL`: paths and edges write a receiving head's own k or v input here.
     KHead,
     VHead,
+    /// The token embeddings alone, [batch, pos, d] (TransformerLens' `hook_embed`, layer 0;
+    /// learned position embeddings are added after it): the graph's input node, as EAP-IG's is.
+    /// Not among `ALL`.
+    Embed,
 }
 
 impl SiteKind {
@@ -60,6 +64,7 @@ impl SiteKind {
             Self::MlpIn => "mlp_in",
             Self::KHead => "k_head",
             Self::VHead => "v_head",
+            Self::Embed => "embed",
         }
     }
 
@@ -70,9 +75,17 @@ impl SiteKind {
         })
     }
 
+    /// A kind by its name, the internal ones (`mlp_in`, `k_head`, `v_head`, `embed`) included: for
+    /// names patchbay itself wrote (a results directory's means).
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().chain([Self::MlpIn, Self::KHead, Self::VHead, Self::Embed]).find(|k| k.name() == name)
+    }
+
     /// TransformerLens' hook name, e.g. `blocks.3.hook_resid_pre`, `blocks.3.attn.hook_z`.
     pub fn hook_name(self, layer: impl std::fmt::Display) -> String {
-        if self.in_attention() {
+        if self == Self::Embed {
+            "hook_embed".into()
+        } else if self.in_attention() {
             format!("blocks.{layer}.attn.hook_{}", self.name())
         } else {
             format!("blocks.{layer}.hook_{}", self.name())

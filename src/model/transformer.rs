@@ -625,7 +625,9 @@ impl<B: Backend> Transformer<B> {
 
     /// The residual stream after the last block, [batch, pos, d].
     pub fn resid_final(&self, tokens: Tensor<B, 2, Int>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
-        let x = Batch::one(self.embed(tokens, 0));
+        let (tok, pos) = self.embed_parts(tokens, 0);
+        let tok = Batch::one(tok).hook(Site::new(SiteKind::Embed, 0), hooks).into_one();
+        let x = Batch::one(pos.map_or(tok.clone(), |pos| tok + pos));
         self.blocks.iter().enumerate().fold(x, |x, (l, block)| block.forward(x, l, &[None], None, hooks)).into_one()
     }
 }

@@ -89,7 +89,7 @@ pub fn read_means(dir: &Path, m: &Manifest, unfinished: bool) -> Result<Option<c
     }
     let mut means = crate::engine::Means { positional: m.ablation == crate::engine::Ablation::MeanPositional, kinds: Default::default() };
     for e in &m.ablation_means {
-        let kind = crate::model::SiteKind::parse(&e.kind).with_context(|| format!("{}: ablation means", dir.join(MANIFEST).display()))?;
+        let kind = crate::model::SiteKind::named(&e.kind).with_context(|| format!("{}: ablation means of an unknown site {:?}", dir.join(MANIFEST).display(), e.kind))?;
         let path = dir.join(if unfinished { format!("{}.partial", e.file) } else { e.file.clone() });
         let (values, shape) = npy::read_own_f32(&path)?;
         if shape != e.shape || MeansEntry::hash(&values) != e.xxh3 {
