@@ -184,7 +184,8 @@ impl BackendTask for Attribution {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let refs = Refs::load_file(&self.0, self.1);
         let m = model::<B>(&self.0, &device);
-        let pairs = fixture_pairs(&refs);
+        // The pairs of the references with BOS are their own; the others are refs.safetensors'.
+        let pairs = fixture_pairs(&Refs::load_file(&self.0, if self.1 == BOS_REFS { BOS_REFS } else { "refs.safetensors" }));
         // One pair a pass and all at once.
         let one = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 1, &mut |_| Ok(()))?;
         let a = patchbay::circuits::logit_attribution::attribute(&m, &pairs, 64, &mut |_| Ok(()))?;
@@ -205,6 +206,11 @@ impl BackendTask for Attribution {
 fn logit_lens_and_direct_attribution_match_transformer_lens_and_sum_to_the_logit_difference() {
     let mut cases: Vec<_> = fixture_dirs().into_iter().map(|d| (patchbay::backend::BackendSpec::default(), d, "refs.safetensors")).collect();
     cases.push((patchbay::backend::BackendSpec::default(), tiny(), BOS_REFS));
+    // The Llama 3 and Qwen families (make_family_capability_refs.py: an RMSNorm is not centred, and
+    // rotary positions leave the position component zero).
+    for family in ["llama", "llama-tied", "qwen2", "qwen3"] {
+        cases.push((patchbay::backend::BackendSpec::default(), fixtures().join("families").join(family), "refs-capabilities.safetensors"));
+    }
     cases.extend(backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != patchbay::backend::BackendKind::Cpu).map(|s| (s, tiny(), "refs.safetensors")));
     for (spec, dir, refs) in cases {
         let diffs = dispatch(&spec, Attribution(dir.clone(), refs)).unwrap();
