@@ -2,8 +2,8 @@
 //! tests/fixtures/families (make_family_fixtures.py: random weights, tiny shapes, stored as the hub
 //! stores them: hub and transformers-5 rope configs, F32 / BF16 / F16, one file or shards):
 //! tokenization, logits and every TransformerLens site, activation patching through the CLI (k and v
-//! per key/value head), and
-//! greedy generation with the KV cache.
+//! per key/value head), greedy generation with the KV cache, and perplexity and candidates from
+//! the same logits as HF's.
 use crate::common::*;
 use burn::prelude::*;
 use patchbay::backend::{dispatch, BackendSpec, BackendTask, DType};
@@ -146,6 +146,51 @@ fn greedy_generation_with_the_kv_cache_equals_hf_generate() {
             let want: Vec<Vec<u32>> = refs.token_rows("generate.greedy");
             let got = dispatch(&spec, Greedy(dir(family), refs.token_rows("tokens"))).unwrap();
             assert_eq!(got, want, "{family} on {spec:?}");
+        }
+    }
+}
+
+/// Per-token losses and every position's top 5 of the clean prompts.
+struct Text(PathBuf, Vec<Vec<u32>>);
+
+impl BackendTask for Text {
+    type Output = (Vec<Vec<f32>>, Vec<Vec<Vec<(u32, f32)>>>);
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        use patchbay::generate::{candidates, token_losses, Memory};
+        let model = load_located::<B>(self.0.to_str().unwrap(), &device)?;
+        let memory = Memory { budget: usize::MAX, buffer: usize::MAX };
+        Ok((token_losses(&model, &self.1, 2, memory, &mut |_| Ok(()))?, candidates::top_k(&model, &self.1, 5, true, 2, memory)?))
+    }
+}
+
+/// `perplexity`'s token losses and `candidates`' top 5 at every position, against HF's logits of
+/// the clean prompts (refs `logits`, log-softmaxed here in f64).
+#[test]
+fn perplexity_and_candidates_follow_hfs_logits() {
+    for spec in f32_backends() {
+        for family in ["llama", "llama-tied", "qwen2", "qwen3"] {
+            let refs = Refs::load(&dir(family));
+            let tokens = refs.token_rows("tokens");
+            let (logits, shape) = refs.f32("logits");
+            let (t, v) = (shape[1], shape[2]);
+            let (losses, top) = dispatch(&spec, Text(dir(family), tokens.clone())).unwrap();
+            for (p, row) in tokens.iter().enumerate() {
+                for pos in 0..t {
+                    let l: Vec<f64> = logits[(p * t + pos) * v..][..v].iter().map(|&x| x as f64).collect();
+                    let max = l.iter().cloned().fold(f64::MIN, f64::max);
+                    let log_z = max + l.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                    let mut order: Vec<usize> = (0..v).collect();
+                    order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+                    let want: Vec<(u32, f32)> = order[..5].iter().map(|&i| (i as u32, (l[i] - log_z).exp() as f32)).collect();
+                    let got = &top[p][pos];
+                    assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), want.iter().map(|c| c.0).collect::<Vec<_>>(), "{family} {spec:?}: pair {p} position {pos}'s top 5");
+                    assert!(max_abs_diff(&got.iter().map(|c| c.1).collect::<Vec<_>>(), &want.iter().map(|c| c.1).collect::<Vec<_>>()) <= 1e-5, "{family} {spec:?}: probabilities");
+                    if pos + 1 < t {
+                        let want = (log_z - l[row[pos + 1] as usize]) as f32;
+                        assert!((losses[p][pos] - want).abs() <= 1e-4, "{family} {spec:?}: pair {p} token {}'s loss {} vs HF's {want}", pos + 1, losses[p][pos]);
+                    }
+                }
+            }
         }
     }
 }

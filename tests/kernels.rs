@@ -126,4 +126,17 @@ fn doctor_command_prints_the_steps_and_fails_in_one_line_on_a_difference() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["doctor", "--model", small.to_str().unwrap(), "--backend", "cpu", "--text", "Michelle Jones"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("outside the model's vocabulary"));
+    // A family with grouped heads, QK-norm and rotary positions: the same steps (the scores take
+    // the normed, rotated q and k), and a fault there is found.
+    let qwen3 = common::fixtures().join("families/qwen3");
+    for (fault, ok) in [(None, true), (Some("attn.scores"), false)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["doctor", "--model", qwen3.to_str().unwrap(), "--backend", "cpu"]).args(fault.map(|f| ["--inject-fault", f]).iter().flatten()).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.success(), ok, "{stdout}{stderr}");
+        if ok {
+            assert_eq!(stdout.matches("  ok ").count(), 3, "2 blocks and the final steps: {stdout}");
+        } else {
+            assert!(stderr.contains("block 0, step attn.scores (q·kᵀ)"), "{stderr}");
+        }
+    }
 }
