@@ -133,14 +133,25 @@ impl BackendTask for AgainstTl {
         // The means against the references' (over every pair of the fixture, as they are run).
         for (kind, (_, values)) in means.iter().flat_map(|m| &m.kinds) {
             let (d, a) = self.how;
-            out.push((format!("means of {}", kind.name()), max_abs_diff(values, &refs.f32(&format!("means.{}.{}.{}", d.name(), a.name(), kind.name())).0)));
+            let want = match self.refs {
+                // The family references name each kind's means alone (not the MLPs' outputs: the
+                // mean-ablated edges check those); the token embeddings' have no layer axis.
+                CAPABILITY_REFS if !refs.has(&format!("means.{}", kind.name())) => continue,
+                CAPABILITY_REFS => refs.f32(&format!("means.{}", kind.name())).0,
+                _ => refs.f32(&format!("means.{}.{}.{}", d.name(), a.name(), kind.name())).0,
+            };
+            out.push((format!("means of {}", kind.name()), max_abs_diff(&values[..want.len()], &want)));
         }
         for (si, site) in self.sites.iter().enumerate() {
             let got: Vec<f32> = results.iter().flat_map(|r| r.sites[si].clone()).collect();
             let mut want = match self.refs {
                 ABLATION_REFS => want(&format!("{}.{}.{}", self.how.0.name(), self.how.1.name(), site.name())),
-                EDGE_REFS | CAPABILITY_REFS if self.how.1 == Ablation::Zero => want("edges.zero"),
-                EDGE_REFS | CAPABILITY_REFS => want("edges"),
+                EDGE_REFS | CAPABILITY_REFS if *site == PatchSite::Edges => match self.how.1 {
+                    Ablation::Resample => want("edges"),
+                    a => want(&format!("edges.{}", a.name())),
+                },
+                CAPABILITY_REFS => want(&format!("{}.{}.{}", self.how.0.name(), self.how.1.name(), site.name())),
+                EDGE_REFS => want("edges"),
                 _ => want(&reference(*site)),
             };
             if site.is_path() && *site != PatchSite::Edges {
@@ -720,7 +731,7 @@ fn circuits_evaluate_as_exact_edges_on_grouped_attention_families() {
 /// Past the forward pass on the Llama 3 and Qwen families, against HF transformers in float64
 /// (make_family_capability_refs.py; a receiving query head's own k and v input under grouped
 /// attention, EAP-IG's input node the token embeddings): exact edges (resample with reuse and
-/// without, zero ablation), EAP (denoising, noising), EAP-IG (resample, zero) and attribution
+/// without, zero and mean ablation), mean-ablated activation patching, EAP (denoising, noising), EAP-IG (resample, zero) and attribution
 /// patching of every site it overwrites, on the cpu; exact edges with reuse and EAP-IG on the other
 /// f32 backends without fusion.
 #[test]
@@ -739,6 +750,9 @@ fn edges_eap_eap_ig_and_attribution_match_hf_on_the_families() {
             check_against_tl(&[Edges], &case, |s| if s.kind == BackendKind::Cpu { &CONFIGS[..2] } else { &CONFIGS[..1] }, CAPABILITY_REFS);
             if cpu {
                 check_how_against_tl(&[Edges], &case, |_| &CONFIGS[..1], CAPABILITY_REFS, (den, Ablation::Zero));
+                // Mean ablation: the means over the clean prompts and positions, then the patches.
+                check_how_against_tl(&[Edges], &case, |_| &CONFIGS[..1], CAPABILITY_REFS, (den, Ablation::Mean));
+                check_how_against_tl(&[ResidPre, ZAllPos, KAllPos, VAllPos], &case, |_| &CONFIGS[..2], CAPABILITY_REFS, (den, Ablation::Mean));
             }
             let eap: &[(Option<usize>, How)] = if cpu {
                 &[(None, (den, Ablation::Resample)), (None, (noi, Ablation::Resample)), (Some(5), (den, Ablation::Resample)), (Some(5), (den, Ablation::Zero))]

@@ -58,6 +58,10 @@ impl Refs {
         safetensors::SafeTensors::deserialize(&self.bytes).unwrap().tensor(name).unwrap_or_else(|_| panic!("no ref {name}"))
     }
 
+    pub fn has(&self, name: &str) -> bool {
+        safetensors::SafeTensors::deserialize(&self.bytes).unwrap().tensor(name).is_ok()
+    }
+
     pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
         let v = self.view(name);
         (v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(), v.shape().to_vec())
