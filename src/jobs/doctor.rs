@@ -6,7 +6,7 @@
 //! steps passed on: the first step beyond the dtype's tolerance is the faulty operation.
 use super::{Model, ModelTask, On};
 use crate::backend::{layout, matmul, BackendSpec, DType};
-use crate::model::transformer::{causal_softmax, linear, mix, scores};
+use crate::model::transformer::{linear, mix};
 use crate::model::{Transformer, NoHooks};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
@@ -113,10 +113,13 @@ enum Step {
     Softmax { last: bool },
     Mix { last: bool },
     AttnOut,
+    /// The norm on attention's output (Gemma 2).
+    PostAttn,
     NormMlp,
     MlpIn,
     Activation,
     MlpOut,
+    PostMlp,
     NormFinal,
     Unembed,
 }
@@ -133,10 +136,12 @@ impl Step {
             Step::Softmax { last: true } => "attn.softmax, last position",
             Step::Mix { last: true } => "attn.z (pattern·v), last position",
             Step::AttnOut => "attn.out (linear)",
+            Step::PostAttn => "post_attn",
             Step::NormMlp => "norm_mlp",
             Step::MlpIn => "mlp.in (linear)",
             Step::Activation => "mlp.act",
             Step::MlpOut => "mlp.out (linear)",
+            Step::PostMlp => "post_mlp",
             Step::NormFinal => "norm_final",
             Step::Unembed => "unembed (linear)",
         }
@@ -220,14 +225,22 @@ impl ModelTask for TraceTask {
                     z = zz;
                 }
             }
-            let attn_out = step(&mut t, b, Step::AttnOut, vec![z]);
+            let post_norms = m.blocks[l].post_norms.is_some();
+            let mut attn_out = step(&mut t, b, Step::AttnOut, vec![z]);
+            if post_norms {
+                attn_out = step(&mut t, b, Step::PostAttn, vec![attn_out]);
+            }
             let mid = t.values[resid].add(&t.values[attn_out]);
             t.values.push(mid);
             let mid = t.values.len() - 1;
-            let x = step(&mut t, b, Step::NormMlp, vec![mid]);
+            // A parallel block's MLP reads the block's input.
+            let x = step(&mut t, b, Step::NormMlp, vec![if m.blocks[l].parallel { resid } else { mid }]);
             let h = step(&mut t, b, Step::MlpIn, vec![x]);
             let h = step(&mut t, b, Step::Activation, vec![h]);
-            let mlp_out = step(&mut t, b, Step::MlpOut, vec![h]);
+            let mut mlp_out = step(&mut t, b, Step::MlpOut, vec![h]);
+            if post_norms {
+                mlp_out = step(&mut t, b, Step::PostMlp, vec![mlp_out]);
+            }
             let post = t.values[mid].add(&t.values[mlp_out]);
             t.values.push(post);
             resid = t.values.len() - 1;
@@ -284,6 +297,10 @@ fn run_step<B: Backend>(m: &Transformer<B>, block: Option<usize>, step: Step, in
     match step {
         Step::NormAttn => (Host::of(blk().norm_attn.forward(t3(0))), vec![]),
         Step::NormMlp => (Host::of(blk().norm_mlp.forward(t3(0))), vec![]),
+        Step::PostAttn | Step::PostMlp => {
+            let [post_attn, post_mlp] = blk().post_norms.as_ref().expect("post-norm steps are traced where there are post-norms");
+            (Host::of(if step == Step::PostAttn { post_attn } else { post_mlp }.forward(t3(0))), vec![])
+        }
         Step::NormFinal => (Host::of(m.norm_final().forward(t3(0))), vec![]),
         Step::Qkv => linear3(t3(0), &blk().attn.w_qkv, blk().attn.b_qkv.as_ref()),
         Step::AttnOut => linear3(t3(0), &blk().attn.w_o, blk().attn.b_o.as_ref()),
@@ -302,9 +319,9 @@ fn run_step<B: Backend>(m: &Transformer<B>, block: Option<usize>, step: Step, in
             let (q, k) = attn.positioned(attn.split(&qkv, 0, last_from(&qkv, last)).swap_dims(1, 2), attn.split(&qkv, 1, 0).swap_dims(1, 2));
             let k = attn.grouped(k);
             let operands = vec![layout(&q), layout(&k.clone().swap_dims(2, 3))];
-            (Host::of(scores(q, k)), operands)
+            (Host::of(attn.scores(q, k)), operands)
         }
-        Step::Softmax { .. } => (Host::of(causal_softmax(ins[0].on::<B, 4>(device))), vec![]),
+        Step::Softmax { .. } => (Host::of(blk().attn.pattern(ins[0].on::<B, 4>(device))), vec![]),
         Step::Mix { .. } => {
             let (pattern, qkv) = (ins[0].on::<B, 4>(device), t3(1));
             let v = blk().attn.grouped(blk().attn.split(&qkv, 2, 0).swap_dims(1, 2));
@@ -318,7 +335,7 @@ fn run_step<B: Backend>(m: &Transformer<B>, block: Option<usize>, step: Step, in
             let [rows, s, d] = x.dims();
             let (x, w) = (x.reshape([rows * s, d]), m.w_u().clone().transpose());
             let operands = vec![layout(&x), layout(&w)];
-            (Host::of(matmul(x, w).reshape([rows, s, m.config.vocab])), operands)
+            (Host::of(m.softcap(matmul(x, w).reshape([rows, s, m.config.vocab]))), operands)
         }
     }
 }

@@ -78,6 +78,30 @@ pub struct ModelConfig {
     pub gated_mlp: bool,
     /// The unembedding is the token embeddings' transpose.
     pub tied: bool,
+    /// Attention and the MLP both read the block's input and their outputs are added together
+    /// (GPT-NeoX's `use_parallel_residual`): there is no resid_mid.
+    pub parallel: bool,
+    /// A norm on each sublayer's output before it joins the residual stream (Gemma 2's
+    /// post-attention and post-feedforward norms).
+    pub post_norms: bool,
+    /// The token embeddings' multiplier (Gemma: √d_model).
+    pub embed_scale: Option<f64>,
+    /// The attention scores' multiplier where it is not 1/√d_head (Gemma 2:
+    /// `query_pre_attn_scalar`^-½).
+    pub query_scale: Option<f64>,
+    /// `cap·tanh(x / cap)` on the attention scores before the mask (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// The same on the final logits (Gemma 2).
+    pub final_softcap: Option<f64>,
+    /// Sliding-window attention on some layers (Gemma 2's local layers).
+    pub window: Option<Window>,
+}
+
+/// Each query of `layers` sees only its last `size` keys, itself included (HF's sliding window).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub size: usize,
+    pub layers: Vec<usize>,
 }
 
 /// What manifests hold: this struct's fields, or (written before the model seam) GPT-2's
@@ -115,6 +139,20 @@ struct Stored {
     #[serde(default)]
     gated_mlp: bool,
     tied: Option<bool>,
+    #[serde(default)]
+    parallel: bool,
+    #[serde(default)]
+    post_norms: bool,
+    #[serde(default)]
+    embed_scale: Option<f64>,
+    #[serde(default)]
+    query_scale: Option<f64>,
+    #[serde(default)]
+    attn_softcap: Option<f64>,
+    #[serde(default)]
+    final_softcap: Option<f64>,
+    #[serde(default)]
+    window: Option<Window>,
 }
 
 fn gpt2() -> String {
@@ -143,6 +181,13 @@ impl From<Stored> for ModelConfig {
             activation: s.activation,
             gated_mlp: s.gated_mlp,
             tied: s.tied.unwrap_or(true),
+            parallel: s.parallel,
+            post_norms: s.post_norms,
+            embed_scale: s.embed_scale,
+            query_scale: s.query_scale,
+            attn_softcap: s.attn_softcap,
+            final_softcap: s.final_softcap,
+            window: s.window,
         }
     }
 }
@@ -181,6 +226,11 @@ impl ModelConfig {
         }
     }
 
+    /// Layer `layer`'s sliding window, if it has one.
+    pub fn window_of(&self, layer: usize) -> Option<usize> {
+        self.window.as_ref().filter(|w| w.layers.contains(&layer)).map(|w| w.size)
+    }
+
     /// What any family's config must hold for the model to compute finite values.
     fn check(&self) -> Result<()> {
         let sizes = [("layers", self.layers), ("heads", self.heads), ("kv_heads", self.kv_heads), ("d_model", self.d_model), ("d_head", self.d_head), ("d_mlp", self.d_mlp), ("vocab", self.vocab), ("context", self.context)];
@@ -192,6 +242,13 @@ impl ModelConfig {
         }
         if self.heads % self.kv_heads != 0 {
             bail!("{} heads do not divide into {} key/value heads", self.heads, self.kv_heads);
+        }
+        let positive = [("embedding scale", self.embed_scale), ("query scale", self.query_scale), ("attention soft-cap", self.attn_softcap), ("final soft-cap", self.final_softcap)];
+        if let Some((name, Some(v))) = positive.iter().find(|(_, v)| v.is_some_and(|v| !(v.is_finite() && v > 0.0))) {
+            bail!("the {name} is {v}: it must be a positive number");
+        }
+        if let Some(w) = self.window.as_ref().filter(|w| w.size == 0) {
+            bail!("a sliding window of {} keys: it must hold at least one", w.size);
         }
         // A zero, negative or non-finite epsilon makes every norm NaN or infinite, silently.
         if !(self.eps.is_finite() && self.eps > 0.0) {

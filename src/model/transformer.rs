@@ -181,10 +181,16 @@ pub struct Attention<B: Backend> {
     pub(crate) d_head: usize,
     qk_norm: Option<[Norm<B>; 2]>,
     rope: Option<std::sync::Arc<Rope<B>>>,
+    /// The scores' multiplier where it is not 1/√d_head.
+    query_scale: Option<f64>,
+    softcap: Option<f64>,
+    /// This layer's sliding window: each query sees its last `window` keys.
+    window: Option<usize>,
 }
 
 impl<B: Backend> Attention<B> {
-    fn load(src: &mut impl ParamSource<B>, name: &str, c: &ModelConfig, rope: Option<std::sync::Arc<Rope<B>>>) -> Result<Self> {
+    fn load(src: &mut impl ParamSource<B>, layer: usize, c: &ModelConfig, rope: Option<std::sync::Arc<Rope<B>>>) -> Result<Self> {
+        let name = format!("blocks.{layer}.attn");
         let (d, inner, qkv) = (c.d_model, c.heads * c.d_head, (c.heads + 2 * c.kv_heads) * c.d_head);
         let qk_norm = match c.qk_norm {
             true => Some([Norm::load(src, &format!("{name}.q_norm"), c.d_head, c)?, Norm::load(src, &format!("{name}.k_norm"), c.d_head, c)?]),
@@ -202,13 +208,44 @@ impl<B: Backend> Attention<B> {
             d_head: c.d_head,
             qk_norm,
             rope,
+            query_scale: c.query_scale,
+            softcap: c.attn_softcap,
+            window: c.window_of(layer),
         })
     }
 
-    /// GPT-2's attention (every head its own keys and values, no positions inside, no norm): what
-    /// the CPU kernel and the padded batch compute.
+    /// GPT-2's attention (every head its own keys and values, no positions inside, no norm, scores
+    /// scaled by 1/√d_head and neither capped nor windowed): what the CPU kernel and the padded
+    /// batch compute.
     fn plain(&self) -> bool {
-        self.kv_heads == self.heads && self.qk_norm.is_none() && self.rope.is_none()
+        self.kv_heads == self.heads && self.qk_norm.is_none() && self.rope.is_none() && self.query_scale.is_none() && self.softcap.is_none() && self.window.is_none()
+    }
+
+    /// The scores of positioned `q` [b, h, queries, dh] and grouped `k` [b, h, keys, dh]: q·kᵀ
+    /// scaled, then soft-capped where the model caps them, [b, h, queries, keys].
+    pub fn scores(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
+        let s = match self.query_scale {
+            None => scores(q, k),
+            Some(scale) => matmul(q, k.swap_dims(2, 3)) * scale,
+        };
+        match self.softcap {
+            Some(cap) => s.div_scalar(cap).tanh().mul_scalar(cap),
+            None => s,
+        }
+    }
+
+    /// The pattern of `scores` [b, h, queries, keys] (the queries the last of the keys' positions):
+    /// causal, and within this layer's window.
+    pub fn pattern(&self, scores: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.window {
+            None => causal_softmax(scores),
+            Some(w) => {
+                let [b, h, queries, keys] = scores.dims();
+                // Query i (at position i' = keys − queries + i) sees keys j with i' − w < j ≤ i'.
+                let old = Tensor::<B, 2, Bool>::tril_mask([queries, keys], (keys - queries) as i64 - w as i64, &scores.device()).bool_not();
+                causal_softmax(scores.mask_fill(old.unsqueeze::<4>().expand([b, h, queries, keys]), f32::NEG_INFINITY))
+            }
+        }
     }
 
     /// Where q (`i` 0), k (1) or v (2) starts in q|k|v, and its heads.
@@ -251,7 +288,7 @@ impl<B: Backend> Attention<B> {
     /// (through `pattern`, the hook that may read or replace it).
     pub fn attend(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, pattern: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>) -> Tensor<B, 4> {
         let (q, k) = self.positioned(q, k);
-        mix(pattern(causal_softmax(scores(q, self.grouped(k)))), self.grouped(v))
+        mix(pattern(self.pattern(self.scores(q, self.grouped(k)))), self.grouped(v))
     }
 
     /// Attention output of each segment's last `keep` positions (all for None); keys and values
@@ -467,16 +504,42 @@ pub struct Block<B: Backend> {
     pub attn: Attention<B>,
     pub(crate) norm_mlp: Norm<B>,
     pub(crate) mlp: Mlp<B>,
+    /// Norms on attention's and the MLP's outputs (Gemma 2).
+    pub(crate) post_norms: Option<[Norm<B>; 2]>,
+    /// The MLP reads the block's input, beside attention (GPT-NeoX).
+    pub(crate) parallel: bool,
 }
 
 impl<B: Backend> Block<B> {
     fn load(src: &mut impl ParamSource<B>, layer: usize, c: &ModelConfig, rope: Option<std::sync::Arc<Rope<B>>>) -> Result<Self> {
+        let norm = |src: &mut _, name: &str| Norm::load(src, &format!("blocks.{layer}.{name}"), c.d_model, c);
         Ok(Self {
-            norm_attn: Norm::load(src, &format!("blocks.{layer}.norm_attn"), c.d_model, c)?,
-            attn: Attention::load(src, &format!("blocks.{layer}.attn"), c, rope)?,
-            norm_mlp: Norm::load(src, &format!("blocks.{layer}.norm_mlp"), c.d_model, c)?,
+            norm_attn: norm(src, "norm_attn")?,
+            attn: Attention::load(src, layer, c, rope)?,
+            norm_mlp: norm(src, "norm_mlp")?,
             mlp: Mlp::load(src, &format!("blocks.{layer}.mlp"), c)?,
+            post_norms: c.post_norms.then(|| Ok::<_, anyhow::Error>([norm(src, "post_attn")?, norm(src, "post_mlp")?])).transpose()?,
+            parallel: c.parallel,
         })
+    }
+
+    /// Attention's output `out` [.., d] as it joins the residual stream (through its post-norm,
+    /// where the model has one): TransformerLens' `attn_out`.
+    pub fn attn_out<const D: usize>(&self, out: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.post_norms {
+            Some([post, _]) => post.forward(out),
+            None => out,
+        }
+    }
+
+    /// The MLP's output of its input (before norm_mlp) `x` [tokens, d] as it joins the residual
+    /// stream: TransformerLens' `mlp_out`.
+    pub fn mlp_out(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let out = self.mlp.forward(self.norm_mlp.forward(x));
+        match &self.post_norms {
+            Some([_, post]) => post.forward(out),
+            None => out,
+        }
     }
 
     /// Row r's head `heads[r]`'s query (`which` 0), key (1) or value (2) when it alone reads the
@@ -508,12 +571,19 @@ impl<B: Backend> Block<B> {
         let site = |kind| Site::new(kind, layer);
         let x = x.hook(site(SiteKind::ResidPre), hooks);
         let attn_out = self.attn.forward(x.with(self.norm_attn.forward(x.x.clone())), layer, prefixes, keep, hooks);
-        let attn_out = attn_out.hook(site(SiteKind::AttnOut), hooks);
+        let attn_out = attn_out.with(self.attn_out(attn_out.x.clone())).hook(site(SiteKind::AttnOut), hooks);
         let x = x.last(keep);
-        let x = x.with(x.x.clone() + attn_out.x).hook(site(SiteKind::ResidMid), hooks);
-        let mlp_in = x.with(x.x.clone()).hook(site(SiteKind::MlpIn), hooks);
-        let mlp_out = x.with(self.mlp.forward(self.norm_mlp.forward(mlp_in.x))).hook(site(SiteKind::MlpOut), hooks);
-        x.with(x.x.clone() + mlp_out.x).hook(site(SiteKind::ResidPost), hooks)
+        // In a parallel block the MLP reads the block's input and nothing is between the sublayers.
+        let (mid, mlp_in) = match self.parallel {
+            false => {
+                let mid = x.with(x.x.clone() + attn_out.x.clone()).hook(site(SiteKind::ResidMid), hooks);
+                (mid.x.clone(), mid)
+            }
+            true => (x.x.clone() + attn_out.x.clone(), x.with(x.x.clone())),
+        };
+        let mlp_in = mlp_in.hook(site(SiteKind::MlpIn), hooks);
+        let mlp_out = x.with(self.mlp_out(mlp_in.x)).hook(site(SiteKind::MlpOut), hooks);
+        x.with(mid + mlp_out.x).hook(site(SiteKind::ResidPost), hooks)
     }
 }
 
@@ -583,6 +653,10 @@ impl<B: Backend> Transformer<B> {
     pub fn embed_parts(&self, tokens: Tensor<B, 2, Int>, start: usize) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
         let [b, s] = tokens.dims();
         let tok = self.w_e.clone().select(0, tokens.reshape([b * s])).reshape([b, s, self.config.d_model]);
+        let tok = match self.config.embed_scale {
+            Some(scale) => tok * scale,
+            None => tok,
+        };
         (tok, self.w_pos.as_ref().map(|w| w.clone().narrow(0, start, s).unsqueeze::<3>()))
     }
 
@@ -608,14 +682,22 @@ impl<B: Backend> Transformer<B> {
         // On the CPU, one gemm reading the unembedding's transpose in place (burn-flex's matmul
         // would copy it: 154 MB on GPT-2 small, half of a decoding step).
         let w = self.w_u().clone().transpose();
-        cpu::linear(&x, &w, None).unwrap_or_else(|| matmul(x, w)).reshape([b, s, self.config.vocab])
+        self.softcap(cpu::linear(&x, &w, None).unwrap_or_else(|| matmul(x, w)).reshape([b, s, self.config.vocab]))
+    }
+
+    /// Logits through the final soft-cap, where the model has one (Gemma 2).
+    pub fn softcap<const D: usize>(&self, logits: Tensor<B, D>) -> Tensor<B, D> {
+        match self.config.final_softcap {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        }
     }
 
     /// The logits of chosen tokens only: `resid` [rows, d] (one position per row), `ids` [rows, k]
     /// gives [rows, k]. Equal to gathering `unembed`'s output, at a fraction of its cost.
     pub fn logits_of(&self, resid: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let [rows, k] = ids.dims();
-        (self.norm_final.forward(resid).unsqueeze_dim::<3>(1) * self.unembedding(ids)).sum_dim(2).reshape([rows, k])
+        self.softcap((self.norm_final.forward(resid).unsqueeze_dim::<3>(1) * self.unembedding(ids)).sum_dim(2).reshape([rows, k]))
     }
 
     /// The whole forward pass: logits [batch, pos, vocab].

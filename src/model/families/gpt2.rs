@@ -117,6 +117,13 @@ fn shape(layers: usize, heads: usize, d_model: usize, d_mlp: usize, context: usi
         activation,
         gated_mlp: false,
         tied: true,
+        parallel: false,
+        post_norms: false,
+        embed_scale: None,
+        query_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
+        window: None,
     }
 }
 

@@ -72,7 +72,7 @@ impl Family for Llama {
             bail!("num_attention_heads is 0");
         }
         let d_head = hf.head_dim.unwrap_or(hf.hidden_size / heads);
-        let rotary = rotary(&hf, d_head)?;
+        let rotary = rotary(hf.rope_theta, hf.rope_scaling.clone(), hf.rope_parameters.clone(), hf.partial_rotary_factor, d_head)?;
         let qwen2 = self.0 == "qwen2";
         Ok(ModelConfig {
             family: self.0.into(),
@@ -94,33 +94,18 @@ impl Family for Llama {
             activation: Activation::Silu,
             gated_mlp: true,
             tied: hf.tie_word_embeddings,
+            parallel: false,
+            post_norms: false,
+            embed_scale: None,
+            query_scale: None,
+            attn_softcap: None,
+            final_softcap: None,
+            window: None,
         })
     }
 
     fn source(&self, generic: &str) -> Source {
-        let (layer, rest) = match generic.strip_prefix("blocks.").and_then(|r| r.split_once('.')) {
-            Some((l, rest)) => (Some(l), rest),
-            None => (None, generic),
-        };
-        let at = |name: &str| match layer {
-            Some(l) => format!("model.layers.{l}.{name}"),
-            None => name.to_string(),
-        };
-        let parts = |names: &[&str], kind: &str| Source::Parts(names.iter().map(|n| at(&format!("{n}.{kind}"))).collect());
-        let (name, kind) = rest.rsplit_once('.').unwrap_or((rest, ""));
-        match name {
-            "embed" => Source::Same("model.embed_tokens.weight".into()),
-            "unembed" => Source::Same("lm_head.weight".into()),
-            "norm_final" => Source::Same(format!("model.norm.{kind}")),
-            "norm_attn" => Source::Same(at(&format!("input_layernorm.{kind}"))),
-            "norm_mlp" => Source::Same(at(&format!("post_attention_layernorm.{kind}"))),
-            "attn.q_norm" | "attn.k_norm" => Source::Same(at(&format!("self_attn.{}.{kind}", &name[5..]))),
-            "attn.qkv" => parts(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], kind),
-            "attn.out" => parts(&["self_attn.o_proj"], kind),
-            "mlp.in" => parts(&["mlp.gate_proj", "mlp.up_proj"], kind),
-            "mlp.out" => parts(&["mlp.down_proj"], kind),
-            _ => Source::Same(generic.into()),
-        }
+        source(generic, &[("norm_mlp", "post_attention_layernorm")])
     }
 
     fn layer_prefix(&self, layer: usize) -> String {
@@ -128,12 +113,43 @@ impl Family for Llama {
     }
 }
 
+/// Llama's checkpoint names of the generic parameters; `norms` names a layer's norms where the
+/// family's differ from Llama's `input_layernorm` (Gemma 2's MLP norm and post-norms).
+pub(super) fn source(generic: &str, norms: &[(&str, &str)]) -> Source {
+    let (layer, rest) = match generic.strip_prefix("blocks.").and_then(|r| r.split_once('.')) {
+        Some((l, rest)) => (Some(l), rest),
+        None => (None, generic),
+    };
+    let at = |name: &str| match layer {
+        Some(l) => format!("model.layers.{l}.{name}"),
+        None => name.to_string(),
+    };
+    let parts = |names: &[&str], kind: &str| Source::Parts(names.iter().map(|n| at(&format!("{n}.{kind}"))).collect());
+    let (name, kind) = rest.rsplit_once('.').unwrap_or((rest, ""));
+    if let Some((_, stored)) = norms.iter().find(|(generic, _)| *generic == name) {
+        return Source::Same(at(&format!("{stored}.{kind}")));
+    }
+    match name {
+        "embed" => Source::Same("model.embed_tokens.weight".into()),
+        "unembed" => Source::Same("lm_head.weight".into()),
+        "norm_final" => Source::Same(format!("model.norm.{kind}")),
+        "norm_attn" => Source::Same(at(&format!("input_layernorm.{kind}"))),
+        "attn.q_norm" | "attn.k_norm" => Source::Same(at(&format!("self_attn.{}.{kind}", &name[5..]))),
+        "attn.qkv" => parts(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], kind),
+        "attn.out" => parts(&["self_attn.o_proj"], kind),
+        "mlp.in" => parts(&["mlp.gate_proj", "mlp.up_proj"], kind),
+        "mlp.out" => parts(&["mlp.down_proj"], kind),
+        _ => Source::Same(generic.into()),
+    }
+}
+
 /// The rotation, from `rope_theta` / `rope_scaling` (the hub's files) or `rope_parameters`
-/// (transformers 5): plain, or Llama 3's scaled frequencies; any other `rope_type` refused.
-fn rotary(hf: &HfConfig, d_head: usize) -> Result<Rotary> {
-    let params = hf.rope_parameters.clone().or_else(|| hf.rope_scaling.clone()).filter(|v| !v.is_null()).unwrap_or(Value::Null);
+/// (transformers 5), over `partial` of each head's dims: plain, or Llama 3's scaled frequencies;
+/// any other `rope_type` refused.
+pub(super) fn rotary(rope_theta: Option<f64>, rope_scaling: Option<Value>, rope_parameters: Option<Value>, partial: Option<f64>, d_head: usize) -> Result<Rotary> {
+    let params = rope_parameters.or(rope_scaling).filter(|v| !v.is_null()).unwrap_or(Value::Null);
     let field = |name: &str| params.get(name).and_then(Value::as_f64);
-    let theta = field("rope_theta").or(hf.rope_theta).unwrap_or(10000.0);
+    let theta = field("rope_theta").or(rope_theta).unwrap_or(10000.0);
     let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(Value::as_str).unwrap_or("default");
     let llama3 = match kind {
         "default" => None,
@@ -148,7 +164,7 @@ fn rotary(hf: &HfConfig, d_head: usize) -> Result<Rotary> {
         }
         other => bail!("rope_type {other:?} is not implemented (default, llama3)"),
     };
-    let fraction = field("partial_rotary_factor").or(hf.partial_rotary_factor).unwrap_or(1.0);
+    let fraction = field("partial_rotary_factor").or(partial).unwrap_or(1.0);
     if !(theta.is_finite() && theta > 0.0) {
         bail!("rope_theta is {theta}: it must be a positive number");
     }
