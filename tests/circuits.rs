@@ -208,7 +208,7 @@ fn logit_lens_and_direct_attribution_match_transformer_lens_and_sum_to_the_logit
     cases.push((patchbay::backend::BackendSpec::default(), tiny(), BOS_REFS));
     // The Llama 3 and Qwen families (make_family_capability_refs.py: an RMSNorm is not centred, and
     // rotary positions leave the position component zero).
-    for family in ["llama", "llama-tied", "qwen2", "qwen3"] {
+    for family in ["llama", "llama-tied", "qwen2", "qwen3", "pythia"] {
         cases.push((patchbay::backend::BackendSpec::default(), fixtures().join("families").join(family), "refs-capabilities.safetensors"));
     }
     cases.extend(backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != patchbay::backend::BackendKind::Cpu).map(|s| (s, tiny(), "refs.safetensors")));

@@ -60,7 +60,7 @@ const EDGE_REFS: &str = "refs-edges.safetensors";
 /// EAP-IG, attribution, DLA): tests/fixtures/make_family_capability_refs.py.
 const CAPABILITY_REFS: &str = "refs-capabilities.safetensors";
 /// The family fixtures those references are made for.
-const FAMILIES: [&str; 4] = ["llama", "llama-tied", "qwen2", "qwen3"];
+const FAMILIES: [&str; 5] = ["llama", "llama-tied", "qwen2", "qwen3", "pythia"];
 
 fn family(name: &str) -> PathBuf {
     fixtures().join("families").join(name)
@@ -258,7 +258,7 @@ fn edges_match_a_pytorch_per_edge_loop() {
     let refs = Refs::load_file(&tiny(), EDGE_REFS);
     let (bytes, _) = refs.u8("edge_names");
     let c = ModelConfig::from_json_file(&tiny().join("config.json")).unwrap();
-    let names: Vec<String> = patchbay::engine::Graph::new(c.layers, c.heads).edges.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = patchbay::engine::Graph::of(&c).edges.iter().map(ToString::to_string).collect();
     assert_eq!(String::from_utf8(bytes).unwrap(), names.join("\n"), "the references' edges are the graph's, in its order");
     let cases: Vec<_> = backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).map(|s| (s, tiny())).collect();
     let configs = |s: &BackendSpec| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { &CONFIGS[..1] };
@@ -271,7 +271,7 @@ fn edges_match_a_pytorch_per_edge_loop() {
 /// GPT-2 and on the grouped-attention families (a receiving query head's own k and v input).
 #[test]
 fn edges_between_heads_equal_path_patching() {
-    for dir in [tiny()].into_iter().chain(["llama", "qwen2", "qwen3"].map(|f| fixtures().join("families").join(f))) {
+    for dir in [tiny()].into_iter().chain(["llama", "qwen2", "qwen3", "pythia"].map(family)) {
         edges_equal_paths(&dir);
     }
 }
@@ -284,7 +284,7 @@ fn edges_equal_paths(dir: &Path) {
     let engine = Engine { model: &m, reuse: true, max_rows: 512, skip: true, metric: Metric::LogitDiff, patching: Patching::default() };
     let sites = [PatchSite::Edges, PatchSite::PathQ, PatchSite::PathK, PatchSite::PathV, PatchSite::PathResidFinal];
     let results = engine.run(&pairs, &sites, &layout, &mut |_| Ok(())).unwrap();
-    let g = patchbay::engine::Graph::new(layout.layers, layout.heads);
+    let g = layout.graph();
     let (l, h) = (layout.layers, layout.heads);
     let mut compared = 0;
     for r in &results {
@@ -629,7 +629,7 @@ impl BackendTask for EapAgainstTorch {
 fn eap_and_eap_ig_match_pytorch_autograd() {
     let refs = Refs::load_file(&tiny(), "refs-eap.safetensors");
     let c = ModelConfig::from_json_file(&tiny().join("config.json")).unwrap();
-    let names: Vec<String> = patchbay::engine::Graph::new(c.layers, c.heads).edges.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = patchbay::engine::Graph::of(&c).edges.iter().map(ToString::to_string).collect();
     assert_eq!(String::from_utf8(refs.u8("edge_names").0).unwrap(), names.join("\n"));
     let (den, noi) = (Direction::Denoising, Direction::Noising);
     let cases = [
@@ -667,7 +667,7 @@ impl BackendTask for CircuitsAgainstEdges {
         let m = model::<B>(&self.0, &device);
         let pairs = fixture_pairs(&Refs::load(&self.0));
         let layout = layout(&m.config, &pairs);
-        let edges = patchbay::engine::Graph::new(layout.layers, layout.heads).edges.len();
+        let edges = layout.graph().edges.len();
         let how = (Direction::Noising, self.1);
         let engine = |patching| -> Box<dyn Patcher + '_> { Box::new(Engine { model: &m, reuse: true, max_rows: 4096, skip: true, metric: Metric::LogitDiff, patching }) };
         let (exact, means) = patcher(&m, engine, how, &pairs, &[PatchSite::Edges], &layout);
@@ -716,14 +716,15 @@ fn circuits_evaluate_as_eap_ig_and_alone_as_in_a_batch() {
     }
 }
 
-/// The same on the grouped-attention families (each query head its own k and v input, as EAP-IG
-/// ungroups them): the batched edge path (`engine::run`) against the circuit evaluator, which
-/// computes each head's q, k, v from its own input apart.
+/// The same on the other families (grouped attention: each query head its own k and v input, as
+/// EAP-IG ungroups them; GPT-NeoX's parallel blocks: an MLP reads no head of its layer): the
+/// batched edge path (`engine::run`) against the circuit evaluator, which computes each head's q,
+/// k, v from its own input apart.
 #[test]
-fn circuits_evaluate_as_exact_edges_on_grouped_attention_families() {
-    for family in ["llama", "qwen2", "qwen3"] {
+fn circuits_evaluate_as_exact_edges_on_the_families() {
+    for name in ["llama", "qwen2", "qwen3", "pythia"] {
         for a in [Ablation::Resample, Ablation::Mean] {
-            dispatch(&BackendSpec::default(), CircuitsAgainstEdges(fixtures().join("families").join(family), a, false)).unwrap();
+            dispatch(&BackendSpec::default(), CircuitsAgainstEdges(family(name), a, false)).unwrap();
         }
     }
 }
@@ -744,7 +745,7 @@ fn edges_eap_eap_ig_and_attribution_match_hf_on_the_families() {
             let dir = family(name);
             let refs = Refs::load_file(&dir, CAPABILITY_REFS);
             let c = ModelConfig::from_json_file(&dir.join("config.json")).unwrap();
-            let names: Vec<String> = patchbay::engine::Graph::new(c.layers, c.heads).edges.iter().map(ToString::to_string).collect();
+            let names: Vec<String> = patchbay::engine::Graph::of(&c).edges.iter().map(ToString::to_string).collect();
             assert_eq!(String::from_utf8(refs.u8("edge_names").0).unwrap(), names.join("\n"), "{name}: the references' edges are the graph's");
             let case = [(spec.clone(), dir.clone())];
             check_against_tl(&[Edges], &case, |s| if s.kind == BackendKind::Cpu { &CONFIGS[..2] } else { &CONFIGS[..1] }, CAPABILITY_REFS);
@@ -766,7 +767,8 @@ fn edges_eap_eap_ig_and_attribution_match_hf_on_the_families() {
                 assert!(diff <= 1e-4, "{what}: differs from HF autograd by {diff:.2e} (relative to the largest score past 1)");
             }
             if cpu {
-                let sites = vec![ResidPre, ResidMid, ResidPost, AttnOut, MlpOut, ZAllPos, QAllPos, KAllPos, VAllPos, ZByPos, QByPos, KByPos, VByPos, PatternAllPos, PatternByPos];
+                // A parallel block (GPT-NeoX) has no resid_mid.
+                let sites = [ResidPre, ResidMid, ResidPost, AttnOut, MlpOut, ZAllPos, QAllPos, KAllPos, VAllPos, ZByPos, QByPos, KByPos, VByPos, PatternAllPos, PatternByPos].into_iter().filter(|&s| s != ResidMid || !c.parallel).collect();
                 let task = AttributionAgainstTorch { dir: dir.clone(), refs: CAPABILITY_REFS, sites, metric: Metric::LogitDiff, max_pairs: 3, skip: true, how: Default::default() };
                 let diffs = dispatch(&spec, task).unwrap();
                 let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d <= 1e-4)).collect();

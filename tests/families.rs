@@ -1,4 +1,4 @@
-//! The Llama 3, Qwen2 (2.5) and Qwen3 families against HF transformers, on the checkpoints of
+//! The Llama 3, Qwen2 (2.5), Qwen3, GPT-NeoX (Pythia) and Gemma 2 families against HF transformers, on the checkpoints of
 //! tests/fixtures/families (make_family_fixtures.py: random weights, tiny shapes, stored as the hub
 //! stores them: hub and transformers-5 rope configs, F32 / BF16 / F16, one file or shards):
 //! tokenization, logits and every TransformerLens site, activation patching through the CLI (k and v
@@ -13,7 +13,7 @@ use patchbay::model::weights::load_located;
 use patchbay::model::{Cache, Site, SiteKind};
 use std::path::{Path, PathBuf};
 
-const FAMILIES: [&str; 5] = ["llama", "llama-rope-parameters", "llama-tied", "qwen2", "qwen3"];
+const FAMILIES: [&str; 7] = ["llama", "llama-rope-parameters", "llama-tied", "qwen2", "qwen3", "pythia", "gemma2"];
 /// As in make_family_fixtures.py.
 const PAIRS: [(&str, &str, &str, &str); 3] = [
     ("Michelle Jones was a top-notch student. Michelle", "Michelle Smith was a top-notch student. Michelle", " Jones", " Smith"),
@@ -43,7 +43,9 @@ impl BackendTask for Forward {
         let refs = Refs::load(&self.0);
         let model = load_located::<B>(self.0.to_str().unwrap(), &device)?;
         let layers = model.config.layers;
-        let mut cache = Cache::new((0..layers).flat_map(|l| SiteKind::ALL.map(|k| Site::new(k, l))));
+        // A parallel block (GPT-NeoX) has no resid_mid, and its references none.
+        let kinds: Vec<SiteKind> = SiteKind::ALL.into_iter().filter(|k| *k != SiteKind::ResidMid || !model.config.parallel).collect();
+        let mut cache = Cache::new((0..layers).flat_map(|l| kinds.iter().map(move |&k| Site::new(k, l))));
         let logits = model.forward(model.tokens(&refs.token_rows("tokens"))?, &mut cache);
         let compare = |what: String, got: Vec<f32>, want: Vec<f32>| {
             assert_eq!(got.len(), want.len(), "{what}: {} values, HF has {}", got.len(), want.len());
@@ -51,7 +53,7 @@ impl BackendTask for Forward {
         };
         let mut out = vec![compare("logits".into(), values(logits), refs.f32("logits").0)];
         for l in 0..layers {
-            for kind in SiteKind::ALL {
+            for &kind in &kinds {
                 let name = kind.hook_name(l);
                 out.push(compare(name.clone(), values(cache.heads(Site::new(kind, l)).expect("cached")), refs.f32(&name).0));
             }
@@ -71,9 +73,24 @@ fn logits_and_every_site_equal_hf_transformers() {
     }
 }
 
+/// A parallel block (GPT-NeoX) has no resid_mid: asking for it is refused in one line.
 #[test]
-fn prompts_tokenize_as_hf_tokenizer_does_bos_included_for_llama() {
-    for family in ["llama", "qwen2"] {
+fn resid_mid_of_a_parallel_block_is_refused_by_name() {
+    let tmp = std::env::temp_dir().join(format!("patchbay-families-parallel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(["run", "--model", dir("pythia").to_str().unwrap(), "--pairs", pairs_file(&tmp).to_str().unwrap(), "--sites", "resid_pre,resid_mid"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("--sites resid_mid") && stderr.contains("no resid_mid"), "{stderr}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn prompts_tokenize_as_hf_tokenizer_does_bos_included_for_llama_and_gemma() {
+    for family in ["llama", "qwen2", "pythia", "gemma2"] {
         let model = patchbay::jobs::Model::load(dir(family).to_str().unwrap(), BackendSpec::default(), None).unwrap();
         let refs = Refs::load(&dir(family));
         for (i, (clean, corrupted, ..)) in PAIRS.iter().enumerate() {
@@ -81,10 +98,21 @@ fn prompts_tokenize_as_hf_tokenizer_does_bos_included_for_llama() {
             assert_eq!(model.tokenizer.encode(corrupted).unwrap(), refs.token_rows("corrupted")[i], "{family}: {corrupted}");
             // TransformerLens' prepend_bos adds the BOS a tokenizer does not put there itself.
             let bos = model.tokenizer.encode_with(clean, true).unwrap();
-            let want = if family == "llama" { refs.token_rows("tokens")[i].clone() } else { [vec![510], refs.token_rows("tokens")[i].clone()].concat() };
+            let tokens = refs.token_rows("tokens")[i].clone();
+            let want = match family {
+                "llama" | "gemma2" => tokens,
+                "qwen2" => [vec![510], tokens].concat(),
+                _ => [vec![0], tokens].concat(), // Pythia's <|endoftext|>, config.json's bos_token_id
+            };
             assert_eq!(bos, want, "{family}: prepend_bos");
         }
-        assert_eq!(model.tokenizer.eos().unwrap(), vec![if family == "llama" { 511 } else { 510 }]);
+        let eos = match family {
+            "llama" => 511,
+            "qwen2" => 510,
+            "pythia" => 0,
+            _ => 1, // Gemma's <eos>
+        };
+        assert_eq!(model.tokenizer.eos().unwrap(), vec![eos], "{family}");
     }
 }
 
@@ -110,7 +138,11 @@ fn activation_patching_equals_patching_in_hf() {
         let refs = Refs::load(&dir(family));
         // The manifest names the BOS in front of every prompt: Llama 3's tokenizer puts one there.
         let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-        let bos = if family.starts_with("llama") { serde_json::json!(510) } else { serde_json::Value::Null };
+        let bos = match family {
+            "gemma2" => serde_json::json!(2),
+            f if f.starts_with("llama") => serde_json::json!(510),
+            _ => serde_json::Value::Null,
+        };
         assert_eq!(manifest["bos"], bos, "{family}");
         // k and v per key/value head, as TransformerLens' hook_k and hook_v hold them.
         let sites = ["resid_pre", "z_all_pos", "q_all_pos", "k_all_pos", "v_all_pos"].map(|s| (format!("{s}.npy"), format!("patch.{s}")));
@@ -120,8 +152,10 @@ fn activation_patching_equals_patching_in_hf() {
             let reference = reference.as_str();
             let (want, want_shape) = refs.f32(reference);
             assert_eq!(shape, want_shape, "{family}: {file}");
-            let diff = max_abs_diff(&got, &want);
-            assert!(diff <= 1e-4, "{family}: {file} differs from HF's {reference} by {diff}");
+            // Within 1e-4 of the metric's scale past 1 (f32 rounding grows with the logits: Gemma 2's
+            // reach its soft-cap of 30).
+            let (diff, scale) = (max_abs_diff(&got, &want), want.iter().fold(1f32, |m, v| m.max(v.abs())));
+            assert!(diff <= 1e-4 * scale, "{family}: {file} differs from HF's {reference} by {diff} (values up to {scale})");
         }
         std::fs::remove_dir_all(&tmp).unwrap();
     }
@@ -168,7 +202,7 @@ impl BackendTask for Text {
 #[test]
 fn perplexity_and_candidates_follow_hfs_logits() {
     for spec in f32_backends() {
-        for family in ["llama", "llama-tied", "qwen2", "qwen3"] {
+        for family in ["llama", "llama-tied", "qwen2", "qwen3", "pythia", "gemma2"] {
             let refs = Refs::load(&dir(family));
             let tokens = refs.token_rows("tokens");
             let (logits, shape) = refs.f32("logits");

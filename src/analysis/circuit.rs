@@ -172,7 +172,7 @@ impl Circuit {
     pub fn to_json(&self, d_model: usize, run_identity: Option<String>) -> Result<Vec<u8>> {
         let g = &self.graph;
         let file = GraphJson {
-            cfg: GraphCfg { n_layers: g.layers, n_heads: g.heads, parallel_attn_mlp: false, d_model },
+            cfg: GraphCfg { n_layers: g.layers, n_heads: g.heads, parallel_attn_mlp: g.parallel, d_model },
             nodes: g.nodes.iter().zip(&self.nodes).map(|(n, &in_graph)| (n.to_string(), NodeJson { in_graph })).collect(),
             edges: g.edges.iter().zip(&self.scores).zip(&self.edges).map(|((e, &score), &in_graph)| (e.to_string(), EdgeJson { score, in_graph })).collect(),
             run_identity,
@@ -184,10 +184,7 @@ impl Circuit {
     /// graph listed, as EAP-IG writes them; node flags follow the edges.
     pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
         let file: GraphJson = serde_json::from_slice(bytes).with_context(|| format!("{}: not EAP-IG's Graph JSON (cfg, nodes, edges)", path.display()))?;
-        if file.cfg.parallel_attn_mlp {
-            bail!("{}: a graph with parallel attention and MLP; GPT-2's are sequential", path.display());
-        }
-        let graph = Graph::bounded(file.cfg.n_layers, file.cfg.n_heads, &format!("{}: cfg", path.display()))?;
+        let graph = Graph::bounded(file.cfg.n_layers, file.cfg.n_heads, file.cfg.parallel_attn_mlp, &format!("{}: cfg", path.display()))?;
         let mut scores = vec![0.0; graph.edges.len()];
         let mut edges = vec![false; graph.edges.len()];
         let index: HashMap<String, usize> = graph.edges.iter().enumerate().map(|(i, e)| (e.to_string(), i)).collect();
@@ -311,7 +308,7 @@ mod tests {
 
     #[test]
     fn top_n_threshold_and_greedy_choose_as_eap_ig_and_the_json_round_trips() {
-        let g = Graph::new(3, 4);
+        let g = Graph::new(3, 4, false);
         let s = scores(&g);
         let mut by_abs: Vec<f32> = s.iter().map(|v| v.abs()).collect();
         by_abs.sort_by(|a, b| b.total_cmp(a));

@@ -259,7 +259,7 @@ fn grid(s: &SiteSummary, m: &Manifest, n: usize) -> Grid {
     let layer_rows = || (0..layers).map(|l| l.to_string()).collect::<Vec<_>>();
     if has("edge") {
         // EAP-IG's score matrix: a row per sender, a column per receiver input, empty where no edge.
-        let g = crate::engine::Graph::new(m.config.layers, m.config.heads);
+        let g = crate::engine::Graph::of(&m.config);
         let senders: Vec<Node> = g.nodes.iter().copied().filter(|n| *n != Node::Logits).collect();
         let inputs: Vec<(Node, Option<Qkv>)> = (0..g.layers)
             .flat_map(|l| Qkv::ALL.into_iter().flat_map(move |x| (0..g.heads).map(move |h| (Node::Head { layer: l, head: h }, Some(x)))).chain([(Node::Mlp(l), None)]))

@@ -14,10 +14,12 @@ use crate::model::{Cache, Transformer, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 
-/// Per pair, row-major: `accumulated` [pairs, 2·layers + 1], `components` [pairs, 2·layers + 2],
+/// Per pair, row-major: `accumulated` [pairs, 2·layers + 1] (layers + 1 without resid_mid), `components` [pairs, 2·layers + 2],
 /// `heads` [pairs, layers, heads]; the logit difference and the final norm's bias term b·u.
 pub struct Attribution {
     pub layers: usize,
+    /// `accumulated`'s entries' names.
+    pub accumulated_labels: Vec<String>,
     pub heads_per_layer: usize,
     pub accumulated: Vec<f32>,
     pub components: Vec<f32>,
@@ -26,9 +28,10 @@ pub struct Attribution {
     pub bias_term: Vec<f32>,
 }
 
-/// Names of `accumulated`'s entries, as TransformerLens labels them.
-pub fn accumulated_labels(layers: usize) -> Vec<String> {
-    (0..layers).flat_map(|l| [format!("{l}_pre"), format!("{l}_mid")]).chain(["final_post".to_string()]).collect()
+/// Names of `accumulated`'s entries, as TransformerLens labels them; without `mid` (a parallel
+/// block has no resid_mid) the residual stream before each block and after the last.
+pub fn accumulated_labels(layers: usize, mid: bool) -> Vec<String> {
+    (0..layers).flat_map(|l| [format!("{l}_pre"), format!("{l}_mid")].into_iter().filter(move |n| mid || n.ends_with("pre"))).chain(["final_post".to_string()]).collect()
 }
 
 /// Names of `components`' entries, as TransformerLens labels them.
@@ -46,9 +49,11 @@ pub fn attribute<B: Backend>(model: &Transformer<B>, pairs: &[TokenizedPair], ba
     ensure!(!pairs.is_empty(), "no pairs");
     let c = &model.config;
     let (nl, nh) = (c.layers, c.heads);
-    let (na, nc) = (2 * nl + 1, 2 * nl + 2);
+    let labels = accumulated_labels(nl, !c.parallel);
+    let (na, nc) = (labels.len(), 2 * nl + 2);
     let mut out = Attribution {
         layers: nl,
+        accumulated_labels: labels,
         heads_per_layer: nh,
         accumulated: vec![0.0; pairs.len() * na],
         components: vec![0.0; pairs.len() * nc],
@@ -56,14 +61,14 @@ pub fn attribute<B: Backend>(model: &Transformer<B>, pairs: &[TokenizedPair], ba
         logit_diff: vec![0.0; pairs.len()],
         bias_term: vec![0.0; pairs.len()],
     };
-    let kinds = [SiteKind::ResidPre, SiteKind::ResidMid, SiteKind::AttnOut, SiteKind::MlpOut, SiteKind::Z];
+    let kinds: Vec<SiteKind> = [SiteKind::ResidPre, SiteKind::ResidMid, SiteKind::AttnOut, SiteKind::MlpOut, SiteKind::Z].into_iter().filter(|&k| k != SiteKind::ResidMid || !c.parallel).collect();
     let last_post = Site::new(SiteKind::ResidPost, nl - 1);
     let ln_f = model.norm_final();
     for (len, idx) in data::by_length(pairs.iter().map(TokenizedPair::len)) {
         for chunk in idx.chunks(batch.max(1)) {
             let b = chunk.len();
             let tokens = model.tokens(&chunk.iter().map(|&i| pairs[i].clean.clone()).collect::<Vec<_>>())?;
-            let mut cache = Cache::new((0..nl).flat_map(|l| kinds.map(|k| Site::new(k, l))).chain([last_post]));
+            let mut cache = Cache::new((0..nl).flat_map(|l| kinds.iter().map(move |&k| Site::new(k, l))).chain([last_post]));
             model.resid_final(tokens.clone(), &mut cache);
             // The last position of a residual-shaped site, [b, d].
             let last = |t: Tensor<B, 3>| -> Tensor<B, 2> {
@@ -87,7 +92,9 @@ pub fn attribute<B: Backend>(model: &Transformer<B>, pairs: &[TokenizedPair], ba
             let mut accumulated = Vec::with_capacity(na);
             for l in 0..nl {
                 accumulated.push(lens(last(cache.resid(Site::new(SiteKind::ResidPre, l)).expect("cached"))));
-                accumulated.push(lens(last(cache.resid(Site::new(SiteKind::ResidMid, l)).expect("cached"))));
+                if !c.parallel {
+                    accumulated.push(lens(last(cache.resid(Site::new(SiteKind::ResidMid, l)).expect("cached"))));
+                }
             }
             accumulated.push(lens(final_resid));
             let accumulated = host(Tensor::cat(accumulated, 1)); // [b, na]

@@ -15,7 +15,7 @@ pub struct AttributeArgs {
     /// Pairs file (.jsonl, .csv, .parquet): each pair's clean prompt, answer and distractor.
     #[arg(long)]
     pairs: PathBuf,
-    /// Put `<|endoftext|>` in front of every prompt, as TransformerLens does by default.
+    /// Put the BOS in front of every prompt where the tokenizer puts none (GPT-2's `<|endoftext|>`), as TransformerLens does by default.
     #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
     #[arg(long, overrides_with = "prepend_bos", hide = true)]

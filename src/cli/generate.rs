@@ -48,12 +48,12 @@ pub struct GenerateArgs {
     /// Seed of the sampling: the same seed gives the same text on every run and backend.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// End a sequence at `<|endoftext|>`.
+    /// End a sequence at the model's EOS (config.json's `eos_token_id`s; GPT-2's `<|endoftext|>`).
     #[arg(long, overrides_with = "no_stop_at_eos")]
     stop_at_eos: bool,
     #[arg(long, overrides_with = "stop_at_eos", hide = true)]
     no_stop_at_eos: bool,
-    /// Put `<|endoftext|>` in front of every prompt, as TransformerLens does by default.
+    /// Put the BOS in front of every prompt where the tokenizer puts none (GPT-2's `<|endoftext|>`), as TransformerLens does by default.
     #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
     #[arg(long, overrides_with = "prepend_bos", hide = true)]
@@ -107,7 +107,7 @@ struct TextArgs {
     /// Hub id or model directory.
     #[arg(long, default_value = "gpt2")]
     model: String,
-    /// Put `<|endoftext|>` in front of every text, as TransformerLens does by default.
+    /// Put the BOS in front of every text where the tokenizer puts none (GPT-2's `<|endoftext|>`), as TransformerLens does by default.
     #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
     #[arg(long, overrides_with = "prepend_bos", hide = true)]
@@ -272,7 +272,7 @@ pub struct SteerMakeArgs {
     /// The position to take; negative counts from each prompt's end.
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     position: i64,
-    /// Put `<|endoftext|>` in front of both prompts.
+    /// Put the BOS in front of both prompts where the tokenizer puts none (GPT-2's `<|endoftext|>`).
     #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
     #[arg(long, overrides_with = "prepend_bos", hide = true)]
@@ -315,7 +315,7 @@ pub struct PrependArgs {
     /// Seed of the candidates' draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Score every text with `<|endoftext|>` in front, so the new first token's probability counts.
+    /// Score every text with the BOS in front (GPT-2's `<|endoftext|>`), so the new first token's probability counts.
     #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
     #[arg(long, overrides_with = "prepend_bos", hide = true)]

@@ -12,7 +12,7 @@ pub struct InspectArgs {
     text: String,
     #[arg(long, default_value_t = 20)]
     top_k: usize,
-    /// Put `<|endoftext|>` in front of the text, as TransformerLens does by default.
+    /// Put the BOS in front of the text where the tokenizer puts none (GPT-2's `<|endoftext|>`), as TransformerLens does by default.
     #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
     #[arg(long, overrides_with = "prepend_bos", hide = true)]

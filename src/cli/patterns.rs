@@ -23,7 +23,7 @@ pub struct PatternsArgs {
     /// Heads, e.g. `1,7` [default: all].
     #[arg(long)]
     heads: Option<String>,
-    /// Put `<|endoftext|>` in front of every prompt, as TransformerLens does by default.
+    /// Put the BOS in front of every prompt where the tokenizer puts none (GPT-2's `<|endoftext|>`), as TransformerLens does by default.
     #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,
     #[arg(long, overrides_with = "prepend_bos", hide = true)]

@@ -35,7 +35,7 @@ pub struct RunArgs {
     /// Column names in the pairs file, e.g. `clean=prompt,corrupted=corrupted_prompt`.
     #[arg(long, value_parser = parse_columns)]
     columns: Option<Columns>,
-    /// Put `<|endoftext|>` in front of every prompt, as TransformerLens does by default (ARENA's IOI
+    /// Put the BOS in front of every prompt where the tokenizer puts none (GPT-2's `<|endoftext|>`), as TransformerLens does by default (ARENA's IOI
     /// numbers are computed so); named positions in the pairs file count without it.
     #[arg(long, overrides_with = "no_prepend_bos")]
     prepend_bos: bool,

@@ -45,8 +45,7 @@ impl<B: Backend> CircuitEval<'_, B> {
     /// [circuits][pairs]. `progress` is told how many rows each batch held.
     pub fn run(&self, pairs: &[TokenizedPair], circuits: &[Vec<bool>], progress: &mut dyn FnMut(usize) -> Result<()>) -> Result<Vec<Vec<f32>>> {
         let m = self.model;
-        let (layers, heads) = (m.config.layers, m.config.heads);
-        let graph = Graph::new(layers, heads);
+        let graph = Graph::of(&m.config);
         ensure!(circuits.iter().all(|c| c.len() == graph.edges.len()), "a circuit masks the graph's {} edges", graph.edges.len());
         let masks = self.ablated(&graph, circuits);
         let mut out = vec![vec![f32::NAN; pairs.len()]; circuits.len()];
@@ -149,10 +148,12 @@ impl<B: Backend> CircuitEval<'_, B> {
             let z = attn.attend(project(0), project(1), project(2), |pattern| pattern); // [R, s, H, dh]
             let writes = attn.head_writes(z); // [R, H, s, d]
             let attn_out = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.out_bias().reshape([1, 1, d]);
+            // A parallel block's MLP reads the block's input (its own layer's heads send it no edge).
+            let mlp_base = if block.parallel { x.clone() } else { x.clone() + attn_out.clone() };
             let mid = x + attn_out;
             deltas = Tensor::cat(vec![deltas, (src.heads[l].clone().select(0, pairs.clone()) - writes).reshape([r, h, s * d])], 1);
-            let mlp_in = mid.clone() + ablation(&deltas, col + 3 * h, 1).reshape([r, s, d]);
-            let mlp_out = block.mlp.forward(block.norm_mlp.forward(mlp_in.reshape([r * s, d]))).reshape([r, s, d]);
+            let mlp_in = mlp_base + ablation(&deltas, col + 3 * h, 1).reshape([r, s, d]);
+            let mlp_out = block.mlp_out(mlp_in.reshape([r * s, d])).reshape([r, s, d]);
             x = mid + mlp_out.clone();
             deltas = Tensor::cat(vec![deltas, flat(src.mlps[l].clone().select(0, pairs.clone()) - mlp_out, 1)], 1);
         }

@@ -1,10 +1,13 @@
 //! The computational graph circuit discovery scores, in EAP-IG's convention (hannamw/EAP-IG,
-//! `Graph.from_model`, sequential attention and MLP): nodes are the input (the token embeddings,
-//! `hook_embed`, as EAP-IG's input node: learned position embeddings are no node's output), every attention head, every MLP and the logits; an edge goes from every node that
-//! writes to the residual stream before a reader to that reader's input, a head's query, key and
-//! value inputs counted apart. Names are EAP-IG's: nodes `input`, `a3.h7`, `m5`, `logits`; edges
-//! `a0.h1->a2.h3<q>`, `m0->m4`, `input->logits`; edges in EAP-IG's order (by receiver layer: the
-//! heads' q, k, v inputs from every earlier writer, then the MLP's, then the logits').
+//! `Graph.from_model`): nodes are the input (the token embeddings, `hook_embed`, as EAP-IG's input
+//! node: learned position embeddings are no node's output), every attention head, every MLP and the
+//! logits; an edge goes from every node that writes to the residual stream before a reader to that
+//! reader's input, a head's query, key and value inputs counted apart. Names are EAP-IG's: nodes
+//! `input`, `a3.h7`, `m5`, `logits`; edges `a0.h1->a2.h3<q>`, `m0->m4`, `input->logits`; edges in
+//! EAP-IG's order (by receiver layer: the heads' q, k, v inputs from every earlier writer, then the
+//! MLP's, then the logits'). Where attention and the MLP run in parallel (GPT-NeoX), an MLP does
+//! not read its own layer's heads, and each earlier writer's MLP edge follows its head edges
+//! (EAP-IG's `parallel_attn_mlp`).
 use anyhow::{bail, Result};
 use std::fmt;
 
@@ -102,50 +105,67 @@ impl Edge {
 pub struct Graph {
     pub layers: usize,
     pub heads: usize,
+    /// Attention and the MLP read the block's input side by side.
+    pub parallel: bool,
     /// EAP-IG's order: input, then per layer its heads and its MLP, then the logits.
     pub nodes: Vec<Node>,
     pub edges: Vec<Edge>,
 }
 
 impl Graph {
-    pub fn new(layers: usize, heads: usize) -> Self {
+    /// The graph of `model`.
+    pub fn of(model: &crate::model::ModelConfig) -> Self {
+        Self::new(model.layers, model.heads, model.parallel)
+    }
+
+    pub fn new(layers: usize, heads: usize, parallel: bool) -> Self {
         let mut nodes = vec![Node::Input];
         let mut edges = Vec::new();
         // The nodes that have written to the residual stream so far.
         let mut writers = vec![Node::Input];
         for layer in 0..layers {
             let attention: Vec<Node> = (0..heads).map(|head| Node::Head { layer, head }).collect();
+            let mlp = |from| Edge { from, to: Node::Mlp(layer), qkv: None };
             for &from in &writers {
                 for &to in &attention {
                     edges.extend(Qkv::ALL.map(|x| Edge { from, to, qkv: Some(x) }));
                 }
+                // In a parallel block the MLP reads what the heads read, and EAP-IG lists each
+                // sender's MLP edge right after its head edges.
+                if parallel {
+                    edges.push(mlp(from));
+                }
             }
             writers.extend(&attention);
-            edges.extend(writers.iter().map(|&from| Edge { from, to: Node::Mlp(layer), qkv: None }));
+            if !parallel {
+                edges.extend(writers.iter().map(|&from| mlp(from)));
+            }
             writers.push(Node::Mlp(layer));
             nodes.extend(attention);
             nodes.push(Node::Mlp(layer));
         }
         edges.extend(writers.iter().map(|&from| Edge { from, to: Node::Logits, qkv: None }));
         nodes.push(Node::Logits);
-        Self { layers, heads, nodes, edges }
+        Self { layers, heads, parallel, nodes, edges }
     }
 
-    /// The edge count in closed form: each head's three inputs read the input and every head and
-    /// MLP of earlier layers; an MLP also reads its own layer's heads; the logits read every writer.
     /// The graph of `layers` × `heads`, refused (one line, naming `what`) when its edges would not
     /// fit this machine's memory: a config or Graph JSON from elsewhere must not abort the process.
-    pub fn bounded(layers: usize, heads: usize, what: &str) -> Result<Self> {
+    pub fn bounded(layers: usize, heads: usize, parallel: bool, what: &str) -> Result<Self> {
         // At most the heads' q/k/v inputs from every head before them, and a name of some 24 bytes each.
         let edges = crate::limits::product(what, &[3, layers, layers, heads.saturating_add(1), heads.max(1)])?;
         crate::limits::fits_memory(&format!("{what}: the graph of {layers} layers × {heads} heads, its edge count"), edges, 64)?;
-        Ok(Self::new(layers, heads))
+        Ok(Self::new(layers, heads, parallel))
     }
 
-    pub fn edge_count(layers: usize, heads: usize) -> usize {
+    /// The edge count in closed form: each head's three inputs read the input and every head and
+    /// MLP of earlier layers; an MLP also reads its own layer's heads (unless in parallel with
+    /// them); the logits read every writer.
+    pub fn edge_count(layers: usize, heads: usize, parallel: bool) -> usize {
         let (l, h) = (layers, heads);
+        let own = if parallel { 0 } else { h };
         let into_heads: usize = (0..l).map(|i| 3 * h * (1 + i * (h + 1))).sum();
-        let into_mlps: usize = (0..l).map(|i| 1 + (i + 1) * h + i).sum();
+        let into_mlps: usize = (0..l).map(|i| 1 + i * h + own + i).sum();
         into_heads + into_mlps + 1 + l * (h + 1)
     }
 
@@ -178,9 +198,9 @@ mod tests {
 
     #[test]
     fn gpt2_small_has_eap_igs_158_nodes_and_32491_edges() {
-        let g = Graph::new(12, 12);
+        let g = Graph::new(12, 12, false);
         assert_eq!(g.counts(), GraphCounts { nodes: 158, edges: 32491, into_heads: 31320, into_mlps: 1014, into_logits: 157 });
-        assert_eq!(Graph::edge_count(12, 12), 32491);
+        assert_eq!(Graph::edge_count(12, 12, false), 32491);
         // EAP-IG's first and last edges, and its order of a head's inputs.
         let names: Vec<String> = g.edges.iter().map(Edge::to_string).collect();
         assert_eq!(&names[..4], ["input->a0.h0<q>", "input->a0.h0<k>", "input->a0.h0<v>", "input->a0.h1<q>"]);
@@ -192,9 +212,11 @@ mod tests {
 
     #[test]
     fn every_shape_counts_by_the_formula_and_names_round_trip() {
-        for (l, h) in [(1, 1), (2, 4), (3, 4), (1, 12), (24, 16), (48, 25)] {
-            let g = Graph::new(l, h);
-            assert_eq!(g.edges.len(), Graph::edge_count(l, h), "{l} layers × {h} heads");
+        for (l, h, parallel) in [(1, 1, false), (2, 4, false), (3, 4, true), (1, 12, false), (24, 16, false), (48, 25, false), (12, 12, true)] {
+            let g = Graph::new(l, h, parallel);
+            assert_eq!(g.edges.len(), Graph::edge_count(l, h, parallel), "{l} layers × {h} heads");
+            // A parallel MLP reads no head of its own layer.
+            assert_eq!(g.edges.iter().any(|e| matches!((e.from, e.to), (Node::Head { layer, .. }, Node::Mlp(m)) if layer == m)), !parallel);
             assert_eq!(g.nodes.len(), 2 + l * (h + 1));
             let c = g.counts();
             assert_eq!(c.into_heads + c.into_mlps + c.into_logits, c.edges);

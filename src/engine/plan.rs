@@ -243,6 +243,10 @@ pub struct Layout {
     /// axis, as TransformerLens' `hook_k` / `hook_v` have them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_heads: Option<usize>,
+    /// Attention and the MLP side by side (GPT-NeoX): the edge graph's MLPs do not read their
+    /// own layer's heads, and there is no resid_mid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parallel: bool,
     pub positions: usize,
     /// The sending heads [layer, head] of path sites that run (`path --senders`); None: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,12 +256,17 @@ pub struct Layout {
 impl Layout {
     /// Every head sends (path sites).
     pub fn new(layers: usize, heads: usize, positions: usize) -> Self {
-        Self { layers, heads, kv_heads: None, positions, senders: None }
+        Self { layers, heads, kv_heads: None, parallel: false, positions, senders: None }
     }
 
     /// `model`'s layout for pairs of at most `positions` tokens.
     pub fn of(model: &ModelConfig, positions: usize) -> Self {
-        Self { kv_heads: (model.kv_heads != model.heads).then_some(model.kv_heads), ..Self::new(model.layers, model.heads, positions) }
+        Self { kv_heads: (model.kv_heads != model.heads).then_some(model.kv_heads), parallel: model.parallel, ..Self::new(model.layers, model.heads, positions) }
+    }
+
+    /// The edge graph of the model.
+    pub fn graph(&self) -> Graph {
+        Graph::new(self.layers, self.heads, self.parallel)
     }
 
     /// The head axis of `site`: the key/value heads for k and v, else every head.
@@ -271,7 +280,7 @@ impl Layout {
     /// The shape of one pair's block of results for `site` (the array shape without its pair axis).
     pub fn per_pair(&self, site: PatchSite) -> Vec<usize> {
         if site.scope() == Scope::Edge {
-            return vec![Graph::edge_count(self.layers, self.heads)];
+            return vec![Graph::edge_count(self.layers, self.heads, self.parallel)];
         }
         let mut shape = vec![self.layers];
         if site.by_position() {
@@ -301,7 +310,7 @@ impl Layout {
     pub fn run_count(&self, site: PatchSite, len: usize) -> usize {
         let axis = |on: bool, n: usize| if on { n } else { 1 };
         if site.scope() == Scope::Edge {
-            return Graph::edge_count(self.layers, self.heads);
+            return Graph::edge_count(self.layers, self.heads, self.parallel);
         }
         if site.is_path() {
             return self.path_rows(site).len();
@@ -350,7 +359,7 @@ impl Layout {
 
     /// Every edge of the graph, in its order, joining at its receiver's layer (the logits': the last).
     fn edge_rows(&self) -> Vec<Row> {
-        let graph = Graph::new(self.layers, self.heads);
+        let graph = self.graph();
         let row = |(out, edge): (usize, &Edge)| {
             let (layer, head) = match edge.to {
                 Node::Head { layer, head } => (layer, Some(head)),

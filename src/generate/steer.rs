@@ -20,6 +20,7 @@ pub struct SteeringVector {
 pub fn position_shape<B: Backend>(model: &Transformer<B>, site: Site) -> Result<Vec<usize>> {
     let c = &model.config;
     ensure!(site.layer < c.layers, "layer {} is outside the model's {} layers", site.layer, c.layers);
+    c.check_site(site.kind)?;
     Ok(match site.kind {
         SiteKind::ResidPre | SiteKind::ResidMid | SiteKind::ResidPost | SiteKind::AttnOut | SiteKind::MlpOut | SiteKind::MlpIn | SiteKind::Embed => vec![c.d_model],
         SiteKind::Q | SiteKind::Z | SiteKind::K | SiteKind::V | SiteKind::KHead | SiteKind::VHead => vec![c.heads_of(site.kind), c.d_head],

@@ -3,7 +3,7 @@
 //! model's circuit graph (`graph`).
 use super::{Model, ModelTask, On, Progress};
 use crate::analysis::plot::{panels_png, panels_svg, Panels};
-use crate::circuits::logit_attribution::{self, accumulated_labels, component_labels, Attribution};
+use crate::circuits::logit_attribution::{self, component_labels, Attribution};
 use crate::circuits::patterns::{patterns as compute_patterns, Patterns};
 use crate::circuits::viewer;
 use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 /// config alone.
 pub fn graph(model: &str) -> Result<crate::engine::Graph> {
     let c = crate::model::ModelConfig::from_json_file(&crate::model::weights::locate_file(model, "config.json")?)?;
-    Ok(crate::engine::Graph::new(c.layers, c.heads))
+    Ok(crate::engine::Graph::of(&c))
 }
 
 /// What `patterns` writes into its output directory; the last is its listing (written last).
@@ -217,6 +217,7 @@ pub struct Attributed {
 /// The logit lens and direct logit attribution of each pair's clean run.
 pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progress) -> Result<Attributed> {
     let c = &model.config;
+    c.check_head_writes("attribute")?;
     let checks = Checks { max_diff: None, context: Some(c.context), vocab: Some(c.vocab), prepend_bos: spec.prepend_bos };
     let (pairs, skipped) = data::load_pairs(&spec.pairs, &model.tokenizer, checks, spec.strict)?;
     progress.start(pairs.len() as u64, "pairs");
@@ -233,7 +234,7 @@ pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progres
             .into(),
         layers: r.layers,
         heads: r.heads_per_layer,
-        accumulated_labels: accumulated_labels(r.layers),
+        accumulated_labels: r.accumulated_labels.clone(),
         component_labels: component_labels(r.layers),
         logit_diff: r.logit_diff.clone(),
         bias_term: r.bias_term.clone(),

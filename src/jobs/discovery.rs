@@ -62,7 +62,7 @@ pub fn circuit(spec: &CircuitSpec) -> Result<Chosen> {
     // The directory written is held for the whole command, as every writer holds its output.
     let _lock = results::lock::exclusive(parent)?;
     let (m, scores) = Circuit::scores_of_run(&spec.run)?;
-    let c = Circuit::select(Graph::new(m.config.layers, m.config.heads), scores, spec.selection, spec.absolute, spec.prune)?;
+    let c = Circuit::select(Graph::of(&m.config), scores, spec.selection, spec.absolute, spec.prune)?;
     write_atomic(&json, &c.to_json(m.config.d_model, Some(m.identity()))?)?;
     let title = format!("{} of {} edges ({}{}) — {} — {}", c.edge_count(), c.graph.edges.len(), spec.selection.describe(), if spec.absolute { ", by |score|" } else { "" }, m.metric, m.model);
     write_atomic(&svg, circuit::svg(&c, &title).as_bytes())?;
@@ -168,7 +168,7 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
     let out_dir = spec.out.clone().unwrap_or_else(|| spec.run.clone());
     let _lock = results::lock::exclusive(&out_dir)?;
     let (m, scores) = Circuit::scores_of_run(&spec.run)?;
-    let graph = Graph::new(m.config.layers, m.config.heads);
+    let graph = Graph::of(&m.config);
     let total = graph.edges.len();
     let (sizes, circuits): (Vec<usize>, Vec<Circuit>) = if spec.circuits.is_empty() {
         let mut sizes = spec.sizes.clone().unwrap_or_else(|| MIB_FRACTIONS.iter().map(|f| (f * total as f64) as usize).collect());

@@ -229,6 +229,12 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     // Laid out by the whole run's longest pair, so shards merge into the unsharded arrays.
     let positions = all.iter().map(TokenizedPair::len).max().unwrap();
     let layout = Layout { senders: spec.senders.clone(), ..Layout::of(c, positions) };
+    for site in &spec.sites {
+        c.check_site(site.kind()).with_context(|| format!("--sites {}", site.name()))?;
+        if site.is_path() {
+            c.check_head_writes(site.name())?;
+        }
+    }
     let (budget, buffer) = memory_limits(backend);
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
     let previous = spec.out.as_deref().filter(|_| spec.resume).and_then(results::run_in).map(|m| m.max_rows);
@@ -453,7 +459,7 @@ fn manifest<B: Backend>(model: &SweepModel<B>, handle: &Model, pairs: &[Tokenize
                     _ => s.kind().hook_name("{layer}"),
                 },
                 edges: match s {
-                    PatchSite::Edges => crate::engine::Graph::new(layout.layers, layout.heads).edges.iter().map(ToString::to_string).collect(),
+                    PatchSite::Edges => layout.graph().edges.iter().map(ToString::to_string).collect(),
                     _ => vec![],
                 },
             })

@@ -343,12 +343,14 @@ fn complete(path: &Path) -> Result<()> {
 pub struct Safetensors<B: Backend> {
     family: &'static dyn Family,
     weights: Weights,
+    /// The model's attention heads (how a weight laid out per head is cut).
+    heads: usize,
     device: B::Device,
 }
 
 impl<B: Backend> Safetensors<B> {
-    pub fn new(family: &'static dyn Family, weights: Weights, device: &B::Device) -> Self {
-        Self { family, weights, device: device.clone() }
+    pub fn new(family: &'static dyn Family, weights: Weights, heads: usize, device: &B::Device) -> Self {
+        Self { family, weights, heads, device: device.clone() }
     }
 
     /// The file named in an error: the one file, or the shards' folder.
@@ -357,6 +359,15 @@ impl<B: Backend> Safetensors<B> {
             [one] => one.display().to_string(),
             all => format!("the {} shards in {}", all.len(), all.first().and_then(|f| f.parent()).unwrap_or(Path::new(".")).display()),
         }
+    }
+
+    /// Tensor `name`'s values, taken out, stored in the generic model's `shape`.
+    fn same(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (values, stored) = self.values(name)?;
+        if stored != shape {
+            bail!("tensor {name} in {} has shape {stored:?}, but config.json implies {shape:?}", self.where_());
+        }
+        Ok(values)
     }
 
     /// Tensor `name`'s values and shape, taken out.
@@ -371,13 +382,8 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
     fn param<const D: usize>(&mut self, generic: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
         let file = self.where_();
         let values = match self.family.source(generic) {
-            Source::Same(name) => {
-                let (values, stored) = self.values(&name)?;
-                if stored != shape {
-                    bail!("tensor {name} in {file} has shape {stored:?}, but config.json implies {shape:?}");
-                }
-                values
-            }
+            Source::Same(name) => self.same(&name, &shape)?,
+            Source::PlusOne(name) => self.same(&name, &shape)?.into_iter().map(|w| 1.0 + w).collect(),
             // Each part [out_i, in] written transposed into its columns of [in, Σ out_i] (a bias:
             // its stretch of [Σ out_i]).
             Source::Parts(names) => {
@@ -391,17 +397,7 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
                     if stored != expected || col + rows > total {
                         bail!("tensor {name} in {file} has shape {stored:?}, which does not fit the {shape:?} that config.json implies for {}", names.join(" | "));
                     }
-                    // In tiles, so that the strided writes stay within the cache.
-                    const TILE: usize = 64;
-                    for r0 in (0..rows).step_by(TILE) {
-                        let r1 = (r0 + TILE).min(rows);
-                        for i0 in (0..width).step_by(TILE) {
-                            for i in i0..(i0 + TILE).min(width) {
-                                let to = &mut out[i * total + col + r0..i * total + col + r1];
-                                to.iter_mut().zip(values[r0 * width + i..].iter().step_by(width)).for_each(|(t, &v)| *t = v);
-                            }
-                        }
-                    }
+                    transpose_rows(&values, width, &mut out[col..], total, rows, |r| r);
                     col += rows;
                 }
                 if col != total {
@@ -409,15 +405,43 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
                 }
                 out
             }
+            // [3·d, in] rows of q, k, v per head, into q|k|v columns of [in, 3·d].
+            Source::PerHead(name) => {
+                let (width, total) = if D == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
+                let (values, stored) = self.values(&name)?;
+                let expected: Vec<usize> = if D == 2 { vec![total, width] } else { vec![total] };
+                if stored != expected || total % (3 * self.heads) != 0 {
+                    bail!("tensor {name} in {file} has shape {stored:?}, but config.json implies {expected:?} of {} heads' q, k and v", self.heads);
+                }
+                let (h, dh) = (self.heads, total / (3 * self.heads));
+                let mut out = vec![0f32; width * total];
+                // Column c = part·h·dh + head·dh + j reads row head·3·dh + part·dh + j.
+                transpose_rows(&values, width, &mut out, total, total, |c| (c % (h * dh)) / dh * 3 * dh + c / (h * dh) * dh + c % dh);
+                out
+            }
         };
         Ok(Tensor::from_data(TensorData::new(values, shape), float_options::<B>(&self.device)))
+    }
+}
+
+/// Rows `row(c)` of `values` [rows, width] written as columns c < `cols` of `out` [width, total]
+/// (each row start offset by the caller), in tiles so that the strided writes stay within the cache.
+fn transpose_rows(values: &[f32], width: usize, out: &mut [f32], total: usize, cols: usize, row: impl Fn(usize) -> usize) {
+    const TILE: usize = 64;
+    for c0 in (0..cols).step_by(TILE) {
+        let c1 = (c0 + TILE).min(cols);
+        for i0 in (0..width).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(width) {
+                out[i * total + c0..i * total + c1].iter_mut().enumerate().for_each(|(k, t)| *t = values[row(c0 + k) * width + i]);
+            }
+        }
     }
 }
 
 /// The model of `files` on `device`, from `config` and the weights' bytes as read (`ModelFiles::read`).
 pub fn load_model<B: Backend>(files: &ModelFiles, config: super::ModelConfig, weights: Weights, device: &B::Device) -> Result<super::Transformer<B>> {
     let family = super::families::of(&config.family)?;
-    let mut weights = Safetensors::new(family, weights, device);
+    let mut weights = Safetensors::new(family, weights, config.heads, device);
     // Layers beyond config.json's would be ignored without a word: a config of another model.
     let holds = |l: usize| weights.weights.tensors.keys().any(|k| k.starts_with(&family.layer_prefix(l)));
     if holds(config.layers) {

@@ -321,7 +321,7 @@ impl Manifest {
     /// swapped or cut would label the scores wrongly).
     fn check_edge_names(&self, s: &SiteEntry) -> Result<()> {
         let (layers, heads) = (self.config.layers, self.config.heads);
-        let graph = crate::engine::Graph::bounded(layers, heads, "config")?;
+        let graph = crate::engine::Graph::bounded(layers, heads, self.config.parallel, "config")?;
         let total = graph.edges.len();
         if s.edges.len() != total || s.shape.get(1) != Some(&total) {
             anyhow::bail!("site edges names {} edges and has shape {:?}; the graph of {layers} layers × {heads} heads has {total}", s.edges.len(), s.shape);

@@ -1,6 +1,8 @@
 //! One file per model family: how HF's `config.json` and weight names map onto the generic
 //! decoder (`ModelConfig`, `transformer::Transformer`). Nothing outside `model/` names a family.
+mod gemma2;
 mod gpt2;
+mod gpt_neox;
 mod llama;
 
 use super::config::ModelConfig;
@@ -13,6 +15,11 @@ pub enum Source {
     /// `nn.Linear` weights [out, in] (or their biases [out]), transposed to [in, out] and joined
     /// along the output: q|k|v, gate|up.
     Parts(Vec<String>),
+    /// One fused q|k|v `nn.Linear` weight (or bias) whose rows hold each head's q, k and v
+    /// together (GPT-NeoX's `query_key_value`), regrouped into q|k|v and transposed.
+    PerHead(String),
+    /// A norm weight stored as w for a norm that multiplies by (1 + w) (Gemma).
+    PlusOne(String),
 }
 
 /// A family's mapping: its `config.json`, and the checkpoint name of each generic parameter
@@ -27,7 +34,7 @@ pub trait Family: Sync {
     fn layer_prefix(&self, layer: usize) -> String;
 }
 
-const FAMILIES: [&dyn Family; 5] = [&gpt2::Gpt2, &llama::Llama("llama"), &llama::Llama("mistral"), &llama::Llama("qwen2"), &llama::Llama("qwen3")];
+const FAMILIES: [&dyn Family; 7] = [&gpt2::Gpt2, &llama::Llama("llama"), &llama::Llama("mistral"), &llama::Llama("qwen2"), &llama::Llama("qwen3"), &gpt_neox::GptNeox, &gemma2::Gemma2];
 
 /// The family of `model_type`, refused in one line when patchbay does not implement it.
 pub fn of(model_type: &str) -> Result<&'static dyn Family> {
