@@ -610,7 +610,7 @@ class Patterns:
 
 class Attribution:
     """The logit lens and direct logit attribution of pairs' clean runs: ``accumulated``
-    [pairs, 2·layers + 1] (labels ``accumulated_labels``), ``components`` [pairs, 2·layers + 2]
+    [pairs, 2·layers + 1; layers + 1 without resid_mid] (labels ``accumulated_labels``), ``components`` [pairs, 2·layers + 2]
     (``component_labels``), ``heads`` [pairs, layers, heads]; ``logit_diff`` and ``bias_term`` per
     pair (the components and the bias term sum to the logit difference)."""
 
