@@ -5,13 +5,16 @@
     python benches/compare_torch.py ... --dtype bf16
 
     python benches/compare_torch.py --device cpu --backend cpu --pairs 2 --tokens 16 --tl-pairs 0 --threads 2
+    python benches/compare_torch.py --family qwen2 --device cpu --backend cpu --pairs 1 --tokens 16 --threads 2 --quick
 
-Sweeps resid_pre at every (layer, position) of random-token pairs on a random-weight GPT-2 of the
-named shape (no download), several ways, and prints seconds, runs/s and the ratio to patchbay:
-  * TransformerLens: transformer_lens.patching.get_act_patch_resid_pre, one forward per patch
-    (TransformerBridge over the HF model); --tl-pairs N times N pairs and scales to all of them;
-  * PyTorch, stacked: HF GPT2LMHeadModel, every patched run a row of one batch (chunks of
-    --chunk rows), resid_pre overwritten by a forward pre-hook on each block; once with full
+Sweeps resid_pre at every (layer, position) of random-token pairs on a random-weight model (no
+download): GPT-2 of the named --shape, or with --family the released shape of a family, HF's own
+class (qwen2: Qwen2.5-0.5B; llama: Llama-3.2-1B; patchbay reads the same config.json), several
+ways, and prints seconds, runs/s and the ratio to patchbay:
+  * TransformerLens (GPT-2 only): transformer_lens.patching.get_act_patch_resid_pre, one forward
+    per patch (TransformerBridge over the HF model); --tl-pairs N times N pairs and scales to all;
+  * PyTorch, stacked: the HF model, every patched run a row of one batch (chunks of --chunk rows),
+    resid_pre overwritten by a forward pre-hook on each decoder layer; once with full
     logits at every position (the plain call), once as a careful user writes it, with the last
     position's logits only (`logits_to_keep=1`);
   * patchbay: `patchbay bench --json` with and without reuse.
@@ -30,10 +33,33 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 SHAPES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
           "gpt2-xl": (48, 25, 1600), "distilgpt2": (6, 12, 768)}
+# The released configs' shapes (Qwen/Qwen2.5-0.5B, meta-llama/Llama-3.2-1B), random weights.
+FAMILIES = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(
+        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, hidden_size=896, intermediate_size=4864,
+        vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
+    "llama": (LlamaConfig, LlamaForCausalLM, dict(
+        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, hidden_size=2048, intermediate_size=8192,
+        vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192})),
+}
+
+
+def decoder_layers(model):
+    return model.transformer.h if hasattr(model, "transformer") else model.model.layers
+
+
+def overwrite(args, kwargs, value):
+    """A decoder layer's hidden-states argument (positional in GPT-2, maybe a keyword elsewhere)
+    replaced by value(hidden_states)."""
+    if args:
+        return (value(args[0]),) + args[1:], kwargs
+    return args, {**kwargs, "hidden_states": value(kwargs["hidden_states"])}
 
 
 def sync(device):
@@ -45,7 +71,7 @@ def stacked_sweep(model, clean, corrupted, answer, distractor, chunk, device, ke
     """Every (pair, layer, position) resid_pre patch as a row of one batch; `keep` 1: logits of the
     last position only (0: all positions, the plain call)."""
     n_pairs, n_tok = clean.shape
-    n_layer = model.config.n_layer
+    n_layer = model.config.num_hidden_layers
     with torch.no_grad():
         hidden = model(clean, output_hidden_states=True).hidden_states  # resid_pre of each layer
         rows = [(p, l, t) for p in range(n_pairs) for l in range(n_layer) for t in range(n_tok)]
@@ -55,13 +81,16 @@ def stacked_sweep(model, clean, corrupted, answer, distractor, chunk, device, ke
             idx = torch.tensor(part, device=device)
             pair, layer, pos = idx[:, 0], idx[:, 1], idx[:, 2]
             hooks = []
-            for l, block in enumerate(model.transformer.h):
+            for l, block in enumerate(decoder_layers(model)):
                 sel = (layer == l).nonzero().squeeze(1)
 
-                def pre_hook(module, args, kwargs, sel=sel, l=l):
-                    h = args[0].clone()
+                def patched(x, sel=sel, l=l):
+                    h = x.clone()
                     h[sel, pos[sel]] = hidden[l][pair[sel], pos[sel]]
-                    return (h,) + args[1:], kwargs
+                    return h
+
+                def pre_hook(module, args, kwargs, patched=patched):
+                    return overwrite(args, kwargs, patched)
 
                 hooks.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
             logits = model(corrupted[pair], logits_to_keep=keep).logits[:, -1]
@@ -78,12 +107,15 @@ def loop_sweep(model, clean, corrupted, answer, distractor, device):
     with torch.no_grad():
         for p in range(n_pairs):
             hidden = model(clean[p:p + 1], output_hidden_states=True).hidden_states
-            for l, block in enumerate(model.transformer.h):
+            for l, block in enumerate(decoder_layers(model)):
                 for t in range(n_tok):
-                    def pre_hook(module, args, kwargs, l=l, t=t):
-                        h = args[0].clone()
+                    def patched(x, l=l, t=t):
+                        h = x.clone()
                         h[0, t] = hidden[l][0, t]
-                        return (h,) + args[1:], kwargs
+                        return h
+
+                    def pre_hook(module, args, kwargs, patched=patched):
+                        return overwrite(args, kwargs, patched)
 
                     handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
                     logits = model(corrupted[p:p + 1], logits_to_keep=1).logits[0, -1]
@@ -114,7 +146,7 @@ def random_pairs(n, tokens, vocab, device):
 
 
 def patchbay_rows(args, pairs, tokens):
-    cmd = [args.patchbay, "bench", "--shape", args.shape, "--pairs", str(pairs), "--tokens", str(tokens), "--sites", "resid_pre",
+    cmd = [args.patchbay, "bench", "--shape", args.model_shape, "--pairs", str(pairs), "--tokens", str(tokens), "--sites", "resid_pre",
            "--backend", args.backend, "--dtype", args.dtype, "--repeat", str(args.repeat), "--json"]
     if args.quick:
         cmd.append("--reuse-only")
@@ -159,7 +191,8 @@ def tl_sweep(model, clean, corrupted, answer, distractor, n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--patchbay", default="target/release/patchbay")
-    ap.add_argument("--shape", default="gpt2", choices=SHAPES)
+    ap.add_argument("--shape", default="gpt2", choices=SHAPES, help="GPT-2's shape (without --family)")
+    ap.add_argument("--family", choices=FAMILIES, help="a family's released shape instead of GPT-2's")
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--dtype", default="f32", choices=["f32", "tf32", "bf16"], help="tf32: f32 tensors, TF32 matmuls (both sides)")
@@ -176,10 +209,24 @@ def main():
     torch.backends.cudnn.allow_tf32 = args.dtype == "tf32"
     if args.threads:
         torch.set_num_threads(args.threads)
-    n_layer, n_head, d = SHAPES[args.shape]
     dtype = {"f32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=d, attn_implementation="eager")
-    model = GPT2LMHeadModel(cfg).eval().to(args.device, dtype)
+    if args.family:
+        config_cls, model_cls, dims = FAMILIES[args.family]
+        cfg = config_cls(**dims, attn_implementation="eager")
+        model = model_cls(cfg).eval().to(args.device, dtype)
+        # patchbay's bench makes its own random weights of the shape this config.json gives.
+        args.model_shape = tempfile.mkdtemp()
+        cfg.save_pretrained(args.model_shape)
+        args.shape = f"{args.family} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters)"
+        if args.tl_pairs:
+            print("TransformerLens' row is GPT-2's only: skipped")
+            args.tl_pairs = 0
+    else:
+        n_layer, n_head, d = SHAPES[args.shape]
+        cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=d, attn_implementation="eager")
+        model = GPT2LMHeadModel(cfg).eval().to(args.device, dtype)
+        args.model_shape = args.shape
+    n_layer = cfg.num_hidden_layers
     clean, corrupted, answer, distractor = random_pairs(args.pairs, args.tokens, cfg.vocab_size, args.device)
     runs = args.pairs * n_layer * args.tokens
     sweep = lambda keep: lambda: stacked_sweep(model, clean, corrupted, answer, distractor, args.chunk, args.device, keep)

@@ -1,13 +1,15 @@
 """Loading time and memory: random-weight checkpoints of released shapes, stored as the hub stores
 them (made here with numpy: no download, no torch), and `patchbay inspect` on each, timed with
-/usr/bin/time against reading the weights file into memory (warm page cache).
+/usr/bin/time against reading the weights file into memory (warm page cache); then `patchbay run`
+(resid_pre at every layer and position) and `patchbay edges --method eap` of one IOI-style pair
+(the GPT-2 tokenizer stands in), timed whole, loading included.
 
     python benches/load.py --shape gpt2-large            # 774 M parameters, F32 (3.1 GB)
     python benches/load.py --shape qwen2.5-0.5b          # 494 M parameters, BF16 (1.0 GB)
     python benches/load.py --shape gpt2-xl --keep /tmp/x # 1.56 B parameters, F32 (6.2 GB)
 
-Prints the load time as a ratio to reading the file and the peak RSS as a ratio to the weights'
-size in f32 (what the model holds).
+Prints the load time as a ratio to reading the file, the peak RSS as a ratio to the weights' size
+in f32 (what the model holds), and each command's wall time and peak RSS.
 """
 import argparse
 import json
@@ -107,6 +109,7 @@ def main():
     ap.add_argument("--shape", default="gpt2-large", choices=sorted(SHAPES))
     ap.add_argument("--keep", help="directory to write the checkpoint into (default: a temporary one)")
     ap.add_argument("--bin", default="target/release/patchbay")
+    ap.add_argument("--no-runs", action="store_true", help="inspect only, not run and edges")
     a = ap.parse_args()
     out = a.keep or tempfile.mkdtemp()
     os.makedirs(out, exist_ok=True)
@@ -115,15 +118,29 @@ def main():
     t = time.time()
     open(path, "rb").read()
     read = time.time() - t
-    r = subprocess.run(["/usr/bin/time", "-v", a.bin, "inspect", "--model", out, "Hello"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\d+):([\d.]+)", r.stderr)
-    seconds = int(wall.group(1)) * 60 + float(wall.group(2))
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) * 1024
+    seconds, rss = timed(a.bin, "inspect", "--model", out, "Hello")
     f32 = params * 4
     print(f"{a.shape}: {params / 1e6:.0f} M parameters, {os.path.getsize(path) / 1e9:.2f} GB file; reading it {read:.2f} s; "
           f"patchbay inspect {seconds:.2f} s ({seconds / read:.1f}x the read), peak RSS {rss / 1e9:.2f} GB "
-          f"({rss / f32:.2f}x the f32 weights)")
+          f"({rss / f32:.2f}x the f32 weights)", flush=True)
+    if a.no_runs:
+        return
+    pairs = os.path.join(out, "pairs.jsonl")
+    with open(pairs, "w") as f:
+        f.write(json.dumps({"clean": "When Mary and John went to the store, John gave a drink to", "answer": " Mary",
+                            "corrupted": "When Mary and John went to the store, Mary gave a drink to", "distractor": " John"}) + "\n")
+    for what, cmd in (("run resid_pre", ["run", "--sites", "resid_pre"]), ("edges --method eap", ["edges", "--method", "eap"])):
+        seconds, rss = timed(a.bin, *cmd, "--model", out, "--pairs", pairs, "--out", os.path.join(out, cmd[0]), "--overwrite")
+        print(f"{a.shape}: patchbay {what}, one IOI pair (14 tokens): {seconds:.1f} s, peak RSS {rss / 1e9:.2f} GB ({rss / f32:.2f}x)", flush=True)
+
+
+def timed(*cmd):
+    """Wall seconds and peak RSS bytes of a command, by /usr/bin/time."""
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\d+):([\d.]+)", r.stderr)
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) * 1024
+    return int(wall.group(1)) * 60 + float(wall.group(2)), rss
 
 
 if __name__ == "__main__":
