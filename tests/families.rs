@@ -218,10 +218,11 @@ fn perplexity_and_candidates_follow_hfs_logits() {
                     let want: Vec<(u32, f32)> = order[..5].iter().map(|&i| (i as u32, (l[i] - log_z).exp() as f32)).collect();
                     let got = &top[p][pos];
                     assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), want.iter().map(|c| c.0).collect::<Vec<_>>(), "{family} {spec:?}: pair {p} position {pos}'s top 5");
-                    assert!(max_abs_diff(&got.iter().map(|c| c.1).collect::<Vec<_>>(), &want.iter().map(|c| c.1).collect::<Vec<_>>()) <= 1e-5, "{family} {spec:?}: probabilities");
+                    // Within 1e-4: Gemma 2's logits reach its soft-cap of 30, and f32 rounding with them.
+                    assert!(max_abs_diff(&got.iter().map(|c| c.1).collect::<Vec<_>>(), &want.iter().map(|c| c.1).collect::<Vec<_>>()) <= 1e-4, "{family} {spec:?}: probabilities");
                     if pos + 1 < t {
                         let want = (log_z - l[row[pos + 1] as usize]) as f32;
-                        assert!((losses[p][pos] - want).abs() <= 1e-4, "{family} {spec:?}: pair {p} token {}'s loss {} vs HF's {want}", pos + 1, losses[p][pos]);
+                        assert!((losses[p][pos] - want).abs() <= 1e-4 * want.abs().max(1.0), "{family} {spec:?}: pair {p} token {}'s loss {} vs HF's {want}", pos + 1, losses[p][pos]);
                     }
                 }
             }
