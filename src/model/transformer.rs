@@ -1,6 +1,8 @@
 //! The generic decoder every family loads into (`ModelConfig`): token (+ learned position)
 //! embeddings, pre-norm blocks (causal self-attention with rotary or no positions, grouped keys
-//! and values, an MLP plain or gated), a final norm, the unembedding (tied or its own).
+//! and values, scores scaled, soft-capped and windowed as the family does; an MLP plain or gated;
+//! the two in sequence or in parallel, each optionally post-normed), a final norm, the unembedding
+//! (tied or its own, its logits optionally soft-capped).
 //! Parameters have generic names (`blocks.{l}.attn.qkv.weight`, ...) that each family's file maps
 //! onto its checkpoint's. Generic over the burn backend; every activation site passes through `Hooks`.
 use super::batch::{Batch, Padding};
