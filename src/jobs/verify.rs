@@ -6,7 +6,7 @@
 //! faithfulness, circuit) are of this run. Cheap insurance for every backend, GPU and driver.
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
-use crate::engine::{PatchSite, Patching, Row};
+use crate::engine::{Method, PatchSite, Patching, Row};
 use super::{Model, ModelTask, On};
 use crate::results::{self, npy, FailedCell, Manifest, Verification};
 use super::sweep::SweepModel;
@@ -88,7 +88,23 @@ impl ModelTask for Check {
         let patching = Patching { ablation: m.ablation, means: results::read_means(&self.dir, m, false)?.map(std::sync::Arc::new) };
         let patcher = SweepModel::of(&on, m.method, m.ig_steps)?.patcher(false, false, m.metric_name, 1, m.direction, patching);
         let baselines = |pair: TokenizedPair| patcher.run(&[pair], &[], &m.layout, &mut |_| Ok(())).map(|r| (r[0].clean, r[0].corrupted));
-        self.check(&|pair, row| patcher.one(pair, row, &m.layout), &baselines)
+        // An estimate is of a whole site at once (one pass for every edge): computed once per pair
+        // and site, not once per sampled row (8 passes of 2.3 s each on a Qwen2.5-0.5B shape).
+        let whole: std::cell::RefCell<std::collections::HashMap<(usize, PatchSite), Vec<f32>>> = Default::default();
+        let recompute = |pair: TokenizedPair, row: Row| -> Result<f32> {
+            if m.method == Method::Exact {
+                return patcher.one(pair, row, &m.layout);
+            }
+            let key = (pair.row, row.site);
+            if let Some(values) = whole.borrow().get(&key) {
+                return Ok(values[row.out]);
+            }
+            let values = patcher.run(&[pair], &[row.site], &m.layout, &mut |_| Ok(()))?.swap_remove(0).sites.swap_remove(0);
+            let value = values[row.out];
+            whole.borrow_mut().insert(key, values);
+            Ok(value)
+        };
+        self.check(&recompute, &baselines)
     }
 }
 
