@@ -56,12 +56,8 @@ impl<'m, B: Backend> On<'m, B> {
     pub fn autodiff(&self) -> Result<&'m Transformer<Autodiff<B>>> {
         let h = self.handle;
         if h.autodiff.get().is_none() {
-            // Read again, and held to the fingerprint of the model loaded first.
-            let read = h.files.read()?;
-            if read.fingerprint != h.fingerprint {
-                anyhow::bail!("the files of {} changed since it was loaded (fingerprint {}, now {}): load it again", h.id(), h.fingerprint, read.fingerprint);
-            }
-            let model: Erased = Box::new(load_model::<Autodiff<B>>(&h.files, h.config.clone(), read.weights, &self.model.device())?);
+            // The loaded model's own tensors, seen through Autodiff: no second read or copy.
+            let model: Erased = Box::new(self.model.autodiff());
             let _ = h.autodiff.set(model);
         }
         h.autodiff.get().and_then(|m| m.downcast_ref()).context("internal error: the Autodiff model is of another backend")

@@ -10,6 +10,7 @@ use super::config::{Activation, ModelConfig, Norm as NormKind, Rotary};
 use super::sites::{Hooks, Site, SiteKind};
 use crate::backend::{cpu, float_options, matmul, Prefix};
 use anyhow::{bail, Result};
+use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid, silu, softmax};
 use burn::tensor::{Distribution, IndexingUpdateOp};
@@ -713,6 +714,60 @@ impl<B: Backend> Transformer<B> {
         let tok = Batch::one(tok).hook(Site::new(SiteKind::Embed, 0), hooks).into_one();
         let x = Batch::one(pos.map_or(tok.clone(), |pos| tok + pos));
         self.blocks.iter().enumerate().fold(x, |x, (l, block)| block.forward(x, l, &[None], None, hooks)).into_one()
+    }
+}
+
+/// The same model on burn's Autodiff backend (attribution's gradients), sharing every tensor with
+/// this one: no second read of the files, no second copy of the weights.
+impl<B: Backend> Transformer<B> {
+    pub fn autodiff(&self) -> Transformer<Autodiff<B>> {
+        let rope = self.blocks.first().and_then(|b| b.attn.rope.as_ref()).map(|r| std::sync::Arc::new(Rope { cos: lift(&r.cos), sin: lift(&r.sin), dims: r.dims }));
+        Transformer {
+            config: self.config.clone(),
+            w_e: lift(&self.w_e),
+            w_pos: self.w_pos.as_ref().map(lift),
+            w_u: self.w_u.as_ref().map(lift),
+            blocks: self.blocks.iter().map(|b| b.autodiff(rope.clone())).collect(),
+            norm_final: self.norm_final.autodiff(),
+        }
+    }
+}
+
+fn lift<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Tensor<Autodiff<B>, D> {
+    Tensor::from_inner(t.clone())
+}
+
+impl<B: Backend> Norm<B> {
+    fn autodiff(&self) -> Norm<Autodiff<B>> {
+        Norm { kind: self.kind, weight: lift(&self.weight), bias: self.bias.as_ref().map(lift), eps: self.eps }
+    }
+}
+
+impl<B: Backend> Block<B> {
+    fn autodiff(&self, rope: Option<std::sync::Arc<Rope<Autodiff<B>>>>) -> Block<Autodiff<B>> {
+        let a = &self.attn;
+        let m = &self.mlp;
+        Block {
+            norm_attn: self.norm_attn.autodiff(),
+            attn: Attention {
+                w_qkv: lift(&a.w_qkv),
+                b_qkv: a.b_qkv.as_ref().map(lift),
+                w_o: lift(&a.w_o),
+                b_o: a.b_o.as_ref().map(lift),
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                d_head: a.d_head,
+                qk_norm: a.qk_norm.as_ref().map(|[q, k]| [q.autodiff(), k.autodiff()]),
+                rope,
+                query_scale: a.query_scale,
+                softcap: a.softcap,
+                window: a.window,
+            },
+            norm_mlp: self.norm_mlp.autodiff(),
+            mlp: Mlp { w_in: lift(&m.w_in), b_in: m.b_in.as_ref().map(lift), w_out: lift(&m.w_out), b_out: m.b_out.as_ref().map(lift), activation: m.activation, gated: m.gated },
+            post_norms: self.post_norms.as_ref().map(|[a, m]| [a.autodiff(), m.autodiff()]),
+            parallel: self.parallel,
+        }
     }
 }
 
