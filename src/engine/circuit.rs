@@ -148,9 +148,9 @@ impl<B: Backend> CircuitEval<'_, B> {
             let z = attn.attend(project(0), project(1), project(2), |pattern| pattern); // [R, s, H, dh]
             let writes = attn.head_writes(z); // [R, H, s, d]
             let attn_out = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.out_bias().reshape([1, 1, d]);
+            let mid = x.clone() + attn_out;
             // A parallel block's MLP reads the block's input (its own layer's heads send it no edge).
-            let mlp_base = if block.parallel { x.clone() } else { x.clone() + attn_out.clone() };
-            let mid = x + attn_out;
+            let mlp_base = if block.parallel { x } else { mid.clone() };
             deltas = Tensor::cat(vec![deltas, (src.heads[l].clone().select(0, pairs.clone()) - writes).reshape([r, h, s * d])], 1);
             let mlp_in = mlp_base + ablation(&deltas, col + 3 * h, 1).reshape([r, s, d]);
             let mlp_out = block.mlp_out(mlp_in.reshape([r * s, d])).reshape([r, s, d]);
