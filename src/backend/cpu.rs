@@ -158,11 +158,51 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Causal self-attention of a ragged batch (`model::Batch`), from `qkv` [tokens, 3d] (the qkv projection's
-/// output, segment after segment) to the heads' outputs `z` [Σ rows·keep, d]: segment g's rows
-/// of `shape[g][1]` positions, of which the last `keep` (all for None) are queries, attending to
-/// their own positions and to `prefixes[g]`'s keys and values before them.
-pub fn attention<B: Backend>(qkv: &Tensor<B, 2>, shape: &[[usize; 2]], prefixes: &[Option<Prefix<B>>], keep: Option<usize>, heads: usize) -> Option<Tensor<B, 2>> {
+/// What a family's attention computes beyond q·kᵀ: grouped keys and values, each head's RMSNorm
+/// over q and k, rotary positions, the scores' scale, soft-cap and sliding window.
+pub struct AttentionSpec<'a, B: Backend> {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub d_head: usize,
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    /// Each query sees its last `window` keys.
+    pub window: Option<usize>,
+    /// RMSNorm weights over each head's q and k, and eps.
+    pub qk_norm: Option<(&'a Tensor<B, 1>, &'a Tensor<B, 1>, f64)>,
+    /// Rotary cos and sin of every position, [context, rotated dims] (each frequency twice).
+    pub rope: Option<(&'a Tensor<B, 2>, &'a Tensor<B, 2>)>,
+}
+
+/// A head's q or k at position `p` as the scores read it: RMSNorm'd (x·w/√(mean(x²) + eps), as
+/// HF's), then its first dims rotated (x·cos + rotate_half(x)·sin).
+fn position(x: &[f32], p: usize, norm: Option<(&[f32], f32)>, rope: Option<(&View, &View, usize)>, out: &mut [f32]) {
+    match norm {
+        Some((w, eps)) => {
+            let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps).sqrt();
+            for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
+                *o = w * (x * inv);
+            }
+        }
+        None => out.copy_from_slice(x),
+    }
+    if let Some((cos, sin, dims)) = rope {
+        let (cos, sin, half) = (cos.row(&[p, 0], dims), sin.row(&[p, 0], dims), dims / 2);
+        for i in 0..half {
+            let (a, b) = (out[i], out[i + half]);
+            out[i] = a * cos[i] - b * sin[i];
+            out[i + half] = b * cos[i + half] + a * sin[i + half];
+        }
+    }
+}
+
+/// Causal self-attention of a ragged batch (`model::Batch`), from `qkv` [tokens, (heads +
+/// 2·kv_heads)·d_head] (the qkv projection's output, segment after segment) to the heads'
+/// outputs `z` [Σ rows·keep, heads·d_head]: segment g's rows of `shape[g][1]` positions, of which
+/// the last `keep` (all for None) are queries, attending to their own positions and to
+/// `prefixes[g]`'s keys and values before them (as the q/k/v sites hold them: before norm and
+/// rotation).
+pub fn attention<B: Backend>(qkv: &Tensor<B, 2>, shape: &[[usize; 2]], prefixes: &[Option<Prefix<B>>], keep: Option<usize>, spec: &AttentionSpec<B>) -> Option<Tensor<B, 2>> {
     let qkv = flex(qkv.clone()).ok()?;
     let qkv = if qkv.layout().contiguous_offsets().is_some() { qkv } else { qkv.to_contiguous() };
     let mut kv = Vec::with_capacity(prefixes.len());
@@ -172,12 +212,22 @@ pub fn attention<B: Backend>(qkv: &Tensor<B, 2>, shape: &[[usize; 2]], prefixes:
             None => None,
         });
     }
-    let d = qkv.layout().shape()[1] / 3;
-    let dh = d / heads;
-    let scale = 1.0 / (dh as f32).sqrt();
+    let norm = match spec.qk_norm {
+        Some((q, k, eps)) => Some((unit_last(flex(q.clone()).ok()?), unit_last(flex(k.clone()).ok()?), eps as f32)),
+        None => None,
+    };
+    let rope = match spec.rope {
+        Some((cos, sin)) => Some((unit_last(flex(cos.clone()).ok()?), unit_last(flex(sin.clone()).ok()?))),
+        None => None,
+    };
+    let (heads, kvh, dh) = (spec.heads, spec.kv_heads, spec.d_head);
+    let (d, width, group) = (heads * dh, (heads + 2 * kvh) * dh, heads / kvh);
     let (start, end) = qkv.layout().contiguous_offsets().expect("contiguous");
     let qkv = &qkv.storage::<f32>()[start..end];
     let views: Vec<Option<(View, View, &Vec<usize>, usize)>> = kv.iter().map(|p| p.as_ref().map(|(k, v, pairs, len)| (View::of(k), View::of(v), *pairs, *len))).collect();
+    let norms = norm.as_ref().map(|(q, k, eps)| (View::of(q).row(&[0], dh), View::of(k).row(&[0], dh), *eps));
+    let rope = rope.as_ref().map(|(c, s)| (View::of(c), View::of(s), c.layout().shape()[1]));
+    let moved = norms.is_some() || rope.is_some();
 
     // One job per (segment, row): its `keep` output positions, all heads.
     let mut jobs = Vec::new();
@@ -201,33 +251,60 @@ pub fn attention<B: Backend>(qkv: &Tensor<B, 2>, shape: &[[usize; 2]], prefixes:
     jobs.into_par_iter().zip(chunks).for_each(|((g, r, first, s, k), out)| {
         let prefix = views[g].as_ref();
         let before = prefix.map_or(0, |p| p.3);
-        let token = |j: usize| &qkv[(first + j) * 3 * d..(first + j + 1) * 3 * d];
-        let mut scores = vec![0.0f32; before + s];
-        for h in 0..heads {
-            let key = |j: usize, which: usize| -> &[f32] {
-                match prefix {
-                    Some((kp, vp, pairs, _)) if j < before => (if which == 1 { kp } else { vp }).row(&[pairs[r], j, h, 0], dh),
-                    _ => &token(j - before)[which * d + h * dh..which * d + (h + 1) * dh],
+        let token = |j: usize| &qkv[(first + j) * width..(first + j + 1) * width];
+        // Key (`which` 1) or value (2) of KV head `h` at position j, as the q/k/v sites hold it.
+        let raw = |j: usize, which: usize, h: usize| -> &[f32] {
+            match prefix {
+                Some((kp, vp, pairs, _)) if j < before => (if which == 1 { kp } else { vp }).row(&[pairs[r], j, h, 0], dh),
+                _ => &token(j - before)[(heads + (which - 1) * kvh + h) * dh..][..dh],
+            }
+        };
+        // The row's keys as the scores read them, [kv_heads, positions, d_head], where a norm or
+        // rotation moves them.
+        let positioned: Vec<f32> = match moved {
+            false => Vec::new(),
+            true => {
+                let mut keys = vec![0.0f32; kvh * (before + s) * dh];
+                for (i, key) in keys.chunks_mut(dh).enumerate() {
+                    let (h, j) = (i / (before + s), i % (before + s));
+                    position(raw(j, 1, h), j, norms.map(|n| (n.1, n.2)), rope.as_ref().map(|(c, s, n)| (c, s, *n)), key);
                 }
-            };
+                keys
+            }
+        };
+        let key = |j: usize, h: usize| -> &[f32] {
+            match moved {
+                true => &positioned[(h * (before + s) + j) * dh..][..dh],
+                false => raw(j, 1, h),
+            }
+        };
+        let mut scores = vec![0.0f32; before + s];
+        let mut q = vec![0.0f32; dh];
+        for h in 0..heads {
+            let kh = h / group;
             for i in 0..k {
-                let at = s - k + i; // the query's position in the segment
-                let q = &token(at)[h * dh..(h + 1) * dh];
-                let seen = before + at + 1;
+                let at = before + s - k + i; // the query's position
+                position(&token(at - before)[h * dh..(h + 1) * dh], at, norms.map(|n| (n.0, n.2)), rope.as_ref().map(|(c, s, n)| (c, s, *n)), &mut q);
+                let from = spec.window.map_or(0, |w| (at + 1).saturating_sub(w));
+                let seen = &mut scores[from..at + 1];
                 let mut max = f32::NEG_INFINITY;
-                for (j, sc) in scores[..seen].iter_mut().enumerate() {
-                    *sc = dot(q, key(j, 1)) * scale;
+                for (j, sc) in seen.iter_mut().enumerate() {
+                    let x = dot(&q, key(from + j, kh)) * spec.scale;
+                    *sc = match spec.softcap {
+                        Some(cap) => (x / cap).tanh() * cap,
+                        None => x,
+                    };
                     max = max.max(*sc);
                 }
                 let mut sum = 0.0;
-                for sc in &mut scores[..seen] {
+                for sc in seen.iter_mut() {
                     *sc = (*sc - max).exp();
                     sum += *sc;
                 }
                 let z = &mut out[i * d + h * dh..i * d + (h + 1) * dh];
-                for (j, &p) in scores[..seen].iter().enumerate() {
+                for (j, &p) in seen.iter().enumerate() {
                     let p = p / sum;
-                    for (z, &v) in z.iter_mut().zip(key(j, 2)) {
+                    for (z, &v) in z.iter_mut().zip(raw(from + j, 2, kh)) {
                         *z += p * v;
                     }
                 }

@@ -217,11 +217,22 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    /// GPT-2's attention (every head its own keys and values, no positions inside, no norm, scores
-    /// scaled by 1/√d_head and neither capped nor windowed): what the CPU kernel and the padded
-    /// batch compute.
-    fn plain(&self) -> bool {
-        self.kv_heads == self.heads && self.qk_norm.is_none() && self.rope.is_none() && self.query_scale.is_none() && self.softcap.is_none() && self.window.is_none()
+    /// The CPU kernel's description of this attention (None for a LayerNorm over q and k, which
+    /// it does not compute).
+    fn spec(&self) -> Option<cpu::AttentionSpec<'_, B>> {
+        if self.qk_norm.as_ref().is_some_and(|[q, _]| q.centres()) {
+            return None;
+        }
+        Some(cpu::AttentionSpec {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            d_head: self.d_head,
+            scale: self.query_scale.unwrap_or(1.0 / (self.d_head as f64).sqrt()) as f32,
+            softcap: self.softcap.map(|c| c as f32),
+            window: self.window,
+            qk_norm: self.qk_norm.as_ref().map(|[q, k]| (q.weight(), k.weight(), q.eps())),
+            rope: self.rope.as_ref().map(|r| (&r.cos, &r.sin)),
+        })
     }
 
     /// The scores of positioned `q` [b, h, queries, dh] and grouped `k` [b, h, keys, dh]: q·kᵀ
@@ -299,8 +310,8 @@ impl<B: Backend> Attention<B> {
     fn forward(&self, x: Batch<B>, layer: usize, prefixes: &[Option<Prefix<B>>], keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Batch<B> {
         let qkv = x.with(linear(x.x.clone(), &self.w_qkv, self.b_qkv.as_ref()));
         let hooked = [SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::Pattern, SiteKind::Z, SiteKind::KHead, SiteKind::VHead].into_iter().any(|k| hooks.wants(Site::new(k, layer)));
-        let fast = !hooked && self.plain();
-        let fused = fast.then(|| cpu::attention(&qkv.x, &qkv.shape, prefixes, keep, self.heads)).flatten();
+        let fast = !hooked;
+        let fused = fast.then(|| self.spec().and_then(|spec| cpu::attention(&qkv.x, &qkv.shape, prefixes, keep, &spec))).flatten();
         let kept = || qkv.shape.iter().map(|&[n, s]| [n, keep.unwrap_or(s).min(s)]).collect();
         let z = match fused.or_else(|| fast.then(|| self.padded(&qkv, prefixes, keep)).flatten()) {
             Some(z) => Batch::new(z, kept()),
@@ -325,8 +336,8 @@ impl<B: Backend> Attention<B> {
             return None;
         }
         let device = qkv.x.device();
-        let [tokens, d3] = qkv.x.dims();
-        let (d, h) = (d3 / 3, self.heads);
+        let tokens = qkv.x.dims()[0];
+        let dh = self.d_head;
         let rows: usize = qkv.shape.iter().map(|&[n, _]| n).sum();
         let ints = |v: Vec<i64>| {
             let n = v.len();
@@ -340,21 +351,22 @@ impl<B: Backend> Attention<B> {
             let slots = rows_of().flat_map(|(row, n, s)| (row..row + n).flat_map(move |r| (len - s..len).map(move |p| (r * len + p) as i64)));
             Padding { runs: ints(runs.collect()), slots: ints(slots.collect()).reshape([tokens, 1]) }
         });
-        // [rows, heads, len, d_head] of q (`i` 0), k (1) or v (2): the prefix run's, with the
-        // computed positions written in.
+        // [rows, heads (kv_heads for k and v), len, d_head] of q (`i` 0), k (1) or v (2): the
+        // prefix run's, with the computed positions written in.
         let padded = |i: usize, base: Option<&Tensor<B, 4>>| {
-            let own = qkv.x.clone().narrow(1, i * d, d);
+            let (start, n) = self.part(i);
+            let own = qkv.x.clone().narrow(1, start, n * dh);
             let base = match base {
-                Some(t) => t.clone().select(0, padding.runs.clone()).narrow(1, 0, len).reshape([rows * len, d]),
-                None => Tensor::zeros([rows * len, d], float_options::<B>(&device)),
+                Some(t) => t.clone().select(0, padding.runs.clone()).narrow(1, 0, len).reshape([rows * len, n * dh]),
+                None => Tensor::zeros([rows * len, n * dh], float_options::<B>(&device)),
             };
-            base.scatter_nd(padding.slots.clone(), own, IndexingUpdateOp::Assign).reshape([rows, len, h, d / h]).swap_dims(1, 2)
+            base.scatter_nd(padding.slots.clone(), own, IndexingUpdateOp::Assign).reshape([rows, len, n, dh]).swap_dims(1, 2)
         };
         let queries = keep.unwrap_or(len).min(len);
         let prefix = prefixes.iter().flatten().next();
         let q = padded(0, None).narrow(2, len - queries, queries);
         let (k, v) = (padded(1, prefix.map(|p| &p.k)), padded(2, prefix.map(|p| &p.v)));
-        let z = mix(causal_softmax(scores(q, k)), v).reshape([rows * queries, d]);
+        let z = self.attend(q, k, v, |pattern| pattern).reshape([rows * queries, self.heads * dh]);
         // Each row's last `keep` outputs (every output is a computed token's: the slots again).
         let outputs = match keep {
             None => padding.slots.clone().reshape([tokens]),
