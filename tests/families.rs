@@ -1,7 +1,8 @@
 //! The Llama 3, Qwen2 (2.5), Qwen3, GPT-NeoX (Pythia) and Gemma 2 families against HF transformers, on the checkpoints of
 //! tests/fixtures/families (make_family_fixtures.py: random weights, tiny shapes, stored as the hub
 //! stores them: hub and transformers-5 rope configs, F32 / BF16 / F16, one file or shards):
-//! tokenization, logits and every TransformerLens site, activation patching through the CLI (k and v
+//! tokenization, logits and every TransformerLens site (against TransformerLens' own adapters too:
+//! make_family_tl_refs.py), activation patching through the CLI (k and v
 //! per key/value head), greedy generation with the KV cache, and perplexity and candidates from
 //! the same logits as HF's.
 use crate::common::*;
@@ -34,13 +35,15 @@ fn f32_backends() -> Vec<BackendSpec> {
     backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion).collect()
 }
 
-/// (what, max |patchbay − HF|, max |HF|) for the logits and every site of every layer.
-struct Forward(PathBuf);
+/// (what, max |patchbay − reference|, max |reference|) for the logits and every site of every
+/// layer, against a reference file: HF's forward hooks (refs.safetensors) or TransformerLens' own
+/// adapter run with `run_with_cache` (refs-tl.safetensors, make_family_tl_refs.py).
+struct Forward(PathBuf, &'static str);
 
 impl BackendTask for Forward {
     type Output = Vec<(String, f32, f32)>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
-        let refs = Refs::load(&self.0);
+        let refs = Refs::load_file(&self.0, self.1);
         let model = load_located::<B>(self.0.to_str().unwrap(), &device)?;
         let layers = model.config.layers;
         // A parallel block (GPT-NeoX) has no resid_mid, and its references none.
@@ -48,7 +51,7 @@ impl BackendTask for Forward {
         let mut cache = Cache::new((0..layers).flat_map(|l| kinds.iter().map(move |&k| Site::new(k, l))));
         let logits = model.forward(model.tokens(&refs.token_rows("tokens"))?, &mut cache);
         let compare = |what: String, got: Vec<f32>, want: Vec<f32>| {
-            assert_eq!(got.len(), want.len(), "{what}: {} values, HF has {}", got.len(), want.len());
+            assert_eq!(got.len(), want.len(), "{what}: {} values, the reference has {}", got.len(), want.len());
             (what, max_abs_diff(&got, &want), want.iter().fold(0f32, |m, v| m.max(v.abs())))
         };
         let mut out = vec![compare("logits".into(), values(logits), refs.f32("logits").0)];
@@ -63,11 +66,14 @@ impl BackendTask for Forward {
 }
 
 #[test]
-fn logits_and_every_site_equal_hf_transformers() {
+fn logits_and_every_site_equal_hf_transformers_and_transformer_lens() {
     for spec in f32_backends() {
         for family in FAMILIES {
-            for (what, diff, scale) in dispatch(&spec, Forward(dir(family))).unwrap() {
-                assert!(diff <= 1e-4 * scale.max(1.0), "{family} on {spec:?}: {what} differs by {diff} (values up to {scale})");
+            let files = ["refs.safetensors", "refs-tl.safetensors"].into_iter().filter(|f| dir(family).join(f).is_file());
+            for file in files {
+                for (what, diff, scale) in dispatch(&spec, Forward(dir(family), file)).unwrap() {
+                    assert!(diff <= 1e-4 * scale.max(1.0), "{family} on {spec:?}: {what} differs from {file} by {diff} (values up to {scale})");
+                }
             }
         }
     }
