@@ -251,12 +251,16 @@ pub struct Layout {
     /// The sending heads [layer, head] of path sites that run (`path --senders`); None: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub senders: Option<Vec<[usize; 2]>>,
+    /// The graph's edges [start, end) that the edges site runs (a shard of an edge run split by
+    /// rows); None: all. The array keeps every edge's cell; the others stay NaN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edges: Option<[usize; 2]>,
 }
 
 impl Layout {
     /// Every head sends (path sites).
     pub fn new(layers: usize, heads: usize, positions: usize) -> Self {
-        Self { layers, heads, kv_heads: None, parallel: false, positions, senders: None }
+        Self { layers, heads, kv_heads: None, parallel: false, positions, senders: None, edges: None }
     }
 
     /// `model`'s layout for pairs of at most `positions` tokens.
@@ -310,7 +314,8 @@ impl Layout {
     pub fn run_count(&self, site: PatchSite, len: usize) -> usize {
         let axis = |on: bool, n: usize| if on { n } else { 1 };
         if site.scope() == Scope::Edge {
-            return Graph::edge_count(self.layers, self.heads, self.parallel);
+            let [start, end] = self.edge_range();
+            return end - start;
         }
         if site.is_path() {
             return self.path_rows(site).len();
@@ -357,7 +362,13 @@ impl Layout {
         rows
     }
 
-    /// Every edge of the graph, in its order, joining at its receiver's layer (the logits': the last).
+    /// The edges the edges site runs, [start, end) in the graph's order.
+    pub fn edge_range(&self) -> [usize; 2] {
+        self.edges.unwrap_or([0, Graph::edge_count(self.layers, self.heads, self.parallel)])
+    }
+
+    /// The graph's edges in `edge_range`, in its order, each joining at its receiver's layer (the
+    /// logits': the last).
     fn edge_rows(&self) -> Vec<Row> {
         let graph = self.graph();
         let row = |(out, edge): (usize, &Edge)| {
@@ -368,7 +379,8 @@ impl Layout {
             };
             Row { pair: 0, site: PatchSite::Edges, layer, pos: None, src: None, head, sender: None, edge: Some(*edge), out }
         };
-        graph.edges.iter().enumerate().map(row).collect()
+        let [start, end] = self.edge_range();
+        graph.edges.iter().enumerate().skip(start).take(end - start).map(row).collect()
     }
 
     /// A pair's rows at `site` (`rows`), split into those to compute and, with `skip`, the

@@ -247,9 +247,20 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
         false => None,
     };
     let all_units = units(all, &layout, &spec.sites);
+    // A shard takes a range of the units (pairs), or, where there are fewer units than shards, of
+    // an exact edge run the graph's edges for every pair: at MIB's scale one pair is more rows than
+    // a short job runs.
+    let by_edges = spec.shard.is_some_and(|s| all_units.len() < s.count) && model.method() == Method::Exact && spec.sites.iter().all(|&s| s == PatchSite::Edges);
+    let layout = match spec.shard {
+        Some(s) if by_edges => {
+            let range = s.units(layout.run_count(PatchSite::Edges, positions));
+            Layout { edges: Some([range.start, range.end]), ..layout }
+        }
+        _ => layout,
+    };
     let units = match spec.shard {
-        Some(s) => &all_units[s.units(all_units.len())],
-        None => &all_units[..],
+        Some(s) if !by_edges => &all_units[s.units(all_units.len())],
+        _ => &all_units[..],
     };
     // This run's array rows: its pairs in the whole run's order.
     let mut mine: Vec<usize> = units.iter().flatten().copied().collect();
@@ -259,7 +270,7 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     let mut manifest = manifest(&model, handle, &pairs, spec, layout.clone(), max_rows);
     manifest.dataset = results::fingerprint(&(all, skipped));
     manifest.skipped = skipped.to_vec();
-    manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len() });
+    manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len(), edges: layout.edges });
     manifest.ablation_means = means.iter().flat_map(|m| m.kinds.iter()).map(|(k, (shape, v))| MeansEntry { kind: k.name().into(), file: Means::file(*k), shape: shape.clone(), xxh3: MeansEntry::hash(v) }).collect();
     let patching = Patching { ablation: spec.ablation, means: means.clone() };
     let skip = patching.skips(spec.skip);

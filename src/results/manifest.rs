@@ -29,7 +29,8 @@ pub const STAGED_MANIFEST: &str = "manifest.json.partial";
 /// What staged arrays end with until the run commits.
 pub const PARTIAL: &str = ".partial";
 
-/// Which of the whole run's pairs a shard holds.
+/// Which of the whole run's cells a shard holds: its pairs, and of an edge run split by rows of
+/// the graph, its edges.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardInfo {
     pub index: usize,
@@ -37,6 +38,10 @@ pub struct ShardInfo {
     /// Indices, ascending, into the whole run's pairs of this shard's pairs (its array rows).
     pub pairs: Vec<usize>,
     pub pairs_total: usize,
+    /// The graph's edges [start, end) this shard computed for each of its pairs (the layout's
+    /// `edges`); absent: every cell of its pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edges: Option<[usize; 2]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -34,10 +34,11 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     // --max-rows, merge byte-identical to the unsharded run; otherwise equal to float rounding.)
     // Sites are compared but for their pair count (a shard's own).
     let sites = |m: &Manifest| m.sites.iter().map(|s| SiteEntry { shape: s.shape[1..].to_vec(), ..s.clone() }).collect();
-    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: sites(m), max_rows: 0, verify: None, runs: Runs::default(), kernels_excluded: vec![], ..m.clone() };
+    let whole = |m: &Manifest| crate::engine::Layout { edges: None, ..m.layout.clone() };
+    let same = |m: &Manifest| Manifest { pairs: vec![], shard: None, sites: sites(m), layout: whole(m), max_rows: 0, verify: None, runs: Runs::default(), kernels_excluded: vec![], ..m.clone() };
     for (dir, m, info) in &parts {
-        if info.pairs.len() != m.pairs.len() || info.count != count {
-            bail!("{}: its manifest's shard lists {} pairs of {} shards, but it holds {} pairs of the {count} shards of {}", dir.display(), info.pairs.len(), info.count, m.pairs.len(), first_dir.display());
+        if info.pairs.len() != m.pairs.len() || info.count != count || info.edges != m.layout.edges {
+            bail!("{}: its manifest's shard lists {} pairs (edges {:?}) of {} shards, but it holds {} pairs (edges {:?}) of the {count} shards of {}", dir.display(), info.pairs.len(), info.edges, info.count, m.pairs.len(), m.layout.edges, first_dir.display());
         }
     }
     for (dir, m, info) in &parts[1..] {
@@ -56,13 +57,39 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
             bail!("{} and {} are shards of different runs ({why})", dir.display(), first_dir.display());
         }
     }
+    // Every (pair, edge) cell in exactly one shard: each pair's shards' edge ranges (all of them
+    // for a shard split by pairs) tile the graph's edges without a gap or an overlap.
     let total = first_info.pairs_total;
-    let mut slots: Vec<Option<PairEntry>> = vec![None; total];
-    for (dir, m, info) in &parts {
-        for (&g, p) in info.pairs.iter().zip(&m.pairs) {
-            if g >= total || slots[g].replace(p.clone()).is_some() {
-                bail!("{} claims pair {g} of {total}, which another shard holds or which does not exist", dir.display());
+    let edges = whole(first).edge_range()[1];
+    let mut held: Vec<Vec<([usize; 2], usize)>> = vec![Vec::new(); total];
+    for (dir, _, info) in &parts {
+        for &g in &info.pairs {
+            if g >= total {
+                bail!("{} claims pair {g} of {total}, which does not exist", dir.display());
             }
+            held[g].push((info.edges.unwrap_or([0, edges]), info.index));
+        }
+    }
+    for (g, ranges) in held.iter_mut().enumerate() {
+        ranges.sort();
+        let mut at = [0, usize::MAX]; // the next edge due, and the shard that held the one before
+        for &([start, end], k) in ranges.iter() {
+            if start > at[0] {
+                bail!("no shard holds edges {}..{start} of pair {g}", at[0]);
+            }
+            if start < at[0] {
+                bail!("shards {} and {k} both hold pair {g} (edges {start}..{})", at[1], end.min(at[0]));
+            }
+            at = [end, k];
+        }
+        if at[0] < edges {
+            bail!("no shard holds {} of pair {g}", if at[0] == 0 { "any cell".to_string() } else { format!("edges {}..{edges}", at[0]) });
+        }
+    }
+    let mut slots: Vec<Option<PairEntry>> = vec![None; total];
+    for (_, m, info) in &parts {
+        for (&g, p) in info.pairs.iter().zip(&m.pairs) {
+            slots[g].get_or_insert_with(|| p.clone());
         }
     }
     let mut merged = Manifest { shard: None, verify: merged_verification(&parts), ..first.clone() };
@@ -71,7 +98,8 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     for (_, m, _) in &parts {
         merged.runs += m.runs;
     }
-    merged.pairs = slots.into_iter().enumerate().map(|(g, p)| p.with_context(|| format!("no shard holds pair {g}"))).collect::<Result<_>>()?;
+    merged.pairs = slots.into_iter().map(|p| p.expect("every pair held: checked above")).collect();
+    merged.layout = whole(first);
     for site in &mut merged.sites {
         site.shape[0] = total;
     }
@@ -83,8 +111,15 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
         for (dir, _, info) in &parts {
             let (data, shape) = read_own_f32(&dir.join(file))?;
             let per_pair: usize = shape[1..].iter().product();
+            // A shard split by edges: its edges of the edges array; the baselines, every pair's,
+            // from the shard with the first edges.
+            let [start, end] = match info.edges {
+                Some(range) if per_pair == edges => range,
+                Some([0, _]) | None => [0, per_pair],
+                Some(_) => continue,
+            };
             for (k, &g) in info.pairs.iter().enumerate() {
-                writer.write(array, g * per_pair, &data[k * per_pair..][..per_pair])?;
+                writer.write(array, g * per_pair + start, &data[k * per_pair + start..k * per_pair + end])?;
             }
         }
     }
