@@ -94,6 +94,29 @@ fn resid_mid_of_a_parallel_block_is_refused_by_name() {
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
+/// Half-precision weights stay half until the model takes them; a NaN or infinite one is still
+/// refused at load, naming the tensor and the index (its exponent bits: F16's and BF16's differ).
+#[test]
+fn a_non_finite_half_precision_weight_is_refused_by_name() {
+    for (family, bits, shown) in [("gemma2", 0x7f80u16, "inf"), ("pythia", 0x7e00, "NaN")] {
+        let tmp = std::env::temp_dir().join(format!("patchbay-families-nonfinite-{family}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(dir(family).join(f), tmp.join(f)).unwrap();
+        }
+        let mut w = std::fs::read(dir(family).join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&w).unwrap();
+        let (name, view) = st.tensors().into_iter().max_by_key(|(_, v)| v.data().as_ptr() as usize).unwrap();
+        let at = view.data().as_ptr() as usize - w.as_ptr() as usize + 2 * 3; // its fourth value
+        w[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+        std::fs::write(tmp.join("model.safetensors"), &w).unwrap();
+        let err = format!("{:#}", load_located::<patchbay::backend::Cpu>(tmp.to_str().unwrap(), &Default::default()).err().expect("refused"));
+        assert!(err.contains(&format!("tensor {name} holds {shown} at flat index 3")) && !err.contains('\n'), "{family}: {err}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
+
 #[test]
 fn prompts_tokenize_as_hf_tokenizer_does_bos_included_for_llama_and_gemma() {
     for family in ["llama", "qwen2", "pythia", "gemma2"] {
