@@ -381,7 +381,7 @@ fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_resto
         }
         // resid_pre at layer 0, every position at once: the corrupted run becomes the clean one.
         let rows: Vec<Row> = (0..pairs.len())
-            .map(|pair| Row { pair, site: PatchSite::ResidPre, layer: 0, pos: None, src: None, head: None, sender: None, edge: None, out: 0 })
+            .map(|pair| Row { pair, site: PatchSite::ResidPre, layer: 0, pos: None, src: None, head: None, sender: None, edge: None, from: 0, out: 0 })
             .collect();
         let restored = engine.run_rows(&pairs, &rows).unwrap();
         for (p, r) in results.iter().enumerate() {

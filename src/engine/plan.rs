@@ -328,7 +328,7 @@ impl Layout {
     fn path_rows(&self, site: PatchSite) -> Vec<Row> {
         let (l, h) = (self.layers, self.heads);
         let senders = (0..l).flat_map(|sl| (0..h).map(move |sh| (sl, sh))).filter(|&(sl, sh)| self.sends(sl, sh));
-        let row = |sender: (usize, usize), layer, head, out| Row { pair: 0, site, layer, pos: None, src: None, head, sender: Some(sender), edge: None, out };
+        let row = |sender: (usize, usize), layer, head, out| Row { pair: 0, site, layer, pos: None, src: None, head, sender: Some(sender), edge: None, from: 0, out };
         match site.scope() {
             Scope::PathToLogits => senders.map(|(sl, sh)| row((sl, sh), l - 1, None, sl * h + sh)).collect(),
             _ => senders.flat_map(|(sl, sh)| (sl + 1..l).flat_map(move |dl| (0..h).map(move |dh| row((sl, sh), dl, Some(dh), ((sl * h + sh) * l + dl) * h + dh)))).collect(),
@@ -354,7 +354,7 @@ impl Layout {
                         // Row-major over the block's axes, those the site has.
                         let index = [Some(layer), pos, src, head].into_iter().flatten();
                         let out = index.zip(&shape).fold(0, |acc, (i, &n)| acc * n + i);
-                        rows.push(Row { pair: 0, site, layer, pos, src, head, sender: None, edge: None, out });
+                        rows.push(Row { pair: 0, site, layer, pos, src, head, sender: None, edge: None, from: 0, out });
                     }
                 }
             }
@@ -377,7 +377,7 @@ impl Layout {
                 Node::Mlp(layer) => (layer, None),
                 _ => (self.layers - 1, None),
             };
-            Row { pair: 0, site: PatchSite::Edges, layer, pos: None, src: None, head, sender: None, edge: Some(*edge), out }
+            Row { pair: 0, site: PatchSite::Edges, layer, pos: None, src: None, head, sender: None, edge: Some(*edge), from: 0, out }
         };
         let [start, end] = self.edge_range();
         graph.edges.iter().enumerate().skip(start).take(end - start).map(row).collect()
@@ -385,8 +385,12 @@ impl Layout {
 
     /// A pair's rows at `site` (`rows`), split into those to compute and, with `skip`, the
     /// no-ops (`Row::is_noop`), whose result is the corrupted run's.
+    /// Path and edge rows start at the first differing position where no-ops are provable (the
+    /// last position at the latest: the metric's).
     pub fn split_rows(&self, site: PatchSite, clean: &[u32], corrupted: &[u32], skip: bool) -> (Vec<Row>, Vec<Row>) {
-        self.rows(site, clean.len()).into_iter().partition(|r| !(skip && r.is_noop(clean, corrupted)))
+        let from = if skip { first_difference(clean, corrupted).min(clean.len().saturating_sub(1)) } else { 0 };
+        let rows = self.rows(site, clean.len()).into_iter().map(|r| if r.sender().is_some() { Row { from, ..r } } else { r });
+        rows.partition(|r| !(skip && r.is_noop(clean, corrupted)))
     }
 
     /// Every row of `sites` for a batch of `pairs` (one length, within the layout), each with its
@@ -425,6 +429,10 @@ pub struct Row {
     pub sender: Option<(usize, usize)>,
     /// An edge row's edge (its receiver is also `layer` and `head`).
     pub edge: Option<Edge>,
+    /// Where a path's or edge's write can first be non-zero: before the pair's first differing
+    /// token the source and corrupted runs agree, so the sender's write is zero and the run is
+    /// the corrupted run there (0 where that is not provable: other ablations, `--no-skip`).
+    pub from: usize,
     pub out: usize,
 }
 
@@ -448,7 +456,7 @@ impl Row {
 
     /// The first position the patch changes: positions before it equal the corrupted run.
     pub fn first_pos(&self) -> usize {
-        self.pos.unwrap_or(0)
+        self.pos.unwrap_or(self.from)
     }
 
     /// Whether this patched run provably is the corrupted run, from the pair's tokens alone (no
@@ -545,7 +553,7 @@ mod tests {
         // Tokens differ at positions 2 and 4.
         let (clean, corrupted) = ([1, 2, 3, 4, 5, 6], [1, 2, 9, 4, 8, 6]);
         assert_eq!(first_difference(&clean, &corrupted), 2);
-        let at = |site, layer, pos, src| Row { pair: 0, site, layer, pos, src, head: Some(0), sender: None, edge: None, out: 0 }.is_noop(&clean, &corrupted);
+        let at = |site, layer, pos, src| Row { pair: 0, site, layer, pos, src, head: Some(0), sender: None, edge: None, from: 0, out: 0 }.is_noop(&clean, &corrupted);
         let noop = |site, layer, pos| at(site, layer, pos, None);
         for site in PatchSite::ALL.into_iter().filter(|s| s.by_position() && !s.by_src()) {
             assert!(noop(site, 1, Some(1)) && !noop(site, 1, Some(2)) && !noop(site, 1, Some(3)), "{site:?}");
