@@ -339,7 +339,8 @@ fn an_edge_run_shards_by_rows_of_the_graph_and_merges_into_the_unsharded_run() {
     // A shard whose edges reach into the next one's, or stop short of them: refused, naming the cells.
     let shard = sharded.join("shard-0001-of-0003");
     let original = std::fs::read_to_string(shard.join("manifest.json")).unwrap();
-    for (end, says) in [(ranges[1][1] + 1, format!("shards 1 and 2 both hold pair 0 (edges {}..{})", ranges[1][1], ranges[1][1] + 1)), (ranges[1][1] - 1, format!("no shard holds edges {}..{} of pair 0", ranges[1][1] - 1, ranges[1][1]))] {
+    let past = format!("claims edges {}..{} of a graph of {edges}", ranges[1][0], edges + 1);
+    for (end, says) in [(ranges[1][1] + 1, format!("shards 1 and 2 both hold pair 0 (edges {}..{})", ranges[1][1], ranges[1][1] + 1)), (ranges[1][1] - 1, format!("no shard holds edges {}..{} of pair 0", ranges[1][1] - 1, ranges[1][1])), (edges + 1, past)] {
         let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
         m["shard"]["edges"][1] = end.into();
         m["layout"]["edges"][1] = end.into();

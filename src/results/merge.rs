@@ -63,6 +63,9 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
     let edges = whole(first).edge_range()[1];
     let mut held: Vec<Vec<([usize; 2], usize)>> = vec![Vec::new(); total];
     for (dir, _, info) in &parts {
+        if let Some([start, end]) = info.edges.filter(|&[start, end]| start > end || end > edges) {
+            bail!("{} claims edges {start}..{end} of a graph of {edges}", dir.display());
+        }
         for &g in &info.pairs {
             if g >= total {
                 bail!("{} claims pair {g} of {total}, which does not exist", dir.display());
