@@ -722,7 +722,7 @@ fn circuits_evaluate_as_eap_ig_and_alone_as_in_a_batch() {
 /// k, v from its own input apart.
 #[test]
 fn circuits_evaluate_as_exact_edges_on_the_families() {
-    for name in ["llama", "qwen2", "qwen3", "pythia"] {
+    for name in ["llama", "qwen2", "qwen3", "pythia", "gemma2"] {
         for a in [Ablation::Resample, Ablation::Mean] {
             dispatch(&BackendSpec::default(), CircuitsAgainstEdges(family(name), a, false)).unwrap();
         }

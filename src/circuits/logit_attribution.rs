@@ -3,9 +3,11 @@
 //! as TransformerLens' `ActivationCache` computes them:
 //! - `accumulated`: the residual stream before each block, halfway through it and after the last
 //!   one (`accumulated_resid(incl_mid=True, apply_ln=True)`), each through the final norm with its own
-//!   statistics (the logit lens): norm_final(x)·u; the last is the logit difference;
+//!   statistics (the logit lens): norm_final(x)·u; the last is the logit difference (before any
+//!   final soft-cap, as every term here: they are linear in the logits);
 //! - `components`: the token and position embeddings, then each layer's attn_out and mlp_out
-//!   (`decompose_resid`), and `heads`: each head's write z·W_O (`stack_head_results`), each
+//!   (`decompose_resid`), and `heads`: each head's write z·W_O (`stack_head_results`; through a
+//!   post-norm its share at the norm's scale, `Block::head_shares`), each
 //!   centred (a LayerNorm's; an RMSNorm centres nothing) and divided by the final norm's scale of the final residual stream (`apply_ln_to_stack`), then
 //!   projected through its weight: ((c − mean c)/scale)·(w ⊙ u). Summed over the components,
 //!   with the norm's bias term b·u, they give the logit difference exactly.
@@ -114,8 +116,10 @@ pub fn attribute<B: Backend>(model: &Transformer<B>, pairs: &[TokenizedPair], ba
                     let z = cache.heads(Site::new(SiteKind::Z, l)).expect("cached"); // [b, len, h, dh]
                     let [_, _, h, dh] = z.dims();
                     let each = Tensor::<B, 1, Int>::arange(0..h as i64, &model.device()).repeat_dim(0, b); // (pair, head) rows
-                    let z = z.narrow(1, len - 1, 1).reshape([b * h, 1, dh]);
-                    model.blocks[l].attn.head_write(z, each).reshape([b, h, c.d_model])
+                    let z = z.narrow(1, len - 1, 1);
+                    let block = &model.blocks[l];
+                    let writes = block.attn.head_write(z.clone().reshape([b * h, 1, dh]), each).reshape([b, h, c.d_model]);
+                    block.head_shares(writes, || block.attn.output(z))
                 })
                 .collect();
             let heads = host(direct(Tensor::cat(heads, 1))); // [b, nl·nh]

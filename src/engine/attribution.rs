@@ -131,17 +131,24 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         // the corrupted run, or (integrated gradients) the mean over the runs whose token
         // embeddings are source + (k/n)·(corrupted − source), k < n (EAP-IG's points, at its
         // input node).
-        let (grads, receivers) = match self.ig_steps {
-            None => self.gradients(&leaves, corrupted_metric.clone(), edges)?,
+        // Edges: each pass's (source − corrupted write) · gradient terms, [pairs, senders,
+        // receivers] (a head's write through the post-norm's Jacobian at that pass, where the
+        // model has one), summed over the passes.
+        let pass = |step: &Leaves<B>, metric| -> Result<(Grads<B>, Option<Tensor<B::InnerBackend, 3>>)> {
+            let (g, r) = self.gradients(step, metric, edges)?;
+            Ok((g, r.map(|r| self.edge_terms(&leaves, step, &inner, r))))
+        };
+        let (grads, edge_terms) = match self.ig_steps {
+            None => pass(&leaves, corrupted_metric.clone())?,
             Some(n) => {
                 let start = Site::new(SiteKind::Embed, 0);
                 let (from, to) = (inner(start), leaves.acts[&start].0.clone());
-                let mut sum: Option<Gradients<B>> = None;
+                let mut sum: Option<(Grads<B>, Option<Tensor<B::InnerBackend, 3>>)> = None;
                 for k in 0..n {
                     let point = from.clone() + (to.clone() - from.clone()) * (k as f64 / n as f64);
                     let mut step = Leaves { want: want.clone(), input: Some(Tensor::from_inner(point)), acts: HashMap::new() };
                     let metric = last_position_metric(m, self.metric, true, m.resid_final(corrupted_tokens.clone(), &mut step), ids.clone());
-                    let (g, r) = self.gradients(&step, metric, edges)?;
+                    let (g, r) = pass(&step, metric)?;
                     sum = Some(match sum {
                         None => (g, r),
                         Some((mut gs, rs)) => {
@@ -178,7 +185,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
             };
             terms.insert(kind, Terms { values, shape });
         }
-        let edge_terms = receivers.map(|r| self.edge_terms(&leaves, &inner, r)).transpose()?;
+        let edge_terms = edge_terms.map(host_terms).transpose()?;
         let read = |t: &Tensor<B, 2>| t.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading the metric: {e:?}"));
         let (clean, corrupted) = (read(&clean_metric)?, read(&corrupted_metric)?);
         let len = pairs[0].len();
@@ -199,7 +206,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
     /// `edges`, also ∂metric/∂(each receiver's input) [pairs, receivers, positions·d] in
     /// `receiver_index`'s order. A head's q (k, v) input is the residual stream before the block's
     /// norm as that input alone reads it (`Block::head_inputs_vjp`).
-    fn gradients(&self, leaves: &Leaves<B>, metric: Tensor<B, 2>, edges: bool) -> Result<Gradients<B>> {
+    fn gradients(&self, leaves: &Leaves<B>, metric: Tensor<B, 2>, edges: bool) -> Result<(Grads<B>, Option<Tensor<B::InnerBackend, 3>>)> {
         // Pairs are independent rows of the batch: the gradient of the sum is each pair's own.
         let grads = metric.sum().backward();
         let grads: HashMap<Site, Tensor<B::InnerBackend, 4>> = leaves.acts.iter().map(|(&site, (act, leaf))| (site, leaf.grad(&grads).unwrap_or_else(|| act.zeros_like()))).collect();
@@ -221,33 +228,44 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         Ok((grads, Some(Tensor::cat(receivers, 1))))
     }
 
-    /// Every (sender, receiver input) pair's (source − corrupted output) · ∂metric/∂input, summed
-    /// over positions and the model dimension: [pairs, senders, receivers] in `sender_index` and
-    /// `receiver_index`'s order. A sender's output: the token embeddings, a head's z times its rows of
-    /// W_O, an MLP's output.
-    fn edge_terms(&self, leaves: &Leaves<B>, source: &dyn Fn(Site) -> Tensor<B::InnerBackend, 4>, receivers: Tensor<B::InnerBackend, 3>) -> Result<Terms> {
+    /// Every (sender, receiver input) pair's (source − corrupted output) · ∂metric/∂input on one
+    /// pass, summed over positions and the model dimension: [pairs, senders, receivers] in
+    /// `sender_index` and `receiver_index`'s order. A sender's output: the token embeddings, a
+    /// head's z times its rows of W_O (`Block::head_change_linear` of it at the pass's output of
+    /// that attention sublayer, through its post-norm where it has one), an MLP's output.
+    /// `leaves`: the corrupted run; `pass`: the run the gradients `receivers` are of.
+    fn edge_terms(&self, leaves: &Leaves<B>, pass: &Leaves<B>, source: &dyn Fn(Site) -> Tensor<B::InnerBackend, 4>, receivers: Tensor<B::InnerBackend, 3>) -> Tensor<B::InnerBackend, 3> {
         let m = self.model;
         let (layers, heads) = (m.config.layers, m.config.heads);
         let delta = |s: Site| source(s) - leaves.acts[&s].0.clone();
         let mut senders = vec![flat(delta(Site::new(SiteKind::Embed, 0)))];
         for (l, block) in m.blocks.iter().enumerate() {
-            let dz = delta(Site::new(SiteKind::Z, l)); // [b, s, h, dh]
+            let z = Site::new(SiteKind::Z, l);
+            let dz = delta(z); // [b, s, h, dh]
             let [b, s, h, _] = dz.dims();
-            let writes = block.attn.head_writes(Tensor::<B, 4>::from_inner(dz)).inner(); // [b, h, s, d]
+            // On the autodiff model's weights, untracked: plain values.
+            let writes = block.attn.head_writes(Tensor::<B, 4>::from_inner(dz)); // [b, h, s, d]
+            let pre = || block.attn.output(Tensor::from_inner(pass.acts[&z].0.clone())).unsqueeze_dim::<4>(1);
+            let writes = block.head_change_linear(writes, pre).inner();
             let d = writes.dims()[3];
             senders.push(writes.reshape([b, h, s * d]));
             senders.push(flat(delta(Site::new(SiteKind::MlpOut, l))));
         }
         let t = matmul(Tensor::cat(senders, 1), receivers.swap_dims(1, 2)); // [b, U, V]
-        let dims = t.dims();
-        debug_assert_eq!(dims[1..], [1 + layers * (heads + 1), layers * (3 * heads + 1) + 1]);
-        let values = t.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading edge attribution terms: {e:?}"))?;
-        Ok(Terms { values, shape: dims[1..].to_vec() })
+        debug_assert_eq!(t.dims()[1..], [1 + layers * (heads + 1), layers * (3 * heads + 1) + 1]);
+        t
     }
 }
 
-/// A pass's gradients: per wanted site, and (edges) per receiver input.
-type Gradients<B> = (HashMap<Site, Tensor<<B as AutodiffBackend>::InnerBackend, 4>>, Option<Tensor<<B as AutodiffBackend>::InnerBackend, 3>>);
+/// Per wanted site, the gradient of a pass or their mean.
+type Grads<B> = HashMap<Site, Tensor<<B as AutodiffBackend>::InnerBackend, 4>>;
+
+/// Edge terms [pairs, senders, receivers] on the host.
+fn host_terms<B: Backend>(t: Tensor<B, 3>) -> Result<Terms> {
+    let shape = t.dims()[1..].to_vec();
+    let values = t.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading edge attribution terms: {e:?}"))?;
+    Ok(Terms { values, shape })
+}
 
 /// A residual-shaped activation [pairs, s, 1, d] as one sender or receiver: [pairs, 1, s·d].
 fn flat<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {

@@ -5,7 +5,10 @@
 //!
 //! A receiver's input is its residual stream plus Σ over its ablated edges of (source − this
 //! run's output of the sender); a head's q, k and v inputs are apart, each through the block's
-//! first norm and the head's W_Q, W_K, W_V. Every edge in: the clean run. None: every receiver reads the source run's
+//! first norm and the head's W_Q, W_K, W_V. Where a norm follows attention (Gemma 2), a layer's
+//! ablated heads into one receiver count together: the change of the sublayer's output when they
+//! alone take their source writes (`Block::head_change`), so that one ablated edge is the exact
+//! edge and every edge ablated is the source run. Every edge in: the clean run. None: every receiver reads the source run's
 //! residual stream (resample: the corrupted run).
 use super::ablation::Patching;
 use super::graph::{Graph, Node};
@@ -126,18 +129,28 @@ impl<B: Backend> CircuitEval<'_, B> {
         let [r, s, d] = [rows.len(), clean.embed.dims()[1], clean.embed.dims()[2]];
         let (h, dh) = (m.config.heads, m.config.d_head);
         let flat = |t: Tensor<B, 3>, k: usize| t.reshape([r, k, s * d]);
-        // Each receiver input's Σ over its ablated edges of the senders' (source − own) outputs,
-        // from `deltas` [R, senders so far, s·d], for receiver columns `cols`: [R, cols, s·d].
-        let ablation = |deltas: &Tensor<B, 3>, first_col: usize, cols: usize| {
-            let senders = deltas.dims()[1];
-            matmul(ablated.clone().narrow(1, 0, senders).narrow(2, first_col, cols).swap_dims(1, 2), deltas.clone())
+        // The mask's rows of the input and the MLPs (whose writes add), and of each layer's heads.
+        let linear_rows = ablated.clone().select(1, ints((0..=m.config.layers).map(|l| if l == 0 { 0 } else { (l * (h + 1)) as i64 }).collect()));
+        let head_rows = |l: usize| ablated.clone().narrow(1, 1 + l * (h + 1), h);
+        // Each receiver input's change from its ablated edges, for receiver columns `cols`: [R,
+        // cols, s·d]. The input's and the MLPs' (source − own) outputs `deltas` [R, k, s·d] add;
+        // per layer so far, its ablated heads' (source − own) writes `results` [R, H, s·d] change
+        // the sublayer's output (`pre` [R, s, d] before its post-norm) together: Block::head_change.
+        let ablation = |deltas: &Tensor<B, 3>, heads: &[(Tensor<B, 3>, Tensor<B, 3>)], first_col: usize, cols: usize| {
+            let mask = |rows: Tensor<B, 3>| rows.narrow(2, first_col, cols).swap_dims(1, 2);
+            let linear = matmul(mask(linear_rows.clone().narrow(1, 0, deltas.dims()[1])), deltas.clone());
+            heads.iter().enumerate().fold(linear, |sum, (l, (results, pre))| {
+                let change = matmul(mask(head_rows(l)), results.clone()).reshape([r, cols, s, d]);
+                sum + m.blocks[l].head_change(change, || pre.clone().unsqueeze_dim::<4>(1)).reshape([r, cols, s * d])
+            })
         };
         let mut x = clean.embed.clone().select(0, pairs.clone());
         let mut deltas = flat(src.input.clone().select(0, pairs.clone()) - clean.tok.clone().select(0, pairs.clone()), 1);
+        let mut heads = Vec::with_capacity(m.config.layers);
         for (l, block) in m.blocks.iter().enumerate() {
             let col = l * (3 * h + 1);
             // Each head's q, k, v from its own input: [R, 3H, s, d] in (head, q/k/v) order.
-            let inputs = x.clone().unsqueeze_dim::<4>(1) + ablation(&deltas, col, 3 * h).reshape([r, 3 * h, s, d]);
+            let inputs = x.clone().unsqueeze_dim::<4>(1) + ablation(&deltas, &heads, col, 3 * h).reshape([r, 3 * h, s, d]);
             let normed = block.norm_attn.forward(inputs).reshape([r, h, 3, s, d]);
             let attn = &block.attn;
             let project = |i: usize| {
@@ -147,18 +160,18 @@ impl<B: Backend> CircuitEval<'_, B> {
             // Every head its own k and v input: H of them, grouped heads or not.
             let z = attn.attend(project(0), project(1), project(2), |pattern| pattern); // [R, s, H, dh]
             let writes = attn.head_writes(z); // [R, H, s, d]
-            let attn_out = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.out_bias().reshape([1, 1, d]);
-            let mid = x.clone() + attn_out;
+            let pre = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.out_bias().reshape([1, 1, d]);
+            let mid = x.clone() + block.attn_out(pre.clone());
             // A parallel block's MLP reads the block's input (its own layer's heads send it no edge).
             let mlp_base = if block.parallel { x } else { mid.clone() };
-            deltas = Tensor::cat(vec![deltas, (src.heads[l].clone().select(0, pairs.clone()) - writes).reshape([r, h, s * d])], 1);
-            let mlp_in = mlp_base + ablation(&deltas, col + 3 * h, 1).reshape([r, s, d]);
+            heads.push(((src.heads[l].clone().select(0, pairs.clone()) - writes).reshape([r, h, s * d]), pre));
+            let mlp_in = mlp_base + ablation(&deltas, &heads, col + 3 * h, 1).reshape([r, s, d]);
             let mlp_out = block.mlp_out(mlp_in.reshape([r * s, d])).reshape([r, s, d]);
             x = mid + mlp_out.clone();
             deltas = Tensor::cat(vec![deltas, flat(src.mlps[l].clone().select(0, pairs.clone()) - mlp_out, 1)], 1);
         }
         let v = ablated.dims()[2];
-        let last = x + ablation(&deltas, v - 1, 1).reshape([r, s, d]);
+        let last = x + ablation(&deltas, &heads, v - 1, 1).reshape([r, s, d]);
         let metric = last_position_metric(m, self.metric, true, last, ids.clone().select(0, pairs));
         metric.into_data().convert::<f32>().to_vec().expect("f32 metric")
     }

@@ -404,7 +404,8 @@ impl<B: Backend> Patch<'_, B> {
 
     /// Path and edge rows, ordered by sender: at a receiver's q, k or v, the receiving head's input
     /// is computed from the corrupted residual stream plus the sender's write; at an MLP's input or
-    /// the final residual stream the write is added to it.
+    /// the final residual stream the write is added to it. A head's write is `Block::head_change`
+    /// of its source-minus-corrupted z·W_O.
     fn path<const D: usize>(&self, site: Site, rows: &[(usize, &Row)], act: Tensor<B, D>) -> Tensor<B, D> {
         let dims = act.dims();
         let device = act.device();
@@ -438,7 +439,9 @@ impl<B: Backend> Patch<'_, B> {
                     let own: Vec<usize> = group.iter().enumerate().flat_map(|(j, (_, row))| (0..s).map(move |p| (j * s + p) * h + head(row))).collect();
                     let delta = delta.reshape([g * s * h, dh]).select(0, int_tensor::<B>(own, &device)).reshape([g, s, dh]);
                     let heads = int_tensor::<B>(group.iter().map(|(_, row)| head(row)), &device);
-                    writes.push(self.model.blocks[sl].attn.head_write(delta, heads));
+                    let block = &self.model.blocks[sl];
+                    // Through a post-norm, the change of the sublayer's output with every other head corrupted.
+                    writes.push(block.head_change(block.attn.head_write(delta, heads), || block.attn.output(z(self.corrupted))));
                 }
                 Node::Mlp(layer) => writes.push(delta(SiteKind::MlpOut, layer)),
                 _ => writes.push(delta(SiteKind::Embed, 0)),

@@ -217,7 +217,6 @@ pub struct Attributed {
 /// The logit lens and direct logit attribution of each pair's clean run.
 pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progress) -> Result<Attributed> {
     let c = &model.config;
-    c.check_head_writes("attribute")?;
     let checks = Checks { max_diff: None, context: Some(c.context), vocab: Some(c.vocab), prepend_bos: spec.prepend_bos };
     let (pairs, skipped) = data::load_pairs(&spec.pairs, &model.tokenizer, checks, spec.strict)?;
     progress.start(pairs.len() as u64, "pairs");

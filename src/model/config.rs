@@ -234,15 +234,6 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Whether each head's write z·W_O is its own term of the residual stream, what paths, edges
-    /// and per-head DLA take apart; refused in one line where a norm follows attention (Gemma 2).
-    pub fn check_head_writes(&self, what: &str) -> Result<()> {
-        if self.post_norms {
-            bail!("{what}: {} norms attention's output before it joins the residual stream, so a head's write is not its own term of it; paths, edges and per-head attribution are not implemented for it yet", self.family);
-        }
-        Ok(())
-    }
-
     /// Layer `layer`'s sliding window, if it has one.
     pub fn window_of(&self, layer: usize) -> Option<usize> {
         self.window.as_ref().filter(|w| w.layers.contains(&layer)).map(|w| w.size)

@@ -101,6 +101,19 @@ impl<B: Backend> Norm<B> {
         (g - xhat * gx_mean) / sigma
     }
 
+    /// The output's change for an input change `dx` at `x` to first order (the Jacobian-vector
+    /// product; `x` broadcast against `dx`): (ĝ − x̂·mean(ĝ·x̂)) / σ ⊙ w with ĝ = dx, centred for a
+    /// LayerNorm, x̂ and σ as in `vjp`.
+    pub fn jvp<const D: usize>(&self, x: Tensor<B, D>, dx: Tensor<B, D>) -> Tensor<B, D> {
+        let sigma = self.scale(x.clone());
+        let (xhat, dx) = match self.centres() {
+            true => ((x.clone() - x.mean_dim(D - 1)) / sigma.clone(), dx.clone() - dx.mean_dim(D - 1)),
+            false => (x / sigma.clone(), dx),
+        };
+        let along = (dx.clone() * xhat.clone()).mean_dim(D - 1);
+        (dx - xhat * along) / sigma * self.weight.clone().unsqueeze()
+    }
+
     /// Whether it subtracts the mean first (a LayerNorm): what TransformerLens' `apply_ln` centres.
     pub fn centres(&self) -> bool {
         self.kind == NormKind::LayerNorm
@@ -389,6 +402,13 @@ impl<B: Backend> Attention<B> {
         matmul(z.swap_dims(1, 2), self.w_o.clone().reshape([1, self.heads, self.d_head, d]))
     }
 
+    /// The sublayer's output before any post-norm from the heads' outputs `z` [b, s, H, dh]:
+    /// z·W_O + b_O, [b, s, d].
+    pub fn output(&self, z: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, s, h, dh] = z.dims();
+        linear(z.reshape([b * s, h * dh]), &self.w_o, self.b_o.as_ref()).reshape([b, s, self.w_o.dims()[1]])
+    }
+
     /// W_O's bias, [d] (zeros when the family has none).
     pub fn out_bias(&self) -> Tensor<B, 1> {
         self.b_o.clone().unwrap_or_else(|| Tensor::zeros([self.w_o.dims()[1]], float_options::<B>(&self.w_o.device())))
@@ -544,6 +564,45 @@ impl<B: Backend> Block<B> {
         match &self.post_norms {
             Some([post, _]) => post.forward(out),
             None => out,
+        }
+    }
+
+    /// What a change `change` [.., d] of some heads' writes (z·W_O) adds to the residual stream
+    /// while the sublayer's output before its post-norm is otherwise `pre` (broadcast against
+    /// it): the change itself, or, where a norm follows attention (Gemma 2), post(pre + change)
+    /// − post(pre), the change of the sublayer's output when only those heads change (`pre` is
+    /// only computed there). A head's edge, path and ablated write.
+    pub fn head_change<const D: usize>(&self, change: Tensor<B, D>, pre: impl FnOnce() -> Tensor<B, D>) -> Tensor<B, D> {
+        match &self.post_norms {
+            Some([post, _]) => {
+                let pre = pre();
+                post.forward(pre.clone() + change) - post.forward(pre)
+            }
+            None => change,
+        }
+    }
+
+    /// `head_change` to first order in `change`: through the post-norm's Jacobian at `pre` (EAP,
+    /// EAP-IG).
+    pub fn head_change_linear<const D: usize>(&self, change: Tensor<B, D>, pre: impl FnOnce() -> Tensor<B, D>) -> Tensor<B, D> {
+        match &self.post_norms {
+            Some([post, _]) => post.jvp(pre(), change),
+            None => change,
+        }
+    }
+
+    /// Head writes `writes` [.., d] as shares of what attention adds to the residual stream, the
+    /// post-norm's scale frozen at its value on `pre` (as TransformerLens freezes a norm's scale
+    /// for direct attribution): where a norm follows attention, (w − mean w)/σ(pre) ⊙ γ (centred
+    /// for a LayerNorm), summing over the heads to the sublayer's output less the norm's bias;
+    /// else the writes themselves.
+    pub fn head_shares<const D: usize>(&self, writes: Tensor<B, D>, pre: impl FnOnce() -> Tensor<B, D>) -> Tensor<B, D> {
+        match &self.post_norms {
+            Some([post, _]) => {
+                let writes = if post.centres() { writes.clone() - writes.mean_dim(D - 1) } else { writes };
+                writes / post.scale(pre()) * post.weight().clone().unsqueeze()
+            }
+            None => writes,
         }
     }
 
