@@ -195,7 +195,8 @@ impl BackendTask for Attribution {
             ("accumulated", max_abs_diff(&a.accumulated, &refs.f32("dla.accumulated").0)),
             ("components", max_abs_diff(&a.components, &refs.f32("dla.components").0)),
             ("heads", max_abs_diff(&a.heads, &refs.f32("dla.heads").0)),
-            ("logit difference vs the clean baseline", max_abs_diff(&a.logit_diff, &refs.f32("baseline_clean").0)),
+            // Before the final soft-cap where the model has one (Gemma 2): dla.logit_diff.
+            ("logit difference vs the clean baseline", max_abs_diff(&a.logit_diff, &refs.f32(if refs.has("dla.logit_diff") { "dla.logit_diff" } else { "baseline_clean" }).0)),
             ("components + ln_f bias term vs logit difference", max_abs_diff(&sums, &a.logit_diff)),
             ("batch of one vs all", max_abs_diff(&one.heads, &a.heads).max(max_abs_diff(&one.accumulated, &a.accumulated))),
         ])
@@ -208,7 +209,7 @@ fn logit_lens_and_direct_attribution_match_transformer_lens_and_sum_to_the_logit
     cases.push((patchbay::backend::BackendSpec::default(), tiny(), BOS_REFS));
     // The Llama 3 and Qwen families (make_family_capability_refs.py: an RMSNorm is not centred, and
     // rotary positions leave the position component zero).
-    for family in ["llama", "llama-tied", "qwen2", "qwen3", "pythia"] {
+    for family in ["llama", "llama-tied", "qwen2", "qwen3", "pythia", "gemma2"] {
         cases.push((patchbay::backend::BackendSpec::default(), fixtures().join("families").join(family), "refs-capabilities.safetensors"));
     }
     cases.extend(backends().into_iter().filter(|s| s.dtype == DType::F32 && s.kind != patchbay::backend::BackendKind::Cpu).map(|s| (s, tiny(), "refs.safetensors")));

@@ -60,7 +60,7 @@ const EDGE_REFS: &str = "refs-edges.safetensors";
 /// EAP-IG, attribution, DLA): tests/fixtures/make_family_capability_refs.py.
 const CAPABILITY_REFS: &str = "refs-capabilities.safetensors";
 /// The family fixtures those references are made for.
-const FAMILIES: [&str; 5] = ["llama", "llama-tied", "qwen2", "qwen3", "pythia"];
+const FAMILIES: [&str; 6] = ["llama", "llama-tied", "qwen2", "qwen3", "pythia", "gemma2"];
 
 fn family(name: &str) -> PathBuf {
     fixtures().join("families").join(name)
@@ -180,10 +180,22 @@ fn check_how_against_tl(sites: &[PatchSite], cases: &[(BackendSpec, PathBuf)], c
             let diffs = dispatch(spec, AgainstTl { dir: dir.clone(), refs, sites: sites.to_vec(), reuse, max_rows, skip, how }).unwrap();
             let worst = diffs.iter().map(|d| d.1).fold(0.0, f32::max);
             eprintln!("{what}: max abs difference to the reference {worst:.2e} ({:.1} s)", started.elapsed().as_secs_f64());
-            let tol = tolerance(spec);
+            let tol = tolerance(spec) * fixture_tolerance(dir);
             let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d < tol)).collect();
             assert!(bad.is_empty(), "{what}: differs from TransformerLens by more than {tol}: {bad:?}");
         }
+    }
+}
+
+/// Gemma 2's fixture runs large activations (embeddings × 8, two norms a sublayer, logits at
+/// the soft-cap): its plain forward pass is itself 1.8e-4 from float64 on these pairs
+/// (baseline_corrupted), more than the 1e-4 every other fixture keeps, and its edges up to 4.7e-4
+/// (lavapipe) on metrics up to 27; 1e-3 there.
+fn fixture_tolerance(dir: &Path) -> f32 {
+    if name(dir) == "gemma2" {
+        10.0
+    } else {
+        1.0
     }
 }
 
@@ -686,14 +698,14 @@ impl BackendTask for CircuitsAgainstEdges {
             for (p, r) in exact.iter().enumerate() {
                 let d = (batched[k][p] - r.sites[0][e]).abs();
                 worst = worst.max(d);
-                assert!(d < 1e-4, "{} {}: all edges but {e} on pair {p}: {} vs the exact noising patch {}", name(&self.0), self.1.name(), batched[k][p], r.sites[0][e]);
+                assert!(d < 1e-4 * fixture_tolerance(&self.0), "{} {}: all edges but {e} on pair {p}: {} vs the exact noising patch {}", name(&self.0), self.1.name(), batched[k][p], r.sites[0][e]);
             }
         }
         let n = sample.len();
         for (p, r) in exact.iter().enumerate() {
-            assert!((batched[n][p] - r.clean).abs() < 1e-4, "the whole graph on pair {p}: {} vs clean {}", batched[n][p], r.clean);
+            assert!((batched[n][p] - r.clean).abs() < 1e-4 * fixture_tolerance(&self.0), "the whole graph on pair {p}: {} vs clean {}", batched[n][p], r.clean);
             if self.1 == Ablation::Resample {
-                assert!((batched[n + 1][p] - r.corrupted).abs() < 1e-4, "the empty circuit on pair {p}: {} vs corrupted {}", batched[n + 1][p], r.corrupted);
+                assert!((batched[n + 1][p] - r.corrupted).abs() < 1e-4 * fixture_tolerance(&self.0), "the empty circuit on pair {p}: {} vs corrupted {}", batched[n + 1][p], r.corrupted);
             }
         }
         // Batching is the same on every backend (and each new batch shape costs lavapipe compiles).
@@ -729,9 +741,10 @@ fn circuits_evaluate_as_exact_edges_on_the_families() {
     }
 }
 
-/// Past the forward pass on the Llama 3 and Qwen families, against HF transformers in float64
-/// (make_family_capability_refs.py; a receiving query head's own k and v input under grouped
-/// attention, EAP-IG's input node the token embeddings): exact edges (resample with reuse and
+/// Past the forward pass on the Llama 3, Qwen, Pythia and Gemma 2 families, against HF
+/// transformers in float64 (make_family_capability_refs.py; a receiving query head's own k and v
+/// input under grouped attention, EAP-IG's input node the token embeddings; Gemma 2's head writes
+/// through its post-attention norm, `Block::head_change`): exact edges (resample with reuse and
 /// without, zero and mean ablation), mean-ablated activation patching, EAP (denoising, noising), EAP-IG (resample, zero) and attribution
 /// patching of every site it overwrites, on the cpu; exact edges with reuse and EAP-IG on the other
 /// f32 backends without fusion.
@@ -771,8 +784,14 @@ fn edges_eap_eap_ig_and_attribution_match_hf_on_the_families() {
                 let sites = [ResidPre, ResidMid, ResidPost, AttnOut, MlpOut, ZAllPos, QAllPos, KAllPos, VAllPos, ZByPos, QByPos, KByPos, VByPos, PatternAllPos, PatternByPos].into_iter().filter(|&s| s != ResidMid || !c.parallel).collect();
                 let task = AttributionAgainstTorch { dir: dir.clone(), refs: CAPABILITY_REFS, sites, metric: Metric::LogitDiff, max_pairs: 3, skip: true, how: Default::default() };
                 let diffs = dispatch(&spec, task).unwrap();
-                let bad: Vec<_> = diffs.iter().filter(|(_, d)| !(*d <= 1e-4)).collect();
-                assert!(bad.is_empty(), "{name}: attribution differs from HF autograd by more than 1e-4: {bad:?}");
+                // As EAP's: relative to the site's largest estimate past 1 (Gemma 2's reach 190,
+                // through gradients of its large activations), the baselines within the fixture's bound.
+                let scale = |what: &str| match refs.has(&format!("attr.{what}")) {
+                    true => refs.f32(&format!("attr.{what}")).0.iter().fold(1f32, |m, v| m.max(v.abs())),
+                    false => fixture_tolerance(&dir),
+                };
+                let bad: Vec<_> = diffs.iter().filter(|(what, d)| !(*d <= 1e-4 * scale(what))).collect();
+                assert!(bad.is_empty(), "{name}: attribution differs from HF autograd by more than 1e-4 (relative): {bad:?}");
             }
         }
     }
@@ -839,3 +858,4 @@ fn eap_ig_approaches_exact_edges_as_its_steps_grow() {
         assert!(r[r.len() - 2].1 - last < 0.01 * last && last > 1e-2, "{name}: EAP-IG's integral is not exact patching: {r:?}");
     }
 }
+

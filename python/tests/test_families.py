@@ -1,7 +1,7 @@
 """The Python API on the Llama 3, Qwen2.5, Qwen3, Pythia and Gemma 2 fixtures (tests/fixtures/families,
 made by make_family_fixtures.py with HF transformers): pb.load takes them, tokenizes as HF does, and
 patches as patching done in HF does (k and v per key/value head); edges, EAP-IG and the logit lens as
-make_family_capability_refs.py computes them in float64."""
+make_family_capability_refs.py computes them in float64 (Gemma 2's heads through its post-attention norm)."""
 import numpy as np
 import pytest
 
@@ -36,22 +36,17 @@ def test_load_tokenize_and_patch_as_hf(family):
     assert r.axes("k_all_pos")[-1] == "head" and r["k_all_pos"].shape[-1] == model.config["kv_heads"]
 
 
-@pytest.mark.parametrize("family", ["qwen2", "pythia"])
-def test_edges_eap_ig_and_logit_lens_as_hf_in_float64(family):
+# Gemma 2's plain forward pass is itself 1.8e-4 from float64 on these pairs (large activations, logits
+# at the soft-cap): 1e-3 there, as in tests/engine_fidelity.rs.
+@pytest.mark.parametrize("family,atol", [("qwen2", 1e-4), ("pythia", 1e-4), ("gemma2", 1e-3)])
+def test_edges_eap_ig_and_logit_lens_as_hf_in_float64(family, atol):
     refs = read_safetensors(FAMILIES / family / "refs-capabilities.safetensors")
     model = pb.load(str(FAMILIES / family))
     exact = model.edges(pairs=PAIRS, progress=False)
     assert exact.edge_names == bytes(refs["edge_names"]).decode().split("\n")
-    np.testing.assert_allclose(exact["edges"], refs["edges"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(exact["edges"], refs["edges"], atol=atol, rtol=0)
     ig = model.edges(pairs=PAIRS, method="eap-ig", progress=False)
-    np.testing.assert_allclose(ig["edges"] - ig.baseline_corrupted[:, None], refs["eap_ig5.denoising"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ig["edges"] - ig.baseline_corrupted[:, None], refs["eap_ig5.denoising"], atol=atol, rtol=0)
     lens = model.attribute(pairs=PAIRS, progress=False)
-    np.testing.assert_allclose(lens.accumulated, refs["dla.accumulated"], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(lens.heads, refs["dla.heads"], atol=1e-4, rtol=0)
-
-
-def test_gemma2_refuses_what_it_does_not_define_yet():
-    model = pb.load(str(FAMILIES / "gemma2"))
-    for call in (lambda: model.edges(pairs=PAIRS, progress=False), lambda: model.attribute(pairs=PAIRS, progress=False)):
-        with pytest.raises(ValueError, match="norms attention's output"):
-            call()
+    np.testing.assert_allclose(lens.accumulated, refs["dla.accumulated"], atol=atol, rtol=0)
+    np.testing.assert_allclose(lens.heads, refs["dla.heads"], atol=atol, rtol=0)
