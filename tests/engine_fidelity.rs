@@ -280,10 +280,10 @@ fn edges_match_a_pytorch_per_edge_loop() {
 }
 
 /// The edges path patching also has (head → head's q, k, v; head → logits) give its values: on
-/// GPT-2 and on the grouped-attention families (a receiving query head's own k and v input).
+/// GPT-2 and on the other families (a receiving query head's own k and v input; Gemma 2's post-norm).
 #[test]
 fn edges_between_heads_equal_path_patching() {
-    for dir in [tiny()].into_iter().chain(["llama", "qwen2", "qwen3", "pythia"].map(family)) {
+    for dir in [tiny()].into_iter().chain(["llama", "qwen2", "qwen3", "pythia", "gemma2"].map(family)) {
         edges_equal_paths(&dir);
     }
 }
