@@ -314,7 +314,8 @@ fn an_edge_run_shards_by_rows_of_the_graph_and_merges_into_the_unsharded_run() {
     let file = dir.join("ioi.jsonl");
     assert!(patchbay(&["ioi", "--n", "2", "--model", s(&tiny()), "--out", s(&file)]).0);
     let model = tiny();
-    let base = ["edges", "--model", s(&model), "--pairs", s(&file)];
+    // 262 edges in batches of 32: 9 blocks, 3 to a shard.
+    let base = ["edges", "--model", s(&model), "--pairs", s(&file), "--max-rows", "32"];
     let (whole, sharded) = (dir.join("whole"), dir.join("sharded"));
     assert!(patchbay(&[&base[..], &["--out", s(&whole)]].concat()).0);
     for k in 0..3 {
@@ -327,15 +328,20 @@ fn an_edge_run_shards_by_rows_of_the_graph_and_merges_into_the_unsharded_run() {
     for f in ["baseline_clean.npy", "baseline_corrupted.npy"] {
         assert_eq!(npy(&sharded, f), npy(&whole, f), "{f}");
     }
+    // Every cell computed, bit for bit the unsharded run's: each shard batched its rows as it did.
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
     let (merged, want) = (npy(&sharded, "edges.npy"), npy(&whole, "edges.npy"));
-    assert_eq!(merged.len(), want.len());
     assert!(merged.iter().all(|v| v.is_finite()), "every cell computed");
-    assert!(max_abs_diff(&merged, &want) <= 1e-5, "{}", max_abs_diff(&merged, &want));
+    assert_eq!(bits(merged), bits(want), "the merged edges are the unsharded run's bit for bit");
     let manifest = |shard: &Path| serde_json::from_slice::<serde_json::Value>(&std::fs::read(shard.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest(&sharded)["layout"], manifest(&whole)["layout"]);
     let edges = manifest(&sharded)["sites"][0]["shape"][1].as_u64().unwrap();
+    assert_eq!(edges, 262);
     let ranges: Vec<[u64; 2]> = (0..3).map(|k| serde_json::from_value(manifest(&sharded.join(format!("shard-000{k}-of-0003")))["shard"]["edges"].clone()).unwrap()).collect();
-    assert_eq!(ranges, [[0, edges / 3], [edges / 3, 2 * edges / 3], [2 * edges / 3, edges]]);
+    assert_eq!(ranges, [[0, 96], [96, 192], [192, 262]]);
+    // Fewer batches than shards: refused in one line.
+    let (ok, log) = patchbay(&["edges", "--model", s(&model), "--pairs", s(&file), "--max-rows", "200", "--shard", "0/3", "--out", s(&dir.join("few"))]);
+    assert!(!ok && log.trim().lines().last().unwrap().contains("make 2 batches of --max-rows 200, fewer than the shards"), "{log}");
     // A shard whose edges reach into the next one's, or stop short of them: refused, naming the cells.
     let shard = sharded.join("shard-0001-of-0003");
     let original = std::fs::read_to_string(shard.join("manifest.json")).unwrap();
@@ -348,6 +354,12 @@ fn an_edge_run_shards_by_rows_of_the_graph_and_merges_into_the_unsharded_run() {
         let (ok, log) = patchbay(&["merge", s(&sharded), "--out", s(&dir.join("bad"))]);
         assert!(!ok && log.contains(&says) && log.trim().lines().count() == 1, "{log}");
     }
+    // A shard that ran with another --max-rows: refused, naming both.
+    let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
+    m["max_rows"] = 16.into();
+    std::fs::write(shard.join("manifest.json"), m.to_string()).unwrap();
+    let (ok, log) = patchbay(&["merge", s(&sharded), "--out", s(&dir.join("bad"))]);
+    assert!(!ok && log.contains("ran with --max-rows 16") && log.contains("with 32") && log.trim().lines().count() == 1, "{log}");
     std::fs::write(shard.join("manifest.json"), original).unwrap();
     // A shard missing, or given twice: refused.
     let (s0, s2) = (sharded.join("shard-0000-of-0003"), sharded.join("shard-0002-of-0003"));

@@ -50,7 +50,8 @@ pub struct RunArgs {
     #[arg(long, overrides_with = "strict", hide = true)]
     no_strict: bool,
     /// Run shard K of N (0-based) into OUT/shard-K-of-N: a range of the pairs, or, for exact
-    /// edges over fewer pairs than shards, a range of the graph's edges for every pair [default:
+    /// edges over fewer pairs than shards, a range of the graph's edges (whole batches of
+    /// --max-rows) for every pair [default:
     /// from SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with --shards].
     #[arg(long)]
     shard: Option<String>,

@@ -221,6 +221,15 @@ pub(super) fn memory_limits(backend: &BackendSpec) -> (usize, usize) {
 }
 
 
+/// `memory_limits` without this machine's free memory: what a run that must batch alike on any
+/// machine of the backend's kind plans for (the CPU's is the fallback, 2 GiB).
+fn nominal_memory_limits(backend: &BackendSpec) -> (usize, usize) {
+    match backend.kind {
+        crate::backend::BackendKind::Cpu => (2 << 30, usize::MAX),
+        _ => memory_limits(backend),
+    }
+}
+
 /// Runs `all` pairs (or the spec's shard of them); `skipped` is reported in the manifest.
 pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedPair], skipped: &[Skipped], spec: &SweepSpec, progress: &mut dyn Progress) -> Result<SweepSummary> {
     let backend = &handle.backend;
@@ -232,7 +241,15 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     for site in &spec.sites {
         c.check_site(site.kind()).with_context(|| format!("--sites {}", site.name()))?;
     }
-    let (budget, buffer) = memory_limits(backend);
+    let all_units = units(all, &layout, &spec.sites);
+    // A shard takes a range of the units (pairs), or, where there are fewer units than shards, of
+    // an exact edge run the graph's edges for every pair: at MIB's scale one pair is more rows than
+    // a short job runs.
+    let by_edges = spec.shard.is_some_and(|s| all_units.len() < s.count) && model.method() == Method::Exact && spec.sites.iter().all(|&s| s == PatchSite::Edges);
+    // Shards of the graph batch alike wherever they run: their default batch is the backend's
+    // nominal memory's, not this machine's free memory (`Engine` batches an edge run by blocks of
+    // max_rows edges, and the shards are cut at those blocks).
+    let (budget, buffer) = if by_edges { nominal_memory_limits(backend) } else { memory_limits(backend) };
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
     let previous = spec.out.as_deref().filter(|_| spec.resume).and_then(results::run_in).map(|m| m.max_rows);
     let max_rows = spec.max_rows.or(previous).unwrap_or_else(|| match model.method() {
@@ -243,15 +260,15 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
         true => Some(std::sync::Arc::new(ablation_means(&model, all, spec, &layout, progress)?)),
         false => None,
     };
-    let all_units = units(all, &layout, &spec.sites);
-    // A shard takes a range of the units (pairs), or, where there are fewer units than shards, of
-    // an exact edge run the graph's edges for every pair: at MIB's scale one pair is more rows than
-    // a short job runs.
-    let by_edges = spec.shard.is_some_and(|s| all_units.len() < s.count) && model.method() == Method::Exact && spec.sites.iter().all(|&s| s == PatchSite::Edges);
     let layout = match spec.shard {
         Some(s) if by_edges => {
-            let range = s.units(layout.run_count(PatchSite::Edges, positions));
-            Layout { edges: Some([range.start, range.end]), ..layout }
+            let edges = layout.run_count(PatchSite::Edges, positions);
+            let blocks = edges.div_ceil(max_rows.max(1));
+            if blocks < s.count {
+                bail!("--shard {}/{}: the graph's {edges} edges make {blocks} batches of --max-rows {max_rows}, fewer than the shards; use at most {blocks} shards or a smaller --max-rows", s.index, s.count);
+            }
+            let range = s.units(blocks);
+            Layout { edges: Some([range.start * max_rows, (range.end * max_rows).min(edges)]), ..layout }
         }
         _ => layout,
     };

@@ -42,6 +42,11 @@ pub fn merge(shards: &[PathBuf], out: &Path, overwrite: bool) -> Result<Manifest
         }
     }
     for (dir, m, info) in &parts[1..] {
+        // Shards of the graph's rows are cut at blocks of max_rows edges: cut for other batches,
+        // their ranges do not tile.
+        if info.edges.is_some() && m.max_rows != first.max_rows {
+            bail!("{} ran with --max-rows {}, {} with {}: a row-sharded edge run's shards are cut at its batches, so every shard needs the same --max-rows", dir.display(), m.max_rows, first_dir.display(), first.max_rows);
+        }
         if same(m) != same(first) || info.pairs_total != first_info.pairs_total {
             let why = if m.dataset != first.dataset {
                 "made from other pairs"
