@@ -2,7 +2,7 @@
 PyTorch per-edge loop, side by side on one CPU, extrapolated to the whole graph and to 100 pairs.
 
     python benches/edges_qwen.py --patchbay /work/target-release/release/patchbay --threads 2
-    python benches/edges_qwen.py --patchbay ... --layers 2 --shards 20 --pairs 2 --sample 6   # a quick check
+    python benches/edges_qwen.py --patchbay ... --layers 2 --shards 20 --max-rows 16 --pairs 2 --sample 6   # a quick check
 
 A random-weight model of Qwen2.5-0.5B's released shape (HF's Qwen2ForCausalLM and its initialisation,
 seed 0, float32, eager attention; benches/compare_torch.py's FAMILIES["qwen2"]; --layers N keeps the
@@ -12,8 +12,8 @@ in for Qwen's (its ids fit Qwen's vocabulary, as benches/load.py does). IOI pair
 (the most common length among the generated candidates; the lengths are printed). Then:
   * patchbay, `patchbay edges` (exact) on a sample of the graph's rows: `--shard K/N` for each K of
     --shard-ids (default N = 200, K = 0, 67, 133, 199: spread over the graph, since a row's cost
-    depends on its receiver's layer), each shard computing edges floor(K*E/N)..floor((K+1)*E/N) of
-    every pair. rows/s = the shards' (edge, pair) cells over the sum of the seconds patchbay prints
+    depends on its receiver's layer), each shard computing batches floor(K*B/N)..floor((K+1)*B/N) of
+    the B = ceil(E / --max-rows) batches of --max-rows edges (default 128), of every pair. rows/s = the shards' (edge, pair) cells over the sum of the seconds patchbay prints
     ("in X s": the sweep, loading excluded; each shard also pays the pair's clean and corrupted
     runs, which a whole-graph run pays once). Four runs, each on the same shards:
       - 1 pair, default (no-op skipping, receivers' shared prefixes),
@@ -87,8 +87,7 @@ def exact_shards(args, model_dir, pairs_file, out, flags):
                "--shard", f"{k}/{args.shards}", "--out", str(out), "--overwrite", *flags]
         if args.prepend_bos:
             cmd.append("--prepend-bos")
-        if args.max_rows:
-            cmd += ["--max-rows", str(args.max_rows)]
+        cmd += ["--max-rows", str(args.max_rows)]
         stdout, _ = patchbay(args, *cmd)
         found = re.search(r"computed in ([0-9.]+) s", stdout)
         if not found:
@@ -98,6 +97,8 @@ def exact_shards(args, model_dir, pairs_file, out, flags):
         shard_dir = out / f"shard-{k:04d}-of-{args.shards:04d}"
         manifest = json.loads((shard_dir / "manifest.json").read_text())
         lo, hi = manifest["shard"]["edges"]
+        want = shard_edges([k], args.shards, len(manifest["sites"][0]["edges"]), args.max_rows)[0]
+        assert (lo, hi) == (want.start, want.stop), f"shard {k} holds edges {lo}..{hi}, not {want}"
         n_pairs = len(manifest["pairs"])
         runs = manifest["runs"]
         if runs["computed"] + runs["skipped"] != (hi - lo) * n_pairs:
@@ -130,9 +131,11 @@ def cpu_busy(seconds=1.0):
     return 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
-def shard_edges(shard_ids, shards, n_edges):
-    """The graph rows of the shards: floor(K*E/N)..floor((K+1)*E/N) for each K."""
-    return [range(k * n_edges // shards, (k + 1) * n_edges // shards) for k in shard_ids]
+def shard_edges(shard_ids, shards, n_edges, max_rows):
+    """The graph rows of the shards: patchbay cuts the graph into B = ceil(E / max_rows) batches of
+    max_rows edges and gives shard K batches floor(K*B/N)..floor((K+1)*B/N)."""
+    blocks = -(-n_edges // max_rows)
+    return [range(k * blocks // shards * max_rows, min((k + 1) * blocks // shards * max_rows, n_edges)) for k in shard_ids]
 
 
 @contextlib.contextmanager
@@ -186,7 +189,7 @@ def main():
     p.add_argument("--sample", type=int, default=12, help="edges the PyTorch loop times, each on every pair")
     p.add_argument("--threads", type=int, default=2, help="patchbay's and PyTorch's CPU threads")
     p.add_argument("--layers", type=int, default=None, help="the shape with N layers instead of 24 (a quick check)")
-    p.add_argument("--max-rows", type=int, default=None, help="patchbay --max-rows")
+    p.add_argument("--max-rows", type=int, default=128, help="patchbay --max-rows: rows a batch, and the shards' unit [default: 128]")
     p.add_argument("--prepend-bos", action="store_true", help="patchbay --prepend-bos (Qwen2.5's tokenizer puts no BOS)")
     p.add_argument("--full-logits", action="store_true", help="the PyTorch loop computes every position's logits (the plain call)")
     p.add_argument("--keep", type=Path, help="keep the model, pairs and results in this directory")
@@ -243,7 +246,9 @@ def main():
         print(f"  taken: {args.pairs} pairs of {common} tokens{' (+ BOS)' if args.prepend_bos else ''}")
 
         # patchbay on the shards' rows.
-        rows = shard_edges(args.shard_ids, args.shards, E)
+        if -(-E // args.max_rows) < args.shards:
+            sys.exit(f"{E} edges make fewer batches of --max-rows {args.max_rows} than --shards {args.shards}: lower one of them")
+        rows = shard_edges(args.shard_ids, args.shards, E, args.max_rows)
         n_rows = sum(len(r) for r in rows)
         print(f"shards {','.join(map(str, args.shard_ids))} of {args.shards}: {n_rows:,} of the {E:,} rows; receivers "
               + "; ".join(f"{k}: {edges[r[0]][1]}..{edges[r[-1]][1]}" for k, r in zip(args.shard_ids, rows)), flush=True)
