@@ -1,5 +1,6 @@
-//! patchbay: activation patching on GPT-2-family models, every patched run of many prompt pairs
-//! stacked into one batch per forward pass, results streamed to .npy.
+//! patchbay: activation patching and circuit discovery on decoder-only transformers (GPT-2,
+//! Llama 3, Qwen2/2.5/3, Pythia, Gemma 2), every patched run of many prompt pairs stacked into
+//! one batch per forward pass, results streamed to .npy.
 //!
 //! Pipeline: `data` (pairs) → `tokenizer` → `engine::plan` (patch rows) → `engine::run` (model
 //! forward with patch sites, `model`) → `results` (.npy + manifest, one transaction; `jobs::sweep`

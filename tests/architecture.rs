@@ -1,5 +1,5 @@
 //! The shape of the source tree: the top-level modules form no circle of imports (so the pipeline
-//! reads one way), and the command line holds no model loading, tensor math or file writing (the
+//! reads one way), nor do the files of any folder, and the command line holds no model loading, tensor math or file writing (the
 //! library's jobs do; the CLI parses, calls and prints).
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -65,6 +65,42 @@ fn no_two_top_level_modules_import_each_other_even_through_others() {
     assert!(graph.len() >= 10 && graph["cli"].contains("jobs"), "the scan found the modules: {graph:?}");
     let circles: Vec<String> = graph.keys().filter(|m| reachable(&graph, m).contains(*m)).cloned().collect();
     assert!(circles.is_empty(), "modules on a circle of imports: {circles:?} (graph: {graph:?})");
+}
+
+/// Within each folder, file → the sibling files it names (`super::x::`, `crate::folder::x::`); a
+/// folder's `mod.rs` gathers its files and is no node (its re-exports are the folder's face).
+fn file_imports() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &files {
+        let (Some(dir), Some(stem)) = (f.parent(), f.file_stem().map(|s| s.to_string_lossy().to_string())) else { continue };
+        if stem == "mod" || dir == src {
+            continue;
+        }
+        let folder = dir.strip_prefix(&src).unwrap().to_string_lossy().replace('/', "::");
+        let siblings: BTreeSet<String> = files.iter().filter(|g| g.parent() == Some(dir)).filter_map(|g| g.file_stem()).map(|s| s.to_string_lossy().to_string()).filter(|s| s != "mod" && *s != stem).collect();
+        let text = code(f);
+        let deps = graph.entry(format!("{folder}/{stem}")).or_default();
+        for prefix in ["super::".to_string(), format!("crate::{folder}::")] {
+            for (i, _) in text.match_indices(&prefix) {
+                let name: String = text[i + prefix.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if siblings.contains(&name) {
+                    deps.insert(format!("{folder}/{name}"));
+                }
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn no_two_files_of_a_folder_import_each_other_even_through_others() {
+    let graph = file_imports();
+    assert!(graph.get("engine/run").is_some_and(|d| d.contains("engine/plan")), "the scan found the files: {graph:?}");
+    let circles: Vec<String> = graph.keys().filter(|m| reachable(&graph, m).contains(*m)).cloned().collect();
+    assert!(circles.is_empty(), "files on a circle of imports: {circles:?}");
 }
 
 #[test]

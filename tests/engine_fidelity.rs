@@ -301,10 +301,10 @@ fn edges_equal_paths(dir: &Path) {
     let mut compared = 0;
     for r in &results {
         for (e, edge) in g.edges.iter().enumerate() {
-            use patchbay::engine::graph::{Node, Qkv};
+            use patchbay::engine::graph::Node;
             let path = match (edge.from, edge.to, edge.qkv) {
                 (Node::Head { layer: sl, head: sh }, Node::Head { layer: rl, head: rh }, Some(x)) => {
-                    let site = 1 + Qkv::ALL.iter().position(|&q| q == x).unwrap();
+                    let site = 1 + x.index();
                     r.sites[site][((sl * h + sh) * l + rl) * h + rh]
                 }
                 (Node::Head { layer: sl, head: sh }, Node::Logits, _) => r.sites[4][sl * h + sh],

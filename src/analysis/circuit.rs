@@ -273,7 +273,7 @@ pub fn svg(c: &Circuit, title: &str) -> String {
         let (fx, fy) = place(e.from);
         let (tx, ty) = place(e.to);
         let end = match e.qkv {
-            Some(q) => [0.2, 0.5, 0.8][crate::engine::graph::Qkv::ALL.iter().position(|&x| x == q).unwrap()],
+            Some(q) => [0.2, 0.5, 0.8][q.index()],
             None => 0.5,
         };
         let w = if max > 0.0 { 0.5 + 3.5 * (score.abs() / max) as f64 } else { 1.0 };

@@ -148,7 +148,8 @@ pub struct BackendArgs {
     /// GPU index.
     #[arg(long)]
     pub device: Option<usize>,
-    /// Compute precision: f32 (default), f16, bf16 (cuda).
+    /// Compute precision: f32 (default; exact products on cuda), tf32 (cuda: f32 values, TF32
+    /// tensor-core products), f16 (wgpu, cuda), bf16 (cuda).
     #[arg(long, value_enum)]
     pub dtype: Option<DType>,
     /// Turn on burn's kernel fusion on GPU backends (off by default: burn 0.21's fusion has given

@@ -17,8 +17,7 @@
 //! attribution, reads one source. Only resample keeps `Row::is_noop` exact: zeros and means
 //! differ from the base run before the first differing token too, so with them every row is
 //! computed.
-use super::plan::{Layout, PatchSite, Row, Runs};
-use super::run::PairResult;
+use super::plan::{Layout, PairResult, PatchSite, Row, Runs};
 use super::Patcher;
 use crate::data::TokenizedPair;
 use crate::model::sites::rank4;

@@ -20,10 +20,10 @@
 //! default variant, Hanna et al. 2024) average that gradient over runs with interpolated input
 //! embeddings; with noising its points, differences and gradients are EAP-IG's own.
 use super::ablation::Patching;
-use super::graph::{Edge, Node, Qkv};
+use super::graph::{Edge, Node};
 use super::metric::Metric;
-use super::plan::{Layout, PatchSite, Row, Runs};
-use super::run::{last_position_metric, PairResult};
+use super::plan::{Layout, PairResult, PatchSite, Row, Runs};
+use super::run::last_position_metric;
 use super::Patcher;
 use crate::backend::{float_options, matmul};
 use crate::data::TokenizedPair;
@@ -286,7 +286,7 @@ fn sender_index(node: Node, heads: usize) -> usize {
 /// A receiver input's column in `edge_terms`: per layer each head's q, k, v, then the MLP; last the logits.
 fn receiver_index(edge: &Edge, heads: usize, layers: usize) -> usize {
     match (edge.to, edge.qkv) {
-        (Node::Head { layer, head }, Some(x)) => layer * (3 * heads + 1) + 3 * head + Qkv::ALL.iter().position(|&q| q == x).unwrap(),
+        (Node::Head { layer, head }, Some(x)) => layer * (3 * heads + 1) + 3 * head + x.index(),
         (Node::Mlp(layer), _) => layer * (3 * heads + 1) + 3 * heads,
         _ => layers * (3 * heads + 1),
     }

@@ -16,7 +16,7 @@ use super::metric::Metric;
 use super::run::last_position_metric;
 use crate::backend::matmul;
 use crate::data::{self, TokenizedPair};
-use crate::model::{Cache, Transformer, Site, SiteKind};
+use crate::model::{Cache, Qkv, Transformer, Site, SiteKind};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 
@@ -80,7 +80,7 @@ impl<B: Backend> CircuitEval<'_, B> {
             Node::Logits => unreachable!("the logits send to nothing"),
         };
         let receiver = |e: &super::graph::Edge| match (e.to, e.qkv) {
-            (Node::Head { layer, head }, Some(x)) => layer * (3 * h + 1) + 3 * head + super::graph::Qkv::ALL.iter().position(|&q| q == x).unwrap(),
+            (Node::Head { layer, head }, Some(x)) => layer * (3 * h + 1) + 3 * head + x.index(),
             (Node::Mlp(layer), _) => layer * (3 * h + 1) + 3 * h,
             _ => v - 1,
         };
@@ -153,12 +153,12 @@ impl<B: Backend> CircuitEval<'_, B> {
             let inputs = x.clone().unsqueeze_dim::<4>(1) + ablation(&deltas, &heads, col, 3 * h).reshape([r, 3 * h, s, d]);
             let normed = block.norm_attn.forward(inputs).reshape([r, h, 3, s, d]);
             let attn = &block.attn;
-            let project = |i: usize| {
-                let (w, b) = attn.head_weights(i); // [H, d, dh], [H, dh]
-                matmul(normed.clone().narrow(2, i, 1).reshape([r, h, s, d]), w.unsqueeze::<4>()) + b.reshape([1, h, 1, dh]) // [R, H, s, dh]
+            let project = |x: Qkv| {
+                let (w, b) = attn.head_weights(x); // [H, d, dh], [H, dh]
+                matmul(normed.clone().narrow(2, x.index(), 1).reshape([r, h, s, d]), w.unsqueeze::<4>()) + b.reshape([1, h, 1, dh]) // [R, H, s, dh]
             };
             // Every head its own k and v input: H of them, grouped heads or not.
-            let z = attn.attend(project(0), project(1), project(2), |pattern| pattern); // [R, s, H, dh]
+            let z = attn.attend(project(Qkv::Q), project(Qkv::K), project(Qkv::V), |pattern| pattern); // [R, s, H, dh]
             let writes = attn.head_writes(z); // [R, H, s, d]
             let pre = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.out_bias().reshape([1, 1, d]);
             let mid = x.clone() + block.attn_out(pre.clone());

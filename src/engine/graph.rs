@@ -20,13 +20,7 @@ pub enum Node {
     Logits,
 }
 
-/// Which input of a head an edge feeds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Qkv {
-    Q,
-    K,
-    V,
-}
+pub use crate::model::Qkv;
 
 /// An edge: the sender's output added to one input of the receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,18 +38,6 @@ impl fmt::Display for Node {
             Node::Head { layer, head } => write!(f, "a{layer}.h{head}"),
             Node::Mlp(layer) => write!(f, "m{layer}"),
             Node::Logits => write!(f, "logits"),
-        }
-    }
-}
-
-impl Qkv {
-    pub const ALL: [Qkv; 3] = [Qkv::Q, Qkv::K, Qkv::V];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Qkv::Q => "q",
-            Qkv::K => "k",
-            Qkv::V => "v",
         }
     }
 }

@@ -15,8 +15,8 @@ pub use attribution::Attribution;
 pub use circuit::CircuitEval;
 pub use graph::{Edge, Graph, Node};
 pub use metric::Metric;
-pub use plan::{Layout, PatchSite, Row, Runs};
-pub use run::{Engine, PairResult};
+pub use plan::{Layout, PairResult, PatchSite, Row, Runs};
+pub use run::Engine;
 
 use crate::data::TokenizedPair;
 use serde::{Deserialize, Serialize};

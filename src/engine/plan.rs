@@ -412,6 +412,15 @@ impl Layout {
     }
 }
 
+/// One pair's results: the baselines, and per site its block of the site's array (NaN where a
+/// position is past the pair's length).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairResult {
+    pub clean: f32,
+    pub corrupted: f32,
+    pub sites: Vec<Vec<f32>>,
+}
+
 /// One patched run: the pair (index into the batch's pairs), what is overwritten, and where its
 /// result goes in the pair's block of the site's array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

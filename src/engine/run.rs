@@ -1,5 +1,6 @@
-//! Running the patched runs: baselines once per pair, then every row of a chunk stacked into one
-//! batch per forward pass. The only place that sequences model calls.
+//! Running the exact engine's patched runs: baselines once per pair, then every row of a chunk
+//! stacked into one batch per forward pass. (Attribution, circuits and the read-only passes
+//! sequence their own model calls: `attribution`, `circuit`, `crate::circuits`, `crate::generate`.)
 //!
 //! With `reuse` (the default) a row does no work whose result it already knows: it joins the batch
 //! at its patch layer from the corrupted run's residual stream there, computes only the positions
@@ -14,10 +15,10 @@
 use super::ablation::Patching;
 use super::metric::Metric;
 use super::graph::Node;
-use super::plan::{Layout, PatchSite, Row, Runs};
+use super::plan::{Layout, PairResult, PatchSite, Row, Runs};
 use crate::data::TokenizedPair;
 use crate::backend::Prefix;
-use crate::model::{hook_segments, Batch, Cache, Transformer, Hooks, Site, SiteKind};
+use crate::model::{hook_segments, Batch, Cache, Transformer, Hooks, Qkv, Site, SiteKind};
 use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
@@ -33,15 +34,6 @@ pub struct Engine<'m, B: Backend> {
     pub metric: Metric,
     /// What the patched slices are written from (resample: the clean run).
     pub patching: Patching,
-}
-
-/// One pair's results: the baselines, and per site its block of the site's array (NaN where a
-/// position is past the pair's length).
-#[derive(Clone, Debug, PartialEq)]
-pub struct PairResult {
-    pub clean: f32,
-    pub corrupted: f32,
-    pub sites: Vec<Vec<f32>>,
 }
 
 /// The clean and corrupted runs of a group of pairs, cached where patched rows need them.
@@ -462,9 +454,9 @@ impl<B: Backend> Patch<'_, B> {
         let writes = Tensor::cat(writes, 0);
         let d = writes.dims()[2];
         let which = match site.kind {
-            SiteKind::Q => 0,
-            SiteKind::KHead => 1,
-            SiteKind::VHead => 2,
+            SiteKind::Q => Qkv::Q,
+            SiteKind::KHead => Qkv::K,
+            SiteKind::VHead => Qkv::V,
             SiteKind::ResidPost | SiteKind::MlpIn => {
                 let to = int_tensor::<B>(rows.iter().flat_map(|&(i, _)| (0..s).map(move |p| i * s + p)), &device).reshape([r * s, 1]);
                 return act.reshape([n * s, d]).scatter_nd(to, writes.reshape([r * s, d]), IndexingUpdateOp::Add).reshape(dims);

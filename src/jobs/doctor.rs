@@ -7,7 +7,7 @@
 use super::{Model, ModelTask, On};
 use crate::backend::{layout, matmul, BackendSpec, DType};
 use crate::model::transformer::{linear, mix};
-use crate::model::{Transformer, NoHooks};
+use crate::model::{NoHooks, Qkv, Transformer};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use serde::Serialize;
@@ -316,7 +316,7 @@ fn run_step<B: Backend>(m: &Transformer<B>, block: Option<usize>, step: Step, in
         Step::Scores { last } => {
             let qkv = t3(0);
             let attn = &blk().attn;
-            let (q, k) = attn.positioned(attn.split(&qkv, 0, last_from(&qkv, last)).swap_dims(1, 2), attn.split(&qkv, 1, 0).swap_dims(1, 2));
+            let (q, k) = attn.positioned(attn.split(&qkv, Qkv::Q, last_from(&qkv, last)).swap_dims(1, 2), attn.split(&qkv, Qkv::K, 0).swap_dims(1, 2));
             let k = attn.grouped(k);
             let operands = vec![layout(&q), layout(&k.clone().swap_dims(2, 3))];
             (Host::of(attn.scores(q, k)), operands)
@@ -324,7 +324,7 @@ fn run_step<B: Backend>(m: &Transformer<B>, block: Option<usize>, step: Step, in
         Step::Softmax { .. } => (Host::of(blk().attn.pattern(ins[0].on::<B, 4>(device))), vec![]),
         Step::Mix { .. } => {
             let (pattern, qkv) = (ins[0].on::<B, 4>(device), t3(1));
-            let v = blk().attn.grouped(blk().attn.split(&qkv, 2, 0).swap_dims(1, 2));
+            let v = blk().attn.grouped(blk().attn.split(&qkv, Qkv::V, 0).swap_dims(1, 2));
             let operands = vec![layout(&pattern), layout(&v)];
             let z = mix(pattern, v);
             let [b, keep, h, dh] = z.dims();

@@ -1,5 +1,4 @@
 //! Ragged batches: rows of different lengths computed together, for the GPT-2 forward.
-use super::sites::{Hooks, Site};
 use burn::prelude::*;
 use std::sync::{Arc, OnceLock};
 
@@ -93,14 +92,5 @@ impl<B: Backend> Batch<B> {
             }
             _ => self,
         }
-    }
-
-    /// The batch through `hooks` at `site`; nothing is split or copied where no hook wants it.
-    pub(super) fn hook(self, site: Site, hooks: &mut impl Hooks<B>) -> Self {
-        if !hooks.wants(site) {
-            return self;
-        }
-        let x = hooks.hook_batch(site, self.x.clone(), &self.shape);
-        self.with(x)
     }
 }

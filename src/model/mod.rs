@@ -11,5 +11,5 @@ pub mod weights;
 
 pub use batch::Batch;
 pub use config::ModelConfig;
-pub use sites::{hook_segments, Cache, Hooks, NoHooks, Site, SiteKind};
+pub use sites::{hook_segments, Cache, Hooks, NoHooks, Qkv, Site, SiteKind};
 pub use transformer::Transformer;

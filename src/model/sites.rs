@@ -5,6 +5,32 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// A head's query, key or value: which input of a head an edge feeds, and which of q, k, v a
+/// weight or projection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Qkv {
+    Q,
+    K,
+    V,
+}
+
+impl Qkv {
+    pub const ALL: [Qkv; 3] = [Qkv::Q, Qkv::K, Qkv::V];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Qkv::Q => "q",
+            Qkv::K => "k",
+            Qkv::V => "v",
+        }
+    }
+
+    /// Its place in q|k|v order.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SiteKind {
@@ -145,6 +171,17 @@ pub trait Hooks<B: Backend> {
 pub fn hook_segments<B: Backend>(hooks: &mut impl Hooks<B>, site: Site, x: Tensor<B, 2>, shape: &[[usize; 2]]) -> Tensor<B, 2> {
     let batch = Batch::new(x, shape.to_vec());
     Batch::from_parts(batch.segments().into_iter().enumerate().map(|(g, t)| vec![hooks.hook(site, g, t)]).collect()).x
+}
+
+impl<B: Backend> Batch<B> {
+    /// The batch through `hooks` at `site`; nothing is split or copied where no hook wants it.
+    pub(super) fn hook(self, site: Site, hooks: &mut impl Hooks<B>) -> Self {
+        if !hooks.wants(site) {
+            return self;
+        }
+        let x = hooks.hook_batch(site, self.x.clone(), &self.shape);
+        self.with(x)
+    }
 }
 
 /// The plain forward pass.

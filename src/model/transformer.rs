@@ -7,7 +7,7 @@
 //! onto its checkpoint's. Generic over the burn backend; every activation site passes through `Hooks`.
 use super::batch::{Batch, Padding};
 use super::config::{Activation, ModelConfig, Norm as NormKind, Rotary};
-use super::sites::{Hooks, Site, SiteKind};
+use super::sites::{Hooks, Qkv, Site, SiteKind};
 use crate::backend::{cpu, float_options, matmul, Prefix};
 use anyhow::{bail, Result};
 use burn::backend::Autodiff;
@@ -276,10 +276,10 @@ impl<B: Backend> Attention<B> {
     }
 
     /// Where q (`i` 0), k (1) or v (2) starts in q|k|v, and its heads.
-    fn part(&self, i: usize) -> (usize, usize) {
-        match i {
-            0 => (0, self.heads),
-            _ => ((self.heads + (i - 1) * self.kv_heads) * self.d_head, self.kv_heads),
+    fn part(&self, x: Qkv) -> (usize, usize) {
+        match x {
+            Qkv::Q => (0, self.heads),
+            _ => ((self.heads + (x.index() - 1) * self.kv_heads) * self.d_head, self.kv_heads),
         }
     }
 
@@ -364,10 +364,10 @@ impl<B: Backend> Attention<B> {
             let slots = rows_of().flat_map(|(row, n, s)| (row..row + n).flat_map(move |r| (len - s..len).map(move |p| (r * len + p) as i64)));
             Padding { runs: ints(runs.collect()), slots: ints(slots.collect()).reshape([tokens, 1]) }
         });
-        // [rows, heads (kv_heads for k and v), len, d_head] of q (`i` 0), k (1) or v (2): the
-        // prefix run's, with the computed positions written in.
-        let padded = |i: usize, base: Option<&Tensor<B, 4>>| {
-            let (start, n) = self.part(i);
+        // [rows, heads (kv_heads for k and v), len, d_head] of q, k or v: the prefix run's, with
+        // the computed positions written in.
+        let padded = |x: Qkv, base: Option<&Tensor<B, 4>>| {
+            let (start, n) = self.part(x);
             let own = qkv.x.clone().narrow(1, start, n * dh);
             let base = match base {
                 Some(t) => t.clone().select(0, padding.runs.clone()).narrow(1, 0, len).reshape([rows * len, n * dh]),
@@ -377,8 +377,8 @@ impl<B: Backend> Attention<B> {
         };
         let queries = keep.unwrap_or(len).min(len);
         let prefix = prefixes.iter().flatten().next();
-        let q = padded(0, None).narrow(2, len - queries, queries);
-        let (k, v) = (padded(1, prefix.map(|p| &p.k)), padded(2, prefix.map(|p| &p.v)));
+        let q = padded(Qkv::Q, None).narrow(2, len - queries, queries);
+        let (k, v) = (padded(Qkv::K, prefix.map(|p| &p.k)), padded(Qkv::V, prefix.map(|p| &p.v)));
         let z = self.attend(q, k, v, |pattern| pattern).reshape([rows * queries, self.heads * dh]);
         // Each row's last `keep` outputs (every output is a computed token's: the slots again).
         let outputs = match keep {
@@ -414,10 +414,10 @@ impl<B: Backend> Attention<B> {
         self.b_o.clone().unwrap_or_else(|| Tensor::zeros([self.w_o.dims()[1]], float_options::<B>(&self.w_o.device())))
     }
 
-    /// q (`which` 0), k (1) or v (2) weights of every head, [H, d, dh], and biases [H, dh]: a
-    /// key/value head's repeated for each query head of its group.
-    pub fn head_weights(&self, which: usize) -> (Tensor<B, 3>, Tensor<B, 2>) {
-        let (start, n) = self.part(which);
+    /// The q, k or v weights of every head, [H, d, dh], and biases [H, dh]: a key/value head's
+    /// repeated for each query head of its group.
+    pub fn head_weights(&self, x: Qkv) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let (start, n) = self.part(x);
         let (d, dh) = (self.w_qkv.dims()[0], self.d_head);
         let groups = |t: Tensor<B, 3>| Tensor::<B, 1, Int>::arange(0..self.heads as i64, &t.device()).div_scalar((self.heads / n) as i64);
         let w = self.w_qkv.clone().narrow(1, start, n * dh).reshape([d, n, dh]).swap_dims(0, 1);
@@ -429,9 +429,9 @@ impl<B: Backend> Attention<B> {
         (w.select(0, ids.clone()), b.select(0, ids))
     }
 
-    /// Row r's head `heads[r]`'s query (`which` 0), key (1) or value (2) of norm_attn's output `x`
+    /// Row r's head `heads[r]`'s query, key or value (`which`) of norm_attn's output `x`
     /// [rows, pos, d] (before its norm and rotation, as the q/k/v sites hold them): [rows, pos, d_head].
-    fn head_input(&self, x: Tensor<B, 3>, which: usize, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+    fn head_input(&self, x: Tensor<B, 3>, which: Qkv, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
         let (w, b) = self.head_weights(which);
         matmul(x, w.select(0, heads.clone())) + b.select(0, heads).unsqueeze_dim::<3>(1) // [rows, pos, d] @ [rows, d, dh]
     }
@@ -440,8 +440,8 @@ impl<B: Backend> Attention<B> {
     fn heads(&self, qkv: Tensor<B, 3>, layer: usize, segment: usize, prefix: Option<&Prefix<B>>, keep: Option<usize>, hooks: &mut impl Hooks<B>) -> Tensor<B, 3> {
         let [b, s, _] = qkv.dims();
         let keep = keep.unwrap_or(s);
-        let mut split = |i: usize, kind: SiteKind, from: usize| hooks.hook(Site::new(kind, layer), segment, self.split(&qkv, i, from)).swap_dims(1, 2); // [b, h, pos, dh]
-        let (q, k, v) = (split(0, SiteKind::Q, s - keep), split(1, SiteKind::K, 0), split(2, SiteKind::V, 0));
+        let mut split = |x: Qkv, kind: SiteKind, from: usize| hooks.hook(Site::new(kind, layer), segment, self.split(&qkv, x, from)).swap_dims(1, 2); // [b, h, pos, dh]
+        let (q, k, v) = (split(Qkv::Q, SiteKind::Q, s - keep), split(Qkv::K, SiteKind::K, 0), split(Qkv::V, SiteKind::V, 0));
         // Each query head's own k and v, for a hook that writes one head's (paths, edges).
         let mut own = |t: Tensor<B, 4>, kind: SiteKind| match hooks.wants(Site::new(kind, layer)) {
             true => hooks.hook(Site::new(kind, layer), segment, self.grouped(t).swap_dims(1, 2)).swap_dims(1, 2),
@@ -458,11 +458,11 @@ impl<B: Backend> Attention<B> {
         z.reshape([b, keep, self.heads * self.d_head])
     }
 
-    /// The queries (`i` 0), keys (1) or values (2) of positions `from`.. in `qkv` [b, pos, q|k|v]:
-    /// [b, pos - from, heads (or kv_heads), d_head] (TransformerLens' layout).
-    pub(crate) fn split(&self, qkv: &Tensor<B, 3>, i: usize, from: usize) -> Tensor<B, 4> {
+    /// The queries, keys or values of positions `from`.. in `qkv` [b, pos, q|k|v]: [b, pos -
+    /// from, heads (or kv_heads), d_head] (TransformerLens' layout).
+    pub(crate) fn split(&self, qkv: &Tensor<B, 3>, x: Qkv, from: usize) -> Tensor<B, 4> {
         let [b, s, _] = qkv.dims();
-        let (start, n) = self.part(i);
+        let (start, n) = self.part(x);
         qkv.clone().narrow(2, start, n * self.d_head).narrow(1, from, s - from).reshape([b, s - from, n, self.d_head])
     }
 }
@@ -616,9 +616,9 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    /// Row r's head `heads[r]`'s query (`which` 0), key (1) or value (2) when it alone reads the
+    /// Row r's head `heads[r]`'s query, key or value (`which`) when it alone reads the
     /// residual stream `resid` [rows, pos, d] (TransformerLens' split q/k/v input): [rows, pos, d_head].
-    pub fn head_input(&self, resid: Tensor<B, 3>, which: usize, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+    pub fn head_input(&self, resid: Tensor<B, 3>, which: Qkv, heads: Tensor<B, 1, Int>) -> Tensor<B, 3> {
         self.attn.head_input(self.norm_attn.forward(resid), which, heads)
     }
 
@@ -631,8 +631,8 @@ impl<B: Backend> Block<B> {
         let [b, s, d] = resid.dims();
         let back: Vec<Tensor<B, 4>> = grads
             .into_iter()
-            .enumerate()
-            .map(|(i, g)| matmul(g.swap_dims(1, 2), a.head_weights(i).0.swap_dims(1, 2).unsqueeze::<4>())) // [b, H, s, dh] @ [1, H, dh, d]
+            .zip(Qkv::ALL)
+            .map(|(g, x)| matmul(g.swap_dims(1, 2), a.head_weights(x).0.swap_dims(1, 2).unsqueeze::<4>())) // [b, H, s, dh] @ [1, H, dh, d]
             .collect();
         let back = Tensor::stack::<5>(back, 2).reshape([b, 3 * a.heads, s, d]);
         self.norm_attn.vjp(resid.reshape([b, 1, s, d]), back)
