@@ -17,7 +17,8 @@
 //! attribution, reads one source. Only resample keeps `Row::is_noop` exact: zeros and means
 //! differ from the base run before the first differing token too, so with them every row is
 //! computed.
-use super::plan::{Layout, PairResult, PatchSite, Row, Runs};
+use super::plan::{Layout, PairResult, Row, Runs};
+use super::site::PatchSite;
 use super::Patcher;
 use crate::data::TokenizedPair;
 use crate::model::sites::rank4;

@@ -22,7 +22,8 @@
 use super::ablation::Patching;
 use super::graph::{Edge, Node};
 use super::metric::Metric;
-use super::plan::{Layout, PairResult, PatchSite, Row, Runs};
+use super::plan::{Layout, PairResult, Row, Runs};
+use super::site::PatchSite;
 use super::run::last_position_metric;
 use super::Patcher;
 use crate::backend::{float_options, matmul};

@@ -1,21 +1,25 @@
-//! The patching engine: which patched runs exist (`plan`), running them batched (`run`),
+//! The patching engine: the sites a run patches (`site`), which patched runs exist and how the
+//! results are laid out (`plan`), what a batch may hold (`budget`), running them batched (`run`),
 //! estimating them all at once by attribution patching (`attribution`), what a patch writes into
 //! which run (`ablation`), the edge graph circuit discovery scores (`graph`), and circuits of it
 //! evaluated (`circuit`).
 pub mod ablation;
 pub mod attribution;
+pub mod budget;
 pub mod circuit;
 pub mod graph;
 pub mod metric;
 pub mod plan;
 pub mod run;
+pub mod site;
 
 pub use ablation::{Ablation, Direction, Means, Noising, Patching};
 pub use attribution::Attribution;
 pub use circuit::CircuitEval;
 pub use graph::{Edge, Graph, Node};
 pub use metric::Metric;
-pub use plan::{Layout, PairResult, PatchSite, Row, Runs};
+pub use plan::{Layout, PairResult, Row, Runs};
+pub use site::PatchSite;
 pub use run::Engine;
 
 use crate::data::TokenizedPair;

@@ -15,7 +15,8 @@
 use super::ablation::Patching;
 use super::metric::Metric;
 use super::graph::Node;
-use super::plan::{Layout, PairResult, PatchSite, Row, Runs};
+use super::plan::{Layout, PairResult, Row, Runs};
+use super::site::PatchSite;
 use crate::data::TokenizedPair;
 use crate::backend::Prefix;
 use crate::model::{hook_segments, Batch, Cache, Transformer, Hooks, Qkv, Site, SiteKind};

@@ -4,7 +4,7 @@
 //! must be computed, each from its own layer and position, at the backend's own measured rate for
 //! the model's largest product, the MLP's [tokens, d] × [d, 4d]).
 use crate::backend::{dispatch, float_options, matmul, BackendSpec, BackendTask};
-use crate::engine::plan::run_flops;
+use crate::engine::budget::run_flops;
 use crate::engine::{Engine, Layout, Metric, PatchSite, Row};
 use crate::model::{Transformer, ModelConfig};
 use anyhow::Result;

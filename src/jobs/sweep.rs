@@ -3,7 +3,7 @@
 //! run; shards of a run on several machines.
 use crate::backend::BackendSpec;
 use crate::data::{self, Skipped, TokenizedPair};
-use crate::engine::plan::{max_pairs_for_budget, max_rows_for_budget};
+use crate::engine::budget::{max_pairs_for_budget, max_rows_for_budget};
 use crate::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Method, Metric, Noising, PatchSite, Patcher, Patching, Runs};
 use crate::model::{Transformer, ModelConfig};
 use super::{Model, On, Progress};
