@@ -366,7 +366,7 @@ pub fn main() -> Result<()> {
             Ok(())
         }
         Command::Merge { sources, out, overwrite, .. } => {
-            let (shards, default_out) = crate::jobs::sweep::shards_of(&sources)?;
+            let (shards, default_out) = crate::jobs::shard::shards_of(&sources)?;
             let Some(out) = out.or(default_out) else { anyhow::bail!("give --out for the merged run") };
             let m = crate::results::merge(&shards, &out, overwrite)?;
             println!("merged {} shards ({} pairs) into {}", shards.len(), m.pairs.len(), out.display());

@@ -278,7 +278,7 @@ fn max_rows_for_budget(m: &Manifest, positions: usize, backend: &BackendSpec) ->
     let senders = 1 + c.layers * (c.heads + 1);
     let deltas = 4 * positions * c.d_model * senders;
     let per_row = 3 * deltas + 4 * positions * (c.d_model * (9 * c.heads + 12) + 2 * c.d_mlp + 3 * c.heads * positions);
-    let (budget, buffer) = super::sweep::memory_limits(backend);
+    let (budget, buffer) = super::memory::memory_limits(backend);
     (budget / per_row).min(buffer / deltas.max(1)).clamp(1, 4096)
 }
 

@@ -127,7 +127,7 @@ impl ModelTask for Decode<'_> {
 
 /// What one forward pass of a text command may take on the model's backend (as a sweep's).
 fn memory(model: &Model) -> Memory {
-    let (budget, buffer) = super::sweep::memory_limits(&model.backend);
+    let (budget, buffer) = super::memory::memory_limits(&model.backend);
     Memory { budget, buffer }
 }
 
