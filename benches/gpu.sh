@@ -18,8 +18,7 @@
 # tries against the naive one (src/backend/exact.rs) and keeps its checked choices in
 # PATCHBAY_EXACT_TUNE_CACHE (target/gpu/exact-tune.json, copied to OUT at the end: carry it back
 # in target/gpu and a later run on that GPU model neither compiles nor checks the candidates). Each CUDA process compiles its kernels
-# (nvrtc): measured on an H200, doctor on h1-dh64 31 s, model fidelity in cuda f32 on the four
-# fixtures 62 s, compare_torch.py f32 --repeat 1 199 s, so the steps below do not all fit yet. A
+# (nvrtc), which is most of a step's time (README, "GPU", gives the H200's figures). A
 # cubecl.toml turning on cubecl's persistent PTX cache is written for the script's length (not yet
 # tried on a GPU: a config cubecl cannot read is ignored). At the end the kernel caches cubecl
 # wrote under target/ (PTX in target/cuda, burn's autotune choices in target/autotune) are packed

@@ -93,9 +93,8 @@ impl<B: Backend> Engine<'_, B> {
     /// rows append and a chunk's rows are active over most of its layers); within a chunk, rows
     /// computed from the same position on (with reuse: the patch position) form one segment of
     /// the batch. One segment per position wastes no work: segments share every linear layer's
-    /// product, only attention runs per segment. Measured against segments of 2 positions (CPU, 2
-    /// threads, gpt2 shape, 2 pairs × 16 tokens corrupted at 10, `bench`, twice each): skipping
-    /// 5.60× and 4.65× faster than `--no-skip`, against 4.92× and 4.34×.
+    /// product, only attention runs per segment (README, "Speed", measures it against wider
+    /// segments).
     ///
     /// An edge run is batched by pair and by block of `max_rows` of the graph's edges, in the
     /// graph's order (which is by receiver layer): a shard of the graph's rows cut at those blocks

@@ -4,7 +4,7 @@
 //! on the CPU, chained as the forward pass runs them. Then each step runs again on the backend
 //! under test from the CPU's inputs, so that a step's difference is its own and not what earlier
 //! steps passed on: the first step beyond the dtype's tolerance is the faulty operation.
-use super::{Model, ModelTask, On};
+use super::{Model, ModelTask, ModelOnBackend};
 use crate::backend::{layout, matmul, BackendSpec, DType};
 use crate::model::transformer::{linear, mix};
 use crate::model::{NoHooks, Qkv, Transformer};
@@ -197,7 +197,7 @@ struct TraceTask {
 
 impl ModelTask for TraceTask {
     type Output = Trace;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Trace> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Trace> {
         let m = on.model;
         let device = m.device();
         let tokens = m.tokens(&self.tokens)?;
@@ -260,7 +260,7 @@ struct Replay<'t> {
 
 impl ModelTask for Replay<'_> {
     type Output = (Vec<(Host, Vec<String>)>, Host);
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Self::Output> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Self::Output> {
         let m = on.model;
         let device = m.device();
         let logits = Host::of(m.forward(m.tokens(&self.tokens)?, &mut NoHooks));

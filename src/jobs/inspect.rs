@@ -1,5 +1,5 @@
 //! `inspect`: a prompt's tokens and the model's most likely next tokens.
-use super::{Model, ModelTask, On};
+use super::{Model, ModelTask, ModelOnBackend};
 use crate::model::NoHooks;
 use anyhow::Result;
 use burn::prelude::*;
@@ -52,7 +52,7 @@ struct NextToken(Vec<u32>);
 
 impl ModelTask for NextToken {
     type Output = Vec<f32>;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<f32>> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<f32>> {
         let model = on.model;
         let logits = model.forward(model.tokens(&[self.0])?, &mut NoHooks);
         let [_, s, v] = logits.dims();

@@ -25,7 +25,9 @@ use burn::prelude::Backend;
 use std::any::Any;
 use std::sync::OnceLock;
 
-type Erased = Box<dyn Any + Send + Sync>;
+/// A `Transformer<B>` of whichever backend type `dispatch` chose, its type erased (and recovered
+/// by the same choice).
+type AnyTransformer = Box<dyn Any + Send + Sync>;
 
 /// A model on a backend, loaded once and used by any number of jobs. Under Autodiff (attribution
 /// patching) it is loaded a second time, on first use, and kept.
@@ -37,29 +39,29 @@ pub struct Model {
     /// `ModelFiles::fingerprint`: which weights (and config, tokenizer) these are.
     pub fingerprint: String,
     /// A `Transformer<B>` of the backend type `backend` dispatches to.
-    plain: Erased,
+    plain: AnyTransformer,
     /// A `Transformer<Autodiff<B>>`, when a job needed one.
-    autodiff: OnceLock<Erased>,
+    autodiff: OnceLock<AnyTransformer>,
 }
 
 /// Work on a loaded model, whichever backend it is on.
 pub trait ModelTask {
     type Output;
-    fn run<B: Backend>(self, model: On<'_, B>) -> Result<Self::Output>;
+    fn run<B: Backend>(self, model: ModelOnBackend<'_, B>) -> Result<Self::Output>;
 }
 
 /// A task's view of the model: the backend's `Transformer`, and its Autodiff twin on request.
-pub struct On<'m, B: Backend> {
+pub struct ModelOnBackend<'m, B: Backend> {
     pub model: &'m Transformer<B>,
     handle: &'m Model,
 }
 
-impl<'m, B: Backend> On<'m, B> {
+impl<'m, B: Backend> ModelOnBackend<'m, B> {
     pub fn autodiff(&self) -> Result<&'m Transformer<Autodiff<B>>> {
         let h = self.handle;
         if h.autodiff.get().is_none() {
             // The loaded model's own tensors, seen through Autodiff: no second read or copy.
-            let model: Erased = Box::new(self.model.autodiff());
+            let model: AnyTransformer = Box::new(self.model.autodiff());
             let _ = h.autodiff.set(model);
         }
         h.autodiff.get().and_then(|m| m.downcast_ref()).context("internal error: the Autodiff model is of another backend")
@@ -70,23 +72,24 @@ impl<'m, B: Backend> On<'m, B> {
 struct Load<'a>(&'a ModelFiles, ModelConfig, crate::model::weights::Weights);
 
 impl BackendTask for Load<'_> {
-    type Output = Erased;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Erased> {
+    type Output = AnyTransformer;
+    fn run<B: Backend>(self, device: B::Device) -> Result<AnyTransformer> {
         Ok(Box::new(load_model::<B>(self.0, self.1, self.2, &device)?))
     }
 }
 
-struct With<'m, T> {
+/// A `ModelTask` with the model it runs on, as a `BackendTask` for `dispatch`.
+struct TaskOnModel<'m, T> {
     handle: &'m Model,
     task: T,
 }
 
-impl<T: ModelTask> BackendTask for With<'_, T> {
+impl<T: ModelTask> BackendTask for TaskOnModel<'_, T> {
     type Output = T::Output;
     fn run<B: Backend>(self, _: B::Device) -> Result<T::Output> {
         // `dispatch` picks the backend type from the same spec it was loaded with.
         let model = self.handle.plain.downcast_ref::<Transformer<B>>().context("internal error: the model is of another backend")?;
-        self.task.run(On { model, handle: self.handle })
+        self.task.run(ModelOnBackend { model, handle: self.handle })
     }
 }
 
@@ -115,7 +118,7 @@ impl Model {
 
     /// Runs `task` on the loaded model.
     pub fn with<T: ModelTask>(&self, task: T) -> Result<T::Output> {
-        dispatch(&self.backend, With { handle: self, task })
+        dispatch(&self.backend, TaskOnModel { handle: self, task })
     }
 
     /// What the user named the model: a hub id or a directory.

@@ -1,6 +1,6 @@
 //! Patching sweeps (`run`, `path`): pairs → every patched run → arrays in memory, or a results
 //! directory through its transaction, rechecked by `verify` afterwards.
-use super::{Model, ModelTask, On, Progress};
+use super::{Model, ModelTask, ModelOnBackend, Progress};
 use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
 use crate::engine::{Method, PatchSite};
 use crate::results::Verification;
@@ -113,7 +113,7 @@ struct Sweep<'a> {
 
 impl ModelTask for Sweep<'_> {
     type Output = SweepSummary;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<SweepSummary> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<SweepSummary> {
         let model = SweepModel::of(&on, self.method, self.ig_steps)?;
         sweep(model, self.model, self.pairs, self.skipped, self.spec, self.progress)
     }

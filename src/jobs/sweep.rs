@@ -7,7 +7,7 @@ use crate::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Met
 use crate::model::{Transformer, ModelConfig};
 use super::memory::{memory_limits, nominal_memory_limits};
 use super::shard::Shard;
-use super::{Model, On, Progress};
+use super::{Model, ModelOnBackend, Progress};
 use crate::model::SiteKind;
 use crate::results::{self, Array, Begin, Manifest, MeansEntry, Mode, PairEntry, ShardInfo, SiteEntry, Writer};
 use anyhow::{bail, Context, Result};
@@ -47,7 +47,7 @@ impl<'m, B: Backend> SweepModel<'m, B> {
     }
 
     /// The model `method` needs: the plain one, or its Autodiff twin (EAP-IG: with `ig_steps`).
-    pub fn of(on: &On<'m, B>, method: Method, ig_steps: Option<usize>) -> Result<Self> {
+    pub fn of(on: &ModelOnBackend<'m, B>, method: Method, ig_steps: Option<usize>) -> Result<Self> {
         Ok(match method {
             Method::Exact => Self::Exact(on.model),
             Method::Attribution => Self::Attribution(on.autodiff()?, None),

@@ -2,7 +2,7 @@
 //! perplexity, candidate next tokens, going backwards (prepend) and steering vectors. Each job
 //! takes texts, returns a report of token ids and strings, and writes its files (when given
 //! `out`) through `results::outputs`.
-use super::{Model, ModelTask, On, Progress};
+use super::{Model, ModelTask, ModelOnBackend, Progress};
 use crate::analysis::plot::{self, Grid};
 use crate::generate::{self, candidates, prepend, steer, Memory, Options};
 use crate::data::preview;
@@ -117,7 +117,7 @@ struct Decode<'a> {
 
 impl ModelTask for Decode<'_> {
     type Output = Vec<Vec<u32>>;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<Vec<u32>>> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<u32>>> {
         let progress = self.progress;
         let out = generate::generate(on.model, self.prompts, self.options, &mut |n| progress.advance(n as u64))?;
         progress.finish();
@@ -208,7 +208,7 @@ struct Score<'a> {
 
 impl ModelTask for Score<'_> {
     type Output = Vec<Vec<f32>>;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<Vec<f32>>> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<f32>>> {
         let progress = self.progress;
         let out = generate::token_losses(on.model, self.texts, self.batch, self.memory, &mut |n| progress.advance(n as u64))?;
         progress.finish();
@@ -313,7 +313,7 @@ struct Candidates<'a> {
 
 impl ModelTask for Candidates<'_> {
     type Output = Vec<Vec<Vec<(u32, f32)>>>;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Self::Output> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Self::Output> {
         candidates::top_k(on.model, self.texts, self.k, self.all_positions, self.batch, self.memory)
     }
 }
@@ -356,7 +356,7 @@ struct MakeVector<'a> {
 
 impl ModelTask for MakeVector<'_> {
     type Output = (Vec<f32>, Vec<usize>);
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Self::Output> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Self::Output> {
         steer::make(on.model, self.clean, self.corrupted, self.site, self.position)
     }
 }
@@ -421,7 +421,7 @@ struct Prepend<'a> {
 
 impl ModelTask for Prepend<'_> {
     type Output = Vec<prepend::Step>;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Vec<prepend::Step>> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<prepend::Step>> {
         let (s, progress) = (self.spec, self.progress);
         let steps = prepend::prepend(on.model, self.text, self.bos, s.n_tokens, s.samples, s.seed, s.score_bos, self.memory, &mut |n| progress.advance(n as u64))?;
         progress.finish();

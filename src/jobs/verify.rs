@@ -7,7 +7,7 @@
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
 use crate::engine::{Method, PatchSite, Patching, Row};
-use super::{Model, ModelTask, On};
+use super::{Model, ModelTask, ModelOnBackend};
 use crate::results::{self, npy, FailedCell, Manifest, Verification};
 use super::sweep::SweepModel;
 use anyhow::{bail, Result};
@@ -81,7 +81,7 @@ struct Check {
 
 impl ModelTask for Check {
     type Output = Verification;
-    fn run<B: Backend>(self, on: On<'_, B>) -> Result<Verification> {
+    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Verification> {
         let m = &self.manifest;
         // One row per pass without reuse; an attribution run's estimate of one pair alone, its
         // no-op rows estimated too.
