@@ -132,12 +132,14 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         // the corrupted run, or (integrated gradients) the mean over the runs whose token
         // embeddings are source + (k/n)·(corrupted − source), k < n (EAP-IG's points, at its
         // input node).
-        // Edges: each pass's (source − corrupted write) · gradient terms, [pairs, senders,
-        // receivers] (a head's write through the post-norm's Jacobian at that pass, where the
-        // model has one), summed over the passes.
+        // Edges: the (source − corrupted write) · gradient terms [pairs, senders, receivers]. They
+        // are linear in the receivers' gradients, so the passes' gradients are summed and
+        // multiplied once; where a norm follows attention (Gemma 2) a head's write goes through
+        // that norm's Jacobian at each pass, so each pass's terms are taken and summed instead.
+        let per_pass = m.config.post_norms;
         let pass = |step: &Leaves<B>, metric| -> Result<(Grads<B>, Option<Tensor<B::InnerBackend, 3>>)> {
             let (g, r) = self.gradients(step, metric, edges)?;
-            Ok((g, r.map(|r| self.edge_terms(&leaves, step, &inner, r))))
+            Ok((g, r.map(|r| if per_pass { self.edge_terms(&leaves, step, &inner, r) } else { r })))
         };
         let (grads, edge_terms) = match self.ig_steps {
             None => pass(&leaves, corrupted_metric.clone())?,
@@ -186,7 +188,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
             };
             terms.insert(kind, Terms { values, shape });
         }
-        let edge_terms = edge_terms.map(host_terms).transpose()?;
+        let edge_terms = edge_terms.map(|t| if per_pass { t } else { self.edge_terms(&leaves, &leaves, &inner, t) }).map(host_terms).transpose()?;
         let read = |t: &Tensor<B, 2>| t.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading the metric: {e:?}"));
         let (clean, corrupted) = (read(&clean_metric)?, read(&corrupted_metric)?);
         let len = pairs[0].len();
