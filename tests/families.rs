@@ -213,6 +213,47 @@ fn greedy_generation_with_the_kv_cache_equals_hf_generate() {
     }
 }
 
+/// Decoding step by step with the KV cache, a prompt, then one token, then three at once: (the
+/// worst |cached − full forward| of the logits of every step's positions, and what each layer held
+/// after each step).
+struct Steps(PathBuf, Vec<u32>);
+
+impl BackendTask for Steps {
+    type Output = (f32, Vec<Vec<usize>>);
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        use patchbay::generate::KvCache;
+        use patchbay::model::NoHooks;
+        let model = load_located::<B>(self.0.to_str().unwrap(), &device)?;
+        let full = values(model.forward(model.tokens(&[self.1.clone()])?, &mut NoHooks));
+        let vocab = model.config.vocab;
+        let (mut cache, mut worst, mut held, mut at) = (KvCache::new(), 0f32, Vec::new(), 0);
+        for n in [self.1.len() - 4, 1, 3] {
+            let last = values(cache.step(&model, model.tokens(&[self.1[at..at + n].to_vec()])?, &mut NoHooks));
+            at += n;
+            worst = worst.max(max_abs_diff(&last, &full[(at - 1) * vocab..at * vocab]));
+            held.push((0..model.config.layers).map(|l| cache.held(l)).collect());
+        }
+        Ok((worst, held))
+    }
+}
+
+/// The KV cache gives the full forward's logits at every step (rotary positions counted from the
+/// cache's first key), while Gemma 2's sliding-window layers (local first, a window of 4 in the
+/// fixture) hold only the 3 positions a later query can see.
+#[test]
+fn kv_cache_steps_equal_the_full_forward_and_windowed_layers_hold_only_the_window() {
+    for spec in f32_backends() {
+        for family in ["llama", "gemma2"] {
+            let tokens = Refs::load(&dir(family)).token_rows("tokens").remove(0);
+            let (worst, held) = dispatch(&spec, Steps(dir(family), tokens.clone())).unwrap();
+            assert!(worst < 1e-4, "{family} on {spec:?}: the cached logits differ from the full forward by {worst}");
+            let seen = [tokens.len() - 4, tokens.len() - 3, tokens.len()];
+            let want: Vec<Vec<usize>> = seen.iter().map(|&n| (0..held[0].len()).map(|l| if family == "gemma2" && l % 2 == 0 { n.min(3) } else { n }).collect()).collect();
+            assert_eq!(held, want, "{family} on {spec:?}: positions held per layer after each step");
+        }
+    }
+}
+
 /// Per-token losses and every position's top 5 of the clean prompts.
 struct Text(PathBuf, Vec<Vec<u32>>);
 

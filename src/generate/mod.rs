@@ -20,7 +20,9 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32")
 }
 
-/// The keys and values [rows, positions, heads, d_head] of every layer for the positions decoded so far.
+/// The keys and values [rows, positions, heads, d_head] of every layer for the positions decoded
+/// so far; a sliding-window layer holds only the last window − 1 of them, all a later query can see
+/// (as HF's sliding-window cache).
 pub struct KvCache<B: Backend> {
     k: Vec<Tensor<B, 4>>,
     v: Vec<Tensor<B, 4>>,
@@ -32,9 +34,14 @@ impl<B: Backend> KvCache<B> {
         Self { k: Vec::new(), v: Vec::new(), len: 0 }
     }
 
-    /// Positions cached.
+    /// Positions decoded.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Positions whose keys and values layer `layer` holds: the last of those decoded.
+    pub fn held(&self, layer: usize) -> usize {
+        self.k.get(layer).map_or(0, |k| k.dims()[1])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -50,7 +57,10 @@ impl<B: Backend> KvCache<B> {
         let ids = Tensor::<B, 1, Int>::arange(0..rows as i64, &device);
         let mut x = Batch::one(model.embed(tokens, self.len));
         for (l, block) in model.blocks.iter().enumerate() {
-            let prefix = (self.len > 0).then(|| Prefix { k: self.k[l].clone(), v: self.v[l].clone(), pairs: (0..rows).collect(), pair_ids: ids.clone(), len: self.len });
+            let held = self.held(l);
+            // Kept keys rotate from position 0 on: rotary scores depend only on the distance
+            // between query and key, which a dropped start leaves as it was.
+            let prefix = (self.len > 0).then(|| Prefix { k: self.k[l].clone(), v: self.v[l].clone(), pairs: (0..rows).collect(), pair_ids: ids.clone(), len: held });
             let (k, v) = (Site::new(SiteKind::K, l), Site::new(SiteKind::V, l));
             let mut new = Cache::new([k, v]);
             x = block.forward(x, l, &[prefix], None, &mut (&mut *hooks, &mut new));
@@ -61,6 +71,12 @@ impl<B: Backend> KvCache<B> {
             } else {
                 self.k[l] = Tensor::cat(vec![self.k[l].clone(), nk], 1);
                 self.v[l] = Tensor::cat(vec![self.v[l].clone(), nv], 1);
+            }
+            // One key at least: a tensor of no positions is kept away from the backends.
+            if let Some(keep) = model.config.window_of(l).map(|w| (w - 1).max(1)).filter(|&keep| keep < self.held(l)) {
+                let from = self.held(l) - keep;
+                self.k[l] = self.k[l].clone().narrow(1, from, keep);
+                self.v[l] = self.v[l].clone().narrow(1, from, keep);
             }
         }
         self.len += s;
