@@ -140,3 +140,22 @@ fn nothing_outside_the_model_names_a_family_or_its_weights() {
     }
     assert!(found.is_empty(), "family names outside src/model/: {found:?}");
 }
+
+/// The two front ends stand side by side on the library: the Python package's native module names
+/// nothing of the command line (`patchbay::cli`), nor does the library outside `cli/` itself.
+#[test]
+fn neither_front_end_imports_the_other() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("python/src"), &mut files);
+    sources(&root.join("src"), &mut files);
+    let cli = root.join("src/cli");
+    let outside: Vec<PathBuf> = files.into_iter().filter(|f| !f.starts_with(&cli) && **f != root.join("src/lib.rs") && **f != root.join("src/main.rs")).collect();
+    assert!(outside.len() >= 40, "the scan found the sources: {}", outside.len());
+    let found: Vec<String> = outside
+        .iter()
+        .filter(|f| ["patchbay::cli", "crate::cli", "super::cli"].iter().any(|w| code(f).contains(w)))
+        .map(|f| f.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    assert!(found.is_empty(), "files using the command line's module: {found:?}");
+}

@@ -447,3 +447,63 @@ fn negative_numbers_and_bad_config_values_are_named_in_one_line() {
         assert!(!ok && stderr.contains(&format!("run.toml:4: `{key}`")) && stderr.contains(says) && stderr.trim().lines().count() == 1, "{line}: {stderr}");
     }
 }
+
+/// One spec for both front ends: the command line's flags and Python's keywords (the JSON
+/// `Model.patch`, `.path` and `.edges` send) become the same `RunOptions` and the same plan for
+/// every patching job, its defaults filled in one place (`RunOptions::plan`), and a bad value gets
+/// the same message from either.
+#[test]
+fn the_command_line_and_python_keywords_make_the_same_spec() {
+    use patchbay::engine::{Metric, PatchSite};
+    use patchbay::jobs::options::{Job, RunOptions};
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let cases: [(Job, &[&str], &str); 6] = [
+        (Job::Run, &[], "{}"),
+        (Job::Run, &["--clean", "a b", "--corrupted", "a c"], r#"{"clean": "a b", "corrupted": "a c"}"#),
+        (
+            Job::Run,
+            &["--clean", "a b", "--corrupted", "a c", "--sites", "resid_pre,z_by_pos", "--no-reuse", "--metric", "logprob", "--direction", "noising", "--ablation", "mean-positional", "--max-rows", "3", "--out", "x", "--verify", "0", "--prepend-bos", "--strict", "--no-skip", "--model", "m"],
+            r#"{"clean": "a b", "corrupted": "a c", "sites": ["resid_pre", "z_by_pos"], "reuse": false, "metric": "logprob", "direction": "noising", "ablation": "mean-positional", "max_rows": 3, "out": "x", "verify": 0, "prepend_bos": true, "strict": true, "skip": false, "model": "m"}"#,
+        ),
+        (
+            Job::Run,
+            &["--pairs", "p.jsonl", "--columns", "clean=prompt,corrupted=other", "--method", "eap-ig", "--ig-steps", "7", "--overwrite", "--resume", "--shard", "1/4"],
+            r#"{"pairs": "p.jsonl", "columns": {"clean": "prompt", "corrupted": "other"}, "method": "eap-ig", "ig_steps": 7, "overwrite": true, "resume": true, "shard": "1/4"}"#,
+        ),
+        (Job::Path, &["--clean", "a", "--corrupted", "b", "--receivers", "q,resid_final", "--senders", "0.1,1.0"], r#"{"clean": "a", "corrupted": "b", "receivers": ["q", "resid_final"], "senders": [[0, 1], [1, 0]]}"#),
+        (Job::Edges, &["--clean", "a", "--corrupted", "b", "--method", "eap", "--backend", "wgpu", "--fusion", "--threads", "2"], r#"{"clean": "a", "corrupted": "b", "method": "eap", "backend": "wgpu", "fusion": true, "threads": 2}"#),
+    ];
+    for (job, argv, json) in cases {
+        let cli = RunOptions::from_args(job, &args(argv)).unwrap();
+        let python = RunOptions::from_json(json).unwrap();
+        assert_eq!(cli, python, "{job:?} {argv:?}");
+        for out in [None, Some(PathBuf::from("results/run"))] {
+            let plan = |o: &RunOptions| format!("{:?}", o.clone().plan(job, out.clone()).map_err(|e| e.to_string()));
+            assert_eq!(plan(&cli), plan(&python), "{job:?} {argv:?}");
+        }
+    }
+    // The defaults, declared once: what a run is when only its pair is given.
+    let plan = RunOptions::from_json(r#"{"clean": "a b", "corrupted": "a c"}"#).unwrap().plan(Job::Run, None).unwrap();
+    let s = &plan.spec.sweep;
+    assert_eq!(plan.model(), "gpt2");
+    assert_eq!(s.sites, PatchSite::parse_list("resid_pre,attn_out,mlp_out").unwrap());
+    assert_eq!((plan.spec.verify, s.reuse, s.skip, s.metric, s.prepend_bos, s.out.is_none()), (8, true, true, Metric::LogitDiff, false, true));
+    // A bad value: the same message whichever front end it came through.
+    let bad: [(Job, &[&str], &str, &str); 5] = [
+        (Job::Run, &["--metric", "logits"], r#"{"metric": "logits"}"#, r#""logits" is not one of logit_diff, logprob, prob, logprob_diff"#),
+        (Job::Path, &["--senders", "9"], r#"{"senders": "9"}"#, r#"--senders: "9" is not layer.head"#),
+        (Job::Run, &["--columns", "colour=x"], r#"{"columns": {"colour": "x"}}"#, r#"unknown field "colour""#),
+        (Job::Run, &["--clean", "a", "--corrupted", "b", "--receivers", "q"], r#"{"clean": "a", "corrupted": "b", "receivers": "q"}"#, "run takes no --receivers"),
+        (Job::Edges, &["--clean", "a", "--corrupted", "b", "--sites", "resid_pre"], r#"{"clean": "a", "corrupted": "b", "sites": "resid_pre"}"#, "edges takes no --sites"),
+    ];
+    for (job, argv, json, message) in bad {
+        let error = |r: anyhow::Result<RunOptions>| match r.and_then(|o| o.plan(job, None)) {
+            Ok(_) => panic!("{argv:?} was taken"),
+            Err(e) => format!("{e:#}"),
+        };
+        let (cli, python) = (error(RunOptions::from_args(job, &args(argv))), error(RunOptions::from_json(json)));
+        assert!(cli.contains(message) && python.contains(message), "{argv:?}: {cli:?} / {python:?}, not {message:?}");
+    }
+    let unknown = format!("{:#}", RunOptions::from_json(r#"{"colour": 1}"#).unwrap_err());
+    assert!(unknown.starts_with("colour=: unknown option"), "{unknown}");
+}

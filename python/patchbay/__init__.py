@@ -29,17 +29,6 @@ __all__ = ["load", "open", "verify", "Model", "Result", "Heatmap", "Patterns", "
 __version__ = _native.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
-DEFAULT_SITES = ("resid_pre", "attn_out", "mlp_out")
-DIRECTIONS = ("denoising", "noising")
-ABLATIONS = ("resample", "zero", "mean", "mean-positional")
-
-
-def _choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
-    return value
-
-
 def load(model: str = "gpt2", backend: str = "cpu", dtype: str = "f32", fusion: bool = False,
          threads: Optional[int] = None, device: int = 0) -> "Model":
     """Loads a model once for any number of jobs.
@@ -122,6 +111,8 @@ def _json_scalar(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     raise TypeError(f"{value!r} (a {type(value).__name__}) is not a number, string or list a job takes")
 
 
@@ -199,6 +190,20 @@ def _pairs_spec(clean, corrupted, answer, distractor, pairs, columns) -> Dict[st
     return {"records": [_pair_dict(p, columns, i) for i, p in enumerate(records)]}
 
 
+def _run_options(clean, corrupted, answer, distractor, pairs, columns, options: Mapping[str, Any]) -> str:
+    """A patching job's options as the library's `RunOptions` reads them (JSON, keys as the CLI's
+    flags with underscores): the keywords as given, None left out, pairs= a file's path or the
+    records of a DataFrame or list of dicts. Every default is the library's."""
+    given = dict(clean=clean, corrupted=corrupted, answer=answer, distractor=distractor, **options)
+    if isinstance(pairs, (str, os.PathLike)):
+        given.update(pairs=os.fspath(pairs), columns=dict(columns) if columns else None)
+    elif pairs is not None:
+        given["pairs"] = _pairs_spec(None, None, None, None, pairs, columns)["records"]
+    elif columns:
+        given["columns"] = dict(columns)
+    return _spec_json({k: v for k, v in given.items() if v is not None})
+
+
 class Model:
     """A model loaded on a backend (``patchbay.load``). Jobs: patch, path, run, inspect, patterns,
     attribute, generate, perplexity, candidates, steer, prepend, ioi."""
@@ -235,12 +240,8 @@ class Model:
         return self._native.decode(list(ids))
 
     def patch(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
-              distractor: Optional[str] = None, *, pairs: Any = None, sites: Union[str, Iterable[str]] = DEFAULT_SITES,
-              metric: str = "logit_diff", prepend_bos: bool = False, method: str = "exact",
-              direction: str = "denoising", ablation: str = "resample", strict: bool = False, columns: Optional[Mapping[str, str]] = None, max_diff: Optional[int] = None, reuse: bool = True,
-              skip: bool = True, max_rows: Optional[int] = None, out: Optional[PathLike] = None, resume: bool = False,
-              overwrite: bool = False, verify: Optional[int] = None, ig_steps: Optional[int] = None,
-              progress: Any = True) -> "Result":
+              distractor: Optional[str] = None, *, pairs: Any = None, columns: Optional[Mapping[str, str]] = None,
+              progress: Any = True, **options: Any) -> "Result":
         """Patches every (site, layer, position[, head]) of prompt pairs; the arrays of ``patchbay run``.
 
         Pairs: one (clean=, corrupted=, and answer=/distractor= or neither: then the last token where
@@ -249,60 +250,40 @@ class Model:
         positions; other names through columns={"clean": "prompt", ...}). A pair failing a check is
         skipped and listed in ``Result.skipped`` (strict=True: a ValueError naming its row).
 
-        sites: TransformerLens' patching sites (resid_pre, resid_mid, resid_post, attn_out, mlp_out;
-        z/q/k/v/pattern _all_pos and _by_pos, pattern_dest_src; groups block, heads_all_pos,
-        heads_by_pos). metric: logit_diff, logprob, prob, logprob_diff. method: exact, attribution or
-        eap-ig (attribution with integrated gradients over the token embeddings, ig_steps points).
-        direction: denoising (the corrupted run, patched from the clean one) or noising (the clean
-        run, patched from the corrupted one). ablation: what a patch writes: resample (the other
-        prompt's activation), zero, mean or mean-positional (means over the source prompts).
-        out: a results directory written through the CLI's transaction (resume=, overwrite=;
-        verify= rows rechecked afterwards, 8 by default); without it the arrays stay in memory.
+        The other keywords are ``patchbay run``'s options (docs/python.md lists them; the defaults
+        are the library's, one set for both front ends): sites (TransformerLens' patching sites:
+        resid_pre, resid_mid, resid_post, attn_out, mlp_out; z/q/k/v/pattern _all_pos and _by_pos,
+        pattern_dest_src; groups block, heads_all_pos, heads_by_pos; default resid_pre, attn_out,
+        mlp_out), metric (logit_diff, logprob, prob, logprob_diff), method (exact, attribution or
+        eap-ig with ig_steps), direction (denoising or noising), ablation (resample, zero, mean,
+        mean-positional), prepend_bos, strict, max_diff, reuse, skip, max_rows, and out: a results
+        directory written through the CLI's transaction (resume=, overwrite=; verify= rows
+        rechecked afterwards, 8 by default); without it the arrays stay in memory.
         """
-        spec = self._spec(_pairs_spec(clean, corrupted, answer, distractor, pairs, columns), metric, prepend_bos, method,
-                          strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify)
-        spec.update(direction=_choice("direction", direction, DIRECTIONS), ablation=_choice("ablation", ablation, ABLATIONS))
-        spec["ig_steps"] = ig_steps
-        spec["sites"] = [sites] if isinstance(sites, str) else list(sites)
-        return self._result(self._native.patch(_spec_json(spec), _progress_callback(progress)))
+        return self._patch("run", _run_options(clean, corrupted, answer, distractor, pairs, columns, options), progress)
 
     def path(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
-             distractor: Optional[str] = None, *, receivers: Union[str, Iterable[str]] = ("q", "k", "v", "resid_final"),
-             senders: Optional[Iterable[Sequence[int]]] = None, pairs: Any = None, metric: str = "logit_diff",
-             direction: str = "denoising", ablation: str = "resample", prepend_bos: bool = False, strict: bool = False, columns: Optional[Mapping[str, str]] = None,
-             max_diff: Optional[int] = None, reuse: bool = True, skip: bool = True, max_rows: Optional[int] = None,
-             out: Optional[PathLike] = None, resume: bool = False, overwrite: bool = False, verify: Optional[int] = None,
-             progress: Any = True) -> "Result":
+             distractor: Optional[str] = None, *, pairs: Any = None, columns: Optional[Mapping[str, str]] = None,
+             progress: Any = True, **options: Any) -> "Result":
         """Path patching (``patchbay path``): each sending head's write into later heads' q, k or v
-        input, or the final residual stream (resid_final). senders: [(layer, head), ...] (default all).
-        direction and ablation as in ``patch``: the sender's source-minus-base write is what moves."""
-        spec = self._spec(_pairs_spec(clean, corrupted, answer, distractor, pairs, columns), metric, prepend_bos, "exact",
-                          strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify)
-        spec.update(direction=_choice("direction", direction, DIRECTIONS), ablation=_choice("ablation", ablation, ABLATIONS))
-        spec["receivers"] = [receivers] if isinstance(receivers, str) else list(receivers)
-        spec["senders"] = [list(map(int, s)) for s in senders] if senders is not None else None
-        return self._result(self._native.patch(_spec_json(spec), _progress_callback(progress)))
+        input, or the final residual stream. receivers: q, k, v, resid_final (default all);
+        senders: [(layer, head), ...] (default all). The other keywords as in ``patch``: the
+        sender's source-minus-base write is what moves."""
+        return self._patch("path", _run_options(clean, corrupted, answer, distractor, pairs, columns, options), progress)
 
     def edges(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
-              distractor: Optional[str] = None, *, pairs: Any = None, method: str = "exact",
-              ig_steps: Optional[int] = None, **options: Any) -> "Result":
+              distractor: Optional[str] = None, *, pairs: Any = None, columns: Optional[Mapping[str, str]] = None,
+              progress: Any = True, **options: Any) -> "Result":
         """Edge scores (``patchbay edges``) of every edge of the circuit graph (``pb.graph``).
         method: exact (the sender's clean-minus-corrupted output added to the receiver's input
         alone, one patched run per edge), eap (its gradient estimate) or eap-ig (integrated
         gradients over the token embeddings, ig_steps points, 5 by default).
         ``result["edges"]`` is [pairs, edges], ``result.edge_names`` its names (EAP-IG's). Takes
         ``patch``'s other keywords but sites."""
-        if "sites" in options:
-            raise ValueError("edges scores every edge of the graph: it takes no sites=")
-        return self.patch(clean, corrupted, answer, distractor, pairs=pairs, sites=["edges"], **self._edge_method(method, ig_steps),
-                          **options)
+        return self._patch("edges", _run_options(clean, corrupted, answer, distractor, pairs, columns, options), progress)
 
-    @staticmethod
-    def _edge_method(method: str, ig_steps: Optional[int]) -> Dict[str, Any]:
-        method = _choice("method", method, ("exact", "eap", "eap-ig"))
-        if ig_steps is not None and method != "eap-ig":
-            raise ValueError("ig_steps= is an option of method='eap-ig'")
-        return {"method": method, "ig_steps": ig_steps}
+    def _patch(self, job: str, options: str, progress: Any) -> "Result":
+        return self._result(self._native.patch(job, options, _progress_callback(progress)))
 
     def faithfulness(self, run: PathLike, *, sizes: Optional[Iterable[int]] = None,
                      circuits: Optional[Iterable[PathLike]] = None, greedy: bool = False, absolute: bool = True,
@@ -324,22 +305,13 @@ class Model:
         curve["per_pair"] = np.frombuffer(per_pair, dtype="<f4").reshape(len(curve["sizes"]), curve["pairs"]).copy()
         return curve
 
-    def run(self, config: PathLike, *, progress: Any = True, **options: Any) -> "Result":
-        """The CLI's transactional run of a TOML config (``patchbay run CONFIG``); keywords are its
-        flags (out="results/ioi", resume=True, overwrite=False, sites="resid_pre", ...) and override
-        the file, as the command line does. Interrupted (Ctrl-C), ``resume=True`` finishes it."""
-        args = [os.fspath(config)]
-        for key, value in options.items():
-            flag = "--" + key.replace("_", "-")
-            if value is True:
-                args.append(flag)
-            elif value is False:
-                args.append("--" + key[3:].replace("_", "-") if key.startswith("no_") else "--no-" + flag[2:])
-            elif isinstance(value, (list, tuple)):
-                args += [flag, ",".join(map(str, value))]
-            elif value is not None:
-                args += [flag, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
-        return self._result(self._native.run(args, _progress_callback(progress)))
+    def run(self, config: PathLike, *, job: str = "run", progress: Any = True, **options: Any) -> "Result":
+        """The CLI's transactional run of a TOML config (``patchbay run CONFIG``; job="path" or
+        "edges" for those commands); keywords are its options (out="results/ioi", resume=True,
+        overwrite=False, sites="resid_pre", ...) and override the file's, as the command line does.
+        Interrupted (Ctrl-C), ``resume=True`` finishes it."""
+        options = _spec_json({k: v for k, v in options.items() if v is not None})
+        return self._result(self._native.run(job, os.fspath(config), options, _progress_callback(progress)))
 
     def inspect(self, text: str, top_k: int = 20, prepend_bos: bool = False) -> List[Dict[str, Any]]:
         """The top_k most likely next tokens after text: [{"rank", "id", "token", "prob"}, ...]."""
@@ -460,13 +432,6 @@ class Model:
     def _texts_spec(texts, prepend_bos, batch, out, overwrite) -> Dict[str, Any]:
         return {"texts": _texts(texts), "prepend_bos": bool(prepend_bos), "batch": int(batch),
                 "out": os.fspath(out) if out is not None else None, "overwrite": bool(overwrite)}
-
-    @staticmethod
-    def _spec(pairs, metric, prepend_bos, method, strict, max_diff, reuse, skip, max_rows, out, resume, overwrite, verify):
-        return {"pairs": pairs, "metric": metric, "prepend_bos": bool(prepend_bos), "method": method,
-                "strict": bool(strict), "max_diff": max_diff, "reuse": bool(reuse), "skip": bool(skip),
-                "max_rows": max_rows, "out": os.fspath(out) if out is not None else None, "resume": bool(resume),
-                "overwrite": bool(overwrite), "verify": verify}
 
     @staticmethod
     def _result(native_result) -> "Result":

@@ -5,10 +5,10 @@
 use anyhow::{bail, Context};
 use patchbay::backend::{BackendKind, BackendSpec, DType};
 use patchbay::data::{Columns, Pair, PairSource};
-use patchbay::engine::{Ablation, Direction, Method, Metric, PatchSite};
 use patchbay::generate::sampling::Sampling;
 use patchbay::generate::steer::SteeringVector;
 use patchbay::jobs::text::{GenerateSpec, PrependSpec, SteerSpec, TextsSpec};
+use patchbay::jobs::options::{default_out, Job, RunOptions, RunPlan};
 use patchbay::jobs::{self, Model, Progress};
 use patchbay::model::{Site, SiteKind};
 use patchbay::results::Manifest;
@@ -129,21 +129,11 @@ fn parse<'a, T: Deserialize<'a>>(text: &'a str, what: &str) -> PyResult<T> {
     serde_json::from_str(text).map_err(|e| {
         let message = e.to_string();
         let message = message.split(" at line ").next().unwrap_or(&message);
-        match key_at(text, e.line(), e.column()) {
+        match jobs::options::key_at(text, e.line(), e.column()) {
             Some(key) => PyValueError::new_err(format!("{what}: {key}=: {message}")),
             None => PyValueError::new_err(format!("{what}: {message}")),
         }
     })
-}
-
-/// The last JSON key before line `line`, column `column` of `text` (serde_json's position of an
-/// error): the keyword whose value is at fault.
-fn key_at(text: &str, line: usize, column: usize) -> Option<String> {
-    let offset = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>() + column;
-    let before = text.get(..offset.min(text.len()))?;
-    let colon = before.rfind("\":")?;
-    let start = before[..colon].rfind('"')?;
-    Some(before[start + 1..colon].to_string())
 }
 
 /// A pair as Python gives it (a dict, a DataFrame row).
@@ -185,65 +175,6 @@ impl PairsIn {
                 }
                 PairSource::File { path, columns: c }
             }
-        })
-    }
-}
-
-/// `Model.patch`'s and `Model.path`'s keywords.
-#[derive(Deserialize)]
-struct PatchIn {
-    pairs: PairsIn,
-    sites: Option<Vec<String>>,
-    receivers: Option<Vec<String>>,
-    senders: Option<Vec<[usize; 2]>>,
-    method: Method,
-    #[serde(default)]
-    ig_steps: Option<usize>,
-    metric: Metric,
-    direction: Direction,
-    ablation: Ablation,
-    prepend_bos: bool,
-    max_diff: Option<usize>,
-    strict: bool,
-    reuse: bool,
-    skip: bool,
-    max_rows: Option<usize>,
-    out: Option<PathBuf>,
-    resume: bool,
-    overwrite: bool,
-    verify: Option<usize>,
-}
-
-impl PatchIn {
-    fn spec(self) -> anyhow::Result<jobs::patch::PatchSpec> {
-        let sites = match (self.sites, self.receivers) {
-            (Some(_), Some(_)) => bail!("give sites or receivers (path patching), not both"),
-            (None, Some(r)) => jobs::patch::path_sites(&r.join(","))?,
-            (Some(s), None) => PatchSite::parse_list(&s.join(","))?,
-            (None, None) => PatchSite::parse_list(jobs::patch::DEFAULT_SITES)?,
-        };
-        Ok(jobs::patch::PatchSpec {
-            pairs: self.pairs.source()?,
-            max_diff: self.max_diff,
-            strict: self.strict,
-            method: self.method,
-            ig_steps: self.ig_steps,
-            verify: self.verify.unwrap_or(if self.out.is_some() { jobs::patch::DEFAULT_VERIFY_ROWS } else { 0 }),
-            sweep: jobs::sweep::SweepSpec {
-                sites,
-                senders: self.senders,
-                reuse: self.reuse,
-                skip: self.skip,
-                metric: self.metric,
-                direction: self.direction,
-                ablation: self.ablation,
-                prepend_bos: self.prepend_bos,
-                max_rows: self.max_rows,
-                out: self.out,
-                resume: self.resume,
-                overwrite: self.overwrite,
-                shard: None,
-            },
         })
     }
 }
@@ -321,10 +252,7 @@ impl TextsIn {
 struct PyModel(Model);
 
 fn enum_arg<T: clap::ValueEnum>(value: &str, what: &str) -> PyResult<T> {
-    T::from_str(value, true).map_err(|_| {
-        let names: Vec<String> = T::value_variants().iter().filter_map(|v| v.to_possible_value()).map(|p| p.get_name().to_string()).collect();
-        PyValueError::new_err(format!("{what}={value:?}: expected one of {}", names.join(", ")))
-    })
+    jobs::options::choice::<T>(value).map_err(|m| PyValueError::new_err(format!("{what}: {m}")))
 }
 
 #[pyfunction]
@@ -358,13 +286,17 @@ impl PyModel {
         json(&self.0.backend)
     }
 
-    /// A sweep from JSON keywords: (manifest JSON, arrays if in memory, skipped JSON, out dir).
-    #[pyo3(signature = (spec, progress=None))]
-    fn patch<'py>(&self, py: Python<'py>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
-        let input: PatchIn = parse(spec, "patch")?;
-        let mut progress = PyProgress::new(progress);
-        let p = job(py, &mut progress, |pr| jobs::patch::patch(&self.0, &input.spec()?, pr))?;
-        self.patched(py, p)
+    /// A patching job (`run`, `path`, `edges`) from its options as JSON, the library's
+    /// `RunOptions` (the CLI's flags, underscores for dashes): (manifest JSON, arrays if in
+    /// memory, skipped JSON, out dir).
+    #[pyo3(signature = (job, options, progress=None))]
+    fn patch<'py>(&self, py: Python<'py>, job: &str, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
+        let plan = (|| {
+            let job = Job::parse(job)?;
+            RunOptions::from_json(options)?.plan(job, None)
+        })()
+        .map_err(to_py)?;
+        self.planned(py, plan, progress)
     }
 
     /// `patchbay faithfulness` from JSON keywords: (the curve as JSON, m(C) per size and pair).
@@ -376,21 +308,16 @@ impl PyModel {
         Ok((json(&f)?, bytes(py, &f.per_pair.concat())))
     }
 
-    /// `patchbay run`'s arguments (a config file and flags): the CLI's transactional run.
-    #[pyo3(signature = (args, progress=None))]
-    fn run<'py>(&self, py: Python<'py>, args: Vec<String>, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
-        let plan = patchbay::cli::plan("run", &args).map_err(to_py)?;
-        if plan.model != self.0.id() {
-            return Err(PyValueError::new_err(format!(
-                "the config's model is {:?} but this model is {:?}: load it with patchbay.load({:?})",
-                plan.model,
-                self.0.id(),
-                plan.model
-            )));
-        }
-        let mut progress = PyProgress::new(progress);
-        let p = job(py, &mut progress, |pr| jobs::patch::patch(&self.0, &plan.spec, pr))?;
-        self.patched(py, p)
+    /// A patching job's TOML config with options over it (JSON), into the config's results
+    /// directory as the CLI runs it.
+    #[pyo3(signature = (job, config, options, progress=None))]
+    fn run<'py>(&self, py: Python<'py>, job: &str, config: PathBuf, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
+        let plan = (|| {
+            let job = Job::parse(job)?;
+            RunOptions::from_config(job, &config)?.overlaid(RunOptions::from_json(options)?)?.plan(job, Some(default_out(Some(&config))))
+        })()
+        .map_err(to_py)?;
+        self.planned(py, plan, progress)
     }
 
     /// Attention patterns: (listing JSON, values bytes [prompts, layers, heads, dest, src], HTML viewer).
@@ -515,6 +442,16 @@ impl PyModel {
 }
 
 impl PyModel {
+    /// A patching job's plan run on this model (the one the options name, if they name one).
+    fn planned<'py>(&self, py: Python<'py>, plan: RunPlan, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
+        if let Some(named) = plan.named_model.as_ref().filter(|m| *m != self.0.id()) {
+            return Err(PyValueError::new_err(format!("the options' model is {named:?} but this model is {:?}: load it with patchbay.load({named:?})", self.0.id())));
+        }
+        let mut progress = PyProgress::new(progress);
+        let p = job(py, &mut progress, |pr| jobs::patch::patch(&self.0, &plan.spec, pr))?;
+        self.patched(py, p)
+    }
+
     fn patched<'py>(&self, py: Python<'py>, p: jobs::patch::Patched) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
         let m = &p.summary.manifest;
         let arrays = p.summary.arrays.as_ref().map(|arrays| {

@@ -279,7 +279,7 @@ def test_edges_equal_a_pytorch_per_edge_loop(model):
     assert r.axes("edges") == ("pair", "edge")
     assert r.edge_names == pb.graph(str(TINY))["edges"] == bytes(refs["edge_names"]).decode().split("\n")
     np.testing.assert_allclose(r["edges"], refs["edges"], atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="no sites="):
+    with pytest.raises(ValueError, match="edges takes no --sites"):
         model.edges(pairs=PAIRS, sites=["resid_pre"])
 
 
@@ -307,7 +307,7 @@ def test_eap_ig_circuit_and_faithfulness(model, tmp_path):
     assert (tmp_path / "given" / "faithfulness_circuit.svg").read_text().count("<svg") == 1
     with pytest.raises(ValueError, match="draw_at= must be a number, not nan"):
         model.faithfulness(tmp_path / "ig", circuits=[c.path], draw_at=float("nan"), progress=False)
-    with pytest.raises(ValueError, match="ig_steps= is an option"):
+    with pytest.raises(ValueError, match="--ig-steps is an option of --method eap-ig"):
         model.edges(pairs=PAIRS, method="eap", ig_steps=3)
     with pytest.raises(ValueError, match="one of top_n="):
         r.circuit(top_n=3, greedy=3)

@@ -1,5 +1,5 @@
 //! `patchbay attribute`: the logit lens and direct logit attribution of each pair's clean run.
-use super::BackendArgs;
+use crate::jobs::options::BackendOptions;
 use crate::data::{Columns, PairSource};
 use crate::jobs::circuits::{attribute, AttributeSpec};
 use crate::results::attribution;
@@ -36,7 +36,7 @@ pub struct AttributeArgs {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 pub fn run(a: AttributeArgs) -> Result<()> {

@@ -1,6 +1,6 @@
 //! `patchbay bench`: the arguments and the table of `jobs::bench` (a sweep on a random-weight
 //! model of a named shape: the default path beside `--no-skip` and `--no-reuse`).
-use super::BackendArgs;
+use crate::jobs::options::BackendOptions;
 use crate::jobs::bench::{bench as job, BenchSpec};
 use anyhow::Result;
 use clap::Args;
@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[arg(long, overrides_with = "json", hide = true)]
     no_json: bool,
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {

@@ -1,5 +1,5 @@
 //! `patchbay circuit` and `patchbay faithfulness`: circuits from an edges run.
-use super::BackendArgs;
+use crate::jobs::options::BackendOptions;
 use crate::analysis::circuit::Selection;
 use crate::jobs::discovery::{self, CircuitSpec, FaithfulnessSpec};
 use anyhow::Result;
@@ -90,7 +90,7 @@ pub struct FaithfulnessArgs {
     out: Option<PathBuf>,
     /// Where to evaluate [default: the run's backend].
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 pub fn faithfulness(a: FaithfulnessArgs) -> Result<()> {

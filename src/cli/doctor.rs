@@ -1,5 +1,5 @@
 //! `patchbay doctor`: a backend's forward against the cpu's, step by step, to name a faulty op.
-use super::BackendArgs;
+use crate::jobs::options::BackendOptions;
 use crate::jobs::doctor::{doctor, DoctorSpec};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -28,7 +28,7 @@ pub struct DoctorArgs {
     inject_fault: Option<String>,
     /// The backend under test (the reference is the cpu backend in f32).
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 pub fn run(args: DoctorArgs) -> Result<()> {

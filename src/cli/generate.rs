@@ -1,6 +1,6 @@
 //! `patchbay generate`, `patchbay perplexity` and `patchbay candidates`: decoding and scoring
 //! text, batched.
-use super::BackendArgs;
+use crate::jobs::options::BackendOptions;
 use crate::data;
 use crate::generate::candidates::py_repr;
 use crate::generate::sampling::Sampling;
@@ -78,7 +78,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, requires = "steer")]
     coef: f32,
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 #[derive(Args)]
@@ -126,7 +126,7 @@ struct TextArgs {
     #[arg(long, overrides_with = "overwrite", hide = true)]
     no_overwrite: bool,
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 impl TextArgs {
@@ -286,7 +286,7 @@ pub struct SteerMakeArgs {
     #[arg(long, overrides_with = "overwrite", hide = true)]
     no_overwrite: bool,
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 pub fn run_steer_make(a: SteerMakeArgs) -> Result<()> {
@@ -326,7 +326,7 @@ pub struct PrependArgs {
     #[arg(long, overrides_with = "json", hide = true)]
     no_json: bool,
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 pub fn run_prepend(a: PrependArgs) -> Result<()> {

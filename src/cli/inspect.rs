@@ -1,5 +1,5 @@
 //! `patchbay inspect`: the token table and the top-k next-token table of one prompt.
-use super::BackendArgs;
+use crate::jobs::options::BackendOptions;
 use crate::jobs::inspect::inspect as job;
 use anyhow::Result;
 use clap::Args;
@@ -23,7 +23,7 @@ pub struct InspectArgs {
     #[arg(long, overrides_with = "json", hide = true)]
     no_json: bool,
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {

@@ -8,12 +8,12 @@ mod inspect;
 mod patterns;
 mod run;
 
-use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::ioi::Corruption;
-use crate::jobs::{Model, Progress};
-use anyhow::{bail, Context, Result};
-use clap::{Args, CommandFactory, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use crate::jobs::options::{BackendOptions, Job};
+use crate::jobs::Progress;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "patchbay", version, about = "Batched activation patching on GPT-2-family models")]
@@ -32,12 +32,12 @@ enum Command {
     Run(run::RunArgs),
     /// Path patching: each sending head's write into later heads' q, k or v input, or the logits.
     #[command(args_override_self = true)]
-    Path(run::PathArgs),
+    Path(run::RunArgs),
     /// Exact edge patching: every edge of the circuit graph (`patchbay graph`), the sender's
     /// clean-minus-corrupted output added to the receiver's input alone, as one row of the batched
     /// sweep; edges.npy [pairs, edges], the edge names in the manifest.
     #[command(args_override_self = true)]
-    Edges(run::EdgesArgs),
+    Edges(run::RunArgs),
     /// Choose a circuit from an edges run's scores, as EAP-IG does; write it as EAP-IG's Graph JSON
     /// (RUN/circuit.json) and draw it (circuit.svg).
     Circuit(circuit::CircuitArgs),
@@ -83,7 +83,7 @@ enum Command {
         rows: usize,
         /// Where to recompute [default: the run's backend and dtype, without fusion; the CPU for a CUDA run].
         #[command(flatten)]
-        backend: BackendArgs,
+        backend: BackendOptions,
     },
     /// The model's computational graph as circuit discovery scores it (EAP-IG's convention): the
     /// input, every head, every MLP and the logits; an edge from every earlier writer to each
@@ -139,63 +139,6 @@ enum SteerCommand {
     Make(generate::SteerMakeArgs),
 }
 
-/// Where the tensors run. In a TOML config: backend, device, dtype, fusion, threads.
-#[derive(Args, Clone, Debug, Default)]
-pub struct BackendArgs {
-    /// cpu (default), wgpu (Vulkan/Metal/DX12) or cuda; GPU backends are Cargo features.
-    #[arg(long, value_enum)]
-    pub backend: Option<BackendKind>,
-    /// GPU index.
-    #[arg(long)]
-    pub device: Option<usize>,
-    /// Compute precision: f32 (default; exact products on cuda), tf32 (cuda: f32 values, TF32
-    /// tensor-core products), f16 (wgpu, cuda), bf16 (cuda).
-    #[arg(long, value_enum)]
-    pub dtype: Option<DType>,
-    /// Turn on burn's kernel fusion on GPU backends (off by default: burn 0.21's fusion has given
-    /// wrong results; see the README).
-    #[arg(long, overrides_with = "no_fusion")]
-    pub fusion: bool,
-    #[arg(long, overrides_with = "fusion", hide = true)]
-    pub no_fusion: bool,
-    /// CPU backend: worker threads [default: every core].
-    #[arg(long)]
-    pub threads: Option<usize>,
-}
-
-impl BackendArgs {
-    pub fn spec(&self) -> BackendSpec {
-        BackendSpec {
-            kind: self.backend.unwrap_or(BackendKind::Cpu),
-            device: self.device.unwrap_or(0),
-            dtype: self.dtype.unwrap_or(DType::F32),
-            fusion: self.fusion,
-        }
-    }
-
-    /// The spec when one was given (else None: the run's own), with the CPU thread count set.
-    pub fn given(&self) -> Result<Option<BackendSpec>> {
-        if let Some(n) = self.threads {
-            crate::backend::set_cpu_threads(n)?;
-        }
-        let given = self.backend.is_some() || self.device.is_some() || self.dtype.is_some() || self.fusion;
-        Ok(given.then(|| self.spec()))
-    }
-
-    /// The spec, with the CPU thread count set: for work on no model file (`bench`).
-    pub fn configure(&self) -> Result<BackendSpec> {
-        if let Some(n) = self.threads {
-            crate::backend::set_cpu_threads(n)?;
-        }
-        Ok(self.spec())
-    }
-
-    /// The model `model` loaded on this backend.
-    pub fn load(&self, model: &str) -> Result<Model> {
-        Model::load(model, self.spec(), self.threads)
-    }
-}
-
 /// The terminal's progress bar (indicatif), for the library's long jobs.
 #[derive(Default)]
 pub struct Bar(Option<indicatif::ProgressBar>);
@@ -227,111 +170,12 @@ impl Progress for Bar {
     }
 }
 
-/// One option of a TOML config: where it was written (`FILE:LINE: \`key\``), its flag, and the
-/// command-line arguments it stands for.
-pub struct ConfigOption {
-    pub at: String,
-    pub flag: String,
-    pub args: Vec<String>,
-}
-
-/// A TOML config's options as command-line arguments, to be placed before the command line's
-/// (ripgrep's way: the command line overrides the file, every boolean has its `--no-` form).
-/// Keys are `command`'s long options with underscores for dashes; `columns` is a table.
-pub fn config_args(path: &Path, command: &clap::Command) -> Result<Vec<ConfigOption>> {
-    use toml::Spanned;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    // FILE:LINE or FILE:LINE:COLUMN, as compilers write it.
-    let line = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
-    let table: std::collections::BTreeMap<Spanned<String>, Spanned<toml::Value>> = toml::from_str(&text).map_err(|e| {
-        let at = e.span().map_or(String::new(), |s| {
-            let before = &text[..s.start.min(text.len())];
-            format!(":{}:{}", line(s.start), before.chars().rev().take_while(|&c| c != '\n').count() + 1)
-        });
-        let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        anyhow::anyhow!("{}{at}: {}", path.display(), message.join("; "))
-    })?;
-    let known: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
-    let mut options = Vec::new();
-    for (key, value) in table {
-        let at = format!("{}:{}: `{}`", path.display(), line(key.span().start), key.get_ref());
-        let flag = key.get_ref().replace('_', "-");
-        if !known.contains(&flag.as_str()) {
-            bail!("{at}: unknown option (the options are the command's flags, with underscores for dashes)");
-        }
-        let scalar = |v: &toml::Value| match v {
-            toml::Value::String(s) => Ok(s.clone()),
-            toml::Value::Integer(i) => Ok(i.to_string()),
-            toml::Value::Float(f) => Ok(f.to_string()),
-            other => bail!("{at}: must be a string or a number, not {}", other.type_str()),
-        };
-        let args = match value.get_ref() {
-            toml::Value::Boolean(true) => vec![format!("--{flag}")],
-            toml::Value::Boolean(false) => vec![match flag.strip_prefix("no-") {
-                Some(positive) => format!("--{positive}"),
-                None => format!("--no-{flag}"),
-            }],
-            // `--flag=value`, one argument: a value starting with '-' stays a value, and a value a
-            // boolean flag does not take is an error clap names by its flag (and so by this key).
-            toml::Value::Array(items) => vec![format!("--{flag}={}", items.iter().map(scalar).collect::<Result<Vec<_>>>()?.join(","))],
-            toml::Value::Table(t) if flag == "columns" => {
-                let kv = t.iter().map(|(k, v)| Ok(format!("{k}={}", scalar(v)?))).collect::<Result<Vec<_>>>()?;
-                vec![format!("--{flag}={}", kv.join(","))]
-            }
-            toml::Value::Table(_) => bail!("{at}: must be a string, a number or a list, not a table (only `columns` is a table)"),
-            v => vec![format!("--{flag}={}", scalar(v)?)],
-        };
-        options.push(ConfigOption { at, flag, args });
-    }
-    Ok(options)
-}
-
-/// `run` or `path` arguments (without the program and command names) → the library's run, with
-/// a named config file's options placed before them.
-pub fn plan(command: &str, args: &[String]) -> Result<run::RunPlan> {
-    let parse = |argv: &[String]| -> Result<Command> {
-        let argv = ["patchbay".to_string(), command.to_string()].into_iter().chain(argv.iter().cloned());
-        Cli::try_parse_from(argv).map(|c| c.command).map_err(|e| anyhow::anyhow!("{}", e.render().to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string()))
-    };
-    let first = parse(args)?;
-    let config = match &first {
-        Command::Run(a) => a.config.clone(),
-        Command::Path(a) => a.run.config.clone(),
-        Command::Edges(a) => a.run.config.clone(),
-        _ => bail!("{command} is not run, path or edges"),
-    };
-    let command_line = match config {
-        None => first,
-        Some(path) => {
-            let sub = Cli::command().find_subcommand(command).cloned().expect("run, path and edges are subcommands");
-            let options = config_args(&path, &sub)?;
-            let all: Vec<String> = options.iter().flat_map(|o| o.args.iter().cloned()).chain(args.iter().cloned()).collect();
-            // The command line parsed alone, so the file's options are at fault: name the one clap names.
-            parse(&all).map_err(|e| {
-                let text = e.to_string();
-                match options.iter().find(|o| text.contains(&format!("'--{}", o.flag)) || text.contains(&format!("'--no-{}", o.flag))) {
-                    Some(o) => anyhow::anyhow!("{}: {text}", o.at),
-                    None => e.context(format!("with the options of {}", path.display())),
-                }
-            })?
-        }
-    };
-    match command_line {
-        Command::Run(a) => a.plan(None),
-        Command::Path(a) => a.plan(),
-        Command::Edges(a) => a.plan(),
-        _ => unreachable!("parsed as {command}"),
-    }
-}
-
 pub fn main() -> Result<()> {
-    // Parsed once here for --help and usage errors; run and path again with their config's options.
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),
-        Command::Run(_) | Command::Path(_) | Command::Edges(_) => {
-            let argv: Vec<String> = std::env::args().collect();
-            run::run(plan(&argv[1], &argv[2..])?)
-        }
+        Command::Run(args) => run::run(args.plan(Job::Run)?),
+        Command::Path(args) => run::run(args.plan(Job::Path)?),
+        Command::Edges(args) => run::run(args.plan(Job::Edges)?),
         Command::Graph { model, edges } => {
             let g = crate::jobs::circuits::graph(&model)?;
             if edges {

@@ -1,6 +1,6 @@
 //! `patchbay patterns`: the attention patterns of prompts, to .npy, a per-head heatmap grid
 //! (PNG/SVG) and an offline HTML viewer.
-use super::BackendArgs;
+use crate::jobs::options::BackendOptions;
 use crate::data::{Columns, PairSource};
 use crate::jobs::circuits::{indices, patterns, PatternsSpec, Prompts, PATTERN_FILES};
 use anyhow::{bail, Result};
@@ -42,7 +42,7 @@ pub struct PatternsArgs {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     #[command(flatten)]
-    backend: BackendArgs,
+    backend: BackendOptions,
 }
 
 pub fn run(a: PatternsArgs) -> Result<()> {

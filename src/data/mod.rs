@@ -254,7 +254,7 @@ pub struct Checks {
 }
 
 /// Where a run's pairs come from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PairSource {
     /// A pairs file (.jsonl, .csv, .parquet) with these column names.
     File { path: std::path::PathBuf, columns: Columns },

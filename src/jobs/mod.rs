@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod doctor;
 pub mod inspect;
 pub mod memory;
+pub mod options;
 pub mod patch;
 pub mod shard;
 pub mod sweep;

@@ -9,12 +9,8 @@ use anyhow::{bail, Result};
 use burn::prelude::Backend;
 use std::path::PathBuf;
 
-pub const DEFAULT_SITES: &str = "resid_pre,attn_out,mlp_out";
-/// Patched runs rechecked after a run into a results directory.
-pub const DEFAULT_VERIFY_ROWS: usize = 8;
-
 /// A sweep: which pairs, what to patch, how, and where the results go.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PatchSpec {
     pub pairs: PairSource,
     /// Skip pairs whose prompts differ at more than this many positions.

@@ -77,7 +77,7 @@ impl<'m, B: Backend> SweepModel<'m, B> {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SweepSpec {
     pub sites: Vec<PatchSite>,
     /// The sending heads [layer, head] of path sites; None: every head.
