@@ -159,3 +159,57 @@ fn neither_front_end_imports_the_other() {
         .collect();
     assert!(found.is_empty(), "files using the command line's module: {found:?}");
 }
+
+/// The string literals of `text`, include_str!'s paths (source files, not outputs) left out.
+fn literals(text: &str) -> Vec<String> {
+    let (mut out, mut current, mut open, mut escaped, mut prev) = (Vec::new(), String::new(), false, false, ' ');
+    for c in text.chars() {
+        if open {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    open = false;
+                    out.push(std::mem::take(&mut current));
+                }
+                _ => {
+                    escaped = false;
+                    current.push(c);
+                }
+            }
+        } else if c == '"' && prev != '\'' {
+            open = true;
+        }
+        prev = c;
+    }
+    let assets: Vec<String> = text.split("include_str!(\"").skip(1).filter_map(|rest| rest.split('"').next()).map(String::from).collect();
+    out.retain(|l| !assets.contains(l));
+    out
+}
+
+/// The names of a results directory's files (and of every other command's output) are written
+/// in `src/results/` alone: a literal that is a file name (`"summary.json"`,
+/// `"{}.ablation_means.npy"`) anywhere else fails, but the model's own files.
+#[test]
+fn results_file_names_are_written_only_in_results() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    sources(&root.join("python/src"), &mut files);
+    let results = root.join("src/results");
+    let model_files = ["config.json", "tokenizer.json", "model.safetensors", "model.safetensors.index.json"];
+    let is_file_name = |l: &str| {
+        let ext = l.rsplit_once('.').map_or("", |(_, e)| e);
+        ["npy", "json", "png", "svg", "csv", "html", "jsonl", "partial"].contains(&ext) && l.chars().all(|c| c.is_alphanumeric() || "_{}.-".contains(c))
+    };
+    let mut found = Vec::new();
+    let mut scanned = 0;
+    for f in files.iter().filter(|f| !f.starts_with(&results)) {
+        let text: String = code(f).lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        let names: Vec<String> = literals(&text).into_iter().filter(|l| is_file_name(l) && !model_files.contains(&l.as_str())).collect();
+        scanned += 1;
+        found.extend(names.into_iter().map(|n| format!("{}: {n:?}", f.strip_prefix(root).unwrap().display())));
+    }
+    assert!(scanned >= 40, "the scan found the sources: {scanned}");
+    assert!(literals(r#"let a = "x.npy"; let b = '"'; let c = "say \"hi\"";"#) == ["x.npy", "say \"hi\""], "the literal scanner");
+    assert!(found.is_empty(), "file names written outside src/results/: {found:?}");
+}

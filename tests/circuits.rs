@@ -414,7 +414,7 @@ fn circuit_and_faithfulness_commands() {
     assert!(ok, "{log}");
     let (given, _) = read_f32(&out.join("faithfulness.npy")).unwrap();
     assert!(max_abs_diff(&given, &per_pair[6..9]) < 1e-5, "{given:?} vs {:?}", &per_pair[6..9]);
-    for (args, why) in [(vec!["--sizes", "100000"], "100000 edges asked for"), (vec!["--sizes", "5", "--circuits", "x.json"], "cannot be used with"), (vec!["--draw-at", "nan"], "--draw-at must be a number")] {
+    for (args, why) in [(vec!["--sizes", "100000"], "100000 edges asked for"), (vec!["--sizes", "5", "--circuits", "x.json"], "give --sizes or --circuits, not both"), (vec!["--draw-at", "nan"], "--draw-at must be a number")] {
         let (ok, log) = patchbay(&[&["faithfulness", run.to_str().unwrap()][..], &args].concat());
         assert!(!ok && log.contains(why), "{log}");
     }

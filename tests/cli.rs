@@ -455,7 +455,7 @@ fn negative_numbers_and_bad_config_values_are_named_in_one_line() {
 #[test]
 fn the_command_line_and_python_keywords_make_the_same_spec() {
     use patchbay::engine::{Metric, PatchSite};
-    use patchbay::jobs::options::{Job, RunOptions};
+    use patchbay::jobs::options::{Job, Options, RunOptions};
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
     let cases: [(Job, &[&str], &str); 6] = [
         (Job::Run, &[], "{}"),
@@ -474,7 +474,7 @@ fn the_command_line_and_python_keywords_make_the_same_spec() {
         (Job::Edges, &["--clean", "a", "--corrupted", "b", "--method", "eap", "--backend", "wgpu", "--fusion", "--threads", "2"], r#"{"clean": "a", "corrupted": "b", "method": "eap", "backend": "wgpu", "fusion": true, "threads": 2}"#),
     ];
     for (job, argv, json) in cases {
-        let cli = RunOptions::from_args(job, &args(argv)).unwrap();
+        let cli = RunOptions::from_args(job.name(), &args(argv)).unwrap();
         let python = RunOptions::from_json(json).unwrap();
         assert_eq!(cli, python, "{job:?} {argv:?}");
         for out in [None, Some(PathBuf::from("results/run"))] {
@@ -501,9 +501,68 @@ fn the_command_line_and_python_keywords_make_the_same_spec() {
             Ok(_) => panic!("{argv:?} was taken"),
             Err(e) => format!("{e:#}"),
         };
-        let (cli, python) = (error(RunOptions::from_args(job, &args(argv))), error(RunOptions::from_json(json)));
+        let (cli, python) = (error(RunOptions::from_args(job.name(), &args(argv))), error(RunOptions::from_json(json)));
         assert!(cli.contains(message) && python.contains(message), "{argv:?}: {cli:?} / {python:?}, not {message:?}");
     }
     let unknown = format!("{:#}", RunOptions::from_json(r#"{"colour": 1}"#).unwrap_err());
     assert!(unknown.starts_with("colour=: unknown option"), "{unknown}");
+}
+
+/// The discovery jobs' options, as `circuit` and `faithfulness` take them and as `Result.circuit`
+/// and `Model.faithfulness` send them: the same options, the same spec, the same refusals.
+#[test]
+fn circuit_and_faithfulness_options_make_the_same_spec_from_either_front_end() {
+    use patchbay::jobs::discovery::{CircuitOptions, FaithfulnessOptions};
+    use patchbay::jobs::options::Options;
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    for (argv, json) in [(&["--top-n", "20"][..], r#"{"top_n": 20}"#), (&["--greedy", "5", "--no-absolute", "--no-prune", "--out", "c.json"], r#"{"greedy": 5, "absolute": false, "prune": false, "out": "c.json"}"#), (&["--threshold", "-0.5"], r#"{"threshold": -0.5}"#)] {
+        let (cli, python) = (CircuitOptions::from_args("circuit", &args(argv)), CircuitOptions::from_json(json));
+        let spec = |o: anyhow::Result<CircuitOptions>| format!("{:?}", o.and_then(|o| o.spec("run".into())).map_err(|e| e.to_string()));
+        assert_eq!(spec(cli), spec(python), "{argv:?}");
+    }
+    let one = |r: anyhow::Result<CircuitOptions>| format!("{:#}", r.and_then(|o| o.spec("run".into())).unwrap_err());
+    let (cli, python) = (one(CircuitOptions::from_args("circuit", &args(&["--top-n", "3", "--greedy", "3"]))), one(CircuitOptions::from_json(r#"{"top_n": 3, "greedy": 3}"#)));
+    assert!(cli == python && cli == "give one of --top-n, --threshold or --greedy", "{cli} / {python}");
+    let argv = args(&["--sizes", "10,20", "--greedy", "--no-prune", "--draw-at", "0.5", "--max-rows", "4", "--out", "o"]);
+    let (cli, python) = (FaithfulnessOptions::from_args("faithfulness", &argv).unwrap(), FaithfulnessOptions::from_json(r#"{"sizes": [10, 20], "greedy": true, "prune": false, "draw_at": 0.5, "max_rows": 4, "out": "o"}"#).unwrap());
+    assert_eq!(cli, python);
+    let spec = cli.spec("run".into()).unwrap();
+    assert_eq!((spec.sizes, spec.greedy, spec.absolute, spec.prune, spec.draw_at, spec.max_rows), (Some(vec![10, 20]), true, true, false, 0.5, Some(4)));
+    let defaults = FaithfulnessOptions::from_json("{}").unwrap().spec("run".into()).unwrap();
+    assert_eq!((defaults.greedy, defaults.absolute, defaults.prune, defaults.draw_at, defaults.circuits.len()), (false, true, true, 0.8, 0));
+}
+
+/// `generate`'s options: the flags and Python's keywords give the same decoding (sampling,
+/// stopping, steering), its defaults filled in by `GenerateOptions::spec` alone, and the same
+/// refusals.
+#[test]
+fn generate_options_make_the_same_spec_from_either_front_end() {
+    use patchbay::backend::{BackendKind, BackendSpec, DType};
+    use patchbay::jobs::options::Options;
+    use patchbay::jobs::text::GenerateOptions;
+    let model = patchbay::jobs::Model::load(tiny().to_str().unwrap(), BackendSpec { kind: BackendKind::Cpu, device: 0, dtype: DType::F32, fusion: false }, None).unwrap();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let vector = || Some((vec![1.0f32; 16], vec![16]));
+    let cases: [(&[&str], &str, bool); 3] = [
+        (&[], "{}", false),
+        (&["--greedy", "--max-new-tokens", "5", "--stop-at-eos", "--prepend-bos", "--batch", "2"], r#"{"greedy": true, "max_new_tokens": 5, "stop_at_eos": true, "prepend_bos": true, "batch": 2}"#, false),
+        (&["--temperature", "0.7", "--top-k", "4", "--top-p", "0.9", "--freq-penalty", "-0.5", "--num-sequences", "3", "--seed", "7", "--steer-site", "attn_out", "--steer-layer", "1", "--coef", "-2"], r#"{"temperature": 0.7, "top_k": 4, "top_p": 0.9, "freq_penalty": -0.5, "num_sequences": 3, "seed": 7, "steer_site": "attn_out", "steer_layer": 1, "coef": -2}"#, true),
+    ];
+    for (argv, json, steered) in cases {
+        let (cli, python) = (GenerateOptions::from_args("generate", &args(argv)).unwrap(), GenerateOptions::from_json(json).unwrap());
+        assert_eq!(cli, python, "{argv:?}");
+        let spec = |o: GenerateOptions| format!("{:?}", o.spec(&model, vec!["a".into()], Vec::new(), if steered { vector() } else { None }).unwrap());
+        assert_eq!(spec(cli), spec(python), "{argv:?}");
+    }
+    let defaults = GenerateOptions::default().spec(&model, vec!["a".into()], Vec::new(), None).unwrap();
+    let o = &defaults.options;
+    assert_eq!((o.max_new_tokens, o.num_sequences, o.seed, o.batch, o.sampling.temperature, o.sampling.freq_penalty, defaults.prepend_bos), (50, 1, 0, 64, Some(1.0), 0.0, false));
+    let refused = |argv: &[&str], json: &str, vector: Option<(Vec<f32>, Vec<usize>)>| {
+        let error = |o: anyhow::Result<GenerateOptions>| format!("{:#}", o.and_then(|o| o.spec(&model, vec!["a".into()], Vec::new(), vector.clone())).unwrap_err());
+        (error(GenerateOptions::from_args("generate", &args(argv))), error(GenerateOptions::from_json(json)))
+    };
+    let (cli, python) = refused(&["--greedy", "--temperature", "0.5"], r#"{"greedy": true, "temperature": 0.5}"#, None);
+    assert!(cli == python && cli.starts_with("--greedy takes no --temperature"), "{cli} / {python}");
+    let (cli, python) = refused(&["--steer-site", "attn_out"], r#"{"steer_site": "attn_out"}"#, vector());
+    assert!(cli == python && cli.contains("needs --steer-site and --steer-layer"), "{cli} / {python}");
 }

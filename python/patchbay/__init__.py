@@ -45,19 +45,11 @@ def load(model: str = "gpt2", backend: str = "cpu", dtype: str = "f32", fusion: 
 def open(path: PathLike) -> "Result":  # noqa: A001 - the name users expect (pb.open)
     """A finished results directory (``patchbay run``, ``Model.run``, ``Model.patch(out=...)``)."""
     path = os.fspath(path)
-    # Read under the directory's shared lock: a writer in another process fails at once rather
-    # than replacing arrays between the check and the reads.
-    lock = _native.lock_shared(path)
-    try:
-        # The run is finished, every array whole and no link, and the manifest names only the
-        # files patchbay derives from its sites: read through that manifest, not the file again.
-        manifest = json.loads(_native.open_finished(path))
-        arrays = {s["name"]: np.load(os.path.join(path, s["file"])) for s in manifest["sites"]}
-        arrays["baseline_clean"] = np.load(os.path.join(path, manifest["baseline_clean"]))
-        arrays["baseline_corrupted"] = np.load(os.path.join(path, manifest["baseline_corrupted"]))
-        lengths = np.load(os.path.join(path, manifest["lengths"]))
-    finally:
-        lock.release()
+    # Read by the library, under the directory's shared lock, through its manifest.
+    manifest, raw, lengths = _native.open_run(path)
+    manifest = json.loads(manifest)
+    arrays = {name: np.frombuffer(values, dtype="<f4").reshape(shape).copy() for name, shape, values in raw}
+    lengths = np.frombuffer(lengths, dtype="<i4").copy()
     return Result(manifest, arrays, manifest.get("skipped", []), path, lengths)
 
 
@@ -92,6 +84,13 @@ def _spec_json(spec: Mapping[str, Any]) -> str:
                 raise ValueError(f"{key}= must be a number, not {value}")
     check(spec)
     return json.dumps(spec, default=_json_scalar)
+
+
+def _options(options: Mapping[str, Any]) -> str:
+    """A job's options as the library's options type reads them (JSON, the CLI's flags with
+    underscores): the keywords as given, None ("not given") left out, so every default is the
+    library's."""
+    return _spec_json({k: v for k, v in options.items() if v is not None})
 
 
 def _count(keyword: str, value: Any) -> Optional[int]:
@@ -170,38 +169,29 @@ def _pair_dict(p: Any, columns: Mapping[str, str], index: int = 0) -> Dict[str, 
     return out
 
 
-def _pairs_spec(clean, corrupted, answer, distractor, pairs, columns) -> Dict[str, Any]:
-    columns = dict(columns or {})
-    inline = any(v is not None for v in (clean, corrupted, answer, distractor))
-    if pairs is not None and inline:
-        raise ValueError("give either pairs= or clean=/corrupted=[/answer=/distractor=], not both")
-    if pairs is None:
-        if clean is None or corrupted is None:
-            raise ValueError("no pairs: give pairs= (a file, a DataFrame or a list of dicts), or clean= and corrupted=")
-        return {"one": {"clean": clean, "corrupted": corrupted, "answer": answer, "distractor": distractor}}
+def _pairs(pairs: Any, columns: Optional[Mapping[str, str]]) -> Dict[str, Any]:
+    """pairs= as the library reads it: a file's path (with columns=), or the records of a pandas
+    or polars DataFrame, a list of dicts or of (clean, corrupted[, answer, distractor]) tuples."""
     if isinstance(pairs, (str, os.PathLike)):
-        return {"file": {"path": os.fspath(pairs), "columns": columns or None}}
+        return {"pairs": os.fspath(pairs), "columns": dict(columns) if columns else None}
     if hasattr(pairs, "iterrows"):  # pandas
         records = pairs.to_dict("records")
     elif hasattr(pairs, "to_dicts"):  # polars
         records = pairs.to_dicts()
     else:
         records = list(pairs)
-    return {"records": [_pair_dict(p, columns, i) for i, p in enumerate(records)]}
+    # The records' columns are renamed here, as they are read: none is left to rename.
+    return {"pairs": [_pair_dict(p, dict(columns or {}), i) for i, p in enumerate(records)], "columns": None}
 
 
 def _run_options(clean, corrupted, answer, distractor, pairs, columns, options: Mapping[str, Any]) -> str:
     """A patching job's options as the library's `RunOptions` reads them (JSON, keys as the CLI's
     flags with underscores): the keywords as given, None left out, pairs= a file's path or the
     records of a DataFrame or list of dicts. Every default is the library's."""
-    given = dict(clean=clean, corrupted=corrupted, answer=answer, distractor=distractor, **options)
-    if isinstance(pairs, (str, os.PathLike)):
-        given.update(pairs=os.fspath(pairs), columns=dict(columns) if columns else None)
-    elif pairs is not None:
-        given["pairs"] = _pairs_spec(None, None, None, None, pairs, columns)["records"]
-    elif columns:
-        given["columns"] = dict(columns)
-    return _spec_json({k: v for k, v in given.items() if v is not None})
+    given = dict(clean=clean, corrupted=corrupted, answer=answer, distractor=distractor, columns=columns, **options)
+    if pairs is not None:
+        given.update(_pairs(pairs, columns))
+    return _options(given)
 
 
 class Model:
@@ -285,22 +275,18 @@ class Model:
     def _patch(self, job: str, options: str, progress: Any) -> "Result":
         return self._result(self._native.patch(job, options, _progress_callback(progress)))
 
-    def faithfulness(self, run: PathLike, *, sizes: Optional[Iterable[int]] = None,
-                     circuits: Optional[Iterable[PathLike]] = None, greedy: bool = False, absolute: bool = True,
-                     prune: bool = True, max_rows: Optional[int] = None, draw_at: float = 0.8,
-                     out: Optional[PathLike] = None, progress: Any = True) -> Dict[str, Any]:
+    def faithfulness(self, run: PathLike, *, progress: Any = True, **options: Any) -> Dict[str, Any]:
         """The faithfulness curve of an edges run's circuits (``patchbay faithfulness``): each
         circuit evaluated on the run's pairs with only its edges from the clean run (every other
-        edge ablated as the run ablates), many circuits a batch. sizes: edge counts (default MIB's
-        0.1 % ... 100 % of the graph), chosen as top-n (greedy=True: EAP-IG's greedy); or circuits:
-        EAP-IG Graph JSON files. Returns the curve (``faithfulness``, ``cpr``, ``cmd``, ``sizes``,
+        edge ablated as the run ablates), many circuits a batch. Keywords are the command's options:
+        sizes: edge counts (default MIB's 0.1 % ... 100 % of the graph), chosen as top-n
+        (greedy=True: EAP-IG's greedy; absolute=, prune= as EAP-IG's); or circuits: EAP-IG Graph
+        JSON files; max_rows. Returns the curve (``faithfulness``, ``cpr``, ``cmd``, ``sizes``,
         ``edges``, ...) with ``per_pair``: m(C) [sizes, pairs], and ``drawn``: the circuit written
-        as faithfulness_circuit.{json,svg}, the smallest whose faithfulness reaches draw_at (else
-        the most faithful). Files go into out (default: run)."""
-        spec = {"run": os.fspath(run), "sizes": None if sizes is None else [int(n) for n in sizes],
-                "circuits": [os.fspath(c) for c in circuits or []], "greedy": bool(greedy), "absolute": bool(absolute),
-                "prune": bool(prune), "max_rows": max_rows, "draw_at": float(draw_at), "out": os.fspath(out) if out is not None else None}
-        curve, per_pair = self._native.faithfulness(_spec_json(spec), _progress_callback(progress))
+        as faithfulness_circuit.{json,svg}, the smallest whose faithfulness reaches draw_at (0.8
+        by default, else the most faithful). Files go into out (default: run)."""
+        options = _options(options)
+        curve, per_pair = self._native.faithfulness(os.fspath(run), options, _progress_callback(progress))
         curve = json.loads(curve)
         curve["per_pair"] = np.frombuffer(per_pair, dtype="<f4").reshape(len(curve["sizes"]), curve["pairs"]).copy()
         return curve
@@ -310,7 +296,7 @@ class Model:
         "edges" for those commands); keywords are its options (out="results/ioi", resume=True,
         overwrite=False, sites="resid_pre", ...) and override the file's, as the command line does.
         Interrupted (Ctrl-C), ``resume=True`` finishes it."""
-        options = _spec_json({k: v for k, v in options.items() if v is not None})
+        options = _options(options)
         return self._result(self._native.run(job, os.fspath(config), options, _progress_callback(progress)))
 
     def inspect(self, text: str, top_k: int = 20, prepend_bos: bool = False) -> List[Dict[str, Any]]:
@@ -318,34 +304,26 @@ class Model:
         return json.loads(self._native.inspect(text, _count("top_k", top_k), bool(prepend_bos)))["top_k"]
 
     def patterns(self, prompts: Union[str, Iterable[str], None] = None, *, pairs: Any = None,
-                 layers: Optional[Iterable[int]] = None, heads: Optional[Iterable[int]] = None, prepend_bos: bool = False,
-                 columns: Optional[Mapping[str, str]] = None, batch: int = 64, out: Optional[PathLike] = None,
-                 overwrite: bool = False, html_prompts: int = 20, progress: Any = True) -> "Patterns":
+                 columns: Optional[Mapping[str, str]] = None, progress: Any = True, **options: Any) -> "Patterns":
         """Attention patterns (``patchbay patterns``) of prompts, or of the clean prompts of pairs=; shown
-        inline in Jupyter as the offline viewer. layers/heads: which ones (default all). out: also
-        write patterns.npy, lengths.npy, patterns.json, the panel grid and patterns.html there."""
-        spec: Dict[str, Any] = {"prompts": None if prompts is None else _texts(prompts), "pairs": None,
-                                "layers": None if layers is None else [int(x) for x in layers],
-                                "heads": None if heads is None else [int(x) for x in heads],
-                                "prepend_bos": bool(prepend_bos), "batch": int(batch),
-                                "out": os.fspath(out) if out is not None else None, "overwrite": bool(overwrite),
-                                "html_prompts": int(html_prompts)}
-        if pairs is not None:
-            spec["pairs"] = _pairs_spec(None, None, None, None, pairs, columns)
-        listing, values, html = self._native.patterns(_spec_json(spec), _progress_callback(progress))
+        inline in Jupyter as the offline viewer. Keywords are the command's options: layers/heads
+        (lists or "0,3-5"; default all), prepend_bos, batch (64), html_prompts (20), and out: also
+        write patterns.npy, lengths.npy, patterns.json, the panel grid and patterns.html there
+        (overwrite=)."""
+        given = dict(options, **(_pairs(pairs, columns) if pairs is not None else {}))
+        texts = [] if prompts is None else _texts(prompts)
+        listing, values, html = self._native.patterns(texts, _options(given), _progress_callback(progress))
         listing = json.loads(listing)
         return Patterns(np.frombuffer(values, dtype="<f4").reshape(listing["shape"]), listing, html)
 
     def attribute(self, clean: Optional[str] = None, corrupted: Optional[str] = None, answer: Optional[str] = None,
-                  distractor: Optional[str] = None, *, pairs: Any = None, prepend_bos: bool = False, strict: bool = False,
-                  columns: Optional[Mapping[str, str]] = None, batch: int = 64, out: Optional[PathLike] = None,
-                  overwrite: bool = False, progress: Any = True) -> "Attribution":
+                  distractor: Optional[str] = None, *, pairs: Any = None, columns: Optional[Mapping[str, str]] = None,
+                  progress: Any = True, **options: Any) -> "Attribution":
         """The logit lens and direct logit attribution (``patchbay attribute``) of each pair's clean
-        run, along logit(answer) − logit(distractor) at the last position. Pairs as for ``patch``."""
-        spec = {"pairs": _pairs_spec(clean, corrupted, answer, distractor, pairs, columns), "prepend_bos": bool(prepend_bos),
-                "strict": bool(strict), "batch": int(batch), "out": os.fspath(out) if out is not None else None,
-                "overwrite": bool(overwrite)}
-        listing, arrays, skipped = self._native.attribute(_spec_json(spec), _progress_callback(progress))
+        run, along logit(answer) − logit(distractor) at the last position. Pairs as for ``patch``;
+        keywords are the command's options: prepend_bos, strict, batch (64), out, overwrite."""
+        given = _run_options(clean, corrupted, answer, distractor, pairs, columns, options)
+        listing, arrays, skipped = self._native.attribute(given, _progress_callback(progress))
         listing = json.loads(listing)
         n, layers, heads = len(listing["pairs"]), listing["layers"], listing["heads"]
         shapes = {"accumulated": [n, len(listing["accumulated_labels"])],
@@ -353,51 +331,40 @@ class Model:
         data = {name: np.frombuffer(raw, dtype="<f4").reshape(shapes[name]) for name, raw in arrays}
         return Attribution(listing, data, json.loads(skipped))
 
-    def generate(self, prompt: Union[str, Iterable[str]], max_new_tokens: int = 50, *, greedy: bool = False,
-                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 freq_penalty: float = 0.0, num_sequences: int = 1, seed: int = 0, stop_at_eos: bool = False,
-                 prepend_bos: bool = False, batch: int = 64, steer: Optional[np.ndarray] = None,
-                 steer_site: Optional[str] = None, steer_layer: Optional[int] = None, coef: float = 1.0,
-                 progress: Any = True) -> Union[str, List[Dict[str, Any]]]:
+    def generate(self, prompt: Union[str, Iterable[str]], max_new_tokens: Optional[int] = None, *,
+                 steer: Optional[np.ndarray] = None, progress: Any = True, **options: Any) -> Union[str, List[Dict[str, Any]]]:
         """Generates text (``patchbay generate``), with a KV cache, batched; the same seed gives the
         same text on every run and backend. One prompt string and one sequence: the prompt and its
         continuation as a string (as TransformerLens' ``generate``). Otherwise a list of
         {"prompt", "sequence", "prompt_text", "tokens", "text"} (tokens and text: the new ones).
-        steer: a vector (``Model.steer``) added coef× at steer_site of steer_layer at every position."""
-        texts = _texts(prompt)
-        spec: Dict[str, Any] = {"prompts": texts, "prepend_bos": bool(prepend_bos), "max_new_tokens": int(max_new_tokens),
-                                "greedy": bool(greedy), "temperature": float(temperature), "top_k": top_k, "top_p": top_p,
-                                "freq_penalty": float(freq_penalty), "num_sequences": int(num_sequences), "seed": int(seed),
-                                "stop_at_eos": bool(stop_at_eos), "batch": int(batch), "steer": None}
+        Keywords are the command's options: max_new_tokens (50), greedy, temperature (1), top_k,
+        top_p, freq_penalty (0), num_sequences (1), seed (0), stop_at_eos, prepend_bos, batch (64).
+        steer: a vector (``Model.steer``) added coef× (1) at steer_site of steer_layer at every
+        position."""
+        vector = None
         if steer is not None:
-            if steer_site is None or steer_layer is None:
-                raise ValueError("steer= needs steer_site= and steer_layer=")
             v = np.ascontiguousarray(steer, dtype="<f4")
-            spec["steer"] = {"shape": list(v.shape), "site": steer_site, "layer": int(steer_layer), "coef": float(coef)}
-        values = None if steer is None else v.tobytes()
-        seqs = json.loads(self._native.generate(_spec_json(spec), values, _progress_callback(progress)))
-        if isinstance(prompt, str) and num_sequences == 1:
+            vector = (v.tobytes(), list(v.shape))
+        options = _options(dict(options, max_new_tokens=max_new_tokens))
+        seqs = json.loads(self._native.generate(_texts(prompt), options, vector, _progress_callback(progress)))
+        if isinstance(prompt, str) and len(seqs) == 1:
             return seqs[0]["prompt_text"] + seqs[0]["text"]
         return seqs
 
-    def perplexity(self, texts: Union[str, Iterable[str]], *, per_token: bool = False, prepend_bos: bool = False,
-                   batch: int = 64, out: Optional[PathLike] = None, overwrite: bool = False,
-                   progress: Any = True) -> "Perplexity":
-        """Perplexity of each text (``patchbay perplexity``), and of each of its tokens."""
-        listing, values, width = self._native.perplexity(_spec_json(self._texts_spec(texts, prepend_bos, batch, out, overwrite)),
-                                                         bool(per_token), _progress_callback(progress))
+    def perplexity(self, texts: Union[str, Iterable[str]], *, progress: Any = True, **options: Any) -> "Perplexity":
+        """Perplexity of each text (``patchbay perplexity``), and of each of its tokens (per_token=True).
+        Keywords are the command's options: per_token, prepend_bos, batch (64), out, overwrite."""
+        listing, values, width = self._native.perplexity(_texts(texts), _options(options), _progress_callback(progress))
         listing = json.loads(listing)
         return Perplexity(listing, np.frombuffer(values, dtype="<f4").reshape(len(listing), width))
 
-    def candidates(self, texts: Union[str, Iterable[str]], top_k: int = 5, *, all_positions: bool = False,
-                   prepend_bos: bool = False, batch: int = 64, out: Optional[PathLike] = None,
-                   overwrite: bool = False) -> Dict[str, Any]:
-        """The top_k candidate next tokens (``patchbay candidates``) at each text's last position
-        (every position with all_positions): {"texts": [{"text", "positions": [{"position",
+    def candidates(self, texts: Union[str, Iterable[str]], top_k: Optional[int] = None, **options: Any) -> Dict[str, Any]:
+        """The top_k (5) candidate next tokens (``patchbay candidates``) at each text's last position
+        (every position with all_positions=True): {"texts": [{"text", "positions": [{"position",
         "token", "candidates": [{"rank", "id", "token", "prob"}]}]}], "jaccard": array [texts,
-        texts] of the last positions' pools (several texts)}."""
-        spec = self._texts_spec(texts, prepend_bos, batch, out, overwrite)
-        report = json.loads(self._native.candidates(_spec_json(spec), _count("top_k", top_k), bool(all_positions)))
+        texts] of the last positions' pools (several texts)}. Keywords are the command's options:
+        all_positions, prepend_bos, batch (64), out, overwrite."""
+        report = json.loads(self._native.candidates(_texts(texts), _options(dict(options, top_k=top_k))))
         if "jaccard" in report:
             n = len(report["texts"])
             report["jaccard"] = np.asarray(report["jaccard"], dtype=np.float32).reshape(n, n)
@@ -427,11 +394,6 @@ class Model:
         corruption: abc (all three names replaced) or s-flip. out: also write them as JSONL."""
         return json.loads(self._native.ioi(_count("n", n), _count("seed", seed), corruption, os.fspath(out) if out is not None else None,
                                            bool(overwrite)))
-
-    @staticmethod
-    def _texts_spec(texts, prepend_bos, batch, out, overwrite) -> Dict[str, Any]:
-        return {"texts": _texts(texts), "prepend_bos": bool(prepend_bos), "batch": int(batch),
-                "out": os.fspath(out) if out is not None else None, "overwrite": bool(overwrite)}
 
     @staticmethod
     def _result(native_result) -> "Result":
@@ -486,15 +448,14 @@ class Result:
         """The names of the edges site's edge axis (EAP-IG's), or [] without one."""
         return next((s.get("edges", []) for s in self._manifest["sites"] if s["name"] == "edges"), [])
 
-    def circuit(self, *, top_n: Optional[int] = None, threshold: Optional[float] = None, greedy: Optional[int] = None,
-                absolute: bool = True, prune: bool = True, out: Optional[PathLike] = None) -> "Circuit":
-        """A circuit chosen from this edges run's scores (``patchbay circuit``), as EAP-IG chooses:
-        top_n edges, every edge with |score| >= threshold, or greedy= n edges from the logits
-        backwards; written as EAP-IG's Graph JSON (default: circuit.json in the run's directory)."""
+    def circuit(self, **options: Any) -> "Circuit":
+        """A circuit chosen from this edges run's scores (``patchbay circuit``; keywords are its
+        options), as EAP-IG chooses: top_n edges, every edge with |score| >= threshold, or greedy=
+        n edges from the logits backwards (absolute=, prune= as EAP-IG's); written as EAP-IG's
+        Graph JSON (out=, default: circuit.json in the run's directory)."""
         if self.directory is None:
             raise ValueError("circuits are chosen from a run in a results directory (patch(..., out=...))")
-        graph, svg, path = _native.circuit(self.directory, _count("top_n", top_n), threshold, _count("greedy", greedy), bool(absolute), bool(prune),
-                                           os.fspath(out) if out is not None else None)
+        graph, svg, path = _native.circuit(self.directory, _options(options))
         return Circuit(json.loads(graph), svg, path)
 
     def axes(self, site: str) -> tuple:

@@ -4,11 +4,10 @@
 //! Ctrl-C are checked at every batch, and no Rust panic reaches Python.
 use anyhow::{bail, Context};
 use patchbay::backend::{BackendKind, BackendSpec, DType};
-use patchbay::data::{Columns, Pair, PairSource};
-use patchbay::generate::sampling::Sampling;
-use patchbay::generate::steer::SteeringVector;
-use patchbay::jobs::text::{GenerateSpec, PrependSpec, SteerSpec, TextsSpec};
-use patchbay::jobs::options::{default_out, Job, RunOptions, RunPlan};
+use patchbay::jobs::text::{CandidatesOptions, GenerateOptions, PerplexityOptions, PrependSpec, SteerSpec};
+use patchbay::jobs::circuits::{AttributeOptions, PatternsOptions};
+use patchbay::jobs::discovery::{CircuitOptions, FaithfulnessOptions};
+use patchbay::jobs::options::{default_out, Job, Options, RunOptions, RunPlan};
 use patchbay::jobs::{self, Model, Progress};
 use patchbay::model::{Site, SiteKind};
 use patchbay::results::Manifest;
@@ -16,7 +15,6 @@ use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyRuntimeError,
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
@@ -123,8 +121,8 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
     serde_json::to_string(value).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
-/// A job's spec (JSON Python built from keywords): an error names the keyword at fault, not a
-/// column of the JSON (`max_rows=-1: invalid value: integer `-1`, expected usize`).
+/// JSON Python passes back (a manifest it was given): an error names the key at fault, not a
+/// column of the JSON.
 fn parse<'a, T: Deserialize<'a>>(text: &'a str, what: &str) -> PyResult<T> {
     serde_json::from_str(text).map_err(|e| {
         let message = e.to_string();
@@ -134,117 +132,6 @@ fn parse<'a, T: Deserialize<'a>>(text: &'a str, what: &str) -> PyResult<T> {
             None => PyValueError::new_err(format!("{what}: {message}")),
         }
     })
-}
-
-/// A pair as Python gives it (a dict, a DataFrame row).
-#[derive(Deserialize)]
-struct PairIn {
-    clean: String,
-    corrupted: String,
-    #[serde(default)]
-    answer: Option<String>,
-    #[serde(default)]
-    distractor: Option<String>,
-    #[serde(default)]
-    positions: BTreeMap<String, usize>,
-}
-
-impl PairIn {
-    fn pair(self, row: usize) -> Pair {
-        Pair { row, clean: self.clean, corrupted: self.corrupted, answer: self.answer, distractor: self.distractor, positions: self.positions }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum PairsIn {
-    One(PairIn),
-    Records(Vec<PairIn>),
-    File { path: PathBuf, columns: Option<BTreeMap<String, String>> },
-}
-
-impl PairsIn {
-    fn source(self) -> anyhow::Result<PairSource> {
-        Ok(match self {
-            PairsIn::One(p) => PairSource::One(p.pair(1)),
-            PairsIn::Records(ps) => PairSource::Records(ps.into_iter().enumerate().map(|(i, p)| p.pair(i + 1)).collect()),
-            PairsIn::File { path, columns } => {
-                let mut c = Columns::default();
-                for (k, v) in columns.unwrap_or_default() {
-                    c.set(&k, &v)?;
-                }
-                PairSource::File { path, columns: c }
-            }
-        })
-    }
-}
-
-/// `Model.patterns`' keywords.
-#[derive(Deserialize)]
-struct PatternsIn {
-    prompts: Option<Vec<String>>,
-    pairs: Option<PairsIn>,
-    layers: Option<Vec<usize>>,
-    heads: Option<Vec<usize>>,
-    prepend_bos: bool,
-    batch: usize,
-    out: Option<PathBuf>,
-    overwrite: bool,
-    html_prompts: usize,
-}
-
-/// `Model.attribute`'s keywords.
-#[derive(Deserialize)]
-struct AttributeIn {
-    pairs: PairsIn,
-    prepend_bos: bool,
-    strict: bool,
-    batch: usize,
-    out: Option<PathBuf>,
-    overwrite: bool,
-}
-
-/// A steering vector given as numpy values (they come as bytes beside the JSON).
-#[derive(Deserialize)]
-struct SteerIn {
-    shape: Vec<usize>,
-    site: String,
-    layer: usize,
-    coef: f32,
-}
-
-/// `Model.generate`'s keywords.
-#[derive(Deserialize)]
-struct GenerateIn {
-    prompts: Vec<String>,
-    prepend_bos: bool,
-    max_new_tokens: usize,
-    greedy: bool,
-    temperature: f32,
-    top_k: Option<usize>,
-    top_p: Option<f32>,
-    freq_penalty: f32,
-    num_sequences: usize,
-    seed: u64,
-    stop_at_eos: bool,
-    batch: usize,
-    steer: Option<SteerIn>,
-}
-
-/// `Model.perplexity`'s and `Model.candidates`' keywords.
-#[derive(Deserialize)]
-struct TextsIn {
-    texts: Vec<String>,
-    prepend_bos: bool,
-    batch: usize,
-    out: Option<PathBuf>,
-    overwrite: bool,
-}
-
-impl TextsIn {
-    fn spec(self) -> TextsSpec {
-        TextsSpec { texts: self.texts, origins: Vec::new(), prepend_bos: self.prepend_bos, batch: self.batch, out: self.out, overwrite: self.overwrite }
-    }
 }
 
 /// A loaded model (`patchbay.load`).
@@ -299,12 +186,12 @@ impl PyModel {
         self.planned(py, plan, progress)
     }
 
-    /// `patchbay faithfulness` from JSON keywords: (the curve as JSON, m(C) per size and pair).
-    #[pyo3(signature = (spec, progress=None))]
-    fn faithfulness<'py>(&self, py: Python<'py>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>)> {
-        let input: FaithfulnessIn = parse(spec, "faithfulness")?;
+    /// `patchbay faithfulness` of edges run `run` from its options as JSON: (the curve as JSON, m(C) per size and pair).
+    #[pyo3(signature = (run, options, progress=None))]
+    fn faithfulness<'py>(&self, py: Python<'py>, run: PathBuf, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>)> {
+        let spec = FaithfulnessOptions::from_json(options).and_then(|o| o.spec(run)).map_err(to_py)?;
         let mut progress = PyProgress::new(progress);
-        let f = job(py, &mut progress, |pr| jobs::discovery::faithfulness(&input.spec(), Some(&self.0), pr))?;
+        let f = job(py, &mut progress, |pr| jobs::discovery::faithfulness(&spec, Some(&self.0), pr))?;
         Ok((json(&f)?, bytes(py, &f.per_pair.concat())))
     }
 
@@ -314,79 +201,63 @@ impl PyModel {
     fn run<'py>(&self, py: Python<'py>, job: &str, config: PathBuf, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
         let plan = (|| {
             let job = Job::parse(job)?;
-            RunOptions::from_config(job, &config)?.overlaid(RunOptions::from_json(options)?)?.plan(job, Some(default_out(Some(&config))))
+            RunOptions::from_config(job.name(), &config)?.overlaid(RunOptions::from_json(options)?)?.plan(job, Some(default_out(Some(&config))))
         })()
         .map_err(to_py)?;
         self.planned(py, plan, progress)
     }
 
-    /// Attention patterns: (listing JSON, values bytes [prompts, layers, heads, dest, src], HTML viewer).
-    #[pyo3(signature = (spec, progress=None))]
-    fn patterns<'py>(&self, py: Python<'py>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>, String)> {
-        let a: PatternsIn = parse(spec, "patterns")?;
+    /// The attention patterns of `prompts` (or of `patterns`' options' pairs; options as JSON):
+    /// (listing JSON, values bytes [prompts, layers, heads, dest, src], HTML viewer).
+    #[pyo3(signature = (prompts, options, progress=None))]
+    fn patterns<'py>(&self, py: Python<'py>, prompts: Vec<String>, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>, String)> {
+        let spec = PatternsOptions::from_json(options).and_then(|o| o.spec(&self.0, prompts)).map_err(to_py)?;
         let mut progress = PyProgress::new(progress);
-        let r = job(py, &mut progress, |pr| {
-            let prompts = match (a.prompts, a.pairs) {
-                (Some(_), Some(_)) => bail!("give prompts or pairs=, not both"),
-                (Some(t), None) => jobs::circuits::Prompts::Texts(t),
-                (None, Some(p)) => jobs::circuits::Prompts::CleanOf(p.source()?),
-                (None, None) => bail!("no prompts: give them, or pairs="),
-            };
-            let spec = jobs::circuits::PatternsSpec { prompts, layers: a.layers, heads: a.heads, prepend_bos: a.prepend_bos, batch: a.batch, out: a.out, overwrite: a.overwrite, html_prompts: a.html_prompts };
-            jobs::circuits::patterns(&self.0, &spec, pr)
-        })?;
+        let r = job(py, &mut progress, |pr| jobs::circuits::patterns(&self.0, &spec, pr))?;
         let p = &r.patterns;
         let listing = serde_json::json!({"shape": p.shape(), "layers": p.layers, "heads": p.heads, "lengths": p.lengths, "tokens": r.prompts, "strs": r.strs});
         Ok((json(&listing)?, bytes(py, &p.values), r.html))
     }
 
-    /// Logit lens and DLA: (listing JSON, accumulated, components, heads bytes, skipped JSON).
-    #[pyo3(signature = (spec, progress=None))]
-    fn attribute<'py>(&self, py: Python<'py>, spec: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Arrays<'py>, String)> {
-        let a: AttributeIn = parse(spec, "attribute")?;
+    /// The logit lens and DLA with `attribute`'s options (JSON): (listing JSON, accumulated,
+    /// components, heads bytes, skipped JSON).
+    #[pyo3(signature = (options, progress=None))]
+    fn attribute<'py>(&self, py: Python<'py>, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Arrays<'py>, String)> {
+        let spec = AttributeOptions::from_json(options).and_then(|o| o.spec()).map_err(to_py)?;
         let mut progress = PyProgress::new(progress);
-        let r = job(py, &mut progress, |pr| {
-            let spec = jobs::circuits::AttributeSpec { pairs: a.pairs.source()?, prepend_bos: a.prepend_bos, strict: a.strict, batch: a.batch, out: a.out, overwrite: a.overwrite };
-            jobs::circuits::attribute(&self.0, &spec, pr)
-        })?;
+        let r = job(py, &mut progress, |pr| jobs::circuits::attribute(&self.0, &spec, pr))?;
         let arrays = [("accumulated", &r.arrays.accumulated), ("components", &r.arrays.components), ("heads", &r.arrays.heads)];
         let skipped: Vec<serde_json::Value> = r.skipped.iter().map(|s| serde_json::json!({"row": s.row, "unit": r.row_unit, "reason": s.reason})).collect();
         Ok((json(&r.listing)?, arrays.iter().map(|(n, a)| (n.to_string(), bytes(py, a))).collect(), json(&skipped)?))
     }
 
-    /// Generated sequences as JSON; `steer` holds the steering vector's f32 values, if any.
-    #[pyo3(signature = (spec, steer=None, progress=None))]
-    fn generate(&self, py: Python<'_>, spec: &str, steer: Option<&[u8]>, progress: Option<Py<PyAny>>) -> PyResult<String> {
-        let a: GenerateIn = parse(spec, "generate")?;
+    /// `prompts` decoded with `generate`'s options (JSON, the library's `GenerateOptions`); `steer`
+    /// a steering vector's f32 values and shape, if any. The sequences as JSON.
+    #[pyo3(signature = (prompts, options, steer=None, progress=None))]
+    fn generate(&self, py: Python<'_>, prompts: Vec<String>, options: &str, steer: Option<(Vec<u8>, Vec<usize>)>, progress: Option<Py<PyAny>>) -> PyResult<String> {
+        let spec = GenerateOptions::from_json(options).and_then(|o| o.spec(&self.0, prompts, Vec::new(), steer.map(|(raw, shape)| (floats(&raw), shape)))).map_err(to_py)?;
         let mut progress = PyProgress::new(progress);
-        let seqs = job(py, &mut progress, |pr| {
-            let sampling = if a.greedy { Sampling::GREEDY } else { Sampling { temperature: Some(a.temperature), top_k: a.top_k, top_p: a.top_p, freq_penalty: a.freq_penalty } };
-            let steer = match (a.steer, steer) {
-                (Some(v), Some(raw)) => Some(SteeringVector { site: Site::new(SiteKind::parse(&v.site)?, v.layer), values: floats(raw), shape: v.shape, coef: v.coef }),
-                (None, None) => None,
-                _ => bail!("a steering vector needs both its values and its site"),
-            };
-            let stop_at = if a.stop_at_eos { self.0.tokenizer.eos()? } else { Vec::new() };
-            let options = patchbay::generate::Options { max_new_tokens: a.max_new_tokens, sampling, num_sequences: a.num_sequences, seed: a.seed, stop_at, batch: a.batch, steer };
-            jobs::text::generate(&self.0, &GenerateSpec { prompts: a.prompts, origins: Vec::new(), prepend_bos: a.prepend_bos, options }, pr)
-        })?;
-        json(&seqs)
+        json(&job(py, &mut progress, |pr| jobs::text::generate(&self.0, &spec, pr))?)
     }
 
-    /// (scored texts JSON, token perplexities bytes [texts, width], width).
-    #[pyo3(signature = (spec, per_token, progress=None))]
-    fn perplexity<'py>(&self, py: Python<'py>, spec: &str, per_token: bool, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>, usize)> {
-        let a: TextsIn = parse(spec, "perplexity")?;
+    /// `texts`' perplexities with `perplexity`'s options (JSON): (scored texts JSON, token
+    /// perplexities bytes [texts, width], width).
+    #[pyo3(signature = (texts, options, progress=None))]
+    fn perplexity<'py>(&self, py: Python<'py>, texts: Vec<String>, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>, usize)> {
+        let options = PerplexityOptions::from_json(options).map_err(to_py)?;
+        let per_token = options.per_token.unwrap_or(false);
+        let spec = options.texts.spec(texts, Vec::new());
         let mut progress = PyProgress::new(progress);
-        let p = job(py, &mut progress, |pr| jobs::text::perplexity(&self.0, &a.spec(), per_token, pr))?;
+        let p = job(py, &mut progress, |pr| jobs::text::perplexity(&self.0, &spec, per_token, pr))?;
         Ok((json(&p.texts)?, bytes(py, &p.token_perplexity), p.width))
     }
 
-    /// The candidates report as JSON.
-    fn candidates(&self, py: Python<'_>, spec: &str, top_k: usize, all_positions: bool) -> PyResult<String> {
-        let a: TextsIn = parse(spec, "candidates")?;
-        let r = job(py, &mut PyProgress::new(None), |_| jobs::text::candidates(&self.0, &a.spec(), top_k, all_positions))?;
-        json(&r)
+    /// `texts`' candidate next tokens with `candidates`' options (JSON): the report as JSON.
+    fn candidates(&self, py: Python<'_>, texts: Vec<String>, options: &str) -> PyResult<String> {
+        let options = CandidatesOptions::from_json(options).map_err(to_py)?;
+        let (top_k, all_positions) = options.choice();
+        let spec = options.texts.spec(texts, Vec::new());
+        json(&job(py, &mut PyProgress::new(None), |_| jobs::text::candidates(&self.0, &spec, top_k, all_positions))?)
     }
 
     /// A steering vector: (values bytes, shape).
@@ -463,33 +334,18 @@ impl PyModel {
     }
 }
 
-/// The manifest (JSON) of the finished run in `dir`, after checking every array is whole.
+/// The finished run in `dir`, read by the library under its shared lock: (the manifest as JSON,
+/// each array as (name, shape, f32 bytes), the pairs' lengths as i32 bytes).
 #[pyfunction]
-fn open_finished(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
-    let m = job(py, &mut PyProgress::new(None), |_| patchbay::results::open_finished(&dir))?;
+fn open_run<'py>(py: Python<'py>, dir: PathBuf) -> PyResult<(String, Vec<(String, Vec<usize>, Bound<'py, PyBytes>)>, Bound<'py, PyBytes>)> {
+    let run = job(py, &mut PyProgress::new(None), |_| patchbay::results::read_finished(&dir))?;
     // Through a Value, as manifest.json is written: its floats read back as the file's.
-    serde_json::to_value(&m).map(|v| v.to_string()).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    let manifest = serde_json::to_value(&run.manifest).map(|v| v.to_string()).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let arrays = run.arrays.iter().map(|(name, shape, values)| (name.clone(), shape.clone(), bytes(py, values))).collect();
+    let lengths: Vec<u8> = run.lengths.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok((manifest, arrays, PyBytes::new(py, &lengths)))
 }
 
-/// A shared lock on a results directory, held while Python reads its files (`pb.open`): a writer
-/// (another process's run, `--overwrite`, merge) cannot replace them meanwhile.
-#[pyclass(module = "patchbay._native")]
-struct ReadLock(Option<patchbay::results::lock::Guard>);
-
-#[pymethods]
-impl ReadLock {
-    fn release(&mut self) {
-        self.0 = None;
-    }
-}
-
-#[pyfunction]
-fn lock_shared(py: Python<'_>, dir: PathBuf) -> PyResult<ReadLock> {
-    job(py, &mut PyProgress::new(None), |_| patchbay::results::lock::shared(&dir)).map(|g| ReadLock(Some(g)))
-}
-
-/// `patchbay verify`: rechecks `rows` random patched runs of a finished run on the simplest path
-/// (on `backend`/`dtype`, or the run's own); the verification as JSON.
 /// The circuit graph of `model` (`patchbay graph`): node and edge names in EAP-IG's order.
 #[pyfunction]
 fn graph(py: Python<'_>, model: String) -> PyResult<(Vec<String>, Vec<String>)> {
@@ -497,45 +353,18 @@ fn graph(py: Python<'_>, model: String) -> PyResult<(Vec<String>, Vec<String>)> 
     Ok((g.nodes.iter().map(ToString::to_string).collect(), g.edges.iter().map(ToString::to_string).collect()))
 }
 
-/// `Model.faithfulness`'s keywords.
-#[derive(Deserialize)]
-struct FaithfulnessIn {
-    run: PathBuf,
-    sizes: Option<Vec<usize>>,
-    circuits: Vec<PathBuf>,
-    greedy: bool,
-    absolute: bool,
-    prune: bool,
-    max_rows: Option<usize>,
-    draw_at: f64,
-    out: Option<PathBuf>,
-}
-
-impl FaithfulnessIn {
-    fn spec(self) -> jobs::discovery::FaithfulnessSpec {
-        let Self { run, sizes, circuits, greedy, absolute, prune, max_rows, draw_at, out } = self;
-        jobs::discovery::FaithfulnessSpec { run, sizes, circuits, greedy, absolute, prune, max_rows, backend: None, draw_at, out }
-    }
-}
-
-/// `patchbay circuit`: the chosen circuit's EAP-IG Graph JSON, its drawing (SVG) and where both went.
+/// `patchbay circuit` of edges run `dir` from its options as JSON: the chosen circuit's EAP-IG
+/// Graph JSON, its drawing (SVG) and where both went.
 #[pyfunction]
-#[pyo3(signature = (dir, top_n=None, threshold=None, greedy=None, absolute=true, prune=true, out=None))]
-#[allow(clippy::too_many_arguments)]
-fn circuit(py: Python<'_>, dir: PathBuf, top_n: Option<usize>, threshold: Option<f32>, greedy: Option<usize>, absolute: bool, prune: bool, out: Option<PathBuf>) -> PyResult<(String, String, String)> {
-    use patchbay::analysis::circuit::Selection;
-    let selection = match (top_n, threshold, greedy) {
-        (Some(n), None, None) => Selection::TopN(n),
-        (None, Some(t), None) => Selection::Threshold(t),
-        (None, None, Some(n)) => Selection::Greedy(n),
-        _ => return Err(PyValueError::new_err("give one of top_n=, threshold= or greedy=")),
-    };
-    let spec = jobs::discovery::CircuitSpec { run: dir, selection, absolute, prune, out };
+fn circuit(py: Python<'_>, dir: PathBuf, options: &str) -> PyResult<(String, String, String)> {
+    let spec = CircuitOptions::from_json(options).and_then(|o| o.spec(dir)).map_err(to_py)?;
     let c = job(py, &mut PyProgress::new(None), |_| jobs::discovery::circuit(&spec))?;
     let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())).map_err(to_py);
     Ok((read(&c.json)?, read(&c.svg)?, c.json.display().to_string()))
 }
 
+/// `patchbay verify`: rechecks `rows` random patched runs of a finished run on the simplest path
+/// (on `backend`/`dtype`, or the run's own); the verification as JSON.
 #[pyfunction]
 #[pyo3(signature = (dir, rows, backend=None, dtype=None))]
 fn verify(py: Python<'_>, dir: PathBuf, rows: usize, backend: Option<&str>, dtype: Option<&str>) -> PyResult<String> {
@@ -596,9 +425,7 @@ fn heatmap<'py>(py: Python<'py>, manifest: &str, site: &str, normalized: &[u8], 
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
-    m.add_function(wrap_pyfunction!(open_finished, m)?)?;
-    m.add_class::<ReadLock>()?;
-    m.add_function(wrap_pyfunction!(lock_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(open_run, m)?)?;
     m.add_function(wrap_pyfunction!(graph, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(circuit, m)?)?;

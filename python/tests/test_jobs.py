@@ -40,7 +40,7 @@ def test_patterns_equal_transformer_lens_and_the_cli_files(model, refs, tmp_path
         assert (tmp_path / "py" / f).read_bytes() == (tmp_path / "cli" / f).read_bytes(), f
     with pytest.raises(ValueError, match="already holds patterns"):
         model.patterns(CLEAN, out=tmp_path / "py")
-    with pytest.raises(ValueError, match="layer 7 does not exist"):
+    with pytest.raises(ValueError, match="7 is outside the model.s layers"):
         model.patterns(CLEAN, layers=[7])
 
 

@@ -127,15 +127,21 @@ def test_a_results_directory_from_python_is_the_cli_transaction(model, tmp_path)
 def test_open_reads_under_the_directorys_shared_lock(model, tmp_path):
     out = tmp_path / "run"
     model.patch(pairs=PAIRS, sites=["resid_pre"], out=out, verify=0)
-    # While pb.open holds its lock, a writer in another process fails at once, naming this process.
-    lock = pb._native.lock_shared(str(out))
+    # While a reader holds the directory's shared lock, a writer in another process fails at once,
+    # naming the reader, and pb.open (which reads under that lock) shares it.
+    reading = tmp_path / "reading"
+    reader = subprocess.Popen(["flock", "--shared", "-o", str(out), "sh", "-c",
+                               f"touch {reading} && while [ -e {reading} ]; do sleep 0.02; done"])
     try:
+        while not reading.exists():
+            pass
         p = subprocess.run([cli(), "run", "--model", TINY, "--clean", CLEAN, "--corrupted", CORRUPTED[0],
                             "--answer", " Jones", "--distractor", " Smith", "--out", out, "--overwrite"], capture_output=True, text=True)
-        assert p.returncode == 1 and f"pid {os.getpid()}" in p.stderr, p.stderr
+        assert p.returncode == 1 and f"pid {reader.pid}" in p.stderr, p.stderr
         assert pb.open(out)["resid_pre"].shape[0] == len(PAIRS)  # readers share it
     finally:
-        lock.release()
+        reading.unlink()
+        reader.wait()
     # While another process writes (holds it exclusively), pb.open fails at once naming it.
     ready = tmp_path / "locked"
     holder = subprocess.Popen(["flock", "--exclusive", "-o", str(out), "sh", "-c",
@@ -309,7 +315,7 @@ def test_eap_ig_circuit_and_faithfulness(model, tmp_path):
         model.faithfulness(tmp_path / "ig", circuits=[c.path], draw_at=float("nan"), progress=False)
     with pytest.raises(ValueError, match="--ig-steps is an option of --method eap-ig"):
         model.edges(pairs=PAIRS, method="eap", ig_steps=3)
-    with pytest.raises(ValueError, match="one of top_n="):
+    with pytest.raises(ValueError, match="give one of --top-n, --threshold or --greedy"):
         r.circuit(top_n=3, greedy=3)
 
 

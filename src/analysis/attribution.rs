@@ -59,9 +59,10 @@ pub fn analyze(dir: &Path) -> Result<Vec<String>> {
     let mut written = vec![SUMMARY.to_string()];
     write_atomic(&dir.join(SUMMARY), &serde_json::to_vec_pretty(&s)?)?;
     let what = format!("mean over {n} pair(s) — {}", l.model);
-    for (name, title, p) in [
-        ("accumulated", "logit lens: norm_final(residual stream)·(W_U[answer] − W_U[distractor])", &s.accumulated),
-        ("components", "direct logit attribution of each component", &s.components),
+    let files = &attribution::ANALYSIS;
+    for (name, title, p, [png, svg]) in [
+        ("accumulated", "logit lens: norm_final(residual stream)·(W_U[answer] − W_U[distractor])", &s.accumulated, [files[1], files[2]]),
+        ("components", "direct logit attribution of each component", &s.components, [files[3], files[4]]),
     ] {
         let lines = Lines {
             title: format!("{title}, {what}"),
@@ -69,9 +70,9 @@ pub fn analyze(dir: &Path) -> Result<Vec<String>> {
             labels: p.labels.clone(),
             series: vec![(name.to_string(), p.mean.clone(), p.sem.clone())],
         };
-        write_atomic(&dir.join(format!("{name}.svg")), plot::lines_svg(&lines).as_bytes())?;
-        write_atomic(&dir.join(format!("{name}.png")), &plot::lines_png(&lines)?)?;
-        written.extend([format!("{name}.png"), format!("{name}.svg")]);
+        write_atomic(&dir.join(svg), plot::lines_svg(&lines).as_bytes())?;
+        write_atomic(&dir.join(png), &plot::lines_png(&lines)?)?;
+        written.extend([png.to_string(), svg.to_string()]);
     }
     let grid = Grid {
         title: format!("direct logit attribution of each head, {what}"),
@@ -81,8 +82,8 @@ pub fn analyze(dir: &Path) -> Result<Vec<String>> {
         cols: (0..l.heads).map(|h| format!("H{h}")).collect(),
         values: s.heads.mean.clone(),
     };
-    write_atomic(&dir.join("heads.svg"), plot::svg(&grid).as_bytes())?;
-    write_atomic(&dir.join("heads.png"), &plot::png(&grid)?)?;
-    written.extend(["heads.png".to_string(), "heads.svg".to_string()]);
+    write_atomic(&dir.join(files[6]), plot::svg(&grid).as_bytes())?;
+    write_atomic(&dir.join(files[5]), &plot::png(&grid)?)?;
+    written.extend([files[5].to_string(), files[6].to_string()]);
     Ok(written)
 }

@@ -1,6 +1,6 @@
 //! `patchbay run`, `path` and `edges`: a config file and flags (the library's `RunOptions`) through the sweep.
 use crate::engine::Method;
-use crate::jobs::options::{default_out, Job, RunOptions, RunPlan};
+use crate::jobs::options::{default_out, Job, Options, RunOptions, RunPlan};
 use crate::jobs::patch::patch;
 use crate::jobs::Model;
 use anyhow::Result;
@@ -23,7 +23,7 @@ impl RunArgs {
     pub fn plan(self, job: Job) -> Result<RunPlan> {
         let given = self.options.settled();
         let options = match &self.config {
-            Some(path) => RunOptions::from_config(job, path)?.overlaid(given)?,
+            Some(path) => RunOptions::from_config(job.name(), path)?.overlaid(given)?,
             None => given,
         };
         options.plan(job, Some(default_out(self.config.as_deref())))

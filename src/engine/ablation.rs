@@ -131,11 +131,6 @@ pub struct Means {
 const MEAN_PASS_TOKENS: usize = 4096;
 
 impl Means {
-    /// The file name of a kind's means.
-    pub fn file(kind: SiteKind) -> String {
-        format!("{}.ablation_means.npy", kind.name())
-    }
-
     /// A kind's means file shape for `layout` (positional means: pairs of `layout.positions`);
     /// k and v have the model's key/value heads.
     fn shape(kind: SiteKind, positional: bool, layout: &Layout, c: &ModelConfig) -> Vec<usize> {

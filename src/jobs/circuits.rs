@@ -8,10 +8,13 @@ use crate::circuits::patterns::{patterns as compute_patterns, Patterns};
 use crate::circuits::viewer;
 use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
 use crate::results::attribution::{self as files, Arrays, Listing};
+use crate::results::outputs::PATTERN_FILES;
 use crate::results::{npy, outputs, PairEntry};
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
-use serde::Serialize;
+use super::options::{fold, BosOption, Options, OutOptions, PairOptions, Pairs};
+use clap::Args;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::path::PathBuf;
 
 /// The circuit graph (EAP-IG's nodes and edges) of `model`, a hub id or directory: from its
@@ -21,14 +24,86 @@ pub fn graph(model: &str) -> Result<crate::engine::Graph> {
     Ok(crate::engine::Graph::of(&c))
 }
 
-/// What `patterns` writes into its output directory; the last is its listing (written last).
-pub const PATTERN_FILES: [&str; 6] = ["patterns.npy", "lengths.npy", "patterns.png", "patterns.svg", "patterns.html", "patterns.json"];
-
 /// Prompts given as texts, or a pairs file's clean prompts.
 #[derive(Clone, Debug)]
 pub enum Prompts {
     Texts(Vec<String>),
     CleanOf(PairSource),
+}
+
+/// `patterns`' options (`patchbay patterns`, Python's `Model.patterns`); the prompts come beside
+/// them, or from a pairs file's clean prompts.
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PatternsOptions {
+    /// A pairs file (.jsonl, .csv, .parquet; Python: also records): the patterns of its clean prompts.
+    #[arg(long, value_parser = |s: &str| Ok::<_, String>(Pairs::File(PathBuf::from(s))))]
+    pub pairs: Option<Pairs>,
+    /// Layers, e.g. `0,3-5` (Python: also a list) [default: all].
+    #[arg(long)]
+    #[serde(deserialize_with = "index_list")]
+    pub layers: Option<String>,
+    /// Heads, e.g. `1,7` (Python: also a list) [default: all].
+    #[arg(long)]
+    #[serde(deserialize_with = "index_list")]
+    pub heads: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bos: BosOption,
+    /// Prompts per forward pass [default: 64].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub output: OutOptions,
+    /// Prompts the HTML viewer holds (patterns.npy holds every one) [default: 20].
+    #[arg(long)]
+    pub html_prompts: Option<usize>,
+}
+
+impl Options for PatternsOptions {
+    fn settled(mut self) -> Self {
+        self.bos.settle();
+        self.output.settle();
+        self
+    }
+}
+
+impl PatternsOptions {
+    /// The patterns of `texts` (or of the pairs' clean prompts) on `model`, every default filled in.
+    pub fn spec(self, model: &Model, texts: Vec<String>) -> Result<PatternsSpec> {
+        let prompts = match (self.pairs.clone(), texts.is_empty()) {
+            (Some(_), false) => bail!("give prompts or --pairs, not both"),
+            (Some(pairs), true) => Prompts::CleanOf(PairOptions { pairs: Some(pairs), ..Default::default() }.source()?),
+            (None, false) => Prompts::Texts(texts),
+            (None, true) => bail!("no prompts: give them, or --pairs"),
+        };
+        let c = &model.config;
+        Ok(PatternsSpec {
+            prompts,
+            layers: self.layers.as_deref().map(|l| indices(l, c.layers, "layer")).transpose()?,
+            heads: self.heads.as_deref().map(|h| indices(h, c.heads, "head")).transpose()?,
+            prepend_bos: self.bos.prepend_bos(),
+            batch: self.batch.unwrap_or(64),
+            overwrite: self.output.overwrite(),
+            out: self.output.out,
+            html_prompts: self.html_prompts.unwrap_or(20),
+        })
+    }
+}
+
+/// Indices as `0,3-5` or as a list of numbers.
+fn index_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Text(String),
+        Numbers(Vec<usize>),
+    }
+    Ok(Option::<Given>::deserialize(d)?.map(|g| match g {
+        Given::Text(t) => t,
+        Given::Numbers(n) => n.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+    }))
 }
 
 #[derive(Clone, Debug)]
@@ -166,11 +241,11 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
             values: (0..p.layers.len()).flat_map(|l| (0..p.heads.len()).map(move |h| (l, h))).flat_map(|(l, h)| p.of(0, l, h).concat()).collect(),
         };
         let files = vec![
-            ("patterns.npy".to_string(), npy::encode(&p.shape(), &p.values)),
-            ("lengths.npy".to_string(), npy::encode(&[lengths.len()], &lengths)),
-            ("patterns.png".to_string(), panels_png(&panels)?),
-            ("patterns.svg".to_string(), panels_svg(&panels).into_bytes()),
-            ("patterns.html".to_string(), html.clone().into_bytes()),
+            (PATTERN_FILES[0].to_string(), npy::encode(&p.shape(), &p.values)),
+            (PATTERN_FILES[1].to_string(), npy::encode(&[lengths.len()], &lengths)),
+            (PATTERN_FILES[2].to_string(), panels_png(&panels)?),
+            (PATTERN_FILES[3].to_string(), panels_svg(&panels).into_bytes()),
+            (PATTERN_FILES[4].to_string(), html.clone().into_bytes()),
         ];
         outputs::write_dir(out, (PATTERN_FILES[5], serde_json::to_vec_pretty(&listing)?), files, &PATTERN_FILES[..5], spec.overwrite)?;
     }
@@ -192,6 +267,53 @@ impl ModelTask for PatternsTask<'_> {
         let p = compute_patterns(on.model, self.prompts, &self.layers, &self.heads, self.batch, &mut |n| progress.advance(n as u64))?;
         progress.finish();
         Ok(p)
+    }
+}
+
+/// `attribute`'s options (`patchbay attribute`, Python's `Model.attribute`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AttributeOptions {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub prompts: PairOptions,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bos: BosOption,
+    /// Fail on the first bad pair instead of skipping and listing it.
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_strict")]
+    pub strict: Option<bool>,
+    #[arg(long, overrides_with = "strict", hide = true)]
+    #[serde(skip)]
+    pub no_strict: bool,
+    /// Pairs per forward pass [default: 64].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub output: OutOptions,
+}
+
+impl Options for AttributeOptions {
+    fn settled(mut self) -> Self {
+        self.bos.settle();
+        self.output.settle();
+        fold(&mut self.strict, &mut self.no_strict);
+        self
+    }
+}
+
+impl AttributeOptions {
+    /// The attribution these options ask for, every default filled in.
+    pub fn spec(self) -> Result<AttributeSpec> {
+        Ok(AttributeSpec {
+            pairs: self.prompts.source()?,
+            prepend_bos: self.bos.prepend_bos(),
+            strict: self.strict.unwrap_or(false),
+            batch: self.batch.unwrap_or(64),
+            overwrite: self.output.overwrite(),
+            out: self.output.out,
+        })
     }
 }
 

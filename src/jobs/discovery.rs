@@ -12,7 +12,9 @@ use crate::results::manifest::{is_own_file, CIRCUIT_FILES, FAITHFULNESS_FILES};
 use crate::results::{self, npy, write_atomic, Manifest};
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
-use serde::Serialize;
+use super::options::{fold, BackendOptions, Options};
+use clap::Args;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// MIB's circuit sizes, as fractions of the graph's edges.
@@ -91,6 +93,138 @@ pub struct FaithfulnessSpec {
     pub draw_at: f64,
     /// The directory faithfulness.{json,npy,png,svg} go into [default: the run's].
     pub out: Option<PathBuf>,
+}
+
+/// `circuit`'s options (`patchbay circuit RUN`, Python's `Result.circuit`): one of EAP-IG's
+/// selections.
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CircuitOptions {
+    /// The N edges of highest |score| (EAP-IG's apply_topn).
+    #[arg(long, value_name = "N")]
+    pub top_n: Option<usize>,
+    /// Every edge whose |score| is at least T (EAP-IG's apply_threshold).
+    // (Values may start with '-': `--threshold -inf` is a number, not a flag.)
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    pub threshold: Option<f32>,
+    /// N edges chosen greedily from the logits backwards: at each step the best edge into a node
+    /// already in the circuit (EAP-IG's apply_greedy).
+    #[arg(long, value_name = "N")]
+    pub greedy: Option<usize>,
+    /// Rank by signed score instead of |score|.
+    #[arg(long, overrides_with = "absolute")]
+    #[serde(skip)]
+    pub no_absolute: bool,
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_absolute", hide = true)]
+    pub absolute: Option<bool>,
+    /// Keep edges off every input-to-logits path (EAP-IG prunes them by default).
+    #[arg(long, overrides_with = "prune")]
+    #[serde(skip)]
+    pub no_prune: bool,
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_prune", hide = true)]
+    pub prune: Option<bool>,
+    /// The Graph JSON to write [default: RUN/circuit.json]; the drawing goes beside it (.svg).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl Options for CircuitOptions {
+    fn settled(mut self) -> Self {
+        fold(&mut self.absolute, &mut self.no_absolute);
+        fold(&mut self.prune, &mut self.no_prune);
+        self
+    }
+}
+
+impl CircuitOptions {
+    /// The circuit of edges run `run` these options choose, every default filled in.
+    pub fn spec(self, run: PathBuf) -> Result<CircuitSpec> {
+        let selection = match (self.top_n, self.threshold, self.greedy) {
+            (Some(n), None, None) => Selection::TopN(n),
+            (None, Some(t), None) => Selection::Threshold(t),
+            (None, None, Some(n)) => Selection::Greedy(n),
+            _ => bail!("give one of --top-n, --threshold or --greedy"),
+        };
+        Ok(CircuitSpec { run, selection, absolute: self.absolute.unwrap_or(true), prune: self.prune.unwrap_or(true), out: self.out })
+    }
+}
+
+/// `faithfulness`' options (`patchbay faithfulness RUN`, Python's `Model.faithfulness`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaithfulnessOptions {
+    /// Circuit sizes in edges, e.g. `10,20,50,100` [default: MIB's 0.1 %, 0.2 %, 0.5 %, 1 %, 2 %,
+    /// 5 %, 10 %, 20 %, 50 % and 100 % of the graph].
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Option<Vec<usize>>,
+    /// Evaluate these circuits (EAP-IG's Graph JSON, from `patchbay circuit` or EAP-IG's own
+    /// tooling) instead of choosing them by size.
+    #[arg(long, value_delimiter = ',')]
+    pub circuits: Option<Vec<PathBuf>>,
+    /// Choose each circuit greedily from the logits backwards (EAP-IG's apply_greedy) instead of
+    /// the top N edges.
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_greedy")]
+    pub greedy: Option<bool>,
+    #[arg(long, overrides_with = "greedy", hide = true)]
+    #[serde(skip)]
+    pub no_greedy: bool,
+    /// Rank by signed score instead of |score|.
+    #[arg(long, overrides_with = "absolute")]
+    #[serde(skip)]
+    pub no_absolute: bool,
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_absolute", hide = true)]
+    pub absolute: Option<bool>,
+    /// Keep edges off every input-to-logits path.
+    #[arg(long, overrides_with = "prune")]
+    #[serde(skip)]
+    pub no_prune: bool,
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_prune", hide = true)]
+    pub prune: Option<bool>,
+    /// (circuit, pair) rows per forward pass [default: from the device's memory].
+    #[arg(long)]
+    pub max_rows: Option<usize>,
+    /// Draw (faithfulness_circuit.svg, with its Graph JSON) the smallest circuit whose
+    /// faithfulness reaches F, else the most faithful [default: 0.8].
+    #[arg(long, value_name = "F", allow_hyphen_values = true)]
+    pub draw_at: Option<f64>,
+    /// The directory faithfulness.{json,npy,png,svg} go into [default: RUN].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where to evaluate [default: the run's backend, or the model Python loaded].
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub backend: BackendOptions,
+}
+
+impl Options for FaithfulnessOptions {
+    fn settled(mut self) -> Self {
+        fold(&mut self.greedy, &mut self.no_greedy);
+        fold(&mut self.absolute, &mut self.no_absolute);
+        fold(&mut self.prune, &mut self.no_prune);
+        fold(&mut self.backend.fusion, &mut self.backend.no_fusion);
+        self
+    }
+}
+
+impl FaithfulnessOptions {
+    /// The faithfulness curve of edges run `run` these options ask for, every default filled in.
+    pub fn spec(self, run: PathBuf) -> Result<FaithfulnessSpec> {
+        if self.sizes.is_some() && self.circuits.is_some() {
+            bail!("give --sizes or --circuits, not both");
+        }
+        Ok(FaithfulnessSpec {
+            run,
+            sizes: self.sizes,
+            circuits: self.circuits.unwrap_or_default(),
+            greedy: self.greedy.unwrap_or(false),
+            absolute: self.absolute.unwrap_or(true),
+            prune: self.prune.unwrap_or(true),
+            max_rows: self.max_rows,
+            backend: self.backend.given()?,
+            draw_at: self.draw_at.unwrap_or(DEFAULT_DRAW_AT),
+            out: self.out,
+        })
+    }
 }
 
 /// The faithfulness at which `faithfulness` draws a circuit, unless told: the share of the

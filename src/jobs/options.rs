@@ -1,9 +1,10 @@
-//! The options of the patching jobs (`run`, `path`, `edges`) as both front ends take them, and the
-//! one place their defaults are filled in (`RunOptions::plan`). A field is a command-line flag
-//! (dashes for underscores), a TOML config's key and a Python keyword; each boolean also has its
-//! `--no-` flag. The CLI's argv (clap), a config file (its keys read as the flags they name) and
-//! Python's keywords (JSON, serde) all become a `RunOptions`, and every value is parsed by the same
-//! function whichever way it came, so a bad value gets the same message from either front end.
+//! A job's options as both front ends take them (`Options`), and the one place their defaults are
+//! filled in (each options type's `plan` or `spec`): the patching jobs' `RunOptions` here, the
+//! discovery jobs' beside their specs. A field is a command-line flag (dashes for underscores), a
+//! TOML config's key and a Python keyword; each boolean also has its `--no-` flag. The CLI's argv
+//! (clap), a config file (its keys read as the flags they name) and Python's keywords (JSON, serde)
+//! all become the same value, and every value is parsed by the same function whichever way it
+//! came, so a bad value gets the same message from either front end.
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Columns, Pair, PairSource};
 use crate::engine::{Ablation, Direction, Method, Metric, PatchSite};
@@ -12,6 +13,7 @@ use crate::jobs::shard::Shard;
 use crate::jobs::sweep::SweepSpec;
 use anyhow::{bail, Context, Result};
 use clap::{Args, FromArgMatches};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -82,6 +84,10 @@ pub struct BackendOptions {
 }
 
 impl BackendOptions {
+    pub fn settle(&mut self) {
+        fold(&mut self.fusion, &mut self.no_fusion);
+    }
+
     pub fn spec(&self) -> BackendSpec {
         BackendSpec {
             kind: self.backend.unwrap_or(BackendKind::Cpu),
@@ -123,33 +129,12 @@ pub struct RunOptions {
     /// Hub id or model directory [default: gpt2].
     #[arg(long)]
     pub model: Option<String>,
-    #[arg(long)]
-    pub clean: Option<String>,
-    #[arg(long)]
-    pub corrupted: Option<String>,
-    /// Answer token (e.g. " Jones"), read by the metric. Without answer and distractor, the last
-    /// differing token of clean and corrupted is predicted.
-    #[arg(long)]
-    pub answer: Option<String>,
-    #[arg(long)]
-    pub distractor: Option<String>,
-    /// Pairs file: .jsonl, .csv or .parquet with columns clean, corrupted[, answer, distractor][,
-    /// positions] (Python: also a list of records).
-    #[arg(long, value_parser = |s: &str| Ok::<_, String>(Pairs::File(PathBuf::from(s))))]
-    pub pairs: Option<Pairs>,
-    /// Column names in the pairs file, e.g. `clean=prompt,corrupted=corrupted_prompt` (a TOML
-    /// table or Python dict: {clean = "prompt"}).
-    #[arg(long, value_parser = columns_of)]
-    #[serde(deserialize_with = "columns")]
-    pub columns: Option<Columns>,
-    /// Put the BOS in front of every prompt where the tokenizer puts none (GPT-2's
-    /// `<|endoftext|>`), as TransformerLens does by default (ARENA's IOI numbers are computed so);
-    /// named positions in the pairs file count without it.
-    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_prepend_bos")]
-    pub prepend_bos: Option<bool>,
-    #[arg(long, overrides_with = "prepend_bos", hide = true)]
-    #[serde(skip)]
-    pub no_prepend_bos: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub prompts: PairOptions,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bos: BosOption,
     /// Skip pairs whose clean and corrupted differ at more than N positions.
     #[arg(long)]
     pub max_diff: Option<usize>,
@@ -216,10 +201,6 @@ pub struct RunOptions {
     #[arg(long, value_parser = choice::<Ablation>)]
     #[serde(deserialize_with = "by_name")]
     pub ablation: Option<Ablation>,
-    /// Results directory [CLI default: results/<config name>, or results/run; Python: the arrays
-    /// stay in memory].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
     /// Patched runs per forward pass; with --method attribution, pairs per forward and backward
     /// pass [default: from the device's memory].
     #[arg(long)]
@@ -237,18 +218,15 @@ pub struct RunOptions {
     pub no_skip: bool,
     #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_skip", hide = true)]
     pub skip: Option<bool>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub output: OutOptions,
     /// Continue an interrupted run in --out.
     #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_resume")]
     pub resume: Option<bool>,
     #[arg(long, overrides_with = "resume", hide = true)]
     #[serde(skip)]
     pub no_resume: bool,
-    /// Replace the run in --out (with --resume: only another run than this one).
-    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_overwrite")]
-    pub overwrite: Option<bool>,
-    #[arg(long, overrides_with = "overwrite", hide = true)]
-    #[serde(skip)]
-    pub no_overwrite: bool,
     /// After the run, recompute N of its patched runs, chosen at random, on the simplest path (one
     /// per forward pass, no reuse, no fusion) and fail, naming them, if any differs [default: 8;
     /// 0: off].
@@ -257,6 +235,107 @@ pub struct RunOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub backend: BackendOptions,
+}
+
+/// Whether a BOS goes in front of every prompt (a shared flag of every job that reads prompts).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BosOption {
+    /// Put the BOS in front of every prompt where the tokenizer puts none (GPT-2's
+    /// `<|endoftext|>`), as TransformerLens does by default (ARENA's IOI numbers are computed so);
+    /// named positions in a pairs file count without it.
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_prepend_bos")]
+    pub prepend_bos: Option<bool>,
+    #[arg(long, overrides_with = "prepend_bos", hide = true)]
+    #[serde(skip)]
+    pub no_prepend_bos: bool,
+}
+
+impl BosOption {
+    pub fn settle(&mut self) {
+        fold(&mut self.prepend_bos, &mut self.no_prepend_bos);
+    }
+
+    pub fn prepend_bos(&self) -> bool {
+        self.prepend_bos.unwrap_or(false)
+    }
+}
+
+/// Where a job's files go (a shared flag group).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutOptions {
+    /// The directory the job writes into [run, path, edges: results/<config name> or results/run
+    /// on the command line; otherwise, and in Python, nothing is written without it].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace what --out already holds (a run: with --resume, only another run than this one).
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_overwrite")]
+    pub overwrite: Option<bool>,
+    #[arg(long, overrides_with = "overwrite", hide = true)]
+    #[serde(skip)]
+    pub no_overwrite: bool,
+}
+
+impl OutOptions {
+    pub fn settle(&mut self) {
+        fold(&mut self.overwrite, &mut self.no_overwrite);
+    }
+
+    pub fn overwrite(&self) -> bool {
+        self.overwrite.unwrap_or(false)
+    }
+}
+
+/// Where a job's prompt pairs come from: a pairs file (or Python's records), or one pair given
+/// inline.
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PairOptions {
+    #[arg(long)]
+    pub clean: Option<String>,
+    #[arg(long)]
+    pub corrupted: Option<String>,
+    /// Answer token (e.g. " Jones"), read by the metric. Without answer and distractor, the last
+    /// differing token of clean and corrupted is predicted.
+    #[arg(long)]
+    pub answer: Option<String>,
+    #[arg(long)]
+    pub distractor: Option<String>,
+    /// Pairs file: .jsonl, .csv or .parquet with columns clean, corrupted[, answer, distractor][,
+    /// positions] (Python: also a list of records).
+    #[arg(long, value_parser = |s: &str| Ok::<_, String>(Pairs::File(PathBuf::from(s))))]
+    pub pairs: Option<Pairs>,
+    /// Column names in the pairs file, e.g. `clean=prompt,corrupted=corrupted_prompt` (a TOML
+    /// table or Python dict: {clean = "prompt"}).
+    #[arg(long, value_parser = columns_of)]
+    #[serde(deserialize_with = "columns")]
+    pub columns: Option<Columns>,
+}
+
+impl PairOptions {
+    /// The pairs: a file, records, or one pair given inline.
+    pub fn source(&self) -> Result<PairSource> {
+        let inline = self.clean.is_some() || self.corrupted.is_some() || self.answer.is_some() || self.distractor.is_some();
+        if self.columns.is_some() && !matches!(self.pairs, Some(Pairs::File(_))) {
+            bail!("--columns names the columns of a pairs file (--pairs FILE)");
+        }
+        match (&self.pairs, inline) {
+            (Some(_), true) => bail!("give either --pairs or --clean/--corrupted[/--answer/--distractor], not both"),
+            (Some(Pairs::File(path)), false) => Ok(PairSource::File { path: path.clone(), columns: self.columns.clone().unwrap_or_default() }),
+            (Some(Pairs::Records(pairs)), false) => Ok(PairSource::Records(pairs.iter().enumerate().map(|(i, p)| Pair { row: i + 1, ..p.clone() }).collect())),
+            (None, _) => {
+                let (Some(clean), Some(corrupted)) = (&self.clean, &self.corrupted) else {
+                    bail!("no pairs: give --pairs FILE, or --clean and --corrupted (with --answer and --distractor)")
+                };
+                if self.answer.is_some() != self.distractor.is_some() {
+                    bail!("give both --answer and --distractor, or neither (then the last token where clean and corrupted differ is predicted)");
+                }
+                let pair = Pair { row: 1, clean: clean.clone(), corrupted: corrupted.clone(), answer: self.answer.clone(), distractor: self.distractor.clone(), ..Default::default() };
+                Ok(PairSource::One(pair))
+            }
+        }
+    }
 }
 
 /// Where a run's pairs are: a file (every front end), or records (Python's DataFrame or dicts).
@@ -285,21 +364,26 @@ impl RunPlan {
     }
 }
 
-impl RunOptions {
-    /// `args` (the job's flags, without the program's and command's names) parsed as the command
-    /// line is; an error is clap's first line.
-    pub fn from_args(job: Job, args: &[String]) -> Result<Self> {
-        let command = Self::command(job);
-        let argv = [job.name().to_string()].into_iter().chain(args.iter().cloned());
-        let matches = command.try_get_matches_from(argv).map_err(|e| anyhow::anyhow!("{}", first_line(&e.render().to_string())))?;
+/// A job's options: parsed from flags (`from_args`, a config file's too) or from JSON keywords
+/// (`from_json`), one over the other (`overlaid`).
+pub trait Options: Args + FromArgMatches + Serialize + DeserializeOwned + Default {
+    /// Each `--no-x` folded into `x`: a given boolean is Some(value), as from JSON.
+    fn settled(self) -> Self;
+
+    /// `args` (the command's flags, without the program's and command's names) parsed as the
+    /// command line is; an error is clap's first line.
+    fn from_args(command: &'static str, args: &[String]) -> Result<Self> {
+        let argv = [command.to_string()].into_iter().chain(args.iter().cloned());
+        let matches = Self::augment_args(clap::Command::new(command)).try_get_matches_from(argv).map_err(|e| anyhow::anyhow!("{}", first_line(&e.render().to_string())))?;
         Ok(Self::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{}", first_line(&e.to_string())))?.settled())
     }
 
     /// Options given as JSON (Python's keywords): an object whose keys are the options. An error
     /// names the keyword at fault (`max_rows=: …`); one that is no option is refused by name.
-    pub fn from_json(json: &str) -> Result<Self> {
+    fn from_json(json: &str) -> Result<Self> {
         let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).context("the options are not a JSON object")?;
-        let known = Self::keys(Job::Run);
+        // The options' names: clap's ids (the fields'), hidden `no_` forms left out.
+        let known: Vec<String> = Self::augment_args(clap::Command::new("options")).get_arguments().map(|a| a.get_id().to_string()).filter(|id| !id.starts_with("no_")).collect();
         if let Some(key) = map.keys().find(|k| !known.contains(k)) {
             bail!("{key}=: unknown option (the options are: {})", known.join(", "));
         }
@@ -315,11 +399,11 @@ impl RunOptions {
     }
 
     /// A TOML config's options (its keys are the flags, underscores for dashes; `columns` a table).
-    pub fn from_config(job: Job, path: &Path) -> Result<Self> {
-        let options = config_args(path, &Self::command(job))?;
+    fn from_config(command: &'static str, path: &Path) -> Result<Self> {
+        let options = config_args(path, &Self::augment_args(clap::Command::new(command)))?;
         let args: Vec<String> = options.iter().flat_map(|o| o.args.iter().cloned()).collect();
         // Parsed alone, so a value clap refuses is the file's: named by its line.
-        Self::from_args(job, &args).map_err(|e| {
+        Self::from_args(command, &args).map_err(|e| {
             let text = e.to_string();
             match options.iter().find(|o| text.contains(&format!("'--{}", o.flag)) || text.contains(&format!("'--no-{}", o.flag))) {
                 Some(o) => anyhow::anyhow!("{}: {text}", o.at),
@@ -330,63 +414,36 @@ impl RunOptions {
 
     /// These options with every option `over` gives replacing this one's (a config's options
     /// under the command line's, or Python's keywords).
-    pub fn overlaid(self, over: Self) -> Result<Self> {
+    fn overlaid(self, over: Self) -> Result<Self> {
         let (serde_json::Value::Object(mut base), serde_json::Value::Object(over)) = (serde_json::to_value(self)?, serde_json::to_value(over)?) else {
             bail!("internal error: options are not an object");
         };
         base.extend(over.into_iter().filter(|(_, v)| !v.is_null()));
         Ok(serde_json::from_value(serde_json::Value::Object(base))?)
     }
+}
 
-    /// The options' names (clap's ids: the fields', underscores), hidden `no_` forms left out.
-    fn keys(job: Job) -> Vec<String> {
-        Self::command(job).get_arguments().map(|a| a.get_id().to_string()).filter(|id| !id.starts_with("no_")).collect()
+/// `*no` folded into `*yes` (Some(false)) and cleared.
+pub fn fold(yes: &mut Option<bool>, no: &mut bool) {
+    if std::mem::take(no) {
+        *yes = Some(false);
     }
+}
 
-    fn command(job: Job) -> clap::Command {
-        Self::augment_args(clap::Command::new(job.name()))
-    }
-
-    /// Each `--no-x` folded into `x`: a given boolean is Some(value), as from JSON.
-    pub fn settled(mut self) -> Self {
-        let fold = |yes: &mut Option<bool>, no: &mut bool| {
-            if std::mem::take(no) {
-                *yes = Some(false);
-            }
-        };
-        fold(&mut self.prepend_bos, &mut self.no_prepend_bos);
+impl Options for RunOptions {
+    fn settled(mut self) -> Self {
+        self.bos.settle();
+        self.output.settle();
+        self.backend.settle();
         fold(&mut self.strict, &mut self.no_strict);
         fold(&mut self.reuse, &mut self.no_reuse);
         fold(&mut self.skip, &mut self.no_skip);
         fold(&mut self.resume, &mut self.no_resume);
-        fold(&mut self.overwrite, &mut self.no_overwrite);
-        fold(&mut self.backend.fusion, &mut self.backend.no_fusion);
         self
     }
+}
 
-    /// The pairs: a file, records, or one pair given inline.
-    fn source(&self) -> Result<PairSource> {
-        let inline = self.clean.is_some() || self.corrupted.is_some() || self.answer.is_some() || self.distractor.is_some();
-        if self.columns.is_some() && !matches!(self.pairs, Some(Pairs::File(_))) {
-            bail!("--columns names the columns of a pairs file (--pairs FILE)");
-        }
-        match (&self.pairs, inline) {
-            (Some(_), true) => bail!("give either --pairs or --clean/--corrupted[/--answer/--distractor], not both"),
-            (Some(Pairs::File(path)), false) => Ok(PairSource::File { path: path.clone(), columns: self.columns.clone().unwrap_or_default() }),
-            (Some(Pairs::Records(pairs)), false) => Ok(PairSource::Records(pairs.iter().enumerate().map(|(i, p)| Pair { row: i + 1, ..p.clone() }).collect())),
-            (None, _) => {
-                let (Some(clean), Some(corrupted)) = (&self.clean, &self.corrupted) else {
-                    bail!("no pairs: give --pairs FILE, or --clean and --corrupted (with --answer and --distractor)")
-                };
-                if self.answer.is_some() != self.distractor.is_some() {
-                    bail!("give both --answer and --distractor, or neither (then the last token where clean and corrupted differ is predicted)");
-                }
-                let pair = Pair { row: 1, clean: clean.clone(), corrupted: corrupted.clone(), answer: self.answer.clone(), distractor: self.distractor.clone(), ..Default::default() };
-                Ok(PairSource::One(pair))
-            }
-        }
-    }
-
+impl RunOptions {
     /// What `job` sweeps: --sites, the path sites of --receivers, or every edge.
     fn sites(&self, job: Job) -> Result<(Vec<PatchSite>, Option<Heads>)> {
         let given = |what: &str, present: bool| if present { bail!("{} takes no --{what}", job.name()) } else { Ok(()) };
@@ -413,7 +470,7 @@ impl RunOptions {
     /// where results go without --out (the CLI's directory; None: in memory, Python's).
     pub fn plan(self, job: Job, default_out: Option<PathBuf>) -> Result<RunPlan> {
         let (sites, senders) = self.sites(job)?;
-        let out = self.out.clone().or(default_out);
+        let out = self.output.out.clone().or(default_out);
         let shard = match (&self.shard, self.shards) {
             (Some(_), Some(_)) => bail!("give --shard K/N or --shards N (with JOB_COMPLETION_INDEX), not both"),
             (Some(s), None) => Some(Shard::parse(s)?),
@@ -423,7 +480,7 @@ impl RunOptions {
             (None, None) => None,
         };
         let spec = PatchSpec {
-            pairs: self.source()?,
+            pairs: self.prompts.source()?,
             max_diff: self.max_diff,
             strict: self.strict.unwrap_or(false),
             method: self.method.unwrap_or_default(),
@@ -437,11 +494,11 @@ impl RunOptions {
                 metric: self.metric.unwrap_or_default(),
                 direction: self.direction.unwrap_or_default(),
                 ablation: self.ablation.unwrap_or_default(),
-                prepend_bos: self.prepend_bos.unwrap_or(false),
+                prepend_bos: self.bos.prepend_bos(),
                 max_rows: self.max_rows,
                 out,
                 resume: self.resume.unwrap_or(false),
-                overwrite: self.overwrite.unwrap_or(false),
+                overwrite: self.output.overwrite(),
                 shard,
             },
         };

@@ -171,7 +171,7 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     manifest.dataset = results::fingerprint(&(all, skipped));
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len(), edges: layout.edges });
-    manifest.ablation_means = means.iter().flat_map(|m| m.kinds.iter()).map(|(k, (shape, v))| MeansEntry { kind: k.name().into(), file: Means::file(*k), shape: shape.clone(), xxh3: MeansEntry::hash(v) }).collect();
+    manifest.ablation_means = means.iter().flat_map(|m| m.kinds.iter()).map(|(k, (shape, v))| MeansEntry { kind: k.name().into(), file: crate::results::manifest::ablation_means_file(*k), shape: shape.clone(), xxh3: MeansEntry::hash(v) }).collect();
     let patching = Patching { ablation: spec.ablation, means: means.clone() };
     let skip = patching.skips(spec.skip);
     let runs_of = |p: &TokenizedPair| Runs::of_pair(&layout, &spec.sites, &p.clean, &p.corrupted, skip);

@@ -7,10 +7,16 @@ use crate::analysis::plot::{self, Grid};
 use crate::generate::{self, candidates, prepend, steer, Memory, Options};
 use crate::data::preview;
 use crate::model::Site;
+use crate::results::outputs::{CANDIDATE_FILES, PERPLEXITY_FILES};
 use crate::results::{npy, outputs};
 use anyhow::{bail, ensure, Context, Result};
 use burn::prelude::Backend;
-use serde::Serialize;
+use super::options::{fold, BosOption, Options as JobOptions, OutOptions};
+use crate::generate::sampling::Sampling;
+use crate::generate::steer::SteeringVector;
+use crate::model::SiteKind;
+use clap::Args;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Texts tokenized and checked against the model, an error naming the text by `origins[i]`
@@ -49,6 +55,105 @@ fn fits(model: &Model, name: &str, ids: &[u32], bos: bool, more: usize) -> Resul
     Ok(())
 }
 
+/// `generate`'s options (`patchbay generate`, Python's `Model.generate`): how to decode; the
+/// prompts, and a steering vector's values, come beside them.
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerateOptions {
+    /// New tokens per sequence [default: 50].
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Always the most likely token (no sampling; the penalties and filters do not apply).
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_greedy")]
+    pub greedy: Option<bool>,
+    #[arg(long, overrides_with = "greedy", hide = true)]
+    #[serde(skip)]
+    pub no_greedy: bool,
+    /// Divides the logits before sampling [default: 1].
+    // Floats may start with '-' (`--freq-penalty -0.5`), read as numbers, not flags.
+    #[arg(long, allow_hyphen_values = true)]
+    pub temperature: Option<f32>,
+    /// Sample from the k most likely tokens only.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample from the most likely tokens that together reach this probability.
+    #[arg(long, allow_hyphen_values = true)]
+    pub top_p: Option<f32>,
+    /// Subtracted from a token's logit once for every time it is in the sequence so far [default: 0].
+    #[arg(long, allow_hyphen_values = true)]
+    pub freq_penalty: Option<f32>,
+    /// Sequences per prompt [default: 1].
+    #[arg(long)]
+    pub num_sequences: Option<usize>,
+    /// Seed of the sampling: the same seed gives the same text on every run and backend [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// End a sequence at the model's EOS (config.json's `eos_token_id`s; GPT-2's `<|endoftext|>`).
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_stop_at_eos")]
+    pub stop_at_eos: Option<bool>,
+    #[arg(long, overrides_with = "stop_at_eos", hide = true)]
+    #[serde(skip)]
+    pub no_stop_at_eos: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bos: BosOption,
+    /// Sequences decoded together [default: 64].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// The site a steering vector is added to (resid_pre, attn_out, …), at every position of
+    /// every step.
+    #[arg(long)]
+    pub steer_site: Option<String>,
+    #[arg(long)]
+    pub steer_layer: Option<usize>,
+    /// The steering vector's coefficient [default: 1].
+    #[arg(long, allow_hyphen_values = true)]
+    pub coef: Option<f32>,
+}
+
+impl JobOptions for GenerateOptions {
+    fn settled(mut self) -> Self {
+        fold(&mut self.greedy, &mut self.no_greedy);
+        fold(&mut self.stop_at_eos, &mut self.no_stop_at_eos);
+        self.bos.settle();
+        self
+    }
+}
+
+impl GenerateOptions {
+    /// Decoding `prompts` (each from `origins`, or none) on `model`, every default filled in;
+    /// `vector` is a steering vector's values and shape, when one is given.
+    pub fn spec(self, model: &Model, prompts: Vec<String>, origins: Vec<String>, vector: Option<(Vec<f32>, Vec<usize>)>) -> Result<GenerateSpec> {
+        let greedy = self.greedy.unwrap_or(false);
+        let sampled = [self.temperature.is_some(), self.top_k.is_some(), self.top_p.is_some(), self.freq_penalty.is_some()];
+        if greedy && sampled.contains(&true) {
+            bail!("--greedy takes no --temperature, --top-k, --top-p or --freq-penalty: it samples nothing");
+        }
+        let sampling = match greedy {
+            true => Sampling::GREEDY,
+            false => Sampling { temperature: Some(self.temperature.unwrap_or(1.0)), top_k: self.top_k, top_p: self.top_p, freq_penalty: self.freq_penalty.unwrap_or(0.0) },
+        };
+        let steer = match (vector, &self.steer_site, self.steer_layer) {
+            (Some((values, shape)), Some(site), Some(layer)) => Some(SteeringVector { site: Site::new(SiteKind::parse(site)?, layer), values, shape, coef: self.coef.unwrap_or(1.0) }),
+            (None, None, None) if self.coef.is_none() => None,
+            (Some(_), _, _) => bail!("a steering vector needs --steer-site and --steer-layer"),
+            _ => bail!("--steer-site, --steer-layer and --coef are options of a steering vector (--steer)"),
+        };
+        let stop_at = if self.stop_at_eos.unwrap_or(false) { model.tokenizer.eos()? } else { Vec::new() };
+        let options = Options {
+            max_new_tokens: self.max_new_tokens.unwrap_or(50),
+            sampling,
+            num_sequences: self.num_sequences.unwrap_or(1),
+            seed: self.seed.unwrap_or(0),
+            stop_at,
+            batch: self.batch.unwrap_or(64),
+            steer,
+        };
+        Ok(GenerateSpec { prompts, origins, prepend_bos: self.bos.prepend_bos(), options })
+    }
+}
+
+#[derive(Debug)]
 pub struct GenerateSpec {
     pub prompts: Vec<String>,
     /// Where each prompt came from, for errors (`FILE line 3`); empty: `text N`.
@@ -131,7 +236,87 @@ fn memory(model: &Model) -> Memory {
     Memory { budget, buffer }
 }
 
-/// What `perplexity` and `candidates` share: the texts, how they are batched, the output.
+/// What `perplexity` and `candidates` share: the BOS, how texts are batched, the output.
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextOptions {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bos: BosOption,
+    /// Texts per forward pass [default: 64].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub output: OutOptions,
+}
+
+impl TextOptions {
+    /// The spec of `texts` (each from `origins`, or none), every default filled in.
+    pub fn spec(self, texts: Vec<String>, origins: Vec<String>) -> TextsSpec {
+        TextsSpec { texts, origins, prepend_bos: self.bos.prepend_bos(), batch: self.batch.unwrap_or(64), overwrite: self.output.overwrite(), out: self.output.out }
+    }
+}
+
+/// `perplexity`'s options (`patchbay perplexity`, Python's `Model.perplexity`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PerplexityOptions {
+    /// Also each token's perplexity, exp of its loss.
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_per_token")]
+    pub per_token: Option<bool>,
+    #[arg(long, overrides_with = "per_token", hide = true)]
+    #[serde(skip)]
+    pub no_per_token: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub texts: TextOptions,
+}
+
+impl JobOptions for PerplexityOptions {
+    fn settled(mut self) -> Self {
+        fold(&mut self.per_token, &mut self.no_per_token);
+        self.texts.bos.settle();
+        self.texts.output.settle();
+        self
+    }
+}
+
+/// `candidates`' options (`patchbay candidates`, Python's `Model.candidates`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CandidatesOptions {
+    /// Candidates per position [default: 5].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Every position's candidates, not only the last one's.
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_all_positions")]
+    pub all_positions: Option<bool>,
+    #[arg(long, overrides_with = "all_positions", hide = true)]
+    #[serde(skip)]
+    pub no_all_positions: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub texts: TextOptions,
+}
+
+impl JobOptions for CandidatesOptions {
+    fn settled(mut self) -> Self {
+        fold(&mut self.all_positions, &mut self.no_all_positions);
+        self.texts.bos.settle();
+        self.texts.output.settle();
+        self
+    }
+}
+
+impl CandidatesOptions {
+    /// (top k, every position or the last) with the defaults filled in.
+    pub fn choice(&self) -> (usize, bool) {
+        (self.top_k.unwrap_or(5), self.all_positions.unwrap_or(false))
+    }
+}
+
+/// What `perplexity` and `candidates` take: the texts, how they are batched, the output.
 pub struct TextsSpec {
     pub texts: Vec<String>,
     /// Where each text came from, for errors (`FILE line 3`); empty: `text N`.
@@ -142,9 +327,6 @@ pub struct TextsSpec {
     pub out: Option<PathBuf>,
     pub overwrite: bool,
 }
-
-/// What `perplexity` writes into `out`; the last is its listing.
-pub const PERPLEXITY_FILES: [&str; 3] = ["perplexity.npy", "token_perplexity.npy", "perplexity.json"];
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Scored {
@@ -216,9 +398,6 @@ impl ModelTask for Score<'_> {
     }
 }
 
-/// What `candidates` writes into `out`; the last is its listing (a single prompt writes no
-/// Jaccard matrix).
-pub const CANDIDATE_FILES: [&str; 4] = ["jaccard.npy", "jaccard.png", "jaccard.svg", "candidates.json"];
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {

@@ -3,7 +3,7 @@
 use super::npy::Dtype;
 use crate::backend::BackendSpec;
 use crate::data::Skipped;
-use crate::engine::{Ablation, Direction, Layout, Means, Method, Metric, PatchSite, Runs};
+use crate::engine::{Ablation, Direction, Layout, Method, Metric, PatchSite, Runs};
 use crate::model::{ModelConfig, SiteKind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,11 @@ pub const LENGTHS: &str = "lengths.npy";
 pub const FAITHFULNESS_FILES: [&str; 6] =
     ["faithfulness.npy", "faithfulness.svg", "faithfulness.png", "faithfulness_circuit.json", "faithfulness_circuit.svg", "faithfulness.json"];
 pub const CIRCUIT_FILES: [&str; 2] = ["circuit.json", "circuit.svg"];
+
+/// The file of a site kind's ablation means.
+pub fn ablation_means_file(kind: SiteKind) -> String {
+    format!("{}.ablation_means.npy", kind.name())
+}
 /// The journal and the staged manifest of an unfinished run.
 pub const PROGRESS: &str = "progress.json";
 pub const STAGED_MANIFEST: &str = "manifest.json.partial";
@@ -315,8 +320,8 @@ impl Manifest {
             if !kinds.insert(kind) {
                 anyhow::bail!("ablation means of {} are listed twice", e.kind);
             }
-            if e.file != Means::file(kind) {
-                return Err(mismatch(&format!("ablation means {}'s file", e.kind), &e.file, &Means::file(kind)));
+            if e.file != ablation_means_file(kind) {
+                return Err(mismatch(&format!("ablation means {}'s file", e.kind), &e.file, &ablation_means_file(kind)));
             }
         }
         Ok(())
@@ -407,7 +412,7 @@ pub fn is_own_file(name: &str) -> bool {
             out.extend(heatmap_files(site));
             out.extend(heatmap_files(&format!("{site}.by_name")));
         }
-        out.extend(SiteKind::ALL.into_iter().map(Means::file));
+        out.extend(SiteKind::ALL.into_iter().map(ablation_means_file));
         out
     });
     own.contains(name.strip_suffix(PARTIAL).unwrap_or(name))

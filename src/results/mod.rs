@@ -13,7 +13,7 @@ mod store;
 pub use manifest::{fingerprint, ArraySpec, FailedCell, Manifest, MeansEntry, PairEntry, ShardInfo, SiteEntry, TokenRef, Verification, MANIFEST, PROGRESS};
 pub use merge::merge;
 pub use npy::read_f32;
-pub use store::{begin, open_finished, run_in, update_finished, Array, Begin, Mode, Writer};
+pub use store::{begin, open_finished, read_finished, run_in, update_finished, Array, Begin, Finished, Mode, Writer};
 
 use anyhow::{Context, Result};
 use std::io::Write;

@@ -66,9 +66,17 @@ pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     write_atomic(path, bytes)
 }
 
+/// What `patterns` writes into its output directory; the last is its listing (written last).
+pub const PATTERN_FILES: [&str; 6] = ["patterns.npy", "lengths.npy", "patterns.png", "patterns.svg", "patterns.html", "patterns.json"];
+/// What `perplexity` writes into `out`; the last is its listing.
+pub const PERPLEXITY_FILES: [&str; 3] = ["perplexity.npy", "token_perplexity.npy", "perplexity.json"];
+/// What `candidates` writes into `out`; the last is its listing (a single prompt writes no
+/// Jaccard matrix).
+pub const CANDIDATE_FILES: [&str; 4] = ["jaccard.npy", "jaccard.png", "jaccard.svg", "candidates.json"];
+
 /// The listing (the file whose presence says a directory holds a result) of each command that
 /// writes a directory of its own, and the command: a run is not written among them.
-pub const LISTINGS: [(&str, &str); 4] = [("patterns.json", "patterns"), ("perplexity.json", "perplexity"), ("candidates.json", "candidates"), (super::attribution::LISTING, "attribute")];
+pub const LISTINGS: [(&str, &str); 4] = [(PATTERN_FILES[5], "patterns"), (PERPLEXITY_FILES[2], "perplexity"), (CANDIDATE_FILES[3], "candidates"), (super::attribution::LISTING, "attribute")];
 
 /// Refuses `dir` for a run when it holds another command's result.
 pub fn refuse_other_results(dir: &Path) -> Result<()> {

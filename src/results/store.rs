@@ -344,6 +344,30 @@ pub fn open_finished(dir: &Path) -> Result<Manifest> {
     }
 }
 
+/// A finished run as read: its manifest, every site's array and the baselines (by name: the
+/// site's, `baseline_clean`, `baseline_corrupted`), and the pairs' lengths.
+pub struct Finished {
+    pub manifest: Manifest,
+    pub arrays: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub lengths: Vec<i32>,
+}
+
+/// The finished run in `dir`, read whole under its shared lock (a writer in another process
+/// fails at once rather than replacing arrays between the check and the reads), each file
+/// through the manifest and never through a link.
+pub fn read_finished(dir: &Path) -> Result<Finished> {
+    let _lock = super::lock::shared(dir)?;
+    let manifest = open_finished(dir)?;
+    let named = manifest.sites.iter().map(|s| (s.name.clone(), &s.file));
+    let baselines = [("baseline_clean".to_string(), &manifest.baseline_clean), ("baseline_corrupted".to_string(), &manifest.baseline_corrupted)];
+    let arrays = named
+        .chain(baselines)
+        .map(|(name, file)| npy::read_own_f32(&dir.join(file)).map(|(values, shape)| (name, shape, values)))
+        .collect::<Result<Vec<_>>>()?;
+    let (lengths, _) = npy::read_own_i32(&dir.join(&manifest.lengths))?;
+    Ok(Finished { manifest, arrays, lengths })
+}
+
 fn check_arrays(dir: &Path, m: &Manifest) -> Result<()> {
     for site in &m.sites {
         if site.shape.first() != Some(&m.pairs.len()) {
