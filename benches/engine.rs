@@ -18,7 +18,7 @@ fn sweep(c: &mut Criterion) {
     let mut group = c.benchmark_group("6 layers d256, 2 pairs x 16 tokens, resid_pre + z_all_pos");
     group.sample_size(10);
     for reuse in [true, false] {
-        let engine = Engine { model: &model, reuse, max_rows: 1024, skip: true, metric: Metric::LogitDiff, patching: Default::default() };
+        let engine = Engine { model: &model, reuse, max_rows: 1024, skip: true, metric: Metric::LogitDiff, replacement: Default::default() };
         group.bench_function(if reuse { "reuse" } else { "no-reuse" }, |b| {
             b.iter(|| engine.run(&pairs, &sites, &layout, &mut |_| Ok(())).unwrap())
         });

@@ -36,7 +36,7 @@ pub struct BackendSpec {
     pub device: usize,
     pub dtype: DType,
     /// burn's kernel fusion on the GPU backends: off unless asked for. burn 0.21's fusion has
-    /// given wrong results here (README, "Which paths are verified").
+    /// given wrong results here (docs/performance.md, "Which paths are verified").
     pub fusion: bool,
 }
 
@@ -47,7 +47,7 @@ impl Default for BackendSpec {
 }
 
 /// The CPU backend: burn-flex (gemm's kernels, rayon threads). Measured faster than burn-ndarray
-/// end to end (README, "Speed").
+/// end to end (docs/performance.md, "How it is fast").
 pub type Cpu = burn::backend::Flex;
 
 /// Sets the CPU backend's worker threads (all cores by default). Once per process, before any

@@ -566,3 +566,37 @@ fn generate_options_make_the_same_spec_from_either_front_end() {
     let (cli, python) = refused(&["--steer-site", "attn_out"], r#"{"steer_site": "attn_out"}"#, vector());
     assert!(cli == python && cli.contains("needs --steer-site and --steer-layer"), "{cli} / {python}");
 }
+
+/// The last jobs' options — `inspect`, `prepend`, `steer make`, `ioi` — from the flags and from
+/// Python's keywords: the same options, the same spec (defaults filled in by the options type alone).
+#[test]
+fn inspect_prepend_steer_and_ioi_options_make_the_same_spec_from_either_front_end() {
+    use patchbay::jobs::datasets::IoiOptions;
+    use patchbay::jobs::inspect::InspectOptions;
+    use patchbay::jobs::options::Options;
+    use patchbay::jobs::text::{PrependOptions, SteerOptions};
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let (cli, python) = (InspectOptions::from_args("inspect", &args(&["--top-k", "7", "--prepend-bos"])).unwrap(), InspectOptions::from_json(r#"{"top_k": 7, "prepend_bos": true}"#).unwrap());
+    assert_eq!(cli, python);
+    let (cli, python) = (PrependOptions::from_args("prepend", &args(&["--n-tokens", "2", "--seed", "4"])).unwrap(), PrependOptions::from_json(r#"{"n_tokens": 2, "seed": 4}"#).unwrap());
+    assert_eq!(cli, python);
+    let spec = cli.spec("x".into());
+    assert_eq!((spec.n_tokens, spec.samples, spec.seed, spec.score_bos), (2, 10, 4, false));
+    let argv = args(&["--clean", "a", "--corrupted", "b", "--site", "attn_out", "--layer", "1", "--position", "-2", "--out", "v.npy", "--overwrite"]);
+    let (cli, python) = (SteerOptions::from_args("steer", &argv).unwrap(), SteerOptions::from_json(r#"{"clean": "a", "corrupted": "b", "site": "attn_out", "layer": 1, "position": -2, "out": "v.npy", "overwrite": true}"#).unwrap());
+    assert_eq!(cli, python);
+    let spec = cli.spec().unwrap();
+    assert_eq!((spec.site.layer, spec.position, spec.overwrite, spec.prepend_bos), (1, -2, true, false));
+    let refused = format!("{:#}", SteerOptions::from_json(r#"{"clean": "a", "corrupted": "b", "site": "resid", "layer": 1}"#).unwrap().spec().unwrap_err());
+    assert!(refused.contains("resid"), "{refused}");
+    let (cli, python) = (IoiOptions::from_args("ioi", &args(&["--corruption", "s-flip", "--out", "p.jsonl"])).unwrap(), IoiOptions::from_json(r#"{"corruption": "s-flip", "out": "p.jsonl"}"#).unwrap());
+    assert_eq!(cli, python);
+    let spec = cli.spec().unwrap();
+    assert_eq!((spec.n, spec.seed, spec.corruption), (500, 0, patchbay::data::ioi::Corruption::SFlip));
+    for (argv, json) in [(&["--n", "0"][..], r#"{"n": 0}"#), (&["--corruption", "abba"][..], r#"{"corruption": "abba"}"#)] {
+        let error = |o: anyhow::Result<IoiOptions>| format!("{:#}", o.and_then(|o| o.spec()).unwrap_err());
+        let (cli, python) = (error(IoiOptions::from_args("ioi", &args(argv))), error(IoiOptions::from_json(json)));
+        let message = if argv[1] == "0" { "--n must be at least 1" } else { r#""abba" is not one of abc, s-flip"# };
+        assert!(cli.contains(message) && python.contains(message), "{cli} / {python}");
+    }
+}

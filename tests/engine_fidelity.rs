@@ -5,7 +5,7 @@ use burn::prelude::*;
 use crate::common::*;
 use patchbay::backend::{dispatch, BackendKind, BackendSpec, BackendTask, DType};
 use patchbay::data::TokenizedPair;
-use patchbay::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Metric, Noising, PatchSite, Patcher, Patching, Row, Runs};
+use patchbay::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Metric, Noising, PatchSite, RowEngine, Replacement, Row, Runs};
 use patchbay::model::SiteKind;
 use patchbay::model::weights::load_located;
 use patchbay::model::{Transformer, ModelConfig};
@@ -66,9 +66,9 @@ fn family(name: &str) -> PathBuf {
     fixtures().join("families").join(name)
 }
 
-/// The patcher of `how` over `m`, with the means of `pairs` where the ablation takes them; and
+/// The row engine of `how` over `m`, with the means of `pairs` where the ablation takes them; and
 /// those means, by kind.
-fn patcher<'m, B: Backend>(m: &'m Transformer<B>, engine: impl FnOnce(Patching) -> Box<dyn Patcher + 'm>, (direction, ablation): How, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout) -> (Box<dyn Patcher + 'm>, Option<Means>) {
+fn row_engine<'m, B: Backend>(m: &'m Transformer<B>, engine: impl FnOnce(Replacement) -> Box<dyn RowEngine + 'm>, (direction, ablation): How, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout) -> (Box<dyn RowEngine + 'm>, Option<Means>) {
     let means = ablation.needs_means().then(|| {
         let prompts: Vec<&[u32]> = pairs.iter().map(|p| direction.source(p)).collect();
         let mut kinds: Vec<SiteKind> = sites.iter().flat_map(|s| s.clean_reads()).collect();
@@ -76,12 +76,12 @@ fn patcher<'m, B: Backend>(m: &'m Transformer<B>, engine: impl FnOnce(Patching) 
         kinds.dedup();
         Means::compute(m, &prompts, &kinds, ablation == Ablation::MeanPositional, layout, &mut |_| Ok(())).unwrap()
     });
-    let denoising = engine(Patching { ablation, means: means.clone().map(std::sync::Arc::new) });
-    let patcher: Box<dyn Patcher + 'm> = match direction {
+    let denoising = engine(Replacement { ablation, means: means.clone().map(std::sync::Arc::new) });
+    let engine_of_how: Box<dyn RowEngine + 'm> = match direction {
         Direction::Denoising => denoising,
         Direction::Noising => Box::new(Noising(denoising)),
     };
-    (patcher, means)
+    (engine_of_how, means)
 }
 
 /// The attribution references' key of a site's results under `how`.
@@ -108,8 +108,8 @@ impl BackendTask for AgainstTl {
         }
         let layout = layout(&m.config, &pairs);
         let (reuse, max_rows, skip) = (self.reuse, self.max_rows, self.skip);
-        let engine = |patching| -> Box<dyn Patcher + '_> { Box::new(Engine { model: &m, reuse, max_rows, skip, metric: Metric::LogitDiff, patching }) };
-        let (engine, means) = patcher(&m, engine, self.how, &all, &self.sites, &layout);
+        let engine = |replacement| -> Box<dyn RowEngine + '_> { Box::new(Engine { model: &m, reuse, max_rows, skip, metric: Metric::LogitDiff, replacement }) };
+        let (engine, means) = row_engine(&m, engine, self.how, &all, &self.sites, &layout);
         let mut runs = Runs::default();
         let results = engine.run(&pairs, &self.sites, &layout, &mut |n| {
             runs += n;
@@ -293,7 +293,7 @@ fn edges_equal_paths(dir: &Path) {
     let m = model::<B>(dir, &Default::default());
     let pairs = fixture_pairs(&Refs::load(dir));
     let layout = layout(&m.config, &pairs);
-    let engine = Engine { model: &m, reuse: true, max_rows: 512, skip: true, metric: Metric::LogitDiff, patching: Patching::default() };
+    let engine = Engine { model: &m, reuse: true, max_rows: 512, skip: true, metric: Metric::LogitDiff, replacement: Replacement::default() };
     let sites = [PatchSite::Edges, PatchSite::PathQ, PatchSite::PathK, PatchSite::PathV, PatchSite::PathResidFinal];
     let results = engine.run(&pairs, &sites, &layout, &mut |_| Ok(())).unwrap();
     let g = layout.graph();
@@ -378,7 +378,7 @@ fn patching_where_clean_equals_corrupted_changes_nothing_and_all_positions_resto
         let m = model::<B>(&dir, &device);
         let pairs = fixture_pairs(&Refs::load(&dir));
         // Computing the no-op runs too: the point is that they compute to the corrupted run.
-        let engine = Engine { model: &m, reuse, max_rows: 64, skip: false, metric: Metric::LogitDiff, patching: Patching::default() };
+        let engine = Engine { model: &m, reuse, max_rows: 64, skip: false, metric: Metric::LogitDiff, replacement: Replacement::default() };
         let layout = layout(&m.config, &pairs);
         let results = engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| Ok(())).unwrap();
         for (p, pair) in pairs.iter().enumerate() {
@@ -409,7 +409,7 @@ fn same_inputs_give_bit_identical_results() {
     let m = model::<B>(&tiny(), &device);
     let pairs = fixture_pairs(&Refs::load(&tiny()));
     let layout = layout(&m.config, &pairs);
-    let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true, metric: Metric::LogitDiff, patching: Patching::default() };
+    let engine = Engine { model: &m, reuse: true, max_rows: 50, skip: true, metric: Metric::LogitDiff, replacement: Replacement::default() };
     let a = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| Ok(())).unwrap();
     let b = engine.run(&pairs, &PatchSite::ALL, &layout, &mut |_| Ok(())).unwrap();
     assert!(a.iter().all(|p| p.sites.iter().all(|s| s.iter().any(|v| v.is_finite()))), "every site computed");
@@ -431,7 +431,7 @@ impl BackendTask for EveryMetric {
         let mut out = Vec::new();
         for metric in METRICS {
             for reuse in [true, false] {
-                let engine = Engine { model: &m, reuse, max_rows: 64, skip: true, metric, patching: Patching::default() };
+                let engine = Engine { model: &m, reuse, max_rows: 64, skip: true, metric, replacement: Replacement::default() };
                 out.push((metric, reuse, engine.run(&pairs, &[PatchSite::ResidPre], &layout, &mut |_| Ok(()))?));
             }
         }
@@ -520,8 +520,8 @@ impl BackendTask for AttributionAgainstTorch {
         let layout = layout(&m.config, &pairs);
         let sites = self.sites;
         let (metric, max_pairs, skip) = (self.metric, self.max_pairs, self.skip);
-        let attribution = |patching| -> Box<dyn Patcher + '_> { Box::new(Attribution { model: &m, max_pairs, skip, metric, patching, ig_steps: None }) };
-        let (attribution, _) = patcher(&m, attribution, self.how, &pairs, &sites, &layout);
+        let attribution = |replacement| -> Box<dyn RowEngine + '_> { Box::new(Attribution { model: &m, max_pairs, skip, metric, replacement, ig_steps: None }) };
+        let (attribution, _) = row_engine(&m, attribution, self.how, &pairs, &sites, &layout);
         let mut runs = Runs::default();
         let results = attribution.run(&pairs, &sites, &layout, &mut |n| {
             runs += n;
@@ -614,8 +614,8 @@ impl BackendTask for EapAgainstTorch {
         let layout = layout(&m.config, &pairs);
         let sites = [PatchSite::Edges];
         let (ig_steps, max_pairs) = (self.ig_steps, self.max_pairs);
-        let eap = |patching| -> Box<dyn Patcher + '_> { Box::new(Attribution { model: &m, max_pairs, skip: true, metric: Metric::LogitDiff, patching, ig_steps }) };
-        let (eap, _) = patcher(&m, eap, self.how, &pairs, &sites, &layout);
+        let eap = |replacement| -> Box<dyn RowEngine + '_> { Box::new(Attribution { model: &m, max_pairs, skip: true, metric: Metric::LogitDiff, replacement, ig_steps }) };
+        let (eap, _) = row_engine(&m, eap, self.how, &pairs, &sites, &layout);
         let results = eap.run(&pairs, &sites, &layout, &mut |_| Ok(()))?;
         let variant = match self.ig_steps {
             None => "eap".to_string(),
@@ -681,17 +681,17 @@ impl BackendTask for CircuitsAgainstEdges {
         let layout = layout(&m.config, &pairs);
         let edges = layout.graph().edges.len();
         let how = (Direction::Noising, self.1);
-        let engine = |patching| -> Box<dyn Patcher + '_> { Box::new(Engine { model: &m, reuse: true, max_rows: 4096, skip: true, metric: Metric::LogitDiff, patching }) };
-        let (exact, means) = patcher(&m, engine, how, &pairs, &[PatchSite::Edges], &layout);
+        let engine = |replacement| -> Box<dyn RowEngine + '_> { Box::new(Engine { model: &m, reuse: true, max_rows: 4096, skip: true, metric: Metric::LogitDiff, replacement }) };
+        let (exact, means) = row_engine(&m, engine, how, &pairs, &[PatchSite::Edges], &layout);
         let exact = exact.run(&pairs, &[PatchSite::Edges], &layout, &mut |_| Ok(()))?;
-        let patching = Patching { ablation: self.1, means: means.map(std::sync::Arc::new) };
+        let replacement = Replacement { ablation: self.1, means: means.map(std::sync::Arc::new) };
         // Every 7th edge left out alone; the whole graph; nothing; and masks of every density.
         let sample: Vec<usize> = (0..edges).step_by(7).collect();
         let mut circuits: Vec<Vec<bool>> = sample.iter().map(|&e| (0..edges).map(|i| i != e).collect()).collect();
         circuits.push(vec![true; edges]);
         circuits.push(vec![false; edges]);
         circuits.extend((1..6).map(|k| (0..edges).map(|i| (i * 31 + k) % 6 < k).collect::<Vec<bool>>()));
-        let eval = |max_rows| CircuitEval { model: &m, metric: Metric::LogitDiff, patching: patching.clone(), max_rows };
+        let eval = |max_rows| CircuitEval { model: &m, metric: Metric::LogitDiff, replacement: replacement.clone(), max_rows };
         let batched = eval(64).run(&pairs, &circuits, &mut |_| Ok(()))?;
         let mut worst = 0.0f32;
         for (k, &e) in sample.iter().enumerate() {
@@ -827,12 +827,12 @@ impl BackendTask for IgAgainstExact {
         let pairs = fixture_pairs(&Refs::load(&self.0));
         let layout = layout(&m.config, &pairs);
         let sites = [PatchSite::Edges];
-        let patching = Patching::default();
-        let exact = Engine { model: &m, reuse: true, max_rows: 4096, skip: true, metric: Metric::LogitDiff, patching: patching.clone() }.run(&pairs, &sites, &layout, &mut |_| Ok(()))?;
+        let replacement = Replacement::default();
+        let exact = Engine { model: &m, reuse: true, max_rows: 4096, skip: true, metric: Metric::LogitDiff, replacement: replacement.clone() }.run(&pairs, &sites, &layout, &mut |_| Ok(()))?;
         let exact: Vec<f32> = exact.iter().flat_map(|r| r.sites[0].clone()).collect();
         let mut out = Vec::new();
         for &n in &self.1 {
-            let ig = Attribution { model: &m, max_pairs: 4, skip: true, metric: Metric::LogitDiff, patching: patching.clone(), ig_steps: Some(n) }.run(&pairs, &sites, &layout, &mut |_| Ok(()))?;
+            let ig = Attribution { model: &m, max_pairs: 4, skip: true, metric: Metric::LogitDiff, replacement: replacement.clone(), ig_steps: Some(n) }.run(&pairs, &sites, &layout, &mut |_| Ok(()))?;
             let ig: Vec<f32> = ig.iter().flat_map(|r| r.sites[0].clone()).collect();
             let diffs: Vec<f32> = ig.iter().zip(&exact).map(|(a, b)| (a - b).abs()).collect();
             out.push((n, diffs.iter().sum::<f32>() / diffs.len() as f32, diffs.iter().cloned().fold(0.0, f32::max)));

@@ -29,7 +29,7 @@ __all__ = ["load", "open", "verify", "Model", "Result", "Heatmap", "Patterns", "
 __version__ = _native.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
-def load(model: str = "gpt2", backend: str = "cpu", dtype: str = "f32", fusion: bool = False,
+def load(model: str = _native.DEFAULT_MODEL, backend: str = "cpu", dtype: str = "f32", fusion: bool = False,
          threads: Optional[int] = None, device: int = 0) -> "Model":
     """Loads a model once for any number of jobs.
 
@@ -53,7 +53,7 @@ def open(path: PathLike) -> "Result":  # noqa: A001 - the name users expect (pb.
     return Result(manifest, arrays, manifest.get("skipped", []), path, lengths)
 
 
-def graph(model: str = "gpt2") -> Dict[str, List[str]]:
+def graph(model: str = _native.DEFAULT_MODEL) -> Dict[str, List[str]]:
     """The model's computational graph as circuit discovery scores it (``patchbay graph``), in
     EAP-IG's names and order: {"nodes": ["input", "a0.h0", ..., "m0", ..., "logits"], "edges":
     ["input->a0.h0<q>", ..., "m11->logits"]}. Only the model's config.json is read."""
@@ -299,9 +299,10 @@ class Model:
         options = _options(options)
         return self._result(self._native.run(job, os.fspath(config), options, _progress_callback(progress)))
 
-    def inspect(self, text: str, top_k: int = 20, prepend_bos: bool = False) -> List[Dict[str, Any]]:
-        """The top_k most likely next tokens after text: [{"rank", "id", "token", "prob"}, ...]."""
-        return json.loads(self._native.inspect(text, _count("top_k", top_k), bool(prepend_bos)))["top_k"]
+    def inspect(self, text: str, top_k: Optional[int] = None, **options: Any) -> List[Dict[str, Any]]:
+        """The top_k (20) most likely next tokens after text: [{"rank", "id", "token", "prob"}, ...]
+        (``patchbay inspect``; prepend_bos= as its flag)."""
+        return json.loads(self._native.inspect(text, _options(dict(options, top_k=top_k))))["top_k"]
 
     def patterns(self, prompts: Union[str, Iterable[str], None] = None, *, pairs: Any = None,
                  columns: Optional[Mapping[str, str]] = None, progress: Any = True, **options: Any) -> "Patterns":
@@ -370,30 +371,27 @@ class Model:
             report["jaccard"] = np.asarray(report["jaccard"], dtype=np.float32).reshape(n, n)
         return report
 
-    def steer(self, clean: str, corrupted: str, site: str, layer: int, position: int = -1, *,
-              prepend_bos: bool = False, out: Optional[PathLike] = None, overwrite: bool = False) -> np.ndarray:
+    def steer(self, clean: str, corrupted: str, site: str, layer: int, position: Optional[int] = None, **options: Any) -> np.ndarray:
         """A steering vector (``patchbay steer make``): the clean prompt's activation at site (resid_pre,
         resid_mid, resid_post, attn_out, mlp_out: [d_model]; q, k, v, z: [heads, d_head]) of layer, at
-        position (negative: from the end), minus the corrupted one's. out: also write it as .npy."""
-        values, shape = self._native.steer(clean, corrupted, site, _count("layer", layer), int(position), bool(prepend_bos),
-                                           os.fspath(out) if out is not None else None, bool(overwrite))
+        position (negative: from the end; -1 by default), minus the corrupted one's. Keywords are
+        the command's options: prepend_bos, and out (also write it as .npy) with overwrite."""
+        given = dict(options, clean=clean, corrupted=corrupted, site=site, layer=layer, position=position)
+        values, shape = self._native.steer(_options(given))
         return np.frombuffer(values, dtype="<f4").reshape(shape)
 
-    def prepend(self, text: str, n_tokens: int = 3, *, samples: int = 10, seed: int = 0, prepend_bos: bool = False,
-                progress: Any = True) -> List[Dict[str, Any]]:
-        """Going backwards (``patchbay prepend``): n_tokens tokens put in front of text, one a step,
-        each the least perplexing of samples drawn candidates: [{"step", "text", "tokens",
-        "perplexity", "candidates"}]."""
-        return json.loads(self._native.prepend(text, _count("n_tokens", n_tokens), _count("samples", samples), _count("seed", seed), bool(prepend_bos),
-                                               _progress_callback(progress)))
+    def prepend(self, text: str, n_tokens: Optional[int] = None, *, progress: Any = True, **options: Any) -> List[Dict[str, Any]]:
+        """Going backwards (``patchbay prepend``): n_tokens (3) tokens put in front of text, one a step,
+        each the least perplexing of samples (10) drawn candidates (seed 0; prepend_bos as the
+        flag): [{"step", "text", "tokens", "perplexity", "candidates"}]."""
+        return json.loads(self._native.prepend(text, _options(dict(options, n_tokens=n_tokens)), _progress_callback(progress)))
 
-    def ioi(self, n: int = 500, *, seed: int = 0, corruption: str = "abc", out: Optional[PathLike] = None,
-            overwrite: bool = False) -> List[Dict[str, Any]]:
+    def ioi(self, n: Optional[int] = None, **options: Any) -> List[Dict[str, Any]]:
         """IOI prompt pairs (``patchbay ioi``; BABA and ABBA templates, names single tokens of this
         model's tokenizer) as records with named positions, ready for ``patch(pairs=...)``.
-        corruption: abc (all three names replaced) or s-flip. out: also write them as JSONL."""
-        return json.loads(self._native.ioi(_count("n", n), _count("seed", seed), corruption, os.fspath(out) if out is not None else None,
-                                           bool(overwrite)))
+        n (500) pairs; seed (0); corruption: abc (all three names replaced, the default) or s-flip.
+        out: also write them as JSONL (overwrite=)."""
+        return json.loads(self._native.ioi(_options(dict(options, n=n))))
 
     @staticmethod
     def _result(native_result) -> "Result":

@@ -4,12 +4,13 @@
 //! Ctrl-C are checked at every batch, and no Rust panic reaches Python.
 use anyhow::{bail, Context};
 use patchbay::backend::{BackendKind, BackendSpec, DType};
-use patchbay::jobs::text::{CandidatesOptions, GenerateOptions, PerplexityOptions, PrependSpec, SteerSpec};
+use patchbay::jobs::datasets::IoiOptions;
+use patchbay::jobs::inspect::InspectOptions;
+use patchbay::jobs::text::{CandidatesOptions, GenerateOptions, PerplexityOptions, PrependOptions, SteerOptions};
 use patchbay::jobs::circuits::{AttributeOptions, PatternsOptions};
 use patchbay::jobs::discovery::{CircuitOptions, FaithfulnessOptions};
 use patchbay::jobs::options::{default_out, Job, Options, RunOptions, RunPlan};
 use patchbay::jobs::{self, Model, Progress};
-use patchbay::model::{Site, SiteKind};
 use patchbay::results::Manifest;
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -260,40 +261,30 @@ impl PyModel {
         json(&job(py, &mut PyProgress::new(None), |_| jobs::text::candidates(&self.0, &spec, top_k, all_positions))?)
     }
 
-    /// A steering vector: (values bytes, shape).
-    #[pyo3(signature = (clean, corrupted, site, layer, position, prepend_bos, out, overwrite))]
-    #[allow(clippy::too_many_arguments)]
-    fn steer<'py>(&self, py: Python<'py>, clean: String, corrupted: String, site: &str, layer: usize, position: i64, prepend_bos: bool, out: Option<PathBuf>, overwrite: bool) -> PyResult<(Bound<'py, PyBytes>, Vec<usize>)> {
-        let kind = SiteKind::parse(site).map_err(|e| PyValueError::new_err(format!("site={site:?}: {e}")))?;
-        let spec = SteerSpec { clean, corrupted, site: Site::new(kind, layer), position, prepend_bos, out, overwrite };
+    /// A steering vector with `steer make`'s options (JSON): (values bytes, shape).
+    fn steer<'py>(&self, py: Python<'py>, options: &str) -> PyResult<(Bound<'py, PyBytes>, Vec<usize>)> {
+        let spec = SteerOptions::from_json(options).and_then(|o| o.spec()).map_err(to_py)?;
         let (values, shape) = job(py, &mut PyProgress::new(None), |_| jobs::text::steering_vector(&self.0, &spec))?;
         Ok((bytes(py, &values), shape))
     }
 
-    /// Going backwards: the steps as JSON.
-    #[pyo3(signature = (text, n_tokens, samples, seed, prepend_bos, progress=None))]
-    fn prepend(&self, py: Python<'_>, text: String, n_tokens: usize, samples: usize, seed: u64, prepend_bos: bool, progress: Option<Py<PyAny>>) -> PyResult<String> {
-        let spec = PrependSpec { text, n_tokens, samples, seed, score_bos: prepend_bos };
-        let steps = job(py, &mut PyProgress::new(progress), |pr| jobs::text::prepend(&self.0, &spec, pr))?;
-        json(&steps)
+    /// Going backwards from `text` with `prepend`'s options (JSON): the steps as JSON.
+    #[pyo3(signature = (text, options, progress=None))]
+    fn prepend(&self, py: Python<'_>, text: String, options: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
+        let spec = PrependOptions::from_json(options).map(|o| o.spec(text)).map_err(to_py)?;
+        json(&job(py, &mut PyProgress::new(progress), |pr| jobs::text::prepend(&self.0, &spec, pr))?)
     }
 
-    /// IOI pairs from this model's tokenizer, as JSON records.
-    #[pyo3(signature = (n, seed, corruption, out, overwrite))]
-    fn ioi(&self, py: Python<'_>, n: usize, seed: u64, corruption: &str, out: Option<PathBuf>, overwrite: bool) -> PyResult<String> {
-        let corruption = enum_arg::<patchbay::data::ioi::Corruption>(corruption, "corruption")?;
-        let spec = jobs::datasets::IoiSpec { n, seed, corruption, out, overwrite };
-        let pairs = job(py, &mut PyProgress::new(None), |_| {
-            anyhow::ensure!(spec.n > 0, "n must be at least 1");
-            jobs::datasets::ioi(&self.0.tokenizer, &spec)
-        })?;
-        json(&pairs)
+    /// IOI pairs from this model's tokenizer with `ioi`'s options (JSON), as JSON records.
+    fn ioi(&self, py: Python<'_>, options: &str) -> PyResult<String> {
+        let spec = IoiOptions::from_json(options).and_then(|o| o.spec()).map_err(to_py)?;
+        json(&job(py, &mut PyProgress::new(None), |_| jobs::datasets::ioi(&self.0.tokenizer, &spec))?)
     }
 
-    /// (tokens, top_k) as JSON.
-    fn inspect(&self, py: Python<'_>, text: String, top_k: usize, prepend_bos: bool) -> PyResult<String> {
-        let r = job(py, &mut PyProgress::new(None), |_| jobs::inspect::inspect(&self.0, &text, top_k, prepend_bos))?;
-        json(&r)
+    /// `text`'s tokens and next tokens with `inspect`'s options (JSON), as JSON.
+    fn inspect(&self, py: Python<'_>, text: String, options: &str) -> PyResult<String> {
+        let options = InspectOptions::from_json(options).map_err(to_py)?;
+        json(&job(py, &mut PyProgress::new(None), |_| options.run(&self.0, &text))?)
     }
 
     /// Token ids of a text.
@@ -323,7 +314,7 @@ impl PyModel {
         self.patched(py, p)
     }
 
-    fn patched<'py>(&self, py: Python<'py>, p: jobs::patch::Patched) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
+    fn patched<'py>(&self, py: Python<'py>, p: jobs::patch::PatchReport) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
         let m = &p.summary.manifest;
         let arrays = p.summary.arrays.as_ref().map(|arrays| {
             let names = m.sites.iter().map(|s| s.name.clone()).chain(["baseline_clean".to_string(), "baseline_corrupted".to_string()]);
@@ -432,5 +423,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize, m)?)?;
     m.add_function(wrap_pyfunction!(heatmap, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_MODEL", jobs::options::DEFAULT_MODEL)?;
     Ok(())
 }

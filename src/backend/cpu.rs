@@ -4,7 +4,7 @@
 //! head's strided q/k/v views, each segment's key/value prefix and each segment's output. Here
 //! each is one pass (the bias is the product's starting value), and attention reads q, k and v
 //! where they lie — the prefix straight from the corrupted run's cache — and writes every
-//! segment's output into one buffer. Measured with `patchbay bench` (README, "Speed").
+//! segment's output into one buffer. Measured with `patchbay bench` (docs/performance.md, "How it is fast").
 //!
 //! Every function gives its input back (or None) on any other backend, or on a tensor these
 //! kernels do not take (not f32), and the model then runs burn's ops: the GPU backends, fusion

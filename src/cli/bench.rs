@@ -1,6 +1,6 @@
 //! `patchbay bench`: the arguments and the table of `jobs::bench` (a sweep on a random-weight
 //! model of a named shape: the default path beside `--no-skip` and `--no-reuse`).
-use crate::jobs::options::BackendOptions;
+use crate::jobs::options::{BackendOptions, DEFAULT_MODEL};
 use crate::jobs::bench::{bench as job, BenchSpec};
 use anyhow::Result;
 use clap::Args;
@@ -8,7 +8,7 @@ use clap::Args;
 #[derive(Args, Clone)]
 pub struct BenchArgs {
     /// gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or a folder whose config.json gives the shape.
-    #[arg(long, default_value = "gpt2")]
+    #[arg(long, default_value = DEFAULT_MODEL)]
     shape: String,
     #[arg(long, default_value_t = 4)]
     pairs: usize,
@@ -36,10 +36,8 @@ pub struct BenchArgs {
     /// no-ops, skipped.
     #[arg(long, default_value_t = 1)]
     corrupt_at: usize,
-    #[arg(long, overrides_with = "no_json")]
-    json: bool,
-    #[arg(long, overrides_with = "json", hide = true)]
-    no_json: bool,
+    #[command(flatten)]
+    json: super::JsonFlag,
     #[command(flatten)]
     backend: BackendOptions,
 }
@@ -57,7 +55,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         no_skip: a.no_skip,
         corrupt_at: a.corrupt_at,
     };
-    let (json, r) = (a.json, job(&spec, a.backend.configure()?)?);
+    let (json, r) = (a.json.json, job(&spec, a.backend.configure()?)?);
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

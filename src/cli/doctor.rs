@@ -1,5 +1,5 @@
 //! `patchbay doctor`: a backend's forward against the cpu's, step by step, to name a faulty op.
-use crate::jobs::options::BackendOptions;
+use crate::jobs::options::{BackendOptions, DEFAULT_MODEL};
 use crate::jobs::doctor::{doctor, DoctorSpec};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -7,7 +7,7 @@ use clap::Args;
 #[derive(Args)]
 pub struct DoctorArgs {
     /// Hub id (downloaded into the HF cache) or a directory with config.json, model.safetensors, tokenizer.json.
-    #[arg(long, default_value = "gpt2")]
+    #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
     /// The prompt whose forward pass is compared [default: --positions fixed pseudo-random tokens].
     #[arg(long)]
@@ -18,11 +18,8 @@ pub struct DoctorArgs {
     /// Batch rows (the prompt's tokens, row r rotated by r places).
     #[arg(long, default_value_t = 4)]
     rows: usize,
-    /// Print JSON for scripts.
-    #[arg(long, overrides_with = "no_json")]
-    json: bool,
-    #[arg(long, overrides_with = "json", hide = true)]
-    no_json: bool,
+    #[command(flatten)]
+    json: super::JsonFlag,
     /// Tests: add 1 to one step's output on the backend under test (a step name, e.g. mlp.c_fc).
     #[arg(long, hide = true)]
     inject_fault: Option<String>,
@@ -34,7 +31,7 @@ pub struct DoctorArgs {
 pub fn run(args: DoctorArgs) -> Result<()> {
     let spec = DoctorSpec { backend: args.backend.spec(), text: args.text, positions: args.positions, rows: args.rows, inject_fault: args.inject_fault };
     let report = doctor(&args.model, &spec, args.backend.threads)?;
-    if args.json {
+    if args.json.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let b = &report.backend;

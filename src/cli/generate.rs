@@ -1,12 +1,10 @@
 //! `patchbay generate`, `patchbay perplexity` and `patchbay candidates`: decoding and scoring
 //! text, batched.
-use crate::jobs::options::BackendOptions;
 use crate::data;
 use crate::generate::candidates::py_repr;
-use crate::jobs::options::{Options, DEFAULT_MODEL};
-use crate::jobs::text::{self, CandidatesOptions, GenerateOptions, PerplexityOptions, PrependSpec, SteerSpec};
+use crate::jobs::options::{BackendOptions, Options, DEFAULT_MODEL};
+use crate::jobs::text::{self, CandidatesOptions, GenerateOptions, PerplexityOptions, PrependOptions, SteerOptions};
 use crate::results::outputs::{CANDIDATE_FILES, PERPLEXITY_FILES};
-use crate::model::{Site, SiteKind};
 use crate::results::read_f32;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -28,11 +26,8 @@ pub struct GenerateArgs {
     steer: Option<PathBuf>,
     #[command(flatten)]
     options: GenerateOptions,
-    /// Print JSON for scripts.
-    #[arg(long, overrides_with = "no_json")]
-    json: bool,
-    #[arg(long, overrides_with = "json", hide = true)]
-    no_json: bool,
+    #[command(flatten)]
+    json: super::JsonFlag,
     #[command(flatten)]
     backend: BackendOptions,
 }
@@ -56,11 +51,8 @@ struct TextArgs {
     /// Hub id or model directory.
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
-    /// Print JSON for scripts.
-    #[arg(long, overrides_with = "no_json")]
-    json: bool,
-    #[arg(long, overrides_with = "json", hide = true)]
-    no_json: bool,
+    #[command(flatten)]
+    json: super::JsonFlag,
     #[command(flatten)]
     backend: BackendOptions,
 }
@@ -81,7 +73,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let model = a.backend.load(&a.model)?;
     let spec = a.options.settled().spec(&model, prompts, origins, vector)?;
     let seqs = text::generate(&model, &spec, &mut super::Bar::default())?;
-    if a.json {
+    if a.json.json {
         println!("{}", serde_json::to_string_pretty(&seqs)?);
         return Ok(());
     }
@@ -102,7 +94,7 @@ pub fn run_perplexity(a: PerplexityArgs) -> Result<()> {
     let spec = options.texts.spec(texts, origins);
     let model = c.backend.load(&c.model)?;
     let scored = text::perplexity(&model, &spec, per_token, &mut super::Bar::default())?.texts;
-    if c.json {
+    if c.json.json {
         println!("{}", serde_json::to_string_pretty(&scored)?);
         return Ok(());
     }
@@ -141,7 +133,7 @@ pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
     let spec = options.texts.spec(texts, origins);
     let model = c.backend.load(&c.model)?;
     let report = text::candidates(&model, &spec, top_k, all_positions)?;
-    if c.json {
+    if c.json.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -173,46 +165,21 @@ pub fn run_candidates(a: CandidatesArgs) -> Result<()> {
 #[derive(Args)]
 pub struct SteerMakeArgs {
     /// Hub id or model directory.
-    #[arg(long, default_value = "gpt2")]
+    #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
-    /// The prompt whose activation the vector points towards.
-    #[arg(long)]
-    clean: String,
-    /// The prompt it points away from.
-    #[arg(long)]
-    corrupted: String,
-    /// resid_pre, resid_mid, resid_post, attn_out, mlp_out ([d_model]) or q, k, v, z ([heads, d_head]).
-    #[arg(long, value_parser = SiteKind::parse)]
-    site: SiteKind,
-    #[arg(long)]
-    layer: usize,
-    /// The position to take; negative counts from each prompt's end.
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    position: i64,
-    /// Put the BOS in front of both prompts where the tokenizer puts none (GPT-2's `<|endoftext|>`).
-    #[arg(long, overrides_with = "no_prepend_bos")]
-    prepend_bos: bool,
-    #[arg(long, overrides_with = "prepend_bos", hide = true)]
-    no_prepend_bos: bool,
-    /// The vector's .npy file.
-    #[arg(long)]
-    out: PathBuf,
-    /// Replace an existing --out file.
-    #[arg(long, overrides_with = "no_overwrite")]
-    overwrite: bool,
-    #[arg(long, overrides_with = "overwrite", hide = true)]
-    no_overwrite: bool,
+    #[command(flatten)]
+    options: SteerOptions,
     #[command(flatten)]
     backend: BackendOptions,
 }
 
 pub fn run_steer_make(a: SteerMakeArgs) -> Result<()> {
+    let spec = a.options.settled().spec()?;
+    let Some(out) = spec.out.clone() else { bail!("give --out FILE.npy: where the vector goes") };
     let model = a.backend.load(&a.model)?;
-    let site = Site::new(a.site, a.layer);
-    let spec = SteerSpec { clean: a.clean, corrupted: a.corrupted, site, position: a.position, prepend_bos: a.prepend_bos, out: Some(a.out.clone()), overwrite: a.overwrite };
     let (values, shape) = text::steering_vector(&model, &spec)?;
     let norm = values.iter().map(|x| x * x).sum::<f32>().sqrt();
-    println!("wrote the {} steering vector {shape:?} (norm {norm:.4}) to {}", a.site.hook_name(a.layer), a.out.display());
+    println!("wrote the {} steering vector {shape:?} (norm {norm:.4}) to {}", spec.site.kind.hook_name(spec.site.layer), out.display());
     Ok(())
 }
 
@@ -221,36 +188,21 @@ pub struct PrependArgs {
     /// The text to go backwards from.
     text: String,
     /// Hub id or model directory.
-    #[arg(long, default_value = "gpt2")]
+    #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
-    /// Tokens to put in front, one a step.
-    #[arg(long, default_value_t = 3)]
-    n_tokens: usize,
-    /// Candidate first tokens drawn each step (repeats are scored once).
-    #[arg(long, default_value_t = 10)]
-    samples: usize,
-    /// Seed of the candidates' draws.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Score every text with the BOS in front (GPT-2's `<|endoftext|>`), so the new first token's probability counts.
-    #[arg(long, overrides_with = "no_prepend_bos")]
-    prepend_bos: bool,
-    #[arg(long, overrides_with = "prepend_bos", hide = true)]
-    no_prepend_bos: bool,
-    /// Print JSON for scripts.
-    #[arg(long, overrides_with = "no_json")]
-    json: bool,
-    #[arg(long, overrides_with = "json", hide = true)]
-    no_json: bool,
+    #[command(flatten)]
+    options: PrependOptions,
+    #[command(flatten)]
+    json: super::JsonFlag,
     #[command(flatten)]
     backend: BackendOptions,
 }
 
 pub fn run_prepend(a: PrependArgs) -> Result<()> {
     let model = a.backend.load(&a.model)?;
-    let spec = PrependSpec { text: a.text, n_tokens: a.n_tokens, samples: a.samples, seed: a.seed, score_bos: a.prepend_bos };
+    let spec = a.options.settled().spec(a.text);
     let steps = text::prepend(&model, &spec, &mut super::Bar::default())?;
-    if a.json {
+    if a.json.json {
         println!("{}", serde_json::to_string_pretty(&steps)?);
         return Ok(());
     }

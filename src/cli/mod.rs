@@ -8,8 +8,7 @@ mod inspect;
 mod patterns;
 mod run;
 
-use crate::data::ioi::Corruption;
-use crate::jobs::options::{BackendOptions, Job};
+use crate::jobs::options::{BackendOptions, Job, Options, DEFAULT_MODEL};
 use crate::jobs::Progress;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -56,22 +55,11 @@ enum Command {
     },
     /// Generate IOI prompt pairs (BABA and ABBA templates) as JSONL with named positions.
     Ioi {
-        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
-        n: u64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long, value_enum, default_value_t = Corruption::Abc)]
-        corruption: Corruption,
+        #[command(flatten)]
+        options: crate::jobs::datasets::IoiOptions,
         /// Model whose tokenizer checks names are single tokens and places the named positions.
-        #[arg(long, default_value = "gpt2")]
+        #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace an existing --out file.
-        #[arg(long, overrides_with = "no_overwrite")]
-        overwrite: bool,
-        #[arg(long, overrides_with = "overwrite", hide = true)]
-        no_overwrite: bool,
     },
     /// Recheck random patched runs of a finished run on the simplest path (one row per forward
     /// pass, no reuse, no fusion); the result goes into its manifest.
@@ -90,7 +78,7 @@ enum Command {
     /// head's q, k and v input, each MLP's input and the logits.
     Graph {
         /// Hub id or model directory (only its config.json is read).
-        #[arg(long, default_value = "gpt2")]
+        #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
         /// Print every edge's name, one a line, in EAP-IG's order (`input->a0.h0<q>`, `a0.h1->m0`, …).
         #[arg(long)]
@@ -170,6 +158,22 @@ impl Progress for Bar {
     }
 }
 
+/// `--json` (and `--no-json`): print JSON for scripts instead of tables.
+#[derive(clap::Args, Clone, Debug)]
+pub struct JsonFlag {
+    /// Print JSON for scripts.
+    #[arg(long, overrides_with = "no_json")]
+    pub json: bool,
+    #[arg(long, overrides_with = "json", hide = true)]
+    no_json: bool,
+}
+
+/// Whether `args` (without the program's name) is a command line the CLI takes: parsed as `main`
+/// parses it, nothing run (what the documentation tests ask of every command line it shows).
+pub fn parses(args: &[String]) -> Result<()> {
+    Cli::try_parse_from(std::iter::once("patchbay".to_string()).chain(args.iter().cloned())).map(|_| ()).map_err(|e| anyhow::anyhow!("{}", e.render().to_string().lines().next().unwrap_or_default()))
+}
+
 pub fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Inspect(args) => inspect::inspect(args),
@@ -202,11 +206,12 @@ pub fn main() -> Result<()> {
         Command::Perplexity(args) => generate::run_perplexity(args),
         Command::Candidates(args) => generate::run_candidates(args),
         Command::Attribute(args) => attribute::run(args),
-        Command::Ioi { n, seed, corruption, model, out, overwrite, .. } => {
+        Command::Ioi { options, model } => {
+            let spec = options.settled().spec()?;
+            let Some(out) = spec.out.clone() else { anyhow::bail!("give --out FILE.jsonl: where the pairs go") };
             let tok = crate::jobs::datasets::tokenizer_of(&model)?;
-            let spec = crate::jobs::datasets::IoiSpec { n: n as usize, seed, corruption, out: Some(out.clone()), overwrite };
             let pairs = crate::jobs::datasets::ioi(&tok, &spec)?;
-            println!("wrote {} IOI pairs ({corruption:?} corruption) to {}", pairs.len(), out.display());
+            println!("wrote {} IOI pairs ({:?} corruption) to {}", pairs.len(), spec.corruption, out.display());
             Ok(())
         }
         Command::Merge { sources, out, overwrite, .. } => {

@@ -13,13 +13,13 @@
 //!
 //! The engine computes denoising only: noising is denoising of each pair with its prompts swapped
 //! (answer and distractor kept) and its baselines swapped back (`Noising`). An ablation replaces
-//! the source run's activations by zeros or means (`Patching::source`), so every site, exact or by
+//! the source run's activations by zeros or means (`Replacement::source`), so every site, exact or by
 //! attribution, reads one source. Only resample keeps `Row::is_noop` exact: zeros and means
 //! differ from the base run before the first differing token too, so with them every row is
 //! computed.
 use super::plan::{Layout, PairResult, Row, Runs};
 use super::site::PatchSite;
-use super::Patcher;
+use super::RowEngine;
 use crate::data::TokenizedPair;
 use crate::model::sites::rank4;
 use crate::model::{Cache, Hooks, ModelConfig, Site, SiteKind, Transformer};
@@ -92,14 +92,15 @@ impl Ablation {
     }
 }
 
-/// The ablation a patcher writes: the kind, and for mean ablations the means.
+/// What a patched row writes in place of the base run's activation: the ablation kind, and for
+/// mean ablations the means.
 #[derive(Clone, Debug, Default)]
-pub struct Patching {
+pub struct Replacement {
     pub ablation: Ablation,
     pub means: Option<Arc<Means>>,
 }
 
-impl Patching {
+impl Replacement {
     /// Whether no-op rows are skipped, given `skip` was asked for.
     pub fn skips(&self, skip: bool) -> bool {
         skip && self.ablation.keeps_noops()
@@ -256,15 +257,15 @@ impl<B: Backend> Hooks<B> for Sums<'_> {
     }
 }
 
-/// Noising by a denoising patcher: each pair's prompts swapped (answer and distractor kept), the
+/// Noising by a denoising row engine: each pair's prompts swapped (answer and distractor kept), the
 /// baselines swapped back.
-pub struct Noising<'m>(pub Box<dyn Patcher + 'm>);
+pub struct Noising<'m>(pub Box<dyn RowEngine + 'm>);
 
 fn swapped(p: &TokenizedPair) -> TokenizedPair {
     TokenizedPair { clean: p.corrupted.clone(), corrupted: p.clean.clone(), ..p.clone() }
 }
 
-impl Patcher for Noising<'_> {
+impl RowEngine for Noising<'_> {
     fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> Result<()>) -> Result<Vec<PairResult>> {
         let pairs: Vec<TokenizedPair> = pairs.iter().map(swapped).collect();
         let results = self.0.run(&pairs, sites, layout, progress)?;

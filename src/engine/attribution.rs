@@ -19,13 +19,13 @@
 //! dimension, for every edge from the same passes. Integrated gradients (`ig_steps`, EAP-IG's
 //! default variant, Hanna et al. 2024) average that gradient over runs with interpolated input
 //! embeddings; with noising its points, differences and gradients are EAP-IG's own.
-use super::ablation::Patching;
+use super::ablation::Replacement;
 use super::graph::{Edge, Node};
 use super::metric::Metric;
 use super::plan::{Layout, PairResult, Row, Runs};
 use super::site::PatchSite;
 use super::run::last_position_metric;
-use super::Patcher;
+use super::RowEngine;
 use crate::backend::{float_options, matmul};
 use crate::data::TokenizedPair;
 use crate::model::sites::rank4;
@@ -44,7 +44,7 @@ pub struct Attribution<'m, B: AutodiffBackend> {
     pub skip: bool,
     pub metric: Metric,
     /// What the patched slices are written from (resample: the clean run).
-    pub patching: Patching,
+    pub replacement: Replacement,
     /// Integrated gradients (EAP-IG's variant, over the token embeddings): the gradient averaged
     /// over this many runs whose embeddings step from the source's towards the corrupted run's
     /// (EAP-IG's points: source + (k/n)·(corrupted − source), k = 0..n−1). None: the corrupted run's.
@@ -122,7 +122,7 @@ impl<B: AutodiffBackend> Attribution<'_, B> {
         let mut clean = Cache::new(reads);
         let clean_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.clean.clone()).collect();
         let clean_metric = last_position_metric(m, self.metric, true, m.resid_final(m.tokens(&clean_rows)?, &mut clean), ids.clone());
-        let source = self.patching.source(&clean);
+        let source = self.replacement.source(&clean);
         let corrupted_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.corrupted.clone()).collect();
         let corrupted_tokens = m.tokens(&corrupted_rows)?;
         let mut leaves = Leaves { want: want.clone(), input: None, acts: HashMap::new() };
@@ -310,7 +310,7 @@ fn estimate(t: &Terms, r: &Row, len: usize) -> f64 {
     }
 }
 
-impl<B: AutodiffBackend> Patcher for Attribution<'_, B> {
+impl<B: AutodiffBackend> RowEngine for Attribution<'_, B> {
     fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> Result<()>) -> Result<Vec<PairResult>> {
         ensure!(!pairs.is_empty(), "no pairs to run");
         if let Some(s) = sites.iter().find(|&&s| s.is_path() && s != PatchSite::Edges) {
@@ -318,7 +318,7 @@ impl<B: AutodiffBackend> Patcher for Attribution<'_, B> {
         }
         let mut results = Vec::with_capacity(pairs.len());
         for group in pairs.chunks(self.max_pairs.max(1)) {
-            let (rows, noops) = layout.batch_rows(group, sites, self.patching.skips(self.skip))?;
+            let (rows, noops) = layout.batch_rows(group, sites, self.replacement.skips(self.skip))?;
             let mut blocks: Vec<Vec<Vec<f32>>> = vec![sites.iter().map(|&s| vec![f32::NAN; layout.per_pair_len(s)]).collect(); group.len()];
             progress(Runs { computed: 0, skipped: noops.len() })?;
             let batch: Vec<Row> = rows.iter().map(|(_, r)| *r).collect();

@@ -10,7 +10,7 @@
 //! alone take their source writes (`Block::head_change`), so that one ablated edge is the exact
 //! edge and every edge ablated is the source run. Every edge in: the clean run. None: every receiver reads the source run's
 //! residual stream (resample: the corrupted run).
-use super::ablation::Patching;
+use super::ablation::Replacement;
 use super::graph::{Graph, Node};
 use super::metric::Metric;
 use super::run::last_position_metric;
@@ -24,7 +24,7 @@ pub struct CircuitEval<'m, B: Backend> {
     pub model: &'m Transformer<B>,
     pub metric: Metric,
     /// What an ablated edge carries (resample: the corrupted prompt's sender output).
-    pub patching: Patching,
+    pub replacement: Replacement,
     /// (circuit, pair) rows per forward pass, at most.
     pub max_rows: usize,
 }
@@ -106,7 +106,7 @@ impl<B: Backend> CircuitEval<'_, B> {
         let want = (0..layers).flat_map(|l| [Site::new(SiteKind::Z, l), Site::new(SiteKind::MlpOut, l)]).chain([Site::new(SiteKind::Embed, 0)]);
         let mut cache = Cache::new(want);
         m.resid_final(rows(|p| &p.corrupted)?, &mut cache);
-        let source = self.patching.source(&cache);
+        let source = self.replacement.source(&cache);
         let sources = Sources {
             input: source.resid(Site::new(SiteKind::Embed, 0)).expect("cached"),
             heads: (0..layers).map(|l| head_writes(m, l, source.heads(Site::new(SiteKind::Z, l)).expect("cached"))).collect(),

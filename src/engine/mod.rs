@@ -13,7 +13,7 @@ pub mod plan;
 pub mod run;
 pub mod site;
 
-pub use ablation::{Ablation, Direction, Means, Noising, Patching};
+pub use ablation::{Ablation, Direction, Means, Noising, Replacement};
 pub use attribution::Attribution;
 pub use circuit::CircuitEval;
 pub use graph::{Edge, Graph, Node};
@@ -59,7 +59,7 @@ impl Method {
 pub const DEFAULT_IG_STEPS: usize = 5;
 
 /// Computes every row of `sites` for `pairs` (one length): exactly, or by attribution.
-pub trait Patcher {
+pub trait RowEngine {
     /// `progress` is told the skipped runs, then how many runs each finished batch held; an
     /// error from it stops the run.
     fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> anyhow::Result<()>) -> anyhow::Result<Vec<PairResult>>;

@@ -12,7 +12,7 @@
 //! With `skip` (the default) a row that provably is the corrupted run (`Row::is_noop`: patched
 //! before the first differing token, or at equal embeddings) is not computed: its result is the
 //! corrupted baseline. Only a resample ablation keeps those rows no-ops (`ablation`).
-use super::ablation::Patching;
+use super::ablation::Replacement;
 use super::metric::Metric;
 use super::graph::Node;
 use super::plan::{Layout, PairResult, Row, Runs};
@@ -34,7 +34,7 @@ pub struct Engine<'m, B: Backend> {
     pub skip: bool,
     pub metric: Metric,
     /// What the patched slices are written from (resample: the clean run).
-    pub patching: Patching,
+    pub replacement: Replacement,
 }
 
 /// The clean and corrupted runs of a group of pairs, cached where patched rows need them.
@@ -58,7 +58,7 @@ impl<B: Backend> Engine<'_, B> {
     /// Baselines and every patched run at `sites` for `pairs`, which must share one length.
     /// `progress` is told the skipped runs, then how many runs each finished batch held.
     pub fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> Result<()>) -> Result<Vec<PairResult>> {
-        let (rows, noops) = layout.batch_rows(pairs, sites, self.patching.skips(self.skip))?;
+        let (rows, noops) = layout.batch_rows(pairs, sites, self.replacement.skips(self.skip))?;
         let base = self.baselines(pairs, sites)?;
         let clean = self.metric(base.clean.resid(Site::new(SiteKind::ResidPost, self.last_layer())).unwrap(), base.ids.clone());
         let corrupted = self.metric(base.corrupted.resid(Site::new(SiteKind::ResidPost, self.last_layer())).unwrap(), base.ids.clone());
@@ -93,8 +93,8 @@ impl<B: Backend> Engine<'_, B> {
     /// rows append and a chunk's rows are active over most of its layers); within a chunk, rows
     /// computed from the same position on (with reuse: the patch position) form one segment of
     /// the batch. One segment per position wastes no work: segments share every linear layer's
-    /// product, only attention runs per segment (README, "Speed", measures it against wider
-    /// segments).
+    /// product, only attention runs per segment (docs/performance.md, "How it is fast", measures
+    /// it against wider segments).
     ///
     /// An edge run is batched by pair and by block of `max_rows` of the graph's edges, in the
     /// graph's order (which is by receiver layer): a shard of the graph's rows cut at those blocks
@@ -161,7 +161,7 @@ impl<B: Backend> Engine<'_, B> {
         let corrupted_rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.corrupted.clone()).collect();
         m.resid_final(m.tokens(&corrupted_rows)?, &mut corrupted);
         let ids = m.tokens(&pairs.iter().map(|p| vec![p.answer, p.distractor]).collect::<Vec<_>>())?;
-        let source = self.patching.source(&clean);
+        let source = self.replacement.source(&clean);
         Ok(Baselines { clean, source, corrupted, ids, len: pairs[0].len() })
     }
 
@@ -198,7 +198,7 @@ impl<B: Backend> Engine<'_, B> {
                 })
                 .collect();
             let keep = (self.reuse && layer == self.last_layer()).then_some(1);
-            let mut hook = Patch { segments: &segments, len: base.len, source: &base.source, corrupted: &base.corrupted, model: self.model };
+            let mut hook = RowPatches { segments: &segments, len: base.len, source: &base.source, corrupted: &base.corrupted, model: self.model };
             x = Some(block.forward(xl, layer, &prefixes, keep, &mut hook));
         }
         let last = x.expect("every row joins by the last layer").last(Some(1)).x;
@@ -257,7 +257,7 @@ pub(super) fn last_position_metric<B: Backend>(model: &Transformer<B>, metric: M
     metric.of(chosen)
 }
 
-impl<B: Backend> super::Patcher for Engine<'_, B> {
+impl<B: Backend> super::RowEngine for Engine<'_, B> {
     fn run(&self, pairs: &[TokenizedPair], sites: &[PatchSite], layout: &Layout, progress: &mut dyn FnMut(Runs) -> Result<()>) -> Result<Vec<PairResult>> {
         Engine::run(self, pairs, sites, layout, progress)
     }
@@ -283,7 +283,7 @@ struct Segment<B: Backend> {
 /// patched slices are gathered from the source and scattered into the batch, one index-based
 /// write per patched site. Path rows instead add their sender's source-minus-corrupted write to
 /// what their receiver reads.
-struct Patch<'a, B: Backend> {
+struct RowPatches<'a, B: Backend> {
     segments: &'a [Segment<B>],
     /// The pairs' length: an activation of s positions covers positions len − s.. .
     len: usize,
@@ -292,7 +292,7 @@ struct Patch<'a, B: Backend> {
     model: &'a Transformer<B>,
 }
 
-impl<B: Backend> Hooks<B> for Patch<'_, B> {
+impl<B: Backend> Hooks<B> for RowPatches<'_, B> {
     fn wants(&self, site: Site) -> bool {
         self.segments.iter().flat_map(|s| &s.rows).any(|r| r.layer == site.layer && r.kind() == site.kind)
     }
@@ -325,7 +325,7 @@ impl<B: Backend> Hooks<B> for Patch<'_, B> {
     }
 }
 
-impl<B: Backend> Patch<'_, B> {
+impl<B: Backend> RowPatches<'_, B> {
     /// The rows of `segment` patched at `site`: (index in the segment, row), paths or overwrites.
     fn rows_at(&self, site: Site, segment: usize, paths: bool) -> Vec<(usize, &Row)> {
         let here = |r: &Row| r.layer == site.layer && r.kind() == site.kind && r.site.is_path() == paths;

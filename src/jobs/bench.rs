@@ -127,7 +127,7 @@ impl BackendTask for Bench<'_> {
         let mut results = Vec::new();
         let mut outputs = Vec::new();
         for (mode, reuse, skip) in modes {
-            let engine = Engine { model: &model, reuse, max_rows, skip, metric: Metric::LogitDiff, patching: Default::default() };
+            let engine = Engine { model: &model, reuse, max_rows, skip, metric: Metric::LogitDiff, replacement: Default::default() };
             let out = engine.run(&pairs, &sites, &layout, &mut |_| Ok(()))?; // warm-up (autotune, kernels)
             let seconds = (0..a.repeat.max(1))
                 .map(|_| {

@@ -4,9 +4,50 @@ use crate::data::Pair;
 use crate::model::weights::locate_file;
 use crate::results::outputs;
 use crate::tokenizer::Tokenizer;
-use anyhow::Result;
+use super::options::{Options, OutOptions};
+use anyhow::{bail, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// `ioi`'s options (`patchbay ioi`, Python's `Model.ioi`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IoiOptions {
+    /// Pairs [default: 500].
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Seed of the draws [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// abc (all three names replaced by others) or s-flip (S2 replaced by IO) [default: abc].
+    #[arg(long, value_parser = super::options::choice::<Corruption>)]
+    #[serde(deserialize_with = "super::options::by_name")]
+    pub corruption: Option<Corruption>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub output: OutOptions,
+}
+
+impl Options for IoiOptions {
+    fn settled(mut self) -> Self {
+        self.output.settle();
+        self
+    }
+}
+
+impl IoiOptions {
+    /// The dataset these options ask for, every default filled in.
+    pub fn spec(self) -> Result<IoiSpec> {
+        let n = self.n.unwrap_or(500);
+        if n == 0 {
+            bail!("--n must be at least 1");
+        }
+        Ok(IoiSpec { n, seed: self.seed.unwrap_or(0), corruption: self.corruption.unwrap_or(Corruption::Abc), overwrite: self.output.overwrite(), out: self.output.out })
+    }
+}
+
+#[derive(Debug)]
 pub struct IoiSpec {
     pub n: usize,
     pub seed: u64,

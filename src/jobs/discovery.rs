@@ -7,7 +7,7 @@ use crate::analysis::circuit::{self, Circuit, Selection};
 use crate::analysis::plot::{lines_png, lines_svg, Lines};
 use crate::backend::BackendSpec;
 use crate::data::TokenizedPair;
-use crate::engine::{CircuitEval, Graph, Metric, Patching};
+use crate::engine::{CircuitEval, Graph, Metric, Replacement};
 use crate::results::manifest::{is_own_file, CIRCUIT_FILES, FAITHFULNESS_FILES};
 use crate::results::{self, npy, write_atomic, Manifest};
 use anyhow::{bail, Context, Result};
@@ -337,7 +337,7 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
         .iter()
         .map(results::PairEntry::tokenized)
         .collect();
-    let patching = Patching { ablation: m.ablation, means: results::read_means(&spec.run, &m, false)?.map(std::sync::Arc::new) };
+    let replacement = Replacement { ablation: m.ablation, means: results::read_means(&spec.run, &m, false)?.map(std::sync::Arc::new) };
     // The whole graph and the empty circuit, then the sizes.
     let mut masks = vec![vec![true; total], vec![false; total]];
     masks.extend(circuits.iter().map(|c| c.edges.clone()));
@@ -347,7 +347,7 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
         bail!("--max-rows must be at least 1");
     }
     progress.start((masks.len() * pairs.len()) as u64, "circuit runs");
-    let task = Evaluate { pairs: &pairs, masks: &masks, metric: m.metric_name, patching, max_rows, progress };
+    let task = Evaluate { pairs: &pairs, masks: &masks, metric: m.metric_name, replacement, max_rows, progress };
     let metrics = model.with(task)?;
     let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
     let (whole, empty) = (mean(&metrics[0]), mean(&metrics[1]));
@@ -444,7 +444,7 @@ struct Evaluate<'a> {
     pairs: &'a [TokenizedPair],
     masks: &'a [Vec<bool>],
     metric: Metric,
-    patching: Patching,
+    replacement: Replacement,
     max_rows: usize,
     progress: &'a mut dyn Progress,
 }
@@ -452,7 +452,7 @@ struct Evaluate<'a> {
 impl ModelTask for Evaluate<'_> {
     type Output = Vec<Vec<f32>>;
     fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<f32>>> {
-        let eval = CircuitEval { model: on.model, metric: self.metric, patching: self.patching, max_rows: self.max_rows };
+        let eval = CircuitEval { model: on.model, metric: self.metric, replacement: self.replacement, max_rows: self.max_rows };
         let progress = self.progress;
         let out = eval.run(self.pairs, self.masks, &mut |n| progress.advance(n as u64))?;
         progress.finish();

@@ -4,7 +4,9 @@ use crate::model::NoHooks;
 use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use serde::Serialize;
+use super::options::{BosOption, Options};
+use clap::Args;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TokenRow {
@@ -25,6 +27,32 @@ pub struct TopRow {
 pub struct Inspection {
     pub tokens: Vec<TokenRow>,
     pub top_k: Vec<TopRow>,
+}
+
+/// `inspect`'s options (`patchbay inspect`, Python's `Model.inspect`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InspectOptions {
+    /// Next tokens listed [default: 20].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bos: BosOption,
+}
+
+impl Options for InspectOptions {
+    fn settled(mut self) -> Self {
+        self.bos.settle();
+        self
+    }
+}
+
+impl InspectOptions {
+    /// The tokens of `text` and its most likely next tokens, with these options' defaults filled in.
+    pub fn run(&self, model: &Model, text: &str) -> Result<Inspection> {
+        inspect(model, text, self.top_k.unwrap_or(20), self.bos.prepend_bos())
+    }
 }
 
 /// The tokens of `text` and the `top_k` most likely next tokens after it (ties by id).

@@ -529,7 +529,8 @@ pub fn choice<T: clap::ValueEnum>(name: &str) -> Result<T, String> {
     })
 }
 
-fn by_name<'de, D: Deserializer<'de>, T: clap::ValueEnum>(d: D) -> Result<Option<T>, D::Error> {
+/// An optional enum value by its name (`choice`), for serde.
+pub fn by_name<'de, D: Deserializer<'de>, T: clap::ValueEnum>(d: D) -> Result<Option<T>, D::Error> {
     Option::<String>::deserialize(d)?.map(|s| choice(&s)).transpose().map_err(serde::de::Error::custom)
 }
 

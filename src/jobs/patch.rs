@@ -28,7 +28,7 @@ pub struct PatchSpec {
 }
 
 /// What a sweep did.
-pub struct Patched {
+pub struct PatchReport {
     pub summary: SweepSummary,
     /// Pairs left out, with `row_unit` ("line", "row") saying what their rows count.
     pub skipped: Vec<Skipped>,
@@ -39,7 +39,7 @@ pub struct Patched {
 }
 
 /// Runs `spec` on `model`.
-pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> Result<Patched> {
+pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> Result<PatchReport> {
     let spec = &patch.sweep;
     if spec.max_rows == Some(0) {
         bail!("--max-rows must be at least 1");
@@ -94,7 +94,7 @@ pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> R
         Some(dir) if patch.verify > 0 => Some(crate::jobs::verify::verify(dir, patch.verify, None, Some(model))?),
         _ => None,
     };
-    Ok(Patched { summary, skipped, row_unit: patch.pairs.row_unit(), out, verification })
+    Ok(PatchReport { summary, skipped, row_unit: patch.pairs.row_unit(), out, verification })
 }
 
 struct Sweep<'a> {

@@ -3,7 +3,7 @@
 //! run; a shard's part of it (`shard`), batches sized by `memory`.
 use crate::data::{self, Skipped, TokenizedPair};
 use crate::engine::budget::{max_pairs_for_budget, max_rows_for_budget};
-use crate::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Method, Metric, Noising, PatchSite, Patcher, Patching, Runs};
+use crate::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Method, Metric, Noising, PatchSite, RowEngine, Replacement, Runs};
 use crate::model::{Transformer, ModelConfig};
 use super::memory::{memory_limits, nominal_memory_limits};
 use super::shard::Shard;
@@ -55,12 +55,12 @@ impl<'m, B: Backend> SweepModel<'m, B> {
         })
     }
 
-    /// Its patcher, batching `max_rows` patched runs (attribution: pairs) a pass, writing
-    /// `patching`'s source in `direction`.
-    pub fn patcher(&self, reuse: bool, skip: bool, metric: Metric, max_rows: usize, direction: Direction, patching: Patching) -> Box<dyn Patcher + 'm> {
-        let denoising: Box<dyn Patcher + 'm> = match *self {
-            Self::Exact(model) => Box::new(Engine { model, reuse, max_rows, skip, metric, patching }),
-            Self::Attribution(model, ig_steps) => Box::new(Attribution { model, max_pairs: max_rows, skip, metric, patching, ig_steps }),
+    /// Its row engine, batching `max_rows` patched runs (attribution: pairs) a pass, writing
+    /// `replacement`'s source in `direction`.
+    pub fn row_engine(&self, reuse: bool, skip: bool, metric: Metric, max_rows: usize, direction: Direction, replacement: Replacement) -> Box<dyn RowEngine + 'm> {
+        let denoising: Box<dyn RowEngine + 'm> = match *self {
+            Self::Exact(model) => Box::new(Engine { model, reuse, max_rows, skip, metric, replacement }),
+            Self::Attribution(model, ig_steps) => Box::new(Attribution { model, max_pairs: max_rows, skip, metric, replacement, ig_steps }),
         };
         match direction {
             Direction::Denoising => denoising,
@@ -172,8 +172,8 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     manifest.skipped = skipped.to_vec();
     manifest.shard = spec.shard.map(|s| ShardInfo { index: s.index, count: s.count, pairs: mine.clone(), pairs_total: all.len(), edges: layout.edges });
     manifest.ablation_means = means.iter().flat_map(|m| m.kinds.iter()).map(|(k, (shape, v))| MeansEntry { kind: k.name().into(), file: crate::results::manifest::ablation_means_file(*k), shape: shape.clone(), xxh3: MeansEntry::hash(v) }).collect();
-    let patching = Patching { ablation: spec.ablation, means: means.clone() };
-    let skip = patching.skips(spec.skip);
+    let replacement = Replacement { ablation: spec.ablation, means: means.clone() };
+    let skip = replacement.skips(spec.skip);
     let runs_of = |p: &TokenizedPair| Runs::of_pair(&layout, &spec.sites, &p.clean, &p.corrupted, skip);
     for p in &pairs {
         manifest.runs += runs_of(p);
@@ -206,7 +206,7 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
         }
         progress.advance(r.total() as u64)
     };
-    let patcher = model.patcher(spec.reuse, spec.skip, spec.metric, max_rows, spec.direction, patching);
+    let engine = model.row_engine(spec.reuse, spec.skip, spec.metric, max_rows, spec.direction, replacement);
     let started = std::time::Instant::now();
     let mut ran = Runs::default();
     for (u, unit) in units.iter().enumerate() {
@@ -219,7 +219,7 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
             continue;
         }
         let unit_pairs: Vec<TokenizedPair> = unit.iter().map(|&i| all[i].clone()).collect();
-        let results = patcher.run(&unit_pairs, &spec.sites, &layout, &mut show)?;
+        let results = engine.run(&unit_pairs, &spec.sites, &layout, &mut show)?;
         for (&g, r) in unit.iter().zip(results) {
             let i = row_of(g);
             sink.write(Array::BaselineClean, i, &[r.clean])?;

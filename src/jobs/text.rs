@@ -499,6 +499,59 @@ impl ModelTask for Candidates<'_> {
 
 /// A steering vector: the clean prompt's activation at `site` and `position` (negative: from
 /// the end) minus the corrupted one's.
+/// `steer make`'s options (`patchbay steer make`, Python's `Model.steer`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SteerOptions {
+    /// The prompt whose activation the vector points towards.
+    #[arg(long, required = true)]
+    pub clean: Option<String>,
+    /// The prompt it points away from.
+    #[arg(long, required = true)]
+    pub corrupted: Option<String>,
+    /// resid_pre, resid_mid, resid_post, attn_out, mlp_out ([d_model]) or q, k, v, z ([heads, d_head]).
+    #[arg(long, required = true)]
+    pub site: Option<String>,
+    #[arg(long, required = true)]
+    pub layer: Option<usize>,
+    /// The position to take; negative counts from each prompt's end [default: -1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub position: Option<i64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bos: BosOption,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub output: OutOptions,
+}
+
+impl JobOptions for SteerOptions {
+    fn settled(mut self) -> Self {
+        self.bos.settle();
+        self.output.settle();
+        self
+    }
+}
+
+impl SteerOptions {
+    /// The steering vector these options ask for, every default filled in.
+    pub fn spec(self) -> Result<SteerSpec> {
+        let given = |v: Option<String>, what: &str| v.with_context(|| format!("give --{what}"));
+        let (clean, corrupted, site) = (given(self.clean, "clean")?, given(self.corrupted, "corrupted")?, given(self.site, "site")?);
+        let layer = self.layer.context("give --layer")?;
+        Ok(SteerSpec {
+            clean,
+            corrupted,
+            site: Site::new(SiteKind::parse(&site)?, layer),
+            position: self.position.unwrap_or(-1),
+            prepend_bos: self.bos.prepend_bos(),
+            overwrite: self.output.overwrite(),
+            out: self.output.out,
+        })
+    }
+}
+
+#[derive(Debug)]
 pub struct SteerSpec {
     pub clean: String,
     pub corrupted: String,
@@ -542,6 +595,40 @@ impl ModelTask for MakeVector<'_> {
 
 /// Going backwards: `n_tokens` tokens put in front of `text`, one a step, each the least
 /// perplexing of `samples` drawn candidates.
+/// `prepend`'s options (`patchbay prepend`, Python's `Model.prepend`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrependOptions {
+    /// Tokens to put in front, one a step [default: 3].
+    #[arg(long)]
+    pub n_tokens: Option<usize>,
+    /// Candidate first tokens drawn each step (repeats are scored once) [default: 10].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Seed of the candidates' draws [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    // --prepend-bos: every text is scored with the BOS in front, so the new first token's
+    // probability counts.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bos: BosOption,
+}
+
+impl JobOptions for PrependOptions {
+    fn settled(mut self) -> Self {
+        self.bos.settle();
+        self
+    }
+}
+
+impl PrependOptions {
+    /// Going backwards from `text`, every default filled in.
+    pub fn spec(self, text: String) -> PrependSpec {
+        PrependSpec { text, n_tokens: self.n_tokens.unwrap_or(3), samples: self.samples.unwrap_or(10), seed: self.seed.unwrap_or(0), score_bos: self.bos.prepend_bos() }
+    }
+}
+
 pub struct PrependSpec {
     pub text: String,
     pub n_tokens: usize,

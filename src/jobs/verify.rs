@@ -6,7 +6,7 @@
 //! faithfulness, circuit) are of this run. Cheap insurance for every backend, GPU and driver.
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
-use crate::engine::{Method, PatchSite, Patching, Row};
+use crate::engine::{Method, PatchSite, Replacement, Row};
 use super::{Model, ModelTask, ModelOnBackend};
 use crate::results::{self, npy, FailedCell, Manifest, Verification};
 use super::sweep::SweepModel;
@@ -27,7 +27,7 @@ pub fn tolerance(dtype: DType, value: f32) -> f32 {
 }
 
 /// Where a run is rechecked unless told: on its own backend and dtype, except CUDA runs, rechecked
-/// on the CPU in f32 — cubecl's CUDA kernels were wrong on one fixture shape (README, "Which paths
+/// on the CPU in f32 — cubecl's CUDA kernels were wrong on one fixture shape (docs/performance.md, "Which paths
 /// are verified"), and a recheck on the same kernels would agree with them.
 pub fn checker(run: &BackendSpec) -> BackendSpec {
     match run.kind {
@@ -85,21 +85,21 @@ impl ModelTask for Check {
         let m = &self.manifest;
         // One row per pass without reuse; an attribution run's estimate of one pair alone, its
         // no-op rows estimated too.
-        let patching = Patching { ablation: m.ablation, means: results::read_means(&self.dir, m, false)?.map(std::sync::Arc::new) };
-        let patcher = SweepModel::of(&on, m.method, m.ig_steps)?.patcher(false, false, m.metric_name, 1, m.direction, patching);
-        let baselines = |pair: TokenizedPair| patcher.run(&[pair], &[], &m.layout, &mut |_| Ok(())).map(|r| (r[0].clean, r[0].corrupted));
+        let replacement = Replacement { ablation: m.ablation, means: results::read_means(&self.dir, m, false)?.map(std::sync::Arc::new) };
+        let engine = SweepModel::of(&on, m.method, m.ig_steps)?.row_engine(false, false, m.metric_name, 1, m.direction, replacement);
+        let baselines = |pair: TokenizedPair| engine.run(&[pair], &[], &m.layout, &mut |_| Ok(())).map(|r| (r[0].clean, r[0].corrupted));
         // An estimate is of a whole site at once (one pass for every edge): computed once per pair
         // and site, not once per sampled row (8 passes of 2.3 s each on a Qwen2.5-0.5B shape).
         let whole: std::cell::RefCell<std::collections::HashMap<(usize, PatchSite), Vec<f32>>> = Default::default();
         let recompute = |pair: TokenizedPair, row: Row| -> Result<f32> {
             if m.method == Method::Exact {
-                return patcher.one(pair, row, &m.layout);
+                return engine.one(pair, row, &m.layout);
             }
             let key = (pair.row, row.site);
             if let Some(values) = whole.borrow().get(&key) {
                 return Ok(values[row.out]);
             }
-            let values = patcher.run(&[pair], &[row.site], &m.layout, &mut |_| Ok(()))?.swap_remove(0).sites.swap_remove(0);
+            let values = engine.run(&[pair], &[row.site], &m.layout, &mut |_| Ok(()))?.swap_remove(0).sites.swap_remove(0);
             let value = values[row.out];
             whole.borrow_mut().insert(key, values);
             Ok(value)
