@@ -11,14 +11,14 @@
 #   4. the seed pair (1 pair x 11 tokens, warm: the best of --repeat after a warm-up);
 #   5. IOI: IOI_N prompts, configs/ioi.toml's sites, exact, wall time with the model load;
 #   5b. edges: every edge of the graph exactly (32,491 at the gpt2 shape) on 8 of those pairs, then
-#      EAP on them (README, "EAP and EAP-IG, circuits and faithfulness");
+#      EAP on them (docs/circuits.md, "EAP and EAP-IG, circuits and faithfulness");
 #   6. with time left: the patching fidelity (engine_fidelity) on the same backends.
 # burn's own autotune (tf32, bf16) runs at CUBECL_AUTOTUNE_LEVEL=minimal (coarser shape keys, so
 # fewer tunings) and caches under target/autotune; the exact-f32 tuner checks every kernel it
 # tries against the naive one (src/backend/exact.rs) and keeps its checked choices in
 # PATCHBAY_EXACT_TUNE_CACHE (target/gpu/exact-tune.json, copied to OUT at the end: carry it back
 # in target/gpu and a later run on that GPU model neither compiles nor checks the candidates). Each CUDA process compiles its kernels
-# (nvrtc), which is most of a step's time (README, "GPU", gives the H200's figures). A
+# (nvrtc), which is most of a step's time (docs/gpus.md, "Benchmarks on a GPU", gives the H200's figures). A
 # cubecl.toml turning on cubecl's persistent PTX cache is written for the script's length (not yet
 # tried on a GPU: a config cubecl cannot read is ignored). At the end the kernel caches cubecl
 # wrote under target/ (PTX in target/cuda, burn's autotune choices in target/autotune) are packed

@@ -8,6 +8,7 @@ mod architecture;
 mod circuits;
 mod cli;
 mod datasets;
+mod docs;
 mod engine_fidelity;
 mod families;
 mod generate;
