@@ -596,7 +596,7 @@ fn inspect_prepend_steer_and_ioi_options_make_the_same_spec_from_either_front_en
     for (argv, json) in [(&["--n", "0"][..], r#"{"n": 0}"#), (&["--corruption", "abba"][..], r#"{"corruption": "abba"}"#)] {
         let error = |o: anyhow::Result<IoiOptions>| format!("{:#}", o.and_then(|o| o.spec()).unwrap_err());
         let (cli, python) = (error(IoiOptions::from_args("ioi", &args(argv))), error(IoiOptions::from_json(json)));
-        let message = if argv[1] == "0" { "--n must be at least 1" } else { r#""abba" is not one of abc, s-flip"# };
+        let message = if argv[1] == "0" { "must be at least 1" } else { r#""abba" is not one of abc, s-flip"# };
         assert!(cli.contains(message) && python.contains(message), "{cli} / {python}");
     }
 }

@@ -12,7 +12,7 @@ use crate::results::outputs::PATTERN_FILES;
 use crate::results::{npy, outputs, PairEntry};
 use anyhow::{bail, Context, Result};
 use burn::prelude::Backend;
-use super::options::{fold, BosOption, Options, OutOptions, PairOptions, Pairs};
+use super::options::{BosOption, Options, OutOptions, PairOptions, Pairs, StrictOption};
 use clap::Args;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::PathBuf;
@@ -280,12 +280,9 @@ pub struct AttributeOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub bos: BosOption,
-    /// Fail on the first bad pair instead of skipping and listing it.
-    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_strict")]
-    pub strict: Option<bool>,
-    #[arg(long, overrides_with = "strict", hide = true)]
-    #[serde(skip)]
-    pub no_strict: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub strict: StrictOption,
     /// Pairs per forward pass [default: 64].
     #[arg(long)]
     pub batch: Option<usize>,
@@ -298,7 +295,7 @@ impl Options for AttributeOptions {
     fn settled(mut self) -> Self {
         self.bos.settle();
         self.output.settle();
-        fold(&mut self.strict, &mut self.no_strict);
+        self.strict.settle();
         self
     }
 }
@@ -309,7 +306,7 @@ impl AttributeOptions {
         Ok(AttributeSpec {
             pairs: self.prompts.source()?,
             prepend_bos: self.bos.prepend_bos(),
-            strict: self.strict.unwrap_or(false),
+            strict: self.strict.strict(),
             batch: self.batch.unwrap_or(64),
             overwrite: self.output.overwrite(),
             out: self.output.out,

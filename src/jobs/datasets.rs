@@ -5,7 +5,7 @@ use crate::model::weights::locate_file;
 use crate::results::outputs;
 use crate::tokenizer::Tokenizer;
 use super::options::{Options, OutOptions};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[serde(default)]
 pub struct IoiOptions {
     /// Pairs [default: 500].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub n: Option<usize>,
     /// Seed of the draws [default: 0].
     #[arg(long)]
@@ -40,10 +40,17 @@ impl IoiOptions {
     /// The dataset these options ask for, every default filled in.
     pub fn spec(self) -> Result<IoiSpec> {
         let n = self.n.unwrap_or(500);
-        if n == 0 {
-            bail!("--n must be at least 1");
-        }
+        anyhow::ensure!(n > 0, "--n: must be at least 1");
         Ok(IoiSpec { n, seed: self.seed.unwrap_or(0), corruption: self.corruption.unwrap_or(Corruption::Abc), overwrite: self.output.overwrite(), out: self.output.out })
+    }
+}
+
+/// A count of one or more (a usage error on the command line, as clap's own checks are).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -95,6 +95,37 @@ pub struct FaithfulnessSpec {
     pub out: Option<PathBuf>,
 }
 
+/// How edges are ranked and kept, as EAP-IG's selections do (a flag group of `circuit` and
+/// `faithfulness`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Ranking {
+    /// Rank by signed score instead of |score|.
+    #[arg(long, overrides_with = "absolute")]
+    #[serde(skip)]
+    pub no_absolute: bool,
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_absolute", hide = true)]
+    pub absolute: Option<bool>,
+    /// Keep edges off every input-to-logits path (EAP-IG prunes them by default).
+    #[arg(long, overrides_with = "prune")]
+    #[serde(skip)]
+    pub no_prune: bool,
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_prune", hide = true)]
+    pub prune: Option<bool>,
+}
+
+impl Ranking {
+    fn settle(&mut self) {
+        fold(&mut self.absolute, &mut self.no_absolute);
+        fold(&mut self.prune, &mut self.no_prune);
+    }
+
+    /// (rank by |score|, prune), EAP-IG's defaults (both) filled in.
+    fn choice(&self) -> (bool, bool) {
+        (self.absolute.unwrap_or(true), self.prune.unwrap_or(true))
+    }
+}
+
 /// `circuit`'s options (`patchbay circuit RUN`, Python's `Result.circuit`): one of EAP-IG's
 /// selections.
 #[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -111,18 +142,9 @@ pub struct CircuitOptions {
     /// already in the circuit (EAP-IG's apply_greedy).
     #[arg(long, value_name = "N")]
     pub greedy: Option<usize>,
-    /// Rank by signed score instead of |score|.
-    #[arg(long, overrides_with = "absolute")]
-    #[serde(skip)]
-    pub no_absolute: bool,
-    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_absolute", hide = true)]
-    pub absolute: Option<bool>,
-    /// Keep edges off every input-to-logits path (EAP-IG prunes them by default).
-    #[arg(long, overrides_with = "prune")]
-    #[serde(skip)]
-    pub no_prune: bool,
-    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_prune", hide = true)]
-    pub prune: Option<bool>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub ranking: Ranking,
     /// The Graph JSON to write [default: RUN/circuit.json]; the drawing goes beside it (.svg).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -130,8 +152,7 @@ pub struct CircuitOptions {
 
 impl Options for CircuitOptions {
     fn settled(mut self) -> Self {
-        fold(&mut self.absolute, &mut self.no_absolute);
-        fold(&mut self.prune, &mut self.no_prune);
+        self.ranking.settle();
         self
     }
 }
@@ -145,7 +166,8 @@ impl CircuitOptions {
             (None, None, Some(n)) => Selection::Greedy(n),
             _ => bail!("give one of --top-n, --threshold or --greedy"),
         };
-        Ok(CircuitSpec { run, selection, absolute: self.absolute.unwrap_or(true), prune: self.prune.unwrap_or(true), out: self.out })
+        let (absolute, prune) = self.ranking.choice();
+        Ok(CircuitSpec { run, selection, absolute, prune, out: self.out })
     }
 }
 
@@ -168,18 +190,9 @@ pub struct FaithfulnessOptions {
     #[arg(long, overrides_with = "greedy", hide = true)]
     #[serde(skip)]
     pub no_greedy: bool,
-    /// Rank by signed score instead of |score|.
-    #[arg(long, overrides_with = "absolute")]
-    #[serde(skip)]
-    pub no_absolute: bool,
-    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_absolute", hide = true)]
-    pub absolute: Option<bool>,
-    /// Keep edges off every input-to-logits path.
-    #[arg(long, overrides_with = "prune")]
-    #[serde(skip)]
-    pub no_prune: bool,
-    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_prune", hide = true)]
-    pub prune: Option<bool>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub ranking: Ranking,
     /// (circuit, pair) rows per forward pass [default: from the device's memory].
     #[arg(long)]
     pub max_rows: Option<usize>,
@@ -199,8 +212,7 @@ pub struct FaithfulnessOptions {
 impl Options for FaithfulnessOptions {
     fn settled(mut self) -> Self {
         fold(&mut self.greedy, &mut self.no_greedy);
-        fold(&mut self.absolute, &mut self.no_absolute);
-        fold(&mut self.prune, &mut self.no_prune);
+        self.ranking.settle();
         fold(&mut self.backend.fusion, &mut self.backend.no_fusion);
         self
     }
@@ -212,13 +224,14 @@ impl FaithfulnessOptions {
         if self.sizes.is_some() && self.circuits.is_some() {
             bail!("give --sizes or --circuits, not both");
         }
+        let (absolute, prune) = self.ranking.choice();
         Ok(FaithfulnessSpec {
             run,
             sizes: self.sizes,
             circuits: self.circuits.unwrap_or_default(),
             greedy: self.greedy.unwrap_or(false),
-            absolute: self.absolute.unwrap_or(true),
-            prune: self.prune.unwrap_or(true),
+            absolute,
+            prune,
             max_rows: self.max_rows,
             backend: self.backend.given()?,
             draw_at: self.draw_at.unwrap_or(DEFAULT_DRAW_AT),

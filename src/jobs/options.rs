@@ -138,12 +138,9 @@ pub struct RunOptions {
     /// Skip pairs whose clean and corrupted differ at more than N positions.
     #[arg(long)]
     pub max_diff: Option<usize>,
-    /// Fail on the first bad pair instead of skipping and listing it.
-    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_strict")]
-    pub strict: Option<bool>,
-    #[arg(long, overrides_with = "strict", hide = true)]
-    #[serde(skip)]
-    pub no_strict: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub strict: StrictOption,
     /// Run shard K of N (0-based) into OUT/shard-K-of-N: a range of the pairs, or, for exact
     /// edges over fewer pairs than shards, a range of the graph's edges (whole batches of
     /// --max-rows) for every pair [default: from SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT,
@@ -258,6 +255,28 @@ impl BosOption {
 
     pub fn prepend_bos(&self) -> bool {
         self.prepend_bos.unwrap_or(false)
+    }
+}
+
+/// Whether a bad pair fails the job (a shared flag of the jobs that read pairs).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StrictOption {
+    /// Fail on the first bad pair instead of skipping and listing it.
+    #[arg(long, num_args = 0, default_missing_value = "true", overrides_with = "no_strict")]
+    pub strict: Option<bool>,
+    #[arg(long, overrides_with = "strict", hide = true)]
+    #[serde(skip)]
+    pub no_strict: bool,
+}
+
+impl StrictOption {
+    pub fn settle(&mut self) {
+        fold(&mut self.strict, &mut self.no_strict);
+    }
+
+    pub fn strict(&self) -> bool {
+        self.strict.unwrap_or(false)
     }
 }
 
@@ -435,7 +454,7 @@ impl Options for RunOptions {
         self.bos.settle();
         self.output.settle();
         self.backend.settle();
-        fold(&mut self.strict, &mut self.no_strict);
+        self.strict.settle();
         fold(&mut self.reuse, &mut self.no_reuse);
         fold(&mut self.skip, &mut self.no_skip);
         fold(&mut self.resume, &mut self.no_resume);
@@ -482,7 +501,7 @@ impl RunOptions {
         let spec = PatchSpec {
             pairs: self.prompts.source()?,
             max_diff: self.max_diff,
-            strict: self.strict.unwrap_or(false),
+            strict: self.strict.strict(),
             method: self.method.unwrap_or_default(),
             ig_steps: self.ig_steps,
             verify: self.verify.unwrap_or(DEFAULT_VERIFY_ROWS),
