@@ -600,3 +600,30 @@ fn inspect_prepend_steer_and_ioi_options_make_the_same_spec_from_either_front_en
         assert!(cli.contains(message) && python.contains(message), "{cli} / {python}");
     }
 }
+
+/// `patterns`, `attribute`, `perplexity` and `candidates`: the flags and Python's keywords give the
+/// same options and the same spec.
+#[test]
+fn patterns_attribute_perplexity_and_candidates_options_make_the_same_spec_from_either_front_end() {
+    use patchbay::backend::{BackendKind, BackendSpec, DType};
+    use patchbay::jobs::circuits::{AttributeOptions, PatternsOptions};
+    use patchbay::jobs::options::Options;
+    use patchbay::jobs::text::{CandidatesOptions, PerplexityOptions};
+    let model = patchbay::jobs::Model::load(tiny().to_str().unwrap(), BackendSpec { kind: BackendKind::Cpu, device: 0, dtype: DType::F32, fusion: false }, None).unwrap();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let argv = args(&["--layers", "0,2", "--heads", "1-3", "--prepend-bos", "--batch", "4", "--out", "p", "--html-prompts", "3"]);
+    let (cli, python) = (PatternsOptions::from_args("patterns", &argv).unwrap(), PatternsOptions::from_json(r#"{"layers": [0, 2], "heads": "1-3", "prepend_bos": true, "batch": 4, "out": "p", "html_prompts": 3}"#).unwrap());
+    let spec = |o: PatternsOptions| format!("{:?}", o.spec(&model, vec!["a b".into()]).unwrap());
+    assert_eq!(spec(cli), spec(python));
+    let defaults = PatternsOptions::default().spec(&model, vec!["a".into()]).unwrap();
+    assert_eq!((defaults.layers, defaults.heads, defaults.batch, defaults.html_prompts, defaults.prepend_bos), (None, None, 64, 20, false));
+    let argv = args(&["--pairs", "p.jsonl", "--columns", "clean=c", "--strict", "--no-prepend-bos", "--batch", "8", "--out", "o", "--overwrite"]);
+    let (cli, python) = (AttributeOptions::from_args("attribute", &argv).unwrap(), AttributeOptions::from_json(r#"{"pairs": "p.jsonl", "columns": {"clean": "c"}, "strict": true, "prepend_bos": false, "batch": 8, "out": "o", "overwrite": true}"#).unwrap());
+    assert_eq!(cli, python);
+    assert_eq!(format!("{:?}", cli.spec().unwrap()), format!("{:?}", python.spec().unwrap()));
+    let (cli, python) = (PerplexityOptions::from_args("perplexity", &args(&["--per-token", "--batch", "2"])).unwrap(), PerplexityOptions::from_json(r#"{"per_token": true, "batch": 2}"#).unwrap());
+    assert_eq!(cli, python);
+    let (cli, python) = (CandidatesOptions::from_args("candidates", &args(&["--top-k", "3", "--all-positions", "--out", "c"])).unwrap(), CandidatesOptions::from_json(r#"{"top_k": 3, "all_positions": true, "out": "c"}"#).unwrap());
+    assert_eq!(cli, python);
+    assert_eq!((cli.choice(), CandidatesOptions::default().choice()), ((3, true), (5, false)));
+}
