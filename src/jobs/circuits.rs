@@ -1,7 +1,7 @@
 //! Read-only passes over the model's insides: attention patterns (`patterns`) and the logit lens /
 //! direct logit attribution (`attribute`), in memory or written into an output directory; the
 //! model's circuit graph (`graph`).
-use super::{Model, ModelTask, ModelOnBackend, Progress};
+use super::{counted, Model, ModelTask, ModelOnBackend, Progress};
 use crate::analysis::plot::{panels_png, panels_svg, Panels};
 use crate::circuits::logit_attribution::{self, component_labels, Attribution};
 use crate::circuits::patterns::{patterns as compute_patterns, Patterns};
@@ -263,10 +263,7 @@ struct PatternsTask<'a> {
 impl ModelTask for PatternsTask<'_> {
     type Output = Patterns;
     fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Patterns> {
-        let progress = self.progress;
-        let p = compute_patterns(on.model, self.prompts, &self.layers, &self.heads, self.batch, &mut |n| progress.advance(n as u64))?;
-        progress.finish();
-        Ok(p)
+        counted(self.progress, |advance| compute_patterns(on.model, self.prompts, &self.layers, &self.heads, self.batch, advance))
     }
 }
 
@@ -374,9 +371,6 @@ struct AttributeTask<'a> {
 impl ModelTask for AttributeTask<'_> {
     type Output = Attribution;
     fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Attribution> {
-        let progress = self.progress;
-        let a = logit_attribution::attribute(on.model, self.pairs, self.batch, &mut |n| progress.advance(n as u64))?;
-        progress.finish();
-        Ok(a)
+        counted(self.progress, |advance| logit_attribution::attribute(on.model, self.pairs, self.batch, advance))
     }
 }

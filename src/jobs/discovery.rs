@@ -2,7 +2,7 @@
 //! (`circuit`: EAP-IG's top-n, threshold and greedy selections, its Graph JSON, a drawing), and
 //! the faithfulness curve of circuits of growing size (`faithfulness`: every circuit a row of
 //! one batched evaluation, MIB's CPR and CMD areas).
-use super::{Model, ModelTask, ModelOnBackend, Progress};
+use super::{counted, Model, ModelTask, ModelOnBackend, Progress};
 use crate::analysis::circuit::{self, Circuit, Selection};
 use crate::analysis::plot::{lines_png, lines_svg, Lines};
 use crate::backend::BackendSpec;
@@ -466,9 +466,6 @@ impl ModelTask for Evaluate<'_> {
     type Output = Vec<Vec<f32>>;
     fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<f32>>> {
         let eval = CircuitEval { model: on.model, metric: self.metric, replacement: self.replacement, max_rows: self.max_rows };
-        let progress = self.progress;
-        let out = eval.run(self.pairs, self.masks, &mut |n| progress.advance(n as u64))?;
-        progress.finish();
-        Ok(out)
+        counted(self.progress, |advance| eval.run(self.pairs, self.masks, advance))
     }
 }

@@ -167,6 +167,14 @@ pub trait Progress {
     fn finish(&mut self) {}
 }
 
+/// `work` told to advance `progress` by each count of items it finishes, then the stage finished:
+/// how every job passes its progress to the model's long loops.
+pub fn counted<T>(progress: &mut dyn Progress, work: impl FnOnce(&mut dyn FnMut(usize) -> Result<()>) -> Result<T>) -> Result<T> {
+    let out = work(&mut |n| progress.advance(n as u64))?;
+    progress.finish();
+    Ok(out)
+}
+
 /// No progress shown.
 pub struct Quiet;
 

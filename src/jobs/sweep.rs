@@ -269,8 +269,7 @@ fn ablation_means<B: Backend>(model: &SweepModel<B>, all: &[TokenizedPair], spec
     }
     let prompts: Vec<&[u32]> = all.iter().map(|p| spec.direction.source(p)).collect();
     progress.start(prompts.len() as u64, "prompts (ablation means)");
-    let means = model.means(&prompts, &kinds, positional, layout, &mut |n| progress.advance(n as u64))?;
-    progress.finish();
+    let means = super::counted(progress, |advance| model.means(&prompts, &kinds, positional, layout, advance))?;
     Ok(means)
 }
 

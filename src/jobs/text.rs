@@ -2,7 +2,7 @@
 //! perplexity, candidate next tokens, going backwards (prepend) and steering vectors. Each job
 //! takes texts, returns a report of token ids and strings, and writes its files (when given
 //! `out`) through `results::outputs`.
-use super::{Model, ModelTask, ModelOnBackend, Progress};
+use super::{counted, Model, ModelTask, ModelOnBackend, Progress};
 use crate::analysis::plot::{self, Grid};
 use crate::generate::{self, candidates, prepend, steer, Memory, Options};
 use crate::data::preview;
@@ -223,10 +223,7 @@ struct Decode<'a> {
 impl ModelTask for Decode<'_> {
     type Output = Vec<Vec<u32>>;
     fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<u32>>> {
-        let progress = self.progress;
-        let out = generate::generate(on.model, self.prompts, self.options, &mut |n| progress.advance(n as u64))?;
-        progress.finish();
-        Ok(out)
+        counted(self.progress, |advance| generate::generate(on.model, self.prompts, self.options, advance))
     }
 }
 
@@ -391,10 +388,7 @@ struct Score<'a> {
 impl ModelTask for Score<'_> {
     type Output = Vec<Vec<f32>>;
     fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<f32>>> {
-        let progress = self.progress;
-        let out = generate::token_losses(on.model, self.texts, self.batch, self.memory, &mut |n| progress.advance(n as u64))?;
-        progress.finish();
-        Ok(out)
+        counted(self.progress, |advance| generate::token_losses(on.model, self.texts, self.batch, self.memory, advance))
     }
 }
 
@@ -688,9 +682,7 @@ struct Prepend<'a> {
 impl ModelTask for Prepend<'_> {
     type Output = Vec<prepend::Step>;
     fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<prepend::Step>> {
-        let (s, progress) = (self.spec, self.progress);
-        let steps = prepend::prepend(on.model, self.text, self.bos, s.n_tokens, s.samples, s.seed, s.score_bos, self.memory, &mut |n| progress.advance(n as u64))?;
-        progress.finish();
-        Ok(steps)
+        let s = self.spec;
+        counted(self.progress, |advance| prepend::prepend(on.model, self.text, self.bos, s.n_tokens, s.samples, s.seed, s.score_bos, self.memory, advance))
     }
 }
