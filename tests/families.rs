@@ -242,7 +242,8 @@ impl BackendTask for Steps {
 /// fixture) hold only the 3 positions a later query can see.
 #[test]
 fn kv_cache_steps_equal_the_full_forward_and_windowed_layers_hold_only_the_window() {
-    for spec in f32_backends() {
+    // Fused too: burn 0.21's fused kernels have been wrong on shapes the unfused ones get right.
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32) {
         for family in ["llama", "gemma2"] {
             let tokens = Refs::load(&dir(family)).token_rows("tokens").remove(0);
             let (worst, held) = dispatch(&spec, Steps(dir(family), tokens.clone())).unwrap();

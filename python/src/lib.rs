@@ -51,13 +51,19 @@ fn job<T: Send>(py: Python<'_>, progress: &mut PyProgress, f: impl FnOnce(&mut P
     if let Some(e) = progress.error.take() {
         return Err(e);
     }
-    match out {
-        Ok(result) => result.map_err(to_py),
-        Err(panic) => {
-            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-            Err(PyRuntimeError::new_err(format!("internal error in patchbay (please report it): {what}")))
-        }
-    }
+    out.unwrap_or_else(|panic| Err(panicked(panic))).map_err(to_py)
+}
+
+/// A panic as the error it reports (pyo3 would raise PanicException, which `except Exception`
+/// does not catch).
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> anyhow::Error {
+    let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+    anyhow::anyhow!("internal error in patchbay (please report it): {what}")
+}
+
+/// `f` (a job's options made into its spec, quick: the GIL kept), a panic turned into an error.
+fn unwound<T>(f: impl FnOnce() -> anyhow::Result<T>) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(panicked(panic))).map_err(to_py)
 }
 
 /// Progress for a Python callable `callback(event, *values)`: ("start", total, unit),
@@ -109,9 +115,12 @@ impl Progress for PyProgress {
     }
 }
 
-fn bytes<'py>(py: Python<'py>, values: &[f32]) -> Bound<'py, PyBytes> {
-    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    PyBytes::new(py, &raw)
+/// `values` as little-endian bytes, written straight into the Python object (one copy).
+fn bytes<'py>(py: Python<'py>, values: &[f32]) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, 4 * values.len(), |raw| {
+        raw.chunks_exact_mut(4).zip(values).for_each(|(b, v)| b.copy_from_slice(&v.to_le_bytes()));
+        Ok(())
+    })
 }
 
 fn floats(raw: &[u8]) -> Vec<f32> {
@@ -125,14 +134,7 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 /// JSON Python passes back (a manifest it was given): an error names the key at fault, not a
 /// column of the JSON.
 fn parse<'a, T: Deserialize<'a>>(text: &'a str, what: &str) -> PyResult<T> {
-    serde_json::from_str(text).map_err(|e| {
-        let message = e.to_string();
-        let message = message.split(" at line ").next().unwrap_or(&message);
-        match jobs::options::key_at(text, e.line(), e.column()) {
-            Some(key) => PyValueError::new_err(format!("{what}: {key}=: {message}")),
-            None => PyValueError::new_err(format!("{what}: {message}")),
-        }
-    })
+    serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("{what}: {}", jobs::options::json_error(text, &e))))
 }
 
 /// A loaded model (`patchbay.load`).
@@ -179,32 +181,30 @@ impl PyModel {
     /// memory, skipped JSON, out dir).
     #[pyo3(signature = (job, options, progress=None))]
     fn patch<'py>(&self, py: Python<'py>, job: &str, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
-        let plan = (|| {
+        let plan = unwound(|| {
             let job = Job::parse(job)?;
             RunOptions::from_json(options)?.plan(job, None)
-        })()
-        .map_err(to_py)?;
+        })?;
         self.planned(py, plan, progress)
     }
 
     /// `patchbay faithfulness` of edges run `run` from its options as JSON: (the curve as JSON, m(C) per size and pair).
     #[pyo3(signature = (run, options, progress=None))]
     fn faithfulness<'py>(&self, py: Python<'py>, run: PathBuf, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>)> {
-        let spec = FaithfulnessOptions::from_json(options).and_then(|o| o.spec(run)).map_err(to_py)?;
+        let spec = unwound(|| FaithfulnessOptions::from_json(options).and_then(|o| o.spec(run)))?;
         let mut progress = PyProgress::new(progress);
         let f = job(py, &mut progress, |pr| jobs::discovery::faithfulness(&spec, Some(&self.0), pr))?;
-        Ok((json(&f)?, bytes(py, &f.per_pair.concat())))
+        Ok((json(&f)?, bytes(py, &f.per_pair.concat())?))
     }
 
     /// A patching job's TOML config with options over it (JSON), into the config's results
     /// directory as the CLI runs it.
     #[pyo3(signature = (job, config, options, progress=None))]
     fn run<'py>(&self, py: Python<'py>, job: &str, config: PathBuf, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Option<Arrays<'py>>, String, Option<String>)> {
-        let plan = (|| {
+        let plan = unwound(|| {
             let job = Job::parse(job)?;
             RunOptions::from_config(job.name(), &config)?.overlaid(RunOptions::from_json(options)?)?.plan(job, Some(default_out(Some(&config))))
-        })()
-        .map_err(to_py)?;
+        })?;
         self.planned(py, plan, progress)
     }
 
@@ -212,31 +212,32 @@ impl PyModel {
     /// (listing JSON, values bytes [prompts, layers, heads, dest, src], HTML viewer).
     #[pyo3(signature = (prompts, options, progress=None))]
     fn patterns<'py>(&self, py: Python<'py>, prompts: Vec<String>, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>, String)> {
-        let spec = PatternsOptions::from_json(options).and_then(|o| o.spec(&self.0, prompts)).map_err(to_py)?;
+        let spec = unwound(|| PatternsOptions::from_json(options).and_then(|o| o.spec(&self.0, prompts)))?;
         let mut progress = PyProgress::new(progress);
         let r = job(py, &mut progress, |pr| jobs::circuits::patterns(&self.0, &spec, pr))?;
         let p = &r.patterns;
         let listing = serde_json::json!({"shape": p.shape(), "layers": p.layers, "heads": p.heads, "lengths": p.lengths, "tokens": r.prompts, "strs": r.strs});
-        Ok((json(&listing)?, bytes(py, &p.values), r.html))
+        Ok((json(&listing)?, bytes(py, &p.values)?, r.html))
     }
 
     /// The logit lens and DLA with `attribute`'s options (JSON): (listing JSON, accumulated,
     /// components, heads bytes, skipped JSON).
     #[pyo3(signature = (options, progress=None))]
     fn attribute<'py>(&self, py: Python<'py>, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Arrays<'py>, String)> {
-        let spec = AttributeOptions::from_json(options).and_then(|o| o.spec()).map_err(to_py)?;
+        let spec = unwound(|| AttributeOptions::from_json(options).and_then(|o| o.spec()))?;
         let mut progress = PyProgress::new(progress);
         let r = job(py, &mut progress, |pr| jobs::circuits::attribute(&self.0, &spec, pr))?;
         let arrays = [("accumulated", &r.arrays.accumulated), ("components", &r.arrays.components), ("heads", &r.arrays.heads)];
         let skipped: Vec<serde_json::Value> = r.skipped.iter().map(|s| serde_json::json!({"row": s.row, "unit": r.row_unit, "reason": s.reason})).collect();
-        Ok((json(&r.listing)?, arrays.iter().map(|(n, a)| (n.to_string(), bytes(py, a))).collect(), json(&skipped)?))
+        let arrays = arrays.iter().map(|(n, a)| Ok((n.to_string(), bytes(py, a)?))).collect::<PyResult<_>>()?;
+        Ok((json(&r.listing)?, arrays, json(&skipped)?))
     }
 
     /// `prompts` decoded with `generate`'s options (JSON, the library's `GenerateOptions`); `steer`
     /// a steering vector's f32 values and shape, if any. The sequences as JSON.
     #[pyo3(signature = (prompts, options, steer=None, progress=None))]
     fn generate(&self, py: Python<'_>, prompts: Vec<String>, options: &str, steer: Option<(Vec<u8>, Vec<usize>)>, progress: Option<Py<PyAny>>) -> PyResult<String> {
-        let spec = GenerateOptions::from_json(options).and_then(|o| o.spec(&self.0, prompts, Vec::new(), steer.map(|(raw, shape)| (floats(&raw), shape)))).map_err(to_py)?;
+        let spec = unwound(|| GenerateOptions::from_json(options).and_then(|o| o.spec(&self.0, prompts, Vec::new(), steer.map(|(raw, shape)| (floats(&raw), shape)))))?;
         let mut progress = PyProgress::new(progress);
         json(&job(py, &mut progress, |pr| jobs::text::generate(&self.0, &spec, pr))?)
     }
@@ -245,17 +246,17 @@ impl PyModel {
     /// perplexities bytes [texts, width], width).
     #[pyo3(signature = (texts, options, progress=None))]
     fn perplexity<'py>(&self, py: Python<'py>, texts: Vec<String>, options: &str, progress: Option<Py<PyAny>>) -> PyResult<(String, Bound<'py, PyBytes>, usize)> {
-        let options = PerplexityOptions::from_json(options).map_err(to_py)?;
+        let options = unwound(|| PerplexityOptions::from_json(options))?;
         let per_token = options.per_token.unwrap_or(false);
         let spec = options.texts.spec(texts, Vec::new());
         let mut progress = PyProgress::new(progress);
         let p = job(py, &mut progress, |pr| jobs::text::perplexity(&self.0, &spec, per_token, pr))?;
-        Ok((json(&p.texts)?, bytes(py, &p.token_perplexity), p.width))
+        Ok((json(&p.texts)?, bytes(py, &p.token_perplexity)?, p.width))
     }
 
     /// `texts`' candidate next tokens with `candidates`' options (JSON): the report as JSON.
     fn candidates(&self, py: Python<'_>, texts: Vec<String>, options: &str) -> PyResult<String> {
-        let options = CandidatesOptions::from_json(options).map_err(to_py)?;
+        let options = unwound(|| CandidatesOptions::from_json(options))?;
         let (top_k, all_positions) = options.choice();
         let spec = options.texts.spec(texts, Vec::new());
         json(&job(py, &mut PyProgress::new(None), |_| jobs::text::candidates(&self.0, &spec, top_k, all_positions))?)
@@ -263,27 +264,27 @@ impl PyModel {
 
     /// A steering vector with `steer make`'s options (JSON): (values bytes, shape).
     fn steer<'py>(&self, py: Python<'py>, options: &str) -> PyResult<(Bound<'py, PyBytes>, Vec<usize>)> {
-        let spec = SteerOptions::from_json(options).and_then(|o| o.spec()).map_err(to_py)?;
+        let spec = unwound(|| SteerOptions::from_json(options).and_then(|o| o.spec()))?;
         let (values, shape) = job(py, &mut PyProgress::new(None), |_| jobs::text::steering_vector(&self.0, &spec))?;
-        Ok((bytes(py, &values), shape))
+        Ok((bytes(py, &values)?, shape))
     }
 
     /// Going backwards from `text` with `prepend`'s options (JSON): the steps as JSON.
     #[pyo3(signature = (text, options, progress=None))]
     fn prepend(&self, py: Python<'_>, text: String, options: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
-        let spec = PrependOptions::from_json(options).map(|o| o.spec(text)).map_err(to_py)?;
+        let spec = unwound(|| PrependOptions::from_json(options).map(|o| o.spec(text)))?;
         json(&job(py, &mut PyProgress::new(progress), |pr| jobs::text::prepend(&self.0, &spec, pr))?)
     }
 
     /// IOI pairs from this model's tokenizer with `ioi`'s options (JSON), as JSON records.
     fn ioi(&self, py: Python<'_>, options: &str) -> PyResult<String> {
-        let spec = IoiOptions::from_json(options).and_then(|o| o.spec()).map_err(to_py)?;
+        let spec = unwound(|| IoiOptions::from_json(options).and_then(|o| o.spec()))?;
         json(&job(py, &mut PyProgress::new(None), |_| jobs::datasets::ioi(&self.0.tokenizer, &spec))?)
     }
 
     /// `text`'s tokens and next tokens with `inspect`'s options (JSON), as JSON.
     fn inspect(&self, py: Python<'_>, text: String, options: &str) -> PyResult<String> {
-        let options = InspectOptions::from_json(options).map_err(to_py)?;
+        let options = unwound(|| InspectOptions::from_json(options))?;
         json(&job(py, &mut PyProgress::new(None), |_| options.run(&self.0, &text))?)
     }
 
@@ -318,8 +319,9 @@ impl PyModel {
         let m = &p.summary.manifest;
         let arrays = p.summary.arrays.as_ref().map(|arrays| {
             let names = m.sites.iter().map(|s| s.name.clone()).chain(["baseline_clean".to_string(), "baseline_corrupted".to_string()]);
-            names.zip(arrays).map(|(n, a)| (n, bytes(py, a))).collect()
+            names.zip(arrays).map(|(n, a)| Ok((n, bytes(py, a)?))).collect::<PyResult<_>>()
         });
+        let arrays = arrays.transpose()?;
         let skipped: Vec<serde_json::Value> = p.skipped.iter().map(|s| serde_json::json!({"row": s.row, "unit": p.row_unit, "reason": s.reason})).collect();
         Ok((json(m)?, arrays, json(&skipped)?, p.out.map(|o| o.display().to_string())))
     }
@@ -332,7 +334,7 @@ fn open_run<'py>(py: Python<'py>, dir: PathBuf) -> PyResult<(String, Vec<(String
     let run = job(py, &mut PyProgress::new(None), |_| patchbay::results::read_finished(&dir))?;
     // Through a Value, as manifest.json is written: its floats read back as the file's.
     let manifest = serde_json::to_value(&run.manifest).map(|v| v.to_string()).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    let arrays = run.arrays.iter().map(|(name, shape, values)| (name.clone(), shape.clone(), bytes(py, values))).collect();
+    let arrays = run.arrays.iter().map(|(name, shape, values)| Ok((name.clone(), shape.clone(), bytes(py, values)?))).collect::<PyResult<_>>()?;
     let lengths: Vec<u8> = run.lengths.iter().flat_map(|v| v.to_le_bytes()).collect();
     Ok((manifest, arrays, PyBytes::new(py, &lengths)))
 }
@@ -348,7 +350,7 @@ fn graph(py: Python<'_>, model: String) -> PyResult<(Vec<String>, Vec<String>)> 
 /// Graph JSON, its drawing (SVG) and where both went.
 #[pyfunction]
 fn circuit(py: Python<'_>, dir: PathBuf, options: &str) -> PyResult<(String, String, String)> {
-    let spec = CircuitOptions::from_json(options).and_then(|o| o.spec(dir)).map_err(to_py)?;
+    let spec = unwound(|| CircuitOptions::from_json(options).and_then(|o| o.spec(dir)))?;
     let c = job(py, &mut PyProgress::new(None), |_| jobs::discovery::circuit(&spec))?;
     let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())).map_err(to_py);
     Ok((read(&c.json)?, read(&c.svg)?, c.json.display().to_string()))
@@ -393,7 +395,7 @@ fn normalize<'py>(py: Python<'py>, manifest: &str, site: &str, raw: &[u8], clean
         let cells: usize = entry.shape[1..].iter().product();
         Ok((patchbay::analysis::normalize(&raw, cells, &scale), m.pairs.len() - excluded.len()))
     })?;
-    Ok((bytes(py, &normalized), included))
+    Ok((bytes(py, &normalized)?, included))
 }
 
 /// The heatmap `analyze` draws of a site, from its normalized values: (SVG, PNG bytes).

@@ -406,14 +406,7 @@ pub trait Options: Args + FromArgMatches + Serialize + DeserializeOwned + Defaul
         if let Some(key) = map.keys().find(|k| !known.contains(k)) {
             bail!("{key}=: unknown option (the options are: {})", known.join(", "));
         }
-        let options: Self = serde_json::from_str(json).map_err(|e| {
-            let message = e.to_string();
-            let message = message.split(" at line ").next().unwrap_or(&message);
-            match key_at(json, e.line(), e.column()) {
-                Some(key) => anyhow::anyhow!("{key}=: {message}"),
-                None => anyhow::anyhow!("{message}"),
-            }
-        })?;
+        let options: Self = serde_json::from_str(json).map_err(|e| anyhow::anyhow!("{}", json_error(json, &e)))?;
         Ok(options.settled())
     }
 
@@ -525,9 +518,20 @@ impl RunOptions {
     }
 }
 
+/// serde_json's error `e` on `text`, naming the keyword whose value is at fault (`max_rows=: …`)
+/// rather than a line and column of JSON a user never wrote.
+pub fn json_error(text: &str, e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let message = message.split(" at line ").next().unwrap_or(&message);
+    match key_at(text, e.line(), e.column()) {
+        Some(key) => format!("{key}=: {message}"),
+        None => message.to_string(),
+    }
+}
+
 /// The last JSON key before line `line`, column `column` of `text` (serde_json's position of an
 /// error): the option whose value is at fault.
-pub fn key_at(text: &str, line: usize, column: usize) -> Option<String> {
+fn key_at(text: &str, line: usize, column: usize) -> Option<String> {
     let offset = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>() + column;
     let before = text.get(..offset.min(text.len()))?;
     let colon = before.rfind("\":")?;
