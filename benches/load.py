@@ -8,13 +8,15 @@ them (made here with numpy: no download, no torch), and `patchbay inspect` on ea
     python benches/load.py --shape qwen2.5-0.5b          # 494 M parameters, BF16 (1.0 GB)
     python benches/load.py --shape gpt2-xl --keep /tmp/x # 1.56 B parameters, F32 (6.2 GB)
 
-Prints the load time as a ratio to reading the file, the peak RSS as a ratio to the weights' size
+Reads and inspects alternate `--repeat` times, and their medians are compared. Prints the load time
+as a ratio to reading the file, the peak RSS as a ratio to the weights' size
 in f32 (what the model holds), and each command's wall time and peak RSS.
 """
 import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -110,15 +112,20 @@ def main():
     ap.add_argument("--keep", help="directory to write the checkpoint into (default: a temporary one)")
     ap.add_argument("--bin", default="target/release/patchbay")
     ap.add_argument("--no-runs", action="store_true", help="inspect only, not run and edges")
+    ap.add_argument("--repeat", type=int, default=5, help="reads and inspects, alternating; their medians are reported")
     a = ap.parse_args()
     out = a.keep or tempfile.mkdtemp()
     os.makedirs(out, exist_ok=True)
     path, params = checkpoint(out, a.shape)
     open(path, "rb").read()  # warm the page cache
-    t = time.time()
-    open(path, "rb").read()
-    read = time.time() - t
-    seconds, rss = timed(a.bin, "inspect", "--model", out, "Hello")
+    reads, inspects = [], []
+    for _ in range(a.repeat):
+        t = time.time()
+        open(path, "rb").read()
+        reads.append(time.time() - t)
+        inspects.append(timed(a.bin, "inspect", "--model", out, "Hello"))
+    read = statistics.median(reads)
+    seconds, rss = statistics.median(s for s, _ in inspects), max(r for _, r in inspects)
     f32 = params * 4
     print(f"{a.shape}: {params / 1e6:.0f} M parameters, {os.path.getsize(path) / 1e9:.2f} GB file; reading it {read:.2f} s; "
           f"patchbay inspect {seconds:.2f} s ({seconds / read:.1f}x the read), peak RSS {rss / 1e9:.2f} GB "

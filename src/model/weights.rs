@@ -139,11 +139,10 @@ impl Stored {
 
     /// The values in f32 (F32's own, without a copy).
     fn into_f32(self) -> Vec<f32> {
-        use rayon::prelude::*;
         match self {
             Stored::F32(v) => v,
-            Stored::F16(v) => v.par_iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
-            Stored::Bf16(v) => v.par_iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect(),
+            Stored::F16(v) => converted(&v, |b| half::f16::from_bits(b).to_f32()),
+            Stored::Bf16(v) => converted(&v, |b| half::bf16::from_bits(b).to_f32()),
         }
     }
 
@@ -227,12 +226,12 @@ fn read_tensors(path: &Path, tensors: &mut HashMap<String, Decoded>, hash: &mut 
         };
         let values = match e.dtype.as_str() {
             "F32" => {
-                let mut v = vec![0f32; count];
+                let mut v = fresh(count);
                 fill(bytemuck::cast_slice_mut(&mut v))?;
                 Stored::F32(v)
             }
             half_precision => {
-                let mut v = vec![0u16; count];
+                let mut v = fresh(count);
                 fill(bytemuck::cast_slice_mut(&mut v))?;
                 if half_precision == "F16" { Stored::F16(v) } else { Stored::Bf16(v) }
             }
@@ -436,7 +435,7 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
             // its stretch of [Σ out_i]).
             Source::Parts(names) => {
                 let (width, total) = if D == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
-                let mut out = vec![0f32; width * total];
+                let mut out = fresh(width * total);
                 let mut col = 0;
                 for name in &names {
                     let (values, stored) = self.values(name)?;
@@ -462,7 +461,7 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
                     bail!("tensor {name} in {file} has shape {stored:?}, but config.json implies {expected:?} of {} heads' q, k and v", self.heads);
                 }
                 let (h, dh) = (self.heads, total / (3 * self.heads));
-                let mut out = vec![0f32; width * total];
+                let mut out = fresh(width * total);
                 // Column c = part·h·dh + head·dh + j reads row head·3·dh + part·dh + j.
                 values.transpose_rows(width, &mut out, total, total, |c| (c % (h * dh)) / dh * 3 * dh + c / (h * dh) * dh + c % dh);
                 out
@@ -480,6 +479,34 @@ fn first<T: Copy + Sync>(values: &[T], bad: impl Fn(T) -> bool + Sync) -> Option
     const CHUNK: usize = 1 << 16;
     let chunk = values.par_chunks(CHUNK).position_first(|c| c.iter().fold(false, |seen, &v| seen | bad(v)))?;
     values[chunk * CHUNK..].iter().position(|&v| bad(v)).map(|i| chunk * CHUNK + i)
+}
+
+/// `n` zeroed values, in memory the kernel backs with 2 MiB pages where it can. A model's values
+/// are all written into fresh memory once; in 4 KiB pages the faults, zeroing and charging of
+/// those pages were 40 % of loading a BF16 checkpoint (`perf record`, docs/performance.md).
+fn fresh<T: bytemuck::Zeroable + Copy>(n: usize) -> Vec<T> {
+    let v: Vec<T> = bytemuck::zeroed_vec(n);
+    let bytes = n * std::mem::size_of::<T>();
+    #[cfg(target_os = "linux")]
+    if bytes >= HUGE_PAGE {
+        // The whole pages inside the allocation (not yet touched: zeroed by the kernel on first
+        // write); advice only, so an error (no transparent huge pages) changes nothing.
+        let start = (v.as_ptr() as usize).next_multiple_of(4096);
+        let end = (v.as_ptr() as usize + bytes) / 4096 * 4096;
+        // SAFETY: madvise only advises on pages of this live allocation; it moves no data.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+    v
+}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+/// `values` converted to f32 by `f32_of`, in chunks on every thread.
+fn converted<T: Copy + Sync>(values: &[T], f32_of: impl Fn(T) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = fresh(values.len());
+    out.par_chunks_mut(1 << 16).zip(values.par_chunks(1 << 16)).for_each(|(o, v)| o.iter_mut().zip(v).for_each(|(o, &v)| *o = f32_of(v)));
+    out
 }
 
 /// Rows `row(c)` of `values` [rows, width], converted by `f32_of`, written as columns c < `cols`
