@@ -118,6 +118,31 @@ fn a_non_finite_half_precision_weight_is_refused_by_name() {
 }
 
 #[test]
+fn a_weights_file_changed_while_loading_is_refused() {
+    use patchbay::model::weights::{load_model, ModelFiles};
+    let tmp = std::env::temp_dir().join(format!("patchbay-families-changed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(dir("llama").join(f), tmp.join(f)).unwrap();
+    }
+    let files = ModelFiles::locate(tmp.to_str().unwrap()).unwrap();
+    let read = files.read().unwrap();
+    // Between the first reading (the fingerprint) and the model taking the values: one bit of the
+    // last tensor's first value, rewritten in place.
+    let mut w = std::fs::read(tmp.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&w).unwrap();
+    let (name, view) = st.tensors().into_iter().max_by_key(|(_, v)| v.data().as_ptr() as usize).unwrap();
+    let at = view.data().as_ptr() as usize - w.as_ptr() as usize;
+    w[at] ^= 1;
+    std::fs::write(tmp.join("model.safetensors"), &w).unwrap();
+    let config = files.config_of(&read).unwrap();
+    let err = format!("{:#}", load_model::<patchbay::backend::Cpu>(&files, config, read.weights, &Default::default()).err().expect("refused"));
+    assert!(err.contains("changed while it was being loaded") && err.contains(&format!("tensor {name}")) && !err.contains('\n'), "{err}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
 fn prompts_tokenize_as_hf_tokenizer_does_bos_included_for_llama_and_gemma() {
     for family in ["llama", "qwen2", "pythia", "gemma2"] {
         let model = patchbay::jobs::Model::load(dir(family).to_str().unwrap(), BackendSpec::default(), None).unwrap();

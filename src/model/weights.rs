@@ -7,6 +7,7 @@ use crate::backend::float_options;
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use std::collections::HashMap;
+use xxhash_rust::xxh3::Xxh3;
 use std::path::{Path, PathBuf};
 
 pub const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
@@ -63,24 +64,30 @@ impl ModelFiles {
         (id(&json["bos_token_id"]), eos)
     }
 
-    /// The files, each read once: the model is built from what was read and the fingerprint
-    /// hashes those same bytes, so a file replaced while loading cannot give a run the
-    /// fingerprint of other weights than it computed with. The weights are read tensor by tensor
-    /// into their values as stored (half precision stays half until the model takes it), never
-    /// whole: no second copy of the model in memory.
+    /// The files, each opened once. The weights are read twice from the page cache and never
+    /// held as stored: first in file order, every byte hashed (the fingerprint) and every value
+    /// checked finite; then tensor by tensor as the model takes them, converted and laid out
+    /// straight into the model's values, each tensor's bytes hashed again and compared with the
+    /// first reading, so that a file changed while loading is refused rather than give a run the
+    /// fingerprint of other weights than it computed with. (Holding the values as stored until
+    /// the model took them was a third of the fresh memory a BF16 load touched, and touching fresh
+    /// memory is most of a load's time: docs/performance.md.)
     pub fn read(&self) -> Result<ModelBytes> {
         let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         let (config, tokenizer) = (read(&self.config)?, read(&self.tokenizer)?);
-        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        let mut hash = Xxh3::new();
         // Each file's bytes, then its length: where one file ends and the next begins.
-        let whole = |bytes: &[u8], hash: &mut xxhash_rust::xxh3::Xxh3| {
+        let whole = |bytes: &[u8], hash: &mut Xxh3| {
             hash.update(bytes);
             hash.update(&(bytes.len() as u64).to_le_bytes());
         };
         whole(&config, &mut hash);
-        let mut weights = Weights { files: self.weights.clone(), tensors: HashMap::new() };
+        let mut weights = Weights { files: self.weights.clone(), open: Vec::new(), tensors: HashMap::new() };
         for path in &self.weights {
-            let length = read_tensors(path, &mut weights.tensors, &mut hash).with_context(|| format!("reading {}", path.display()))?;
+            let reading = || format!("reading {}", path.display());
+            let file = std::fs::File::open(path).with_context(reading)?;
+            let length = read_tensors(&file, weights.open.len(), &mut weights.tensors, &mut hash).with_context(reading)?;
+            weights.open.push(file);
             hash.update(&length.to_le_bytes());
         }
         whole(&tokenizer, &mut hash);
@@ -91,7 +98,8 @@ impl ModelFiles {
 /// A model's files as read once (`ModelFiles::read`).
 pub struct ModelBytes {
     pub config: Vec<u8>,
-    /// Every tensor of the weights files (one, or each shard), as f32.
+    /// The tensors of the weights files (one, or each shard), read and checked, open for the
+    /// model to take.
     pub weights: Weights,
     pub tokenizer: Vec<u8>,
     /// A hash of the three (xxh3, 64 bits, hex): a run records it, and resume, merge and verify
@@ -102,58 +110,99 @@ pub struct ModelBytes {
 /// The tensors of a model's weights files, by name (without `transformer.`).
 pub struct Weights {
     files: Vec<PathBuf>,
-    tensors: HashMap<String, Decoded>,
+    /// `files`, each opened once.
+    open: Vec<std::fs::File>,
+    tensors: HashMap<String, Stored>,
 }
 
-struct Decoded {
+/// Where a tensor's values are, as the first reading found them.
+struct Stored {
     shape: Vec<usize>,
-    values: Stored,
-}
-
-/// A tensor's values as the file stores them (little-endian, as this machine holds them): half
-/// precision is converted to f32 where the model takes it, in the same pass that lays it out, so
-/// that the f32 values are written once.
-enum Stored {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
-    Bf16(Vec<u16>),
+    dtype: Dtype,
+    /// Which of `Weights::open`, and where its bytes begin there.
+    file: usize,
+    offset: u64,
+    /// xxh3 of its bytes.
+    hash: u64,
 }
 
 impl Stored {
-    /// The flat index of the first value that is NaN or infinite (an exponent of all ones).
-    fn first_non_finite(&self) -> Option<usize> {
+    /// Its rows (the first axis) and the values in each.
+    fn rows(&self) -> (usize, usize) {
+        match self.shape.split_first() {
+            Some((&rows, rest)) => (rows, rest.iter().product()),
+            None => (1, 1),
+        }
+    }
+}
+
+/// The value types a safetensors file may hold here, little-endian as this machine holds them.
+#[derive(Clone, Copy)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    fn size(self) -> usize {
         match self {
-            Stored::F32(v) => first(v, |x: f32| !x.is_finite()),
-            Stored::F16(v) => first(v, |b: u16| b & 0x7c00 == 0x7c00),
-            Stored::Bf16(v) => first(v, |b: u16| b & 0x7f80 == 0x7f80),
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
         }
     }
 
-    fn get(&self, i: usize) -> f32 {
-        match self {
-            Stored::F32(v) => v[i],
-            Stored::F16(v) => half::f16::from_bits(v[i]).to_f32(),
-            Stored::Bf16(v) => half::bf16::from_bits(v[i]).to_f32(),
-        }
+    /// The index of the first of `bytes`' values that is NaN or infinite (an exponent of all
+    /// ones), and that value.
+    fn first_non_finite(self, bytes: &[u8]) -> Option<(usize, f32)> {
+        let i = match self {
+            Dtype::F32 => first(bytemuck::cast_slice::<u8, f32>(bytes), |x| !x.is_finite()),
+            Dtype::F16 => first(bytemuck::cast_slice::<u8, u16>(bytes), |b| b & 0x7c00 == 0x7c00),
+            Dtype::Bf16 => first(bytemuck::cast_slice::<u8, u16>(bytes), |b| b & 0x7f80 == 0x7f80),
+        }?;
+        let mut value = [0f32];
+        self.convert(&bytes[i * self.size()..][..self.size()], &mut value);
+        Some((i, value[0]))
     }
 
-    /// The values in f32 (F32's own, without a copy).
-    fn into_f32(self) -> Vec<f32> {
-        match self {
-            Stored::F32(v) => v,
-            Stored::F16(v) => converted(&v, |b| half::f16::from_bits(b).to_f32()),
-            Stored::Bf16(v) => converted(&v, |b| half::bf16::from_bits(b).to_f32()),
-        }
+    /// `bytes`' values in f32, into `out`.
+    fn convert(self, bytes: &[u8], out: &mut [f32]) {
+        self.scatter(bytes, bytes.len() / self.size(), out, 0, |_| 0);
     }
 
-    /// `transpose_rows` of these values, converted to f32 on the way.
-    fn transpose_rows(&self, width: usize, out: &mut [f32], total: usize, cols: usize, row: impl Fn(usize) -> usize) {
+    /// `bytes` holding rows of `width` values, each row r written converted as column `col(r)`
+    /// of `out` [width, total] (with `total` 0: `out` is the rows as they are). Bands of `out`'s
+    /// rows on every thread; the rows read are a cache-sized piece of the tensor.
+    fn scatter(self, bytes: &[u8], width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
         match self {
-            Stored::F32(v) => transpose_rows(v, |x| x, width, out, total, cols, row),
-            Stored::F16(v) => transpose_rows(v, |b| half::f16::from_bits(b).to_f32(), width, out, total, cols, row),
-            Stored::Bf16(v) => transpose_rows(v, |b| half::bf16::from_bits(b).to_f32(), width, out, total, cols, row),
+            Dtype::F32 => scatter(bytemuck::cast_slice::<u8, f32>(bytes), |x| x, width, out, total, col),
+            Dtype::F16 => scatter(bytemuck::cast_slice::<u8, u16>(bytes), |b| half::f16::from_bits(b).to_f32(), width, out, total, col),
+            Dtype::Bf16 => scatter(bytemuck::cast_slice::<u8, u16>(bytes), |b| half::bf16::from_bits(b).to_f32(), width, out, total, col),
         }
     }
+}
+
+/// See `Dtype::scatter`.
+fn scatter<T: Copy + Sync>(values: &[T], f32_of: impl Fn(T) -> f32 + Sync, width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
+    use rayon::prelude::*;
+    if total == 0 {
+        let out = &mut out[..values.len()];
+        out.par_chunks_mut(1 << 14).zip(values.par_chunks(1 << 14)).for_each(|(o, v)| o.iter_mut().zip(v).for_each(|(o, &v)| *o = f32_of(v)));
+        return;
+    }
+    let rows = values.len() / width;
+    out.par_chunks_mut(total).with_min_len(16).enumerate().for_each(|(i, out)| (0..rows).for_each(|r| out[col(r)] = f32_of(values[r * width + i])));
+}
+
+/// The pieces the files are read in: within the cache, and a few for a tensor's rows.
+const PIECE: usize = 1 << 20;
+
+/// A reusable buffer of at least `bytes`, aligned for any value type here.
+fn piece(buffer: &mut Vec<u32>, bytes: usize) -> &mut [u8] {
+    if buffer.len() * 4 < bytes {
+        buffer.resize(bytes.div_ceil(4), 0);
+    }
+    &mut bytemuck::cast_slice_mut(buffer)[..bytes]
 }
 
 /// A safetensors header entry.
@@ -164,11 +213,11 @@ struct HeaderEntry {
     data_offsets: [u64; 2],
 }
 
-/// Reads safetensors file `path` in order — the header, then each
-/// tensor, gaps included — into `tensors`, hashing every byte as read: its length in bytes.
-fn read_tensors(path: &Path, tensors: &mut HashMap<String, Decoded>, hash: &mut xxhash_rust::xxh3::Xxh3) -> Result<u64> {
+/// Reads safetensors file `file` (number `index` of the weights) in order — the header, then
+/// each tensor, gaps included — hashing every byte into `hash` and each tensor's into its own,
+/// checking every value finite, and records where each tensor is in `tensors`: its length in bytes.
+fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<String, Stored>, hash: &mut Xxh3) -> Result<u64> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
     let length = file.metadata()?.len();
     let mut n = [0u8; 8];
     file.read_exact(&mut n).context("not a safetensors file: shorter than its header's length")?;
@@ -189,66 +238,77 @@ fn read_tensors(path: &Path, tensors: &mut HashMap<String, Decoded>, hash: &mut 
     entries.sort_by_key(|(_, e)| e.data_offsets[0]);
     let data = length - 8 - header_len;
     let mut at = 0u64;
-    let mut buffer: Vec<u8> = Vec::new();
-    // `bytes` more of the file through the buffer (grown, never shrunk: no memset per tensor).
-    let chunk = |file: &mut std::fs::File, bytes: u64, buffer: &mut Vec<u8>, hash: &mut xxhash_rust::xxh3::Xxh3| -> Result<()> {
-        let bytes = bytes as usize;
-        if buffer.len() < bytes {
-            buffer.resize(bytes, 0);
+    let mut buffer = Vec::new();
+    // `bytes` more of the file, a piece at a time, each hashed (into `own` too) and seen by `check`.
+    let mut pass = |file: &mut &std::fs::File, bytes: u64, own: &mut Xxh3, check: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
+        let mut left = bytes as usize;
+        while left > 0 {
+            let piece = piece(&mut buffer, left.min(PIECE));
+            file.read_exact(piece)?;
+            hash.update(piece);
+            own.update(piece);
+            check(piece)?;
+            left -= piece.len();
         }
-        file.read_exact(&mut buffer[..bytes])?;
-        hash.update(&buffer[..bytes]);
         Ok(())
     };
     for (name, e) in entries {
         let [begin, end] = e.data_offsets;
-        let size = match e.dtype.as_str() {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
+        let dtype = match e.dtype.as_str() {
+            "F32" => Dtype::F32,
+            "F16" => Dtype::F16,
+            "BF16" => Dtype::Bf16,
             other => bail!("tensor {name} has dtype {other}; expected F32, F16 or BF16"),
         };
         let count = crate::limits::product(&format!("tensor {name}'s shape"), &e.shape)?;
-        if begin < at || end > data || end - begin != count as u64 * size {
+        if begin < at || end > data || end - begin != count as u64 * dtype.size() as u64 {
             bail!("tensor {name}: data_offsets {begin}..{end} do not fit its shape {:?} of {} in the file's {data} data bytes", e.shape, e.dtype);
         }
         if begin > at {
-            chunk(&mut file, begin - at, &mut buffer, hash)?; // alignment padding, hashed as read
+            pass(&mut file, begin - at, &mut Xxh3::new(), &mut |_| Ok(()))?; // alignment padding, hashed as read
         }
         at = end;
-        // Read straight into the tensor's values (safetensors stores little-endian, as this
-        // machine holds them), a piece at a time, hashed while it is in the cache.
-        let mut fill = |bytes: &mut [u8]| -> Result<()> {
-            for piece in bytes.chunks_mut(1 << 20) {
-                file.read_exact(piece)?;
-                hash.update(piece);
-            }
-            Ok(())
-        };
-        let values = match e.dtype.as_str() {
-            "F32" => {
-                let mut v = fresh(count);
-                fill(bytemuck::cast_slice_mut(&mut v))?;
-                Stored::F32(v)
-            }
-            half_precision => {
-                let mut v = fresh(count);
-                fill(bytemuck::cast_slice_mut(&mut v))?;
-                if half_precision == "F16" { Stored::F16(v) } else { Stored::Bf16(v) }
-            }
-        };
         // A NaN or infinite weight makes every result NaN or meaningless, silently.
-        if let Some(i) = values.first_non_finite() {
-            bail!("tensor {name} holds {} at flat index {i}: a model's weights must be finite", values.get(i));
-        }
+        let (mut own, mut seen) = (Xxh3::new(), 0);
+        pass(&mut file, end - begin, &mut own, &mut |piece| {
+            if let Some((i, value)) = dtype.first_non_finite(piece) {
+                bail!("tensor {name} holds {value} at flat index {}: a model's weights must be finite", seen + i);
+            }
+            seen += piece.len() / dtype.size();
+            Ok(())
+        })?;
         let name = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
-        if tensors.insert(name.clone(), Decoded { shape: e.shape, values }).is_some() {
+        let stored = Stored { shape: e.shape, dtype, file: index, offset: 8 + header_len + begin, hash: own.digest() };
+        if tensors.insert(name.clone(), stored).is_some() {
             bail!("tensor {name} is held a second time (another shard has it)");
         }
     }
     if at < data {
-        chunk(&mut file, data - at, &mut buffer, hash)?;
+        pass(&mut file, data - at, &mut Xxh3::new(), &mut |_| Ok(()))?;
     }
     Ok(length)
+}
+
+impl Weights {
+    /// Tensor `name`'s bytes read again, in pieces of whole rows: `each(first_row, bytes)`. The
+    /// bytes are hashed and must be the ones the first reading hashed.
+    fn reread(&self, name: &str, t: &Stored, mut each: impl FnMut(usize, &[u8])) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (rows, width) = t.rows();
+        let row_bytes = width * t.dtype.size();
+        let per_piece = (PIECE / row_bytes.max(1)).max(1);
+        let (mut buffer, mut own) = (Vec::new(), Xxh3::new());
+        for first in (0..rows).step_by(per_piece) {
+            let piece = piece(&mut buffer, (rows - first).min(per_piece) * row_bytes);
+            self.open[t.file].read_exact_at(piece, t.offset + (first * row_bytes) as u64).with_context(|| format!("reading {}", self.files[t.file].display()))?;
+            own.update(piece);
+            each(first, piece);
+        }
+        if own.digest() != t.hash {
+            bail!("{} changed while it was being loaded (tensor {name}): load the model again", self.files[t.file].display());
+        }
+        Ok(())
+    }
 }
 
 /// The shard files a model.safetensors.index.json names (its `weight_map`'s values), each a plain
@@ -410,18 +470,20 @@ impl<B: Backend> Safetensors<B> {
 
     /// Tensor `name`'s values in f32, taken out, stored in the generic model's `shape`.
     fn same(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (values, stored) = self.values(name)?;
-        if stored != shape {
-            bail!("tensor {name} in {} has shape {stored:?}, but config.json implies {shape:?}", self.where_());
+        let t = self.take(name)?;
+        if t.shape != shape {
+            bail!("tensor {name} in {} has shape {:?}, but config.json implies {shape:?}", self.where_(), t.shape);
         }
-        Ok(values.into_f32())
+        let width = t.rows().1;
+        let mut out = fresh(t.shape.iter().product());
+        self.weights.reread(name, &t, |row, bytes| t.dtype.convert(bytes, &mut out[row * width..]))?;
+        Ok(out)
     }
 
-    /// Tensor `name`'s values as stored and its shape, taken out.
-    fn values(&mut self, name: &str) -> Result<(Stored, Vec<usize>)> {
+    /// Where tensor `name` is, taken out.
+    fn take(&mut self, name: &str) -> Result<Stored> {
         let place = self.where_();
-        let d = self.weights.tensors.remove(name).with_context(|| format!("{place} has no tensor {name} (nor transformer.{name})"))?;
-        Ok((d.values, d.shape))
+        self.weights.tensors.remove(name).with_context(|| format!("{place} has no tensor {name} (nor transformer.{name})"))
     }
 }
 
@@ -438,13 +500,13 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
                 let mut out = fresh(width * total);
                 let mut col = 0;
                 for name in &names {
-                    let (values, stored) = self.values(name)?;
-                    let rows = stored.first().copied().unwrap_or(0);
+                    let t = self.take(name)?;
+                    let rows = t.shape.first().copied().unwrap_or(0);
                     let expected: Vec<usize> = if D == 2 { vec![rows, width] } else { vec![rows] };
-                    if stored != expected || col + rows > total {
-                        bail!("tensor {name} in {file} has shape {stored:?}, which does not fit the {shape:?} that config.json implies for {}", names.join(" | "));
+                    if t.shape != expected || col + rows > total {
+                        bail!("tensor {name} in {file} has shape {:?}, which does not fit the {shape:?} that config.json implies for {}", t.shape, names.join(" | "));
                     }
-                    values.transpose_rows(width, &mut out[col..], total, rows, |r| r);
+                    self.weights.reread(name, &t, |first, bytes| t.dtype.scatter(bytes, width, &mut out, total, |r| col + first + r))?;
                     col += rows;
                 }
                 if col != total {
@@ -455,15 +517,16 @@ impl<B: Backend> ParamSource<B> for Safetensors<B> {
             // [3·d, in] rows of q, k, v per head, into q|k|v columns of [in, 3·d].
             Source::PerHead(name) => {
                 let (width, total) = if D == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
-                let (values, stored) = self.values(&name)?;
+                let t = self.take(&name)?;
                 let expected: Vec<usize> = if D == 2 { vec![total, width] } else { vec![total] };
-                if stored != expected || total % (3 * self.heads) != 0 {
-                    bail!("tensor {name} in {file} has shape {stored:?}, but config.json implies {expected:?} of {} heads' q, k and v", self.heads);
+                if t.shape != expected || total % (3 * self.heads) != 0 {
+                    bail!("tensor {name} in {file} has shape {:?}, but config.json implies {expected:?} of {} heads' q, k and v", t.shape, self.heads);
                 }
                 let (h, dh) = (self.heads, total / (3 * self.heads));
                 let mut out = fresh(width * total);
-                // Column c = part·h·dh + head·dh + j reads row head·3·dh + part·dh + j.
-                values.transpose_rows(width, &mut out, total, total, |c| (c % (h * dh)) / dh * 3 * dh + c / (h * dh) * dh + c % dh);
+                // Row r = head·3·dh + part·dh + j is column part·h·dh + head·dh + j.
+                let col = |r: usize| (r % (3 * dh)) / dh * h * dh + r / (3 * dh) * dh + r % dh;
+                self.weights.reread(&name, &t, |first, bytes| t.dtype.scatter(bytes, width, &mut out, total, |r| col(first + r)))?;
                 out
             }
         };
@@ -500,34 +563,6 @@ fn fresh<T: bytemuck::Zeroable + Copy>(n: usize) -> Vec<T> {
 }
 
 const HUGE_PAGE: usize = 2 << 20;
-
-/// `values` converted to f32 by `f32_of`, in chunks on every thread.
-fn converted<T: Copy + Sync>(values: &[T], f32_of: impl Fn(T) -> f32 + Sync) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut out = fresh(values.len());
-    out.par_chunks_mut(1 << 16).zip(values.par_chunks(1 << 16)).for_each(|(o, v)| o.iter_mut().zip(v).for_each(|(o, &v)| *o = f32_of(v)));
-    out
-}
-
-/// Rows `row(c)` of `values` [rows, width], converted by `f32_of`, written as columns c < `cols`
-/// of `out` [width, total] (each row start offset by the caller), in tiles so that the strided
-/// reads stay within the cache; bands of `out`'s rows on every thread. (Moving each tile through
-/// a buffer, to read and write both in contiguous stretches, measured 7 % slower.)
-fn transpose_rows<T: Copy + Sync>(values: &[T], f32_of: impl Fn(T) -> f32 + Sync, width: usize, out: &mut [f32], total: usize, cols: usize, row: impl Fn(usize) -> usize) {
-    use rayon::prelude::*;
-    const TILE: usize = 64;
-    let rows: Vec<usize> = (0..cols).map(row).collect();
-    out.par_chunks_mut(TILE * total).enumerate().for_each(|(band, out)| {
-        let i0 = band * TILE;
-        for c0 in (0..cols).step_by(TILE) {
-            let c1 = (c0 + TILE).min(cols);
-            for i in i0..(i0 + TILE).min(width) {
-                let at = (i - i0) * total;
-                out[at + c0..at + c1].iter_mut().zip(&rows[c0..c1]).for_each(|(t, &r)| *t = f32_of(values[r * width + i]));
-            }
-        }
-    });
-}
 
 /// The model of `files` on `device`, from `config` and the weights' bytes as read (`ModelFiles::read`).
 pub fn load_model<B: Backend>(files: &ModelFiles, config: super::ModelConfig, weights: Weights, device: &B::Device) -> Result<super::Transformer<B>> {
