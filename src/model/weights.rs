@@ -544,9 +544,9 @@ fn first<T: Copy + Sync>(values: &[T], bad: impl Fn(T) -> bool + Sync) -> Option
     values[chunk * CHUNK..].iter().position(|&v| bad(v)).map(|i| chunk * CHUNK + i)
 }
 
-/// `n` zeroed values, in memory the kernel backs with 2 MiB pages where it can. A model's values
-/// are all written into fresh memory once; in 4 KiB pages the faults, zeroing and charging of
-/// those pages were 40 % of loading a BF16 checkpoint (`perf record`, docs/performance.md).
+/// `n` zeroed values, in memory the kernel backs with 2 MiB pages where it can: a model's values
+/// are written once into fresh memory, and touching fresh memory is most of a load
+/// (docs/performance.md); in 2 MiB pages that is one fault per 2 MiB instead of 512.
 fn fresh<T: bytemuck::Zeroable + Copy>(n: usize) -> Vec<T> {
     let v: Vec<T> = bytemuck::zeroed_vec(n);
     let bytes = n * std::mem::size_of::<T>();
