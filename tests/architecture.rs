@@ -213,3 +213,24 @@ fn results_file_names_are_written_only_in_results() {
     assert!(literals(r#"let a = "x.npy"; let b = '"'; let c = "say \"hi\"";"#) == ["x.npy", "say \"hi\""], "the literal scanner");
     assert!(found.is_empty(), "file names written outside src/results/: {found:?}");
 }
+
+/// Work on a loaded model is written once: every job hands its model work to `on_model!` (the
+/// one `ModelTask` impl, in jobs/mod.rs), and each `BackendTask` impl is a different thing
+/// (loading, a task on the loaded model, the benchmark).
+#[test]
+fn no_model_or_backend_task_impl_is_copied() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    sources(&root.join("python/src"), &mut files);
+    let impls = |name: &str| -> Vec<String> {
+        files
+            .iter()
+            .flat_map(|f| code(f).lines().filter(|l| l.contains(&format!("{name} for "))).map(|l| format!("{}: {}", f.strip_prefix(root).unwrap().display(), l.trim())).collect::<Vec<_>>())
+            .collect()
+    };
+    let model = impls("ModelTask");
+    assert!(model.len() == 1 && model[0].starts_with("src/jobs/mod.rs: impl $crate::jobs::ModelTask for Task"), "ModelTask impls: {model:#?}");
+    let backend = impls("BackendTask");
+    assert_eq!(backend.len(), 3, "BackendTask impls: {backend:#?}");
+}

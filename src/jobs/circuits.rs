@@ -1,7 +1,7 @@
 //! Read-only passes over the model's insides: attention patterns (`patterns`) and the logit lens /
 //! direct logit attribution (`attribute`), in memory or written into an output directory; the
 //! model's circuit graph (`graph`).
-use super::{counted, Model, ModelTask, ModelOnBackend, Progress};
+use super::{counted, Model, Progress};
 use crate::analysis::plot::{panels_png, panels_svg, Panels};
 use crate::circuits::logit_attribution::{self, component_labels, Attribution};
 use crate::circuits::patterns::{patterns as compute_patterns, Patterns};
@@ -11,7 +11,6 @@ use crate::results::attribution::{self as files, Arrays, Listing};
 use crate::results::outputs::PATTERN_FILES;
 use crate::results::{npy, outputs, PairEntry};
 use anyhow::{bail, Context, Result};
-use burn::prelude::Backend;
 use super::options::{BosOption, Options, OutOptions, PairOptions, Pairs, StrictOption};
 use clap::Args;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -210,7 +209,8 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
     let heads = check_indices(&spec.heads, config.heads, "head")?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PATTERN_FILES, spec.overwrite)).transpose()?;
     progress.start(prompts.len() as u64, "prompts");
-    let p = model.with(PatternsTask { prompts: &prompts, layers, heads, batch: spec.batch, progress })?;
+    let p = on_model!(model, |on| -> Patterns { counted(progress, |advance| compute_patterns(on.model, prompts, layers, heads, batch, advance)) },
+        prompts: &'a [Vec<u32>] = &prompts, layers: &'a [usize] = &layers, heads: &'a [usize] = &heads, batch: usize = spec.batch, progress: &'a mut dyn Progress = progress)?;
     // NaN stands past a prompt's length: [prompt, layer, head, dest, src].
     let per_prompt = p.layers.len() * p.heads.len() * p.positions * p.positions;
     let past = |i: usize| {
@@ -250,21 +250,6 @@ pub fn patterns(model: &Model, spec: &PatternsSpec, progress: &mut dyn Progress)
         outputs::write_dir(out, (PATTERN_FILES[5], serde_json::to_vec_pretty(&listing)?), files, &PATTERN_FILES[..5], spec.overwrite)?;
     }
     Ok(PatternsResult { patterns: p, prompts, strs, html })
-}
-
-struct PatternsTask<'a> {
-    prompts: &'a [Vec<u32>],
-    layers: Vec<usize>,
-    heads: Vec<usize>,
-    batch: usize,
-    progress: &'a mut dyn Progress,
-}
-
-impl ModelTask for PatternsTask<'_> {
-    type Output = Patterns;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Patterns> {
-        counted(self.progress, |advance| compute_patterns(on.model, self.prompts, &self.layers, &self.heads, self.batch, advance))
-    }
 }
 
 /// `attribute`'s options (`patchbay attribute`, Python's `Model.attribute`).
@@ -336,7 +321,8 @@ pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progres
     let checks = Checks { max_diff: None, context: Some(c.context), vocab: Some(c.vocab), prepend_bos: spec.prepend_bos };
     let (pairs, skipped) = data::load_pairs(&spec.pairs, &model.tokenizer, checks, spec.strict)?;
     progress.start(pairs.len() as u64, "pairs");
-    let r = model.with(AttributeTask { pairs: &pairs, batch: spec.batch, progress })?;
+    let r = on_model!(model, |on| -> Attribution { counted(progress, |advance| logit_attribution::attribute(on.model, pairs, batch, advance)) },
+        pairs: &'a [TokenizedPair] = &pairs, batch: usize = spec.batch, progress: &'a mut dyn Progress = progress)?;
     for (what, values) in [("accumulated", &r.accumulated), ("components", &r.components), ("heads", &r.heads)] {
         crate::limits::ensure_finite(&format!("the attribution's {what}"), values, |_| false)?;
     }
@@ -362,15 +348,3 @@ pub fn attribute(model: &Model, spec: &AttributeSpec, progress: &mut dyn Progres
     Ok(Attributed { listing, arrays, skipped, row_unit: spec.pairs.row_unit() })
 }
 
-struct AttributeTask<'a> {
-    pairs: &'a [TokenizedPair],
-    batch: usize,
-    progress: &'a mut dyn Progress,
-}
-
-impl ModelTask for AttributeTask<'_> {
-    type Output = Attribution;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Attribution> {
-        counted(self.progress, |advance| logit_attribution::attribute(on.model, self.pairs, self.batch, advance))
-    }
-}

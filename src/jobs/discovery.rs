@@ -2,7 +2,7 @@
 //! (`circuit`: EAP-IG's top-n, threshold and greedy selections, its Graph JSON, a drawing), and
 //! the faithfulness curve of circuits of growing size (`faithfulness`: every circuit a row of
 //! one batched evaluation, MIB's CPR and CMD areas).
-use super::{counted, Model, ModelTask, ModelOnBackend, Progress};
+use super::{counted, Model, Progress};
 use crate::analysis::circuit::{self, Circuit, Selection};
 use crate::analysis::plot::{lines_png, lines_svg, Lines};
 use crate::backend::BackendSpec;
@@ -11,7 +11,6 @@ use crate::engine::{CircuitEval, Graph, Metric, Replacement};
 use crate::results::manifest::{is_own_file, CIRCUIT_FILES, FAITHFULNESS_FILES};
 use crate::results::{self, npy, write_atomic, Manifest};
 use anyhow::{bail, Context, Result};
-use burn::prelude::Backend;
 use super::options::{fold, BackendOptions, Options};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -360,8 +359,11 @@ pub fn faithfulness(spec: &FaithfulnessSpec, loaded: Option<&Model>, progress: &
         bail!("--max-rows must be at least 1");
     }
     progress.start((masks.len() * pairs.len()) as u64, "circuit runs");
-    let task = Evaluate { pairs: &pairs, masks: &masks, metric: m.metric_name, replacement, max_rows, progress };
-    let metrics = model.with(task)?;
+    let metrics = on_model!(model, |on| -> Vec<Vec<f32>> {
+        let eval = CircuitEval { model: on.model, metric, replacement, max_rows };
+        counted(progress, |advance| eval.run(pairs, masks, advance))
+    }, pairs: &'a [TokenizedPair] = &pairs, masks: &'a [Vec<bool>] = &masks, metric: Metric = m.metric_name, replacement: Replacement = replacement,
+        max_rows: usize = max_rows, progress: &'a mut dyn Progress = progress)?;
     let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
     let (whole, empty) = (mean(&metrics[0]), mean(&metrics[1]));
     let span = whole - empty;
@@ -453,19 +455,3 @@ fn write(f: &Faithfulness, drawn: &Circuit, dir: &Path, m: &Manifest) -> Result<
     results::outputs::write_set(dir, (listing, serde_json::to_vec_pretty(f)?), files, &FAITHFULNESS_FILES[..5])
 }
 
-struct Evaluate<'a> {
-    pairs: &'a [TokenizedPair],
-    masks: &'a [Vec<bool>],
-    metric: Metric,
-    replacement: Replacement,
-    max_rows: usize,
-    progress: &'a mut dyn Progress,
-}
-
-impl ModelTask for Evaluate<'_> {
-    type Output = Vec<Vec<f32>>;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<f32>>> {
-        let eval = CircuitEval { model: on.model, metric: self.metric, replacement: self.replacement, max_rows: self.max_rows };
-        counted(self.progress, |advance| eval.run(self.pairs, self.masks, advance))
-    }
-}

@@ -4,7 +4,7 @@
 //! on the CPU, chained as the forward pass runs them. Then each step runs again on the backend
 //! under test from the CPU's inputs, so that a step's difference is its own and not what earlier
 //! steps passed on: the first step beyond the dtype's tolerance is the faulty operation.
-use super::{Model, ModelTask, ModelOnBackend};
+use super::Model;
 use crate::backend::{layout, matmul, BackendSpec, DType};
 use crate::model::transformer::{linear, mix};
 use crate::model::{NoHooks, Qkv, Transformer};
@@ -82,10 +82,11 @@ pub fn doctor(model: &str, spec: &DoctorSpec, threads: Option<usize>) -> Result<
     };
     ensure!(ids.len() >= 2, "doctor needs a prompt of at least 2 tokens, not {} (--text, --positions)", ids.len());
     let tokens: Vec<Vec<u32>> = (0..spec.rows).map(|r| (0..ids.len()).map(|i| ids[(i + r) % ids.len()]).collect()).collect();
-    let trace = cpu.with(TraceTask { tokens: tokens.clone() })?;
+    let trace = on_model!(cpu, |on| -> Trace { trace(on.model, tokens) }, tokens: &'a [Vec<u32>] = &tokens)?;
     let other = Model::load(model, spec.backend.clone(), None)?;
     let tol = tolerance(&spec.backend);
-    let (outputs, logits) = other.with(Replay { trace: &trace, tokens, inject: spec.inject_fault.clone() })?;
+    let (outputs, logits) = on_model!(other, |on| -> Replayed { replay(on.model, trace, tokens, inject) },
+        trace: &'a Trace = &trace, tokens: &'a [Vec<u32>] = &tokens, inject: Option<&'a str> = spec.inject_fault.as_deref())?;
     let steps = trace
         .entries
         .iter()
@@ -191,94 +192,80 @@ struct Trace {
     logits: Host,
 }
 
-struct TraceTask {
-    tokens: Vec<Vec<u32>>,
-}
-
-impl ModelTask for TraceTask {
-    type Output = Trace;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Trace> {
-        let m = on.model;
-        let device = m.device();
-        let tokens = m.tokens(&self.tokens)?;
-        let logits = Host::of(m.forward(tokens.clone(), &mut NoHooks));
-        let mut t = Trace { entries: Vec::new(), values: vec![Host::of(m.embed(tokens, 0))], logits };
-        let step = |t: &mut Trace, block: Option<usize>, step: Step, inputs: Vec<usize>| {
-            let ins: Vec<&Host> = inputs.iter().map(|&i| &t.values[i]).collect();
-            let (out, _) = run_step(m, block, step, &ins, &device);
-            t.values.push(out);
-            let output = t.values.len() - 1;
-            t.entries.push(Entry { block, step, inputs, output });
-            output
-        };
-        let mut resid = 0;
-        for l in 0..m.blocks.len() {
-            let b = Some(l);
-            let x = step(&mut t, b, Step::NormAttn, vec![resid]);
-            let qkv = step(&mut t, b, Step::Qkv, vec![x]);
-            let mut z = 0;
-            for last in [false, true] {
-                let s = step(&mut t, b, Step::Scores { last }, vec![qkv]);
-                let p = step(&mut t, b, Step::Softmax { last }, vec![s]);
-                let zz = step(&mut t, b, Step::Mix { last }, vec![p, qkv]);
-                if !last {
-                    z = zz;
-                }
+/// The forward of `tokens` on the model, step by step (`Trace`).
+fn trace<B: Backend>(m: &Transformer<B>, tokens: &[Vec<u32>]) -> Result<Trace> {
+    let device = m.device();
+    let tokens = m.tokens(tokens)?;
+    let logits = Host::of(m.forward(tokens.clone(), &mut NoHooks));
+    let mut t = Trace { entries: Vec::new(), values: vec![Host::of(m.embed(tokens, 0))], logits };
+    let step = |t: &mut Trace, block: Option<usize>, step: Step, inputs: Vec<usize>| {
+        let ins: Vec<&Host> = inputs.iter().map(|&i| &t.values[i]).collect();
+        let (out, _) = run_step(m, block, step, &ins, &device);
+        t.values.push(out);
+        let output = t.values.len() - 1;
+        t.entries.push(Entry { block, step, inputs, output });
+        output
+    };
+    let mut resid = 0;
+    for l in 0..m.blocks.len() {
+        let b = Some(l);
+        let x = step(&mut t, b, Step::NormAttn, vec![resid]);
+        let qkv = step(&mut t, b, Step::Qkv, vec![x]);
+        let mut z = 0;
+        for last in [false, true] {
+            let s = step(&mut t, b, Step::Scores { last }, vec![qkv]);
+            let p = step(&mut t, b, Step::Softmax { last }, vec![s]);
+            let zz = step(&mut t, b, Step::Mix { last }, vec![p, qkv]);
+            if !last {
+                z = zz;
             }
-            let post_norms = m.blocks[l].post_norms.is_some();
-            let mut attn_out = step(&mut t, b, Step::AttnOut, vec![z]);
-            if post_norms {
-                attn_out = step(&mut t, b, Step::PostAttn, vec![attn_out]);
-            }
-            let mid = t.values[resid].add(&t.values[attn_out]);
-            t.values.push(mid);
-            let mid = t.values.len() - 1;
-            // A parallel block's MLP reads the block's input.
-            let x = step(&mut t, b, Step::NormMlp, vec![if m.blocks[l].parallel { resid } else { mid }]);
-            let h = step(&mut t, b, Step::MlpIn, vec![x]);
-            let h = step(&mut t, b, Step::Activation, vec![h]);
-            let mut mlp_out = step(&mut t, b, Step::MlpOut, vec![h]);
-            if post_norms {
-                mlp_out = step(&mut t, b, Step::PostMlp, vec![mlp_out]);
-            }
-            let post = t.values[mid].add(&t.values[mlp_out]);
-            t.values.push(post);
-            resid = t.values.len() - 1;
         }
-        let x = step(&mut t, None, Step::NormFinal, vec![resid]);
-        step(&mut t, None, Step::Unembed, vec![x]);
-        Ok(t)
+        let post_norms = m.blocks[l].post_norms.is_some();
+        let mut attn_out = step(&mut t, b, Step::AttnOut, vec![z]);
+        if post_norms {
+            attn_out = step(&mut t, b, Step::PostAttn, vec![attn_out]);
+        }
+        let mid = t.values[resid].add(&t.values[attn_out]);
+        t.values.push(mid);
+        let mid = t.values.len() - 1;
+        // A parallel block's MLP reads the block's input.
+        let x = step(&mut t, b, Step::NormMlp, vec![if m.blocks[l].parallel { resid } else { mid }]);
+        let h = step(&mut t, b, Step::MlpIn, vec![x]);
+        let h = step(&mut t, b, Step::Activation, vec![h]);
+        let mut mlp_out = step(&mut t, b, Step::MlpOut, vec![h]);
+        if post_norms {
+            mlp_out = step(&mut t, b, Step::PostMlp, vec![mlp_out]);
+        }
+        let post = t.values[mid].add(&t.values[mlp_out]);
+        t.values.push(post);
+        resid = t.values.len() - 1;
     }
+    let x = step(&mut t, None, Step::NormFinal, vec![resid]);
+    step(&mut t, None, Step::Unembed, vec![x]);
+    Ok(t)
 }
 
-/// Each of the trace's steps on another backend, from the trace's inputs: outputs and operands.
-struct Replay<'t> {
-    trace: &'t Trace,
-    tokens: Vec<Vec<u32>>,
-    inject: Option<String>,
-}
+/// Each step's output and its product's operands, and the logits of the whole forward.
+type Replayed = (Vec<(Host, Vec<String>)>, Host);
 
-impl ModelTask for Replay<'_> {
-    type Output = (Vec<(Host, Vec<String>)>, Host);
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Self::Output> {
-        let m = on.model;
-        let device = m.device();
-        let logits = Host::of(m.forward(m.tokens(&self.tokens)?, &mut NoHooks));
-        let outputs = self
-            .trace
-            .entries
-            .iter()
-            .map(|e| {
-                let ins: Vec<&Host> = e.inputs.iter().map(|&i| &self.trace.values[i]).collect();
-                let (mut out, operands) = run_step(m, e.block, e.step, &ins, &device);
-                if self.inject.as_deref().is_some_and(|name| e.step.is(name)) {
-                    out.data[0] += 1.0;
-                }
-                (out, operands)
-            })
-            .collect();
-        Ok((outputs, logits))
-    }
+/// Each of `trace`'s steps on another backend, from the trace's own inputs (a fault injected into
+/// the step named `inject`).
+fn replay<B: Backend>(m: &Transformer<B>, trace: &Trace, tokens: &[Vec<u32>], inject: Option<&str>) -> Result<Replayed> {
+    let device = m.device();
+    let logits = Host::of(m.forward(m.tokens(tokens)?, &mut NoHooks));
+    let outputs = trace
+        .entries
+        .iter()
+        .map(|e| {
+            let ins: Vec<&Host> = e.inputs.iter().map(|&i| &trace.values[i]).collect();
+            let (mut out, operands) = run_step(m, e.block, e.step, &ins, &device);
+            if inject.is_some_and(|name| e.step.is(name)) {
+                out.data[0] += 1.0;
+            }
+            (out, operands)
+        })
+        .collect();
+    Ok((outputs, logits))
 }
 
 /// One step of `block` (None: after the last block) on inputs from the host: its output, and its

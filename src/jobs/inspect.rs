@@ -1,6 +1,6 @@
 //! `inspect`: a prompt's tokens and the model's most likely next tokens.
-use super::{Model, ModelTask, ModelOnBackend};
-use crate::model::NoHooks;
+use super::Model;
+use crate::model::{NoHooks, Transformer};
 use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -60,7 +60,7 @@ pub fn inspect(model: &Model, text: &str, top_k: usize, prepend_bos: bool) -> Re
     anyhow::ensure!(!text.is_empty(), "the text is empty");
     let tok = &model.tokenizer;
     let ids = tok.encode_with(text, prepend_bos)?;
-    let probs = model.with(NextToken(ids.clone()))?;
+    let probs = on_model!(model, |on| -> Vec<f32> { next_token(on.model, ids) }, ids: &'a [u32] = &ids)?;
     crate::limits::ensure_finite("the next token's probabilities", &probs, |_| false)?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
@@ -75,16 +75,10 @@ pub fn inspect(model: &Model, text: &str, top_k: usize, prepend_bos: bool) -> Re
     })
 }
 
-/// Next-token probabilities at the last position.
-struct NextToken(Vec<u32>);
-
-impl ModelTask for NextToken {
-    type Output = Vec<f32>;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<f32>> {
-        let model = on.model;
-        let logits = model.forward(model.tokens(&[self.0])?, &mut NoHooks);
-        let [_, s, v] = logits.dims();
-        let probs = softmax(logits.narrow(1, s - 1, 1).reshape([v]), 0);
-        Ok(probs.into_data().convert::<f32>().to_vec().expect("f32"))
-    }
+/// Next-token probabilities at the last position of `ids`.
+fn next_token<B: Backend>(model: &Transformer<B>, ids: &[u32]) -> Result<Vec<f32>> {
+    let logits = model.forward(model.tokens(&[ids.to_vec()])?, &mut NoHooks);
+    let [_, s, v] = logits.dims();
+    let probs = softmax(logits.narrow(1, s - 1, 1).reshape([v]), 0);
+    Ok(probs.into_data().convert::<f32>().to_vec().expect("f32"))
 }

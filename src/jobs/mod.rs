@@ -2,6 +2,29 @@
 //! fusion, threads) and one job function per capability, each taking a spec and returning a typed
 //! result. Every file a job writes goes through `results/`. The CLI (`cli/`) and the Python
 //! package (`python/`) are two thin front ends over these: parse → spec → job → print or return.
+/// Runs `body` on `model` (a `&Model`) on whichever backend type it was loaded on: the one
+/// adapter from a job to the model (`Model::with`). A closure cannot be generic over the backend
+/// type, so this writes out what it would be: a `ModelTask` holding the values the body uses
+/// (`name: Type = value`, borrowing for `'a`), whose `run` is the body with `on` the model on its
+/// backend (`on.model`, `on.autodiff()`). For example
+/// `on_model!(model, |on| -> Vec<f32> { next_token(on.model, ids) }, ids: &'a [u32] = &ids)`.
+macro_rules! on_model {
+    ($model:expr, |$on:ident| -> $out:ty $body:block $(, $name:ident: $ty:ty = $value:expr)* $(,)?) => {{
+        struct Task<'a> {
+            $($name: $ty,)*
+            _borrows: std::marker::PhantomData<&'a ()>,
+        }
+        impl $crate::jobs::ModelTask for Task<'_> {
+            type Output = $out;
+            fn run<B: burn::prelude::Backend>(self, $on: $crate::jobs::ModelOnBackend<'_, B>) -> anyhow::Result<$out> {
+                let Task { $($name,)* .. } = self;
+                $body
+            }
+        }
+        $model.with(Task { $($name: $value,)* _borrows: std::marker::PhantomData })
+    }};
+}
+
 pub mod bench;
 pub mod circuits;
 pub mod datasets;
@@ -45,7 +68,7 @@ pub struct Model {
     autodiff: OnceLock<AnyTransformer>,
 }
 
-/// Work on a loaded model, whichever backend it is on.
+/// Work on a loaded model, whichever backend it is on (written by `on_model!`).
 pub trait ModelTask {
     type Output;
     fn run<B: Backend>(self, model: ModelOnBackend<'_, B>) -> Result<Self::Output>;

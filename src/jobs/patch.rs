@@ -1,12 +1,11 @@
 //! Patching sweeps (`run`, `path`): pairs → every patched run → arrays in memory, or a results
 //! directory through its transaction, rechecked by `verify` afterwards.
-use super::{Model, ModelTask, ModelOnBackend, Progress};
+use super::{Model, Progress};
 use crate::data::{self, Checks, PairSource, Skipped, TokenizedPair};
 use crate::engine::{Method, PatchSite};
 use crate::results::Verification;
 use crate::jobs::sweep::{sweep, SweepModel, SweepSpec, SweepSummary};
 use anyhow::{bail, Result};
-use burn::prelude::Backend;
 use std::path::PathBuf;
 
 /// A sweep: which pairs, what to patch, how, and where the results go.
@@ -88,31 +87,14 @@ pub fn patch(model: &Model, patch: &PatchSpec, progress: &mut dyn Progress) -> R
     // The whole command, the run and its verification, holds the directory.
     let _lock = out.as_deref().map(crate::results::lock::exclusive).transpose()?;
     let sweep_spec = SweepSpec { out: out.clone(), ..spec.clone() };
-    let task = Sweep { model, pairs: &pairs, skipped: &skipped, spec: &sweep_spec, method: patch.method, ig_steps: patch.ig_steps, progress };
-    let summary = model.with(task)?;
+    let summary = on_model!(model, |on| -> SweepSummary { sweep(SweepModel::of(&on, method, ig_steps)?, model, pairs, skipped, spec, progress) },
+        model: &'a Model = model, pairs: &'a [TokenizedPair] = &pairs, skipped: &'a [Skipped] = &skipped, spec: &'a SweepSpec = &sweep_spec,
+        method: Method = patch.method, ig_steps: Option<usize> = patch.ig_steps, progress: &'a mut dyn Progress = progress)?;
     let verification = match &out {
         Some(dir) if patch.verify > 0 => Some(crate::jobs::verify::verify(dir, patch.verify, None, Some(model))?),
         _ => None,
     };
     Ok(PatchReport { summary, skipped, row_unit: patch.pairs.row_unit(), out, verification })
-}
-
-struct Sweep<'a> {
-    model: &'a Model,
-    pairs: &'a [TokenizedPair],
-    skipped: &'a [Skipped],
-    spec: &'a SweepSpec,
-    method: Method,
-    ig_steps: Option<usize>,
-    progress: &'a mut dyn Progress,
-}
-
-impl ModelTask for Sweep<'_> {
-    type Output = SweepSummary;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<SweepSummary> {
-        let model = SweepModel::of(&on, self.method, self.ig_steps)?;
-        sweep(model, self.model, self.pairs, self.skipped, self.spec, self.progress)
-    }
 }
 
 /// `q,k,v,resid_final` → the path sites `path_q`, … (each sender's edges to those receivers).

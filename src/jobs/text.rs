@@ -2,7 +2,7 @@
 //! perplexity, candidate next tokens, going backwards (prepend) and steering vectors. Each job
 //! takes texts, returns a report of token ids and strings, and writes its files (when given
 //! `out`) through `results::outputs`.
-use super::{counted, Model, ModelTask, ModelOnBackend, Progress};
+use super::{counted, Model, Progress};
 use crate::analysis::plot::{self, Grid};
 use crate::generate::{self, candidates, prepend, steer, Memory, Options};
 use crate::data::preview;
@@ -10,7 +10,6 @@ use crate::model::Site;
 use crate::results::outputs::{CANDIDATE_FILES, PERPLEXITY_FILES};
 use crate::results::{npy, outputs};
 use anyhow::{bail, ensure, Context, Result};
-use burn::prelude::Backend;
 use super::options::{fold, BosOption, Options as JobOptions, OutOptions};
 use crate::generate::sampling::Sampling;
 use crate::generate::steer::SteeringVector;
@@ -205,26 +204,14 @@ pub fn generate(model: &Model, spec: &GenerateSpec, progress: &mut dyn Progress)
     crate::limits::fits_memory("--num-sequences × prompts", sequences, 4 * (o.max_new_tokens + 1) + 256)?;
     let prompts = tokenize(model, &spec.prompts, &spec.origins, spec.prepend_bos, (1, "generation needs at least 1"))?;
     progress.start((sequences * o.max_new_tokens) as u64, "tokens");
-    let out = model.with(Decode { prompts: &prompts, options: o, progress })?;
+    let out = on_model!(model, |on| -> Vec<Vec<u32>> { counted(progress, |advance| generate::generate(on.model, prompts, o, advance)) },
+        prompts: &'a [Vec<u32>] = &prompts, o: &'a Options = o, progress: &'a mut dyn Progress = progress)?;
     let n = o.num_sequences;
     Ok(out
         .into_iter()
         .enumerate()
         .map(|(s, tokens)| Sequence { prompt: s / n, sequence: s % n, prompt_text: spec.prompts[s / n].clone(), text: model.tokenizer.decode(&tokens), tokens })
         .collect())
-}
-
-struct Decode<'a> {
-    prompts: &'a [Vec<u32>],
-    options: &'a Options,
-    progress: &'a mut dyn Progress,
-}
-
-impl ModelTask for Decode<'_> {
-    type Output = Vec<Vec<u32>>;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<u32>>> {
-        counted(self.progress, |advance| generate::generate(on.model, self.prompts, self.options, advance))
-    }
 }
 
 /// What one forward pass of a text command may take on the model's backend (as a sweep's).
@@ -347,7 +334,8 @@ pub fn perplexity(model: &Model, spec: &TextsSpec, per_token: bool, progress: &m
     let ids = tokenize(model, &spec.texts, &spec.origins, spec.prepend_bos, (2, "perplexity needs at least 2 (a token to predict)"))?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &PERPLEXITY_FILES, spec.overwrite)).transpose()?;
     progress.start(ids.len() as u64, "texts");
-    let losses = model.with(Score { texts: &ids, batch: spec.batch, memory: memory(model), progress })?;
+    let losses = on_model!(model, |on| -> Vec<Vec<f32>> { counted(progress, |advance| generate::token_losses(on.model, ids, batch, memory, advance)) },
+        ids: &'a [Vec<u32>] = &ids, batch: usize = spec.batch, memory: Memory = memory(model), progress: &'a mut dyn Progress = progress)?;
     for (i, l) in losses.iter().enumerate() {
         crate::limits::ensure_finite(&format!("the loss of text {}", i + 1), l, |_| false)?;
     }
@@ -376,20 +364,6 @@ pub fn perplexity(model: &Model, spec: &TextsSpec, per_token: bool, progress: &m
         outputs::write_dir(out, (PERPLEXITY_FILES[2], serde_json::to_vec_pretty(&p.texts)?), files, &PERPLEXITY_FILES[..2], spec.overwrite)?;
     }
     Ok(p)
-}
-
-struct Score<'a> {
-    texts: &'a [Vec<u32>],
-    batch: usize,
-    memory: Memory,
-    progress: &'a mut dyn Progress,
-}
-
-impl ModelTask for Score<'_> {
-    type Output = Vec<Vec<f32>>;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<Vec<f32>>> {
-        counted(self.progress, |advance| generate::token_losses(on.model, self.texts, self.batch, self.memory, advance))
-    }
 }
 
 
@@ -429,7 +403,8 @@ pub fn candidates(model: &Model, spec: &TextsSpec, top_k: usize, all_positions: 
     crate::limits::at_most("--top-k", top_k, model.config.vocab, "the model's vocabulary size")?;
     let ids = tokenize(model, &spec.texts, &spec.origins, spec.prepend_bos, (1, "candidates need at least 1"))?;
     let _lock = spec.out.as_deref().map(|out| outputs::prepare_dir(out, &CANDIDATE_FILES, spec.overwrite)).transpose()?;
-    let found = model.with(Candidates { texts: &ids, k: top_k, all_positions, batch: spec.batch, memory: memory(model) })?;
+    let found = on_model!(model, |on| -> Vec<Vec<Vec<(u32, f32)>>> { candidates::top_k(on.model, ids, top_k, all_positions, batch, memory) },
+        ids: &'a [Vec<u32>] = &ids, top_k: usize = top_k, all_positions: bool = all_positions, batch: usize = spec.batch, memory: Memory = memory(model))?;
     let probs: Vec<f32> = found.iter().flatten().flatten().map(|c| c.1).collect();
     crate::limits::ensure_finite("the candidates' probabilities", &probs, |_| false)?;
     let tok = &model.tokenizer;
@@ -474,21 +449,6 @@ pub fn candidates(model: &Model, spec: &TextsSpec, top_k: usize, all_positions: 
         outputs::write_dir(out, (CANDIDATE_FILES[3], serde_json::to_vec_pretty(&report)?), files, &CANDIDATE_FILES[..3], spec.overwrite)?;
     }
     Ok(report)
-}
-
-struct Candidates<'a> {
-    texts: &'a [Vec<u32>],
-    k: usize,
-    all_positions: bool,
-    batch: usize,
-    memory: Memory,
-}
-
-impl ModelTask for Candidates<'_> {
-    type Output = Vec<Vec<Vec<(u32, f32)>>>;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Self::Output> {
-        candidates::top_k(on.model, self.texts, self.k, self.all_positions, self.batch, self.memory)
-    }
 }
 
 /// A steering vector: the clean prompt's activation at `site` and `position` (negative: from
@@ -565,26 +525,13 @@ pub fn steering_vector(model: &Model, spec: &SteerSpec) -> Result<(Vec<f32>, Vec
     let [clean, corrupted] = [("--clean", &spec.clean), ("--corrupted", &spec.corrupted)]
         .map(|(flag, text)| tokenize(model, std::slice::from_ref(text), &[flag.into()], spec.prepend_bos, (1, "a steering vector needs at least 1")).map(|mut t| t.remove(0)));
     let (clean, corrupted) = (clean?, corrupted?);
-    let (values, shape) = model.with(MakeVector { clean: &clean, corrupted: &corrupted, site: spec.site, position: spec.position })?;
+    let (values, shape) = on_model!(model, |on| -> (Vec<f32>, Vec<usize>) { steer::make(on.model, clean, corrupted, site, position) },
+        clean: &'a [u32] = &clean, corrupted: &'a [u32] = &corrupted, site: Site = spec.site, position: i64 = spec.position)?;
     crate::limits::ensure_finite("the steering vector", &values, |_| false)?;
     if let Some(out) = &spec.out {
         outputs::write_file(out, &npy::encode(&shape, &values), spec.overwrite)?;
     }
     Ok((values, shape))
-}
-
-struct MakeVector<'a> {
-    clean: &'a [u32],
-    corrupted: &'a [u32],
-    site: Site,
-    position: i64,
-}
-
-impl ModelTask for MakeVector<'_> {
-    type Output = (Vec<f32>, Vec<usize>);
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Self::Output> {
-        steer::make(on.model, self.clean, self.corrupted, self.site, self.position)
-    }
 }
 
 /// Going backwards: `n_tokens` tokens put in front of `text`, one a step, each the least
@@ -653,7 +600,9 @@ pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -
     let name = format!("the text ({:?})", preview(&spec.text));
     fits(model, &name, &[spec.score_bos.then_some(bos).as_slice(), &text].concat(), spec.score_bos, spec.n_tokens)?;
     progress.start(spec.n_tokens as u64, "steps");
-    let steps = model.with(Prepend { text: &text, bos, memory: memory(model), spec, progress })?;
+    let steps = on_model!(model, |on| -> Vec<prepend::Step> {
+        counted(progress, |advance| prepend::prepend(on.model, text, bos, s.n_tokens, s.samples, s.seed, s.score_bos, memory, advance))
+    }, text: &'a [u32] = &text, bos: u32 = bos, memory: Memory = memory(model), s: &'a PrependSpec = spec, progress: &'a mut dyn Progress = progress)?;
     for (i, step) in steps.iter().enumerate() {
         let scores: Vec<f32> = step.candidates.iter().map(|c| c.1).chain([step.perplexity]).collect();
         crate::limits::ensure_finite(&format!("step {}'s perplexities", i + 1), &scores, |_| false)?;
@@ -671,18 +620,3 @@ pub fn prepend(model: &Model, spec: &PrependSpec, progress: &mut dyn Progress) -
         .collect())
 }
 
-struct Prepend<'a> {
-    text: &'a [u32],
-    bos: u32,
-    memory: Memory,
-    spec: &'a PrependSpec,
-    progress: &'a mut dyn Progress,
-}
-
-impl ModelTask for Prepend<'_> {
-    type Output = Vec<prepend::Step>;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Vec<prepend::Step>> {
-        let s = self.spec;
-        counted(self.progress, |advance| prepend::prepend(on.model, self.text, self.bos, s.n_tokens, s.samples, s.seed, s.score_bos, self.memory, advance))
-    }
-}

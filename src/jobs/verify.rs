@@ -7,7 +7,7 @@
 use crate::backend::{BackendKind, BackendSpec, DType};
 use crate::data::{Rng, TokenizedPair};
 use crate::engine::{Method, PatchSite, Replacement, Row};
-use super::{Model, ModelTask, ModelOnBackend};
+use super::{Model, ModelOnBackend};
 use crate::results::{self, npy, FailedCell, Manifest, Verification};
 use super::sweep::SweepModel;
 use anyhow::{bail, Result};
@@ -60,7 +60,8 @@ pub fn verify(dir: &Path, rows: usize, backend: Option<BackendSpec>, loaded: Opt
     let spec = BackendSpec { fusion: false, ..backend.unwrap_or_else(|| checker(&manifest.backend)) };
     let mut own = None;
     let model = Model::of_run(dir, &manifest, spec.clone(), loaded, &mut own)?;
-    let mut v = model.with(Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() })?;
+    let check = Check { dir: dir.to_path_buf(), manifest: manifest.clone(), rows, spec: spec.clone() };
+    let mut v = on_model!(model, |on| -> Verification { check.on(on) }, check: &'a Check = &check)?;
     v.failed.splice(0..0, derived_failures(dir, &manifest)?);
     v.failed.splice(0..0, layout_failures(dir, &manifest)?);
     v.failed.splice(0..0, manifest_failures(&manifest, model)?);
@@ -79,9 +80,9 @@ struct Check {
     spec: BackendSpec,
 }
 
-impl ModelTask for Check {
-    type Output = Verification;
-    fn run<B: Backend>(self, on: ModelOnBackend<'_, B>) -> Result<Verification> {
+impl Check {
+    /// The sampled rows recomputed on `on`, one row per pass.
+    fn on<B: Backend>(&self, on: ModelOnBackend<'_, B>) -> Result<Verification> {
         let m = &self.manifest;
         // One row per pass without reuse; an attribution run's estimate of one pair alone, its
         // no-op rows estimated too.
@@ -106,9 +107,7 @@ impl ModelTask for Check {
         };
         self.check(&recompute, &baselines)
     }
-}
 
-impl Check {
     /// The sampled rows' stored values against `recompute(pair, row)`.
     fn check(&self, recompute: &dyn Fn(TokenizedPair, Row) -> Result<f32>, baselines: &dyn Fn(TokenizedPair) -> Result<(f32, f32)>) -> Result<Verification> {
         let m = &self.manifest;
