@@ -601,6 +601,26 @@ fn inspect_prepend_steer_and_ioi_options_make_the_same_spec_from_either_front_en
     }
 }
 
+/// `verify`: the flags and Python's keywords give the same options and the same spec (32 rows and
+/// the run's own backend unless told, written once in `VerifyOptions::spec`).
+#[test]
+fn verify_options_make_the_same_spec_from_either_front_end() {
+    use patchbay::backend::{BackendKind, DType};
+    use patchbay::jobs::options::Options;
+    use patchbay::jobs::options::VerifyOptions;
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let (cli, python) = (VerifyOptions::from_args("verify", &[]).unwrap(), VerifyOptions::from_json("{}").unwrap());
+    assert_eq!(cli, python);
+    assert_eq!(cli.spec().unwrap(), (32, None));
+    let (cli, python) = (VerifyOptions::from_args("verify", &args(&["--rows", "5", "--dtype", "f16", "--backend", "wgpu"])).unwrap(), VerifyOptions::from_json(r#"{"rows": 5, "dtype": "f16", "backend": "wgpu"}"#).unwrap());
+    assert_eq!(cli, python);
+    let (rows, backend) = cli.spec().unwrap();
+    let backend = backend.expect("given");
+    assert_eq!((rows, backend.kind, backend.dtype), (5, BackendKind::Wgpu, DType::F16));
+    let (cli, python) = (VerifyOptions::from_args("verify", &args(&["--dtype", "f17"])).unwrap_err(), VerifyOptions::from_json(r#"{"dtype": "f17"}"#).unwrap_err());
+    assert!(cli.to_string().contains("f17") && format!("{python:#}").contains("dtype=") && format!("{python:#}").contains("f17"), "{cli} / {python:#}");
+}
+
 /// `patterns`, `attribute`, `perplexity` and `candidates`: the flags and Python's keywords give the
 /// same options and the same spec.
 #[test]

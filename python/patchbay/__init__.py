@@ -61,12 +61,12 @@ def graph(model: str = _native.DEFAULT_MODEL) -> Dict[str, List[str]]:
     return {"nodes": nodes, "edges": edges}
 
 
-def verify(path: PathLike, rows: int = 32, backend: Optional[str] = None, dtype: Optional[str] = None) -> Dict[str, Any]:
-    """Rechecks ``rows`` random patched runs of a finished run on the simplest path (one row per
-    forward pass, no reuse, no fusion), as ``patchbay verify`` does, and records the result in its
-    manifest. backend/dtype: where to recompute (default: the run's own, the cpu for a cuda run).
-    A difference beyond the tolerance raises ValueError naming the rows."""
-    return json.loads(_native.verify(os.fspath(path), _count("rows", rows), backend, dtype))
+def verify(path: PathLike, rows: Optional[int] = None, **options: Any) -> Dict[str, Any]:
+    """Rechecks ``rows`` (32) random patched runs of a finished run on the simplest path (one row
+    per forward pass, no reuse, no fusion), as ``patchbay verify`` does, and records the result in
+    its manifest. backend=/dtype=/device=/threads=: where to recompute (default: the run's own, the
+    cpu for a cuda run). A difference beyond the tolerance raises ValueError naming the rows."""
+    return json.loads(_native.verify(os.fspath(path), _options(dict(options, rows=rows))))
 
 
 def _texts(texts: Union[str, Iterable[str]]) -> List[str]:

@@ -356,16 +356,11 @@ fn circuit(py: Python<'_>, dir: PathBuf, options: &str) -> PyResult<(String, Str
     Ok((read(&c.json)?, read(&c.svg)?, c.json.display().to_string()))
 }
 
-/// `patchbay verify`: rechecks `rows` random patched runs of a finished run on the simplest path
-/// (on `backend`/`dtype`, or the run's own); the verification as JSON.
+/// `patchbay verify` of a finished run with `verify`'s options (JSON): the verification as JSON.
 #[pyfunction]
-#[pyo3(signature = (dir, rows, backend=None, dtype=None))]
-fn verify(py: Python<'_>, dir: PathBuf, rows: usize, backend: Option<&str>, dtype: Option<&str>) -> PyResult<String> {
-    let kind = backend.map(|b| enum_arg::<BackendKind>(b, "backend")).transpose()?;
-    let dtype = dtype.map(|d| enum_arg::<DType>(d, "dtype")).transpose()?;
-    let given = (kind.is_some() || dtype.is_some()).then(|| BackendSpec { kind: kind.unwrap_or(BackendKind::Cpu), device: 0, dtype: dtype.unwrap_or(DType::F32), fusion: false });
-    let v = job(py, &mut PyProgress::new(None), |_| jobs::verify::verify(&dir, rows, given, None))?;
-    json(&v)
+fn verify(py: Python<'_>, dir: PathBuf, options: &str) -> PyResult<String> {
+    let (rows, backend) = unwound(|| jobs::options::VerifyOptions::from_json(options)?.spec())?;
+    json(&job(py, &mut PyProgress::new(None), |_| jobs::verify::verify(&dir, rows, backend, None))?)
 }
 
 /// A result's manifest (its JSON as the library wrote it) and the site `site` of it, checked

@@ -8,7 +8,7 @@ mod inspect;
 mod patterns;
 mod run;
 
-use crate::jobs::options::{BackendOptions, Job, Options, DEFAULT_MODEL};
+use crate::jobs::options::{Job, Options, DEFAULT_MODEL};
 use crate::jobs::Progress;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -66,12 +66,8 @@ enum Command {
     Verify {
         /// A results directory written by `patchbay run`.
         dir: PathBuf,
-        /// How many patched runs to recompute (all of them when fewer).
-        #[arg(long, default_value_t = 32)]
-        rows: usize,
-        /// Where to recompute [default: the run's backend and dtype, without fusion; the CPU for a CUDA run].
         #[command(flatten)]
-        backend: BackendOptions,
+        options: crate::jobs::options::VerifyOptions,
     },
     /// The model's computational graph as circuit discovery scores it (EAP-IG's convention): the
     /// input, every head, every MLP and the logits; an edge from every earlier writer to each
@@ -221,8 +217,9 @@ pub fn main() -> Result<()> {
             println!("merged {} shards ({} pairs) into {}", shards.len(), m.pairs.len(), out.display());
             Ok(())
         }
-        Command::Verify { dir, rows, backend } => {
-            let v = crate::jobs::verify::verify(&dir, rows, backend.given()?, None)?;
+        Command::Verify { dir, options } => {
+            let (rows, backend) = options.spec()?;
+            let v = crate::jobs::verify::verify(&dir, rows, backend, None)?;
             println!(
                 "verified {} patched runs of {} on {:?} {:?}: max |difference| {:.1e}, within the tolerance {:.0e}",
                 v.rows,

@@ -122,6 +122,33 @@ impl BackendOptions {
     }
 }
 
+/// `verify`'s options (`patchbay verify`, Python's `pb.verify`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VerifyOptions {
+    /// How many patched runs to recompute (all of them when fewer) [default: 32].
+    #[arg(long)]
+    pub rows: Option<usize>,
+    /// Where to recompute [default: the run's backend and dtype, without fusion; the CPU for a CUDA run].
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub backend: BackendOptions,
+}
+
+impl Options for VerifyOptions {
+    fn settled(mut self) -> Self {
+        self.backend.settle();
+        self
+    }
+}
+
+impl VerifyOptions {
+    /// The rows to recheck and where (None: the run's own backend), every default filled in.
+    pub fn spec(&self) -> Result<(usize, Option<BackendSpec>)> {
+        Ok((self.rows.unwrap_or(32), self.backend.given()?))
+    }
+}
+
 /// Every option of `run`, `path` and `edges`. None is "not given": `plan` says what it then is.
 #[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
