@@ -165,33 +165,34 @@ impl Dtype {
         Some((i, value[0]))
     }
 
-    /// `bytes`' values in f32, into `out`.
+    /// `bytes`' values in f32, into the start of `out`, in chunks on every thread.
     fn convert(self, bytes: &[u8], out: &mut [f32]) {
-        self.scatter(bytes, bytes.len() / self.size(), out, 0, |_| 0);
+        fn each<T: Copy + Sync>(values: &[T], out: &mut [f32], f32_of: impl Fn(T) -> f32 + Sync) {
+            use rayon::prelude::*;
+            out[..values.len()].par_chunks_mut(1 << 14).zip(values.par_chunks(1 << 14)).for_each(|(o, v)| o.iter_mut().zip(v).for_each(|(o, &v)| *o = f32_of(v)));
+        }
+        match self {
+            Dtype::F32 => out[..bytes.len() / 4].copy_from_slice(bytemuck::cast_slice(bytes)),
+            Dtype::F16 => each(bytemuck::cast_slice::<u8, u16>(bytes), out, |b| half::f16::from_bits(b).to_f32()),
+            Dtype::Bf16 => each(bytemuck::cast_slice::<u8, u16>(bytes), out, |b| half::bf16::from_bits(b).to_f32()),
+        }
     }
 
     /// `bytes` holding rows of `width` values, each row r written converted as column `col(r)`
-    /// of `out` [width, total] (with `total` 0: `out` is the rows as they are). Bands of `out`'s
-    /// rows on every thread; the rows read are a cache-sized piece of the tensor.
+    /// of `out` [width, total]. Bands of `out`'s rows on every thread; the rows read are a
+    /// cache-sized piece of the tensor.
     fn scatter(self, bytes: &[u8], width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
+        fn each<T: Copy + Sync>(values: &[T], f32_of: impl Fn(T) -> f32 + Sync, width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
+            use rayon::prelude::*;
+            let rows = values.len() / width;
+            out.par_chunks_mut(total).with_min_len(16).enumerate().for_each(|(i, out)| (0..rows).for_each(|r| out[col(r)] = f32_of(values[r * width + i])));
+        }
         match self {
-            Dtype::F32 => scatter(bytemuck::cast_slice::<u8, f32>(bytes), |x| x, width, out, total, col),
-            Dtype::F16 => scatter(bytemuck::cast_slice::<u8, u16>(bytes), |b| half::f16::from_bits(b).to_f32(), width, out, total, col),
-            Dtype::Bf16 => scatter(bytemuck::cast_slice::<u8, u16>(bytes), |b| half::bf16::from_bits(b).to_f32(), width, out, total, col),
+            Dtype::F32 => each(bytemuck::cast_slice::<u8, f32>(bytes), |x| x, width, out, total, col),
+            Dtype::F16 => each(bytemuck::cast_slice::<u8, u16>(bytes), |b| half::f16::from_bits(b).to_f32(), width, out, total, col),
+            Dtype::Bf16 => each(bytemuck::cast_slice::<u8, u16>(bytes), |b| half::bf16::from_bits(b).to_f32(), width, out, total, col),
         }
     }
-}
-
-/// See `Dtype::scatter`.
-fn scatter<T: Copy + Sync>(values: &[T], f32_of: impl Fn(T) -> f32 + Sync, width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
-    use rayon::prelude::*;
-    if total == 0 {
-        let out = &mut out[..values.len()];
-        out.par_chunks_mut(1 << 14).zip(values.par_chunks(1 << 14)).for_each(|(o, v)| o.iter_mut().zip(v).for_each(|(o, &v)| *o = f32_of(v)));
-        return;
-    }
-    let rows = values.len() / width;
-    out.par_chunks_mut(total).with_min_len(16).enumerate().for_each(|(i, out)| (0..rows).for_each(|r| out[col(r)] = f32_of(values[r * width + i])));
 }
 
 /// The pieces the files are read in: within the cache, and a few for a tensor's rows.
@@ -549,9 +550,8 @@ fn first<T: Copy + Sync>(values: &[T], bad: impl Fn(T) -> bool + Sync) -> Option
 /// (docs/performance.md); in 2 MiB pages that is one fault per 2 MiB instead of 512.
 fn fresh<T: bytemuck::Zeroable + Copy>(n: usize) -> Vec<T> {
     let v: Vec<T> = bytemuck::zeroed_vec(n);
-    let bytes = n * std::mem::size_of::<T>();
     #[cfg(target_os = "linux")]
-    if bytes >= HUGE_PAGE {
+    if let bytes @ HUGE_PAGE.. = n * std::mem::size_of::<T>() {
         // The whole pages inside the allocation (not yet touched: zeroed by the kernel on first
         // write); advice only, so an error (no transparent huge pages) changes nothing.
         let start = (v.as_ptr() as usize).next_multiple_of(4096);
@@ -562,6 +562,7 @@ fn fresh<T: bytemuck::Zeroable + Copy>(n: usize) -> Vec<T> {
     v
 }
 
+#[cfg(target_os = "linux")]
 const HUGE_PAGE: usize = 2 << 20;
 
 /// The model of `files` on `device`, from `config` and the weights' bytes as read (`ModelFiles::read`).
