@@ -82,11 +82,11 @@ impl ModelFiles {
             hash.update(&(bytes.len() as u64).to_le_bytes());
         };
         whole(&config, &mut hash);
-        let mut weights = Weights { files: self.weights.clone(), open: Vec::new(), tensors: HashMap::new() };
+        let mut weights = Weights { files: self.weights.clone(), open: Vec::new(), tensors: HashMap::new(), buffers: Default::default() };
         for path in &self.weights {
             let reading = || format!("reading {}", path.display());
             let file = std::fs::File::open(path).with_context(reading)?;
-            let length = read_tensors(&file, weights.open.len(), &mut weights.tensors, &mut hash).with_context(reading)?;
+            let length = read_tensors(&file, weights.open.len(), &mut weights.tensors, &mut weights.buffers, &mut hash).with_context(reading)?;
             weights.open.push(file);
             hash.update(&length.to_le_bytes());
         }
@@ -113,6 +113,8 @@ pub struct Weights {
     /// `files`, each opened once.
     open: Vec<std::fs::File>,
     tensors: HashMap<String, Stored>,
+    /// The two pieces reading goes through (`in_pieces`).
+    buffers: [Vec<u32>; 2],
 }
 
 /// Where a tensor's values are, as the first reading found them.
@@ -174,25 +176,54 @@ impl Dtype {
         match self {
             Dtype::F32 => out[..bytes.len() / 4].copy_from_slice(bytemuck::cast_slice(bytes)),
             Dtype::F16 => each(bytemuck::cast_slice::<u8, u16>(bytes), out, |b| half::f16::from_bits(b).to_f32()),
-            Dtype::Bf16 => each(bytemuck::cast_slice::<u8, u16>(bytes), out, |b| half::bf16::from_bits(b).to_f32()),
+            Dtype::Bf16 => each(bytemuck::cast_slice::<u8, u16>(bytes), out, bf16_to_f32),
         }
     }
 
     /// `bytes` holding rows of `width` values, each row r written converted as column `col(r)`
-    /// of `out` [width, total]. Bands of `out`'s rows on every thread; the rows read are a
-    /// cache-sized piece of the tensor.
+    /// of `out` [width, total]. Bands of `out`'s rows on every thread, each transposed a tile of
+    /// the piece's rows at a time through a small array, so that both the piece and `out` are
+    /// read and written a cache line at a time (reading down the piece's columns was a quarter
+    /// of a BF16 load; tiles are twice as fast). The rows read are a cache-sized piece of the tensor.
     fn scatter(self, bytes: &[u8], width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
         fn each<T: Copy + Sync>(values: &[T], f32_of: impl Fn(T) -> f32 + Sync, width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
             use rayon::prelude::*;
+            // Measured on 896 × 4864 BF16 (Qwen2.5-0.5B's MLP): 8 × 64 fastest of 8–64 each way.
+            const BAND: usize = 8;
+            const TILE: usize = 64;
             let rows = values.len() / width;
-            out.par_chunks_mut(total).with_min_len(16).enumerate().for_each(|(i, out)| (0..rows).for_each(|r| out[col(r)] = f32_of(values[r * width + i])));
+            out.par_chunks_mut(total * BAND).enumerate().for_each(|(b, band)| {
+                let n = band.len() / total;
+                let (mut tile, mut cols) = ([[0f32; TILE]; BAND], [0usize; TILE]);
+                for first in (0..rows).step_by(TILE) {
+                    let m = (rows - first).min(TILE);
+                    for r in 0..m {
+                        cols[r] = col(first + r);
+                        for (k, &v) in values[(first + r) * width + b * BAND..][..n].iter().enumerate() {
+                            tile[k][r] = f32_of(v);
+                        }
+                    }
+                    let c = cols[0];
+                    if cols[..m].iter().enumerate().all(|(r, &x)| x == c + r) {
+                        (0..n).for_each(|k| band[k * total + c..][..m].copy_from_slice(&tile[k][..m]));
+                    } else {
+                        (0..n).for_each(|k| (0..m).for_each(|r| band[k * total + cols[r]] = tile[k][r]));
+                    }
+                }
+            });
         }
         match self {
             Dtype::F32 => each(bytemuck::cast_slice::<u8, f32>(bytes), |x| x, width, out, total, col),
             Dtype::F16 => each(bytemuck::cast_slice::<u8, u16>(bytes), |b| half::f16::from_bits(b).to_f32(), width, out, total, col),
-            Dtype::Bf16 => each(bytemuck::cast_slice::<u8, u16>(bytes), |b| half::bf16::from_bits(b).to_f32(), width, out, total, col),
+            Dtype::Bf16 => each(bytemuck::cast_slice::<u8, u16>(bytes), bf16_to_f32, width, out, total, col),
         }
     }
+}
+
+/// A BF16 value in f32: its bits are the f32's upper half, for every value (a shift the compiler
+/// vectorizes, where `half`'s conversion tests each value for NaN).
+fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
 }
 
 /// The pieces the files are read in: within the cache, and a few for a tensor's rows.
@@ -216,8 +247,9 @@ struct HeaderEntry {
 
 /// Reads safetensors file `file` (number `index` of the weights) in order — the header, then
 /// each tensor, gaps included — hashing every byte into `hash` and each tensor's into its own,
-/// checking every value finite, and records where each tensor is in `tensors`: its length in bytes.
-fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<String, Stored>, hash: &mut Xxh3) -> Result<u64> {
+/// checking every value finite (pieces read through `buffers`), and records where each tensor is
+/// in `tensors`: its length in bytes.
+fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<String, Stored>, buffers: &mut [Vec<u32>; 2], hash: &mut Xxh3) -> Result<u64> {
     use std::io::Read;
     let length = file.metadata()?.len();
     let mut n = [0u8; 8];
@@ -239,19 +271,16 @@ fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<St
     entries.sort_by_key(|(_, e)| e.data_offsets[0]);
     let data = length - 8 - header_len;
     let mut at = 0u64;
-    let mut buffer = Vec::new();
-    // `bytes` more of the file, a piece at a time, each hashed (into `own` too) and seen by `check`.
-    let mut pass = |file: &mut &std::fs::File, bytes: u64, own: &mut Xxh3, check: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
-        let mut left = bytes as usize;
-        while left > 0 {
-            let piece = piece(&mut buffer, left.min(PIECE));
-            file.read_exact(piece)?;
-            hash.update(piece);
-            own.update(piece);
-            check(piece)?;
-            left -= piece.len();
-        }
-        Ok(())
+    // `bytes` of the data from `from`, each piece hashed into the fingerprint and into `own` and
+    // seen by `check`, the three at once.
+    let mut pass = |from: u64, bytes: u64, own: &mut Xxh3, check: &mut (dyn FnMut(&[u8]) -> Result<()> + Send)| {
+        in_pieces(file, 8 + header_len + from, bytes as usize, PIECE, buffers, |_, piece| {
+            let ((), checked) = rayon::join(|| hash.update(piece), || {
+                own.update(piece);
+                check(piece)
+            });
+            checked
+        })
     };
     for (name, e) in entries {
         let [begin, end] = e.data_offsets;
@@ -266,12 +295,12 @@ fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<St
             bail!("tensor {name}: data_offsets {begin}..{end} do not fit its shape {:?} of {} in the file's {data} data bytes", e.shape, e.dtype);
         }
         if begin > at {
-            pass(&mut file, begin - at, &mut Xxh3::new(), &mut |_| Ok(()))?; // alignment padding, hashed as read
+            pass(at, begin - at, &mut Xxh3::new(), &mut |_| Ok(()))?; // alignment padding, hashed as read
         }
         at = end;
         // A NaN or infinite weight makes every result NaN or meaningless, silently.
         let (mut own, mut seen) = (Xxh3::new(), 0);
-        pass(&mut file, end - begin, &mut own, &mut |piece| {
+        pass(begin, end - begin, &mut own, &mut |piece| {
             if let Some((i, value)) = dtype.first_non_finite(piece) {
                 bail!("tensor {name} holds {value} at flat index {}: a model's weights must be finite", seen + i);
             }
@@ -285,7 +314,7 @@ fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<St
         }
     }
     if at < data {
-        pass(&mut file, data - at, &mut Xxh3::new(), &mut |_| Ok(()))?;
+        pass(at, data - at, &mut Xxh3::new(), &mut |_| Ok(()))?;
     }
     Ok(length)
 }
@@ -293,23 +322,43 @@ fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<St
 impl Weights {
     /// Tensor `name`'s bytes read again, in pieces of whole rows: `each(first_row, bytes)`. The
     /// bytes are hashed and must be the ones the first reading hashed.
-    fn reread(&self, name: &str, t: &Stored, mut each: impl FnMut(usize, &[u8])) -> Result<()> {
-        use std::os::unix::fs::FileExt;
+    fn reread(&mut self, name: &str, t: &Stored, mut each: impl FnMut(usize, &[u8]) + Send) -> Result<()> {
         let (rows, width) = t.rows();
-        let row_bytes = width * t.dtype.size();
-        let per_piece = (PIECE / row_bytes.max(1)).max(1);
-        let (mut buffer, mut own) = (Vec::new(), Xxh3::new());
-        for first in (0..rows).step_by(per_piece) {
-            let piece = piece(&mut buffer, (rows - first).min(per_piece) * row_bytes);
-            self.open[t.file].read_exact_at(piece, t.offset + (first * row_bytes) as u64).with_context(|| format!("reading {}", self.files[t.file].display()))?;
-            own.update(piece);
-            each(first, piece);
-        }
+        let row_bytes = (width * t.dtype.size()).max(1);
+        let per_piece = (PIECE / row_bytes).max(1);
+        let mut own = Xxh3::new();
+        in_pieces(&self.open[t.file], t.offset, rows * width * t.dtype.size(), per_piece * row_bytes, &mut self.buffers, |done, piece| {
+            rayon::join(|| own.update(piece), || each(done / row_bytes, piece));
+            Ok(())
+        })
+        .with_context(|| format!("reading {}", self.files[t.file].display()))?;
         if own.digest() != t.hash {
             bail!("{} changed while it was being loaded (tensor {name}): load the model again", self.files[t.file].display());
         }
         Ok(())
     }
+}
+
+/// `bytes` bytes of `file` from `offset`, in pieces of at most `size`, each handed to
+/// `each(bytes_before_it, piece)` while the next is read into the other of `buffers`: copying a
+/// piece out of the page cache takes about as long as hashing, checking or converting one, so
+/// on two threads the two overlap.
+fn in_pieces(file: &std::fs::File, offset: u64, bytes: usize, size: usize, buffers: &mut [Vec<u32>; 2], mut each: impl FnMut(usize, &[u8]) -> Result<()> + Send) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let [this, next] = buffers;
+    // `held`: the bytes in `this`, the piece after the `done` ones.
+    let (mut done, mut held) = (0, 0);
+    while done < bytes {
+        let n = (bytes - done - held).min(size);
+        let at = offset + (done + held) as u64;
+        let (read, handled) = rayon::join(|| file.read_exact_at(piece(next, n), at), || if held > 0 { each(done, piece(this, held)) } else { Ok(()) });
+        handled?;
+        read?;
+        done += held;
+        std::mem::swap(this, next);
+        held = n;
+    }
+    Ok(())
 }
 
 /// The shard files a model.safetensors.index.json names (its `weight_map`'s values), each a plain
