@@ -12,7 +12,16 @@
 #   5. IOI: IOI_N prompts, configs/ioi.toml's sites, exact, wall time with the model load;
 #   5b. edges: every edge of the graph exactly (32,491 at the gpt2 shape) on 8 of those pairs, then
 #      EAP on them (docs/circuits.md, "EAP and EAP-IG, circuits and faithfulness");
-#   6. with time left: the patching fidelity (engine_fidelity) on the same backends.
+#   6. with time left: the patching fidelity (engine_fidelity) on the same backends;
+#   7. families (issue 44): every family fixture (Llama 3, Qwen2.5, Qwen3, Pythia, Gemma 2) against
+#      HF on the backends (families:: and engine_fidelity's *_on_the_families), then the
+#      reference sweep beside PyTorch at the Qwen2.5-0.5B and Llama-3.2-1B shapes
+#      (compare_torch.py --family, --quick) in each dtype;
+#   8. mib (issue 45): exact edges at MIB's scale, every edge of the Qwen2.5-0.5B graph (179,749)
+#      for MIB_PAIRS IOI pairs on a random BF16 checkpoint of that shape (benches/load.py's):
+#      MIB_SHARDS_RUN shards of --shard K/MIB_SHARDS (rows of the graph, all pairs each) in bf16
+#      and f32, and the whole run extrapolated from their sweep seconds (goal: 100 pairs in 10
+#      minutes on one H100 in bf16).
 # burn's own autotune (tf32, bf16) runs at CUBECL_AUTOTUNE_LEVEL=minimal (coarser shape keys, so
 # fewer tunings) and caches under target/autotune; the exact-f32 tuner checks every kernel it
 # tries against the naive one (src/backend/exact.rs) and keeps its checked choices in
@@ -47,8 +56,11 @@
 # take, scaled per step below: 60 on cuda, 300 on wgpu), DEADLINE (seconds after which no step
 # starts and a running one is cut: 540 on cuda, so the script ends inside one 10-minute device
 # call; 3600 on wgpu), STEPS (the parts, in
-# order: doctor fidelity sweep ioi edges engine; a later run takes what an earlier one did not
-# measure), QUICK (non-empty: compare_torch.py --quick, only the rows its ratios come from).
+# order: doctor families mib fidelity sweep ioi edges engine — the steps no earlier run measured
+# first; a later run takes what an earlier one did not measure), QUICK (non-empty:
+# compare_torch.py --quick, only the rows its ratios come from), MIB_PAIRS (100), MIB_SHARDS (200),
+# MIB_SHARDS_RUN (0,67,133,199: spread over the graph, since a row's cost depends on its
+# receiver's layer), MIB_DTYPES (bf16 f32).
 # Everything printed is also written to OUT/gpu.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +76,11 @@ OUT=${OUT:-results/gpu}
 if [ "$BACKEND" = cuda ]; then LIMIT=${LIMIT:-60} DEADLINE=${DEADLINE:-540}; else LIMIT=${LIMIT:-300} DEADLINE=${DEADLINE:-3600}; fi
 # 20 single-byte tokens: inside every vocabulary (the shape fixtures have 512 ids).
 DOCTOR_TEXT=${DOCTOR_TEXT:-'x+y=z,p-q*r/s;t:u!v'}
-STEPS=${STEPS:-doctor fidelity sweep ioi edges engine}
+STEPS=${STEPS:-doctor families mib fidelity sweep ioi edges engine}
+MIB_PAIRS=${MIB_PAIRS:-100}
+MIB_SHARDS=${MIB_SHARDS:-200}
+MIB_SHARDS_RUN=${MIB_SHARDS_RUN:-0,67,133,199}
+MIB_DTYPES=${MIB_DTYPES:-bf16 f32}
 QUICK=${QUICK:-}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
@@ -190,6 +206,49 @@ engine() {
   [ -n "${TESTS:-}" ] || return 0
   step "6. patching fidelity (engine_fidelity) on $(backends), as time allows"
   check $((LIMIT * 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$(backends)" "$TESTS"/suite --nocapture engine_fidelity::
+}
+
+families() {
+  [ -n "${TESTS:-}" ] && {
+    step "7. families on $(backends): every family fixture against HF (logits, sites, generation, edges, paths)"
+    check $((LIMIT * 2)) env CARGO_MANIFEST_DIR="$PWD" PATCHBAY_TEST_BACKENDS="$(backends)" "$TESTS"/suite --nocapture families:: on_the_families
+  }
+  [ "$BACKEND" = cuda ] || return 0
+  for f in qwen2 llama; do
+    for d in $DTYPES; do
+      step "7b. the reference sweep at the $f family's released shape, $d: PyTorch side by side (--quick)"
+      check $((LIMIT * 2)) python3 benches/compare_torch.py --patchbay "$PATCHBAY" --backend cuda --family "$f" --pairs "$PAIRS" --tokens "$TOKENS" --dtype "$d" --tl-pairs 0 --quick
+    done
+  done
+}
+
+mib() {
+  step "8. exact edges at MIB's scale: the Qwen2.5-0.5B graph, $MIB_PAIRS IOI pairs, shards $MIB_SHARDS_RUN of $MIB_SHARDS, $BACKEND $MIB_DTYPES"
+  local m=$WORK/qwen2.5-0.5b
+  mkdir -p "$m"
+  check $((LIMIT)) python3 -c "import sys; sys.path.insert(0, 'benches'); import load; load.checkpoint(sys.argv[1], 'qwen2.5-0.5b')" "$m" || return 0
+  check $((LIMIT / 2)) "$PATCHBAY" ioi --n "$MIB_PAIRS" --seed 0 --model "$m" --out "$WORK/mib-pairs.jsonl" || return 0
+  for d in $MIB_DTYPES; do
+    local seconds=0 cells=0
+    for k in ${MIB_SHARDS_RUN//,/ }; do
+      local out=$WORK/mib-$d
+      check $((LIMIT * 2)) "$PATCHBAY" edges --model "$m" --pairs "$WORK/mib-pairs.jsonl" --method exact --verify 0 --backend "$BACKEND" --dtype "$d" \
+        --shard "$k/$MIB_SHARDS" --out "$out" --overwrite >"$WORK/mib.log"
+      local rc=$?
+      cat "$WORK/mib.log"
+      [ $rc = 0 ] || continue
+      # The sweep's seconds (loading apart) and the shard's (edge, pair) cells.
+      local s=$(sed -n 's/.*computed in \([0-9.]*\) s.*/\1/p' "$WORK/mib.log" | tail -n 1)
+      local c=$(python3 -c "import json, sys; m = json.load(open(sys.argv[1])); lo, hi = m['shard']['edges']; print((hi - lo) * len(m['pairs']))" \
+        "$out/shard-$(printf %04d "$k")-of-$(printf %04d "$MIB_SHARDS")/manifest.json")
+      [ -n "$s" ] && [ -n "$c" ] && { seconds=$(python3 -c "print($seconds + $s)"); cells=$((cells + c)); }
+    done
+    [ "$cells" -gt 0 ] && python3 -c "import sys
+s, c, p = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+print(f'MIB scale, $BACKEND $d: {c:,} (edge, pair) cells in {s:.1f} s of sweep = {c / s:,.0f} cells/s; '
+      f'every edge of the Qwen2.5-0.5B graph (179,749) x {p} pairs: {179749 * p / (c / s) / 60:.1f} min at that rate (each shard pays its own clean and corrupted runs)')" \
+      "$seconds" "$cells" "$(wc -l <"$WORK/mib-pairs.jsonl")"
+  done
 }
 
 for s in $STEPS; do "$s"; done

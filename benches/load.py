@@ -8,7 +8,8 @@ them (made here with numpy: no download, no torch), and `patchbay inspect` on ea
     python benches/load.py --shape qwen2.5-0.5b          # 494 M parameters, BF16 (1.0 GB)
     python benches/load.py --shape gpt2-xl --keep /tmp/x # 1.56 B parameters, F32 (6.2 GB)
 
-Reads and inspects alternate `--repeat` times, and their medians are compared. Prints the load time
+Reads and inspects alternate `--repeat` times, and their medians are compared (`--bin A B`: two
+binaries, before and after a change, alternating with the reads in the same run). Prints the load time
 as a ratio to reading the file, the peak RSS as a ratio to the weights' size
 in f32 (what the model holds), and each command's wall time and peak RSS.
 """
@@ -110,26 +111,41 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="gpt2-large", choices=sorted(SHAPES))
     ap.add_argument("--keep", help="directory to write the checkpoint into (default: a temporary one)")
-    ap.add_argument("--bin", default="target/release/patchbay")
+    ap.add_argument("--bin", nargs="+", default=["target/release/patchbay"],
+                    help="patchbay binaries: more than one (before and after a change) alternate with the reads in one run")
     ap.add_argument("--no-runs", action="store_true", help="inspect only, not run and edges")
     ap.add_argument("--repeat", type=int, default=5, help="reads and inspects, alternating; their medians are reported")
+    ap.add_argument("--prime", action=argparse.BooleanOptionalAction, default=True,
+                    help="touch and free memory of the model's f32 size before each timed command (see main) [default: on]")
     a = ap.parse_args()
     out = a.keep or tempfile.mkdtemp()
     os.makedirs(out, exist_ok=True)
     path, params = checkpoint(out, a.shape)
     open(path, "rb").read()  # warm the page cache
-    reads, inspects = [], []
-    for _ in range(a.repeat):
+    reads, inspects = [], {b: [] for b in a.bin}
+    # On a virtual machine whose host takes freed guest memory back (virtio-balloon free page
+    # reporting, as here), touching fresh pages costs up to 5x more kernel time when the host
+    # has taken them back than right after another process freed them: which a command gets
+    # depends on what ran before it. So each timed command starts right after memory of the
+    # model's f32 size was touched and freed (--no-prime: not).
+    prime = (lambda: np.ones(params, dtype=np.float32)) if a.prime else (lambda: None)
+    for i in range(a.repeat):
+        prime()
         t = time.time()
         open(path, "rb").read()
         reads.append(time.time() - t)
-        inspects.append(timed(a.bin, "inspect", "--model", out, "Hello"))
+        # The order turns each time: on a virtual machine a process is faster right after another
+        # freed memory (the host has not taken those pages back yet).
+        for b in a.bin[i % len(a.bin):] + a.bin[:i % len(a.bin)]:
+            prime()
+            inspects[b].append(timed(b, "inspect", "--model", out, "Hello"))
     read = statistics.median(reads)
-    seconds, rss = statistics.median(s for s, _ in inspects), max(r for _, r in inspects)
     f32 = params * 4
-    print(f"{a.shape}: {params / 1e6:.0f} M parameters, {os.path.getsize(path) / 1e9:.2f} GB file; reading it {read:.2f} s; "
-          f"patchbay inspect {seconds:.2f} s ({seconds / read:.1f}x the read), peak RSS {rss / 1e9:.2f} GB "
-          f"({rss / f32:.2f}x the f32 weights)", flush=True)
+    for b in a.bin:
+        seconds, rss = statistics.median(s for s, _ in inspects[b]), max(r for _, r in inspects[b])
+        print(f"{a.shape}: {params / 1e6:.0f} M parameters, {os.path.getsize(path) / 1e9:.2f} GB file; reading it {read:.2f} s; "
+              f"{'' if len(a.bin) == 1 else b + ': '}patchbay inspect {seconds:.2f} s ({seconds / read:.1f}x the read), "
+              f"peak RSS {rss / 1e9:.2f} GB ({rss / f32:.2f}x the f32 weights)", flush=True)
     if a.no_runs:
         return
     pairs = os.path.join(out, "pairs.jsonl")
@@ -137,7 +153,7 @@ def main():
         f.write(json.dumps({"clean": "When Mary and John went to the store, John gave a drink to", "answer": " Mary",
                             "corrupted": "When Mary and John went to the store, Mary gave a drink to", "distractor": " John"}) + "\n")
     for what, cmd in (("run resid_pre", ["run", "--sites", "resid_pre"]), ("edges --method eap", ["edges", "--method", "eap"])):
-        seconds, rss = timed(a.bin, *cmd, "--model", out, "--pairs", pairs, "--out", os.path.join(out, cmd[0]), "--overwrite")
+        seconds, rss = timed(a.bin[0], *cmd, "--model", out, "--pairs", pairs, "--out", os.path.join(out, cmd[0]), "--overwrite")
         print(f"{a.shape}: patchbay {what}, one IOI pair (14 tokens): {seconds:.1f} s, peak RSS {rss / 1e9:.2f} GB ({rss / f32:.2f}x)", flush=True)
 
 
