@@ -58,9 +58,10 @@
 # call; 3600 on wgpu), STEPS (the parts, in
 # order: doctor families mib fidelity sweep ioi edges engine — the steps no earlier run measured
 # first; a later run takes what an earlier one did not measure), QUICK (non-empty:
-# compare_torch.py --quick, only the rows its ratios come from), MIB_PAIRS (100), MIB_SHARDS (200),
-# MIB_SHARDS_RUN (0,67,133,199: spread over the graph, since a row's cost depends on its
-# receiver's layer), MIB_DTYPES (bf16 f32).
+# compare_torch.py --quick, only the rows its ratios come from), MIB_PAIRS (100), MIB_SHARDS (50),
+# MIB_SHARDS_RUN (0,25,49: spread over the graph, since a row's cost depends on its receiver's
+# layer), MIB_MAX_ROWS (1024: edges --max-rows, so that the graph makes more batches than
+# MIB_SHARDS), MIB_DTYPES (bf16 f32).
 # Everything printed is also written to OUT/gpu.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -78,8 +79,9 @@ if [ "$BACKEND" = cuda ]; then LIMIT=${LIMIT:-60} DEADLINE=${DEADLINE:-540}; els
 DOCTOR_TEXT=${DOCTOR_TEXT:-'x+y=z,p-q*r/s;t:u!v'}
 STEPS=${STEPS:-doctor families mib fidelity sweep ioi edges engine}
 MIB_PAIRS=${MIB_PAIRS:-100}
-MIB_SHARDS=${MIB_SHARDS:-200}
-MIB_SHARDS_RUN=${MIB_SHARDS_RUN:-0,67,133,199}
+MIB_SHARDS=${MIB_SHARDS:-50}
+MIB_SHARDS_RUN=${MIB_SHARDS_RUN:-0,25,49}
+MIB_MAX_ROWS=${MIB_MAX_ROWS:-1024}
 MIB_DTYPES=${MIB_DTYPES:-bf16 f32}
 QUICK=${QUICK:-}
 mkdir -p "$OUT"
@@ -233,7 +235,7 @@ mib() {
     for k in ${MIB_SHARDS_RUN//,/ }; do
       local out=$WORK/mib-$d
       check $((LIMIT * 2)) "$PATCHBAY" edges --model "$m" --pairs "$WORK/mib-pairs.jsonl" --method exact --verify 0 --backend "$BACKEND" --dtype "$d" \
-        --shard "$k/$MIB_SHARDS" --out "$out" --overwrite >"$WORK/mib.log"
+        --shard "$k/$MIB_SHARDS" --max-rows "$MIB_MAX_ROWS" --out "$out" --overwrite >"$WORK/mib.log"
       local rc=$?
       cat "$WORK/mib.log"
       [ $rc = 0 ] || continue
