@@ -20,7 +20,7 @@ pub use graph::{Edge, Graph, Node};
 pub use metric::Metric;
 pub use plan::{Layout, PairResult, Row, Runs};
 pub use site::PatchSite;
-pub use run::Engine;
+pub use run::{EdgeBlocks, Engine};
 
 use crate::data::TokenizedPair;
 use serde::{Deserialize, Serialize};

@@ -37,6 +37,35 @@ pub struct Engine<'m, B: Backend> {
     pub replacement: Replacement,
 }
 
+/// How an edge run is batched: by pair and by block of `max_rows` of the graph's edges, in the
+/// graph's order (which is by receiver layer). `Engine::rows_with` batches by these blocks and
+/// `jobs::sweep` cuts a shard of the graph's rows at them, so that the shard batches every row
+/// exactly as the whole run does and its values are the whole run's bit for bit (a product's
+/// rounding may depend on how many rows it holds): the one place both read.
+#[derive(Clone, Copy)]
+pub struct EdgeBlocks(usize);
+
+impl EdgeBlocks {
+    pub fn new(max_rows: usize) -> Self {
+        Self(max_rows.max(1))
+    }
+
+    /// The block edge `edge` is in.
+    pub fn of(self, edge: usize) -> usize {
+        edge / self.0
+    }
+
+    /// The blocks of a graph of `edges` edges.
+    pub fn count(self, edges: usize) -> usize {
+        edges.div_ceil(self.0)
+    }
+
+    /// The edges `[first, end)` of `blocks`, in a graph of `edges` edges.
+    pub fn edges(self, blocks: std::ops::Range<usize>, edges: usize) -> [usize; 2] {
+        [(blocks.start * self.0).min(edges), (blocks.end * self.0).min(edges)]
+    }
+}
+
 /// The clean and corrupted runs of a group of pairs, cached where patched rows need them.
 struct Baselines<B: Backend> {
     clean: Cache<B>,
@@ -96,19 +125,16 @@ impl<B: Backend> Engine<'_, B> {
     /// product, only attention runs per segment (docs/performance.md, "How it is fast", measures
     /// it against wider segments).
     ///
-    /// An edge run is batched by pair and by block of `max_rows` of the graph's edges, in the
-    /// graph's order (which is by receiver layer): a shard of the graph's rows cut at those blocks
-    /// (`jobs::sweep`) then batches every row exactly as the whole run does, and its values are
-    /// the whole run's bit for bit (a product's rounding may depend on how many rows it holds).
+    /// An edge run is batched by `EdgeBlocks` instead.
     fn rows_with(&self, rows: &[Row], base: &Baselines<B>, progress: &mut dyn FnMut(Runs) -> Result<()>) -> Result<Vec<f32>> {
-        let m = self.max_rows.max(1);
         let mut order: Vec<usize> = (0..rows.len()).collect();
         let chunks: Vec<&[usize]> = if rows.iter().all(|r| r.site == PatchSite::Edges) {
+            let blocks = EdgeBlocks::new(self.max_rows);
             order.sort_by_key(|&i| (rows[i].pair, rows[i].out));
-            order.chunk_by(|&a, &b| (rows[a].pair, rows[a].out / m) == (rows[b].pair, rows[b].out / m)).collect()
+            order.chunk_by(|&a, &b| (rows[a].pair, blocks.of(rows[a].out)) == (rows[b].pair, blocks.of(rows[b].out))).collect()
         } else {
             order.sort_by_key(|&i| (self.join_layer(&rows[i]), self.start(&rows[i])));
-            order.chunks(m).collect()
+            order.chunks(self.max_rows.max(1)).collect()
         };
         let mut out = vec![f32::NAN; rows.len()];
         for chunk in chunks {

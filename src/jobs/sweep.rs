@@ -3,7 +3,7 @@
 //! run; a shard's part of it (`shard`), batches sized by `memory`.
 use crate::data::{self, Skipped, TokenizedPair};
 use crate::engine::budget::{max_pairs_for_budget, max_rows_for_budget};
-use crate::engine::{Ablation, Attribution, Direction, Engine, Layout, Means, Method, Metric, Noising, PatchSite, RowEngine, Replacement, Runs};
+use crate::engine::{Ablation, Attribution, Direction, EdgeBlocks, Engine, Layout, Means, Method, Metric, Noising, PatchSite, RowEngine, Replacement, Runs};
 use crate::model::{Transformer, ModelConfig};
 use super::memory::{memory_limits, nominal_memory_limits};
 use super::shard::Shard;
@@ -133,8 +133,7 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     // a short job runs.
     let by_edges = spec.shard.is_some_and(|s| all_units.len() < s.count) && model.method() == Method::Exact && spec.sites.iter().all(|&s| s == PatchSite::Edges);
     // Shards of the graph batch alike wherever they run: their default batch is the backend's
-    // nominal memory's, not this machine's free memory (`Engine` batches an edge run by blocks of
-    // max_rows edges, and the shards are cut at those blocks).
+    // nominal memory's, not this machine's free memory (the shards are cut at `EdgeBlocks`).
     let (budget, buffer) = if by_edges { nominal_memory_limits(backend) } else { memory_limits(backend) };
     // A resumed run batches as it did before it was cut, so its files come out byte-identical.
     let previous = spec.out.as_deref().filter(|_| spec.resume).and_then(results::run_in).map(|m| m.max_rows);
@@ -148,13 +147,12 @@ pub fn sweep<B: Backend>(model: SweepModel<B>, handle: &Model, all: &[TokenizedP
     };
     let layout = match spec.shard {
         Some(s) if by_edges => {
-            let edges = layout.run_count(PatchSite::Edges, positions);
-            let blocks = edges.div_ceil(max_rows.max(1));
-            if blocks < s.count {
-                bail!("--shard {}/{}: the graph's {edges} edges make {blocks} batches of --max-rows {max_rows}, fewer than the shards; use at most {blocks} shards or a smaller --max-rows", s.index, s.count);
+            let (edges, blocks) = (layout.run_count(PatchSite::Edges, positions), EdgeBlocks::new(max_rows));
+            let count = blocks.count(edges);
+            if count < s.count {
+                bail!("--shard {}/{}: the graph's {edges} edges make {count} batches of --max-rows {max_rows}, fewer than the shards; use at most {count} shards or a smaller --max-rows", s.index, s.count);
             }
-            let range = s.units(blocks);
-            Layout { edges: Some([range.start * max_rows, (range.end * max_rows).min(edges)]), ..layout }
+            Layout { edges: Some(blocks.edges(s.units(count), edges)), ..layout }
         }
         _ => layout,
     };
