@@ -58,10 +58,11 @@
 # call; 3600 on wgpu), STEPS (the parts, in
 # order: doctor families mib fidelity sweep ioi edges engine — the steps no earlier run measured
 # first; a later run takes what an earlier one did not measure), QUICK (non-empty:
-# compare_torch.py --quick, only the rows its ratios come from), MIB_PAIRS (100), MIB_SHARDS (50),
-# MIB_SHARDS_RUN (0,25,49: spread over the graph, since a row's cost depends on its receiver's
-# layer), MIB_MAX_ROWS (1024: edges --max-rows, so that the graph makes more batches than
-# MIB_SHARDS), MIB_DTYPES (bf16 f32).
+# compare_torch.py --quick, only the rows its ratios come from), MIB_PAIRS (100), MIB_SHARDS (40),
+# MIB_SHARDS_RUN (0,20,39: spread over the graph, since a row's cost depends on its receiver's
+# layer), MIB_MAX_ROWS (4096: edges --max-rows, fixed so that the graph makes at least MIB_SHARDS
+# batches — 44 — whatever the GPU's memory; the rows of a batch, which a GPU wants many of),
+# MIB_DTYPES (bf16 f32).
 # Everything printed is also written to OUT/gpu.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -79,9 +80,9 @@ if [ "$BACKEND" = cuda ]; then LIMIT=${LIMIT:-60} DEADLINE=${DEADLINE:-540}; els
 DOCTOR_TEXT=${DOCTOR_TEXT:-'x+y=z,p-q*r/s;t:u!v'}
 STEPS=${STEPS:-doctor families mib fidelity sweep ioi edges engine}
 MIB_PAIRS=${MIB_PAIRS:-100}
-MIB_SHARDS=${MIB_SHARDS:-50}
-MIB_SHARDS_RUN=${MIB_SHARDS_RUN:-0,25,49}
-MIB_MAX_ROWS=${MIB_MAX_ROWS:-1024}
+MIB_SHARDS=${MIB_SHARDS:-40}
+MIB_SHARDS_RUN=${MIB_SHARDS_RUN:-0,20,39}
+MIB_MAX_ROWS=${MIB_MAX_ROWS:-4096}
 MIB_DTYPES=${MIB_DTYPES:-bf16 f32}
 QUICK=${QUICK:-}
 mkdir -p "$OUT"
