@@ -19,9 +19,10 @@
 #      (compare_torch.py --family, --quick) in each dtype;
 #   8. mib (issue 45): exact edges at MIB's scale, every edge of the Qwen2.5-0.5B graph (179,749)
 #      for MIB_PAIRS IOI pairs on a random BF16 checkpoint of that shape (benches/load.py's):
-#      MIB_SHARDS_RUN shards of --shard K/MIB_SHARDS (rows of the graph, all pairs each) in bf16
-#      and f32, and the whole run extrapolated from their sweep seconds (goal: 100 pairs in 10
-#      minutes on one H100 in bf16).
+#      shards MIB_SHARDS_RUN of --shard K/MIB_SHARDS in bf16 and f32, each shard one block of
+#      MIB_MAX_ROWS edges for every pair (more shards than pairs: an edge run then shards by rows of
+#      the graph), and the whole run extrapolated from their mean sweep seconds (goal: 100 pairs in
+#      10 minutes on one H100 in bf16). Steps 7 and 8 come first: no GPU has run them yet.
 # burn's own autotune (tf32, bf16) runs at CUBECL_AUTOTUNE_LEVEL=minimal (coarser shape keys, so
 # fewer tunings) and caches under target/autotune; the exact-f32 tuner checks every kernel it
 # tries against the naive one (src/backend/exact.rs) and keeps its checked choices in
@@ -56,13 +57,12 @@
 # take, scaled per step below: 60 on cuda, 300 on wgpu), DEADLINE (seconds after which no step
 # starts and a running one is cut: 540 on cuda, so the script ends inside one 10-minute device
 # call; 3600 on wgpu), STEPS (the parts, in
-# order: doctor families mib fidelity sweep ioi edges engine — the steps no earlier run measured
+# order: mib families doctor fidelity sweep ioi edges engine — the steps no earlier run measured
 # first; a later run takes what an earlier one did not measure), QUICK (non-empty:
-# compare_torch.py --quick, only the rows its ratios come from), MIB_PAIRS (100), MIB_SHARDS (40),
-# MIB_SHARDS_RUN (0,20,39: spread over the graph, since a row's cost depends on its receiver's
-# layer), MIB_MAX_ROWS (4096: edges --max-rows, fixed so that the graph makes at least MIB_SHARDS
-# batches — 44 — whatever the GPU's memory; the rows of a batch, which a GPU wants many of),
-# MIB_DTYPES (bf16 f32).
+# compare_torch.py --quick, only the rows its ratios come from), MIB_PAIRS (100), MIB_MAX_ROWS (1024:
+# edges --max-rows), MIB_SHARDS (176: the graph's blocks of MIB_MAX_ROWS edges, so a shard is one
+# block, and more than MIB_PAIRS), MIB_SHARDS_RUN (0,88,174: spread over the graph, since a row's
+# cost depends on its receiver's layer; 175 is the short last block), MIB_DTYPES (bf16 f32).
 # Everything printed is also written to OUT/gpu.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -78,11 +78,11 @@ OUT=${OUT:-results/gpu}
 if [ "$BACKEND" = cuda ]; then LIMIT=${LIMIT:-60} DEADLINE=${DEADLINE:-540}; else LIMIT=${LIMIT:-300} DEADLINE=${DEADLINE:-3600}; fi
 # 20 single-byte tokens: inside every vocabulary (the shape fixtures have 512 ids).
 DOCTOR_TEXT=${DOCTOR_TEXT:-'x+y=z,p-q*r/s;t:u!v'}
-STEPS=${STEPS:-doctor families mib fidelity sweep ioi edges engine}
+STEPS=${STEPS:-mib families doctor fidelity sweep ioi edges engine}
 MIB_PAIRS=${MIB_PAIRS:-100}
-MIB_SHARDS=${MIB_SHARDS:-40}
-MIB_SHARDS_RUN=${MIB_SHARDS_RUN:-0,20,39}
-MIB_MAX_ROWS=${MIB_MAX_ROWS:-4096}
+MIB_MAX_ROWS=${MIB_MAX_ROWS:-1024}
+MIB_SHARDS=${MIB_SHARDS:-176}
+MIB_SHARDS_RUN=${MIB_SHARDS_RUN:-0,88,174}
 MIB_DTYPES=${MIB_DTYPES:-bf16 f32}
 QUICK=${QUICK:-}
 mkdir -p "$OUT"
@@ -231,8 +231,9 @@ mib() {
   mkdir -p "$m"
   check $((LIMIT)) python3 -c "import sys; sys.path.insert(0, 'benches'); import load; load.checkpoint(sys.argv[1], 'qwen2.5-0.5b')" "$m" || return 0
   check $((LIMIT / 2)) "$PATCHBAY" ioi --n "$MIB_PAIRS" --seed 0 --model "$m" --out "$WORK/mib-pairs.jsonl" || return 0
+  local pairs=$(wc -l <"$WORK/mib-pairs.jsonl")
   for d in $MIB_DTYPES; do
-    local seconds=0 cells=0
+    local seconds=0 cells=0 shards=0
     for k in ${MIB_SHARDS_RUN//,/ }; do
       local out=$WORK/mib-$d
       check $((LIMIT * 2)) "$PATCHBAY" edges --model "$m" --pairs "$WORK/mib-pairs.jsonl" --method exact --verify 0 --backend "$BACKEND" --dtype "$d" \
@@ -240,17 +241,19 @@ mib() {
       local rc=$?
       cat "$WORK/mib.log"
       [ $rc = 0 ] || continue
-      # The sweep's seconds (loading apart) and the shard's (edge, pair) cells.
+      # The sweep's seconds (loading apart) and the shard's (edge, pair) cells; a shard of pairs
+      # (no `edges` in its manifest) is not what this step measures.
       local s=$(sed -n 's/.*computed in \([0-9.]*\) s.*/\1/p' "$WORK/mib.log" | tail -n 1)
-      local c=$(python3 -c "import json, sys; m = json.load(open(sys.argv[1])); lo, hi = m['shard']['edges']; print((hi - lo) * len(m['pairs']))" \
-        "$out/shard-$(printf %04d "$k")-of-$(printf %04d "$MIB_SHARDS")/manifest.json")
-      [ -n "$s" ] && [ -n "$c" ] && { seconds=$(python3 -c "print($seconds + $s)"); cells=$((cells + c)); }
+      local c
+      c=$(python3 -c "import json, sys; m = json.load(open(sys.argv[1]))['shard']; lo, hi = m['edges']; print((hi - lo) * int(sys.argv[2]))" \
+        "$out/shard-$(printf %04d "$k")-of-$(printf %04d "$MIB_SHARDS")/manifest.json" "$pairs") || { echo "FAILED: shard $k is not a shard of the graph's rows"; failed=1; continue; }
+      [ -n "$s" ] && { seconds=$(python3 -c "print($seconds + $s)"); cells=$((cells + c)); shards=$((shards + 1)); }
     done
-    [ "$cells" -gt 0 ] && python3 -c "import sys
-s, c, p = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-print(f'MIB scale, $BACKEND $d: {c:,} (edge, pair) cells in {s:.1f} s of sweep = {c / s:,.0f} cells/s; '
-      f'every edge of the Qwen2.5-0.5B graph (179,749) x {p} pairs: {179749 * p / (c / s) / 60:.1f} min at that rate (each shard pays its own clean and corrupted runs)')" \
-      "$seconds" "$cells" "$(wc -l <"$WORK/mib-pairs.jsonl")"
+    [ "$shards" -gt 0 ] && python3 -c "import sys
+s, c, n, total, p = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+print(f'MIB scale, $BACKEND $d: {n} shards of {total}, {c:,} (edge, pair) cells in {s:.1f} s of sweep ({c / s:,.0f} cells/s); '
+      f'every edge of the graph x {p} pairs: {s / n * total / 60:.1f} min at the shards\' mean (each shard pays its own clean and corrupted runs)')" \
+      "$seconds" "$cells" "$shards" "$MIB_SHARDS" "$pairs"
   done
 }
 

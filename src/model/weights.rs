@@ -181,10 +181,11 @@ impl Dtype {
     }
 
     /// `bytes` holding rows of `width` values, each row r written converted as column `col(r)`
-    /// of `out` [width, total]. Bands of `out`'s rows on every thread, each transposed a tile of
-    /// the piece's rows at a time through a small array, so that both the piece and `out` are
-    /// read and written a cache line at a time (reading down the piece's columns was a quarter
-    /// of a BF16 load; tiles are twice as fast). The rows read are a cache-sized piece of the tensor.
+    /// of `out` [width, total]. Bands of `BAND` of `out`'s rows on every thread, each transposed
+    /// a tile of `TILE` of the piece's rows at a time through a small array: the piece is read a
+    /// row's `BAND` neighbouring values at a time and `out` written `TILE` neighbouring values at a
+    /// time (reading down the piece's columns, one value a row, was a quarter of a BF16 load;
+    /// tiles are twice as fast). The rows read are a cache-sized piece of the tensor.
     fn scatter(self, bytes: &[u8], width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
         fn each<T: Copy + Sync>(values: &[T], f32_of: impl Fn(T) -> f32 + Sync, width: usize, out: &mut [f32], total: usize, col: impl Fn(usize) -> usize + Sync) {
             use rayon::prelude::*;
@@ -271,8 +272,8 @@ fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<St
     entries.sort_by_key(|(_, e)| e.data_offsets[0]);
     let data = length - 8 - header_len;
     let mut at = 0u64;
-    // `bytes` of the data from `from`, each piece hashed into the fingerprint and into `own` and
-    // seen by `check`, the three at once.
+    // `bytes` of the data from `from`, each piece hashed into the fingerprint and, beside that on
+    // another thread, into `own` and seen by `check`.
     let mut pass = |from: u64, bytes: u64, own: &mut Xxh3, check: &mut (dyn FnMut(&[u8]) -> Result<()> + Send)| {
         in_pieces(file, 8 + header_len + from, bytes as usize, PIECE, buffers, |_, piece| {
             let ((), checked) = rayon::join(|| hash.update(piece), || {
@@ -291,7 +292,7 @@ fn read_tensors(mut file: &std::fs::File, index: usize, tensors: &mut HashMap<St
             other => bail!("tensor {name} has dtype {other}; expected F32, F16 or BF16"),
         };
         let count = crate::limits::product(&format!("tensor {name}'s shape"), &e.shape)?;
-        if begin < at || end > data || end - begin != count as u64 * dtype.size() as u64 {
+        if begin < at || end > data || end.checked_sub(begin) != Some(count as u64 * dtype.size() as u64) {
             bail!("tensor {name}: data_offsets {begin}..{end} do not fit its shape {:?} of {} in the file's {data} data bytes", e.shape, e.dtype);
         }
         if begin > at {
@@ -634,4 +635,39 @@ pub fn load_located<B: Backend>(model: &str, device: &B::Device) -> Result<super
     let read = files.read()?;
     let config = files.config_of(&read)?;
     load_model(&files, config, read.weights, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dtype;
+
+    /// The tiled transposition against the plain loop it replaces: a width and a row count that
+    /// are no multiples of the band and the tile, and GPT-NeoX's per-head column map (not
+    /// contiguous), in every dtype.
+    #[test]
+    fn scatter_equals_the_plain_transposition() {
+        let (width, rows, heads) = (13, 3 * 2 * 23, 2);
+        let dh = rows / (3 * heads);
+        let per_head = |r: usize| (r % (3 * dh)) / dh * heads * dh + r / (3 * dh) * dh + r % dh;
+        let values: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 0.37).sin()).collect();
+        let encoded: [(Dtype, Vec<u8>); 3] = [
+            (Dtype::F32, bytemuck::cast_slice(&values).to_vec()),
+            (Dtype::F16, values.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect()),
+            (Dtype::Bf16, values.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect()),
+        ];
+        for (dtype, bytes) in encoded {
+            let mut stored = vec![0f32; rows * width];
+            dtype.convert(&bytes, &mut stored);
+            for (name, col) in [("contiguous", &(|r: usize| r) as &(dyn Fn(usize) -> usize + Sync)), ("per head", &per_head)] {
+                let mut want = vec![f32::NAN; width * rows];
+                (0..rows).for_each(|r| (0..width).for_each(|i| want[i * rows + col(r)] = stored[r * width + i]));
+                let mut got = vec![f32::NAN; width * rows];
+                // In two pieces of rows, as `Weights::reread` hands them over.
+                let split = 40 * width * dtype.size();
+                dtype.scatter(&bytes[..split], width, &mut got, rows, |r| col(r));
+                dtype.scatter(&bytes[split..], width, &mut got, rows, |r| col(40 + r));
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
+            }
+        }
+    }
 }
