@@ -509,9 +509,6 @@ impl RunOptions {
     /// where results go without --out (the CLI's directory; None: in memory, Python's).
     pub fn plan(self, job: Job, default_out: Option<PathBuf>) -> Result<RunPlan> {
         let (sites, senders) = self.sites(job)?;
-        if self.max_rows == Some(0) {
-            bail!("--max-rows 0: a forward pass holds at least one patched run");
-        }
         let out = self.output.out.clone().or(default_out);
         let shard = match (&self.shard, self.shards) {
             (Some(_), Some(_)) => bail!("give --shard K/N or --shards N (with JOB_COMPLETION_INDEX), not both"),
