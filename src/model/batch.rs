@@ -1,4 +1,4 @@
-//! Ragged batches: rows of different lengths computed together, for the GPT-2 forward.
+//! Ragged batches: rows of different lengths computed together, for the generic forward.
 use burn::prelude::*;
 use std::sync::{Arc, OnceLock};
 
