@@ -129,28 +129,36 @@ impl<B: Backend> CircuitEval<'_, B> {
         let [r, s, d] = [rows.len(), clean.embed.dims()[1], clean.embed.dims()[2]];
         let (h, dh) = (m.config.heads, m.config.d_head);
         let flat = |t: Tensor<B, 3>, k: usize| t.reshape([r, k, s * d]);
-        // The mask's rows of the input and the MLPs (whose writes add), and of each layer's heads.
-        let linear_rows = ablated.clone().select(1, ints((0..=m.config.layers).map(|l| if l == 0 { 0 } else { (l * (h + 1)) as i64 }).collect()));
+        // The senders whose (source − own) outputs add into a receiver's input, in the order
+        // `deltas` grows: the input, then per layer its heads (unless a norm follows attention)
+        // and its MLP; where a post-norm follows, a layer's heads count together (`post`).
+        let post_norms = m.config.post_norms;
+        let linear_senders = std::iter::once(0).chain((0..m.config.layers).flat_map(|l| {
+            let first = 1 + l * (h + 1);
+            (if post_norms { first + h } else { first })..=first + h
+        }));
+        let linear_rows = ablated.clone().select(1, ints(linear_senders.map(|i| i as i64).collect()));
         let head_rows = |l: usize| ablated.clone().narrow(1, 1 + l * (h + 1), h);
         // Each receiver input's change from its ablated edges, for receiver columns `cols`: [R,
-        // cols, s·d]. The input's and the MLPs' (source − own) outputs `deltas` [R, k, s·d] add;
-        // per layer so far, its ablated heads' (source − own) writes `results` [R, H, s·d] change
-        // the sublayer's output (`pre` [R, s, d] before its post-norm) together: Block::head_change.
-        let ablation = |deltas: &Tensor<B, 3>, heads: &[(Tensor<B, 3>, Tensor<B, 3>)], first_col: usize, cols: usize| {
+        // cols, s·d]. The linear senders' (source − own) outputs `deltas` [R, k, s·d] add; per
+        // post-normed layer so far, its ablated heads' (source − own) writes `results` [R, H,
+        // s·d] change the sublayer's output together, post(pre + change) − post(pre)
+        // (`Block::head_change`, with post(pre) `out` [R, 1, s, d] computed once).
+        let ablation = |deltas: &Tensor<B, 3>, post: &[(usize, Tensor<B, 3>, Tensor<B, 4>, Tensor<B, 4>)], first_col: usize, cols: usize| {
             let mask = |rows: Tensor<B, 3>| rows.narrow(2, first_col, cols).swap_dims(1, 2);
             let linear = matmul(mask(linear_rows.clone().narrow(1, 0, deltas.dims()[1])), deltas.clone());
-            heads.iter().enumerate().fold(linear, |sum, (l, (results, pre))| {
-                let change = matmul(mask(head_rows(l)), results.clone()).reshape([r, cols, s, d]);
-                sum + m.blocks[l].head_change(change, || pre.clone().unsqueeze_dim::<4>(1)).reshape([r, cols, s * d])
+            post.iter().fold(linear, |sum, (l, results, pre, out)| {
+                let change = matmul(mask(head_rows(*l)), results.clone()).reshape([r, cols, s, d]);
+                sum + (m.blocks[*l].attn_out(pre.clone() + change) - out.clone()).reshape([r, cols, s * d])
             })
         };
         let mut x = clean.embed.clone().select(0, pairs.clone());
         let mut deltas = flat(src.input.clone().select(0, pairs.clone()) - clean.tok.clone().select(0, pairs.clone()), 1);
-        let mut heads = Vec::with_capacity(m.config.layers);
+        let mut post = Vec::new();
         for (l, block) in m.blocks.iter().enumerate() {
             let col = l * (3 * h + 1);
             // Each head's q, k, v from its own input: [R, 3H, s, d] in (head, q/k/v) order.
-            let inputs = x.clone().unsqueeze_dim::<4>(1) + ablation(&deltas, &heads, col, 3 * h).reshape([r, 3 * h, s, d]);
+            let inputs = x.clone().unsqueeze_dim::<4>(1) + ablation(&deltas, &post, col, 3 * h).reshape([r, 3 * h, s, d]);
             let normed = block.norm_attn.forward(inputs).reshape([r, h, 3, s, d]);
             let attn = &block.attn;
             let project = |x: Qkv| {
@@ -161,17 +169,23 @@ impl<B: Backend> CircuitEval<'_, B> {
             let z = attn.attend(project(Qkv::Q), project(Qkv::K), project(Qkv::V), |pattern| pattern); // [R, s, H, dh]
             let writes = attn.head_writes(z); // [R, H, s, d]
             let pre = writes.clone().sum_dim(1).reshape([r, s, d]) + attn.out_bias().reshape([1, 1, d]);
-            let mid = x.clone() + block.attn_out(pre.clone());
+            let out = block.attn_out(pre.clone());
+            let mid = x.clone() + out.clone();
             // A parallel block's MLP reads the block's input (its own layer's heads send it no edge).
             let mlp_base = if block.parallel { x } else { mid.clone() };
-            heads.push(((src.heads[l].clone().select(0, pairs.clone()) - writes).reshape([r, h, s * d]), pre));
-            let mlp_in = mlp_base + ablation(&deltas, &heads, col + 3 * h, 1).reshape([r, s, d]);
+            let results = (src.heads[l].clone().select(0, pairs.clone()) - writes).reshape([r, h, s * d]);
+            if post_norms {
+                post.push((l, results, pre.unsqueeze_dim::<4>(1), out.unsqueeze_dim::<4>(1)));
+            } else {
+                deltas = Tensor::cat(vec![deltas, results], 1);
+            }
+            let mlp_in = mlp_base + ablation(&deltas, &post, col + 3 * h, 1).reshape([r, s, d]);
             let mlp_out = block.mlp_out(mlp_in.reshape([r * s, d])).reshape([r, s, d]);
             x = mid + mlp_out.clone();
             deltas = Tensor::cat(vec![deltas, flat(src.mlps[l].clone().select(0, pairs.clone()) - mlp_out, 1)], 1);
         }
         let v = ablated.dims()[2];
-        let last = x + ablation(&deltas, &heads, v - 1, 1).reshape([r, s, d]);
+        let last = x + ablation(&deltas, &post, v - 1, 1).reshape([r, s, d]);
         let metric = last_position_metric(m, self.metric, true, last, ids.clone().select(0, pairs));
         metric.into_data().convert::<f32>().to_vec().expect("f32 metric")
     }

@@ -571,7 +571,8 @@ impl<B: Backend> Block<B> {
     /// while the sublayer's output before its post-norm is otherwise `pre` (broadcast against
     /// it): the change itself, or, where a norm follows attention (Gemma 2), post(pre + change)
     /// − post(pre), the change of the sublayer's output when only those heads change (`pre` is
-    /// only computed there). A head's edge, path and ablated write.
+    /// only computed there). A head's edge and path write; circuits (engine/circuit.rs) compute
+    /// the same with post(pre) once per layer.
     pub fn head_change<const D: usize>(&self, change: Tensor<B, D>, pre: impl FnOnce() -> Tensor<B, D>) -> Tensor<B, D> {
         match &self.post_norms {
             Some([post, _]) => {
