@@ -130,7 +130,14 @@ fn nothing_outside_the_model_names_a_family_or_its_weights() {
     let model = root.join("src/model");
     let outside: Vec<PathBuf> = files.into_iter().filter(|f| !f.starts_with(&model)).collect();
     assert!(outside.len() >= 40, "the scan found the sources: {}", outside.len());
-    let forbidden = ["Gpt2", "gpt2::", "families::", "c_attn", "c_proj", "c_fc", ".wte", ".wpe", ".ln_1", ".ln_2", "ln_f(", ".n_layer", ".n_head", ".n_embd", ".n_positions"];
+    let forbidden = [
+        // GPT-2's types and weights.
+        "Gpt2", "gpt2::", "families::", "c_attn", "c_proj", "c_fc", ".wte", ".wpe", ".ln_1", ".ln_2", "ln_f(", ".n_layer", ".n_head", ".n_embd", ".n_positions",
+        // The other families' types, modules, weights and config keys.
+        "Llama(", "GptNeox", "Gemma2", "llama::", "gpt_neox::", "gemma2::", "HfConfig", "model_type", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+        "down_proj", "embed_tokens", "embed_in", "embed_out", "lm_head", "query_key_value", "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+        "post_feedforward_layernorm", "rotary_pct", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "hidden_size", "use_parallel_residual", "query_pre_attn_scalar",
+    ];
     let mut found = Vec::new();
     for f in outside {
         let text: String = code(&f).lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");

@@ -731,12 +731,18 @@ fn circuits_evaluate_as_eap_ig_and_alone_as_in_a_batch() {
 /// The same on the other families (grouped attention: each query head its own k and v input, as
 /// EAP-IG ungroups them; GPT-NeoX's parallel blocks: an MLP reads no head of its layer): the
 /// batched edge path (`engine::run`) against the circuit evaluator, which computes each head's q,
-/// k, v from its own input apart.
+/// k, v from its own input apart. On the other f32 backends without fusion, Gemma 2 (its heads
+/// through the post-norm) by resampling.
 #[test]
 fn circuits_evaluate_as_exact_edges_on_the_families() {
-    for name in ["llama", "qwen2", "qwen3", "pythia", "gemma2"] {
-        for a in [Ablation::Resample, Ablation::Mean] {
-            dispatch(&BackendSpec::default(), CircuitsAgainstEdges(family(name), a, false)).unwrap();
+    for spec in backends().into_iter().filter(|s| s.dtype == DType::F32 && !s.fusion) {
+        let cpu = spec.kind == BackendKind::Cpu;
+        let names: &[&str] = if cpu { &["llama", "qwen2", "qwen3", "pythia", "gemma2"] } else { &["gemma2"] };
+        let ablations: &[Ablation] = if cpu { &[Ablation::Resample, Ablation::Mean] } else { &[Ablation::Resample] };
+        for name in names {
+            for &a in ablations {
+                dispatch(&spec, CircuitsAgainstEdges(family(name), a, false)).unwrap();
+            }
         }
     }
 }
@@ -797,22 +803,34 @@ fn edges_eap_eap_ig_and_attribution_match_hf_on_the_families() {
     }
 }
 
-/// Activation patching on the families in the engine, with reuse and without, against patching in
-/// HF (make_family_fixtures.py's patch.*; k and v per key/value head): every family and batch
-/// configuration on the cpu; one family with and one without fusion on the other f32 backends
-/// (lavapipe compiles each new shape's kernels slowly).
+/// Activation patching on the families in the engine, with reuse and without: every site against
+/// patching in HF's modules in float64 (make_family_capability_refs.py's denoising.resample.*; k
+/// and v per key/value head; no resid_mid in GPT-NeoX's parallel blocks), and resid_pre, z, q, k,
+/// v also against patching by hooks on HF's own forward (make_family_fixtures.py's patch.*). Every
+/// family and batch configuration on the cpu; on the other f32 backends one family with and one
+/// without fusion, and every site of Gemma 2 (post-norms, soft-caps, sliding windows) and
+/// Pythia (parallel blocks, per-head fused q|k|v) in one configuration (lavapipe compiles each new
+/// shape's kernels slowly).
 #[test]
 fn patching_matches_hf_on_the_families_with_and_without_reuse() {
     use PatchSite::*;
-    let sites = [ResidPre, ZAllPos, QAllPos, KAllPos, VAllPos];
+    let hooked = [ResidPre, ZAllPos, QAllPos, KAllPos, VAllPos];
     for spec in backends().into_iter().filter(|s| s.dtype == DType::F32) {
+        let cpu = spec.kind == BackendKind::Cpu;
         let families: &[&str] = match (spec.kind, spec.fusion) {
             (BackendKind::Cpu, _) => &FAMILIES,
             (_, false) => &["qwen3"],
             (_, true) => &["llama"],
         };
         let cases: Vec<_> = families.iter().map(|f| (spec.clone(), family(f))).collect();
-        check_against_tl(&sites, &cases, |s| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { &CONFIGS[..2] }, "refs.safetensors");
+        check_against_tl(&hooked, &cases, |s| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { &CONFIGS[..2] }, "refs.safetensors");
+        let every: &[&str] = if cpu { &FAMILIES } else if spec.fusion { &[] } else { &["gemma2", "pythia"] };
+        for name in every {
+            let c = ModelConfig::from_json_file(&family(name).join("config.json")).unwrap();
+            let sites: Vec<PatchSite> = PatchSite::ALL.into_iter().filter(|s| !s.is_path() && !(*s == ResidMid && c.parallel)).collect();
+            let case = [(spec.clone(), family(name))];
+            check_how_against_tl(&sites, &case, |s| if s.kind == BackendKind::Cpu { &CONFIGS[..] } else { &CONFIGS[..1] }, CAPABILITY_REFS, (Direction::Denoising, Ablation::Resample));
+        }
     }
 }
 

@@ -325,3 +325,33 @@ fn perplexity_and_candidates_follow_hfs_logits() {
         }
     }
 }
+
+/// The graphs of the released models, from their config.json as the hub holds it: the edge counts
+/// issue 45 and MIB give (Qwen2.5-0.5B 179,749; Gemma-2-2B 74,218; Llama-3.1-8B 1,592,881), and
+/// EAP-IG's rule counted in closed form for the others (each head's q, k, v input and each MLP
+/// reads every earlier writer, a parallel MLP none of its own layer's heads; the logits read all).
+#[test]
+fn the_released_models_graphs_have_eap_igs_edge_counts() {
+    use patchbay::engine::Graph;
+    use patchbay::model::ModelConfig;
+    let rule = |l: usize, h: usize, parallel: bool| -> usize {
+        let before = |layer: usize| 1 + layer * (h + 1);
+        (0..l).map(|layer| 3 * h * before(layer) + before(layer) + if parallel { 0 } else { h }).sum::<usize>() + before(l)
+    };
+    let released = [
+        ("Qwen2.5-0.5B", r#"{"architectures":["Qwen2ForCausalLM"],"attention_dropout":0.0,"bos_token_id":151643,"eos_token_id":151643,"hidden_act":"silu","hidden_size":896,"initializer_range":0.02,"intermediate_size":4864,"max_position_embeddings":32768,"max_window_layers":24,"model_type":"qwen2","num_attention_heads":14,"num_hidden_layers":24,"num_key_value_heads":2,"rms_norm_eps":1e-06,"rope_theta":1000000.0,"sliding_window":32768,"tie_word_embeddings":true,"torch_dtype":"bfloat16","transformers_version":"4.40.1","use_cache":true,"use_sliding_window":false,"vocab_size":151936}"#, Some(179_749)),
+        ("Gemma-2-2B", r#"{"architectures":["Gemma2ForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"attn_logit_softcapping":50.0,"bos_token_id":2,"cache_implementation":"hybrid","eos_token_id":1,"final_logit_softcapping":30.0,"head_dim":256,"hidden_act":"gelu_pytorch_tanh","hidden_activation":"gelu_pytorch_tanh","hidden_size":2304,"initializer_range":0.02,"intermediate_size":9216,"max_position_embeddings":8192,"model_type":"gemma2","num_attention_heads":8,"num_hidden_layers":26,"num_key_value_heads":4,"pad_token_id":0,"query_pre_attn_scalar":256,"rms_norm_eps":1e-06,"rope_theta":10000.0,"sliding_window":4096,"torch_dtype":"float32","transformers_version":"4.42.4","use_cache":true,"vocab_size":256000}"#, Some(74_218)),
+        ("Llama-3.1-8B", r#"{"architectures":["LlamaForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":128000,"eos_token_id":128001,"hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":14336,"max_position_embeddings":131072,"mlp_bias":false,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"},"rope_theta":500000.0,"tie_word_embeddings":false,"torch_dtype":"bfloat16","transformers_version":"4.43.0.dev0","use_cache":true,"vocab_size":128256}"#, Some(1_592_881)),
+        ("Llama-3.2-1B", r#"{"architectures":["LlamaForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":128000,"eos_token_id":128001,"head_dim":64,"hidden_act":"silu","hidden_size":2048,"initializer_range":0.02,"intermediate_size":8192,"max_position_embeddings":131072,"mlp_bias":false,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":16,"num_key_value_heads":8,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_scaling":{"factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,"original_max_position_embeddings":8192,"rope_type":"llama3"},"rope_theta":500000.0,"tie_word_embeddings":true,"torch_dtype":"bfloat16","transformers_version":"4.45.0.dev0","use_cache":true,"vocab_size":128256}"#, None),
+        ("Pythia-160m", r#"{"architectures":["GPTNeoXForCausalLM"],"bos_token_id":0,"eos_token_id":0,"hidden_act":"gelu","hidden_size":768,"initializer_range":0.02,"intermediate_size":3072,"layer_norm_eps":1e-05,"max_position_embeddings":2048,"model_type":"gpt_neox","num_attention_heads":12,"num_hidden_layers":12,"rotary_emb_base":10000,"rotary_pct":0.25,"tie_word_embeddings":false,"torch_dtype":"float16","transformers_version":"4.24.0","use_cache":true,"use_parallel_residual":true,"vocab_size":50304}"#, None),
+    ];
+    for (name, json, given) in released {
+        let c = ModelConfig::from_json(json).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let edges = Graph::of(&c).edges.len();
+        assert_eq!(edges, rule(c.layers, c.heads, c.parallel), "{name}: EAP-IG's rule");
+        if let Some(given) = given {
+            assert_eq!(edges, given, "{name}: the count MIB gives");
+        }
+        eprintln!("{name}: {} layers × {} heads, {edges} edges", c.layers, c.heads);
+    }
+}
