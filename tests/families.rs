@@ -355,3 +355,21 @@ fn the_released_models_graphs_have_eap_igs_edge_counts() {
         eprintln!("{name}: {} layers × {} heads, {edges} edges", c.layers, c.heads);
     }
 }
+
+/// `prepend_bos` on a tokenizer whose post-processor adds no BOS, with no `<|endoftext|>` and no
+/// `bos_token_id` in config.json, fails in one line saying so; with config.json's it uses that.
+#[test]
+fn prepend_bos_without_any_bos_is_refused_in_one_line() {
+    use patchbay::tokenizer::Tokenizer;
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir("llama").join("tokenizer.json")).unwrap()).unwrap();
+    json["post_processor"] = serde_json::Value::Null;
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let tokenizer = || Tokenizer::from_bytes(&bytes, Path::new("tokenizer.json")).unwrap();
+    let text = "Michelle Jones was a top-notch student. Michelle";
+    let plain = tokenizer().encode(text).unwrap();
+    assert_eq!(tokenizer().encode_with(text, false).unwrap(), plain);
+    let err = format!("{:#}", tokenizer().encode_with(text, true).err().expect("no BOS to prepend"));
+    assert!(err.contains("no <|endoftext|> token") && err.contains("bos_token_id") && !err.contains('\n'), "{err}");
+    let with_config = tokenizer().with_special_tokens(Some(511), vec![]);
+    assert_eq!(with_config.encode_with(text, true).unwrap(), [vec![511], plain].concat());
+}

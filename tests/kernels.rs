@@ -126,17 +126,25 @@ fn doctor_command_prints_the_steps_and_fails_in_one_line_on_a_difference() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["doctor", "--model", small.to_str().unwrap(), "--backend", "cpu", "--text", "Michelle Jones"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("outside the model's vocabulary"));
-    // A family with grouped heads, QK-norm and rotary positions: the same steps (the scores take
-    // the normed, rotated q and k), and a fault there is found.
-    let qwen3 = common::fixtures().join("families/qwen3");
-    for (fault, ok) in [(None, true), (Some("attn.scores"), false)] {
-        let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["doctor", "--model", qwen3.to_str().unwrap(), "--backend", "cpu"]).args(fault.map(|f| ["--inject-fault", f]).iter().flatten()).output().unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert_eq!(out.status.success(), ok, "{stdout}{stderr}");
-        if ok {
-            assert_eq!(stdout.matches("  ok ").count(), 3, "2 blocks and the final steps: {stdout}");
-        } else {
-            assert!(stderr.contains("block 0, step attn.scores (q·kᵀ)"), "{stderr}");
+    // The other families: grouped heads, QK-norm and rotary positions (Qwen3: the scores take the
+    // normed, rotated q and k); Gemma 2's norms after each sublayer; Pythia's parallel blocks (the
+    // MLP's norm reads the block's input). The same steps pass, and a fault in one is found there.
+    for (family, blocks, fault, names) in [
+        ("qwen3", 2, "attn.scores", "block 0, step attn.scores (q·kᵀ)"),
+        ("gemma2", 4, "post_attn", "block 0, step post_attn"),
+        ("gemma2", 4, "post_mlp", "block 0, step post_mlp"),
+        ("pythia", 2, "norm_mlp", "block 0, step norm_mlp"),
+    ] {
+        let dir = common::fixtures().join("families").join(family);
+        for (fault, ok) in [(None, true), (Some(fault), false)] {
+            let out = Command::new(env!("CARGO_BIN_EXE_patchbay")).args(["doctor", "--model", dir.to_str().unwrap(), "--backend", "cpu"]).args(fault.map(|f| ["--inject-fault", f]).iter().flatten()).output().unwrap();
+            let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.status.success(), ok, "{family}: {stdout}{stderr}");
+            if ok {
+                assert_eq!(stdout.matches("  ok ").count(), blocks + 1, "{family}: {blocks} blocks and the final steps: {stdout}");
+            } else {
+                assert!(stderr.trim().lines().count() == 1 && stderr.contains(names), "{family}: {stderr}");
+            }
         }
     }
 }
