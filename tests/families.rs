@@ -1,4 +1,4 @@
-//! The Llama 3, Qwen2 (2.5), Qwen3, GPT-NeoX (Pythia) and Gemma 2 families against HF transformers, on the checkpoints of
+//! The Llama 3, Mistral, Qwen2 (2.5), Qwen3, GPT-NeoX (Pythia) and Gemma 2 families against HF transformers, on the checkpoints of
 //! tests/fixtures/families (make_family_fixtures.py: random weights, tiny shapes, stored as the hub
 //! stores them: hub and transformers-5 rope configs, F32 / BF16 / F16, one file or shards):
 //! tokenization, logits and every TransformerLens site (against TransformerLens' own adapters too:
@@ -14,7 +14,8 @@ use patchbay::model::weights::load_located;
 use patchbay::model::{Cache, Site, SiteKind};
 use std::path::{Path, PathBuf};
 
-const FAMILIES: [&str; 7] = ["llama", "llama-rope-parameters", "llama-tied", "qwen2", "qwen3", "pythia", "gemma2"];
+/// `mistral`: a Mistral-7B-v0.3-style config (no sliding window), Llama's computation.
+const FAMILIES: [&str; 8] = ["llama", "llama-rope-parameters", "llama-tied", "mistral", "qwen2", "qwen3", "pythia", "gemma2"];
 /// As in make_family_fixtures.py.
 const PAIRS: [(&str, &str, &str, &str); 3] = [
     ("Michelle Jones was a top-notch student. Michelle", "Michelle Smith was a top-notch student. Michelle", " Jones", " Smith"),
@@ -194,7 +195,7 @@ fn activation_patching_equals_patching_in_hf() {
         let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
         let bos = match family {
             "gemma2" => serde_json::json!(2),
-            f if f.starts_with("llama") => serde_json::json!(510),
+            f if f.starts_with("llama") || f == "mistral" => serde_json::json!(510),
             _ => serde_json::Value::Null,
         };
         assert_eq!(manifest["bos"], bos, "{family}");
