@@ -1,4 +1,4 @@
-"""patchbay: batched activation patching on GPT-2, Llama 3, Qwen2/2.5/3, Pythia and Gemma 2, from Python.
+"""patchbay: batched activation patching on GPT-2, Llama 3, Mistral, Qwen2/2.5/3, Pythia and Gemma 2, from Python.
 
     import patchbay as pb
     model = pb.load("gpt2")                       # a hub id, or a directory with config.json,

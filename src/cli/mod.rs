@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "patchbay", version, about = "Batched activation patching and circuit discovery on GPT-2, Llama 3, Qwen2/2.5/3, Pythia and Gemma 2")]
+#[command(name = "patchbay", version, about = "Batched activation patching and circuit discovery on GPT-2, Llama 3, Mistral, Qwen2/2.5/3, Pythia and Gemma 2")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
