@@ -128,8 +128,8 @@ fn doctor_command_prints_the_steps_and_fails_in_one_line_on_a_difference() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("outside the model's vocabulary"));
     // The other families' steps: grouped heads, QK-norm and rotary positions (Qwen3: the scores
     // take the normed, rotated q and k); Gemma 2's norms after each sublayer; Pythia's parallel
-    // blocks. Every step passes, and a fault injected into one is found there, in one line. (On
-    // the cpu against itself: this finds the injected fault, not a wrong wiring of the steps.)
+    // blocks. Every step passes (and the steps compose to the model's forward: doctor checks
+    // that itself), and a fault injected into one is found there, in one line.
     for (family, blocks, fault, names) in [
         ("qwen3", 2, "attn.scores", "block 0, step attn.scores (q·kᵀ)"),
         ("gemma2", 4, "post_attn", "block 0, step post_attn"),

@@ -241,7 +241,12 @@ fn trace<B: Backend>(m: &Transformer<B>, tokens: &[Vec<u32>]) -> Result<Trace> {
         resid = t.values.len() - 1;
     }
     let x = step(&mut t, None, Step::NormFinal, vec![resid]);
-    step(&mut t, None, Step::Unembed, vec![x]);
+    let composed = step(&mut t, None, Step::Unembed, vec![x]);
+    // The steps compose to the model's own forward: a step wired to the wrong input (a parallel
+    // block's MLP reading attention's output) would be doctor's error, not the backend's.
+    let off = max_diff(&t.values[composed].data, &t.logits.data);
+    let scale = t.logits.data.iter().fold(1f32, |m, v| m.max(v.abs()));
+    ensure!(off <= 1e-4 * scale, "doctor's steps do not compose to the model's forward on the cpu (logits {off:.2e} apart): a bug in doctor, not in the backend");
     Ok(t)
 }
 
