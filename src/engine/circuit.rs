@@ -129,15 +129,15 @@ impl<B: Backend> CircuitEval<'_, B> {
         let [r, s, d] = [rows.len(), clean.embed.dims()[1], clean.embed.dims()[2]];
         let (h, dh) = (m.config.heads, m.config.d_head);
         let flat = |t: Tensor<B, 3>, k: usize| t.reshape([r, k, s * d]);
-        // The senders whose (source − own) outputs add into a receiver's input, in the order
-        // `deltas` grows: the input, then per layer its heads (unless a norm follows attention)
-        // and its MLP; where a post-norm follows, a layer's heads count together (`post`).
+        // The mask's rows of the senders whose (source − own) outputs add into a receiver's
+        // input, in the order `deltas` grows: every sender (the input, then per layer its heads
+        // and its MLP); where a post-norm follows attention, the input and the MLPs alone, a
+        // layer's heads counting together (`post`).
         let post_norms = m.config.post_norms;
-        let linear_senders = std::iter::once(0).chain((0..m.config.layers).flat_map(|l| {
-            let first = 1 + l * (h + 1);
-            (if post_norms { first + h } else { first })..=first + h
-        }));
-        let linear_rows = ablated.clone().select(1, ints(linear_senders.map(|i| i as i64).collect()));
+        let linear_rows = match post_norms {
+            true => ablated.clone().select(1, ints(std::iter::once(0).chain((0..m.config.layers).map(|l| (1 + l * (h + 1) + h) as i64)).collect())),
+            false => ablated.clone(),
+        };
         let head_rows = |l: usize| ablated.clone().narrow(1, 1 + l * (h + 1), h);
         // Each receiver input's change from its ablated edges, for receiver columns `cols`: [R,
         // cols, s·d]. The linear senders' (source − own) outputs `deltas` [R, k, s·d] add; per
